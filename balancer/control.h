@@ -1,0 +1,138 @@
+/*
+ * What lbd can be asked and told while it runs: the surface the admin API
+ * (and anything else that steers lbd) uses on the pool registry.  Nothing
+ * here knows gRPC or protobuf; the admin service translates.
+ *
+ * Everything runs on the lbd loop.  Strings inside the info structs point
+ * into the registry and stay valid until control returns to the loop: copy
+ * what you keep.
+ */
+#ifndef LB_CONTROL_H
+#define LB_CONTROL_H
+
+#include "lb_update.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct lb_registry;
+
+enum lb_scope {
+    LB_SCOPE_CLUSTER = 0, /* written to etcd's override key; every replica follows */
+    LB_SCOPE_LOCAL = 1,   /* this process only; lost on restart */
+};
+
+enum lb_health_state { LB_HEALTH_UNKNOWN = 0, LB_HEALTH_UP = 1, LB_HEALTH_DOWN = 2 };
+
+struct lb_pool_info {
+    const char *name;
+    const char *listen;    /* "0.0.0.0:8080" as given with --pool */
+    const char *algorithm; /* "wrr", ... */
+    uint32_t backends;     /* registered */
+    uint32_t eligible;     /* receive new connections now */
+    uint64_t active;       /* open client connections */
+    uint64_t total;        /* client connections accepted since start */
+};
+
+struct lb_backend_info {
+    const char *pool;
+    const char *id;
+    const char *addr;
+    const char *zone;
+    uint32_t weight;           /* registered */
+    uint32_t effective_weight; /* after overrides, health and slow start */
+    bool has_weight_override;
+    uint32_t weight_override;
+    bool drain;   /* effective drain (cluster or local override) */
+    bool drained; /* drain && active == 0 */
+    enum lb_health_state health;
+    enum lb_health_override health_override;
+    uint64_t active;
+    uint64_t total;
+    uint64_t connect_failures;
+    uint64_t bytes_in;  /* client -> backend */
+    uint64_t bytes_out; /* backend -> client */
+};
+
+typedef void (*lb_pool_info_cb)(void *ud, const struct lb_pool_info *info);
+typedef void (*lb_backend_info_cb)(void *ud, const struct lb_backend_info *info);
+
+/* Calls cb once per pool, in --pool order. */
+void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud);
+
+/*
+ * Calls cb once per registered backend of `pool` (NULL or "" = every pool),
+ * sorted by pool then id.  Returns 0, or -ENOENT when the pool is unknown.
+ */
+int lb_control_list_backends(struct lb_registry *r, const char *pool, lb_backend_info_cb cb,
+                             void *ud);
+
+/* Calls cb once for pool/id.  Returns 0, or -ENOENT (unknown pool or backend). */
+int lb_control_get_backend(struct lb_registry *r, const char *pool, const char *id,
+                           lb_backend_info_cb cb, void *ud);
+
+/* One operator change; fields of the override that are not named keep their value. */
+enum lb_change_kind {
+    LB_CHANGE_DRAIN,        /* value.drain */
+    LB_CHANGE_WEIGHT,       /* value.weight, 0..LB_WEIGHT_MAX */
+    LB_CHANGE_CLEAR_WEIGHT, /* back to the registered weight */
+    LB_CHANGE_HEALTH,       /* value.health */
+};
+
+struct lb_change {
+    enum lb_change_kind kind;
+    union {
+        bool drain;
+        int weight;
+        enum lb_health_override health;
+    } value;
+};
+
+#define LB_CONTROL_PENDING 1
+
+/*
+ * Applies a change to pool/id.
+ *  - LOCAL: applied before returning; returns 0; `done` is not called.
+ *  - CLUSTER: the merged override is written to etcd; returns
+ *    LB_CONTROL_PENDING and calls done(ud, status, message) exactly once,
+ *    later, from the loop; on success the change is in effect locally by
+ *    the time done runs.
+ * Errors (done not called): -ENOENT unknown pool or backend, -EINVAL bad
+ * value, -ENOTCONN cluster scope without an etcd store.
+ */
+int lb_control_change(struct lb_registry *r, const char *pool, const char *id,
+                      const struct lb_change *change, enum lb_scope scope, lb_store_done_cb done,
+                      void *ud);
+
+enum lb_event_type {
+    LB_EVENT_BACKEND_ADDED = 1,
+    LB_EVENT_BACKEND_CHANGED = 2,
+    LB_EVENT_BACKEND_REMOVED = 3,
+    LB_EVENT_POLICY_CHANGED = 4,
+    LB_EVENT_HEALTH_CHANGED = 5,
+    LB_EVENT_DRAINED = 6, /* a draining backend's last connection closed */
+};
+
+struct lb_event {
+    enum lb_event_type type;
+    const char *pool;
+    const char *id;                       /* NULL for policy events */
+    const struct lb_backend_info *backend; /* NULL for policy events */
+    int64_t unix_ms;
+    const char *detail;                   /* short human text, may be "" */
+};
+
+typedef void (*lb_event_cb)(void *ud, const struct lb_event *ev);
+struct lb_subscription;
+
+/*
+ * Calls cb for every event from now on, until lb_control_unsubscribe().
+ * Callbacks run on the loop, never from inside lb_control_subscribe().
+ * Returns NULL on allocation failure.  It is safe to unsubscribe from
+ * inside the callback.
+ */
+struct lb_subscription *lb_control_subscribe(struct lb_registry *r, lb_event_cb cb, void *ud);
+void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s);
+
+#endif

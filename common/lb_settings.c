@@ -1,0 +1,443 @@
+/*
+ * The settings table interpreter.  Each source (default, file, env, flag)
+ * goes through the same setting_assign(), so a value is validated the same
+ * way wherever it comes from, and an error always names its source.
+ */
+#include "lb_settings.h"
+#include "lb_duration.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum source { SRC_DEFAULT, SRC_FILE, SRC_ENV, SRC_FLAG };
+
+#define MAX_SETTINGS 128
+
+static char *format_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *format_error(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+static void *field(const struct lb_setting *s, void *out)
+{
+    return (char *)out + s->offset;
+}
+
+static size_t max_len(const struct lb_setting *s)
+{
+    return s->max > 0 ? (size_t)s->max : 4096;
+}
+
+static const char *source_name(enum source src, const struct lb_setting *s, char *buf,
+                               size_t size)
+{
+    switch (src) {
+    case SRC_DEFAULT:
+        snprintf(buf, size, "default of --%s", s->name);
+        break;
+    case SRC_FILE:
+        snprintf(buf, size, "config key \"%s\"", s->name);
+        break;
+    case SRC_ENV:
+        snprintf(buf, size, "%s", s->env);
+        break;
+    case SRC_FLAG:
+        snprintf(buf, size, "--%s", s->name);
+        break;
+    }
+    return buf;
+}
+
+static bool choice_ok(const char *choices, const char *value)
+{
+    size_t vlen = strlen(value);
+    const char *p = choices;
+
+    while (*p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+
+        if (len == vlen && strncmp(p, value, len) == 0)
+            return true;
+        if (!bar)
+            break;
+        p = bar + 1;
+    }
+    return false;
+}
+
+static int list_push(struct lb_strlist *l, const char *value)
+{
+    char **v = realloc(l->v, (l->n + 1) * sizeof(*v));
+
+    if (!v)
+        return -ENOMEM;
+    l->v = v;
+    l->v[l->n] = strdup(value);
+    if (!l->v[l->n])
+        return -ENOMEM;
+    l->n++;
+    return 0;
+}
+
+static void list_clear(struct lb_strlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+/*
+ * Stores `value` (user syntax) into the setting.  `last_src` remembers which
+ * source last wrote a list, so a higher source replaces instead of appending.
+ */
+static int setting_assign(const struct lb_setting *s, void *out, const char *value,
+                          enum source src, enum source *last_src, char **err)
+{
+    char where[96];
+    const char *why = NULL;
+
+    source_name(src, s, where, sizeof(where));
+    switch (s->type) {
+    case LB_SETTING_STRING:
+    case LB_SETTING_CONFIG: {
+        char **p = field(s, out);
+
+        if (strlen(value) > max_len(s)) {
+            *err = format_error("%s: value longer than %zu characters", where, max_len(s));
+            return -EINVAL;
+        }
+        if (s->choices && !choice_ok(s->choices, value)) {
+            *err = format_error("%s: \"%s\" is not one of %s", where, value, s->choices);
+            return -EINVAL;
+        }
+        free(*p);
+        *p = strdup(value);
+        if (!*p)
+            return -ENOMEM;
+        break;
+    }
+    case LB_SETTING_LIST: {
+        struct lb_strlist *l = field(s, out);
+        char *copy, *save = NULL, *tok;
+        bool split = src != SRC_FLAG;
+        int rc = 0;
+
+        if (*last_src != src)
+            list_clear(l);
+        if (strlen(value) > max_len(s)) {
+            *err = format_error("%s: value longer than %zu characters", where, max_len(s));
+            return -EINVAL;
+        }
+        if (!split) {
+            rc = list_push(l, value);
+            break;
+        }
+        copy = strdup(value);
+        if (!copy)
+            return -ENOMEM;
+        for (tok = strtok_r(copy, ",", &save); tok && !rc; tok = strtok_r(NULL, ",", &save))
+            rc = list_push(l, tok);
+        free(copy);
+        if (rc)
+            return rc;
+        break;
+    }
+    case LB_SETTING_DURATION: {
+        int64_t ms;
+
+        if (lb_duration_parse(value, &ms, &why) < 0) {
+            *err = format_error("%s: \"%s\": %s", where, value, why);
+            return -EINVAL;
+        }
+        if (ms < s->min || ms > s->max) {
+            char lo[32], hi[32];
+
+            *err = format_error("%s: %s is out of range (%s..%s)", where, value,
+                                lb_duration_format(s->min, lo, sizeof(lo)),
+                                lb_duration_format(s->max, hi, sizeof(hi)));
+            return -EINVAL;
+        }
+        *(int64_t *)field(s, out) = ms;
+        break;
+    }
+    case LB_SETTING_INT: {
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(value, &end, 10);
+        if (errno || end == value || *end) {
+            *err = format_error("%s: \"%s\" is not a whole number", where, value);
+            return -EINVAL;
+        }
+        if (v < s->min || v > s->max) {
+            *err = format_error("%s: %lld is out of range (%lld..%lld)", where, v,
+                                (long long)s->min, (long long)s->max);
+            return -EINVAL;
+        }
+        *(int64_t *)field(s, out) = v;
+        break;
+    }
+    case LB_SETTING_BOOL: {
+        bool *b = field(s, out);
+
+        if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
+            *b = true;
+        else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
+            *b = false;
+        else {
+            *err = format_error("%s: \"%s\" is not true or false", where, value);
+            return -EINVAL;
+        }
+        break;
+    }
+    }
+    *last_src = src;
+    return 0;
+}
+
+static const struct lb_setting *find_long(const struct lb_setting *t, size_t n, const char *name,
+                                          size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strlen(t[i].name) == len && strncmp(t[i].name, name, len) == 0)
+            return &t[i];
+    return NULL;
+}
+
+static const struct lb_setting *find_short(const struct lb_setting *t, size_t n, char c)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].short_name && t[i].short_name == c)
+            return &t[i];
+    return NULL;
+}
+
+/* Reads a JSON object whose keys are setting names; values are strings,
+ * numbers, booleans, or arrays of strings for lists. */
+static int load_file(const struct lb_setting *t, size_t n, void *out, const char *path,
+                     enum source *last, char **err)
+{
+    json_object *root = json_object_from_file(path);
+    int rc = 0;
+
+    if (!root) {
+        *err = format_error("--config %s: cannot read it as JSON (%s)", path,
+                            json_util_get_last_err() ? json_util_get_last_err() : "unknown error");
+        return -EINVAL;
+    }
+    if (!json_object_is_type(root, json_type_object)) {
+        *err = format_error("--config %s: the top level must be a JSON object", path);
+        rc = -EINVAL;
+        goto out;
+    }
+    json_object_object_foreach(root, key, val)
+    {
+        const struct lb_setting *s = find_long(t, n, key, strlen(key));
+        size_t idx;
+
+        if (!s || s->type == LB_SETTING_CONFIG)
+            continue; /* unknown keys are ignored, like unknown JSON fields everywhere */
+        idx = (size_t)(s - t);
+        if (json_object_is_type(val, json_type_array)) {
+            if (s->type != LB_SETTING_LIST) {
+                *err = format_error("--config %s: \"%s\" takes a single value, not a list", path,
+                                    key);
+                rc = -EINVAL;
+                goto out;
+            }
+            for (size_t i = 0; i < json_object_array_length(val) && !rc; i++) {
+                json_object *item = json_object_array_get_idx(val, i);
+
+                rc = setting_assign(s, out, json_object_get_string(item), SRC_FILE, &last[idx],
+                                    err);
+                /* keep appending: only the first item of this source clears */
+            }
+        } else {
+            rc = setting_assign(s, out, json_object_get_string(val), SRC_FILE, &last[idx], err);
+        }
+        if (rc)
+            goto out;
+    }
+out:
+    json_object_put(root);
+    return rc;
+}
+
+int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc, char **argv,
+                      unsigned flags, char ***positional, size_t *n_positional, char **err)
+{
+    enum source last[MAX_SETTINGS];
+    const char *config_path = NULL;
+    const struct lb_setting *config_row = NULL;
+    char **pos = NULL;
+    size_t npos = 0;
+    int rc = 0;
+
+    *err = NULL;
+    *positional = NULL;
+    *n_positional = 0;
+    if (n > MAX_SETTINGS)
+        return -E2BIG;
+    for (size_t i = 0; i < n; i++) {
+        last[i] = SRC_DEFAULT;
+        if (t[i].type == LB_SETTING_CONFIG)
+            config_row = &t[i];
+        if (t[i].def && (rc = setting_assign(&t[i], out, t[i].def, SRC_DEFAULT, &last[i], err)))
+            return rc;
+    }
+    pos = calloc((size_t)(argc > 0 ? argc : 1), sizeof(*pos));
+    if (!pos)
+        return -ENOMEM;
+
+    /* The config file sits below env and flags, so find its path first. */
+    if (config_row) {
+        config_path = config_row->env ? getenv(config_row->env) : NULL;
+        for (int i = 1; i < argc; i++) {
+            size_t nl = strlen(config_row->name);
+
+            if (!strcmp(argv[i], "--"))
+                break;
+            if (strncmp(argv[i], "--", 2) == 0 && strncmp(argv[i] + 2, config_row->name, nl) == 0) {
+                if (argv[i][2 + nl] == '=')
+                    config_path = argv[i] + 3 + nl;
+                else if (argv[i][2 + nl] == '\0' && i + 1 < argc)
+                    config_path = argv[i + 1];
+            }
+        }
+        if (config_path && *config_path) {
+            size_t idx = (size_t)(config_row - t);
+
+            rc = setting_assign(config_row, out, config_path, SRC_FILE, &last[idx], err);
+            if (!rc)
+                rc = load_file(t, n, out, config_path, last, err);
+            if (rc)
+                goto out;
+        }
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        const char *v = t[i].env ? getenv(t[i].env) : NULL;
+
+        if (v && t[i].type != LB_SETTING_CONFIG &&
+            (rc = setting_assign(&t[i], out, v, SRC_ENV, &last[i], err)))
+            goto out;
+    }
+
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *value = NULL, *eq;
+        const struct lb_setting *s;
+
+        if (!strcmp(arg, "--")) {
+            while (++i < argc)
+                pos[npos++] = argv[i];
+            break;
+        }
+        if (arg[0] != '-' || arg[1] == '\0') {
+            if (flags & LB_SETTINGS_STOP_AT_POSITIONAL) {
+                while (i < argc)
+                    pos[npos++] = argv[i++];
+                break;
+            }
+            pos[npos++] = argv[i];
+            continue;
+        }
+        if (arg[1] == '-') {
+            eq = strchr(arg + 2, '=');
+            s = find_long(t, n, arg + 2, eq ? (size_t)(eq - arg - 2) : strlen(arg + 2));
+            if (eq)
+                value = eq + 1;
+        } else {
+            s = arg[2] == '\0' ? find_short(t, n, arg[1]) : NULL;
+        }
+        if (!s) {
+            *err = format_error("unknown option %s (see --help)", arg);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (!value && s->type == LB_SETTING_BOOL)
+            value = "true";
+        if (!value) {
+            if (i + 1 >= argc) {
+                *err = format_error("--%s needs a value (%s)", s->name,
+                                    s->metavar ? s->metavar : "see --help");
+                rc = -EINVAL;
+                goto out;
+            }
+            value = argv[++i];
+        }
+        if (s->type == LB_SETTING_CONFIG)
+            continue; /* already loaded */
+        rc = setting_assign(s, out, value, SRC_FLAG, &last[s - t], err);
+        if (rc)
+            goto out;
+    }
+out:
+    if (rc == -ENOMEM && !*err)
+        *err = format_error("out of memory while reading settings");
+    if (rc) {
+        free(pos);
+        return rc;
+    }
+    *positional = pos;
+    *n_positional = npos;
+    return 0;
+}
+
+void lb_settings_free(const struct lb_setting *t, size_t n, void *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (t[i].type) {
+        case LB_SETTING_STRING:
+        case LB_SETTING_CONFIG: {
+            char **p = field(&t[i], out);
+
+            free(*p);
+            *p = NULL;
+            break;
+        }
+        case LB_SETTING_LIST:
+            list_clear(field(&t[i], out));
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+void lb_settings_print_help(FILE *f, const struct lb_setting *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char left[64];
+
+        if (t[i].short_name)
+            snprintf(left, sizeof(left), "-%c, --%s%s%s", t[i].short_name, t[i].name,
+                     t[i].metavar ? " " : "", t[i].metavar ? t[i].metavar : "");
+        else
+            snprintf(left, sizeof(left), "    --%s%s%s", t[i].name, t[i].metavar ? " " : "",
+                     t[i].metavar ? t[i].metavar : "");
+        fprintf(f, "  %-30s %s", left, t[i].help);
+        if (t[i].type == LB_SETTING_LIST)
+            fprintf(f, " (repeatable)");
+        if (t[i].def && t[i].type != LB_SETTING_BOOL)
+            fprintf(f, " [default: %s]", t[i].def);
+        if (t[i].env)
+            fprintf(f, " [env: %s]", t[i].env);
+        fputc('\n', f);
+    }
+}

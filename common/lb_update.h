@@ -1,0 +1,125 @@
+/*
+ * The one interface between discovery and the data plane (DESIGN.md, module
+ * boundaries).  The watcher turns etcd keys and JSON values into typed
+ * updates; the balancer applies them and publishes a new pool snapshot on
+ * commit.  Neither side sees the other's internals: the balancer never
+ * parses JSON, the watcher never touches a client socket.
+ *
+ * Key schema, for `<prefix>` = "/lb/":
+ *   <prefix>pools/<pool>/backends/<id>    -> LB_UPDATE_BACKEND_*
+ *   <prefix>pools/<pool>/config           -> LB_UPDATE_POLICY_*
+ *   <prefix>pools/<pool>/overrides/<id>   -> LB_UPDATE_OVERRIDE_*
+ * Pool names and ids are 1..LB_NAME_MAX-1 bytes of [A-Za-z0-9._:-].
+ */
+#ifndef LB_UPDATE_H
+#define LB_UPDATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LB_NAME_MAX 128 /* pool names and backend ids, with the NUL */
+#define LB_ADDR_MAX 264 /* "host:port" text, with the NUL */
+#define LB_ZONE_MAX 64
+
+#define LB_WEIGHT_MAX     1000
+#define LB_WEIGHT_DEFAULT 100
+
+/* Registration value: {"addr":"10.0.0.5:8080","weight":100,"zone":"a","meta":{...}} */
+struct lb_backend_spec {
+    char addr[LB_ADDR_MAX]; /* host:port; host is IPv4, [IPv6] or a DNS name */
+    int weight;             /* 0..LB_WEIGHT_MAX; 0 = no new connections */
+    char zone[LB_ZONE_MAX]; /* "" when absent */
+};
+
+enum lb_health_override {
+    LB_HEALTH_AUTO = 0,       /* checks decide */
+    LB_HEALTH_FORCE_UP = 1,   /* operator says up, whatever the checks say */
+    LB_HEALTH_FORCE_DOWN = 2, /* operator says down */
+};
+
+/* Override value: {"drain":true,"weight":50,"health":"down"}; every field optional. */
+struct lb_override {
+    bool drain;
+    bool has_weight;
+    int weight; /* valid when has_weight */
+    enum lb_health_override health;
+};
+
+enum lb_algorithm { LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV };
+enum lb_health_type { LB_CHECK_TCP, LB_CHECK_HTTP, LB_CHECK_NONE };
+enum lb_proxy_protocol { LB_PROXY_NONE, LB_PROXY_V1, LB_PROXY_V2 };
+
+#define LB_HEALTH_PATH_MAX 256
+
+/* Pool policy from <prefix>pools/<pool>/config.  Durations in ms, 0 = off. */
+struct lb_pool_policy {
+    enum lb_algorithm algorithm;
+    struct {
+        enum lb_health_type type;
+        char path[LB_HEALTH_PATH_MAX];
+        int64_t interval_ms;
+        int64_t timeout_ms;
+        int rise;
+        int fall;
+    } health;
+    int64_t connect_timeout_ms;
+    int64_t idle_timeout_ms;
+    int retries;
+    int max_conns; /* per backend, 0 = unlimited */
+    int64_t slow_start_ms;
+    int64_t drain_timeout_ms;
+    enum lb_proxy_protocol proxy_protocol;
+    int panic_threshold; /* percent, 0..100 */
+};
+
+/* Fills *p with DESIGN.md's defaults. */
+void lb_pool_policy_defaults(struct lb_pool_policy *p);
+
+enum lb_update_kind {
+    LB_UPDATE_BACKEND_PUT,    /* added or changed; u.backend valid */
+    LB_UPDATE_BACKEND_DELETE, /* key deleted or its lease expired */
+    LB_UPDATE_POLICY_PUT,     /* u.policy valid; id is NULL */
+    LB_UPDATE_POLICY_DELETE,  /* back to defaults; id is NULL */
+    LB_UPDATE_OVERRIDE_PUT,   /* u.override valid */
+    LB_UPDATE_OVERRIDE_DELETE,
+};
+
+struct lb_update {
+    enum lb_update_kind kind;
+    const char *pool;
+    const char *id;
+    union {
+        struct lb_backend_spec backend;
+        struct lb_pool_policy policy;
+        struct lb_override override;
+    } u;
+};
+
+/*
+ * Where updates go.  apply() receives one change (pointers valid during the
+ * call only); commit() ends a batch (one watch message, or one full listing)
+ * and is where the receiver publishes.  A listing after a reconnect or a
+ * compaction is delivered as the difference against what was delivered
+ * before, so keys that did not change produce no update at all.  Both run on
+ * the loop that drives the watcher.
+ */
+struct lb_update_sink {
+    void (*apply)(void *ctx, const struct lb_update *update);
+    void (*commit)(void *ctx);
+    void *ctx;
+};
+
+/*
+ * Cluster-scope writes of overrides, implemented by the watcher's etcd
+ * client.  put_override() with ov == NULL deletes the override key.  done()
+ * runs later on the loop with 0 or a negative errno and a message; it is
+ * never called when put_override() itself returns an error.
+ */
+typedef void (*lb_store_done_cb)(void *ud, int status, const char *message);
+struct lb_store {
+    int (*put_override)(void *ctx, const char *pool, const char *id,
+                        const struct lb_override *ov, lb_store_done_cb done, void *ud);
+    void *ctx;
+};
+
+#endif
