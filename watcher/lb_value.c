@@ -1,0 +1,466 @@
+/*
+ * Value parsers over json-c.  Each parser fills a local struct and copies
+ * it to *out only when the whole value is good, so a bad value never
+ * half-updates anything.  Field helpers share one shape: absent or null
+ * leaves the default, a wrong type or a value out of bounds is an error
+ * naming the field as the user wrote it ("health.rise").
+ */
+#include "lb_value.h"
+#include "lb_duration.h"
+#include "lb_error.h"
+#include "lb_etcd_json.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- addresses ------------------------------------------------------------------------- */
+
+static int check_port(const char *port, char **err)
+{
+    size_t len = strlen(port);
+    long v = 0;
+
+    if (len == 0 || len > 5)
+        return lb_error_set(err, -EINVAL, "port must be a number 1..65535");
+    for (size_t i = 0; i < len; i++) {
+        if (port[i] < '0' || port[i] > '9')
+            return lb_error_set(err, -EINVAL, "port must be a number 1..65535");
+        v = v * 10 + (port[i] - '0');
+    }
+    if (v < 1 || v > 65535)
+        return lb_error_set(err, -EINVAL, "port %ld is outside 1..65535", v);
+    return 0;
+}
+
+static bool looks_numeric(const char *host, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!(host[i] == '.' || (host[i] >= '0' && host[i] <= '9')))
+            return false;
+    return true;
+}
+
+/* RFC 1123 host name; '_' is tolerated because container runtimes hand them out. */
+static bool dns_name_is_valid(const char *host, size_t len)
+{
+    size_t label = 0;
+
+    if (len > 0 && host[len - 1] == '.')
+        len--; /* one trailing dot: fully qualified */
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        char c = i < len ? host[i] : '.';
+
+        if (c == '.') {
+            if (label == 0 || label > 63 || host[i - 1] == '-' || host[i - label] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return false;
+        label++;
+    }
+    return true;
+}
+
+int lb_value_check_addr(const char *addr, char **err)
+{
+    char host[LB_ADDR_MAX];
+    const char *colon;
+    size_t len = strlen(addr), host_len;
+
+    if (len == 0)
+        return lb_error_set(err, -EINVAL, "address is empty (want host:port)");
+    if (len >= LB_ADDR_MAX)
+        return lb_error_set(err, -EINVAL, "address longer than %d characters", LB_ADDR_MAX - 1);
+    if (addr[0] == '[') {
+        const char *close = strchr(addr, ']');
+        struct in6_addr a6;
+
+        if (!close || close[1] != ':')
+            return lb_error_set(err, -EINVAL, "IPv6 address must be written [addr]:port");
+        host_len = (size_t)(close - addr - 1);
+        memcpy(host, addr + 1, host_len);
+        host[host_len] = '\0';
+        if (inet_pton(AF_INET6, host, &a6) != 1)
+            return lb_error_set(err, -EINVAL, "\"%s\" is not an IPv6 address", host);
+        return check_port(close + 2, err);
+    }
+    colon = strrchr(addr, ':');
+    if (!colon)
+        return lb_error_set(err, -EINVAL, "address has no port (want host:port)");
+    host_len = (size_t)(colon - addr);
+    if (memchr(addr, ':', host_len))
+        return lb_error_set(err, -EINVAL, "IPv6 address must be written [addr]:port");
+    if (host_len == 0)
+        return lb_error_set(err, -EINVAL, "address has no host (want host:port)");
+    memcpy(host, addr, host_len);
+    host[host_len] = '\0';
+    if (looks_numeric(host, host_len)) {
+        struct in_addr a4;
+
+        if (inet_pton(AF_INET, host, &a4) != 1)
+            return lb_error_set(err, -EINVAL, "\"%s\" is not an IPv4 address", host);
+    } else if (!dns_name_is_valid(host, host_len)) {
+        return lb_error_set(err, -EINVAL, "\"%s\" is not a valid host name", host);
+    }
+    return check_port(colon + 1, err);
+}
+
+/* --- field helpers --------------------------------------------------------------------- */
+
+/* The member, or NULL when absent or null. */
+static json_object *member(json_object *obj, const char *name)
+{
+    json_object *v = NULL;
+
+    json_object_object_get_ex(obj, name, &v);
+    return v;
+}
+
+static int get_int(json_object *obj, const char *name, const char *label, int64_t min, int64_t max,
+                   int *out, char **err)
+{
+    json_object *v = member(obj, name);
+    int64_t n;
+
+    if (!v)
+        return 0;
+    if (!json_object_is_type(v, json_type_int))
+        return lb_error_set(err, -EINVAL, "%s must be a whole number %lld..%lld", label,
+                            (long long)min, (long long)max);
+    errno = 0;
+    n = json_object_get_int64(v);
+    if (errno || n < min || n > max)
+        return lb_error_set(err, -EINVAL, "%s must be a whole number %lld..%lld", label,
+                            (long long)min, (long long)max);
+    *out = (int)n;
+    return 0;
+}
+
+static int get_bool(json_object *obj, const char *name, bool *out, char **err)
+{
+    json_object *v = member(obj, name);
+
+    if (!v)
+        return 0;
+    if (!json_object_is_type(v, json_type_boolean))
+        return lb_error_set(err, -EINVAL, "%s must be true or false", name);
+    *out = json_object_get_boolean(v);
+    return 0;
+}
+
+/* A string member copied into out (size bytes with the NUL); *present tells if it was there. */
+static int get_string(json_object *obj, const char *name, const char *label, char *out, size_t size,
+                      bool *present, char **err)
+{
+    json_object *v = member(obj, name);
+    size_t len;
+
+    if (present)
+        *present = false;
+    if (!v)
+        return 0;
+    if (!json_object_is_type(v, json_type_string))
+        return lb_error_set(err, -EINVAL, "%s must be a string", label);
+    len = (size_t)json_object_get_string_len(v);
+    if (len >= size || strlen(json_object_get_string(v)) != len)
+        return lb_error_set(err, -EINVAL, "%s must be at most %zu characters", label, size - 1);
+    memcpy(out, json_object_get_string(v), len + 1);
+    if (present)
+        *present = true;
+    return 0;
+}
+
+/* Picks `text` out of "a|b|c"; returns its index or -1. */
+static int choice_index(const char *choices, const char *text)
+{
+    size_t tlen = strlen(text);
+    int i = 0;
+
+    for (const char *p = choices; *p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+
+        if (len == tlen && memcmp(p, text, len) == 0)
+            return i;
+        if (!bar)
+            break;
+        p = bar + 1;
+    }
+    return -1;
+}
+
+static int get_choice(json_object *obj, const char *name, const char *label, const char *choices,
+                      int *out, char **err)
+{
+    char text[32];
+    bool present;
+    int idx, rc;
+
+    rc = get_string(obj, name, label, text, sizeof(text), &present, err);
+    if (rc || !present)
+        return rc == -EINVAL ? lb_error_set(err, rc, "%s must be one of %s", label, choices) : rc;
+    idx = choice_index(choices, text);
+    if (idx < 0)
+        return lb_error_set(err, -EINVAL, "%s \"%s\" is not one of %s", label, text, choices);
+    *out = idx;
+    return 0;
+}
+
+static int get_duration(json_object *obj, const char *name, const char *label, int64_t *out,
+                        char **err)
+{
+    char text[64];
+    const char *why = NULL;
+    bool present;
+    int rc;
+
+    rc = get_string(obj, name, label, text, sizeof(text), &present, err);
+    if (rc || !present)
+        return rc == -EINVAL ? lb_error_set(err, rc, "%s must be a duration string like \"3s\"",
+                                            label)
+                             : rc;
+    if (lb_duration_parse(text, out, &why) < 0)
+        return lb_error_set(err, -EINVAL, "%s \"%s\": %s", label, text, why);
+    return 0;
+}
+
+/* Parses the value and checks it is an object; the caller puts *root. */
+static int parse_object(const char *json, size_t len, const char *what, json_object **root,
+                        char **err)
+{
+    char *why = NULL;
+    int rc;
+
+    *root = NULL;
+    if (len > LB_VALUE_MAX)
+        return lb_error_set(err, -EINVAL, "%s value is larger than %d bytes", what, LB_VALUE_MAX);
+    rc = lb_etcd_json_parse(json, len, root, &why);
+    if (rc) {
+        lb_error_set(err, rc, "%s value is %s", what, why ? why : "not JSON");
+        free(why);
+        return rc;
+    }
+    if (!json_object_is_type(*root, json_type_object)) {
+        json_object_put(*root);
+        *root = NULL;
+        return lb_error_set(err, -EINVAL, "%s value must be a JSON object", what);
+    }
+    return 0;
+}
+
+static bool zone_is_valid(const char *zone)
+{
+    for (const char *p = zone; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '_' || *p == ':' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* --- values ---------------------------------------------------------------------------- */
+
+int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err)
+{
+    struct lb_backend_spec spec;
+    json_object *root;
+    bool present;
+    int rc;
+
+    memset(&spec, 0, sizeof(spec));
+    spec.weight = LB_WEIGHT_DEFAULT;
+    rc = parse_object(json, len, "backend", &root, err);
+    if (rc)
+        return rc;
+    rc = get_string(root, "addr", "addr", spec.addr, sizeof(spec.addr), &present, err);
+    if (!rc && !present)
+        rc = lb_error_set(err, -EINVAL, "backend value has no \"addr\" (want host:port)");
+    if (!rc)
+        rc = lb_value_check_addr(spec.addr, err);
+    if (!rc)
+        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &spec.weight, err);
+    if (!rc)
+        rc = get_string(root, "zone", "zone", spec.zone, sizeof(spec.zone), NULL, err);
+    if (!rc && !zone_is_valid(spec.zone))
+        rc = lb_error_set(err, -EINVAL, "zone must be made of [A-Za-z0-9._:-]");
+    if (!rc)
+        *out = spec;
+    json_object_put(root);
+    return rc;
+}
+
+int lb_value_parse_override(const char *json, size_t len, struct lb_override *out, char **err)
+{
+    struct lb_override ov;
+    json_object *root;
+    int health = LB_HEALTH_AUTO, rc;
+
+    memset(&ov, 0, sizeof(ov));
+    rc = parse_object(json, len, "override", &root, err);
+    if (rc)
+        return rc;
+    rc = get_bool(root, "drain", &ov.drain, err);
+    if (!rc && member(root, "weight")) {
+        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &ov.weight, err);
+        ov.has_weight = rc == 0;
+    }
+    if (!rc) {
+        /* index order matches enum lb_health_override: auto, up, down */
+        rc = get_choice(root, "health", "health", "auto|up|down", &health, err);
+        ov.health = (enum lb_health_override)health;
+    }
+    if (!rc)
+        *out = ov;
+    json_object_put(root);
+    return rc;
+}
+
+static int parse_health(json_object *h, struct lb_pool_policy *p, char **err)
+{
+    bool present;
+    int type = (int)p->health.type, rc;
+
+    if (!json_object_is_type(h, json_type_object))
+        return lb_error_set(err, -EINVAL, "health must be an object");
+    /* index order matches enum lb_health_type */
+    rc = get_choice(h, "type", "health.type", "tcp|http|none", &type, err);
+    p->health.type = (enum lb_health_type)type;
+    if (!rc)
+        rc = get_string(h, "path", "health.path", p->health.path, sizeof(p->health.path), &present,
+                        err);
+    if (!rc && present) {
+        if (p->health.path[0] != '/')
+            return lb_error_set(err, -EINVAL, "health.path must start with '/'");
+        for (const char *c = p->health.path; *c; c++)
+            if ((unsigned char)*c <= 0x20 || *c == 0x7f)
+                return lb_error_set(err, -EINVAL,
+                                    "health.path must not hold spaces or control characters");
+    }
+    if (!rc)
+        rc = get_duration(h, "interval", "health.interval", &p->health.interval_ms, err);
+    if (!rc)
+        rc = get_duration(h, "timeout", "health.timeout", &p->health.timeout_ms, err);
+    if (!rc)
+        rc = get_int(h, "rise", "health.rise", 1, 100, &p->health.rise, err);
+    if (!rc)
+        rc = get_int(h, "fall", "health.fall", 1, 100, &p->health.fall, err);
+    return rc;
+}
+
+int lb_value_parse_policy(const char *json, size_t len, struct lb_pool_policy *out, char **err)
+{
+    struct lb_pool_policy p;
+    json_object *root, *h;
+    int algorithm, proxy, rc;
+
+    lb_pool_policy_defaults(&p);
+    algorithm = (int)p.algorithm;
+    proxy = (int)p.proxy_protocol;
+    rc = parse_object(json, len, "pool config", &root, err);
+    if (rc)
+        return rc;
+    /* index order matches enum lb_algorithm and enum lb_proxy_protocol */
+    rc = get_choice(root, "algorithm", "algorithm", "wrr|leastconn|p2c|maglev", &algorithm, err);
+    p.algorithm = (enum lb_algorithm)algorithm;
+    if (!rc && (h = member(root, "health")))
+        rc = parse_health(h, &p, err);
+    if (!rc)
+        rc = get_duration(root, "connect_timeout", "connect_timeout", &p.connect_timeout_ms, err);
+    if (!rc)
+        rc = get_duration(root, "idle_timeout", "idle_timeout", &p.idle_timeout_ms, err);
+    if (!rc)
+        rc = get_int(root, "retries", "retries", 0, 10, &p.retries, err);
+    if (!rc)
+        rc = get_int(root, "max_conns", "max_conns", 0, 10000000, &p.max_conns, err);
+    if (!rc)
+        rc = get_duration(root, "slow_start", "slow_start", &p.slow_start_ms, err);
+    if (!rc)
+        rc = get_duration(root, "drain_timeout", "drain_timeout", &p.drain_timeout_ms, err);
+    if (!rc) {
+        rc = get_choice(root, "proxy_protocol", "proxy_protocol", "none|v1|v2", &proxy, err);
+        p.proxy_protocol = (enum lb_proxy_protocol)proxy;
+    }
+    if (!rc)
+        rc = get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold, err);
+    if (!rc && p.health.type != LB_CHECK_NONE &&
+        (p.health.interval_ms == 0 || p.health.timeout_ms == 0))
+        rc = lb_error_set(err, -EINVAL,
+                          "health.interval and health.timeout must be above 0 (use "
+                          "health.type \"none\" to turn checks off)");
+    if (!rc)
+        *out = p;
+    json_object_put(root);
+    return rc;
+}
+
+bool lb_value_override_is_default(const struct lb_override *ov)
+{
+    return !ov->drain && !ov->has_weight && ov->health == LB_HEALTH_AUTO;
+}
+
+static int add_member(json_object *obj, const char *name, json_object *v)
+{
+    if (!v || json_object_object_add(obj, name, v) < 0) {
+        json_object_put(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int lb_value_encode_override(const struct lb_override *ov, char **out)
+{
+    static const char *const health[] = {"auto", "up", "down"};
+    json_object *obj;
+    int rc = 0;
+
+    *out = NULL;
+    if ((ov->has_weight && (ov->weight < 0 || ov->weight > LB_WEIGHT_MAX)) ||
+        (unsigned)ov->health > LB_HEALTH_FORCE_DOWN)
+        return -EINVAL;
+    obj = json_object_new_object();
+    if (!obj)
+        return -ENOMEM;
+    if (ov->drain)
+        rc = add_member(obj, "drain", json_object_new_boolean(1));
+    if (!rc && ov->has_weight)
+        rc = add_member(obj, "weight", json_object_new_int(ov->weight));
+    if (!rc && ov->health != LB_HEALTH_AUTO)
+        rc = add_member(obj, "health", json_object_new_string(health[ov->health]));
+    if (rc) {
+        json_object_put(obj);
+        return rc;
+    }
+    return lb_etcd_json_finish(obj, out);
+}
+
+int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out)
+{
+    json_object *obj;
+    int rc;
+
+    *out = NULL;
+    if (memchr(spec->addr, '\0', sizeof(spec->addr)) == NULL ||
+        memchr(spec->zone, '\0', sizeof(spec->zone)) == NULL ||
+        lb_value_check_addr(spec->addr, NULL) < 0 || spec->weight < 0 ||
+        spec->weight > LB_WEIGHT_MAX || !zone_is_valid(spec->zone))
+        return -EINVAL;
+    obj = json_object_new_object();
+    if (!obj)
+        return -ENOMEM;
+    rc = add_member(obj, "addr", json_object_new_string(spec->addr));
+    if (!rc)
+        rc = add_member(obj, "weight", json_object_new_int(spec->weight));
+    if (!rc && spec->zone[0])
+        rc = add_member(obj, "zone", json_object_new_string(spec->zone));
+    if (rc) {
+        json_object_put(obj);
+        return rc;
+    }
+    return lb_etcd_json_finish(obj, out);
+}
