@@ -1,0 +1,750 @@
+/*
+ * The list-then-watch state machine.
+ *
+ *            start / retry (not synced, or re-list needed)
+ *   IDLE ───────────────▶ LISTING ──page──▶ LISTING ... ──last page──▶ CONNECTING
+ *                            │                                            │ created
+ *                            │ error                       error / end    ▼
+ *                            └──────────▶ BACKOFF ◀──────────────────── WATCHING
+ *                                           │  ▲                          │
+ *                                     timer │  └──── stall ───────────────┘
+ *                                           ▼
+ *                              CONNECTING (resume at revision + 1)
+ *
+ * One transfer is in flight at a time (`call`): a range page or the watch.
+ * Decisions taken while reading the stream (compaction, a bad line) are
+ * noted in `after_stream` and acted on in the stream's done callback, once
+ * curl is off the stack.
+ *
+ * Revisions: `revision` only moves to a revision whose events have all been
+ * delivered: the highest mod_revision of a watch response's events, or the
+ * header of a progress notification (etcd sends those only to watchers
+ * that are caught up).  The header of a response with events is not used:
+ * while catching up, etcd stamps batches with its current revision, ahead
+ * of the events the batch holds.
+ *
+ * A listing is staged in memory and applied to the mirror only when its
+ * last page has arrived, so the sink sees one consistent batch per listing
+ * and a listing that fails half way changes nothing.
+ */
+#include "lb_watcher.h"
+#include "lb_duration.h"
+#include "lb_error.h"
+#include "lb_etcd_http.h"
+#include "lb_etcd_json.h"
+#include "lb_key.h"
+#include "lb_log.h"
+#include "lb_mirror.h"
+#include "lb_override_store.h"
+#include "lb_watch_decode.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_BACKOFF_INITIAL_MS 100
+#define DEFAULT_BACKOFF_MAX_MS     10000
+#define DEFAULT_REQUEST_TIMEOUT_MS 10000
+#define DEFAULT_PAGE_SIZE          500
+#define MAX_PAGE_SIZE              100000
+#define RANGE_RESPONSE_MAX         (64 * 1024 * 1024)
+#define LISTING_BYTES_MAX          ((size_t)512 * 1024 * 1024)
+
+/* What the end of the current watch stream leads to. */
+enum after_stream {
+    AFTER_RETRY,        /* back off, resume the watch */
+    AFTER_RELIST,       /* re-list now (compaction) */
+    AFTER_RETRY_RELIST, /* back off, then re-list (lost line, changed cluster) */
+};
+
+struct staged_kv {
+    char *key;
+    size_t key_len;
+    char *value;
+    size_t value_len;
+    int64_t mod_revision;
+};
+
+struct lb_watcher {
+    struct ev_loop *loop;
+    struct lb_etcd_http *http;
+    struct lb_mirror *mirror;
+    struct lb_override_store *store;
+    struct lb_update_sink sink;
+
+    char **endpoints;
+    size_t n_endpoints;
+    size_t endpoint; /* index in use */
+    char prefix[LB_PREFIX_MAX];
+    char range_key[LB_PREFIX_MAX + 8]; /* <prefix>pools/ */
+    size_t range_key_len;
+    char range_end[LB_PREFIX_MAX + 8];
+    size_t range_end_len;
+
+    int64_t backoff_initial_ms;
+    int64_t backoff_max_ms;
+    int64_t stall_timeout_ms;
+    int64_t request_timeout_ms;
+    int64_t page_size;
+
+    enum lb_watcher_state state;
+    bool started;
+    bool synced;
+    bool need_relist;
+    int64_t revision;    /* every event up to here was delivered */
+    uint64_t cluster_id; /* 0 until known */
+
+    struct lb_etcd_call *call; /* range page or watch in flight */
+
+    /* listing */
+    int64_t list_revision;
+    struct staged_kv *staged;
+    size_t n_staged;
+    size_t staged_cap;
+    size_t staged_bytes;
+
+    /* watch */
+    struct lb_watch_lines lines;
+    struct lb_watch_decoder decoder;
+    enum after_stream after;
+    char after_reason[512];
+    ev_tstamp stream_activity; /* start of the watch, then its last bytes */
+
+    ev_timer retry_timer;
+    ev_timer stall_timer;
+    unsigned attempt; /* failures since the last success */
+    uint64_t rng;
+    ev_tstamp last_contact; /* 0 = never */
+
+    uint64_t reconnects;
+    uint64_t relists;
+    uint64_t events_received;
+    uint64_t decode_errors;
+};
+
+static void list_begin(struct lb_watcher *w);
+static void watch_begin(struct lb_watcher *w);
+
+const char *lb_watcher_state_name(enum lb_watcher_state state)
+{
+    switch (state) {
+    case LB_WATCHER_IDLE:
+        return "idle";
+    case LB_WATCHER_LISTING:
+        return "listing";
+    case LB_WATCHER_CONNECTING:
+        return "connecting";
+    case LB_WATCHER_WATCHING:
+        return "watching";
+    case LB_WATCHER_BACKOFF:
+        return "backoff";
+    }
+    return "unknown";
+}
+
+/* --- back-off -------------------------------------------------------------------------- */
+
+static uint64_t next_random(struct lb_watcher *w)
+{
+    uint64_t x = w->rng; /* xorshift64* */
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 2685821657736338717ULL;
+}
+
+/* Capped exponential delay with "equal jitter": half fixed, half random. */
+static int64_t backoff_ms(struct lb_watcher *w)
+{
+    int64_t base = w->backoff_initial_ms;
+    unsigned n = w->attempt < 40 ? w->attempt : 40;
+
+    for (unsigned i = 0; i < n && base < w->backoff_max_ms; i++)
+        base *= 2;
+    if (base > w->backoff_max_ms)
+        base = w->backoff_max_ms;
+    return base / 2 + (int64_t)(next_random(w) % (uint64_t)(base / 2 + 1));
+}
+
+/*
+ * Something failed: count it, move to the next endpoint and try again after
+ * the back-off.  `what` names the step, `why` is the message to log.
+ */
+static void schedule_retry(struct lb_watcher *w, const char *what, const char *why)
+{
+    char qwhy[320], delay_text[32];
+    int64_t delay;
+
+    if (w->call) {
+        lb_etcd_http_cancel(w->call);
+        w->call = NULL;
+    }
+    ev_timer_stop(w->loop, &w->stall_timer);
+    delay = backoff_ms(w);
+    w->attempt++;
+    w->reconnects++;
+    LB_WARN("watcher", "msg=\"etcd %s failed, retrying\" endpoint=%s error=%s retry_in=%s", what,
+            w->endpoints[w->endpoint], lb_log_quote(qwhy, sizeof(qwhy), why),
+            lb_duration_format(delay, delay_text, sizeof(delay_text)));
+    w->endpoint = (w->endpoint + 1) % w->n_endpoints;
+    w->state = LB_WATCHER_BACKOFF;
+    ev_timer_set(&w->retry_timer, (double)delay / 1000.0, 0.);
+    ev_timer_start(w->loop, &w->retry_timer);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct lb_watcher *w = t->data;
+
+    if (!w->synced || w->need_relist)
+        list_begin(w);
+    else
+        watch_begin(w);
+}
+
+/* --- listing --------------------------------------------------------------------------- */
+
+static void staged_clear(struct lb_watcher *w)
+{
+    for (size_t i = 0; i < w->n_staged; i++) {
+        free(w->staged[i].key);
+        free(w->staged[i].value);
+    }
+    free(w->staged);
+    w->staged = NULL;
+    w->n_staged = 0;
+    w->staged_cap = 0;
+    w->staged_bytes = 0;
+}
+
+/* Moves the kvs of a page into the staging area (the range keeps nothing to free). */
+static int stage_page(struct lb_watcher *w, struct lb_etcd_range *page)
+{
+    if (w->n_staged + page->n_kvs > LB_MIRROR_MAX_KEYS)
+        return -E2BIG;
+    if (w->n_staged + page->n_kvs > w->staged_cap) {
+        size_t cap = w->staged_cap ? w->staged_cap : 256;
+        struct staged_kv *s;
+
+        while (cap < w->n_staged + page->n_kvs)
+            cap *= 2;
+        s = realloc(w->staged, cap * sizeof(*s));
+        if (!s)
+            return -ENOMEM;
+        w->staged = s;
+        w->staged_cap = cap;
+    }
+    for (size_t i = 0; i < page->n_kvs; i++) {
+        struct lb_etcd_kv *kv = &page->kvs[i];
+        struct staged_kv *s = &w->staged[w->n_staged];
+
+        w->staged_bytes += kv->key_len + kv->value_len;
+        if (w->staged_bytes > LISTING_BYTES_MAX)
+            return -E2BIG;
+        s->key = kv->key;
+        s->key_len = kv->key_len;
+        s->value = kv->value;
+        s->value_len = kv->value_len;
+        s->mod_revision = kv->mod_revision;
+        kv->key = kv->value = NULL;
+        w->n_staged++;
+    }
+    return 0;
+}
+
+static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply);
+
+static void list_request_page(struct lb_watcher *w, const char *key, size_t key_len)
+{
+    struct lb_etcd_request req = {
+        .endpoint = w->endpoints[w->endpoint],
+        .path = "/v3/kv/range",
+        .timeout_ms = w->request_timeout_ms,
+        .max_response = RANGE_RESPONSE_MAX,
+        .on_done = list_page_done_cb,
+        .ud = w,
+    };
+    char *body = NULL;
+    int rc;
+
+    rc = lb_etcd_json_range_request(key, key_len, w->range_end, w->range_end_len, w->list_revision,
+                                    w->page_size, &body);
+    if (!rc) {
+        req.body = body;
+        rc = lb_etcd_http_start(w->http, &req, &w->call);
+    }
+    free(body);
+    if (rc)
+        schedule_retry(w, "range", strerror(-rc));
+}
+
+/* The last page is in: deliver the difference as one batch, then watch. */
+static void list_finish(struct lb_watcher *w)
+{
+    struct lb_mirror_stats ms;
+    int64_t updates = 0;
+    size_t refused = 0;
+    int rc = 0;
+
+    lb_mirror_relist_begin(w->mirror);
+    for (size_t i = 0; i < w->n_staged; i++) {
+        struct staged_kv *s = &w->staged[i];
+
+        rc = lb_mirror_put(w->mirror, s->key, s->key_len, s->value, s->value_len,
+                           s->mod_revision);
+        if (rc == -E2BIG) {
+            refused++; /* mirror full: the key stays unknown, nothing else changes */
+            rc = 0;
+        }
+        if (rc < 0)
+            break;
+        updates += rc;
+    }
+    if (rc >= 0)
+        updates += lb_mirror_relist_end(w->mirror);
+    staged_clear(w);
+    if (updates > 0 || !w->synced)
+        w->sink.commit(w->sink.ctx);
+    if (refused)
+        LB_ERROR("watcher", "msg=\"too many keys, some ignored\" ignored=%zu max=%d", refused,
+                 LB_MIRROR_MAX_KEYS);
+    if (rc < 0) {
+        /* out of memory half way: what was delivered is true; try the rest again */
+        w->need_relist = true;
+        schedule_retry(w, "listing", strerror(-rc));
+        return;
+    }
+    if (w->synced)
+        w->relists++;
+    w->synced = true;
+    w->need_relist = false;
+    w->revision = w->list_revision;
+    w->attempt = 0;
+    lb_mirror_get_stats(w->mirror, &ms);
+    LB_INFO("watcher", "msg=\"synced\" endpoint=%s revision=%lld keys=%zu updates=%lld",
+            w->endpoints[w->endpoint], (long long)w->revision, ms.keys, (long long)updates);
+    watch_begin(w);
+}
+
+static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply)
+{
+    struct lb_watcher *w = ud;
+    struct lb_etcd_range page;
+    char *err = NULL;
+    int rc;
+
+    w->call = NULL;
+    if (reply->status) {
+        if (reply->status == -E2BIG && w->page_size > 1)
+            w->page_size /= 2; /* huge values: ask for fewer keys per page */
+        schedule_retry(w, "range", reply->message);
+        return;
+    }
+    w->last_contact = ev_now(w->loop);
+    rc = reply->body ? lb_etcd_json_parse_range(reply->body, reply->body_len, &page, &err)
+                     : -ENOMEM;
+    if (rc) {
+        w->decode_errors++;
+        schedule_retry(w, "range", err ? err : "out of memory");
+        free(err);
+        return;
+    }
+    if (w->list_revision == 0) {
+        w->list_revision = page.header.revision;
+        if (w->cluster_id && page.header.cluster_id && page.header.cluster_id != w->cluster_id)
+            LB_WARN("watcher", "msg=\"etcd cluster id changed\" endpoint=%s",
+                    w->endpoints[w->endpoint]);
+        if (page.header.cluster_id)
+            w->cluster_id = page.header.cluster_id;
+    }
+    LB_DEBUG("watcher", "msg=\"range page\" endpoint=%s revision=%lld keys=%zu more=%d",
+             w->endpoints[w->endpoint], (long long)w->list_revision, page.n_kvs, page.more);
+    rc = stage_page(w, &page);
+    if (rc) {
+        lb_etcd_range_free(&page);
+        schedule_retry(w, "range",
+                       rc == -E2BIG ? "listing larger than the watcher accepts" : strerror(-rc));
+        return;
+    }
+    if (page.more && w->n_staged > 0) {
+        /* next page: from just after the last key, at the same revision */
+        struct staged_kv *last = &w->staged[w->n_staged - 1];
+        char *next = malloc(last->key_len + 1);
+
+        lb_etcd_range_free(&page);
+        if (!next) {
+            schedule_retry(w, "range", "out of memory");
+            return;
+        }
+        memcpy(next, last->key, last->key_len);
+        next[last->key_len] = '\0';
+        list_request_page(w, next, last->key_len + 1);
+        free(next);
+        return;
+    }
+    lb_etcd_range_free(&page);
+    list_finish(w);
+}
+
+static void list_begin(struct lb_watcher *w)
+{
+    ev_timer_stop(w->loop, &w->retry_timer);
+    staged_clear(w);
+    w->state = LB_WATCHER_LISTING;
+    w->list_revision = 0;
+    list_request_page(w, w->range_key, w->range_key_len);
+}
+
+/* --- watching -------------------------------------------------------------------------- */
+
+/* Stops reading the stream; the done callback then does what `after` says. */
+static int stream_stop(struct lb_watcher *w, enum after_stream after, const char *why)
+{
+    w->after = after;
+    snprintf(w->after_reason, sizeof(w->after_reason), "%s", why);
+    return -ECANCELED;
+}
+
+static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
+{
+    char text[320];
+    int64_t high = 0;
+    int n;
+
+    if (msg->canceled) {
+        if (msg->compact_revision > 0) {
+            LB_WARN("watcher",
+                    "msg=\"watch revision compacted, re-listing\" revision=%lld compacted=%lld",
+                    (long long)w->revision + 1, (long long)msg->compact_revision);
+            return stream_stop(w, AFTER_RELIST, "compacted");
+        }
+        snprintf(text, sizeof(text), "etcd canceled the watch: %s",
+                 msg->cancel_reason[0] ? msg->cancel_reason : "no reason given");
+        return stream_stop(w, AFTER_RETRY, text);
+    }
+    if (msg->created) {
+        if (w->cluster_id && msg->header.cluster_id && msg->header.cluster_id != w->cluster_id)
+            return stream_stop(w, AFTER_RETRY_RELIST, "etcd cluster id changed");
+        if (msg->header.revision && msg->header.revision < w->revision)
+            return stream_stop(w, AFTER_RETRY_RELIST, "etcd revision went backwards");
+        w->state = LB_WATCHER_WATCHING;
+        w->attempt = 0;
+        /* from now on the stall timeout applies, not the set-up one */
+        ev_timer_stop(w->loop, &w->stall_timer);
+        ev_timer_set(&w->stall_timer, (double)w->stall_timeout_ms / 1000.0, 0.);
+        ev_timer_start(w->loop, &w->stall_timer);
+        LB_INFO("watcher", "msg=\"watching\" endpoint=%s from_revision=%lld",
+                w->endpoints[w->endpoint], (long long)w->revision + 1);
+    }
+    if (msg->n_events > 0) {
+        w->events_received += msg->n_events;
+        n = lb_mirror_apply_events(w->mirror, msg);
+        if (n < 0)
+            return stream_stop(w, AFTER_RETRY_RELIST, strerror(-n));
+        if (n > 0)
+            w->sink.commit(w->sink.ctx);
+        for (size_t i = 0; i < msg->n_events; i++)
+            if (msg->events[i].kv.mod_revision > high)
+                high = msg->events[i].kv.mod_revision;
+    } else if (msg->progress) {
+        high = msg->header.revision;
+    }
+    if (high > w->revision)
+        w->revision = high;
+    return 0;
+}
+
+static int watch_line_cb(void *ud, const char *line, size_t len, int status)
+{
+    struct lb_watcher *w = ud;
+    const struct lb_watch_msg *msg;
+    char *err = NULL;
+    int rc;
+
+    if (status < 0) {
+        w->decode_errors++;
+        return stream_stop(w, AFTER_RETRY_RELIST, "watch line longer than the maximum");
+    }
+    rc = lb_watch_decoder_line(&w->decoder, line, len, &msg, &err);
+    if (rc < 0) {
+        /* an error etcd wrote into the stream lost nothing; an unreadable line may have */
+        if (rc == -EPROTO) {
+            rc = stream_stop(w, AFTER_RETRY, err ? err : "etcd ended the watch");
+        } else {
+            w->decode_errors++;
+            rc = stream_stop(w, AFTER_RETRY_RELIST, err ? err : "unreadable watch line");
+        }
+        free(err);
+        return rc;
+    }
+    return rc == 0 ? 0 : handle_msg(w, msg);
+}
+
+static int watch_data_cb(void *ud, const char *data, size_t len)
+{
+    struct lb_watcher *w = ud;
+
+    w->last_contact = w->stream_activity = ev_now(w->loop);
+    return lb_watch_lines_feed(&w->lines, data, len, watch_line_cb, w);
+}
+
+static void watch_done_cb(void *ud, const struct lb_etcd_reply *reply)
+{
+    struct lb_watcher *w = ud;
+
+    w->call = NULL;
+    ev_timer_stop(w->loop, &w->stall_timer);
+    if (reply->status == -ECANCELED) {
+        switch (w->after) {
+        case AFTER_RELIST:
+            list_begin(w);
+            return;
+        case AFTER_RETRY_RELIST:
+            w->need_relist = true;
+            /* fall through */
+        case AFTER_RETRY:
+            schedule_retry(w, "watch", w->after_reason);
+            return;
+        }
+    }
+    schedule_retry(w, "watch", reply->status ? reply->message : "stream ended");
+}
+
+static void stall_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct lb_watcher *w = t->data;
+    int64_t limit_ms =
+        w->state == LB_WATCHER_CONNECTING ? w->request_timeout_ms : w->stall_timeout_ms;
+    ev_tstamp deadline = w->stream_activity + (double)limit_ms / 1000.0;
+    ev_tstamp now = ev_now(loop);
+
+    if (now < deadline) {
+        ev_timer_set(t, deadline - now, 0.);
+        ev_timer_start(loop, t);
+        return;
+    }
+    schedule_retry(w, "watch",
+                   w->state == LB_WATCHER_CONNECTING ? "no answer to the watch request"
+                                                     : "watch silent for longer than the "
+                                                       "stall timeout");
+}
+
+static void watch_begin(struct lb_watcher *w)
+{
+    struct lb_etcd_request req = {
+        .endpoint = w->endpoints[w->endpoint],
+        .path = "/v3/watch",
+        .timeout_ms = 0, /* an idle stream is normal; stall_cb watches it */
+        .on_data = watch_data_cb,
+        .on_done = watch_done_cb,
+        .ud = w,
+    };
+    char *body = NULL;
+    int rc;
+
+    ev_timer_stop(w->loop, &w->retry_timer);
+    w->state = LB_WATCHER_CONNECTING;
+    w->after = AFTER_RETRY;
+    w->after_reason[0] = '\0';
+    lb_watch_lines_reset(&w->lines);
+    lb_watch_decoder_reset(&w->decoder);
+    rc = lb_etcd_json_watch_request(w->range_key, w->range_key_len, w->range_end,
+                                    w->range_end_len, w->revision + 1, &body);
+    if (!rc) {
+        req.body = body;
+        rc = lb_etcd_http_start(w->http, &req, &w->call);
+    }
+    free(body);
+    if (rc) {
+        schedule_retry(w, "watch", strerror(-rc));
+        return;
+    }
+    w->stream_activity = ev_now(w->loop);
+    ev_timer_set(&w->stall_timer, (double)w->request_timeout_ms / 1000.0, 0.);
+    ev_timer_start(w->loop, &w->stall_timer);
+}
+
+/* --- public ---------------------------------------------------------------------------- */
+
+static int copy_endpoints(struct lb_watcher *w, const struct lb_watcher_config *cfg, char **err)
+{
+    if (cfg->n_endpoints == 0 || !cfg->endpoints)
+        return lb_error_set(err, -EINVAL, "no etcd endpoint given");
+    w->endpoints = calloc(cfg->n_endpoints, sizeof(*w->endpoints));
+    if (!w->endpoints)
+        return lb_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < cfg->n_endpoints; i++) {
+        const char *url = cfg->endpoints[i];
+        size_t len = url ? strlen(url) : 0;
+
+        if (len == 0 || len > 512 ||
+            (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
+            return lb_error_set(err, -EINVAL,
+                                "etcd endpoint \"%s\" must be an http:// or https:// URL",
+                                url ? url : "");
+        while (len > 0 && url[len - 1] == '/')
+            len--; /* paths are appended to it */
+        w->endpoints[i] = strndup(url, len);
+        if (!w->endpoints[i])
+            return lb_error_set(err, -ENOMEM, "out of memory");
+        w->n_endpoints++;
+    }
+    return 0;
+}
+
+static int check_positive(int64_t *v, int64_t def, int64_t max, const char *name, char **err)
+{
+    if (*v == 0)
+        *v = def;
+    if (*v < 0 || *v > max)
+        return lb_error_set(err, -EINVAL, "%s is out of range", name);
+    return 0;
+}
+
+int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
+                   const struct lb_update_sink *sink, struct lb_watcher **out, char **err)
+{
+    struct lb_override_store_config store_cfg;
+    struct lb_watcher *w;
+    int rc;
+
+    *out = NULL;
+    if (!sink || !sink->apply || !sink->commit)
+        return lb_error_set(err, -EINVAL, "the watcher needs a sink with apply and commit");
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return lb_error_set(err, -ENOMEM, "out of memory");
+    w->loop = loop;
+    w->sink = *sink;
+    w->backoff_initial_ms = cfg->backoff_initial_ms;
+    w->backoff_max_ms = cfg->backoff_max_ms;
+    w->stall_timeout_ms = cfg->stall_timeout_ms;
+    w->request_timeout_ms = cfg->request_timeout_ms;
+    w->page_size = cfg->page_size;
+    lb_watch_lines_init(&w->lines, LB_WATCH_LINE_MAX);
+    lb_watch_decoder_init(&w->decoder);
+    ev_timer_init(&w->retry_timer, retry_cb, 0., 0.);
+    w->retry_timer.data = w;
+    ev_timer_init(&w->stall_timer, stall_cb, 0., 0.);
+    w->stall_timer.data = w;
+    w->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)w;
+    if (!w->rng)
+        w->rng = 1;
+
+    rc = copy_endpoints(w, cfg, err);
+    if (!rc)
+        rc = lb_key_prefix_normalize(cfg->prefix, w->prefix, err);
+    if (!rc)
+        rc = check_positive(&w->backoff_initial_ms, DEFAULT_BACKOFF_INITIAL_MS, 3600 * 1000,
+                            "backoff_initial_ms", err);
+    if (!rc)
+        rc = check_positive(&w->backoff_max_ms, DEFAULT_BACKOFF_MAX_MS, 3600 * 1000,
+                            "backoff_max_ms", err);
+    if (!rc && w->backoff_max_ms < w->backoff_initial_ms)
+        rc = lb_error_set(err, -EINVAL, "backoff_max_ms is below backoff_initial_ms");
+    if (!rc)
+        rc = check_positive(&w->stall_timeout_ms, LB_WATCHER_STALL_TIMEOUT_MS,
+                            24LL * 3600 * 1000, "stall_timeout_ms", err);
+    if (!rc)
+        rc = check_positive(&w->request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS, 3600 * 1000,
+                            "request_timeout_ms", err);
+    if (!rc)
+        rc = check_positive(&w->page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, "page_size", err);
+    if (rc)
+        goto out;
+
+    w->range_key_len = (size_t)snprintf(w->range_key, sizeof(w->range_key), "%spools/", w->prefix);
+    w->range_end_len = lb_etcd_prefix_end(w->range_key, w->range_key_len, w->range_end);
+    rc = lb_etcd_http_new(loop, &w->http);
+    if (!rc)
+        rc = lb_mirror_new(w->prefix, sink, &w->mirror);
+    if (!rc) {
+        store_cfg = (struct lb_override_store_config){
+            .http = w->http,
+            .prefix = w->prefix,
+            .endpoints = w->endpoints,
+            .n_endpoints = w->n_endpoints,
+            .current_endpoint = &w->endpoint,
+            .timeout_ms = w->request_timeout_ms,
+        };
+        rc = lb_override_store_new(&store_cfg, &w->store);
+    }
+    if (rc)
+        lb_error_set(err, rc, "out of memory");
+out:
+    if (rc) {
+        lb_watcher_free(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+int lb_watcher_start(struct lb_watcher *w)
+{
+    if (w->started)
+        return -EALREADY;
+    w->started = true;
+    list_begin(w);
+    return 0;
+}
+
+bool lb_watcher_has_synced(const struct lb_watcher *w)
+{
+    return w->synced;
+}
+
+void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *out)
+{
+    struct lb_mirror_stats ms;
+
+    memset(out, 0, sizeof(*out));
+    lb_mirror_get_stats(w->mirror, &ms);
+    out->state = w->state;
+    out->synced = w->synced;
+    out->revision = w->revision;
+    out->reconnects = w->reconnects;
+    out->relists = w->relists;
+    out->events_received = w->events_received;
+    out->updates_applied = ms.updates;
+    out->decode_errors = w->decode_errors;
+    out->bad_values = ms.bad_values;
+    out->keys = ms.keys;
+    out->ms_since_contact =
+        w->last_contact > 0 ? (int64_t)((ev_time() - w->last_contact) * 1000.0) : -1;
+    if (out->ms_since_contact < -1)
+        out->ms_since_contact = 0;
+    out->endpoint = w->endpoints[w->endpoint];
+}
+
+struct lb_store lb_watcher_store(struct lb_watcher *w)
+{
+    return lb_override_store_iface(w->store);
+}
+
+void lb_watcher_free(struct lb_watcher *w)
+{
+    if (!w)
+        return;
+    if (w->loop) {
+        ev_timer_stop(w->loop, &w->retry_timer);
+        ev_timer_stop(w->loop, &w->stall_timer);
+    }
+    lb_override_store_free(w->store); /* before the http object its writes live in */
+    if (w->call)
+        lb_etcd_http_cancel(w->call);
+    lb_etcd_http_free(w->http);
+    lb_mirror_free(w->mirror);
+    staged_clear(w);
+    lb_watch_lines_free(&w->lines);
+    lb_watch_decoder_free(&w->decoder);
+    for (size_t i = 0; i < w->n_endpoints; i++)
+        free(w->endpoints[i]);
+    free(w->endpoints);
+    free(w);
+}

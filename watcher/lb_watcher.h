@@ -1,0 +1,118 @@
+/*
+ * The watcher: keeps lbd's view of `<prefix>pools/` in step with etcd and
+ * hands every change to an lb_update_sink as typed updates (lb_update.h).
+ *
+ * List, then watch.  The watcher range-reads the prefix in pages at one
+ * revision R, delivers the listing as one batch, then watches from R+1 and
+ * delivers each watch response as one batch.  When the stream ends or
+ * fails, it backs off (capped exponential, with jitter), moves to the next
+ * endpoint and resumes the watch from the last revision it saw + 1, so no
+ * event is skipped or repeated.  It re-lists (and delivers only the
+ * difference against what it delivered before) when etcd has compacted
+ * that revision away, when a watch line could not be decoded (it may have
+ * held events), and when etcd's revision went backwards or its cluster id
+ * changed (the data behind the endpoint was replaced).  While etcd is out
+ * of reach nothing is delivered: the sink keeps the last known pools.
+ *
+ * Everything runs on the loop given to lb_watcher_new(), through libcurl's
+ * multi interface; no call blocks.  The caller runs curl_global_init()
+ * once before creating a watcher.  Sink callbacks run on the loop; they
+ * must not call lb_watcher_free().
+ */
+#ifndef LB_WATCHER_H
+#define LB_WATCHER_H
+
+#include "lb_update.h"
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * How long a watch may stay silent before it is torn down and made again.
+ * etcd sends a progress notification on a quiet watch every
+ * --experimental-watch-progress-notify-interval (default 10m), but skips
+ * the tick after any event, so a healthy stream can be silent for almost
+ * twice the interval: hence 25 minutes.  With a known interval I, set
+ * stall_timeout_ms to about 2*I plus a margin.  A dead peer is found much
+ * sooner by TCP keepalive (30s idle, 10s probes) whatever this says.
+ */
+#define LB_WATCHER_STALL_TIMEOUT_MS (25LL * 60 * 1000)
+
+struct lb_watcher_config {
+    char **endpoints;   /* "http://127.0.0.1:2379", ...; copied */
+    size_t n_endpoints; /* at least 1 */
+    const char *prefix; /* "/lb/"; a missing trailing '/' is added */
+    int64_t backoff_initial_ms; /* 0 = 100ms */
+    int64_t backoff_max_ms;     /* 0 = 10s */
+    int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
+    int64_t request_timeout_ms; /* range pages, override writes, watch set-up; 0 = 10s */
+    int64_t page_size;          /* keys per range page; 0 = 500 */
+};
+
+enum lb_watcher_state {
+    LB_WATCHER_IDLE,       /* not started */
+    LB_WATCHER_LISTING,    /* range-reading the prefix */
+    LB_WATCHER_CONNECTING, /* watch requested, not yet confirmed by etcd */
+    LB_WATCHER_WATCHING,   /* watch stream established */
+    LB_WATCHER_BACKOFF,    /* waiting before the next attempt */
+};
+
+struct lb_watcher_stats {
+    enum lb_watcher_state state;
+    bool synced;              /* the first full listing was delivered */
+    int64_t revision;         /* last etcd revision applied */
+    uint64_t reconnects;      /* failed or ended listings and watches */
+    uint64_t relists;         /* listings after the first */
+    uint64_t events_received; /* watch events read */
+    uint64_t updates_applied; /* updates delivered to the sink */
+    uint64_t decode_errors;   /* responses or watch lines that did not decode */
+    uint64_t bad_values;      /* values or key names refused */
+    size_t keys;              /* schema keys known */
+    int64_t ms_since_contact; /* since the last bytes from etcd; -1 = never */
+    const char *endpoint;     /* endpoint in use; valid until the watcher is freed */
+};
+
+struct lb_watcher;
+
+/*
+ * Creates a watcher; nothing is sent before lb_watcher_start().  The sink is
+ * copied.  Returns 0, or -EINVAL / -ENOMEM with *err (malloc'd) saying
+ * which setting is wrong.
+ */
+int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
+                   const struct lb_update_sink *sink, struct lb_watcher **out, char **err);
+
+/* Begins list-then-watch.  Never blocks; returns 0 or -EALREADY. */
+int lb_watcher_start(struct lb_watcher *w);
+
+/* True once the first full listing has been delivered (and committed). */
+bool lb_watcher_has_synced(const struct lb_watcher *w);
+
+void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *out);
+
+/* "idle", "listing", "connecting", "watching", "backoff". */
+const char *lb_watcher_state_name(enum lb_watcher_state state);
+
+struct lb_buf;
+
+/*
+ * Appends the watcher's families in Prometheus text format (lbd_etcd_*:
+ * state, synced, revision, reconnects, re-lists, events, updates, decode
+ * errors, bad values, keys, seconds since the last contact).  Returns 0,
+ * or -E2BIG / -ENOMEM from the buffer.
+ */
+int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out);
+
+/* Cluster-scope override writes through this watcher's etcd endpoints. */
+struct lb_store lb_watcher_store(struct lb_watcher *w);
+
+/*
+ * Cancels every transfer and frees everything.  Pending override writes
+ * are dropped without calling their done callbacks.  Not from inside a
+ * sink or store callback.
+ */
+void lb_watcher_free(struct lb_watcher *w);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * The watcher's statistics as Prometheus text (exposition format 0.0.4),
+ * for lbd's /metrics.  Names start with lbd_etcd_; counters end in _total.
+ * The state is one gauge per state name with value 0 or 1, so a dashboard
+ * can graph time spent in each.
+ */
+#include "lb_buf.h"
+#include "lb_watcher.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+static int emit(struct lb_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int emit(struct lb_buf *out, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(line))
+        return -E2BIG;
+    return lb_buf_append(out, line, (size_t)n);
+}
+
+static int family(struct lb_buf *out, const char *name, const char *type, const char *help)
+{
+    return emit(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value with \, " and newlines escaped. */
+static const char *escape(const char *value, char *buf, size_t size)
+{
+    size_t o = 0;
+
+    for (const char *p = value; *p && o + 3 < size; p++) {
+        if (*p == '\\' || *p == '"' || *p == '\n') {
+            buf[o++] = '\\';
+            buf[o++] = *p == '\n' ? 'n' : *p;
+        } else {
+            buf[o++] = *p;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+struct counter {
+    const char *name, *type, *help;
+    unsigned long long value;
+};
+
+int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
+{
+    static const enum lb_watcher_state states[] = {
+        LB_WATCHER_IDLE, LB_WATCHER_LISTING, LB_WATCHER_CONNECTING, LB_WATCHER_WATCHING,
+        LB_WATCHER_BACKOFF,
+    };
+    struct lb_watcher_stats st;
+    char endpoint[600];
+    int rc;
+
+    lb_watcher_get_stats(w, &st);
+    const struct counter counters[] = {
+        {"lbd_etcd_synced", "gauge", "1 once the first full listing of etcd was applied.",
+         st.synced},
+        {"lbd_etcd_revision", "gauge", "Last etcd revision applied.",
+         (unsigned long long)st.revision},
+        {"lbd_etcd_reconnects_total", "counter",
+         "etcd listings or watches that failed or ended and were retried.", st.reconnects},
+        {"lbd_etcd_relists_total", "counter",
+         "Full listings after the first (compaction, lost stream data, changed cluster).",
+         st.relists},
+        {"lbd_etcd_events_total", "counter", "Watch events received from etcd.",
+         st.events_received},
+        {"lbd_etcd_updates_total", "counter", "Pool updates applied from etcd.",
+         st.updates_applied},
+        {"lbd_etcd_decode_errors_total", "counter",
+         "etcd responses or watch lines that could not be decoded.", st.decode_errors},
+        {"lbd_etcd_bad_values_total", "counter",
+         "etcd values or key names refused (logged with their key).", st.bad_values},
+        {"lbd_etcd_keys", "gauge", "Keys of the lbd schema known from etcd.",
+         (unsigned long long)st.keys},
+    };
+
+    rc = family(out, "lbd_etcd_watch_state", "gauge",
+                "1 for the state the etcd watcher is in, 0 for the others.");
+    for (size_t i = 0; !rc && i < sizeof(states) / sizeof(states[0]); i++)
+        rc = emit(out, "lbd_etcd_watch_state{state=\"%s\"} %d\n", lb_watcher_state_name(states[i]),
+                  st.state == states[i]);
+    for (size_t i = 0; !rc && i < sizeof(counters) / sizeof(counters[0]); i++) {
+        rc = family(out, counters[i].name, counters[i].type, counters[i].help);
+        if (!rc)
+            rc = emit(out, "%s %llu\n", counters[i].name, counters[i].value);
+    }
+    if (!rc)
+        rc = family(out, "lbd_etcd_last_contact_seconds", "gauge",
+                    "Seconds since bytes last arrived from etcd (-1: never).");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_last_contact_seconds %.3f\n",
+                  st.ms_since_contact < 0 ? -1.0 : (double)st.ms_since_contact / 1000.0);
+    if (!rc)
+        rc = family(out, "lbd_etcd_endpoint_info", "gauge", "The etcd endpoint in use.");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
+                  escape(st.endpoint, endpoint, sizeof(endpoint)));
+    return rc;
+}
