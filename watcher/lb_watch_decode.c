@@ -98,6 +98,7 @@ static void clear_msg(struct lb_watch_decoder *d)
         lb_etcd_kv_free(&events[i].kv);
     memset(&d->msg, 0, sizeof(d->msg));
     d->msg.events = events; /* keep the array for the next message */
+    d->msg_bytes = 0;
 }
 
 void lb_watch_decoder_reset(struct lb_watch_decoder *d)
@@ -216,9 +217,16 @@ static int decode_result(struct lb_watch_decoder *d, json_object *result, bool *
     n = json_object_array_length(events);
     rc = reserve_events(d, n, err);
     for (size_t i = 0; i < n && !rc; i++) {
-        rc = decode_event(json_object_array_get_idx(events, i), &m->events[m->n_events], err);
-        if (!rc)
-            m->n_events++;
+        struct lb_watch_event *e = &m->events[m->n_events];
+
+        rc = decode_event(json_object_array_get_idx(events, i), e, err);
+        if (rc)
+            break;
+        m->n_events++;
+        d->msg_bytes += e->kv.key_len + e->kv.value_len;
+        if (d->msg_bytes > LB_WATCH_MSG_BYTES_MAX)
+            rc = lb_error_set(err, -E2BIG, "watch response larger than %zu bytes",
+                              LB_WATCH_MSG_BYTES_MAX);
     }
     return rc;
 }
@@ -274,4 +282,18 @@ out:
         d->merging = false;
     }
     return rc;
+}
+
+int64_t lb_watch_msg_resume_revision(const struct lb_watch_msg *msg)
+{
+    int64_t high = 0;
+
+    if (msg->canceled || msg->created)
+        return 0;
+    if (msg->progress)
+        return msg->header.revision;
+    for (size_t i = 0; i < msg->n_events; i++)
+        if (msg->events[i].kv.mod_revision > high)
+            high = msg->events[i].kv.mod_revision;
+    return high;
 }

@@ -24,8 +24,9 @@
 
 /* Largest watch line accepted; etcd writes ~4 KiB per event with prev_kv. */
 #define LB_WATCH_LINE_MAX (16 * 1024 * 1024)
-/* Largest total of events held while fragments of one response arrive. */
-#define LB_WATCH_EVENTS_MAX (1024 * 1024)
+/* Most events, and most decoded bytes, one response may hold (fragments merged). */
+#define LB_WATCH_EVENTS_MAX     (1024 * 1024)
+#define LB_WATCH_MSG_BYTES_MAX  ((size_t)256 * 1024 * 1024)
 
 /* --- line splitter --------------------------------------------------------------------- */
 
@@ -72,7 +73,8 @@ struct lb_watch_msg {
 struct lb_watch_decoder {
     struct lb_watch_msg msg; /* the message handed out, or fragments being merged */
     size_t events_cap;
-    bool merging; /* the last line had "fragment":true */
+    size_t msg_bytes; /* decoded key and value bytes held in msg */
+    bool merging;     /* the last line had "fragment":true */
 };
 
 void lb_watch_decoder_init(struct lb_watch_decoder *d);
@@ -86,6 +88,16 @@ void lb_watch_decoder_init(struct lb_watch_decoder *d);
  */
 int lb_watch_decoder_line(struct lb_watch_decoder *d, const char *line, size_t len,
                           const struct lb_watch_msg **out, char **err);
+
+/*
+ * The revision a watch may resume after once `msg` is applied, or 0 when
+ * the message does not move it: the highest mod_revision among its events,
+ * or the header revision of a progress notification (etcd sends those only
+ * to watchers that have been sent everything up to it).  The header of a
+ * message with events is not used: while catching up, etcd stamps batches
+ * with its current revision, ahead of the events the batch holds.
+ */
+int64_t lb_watch_msg_resume_revision(const struct lb_watch_msg *msg);
 
 /* Drops held fragments (a new stream starts). */
 void lb_watch_decoder_reset(struct lb_watch_decoder *d);

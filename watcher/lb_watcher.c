@@ -17,11 +17,8 @@
  * curl is off the stack.
  *
  * Revisions: `revision` only moves to a revision whose events have all been
- * delivered: the highest mod_revision of a watch response's events, or the
- * header of a progress notification (etcd sends those only to watchers
- * that are caught up).  The header of a response with events is not used:
- * while catching up, etcd stamps batches with its current revision, ahead
- * of the events the batch holds.
+ * delivered (lb_watch_msg_resume_revision()), so resuming at revision + 1
+ * neither skips nor repeats an event.
  *
  * A listing is staged in memory and applied to the mirror only when its
  * last page has arrived, so the sink sees one consistent batch per listing
@@ -394,6 +391,7 @@ static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply)
 static void list_begin(struct lb_watcher *w)
 {
     ev_timer_stop(w->loop, &w->retry_timer);
+    w->need_relist = true; /* until a listing completes, retries list again */
     staged_clear(w);
     w->state = LB_WATCHER_LISTING;
     w->list_revision = 0;
@@ -413,7 +411,7 @@ static int stream_stop(struct lb_watcher *w, enum after_stream after, const char
 static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
 {
     char text[320];
-    int64_t high = 0;
+    int64_t high;
     int n;
 
     if (msg->canceled) {
@@ -448,12 +446,8 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
             return stream_stop(w, AFTER_RETRY_RELIST, strerror(-n));
         if (n > 0)
             w->sink.commit(w->sink.ctx);
-        for (size_t i = 0; i < msg->n_events; i++)
-            if (msg->events[i].kv.mod_revision > high)
-                high = msg->events[i].kv.mod_revision;
-    } else if (msg->progress) {
-        high = msg->header.revision;
     }
+    high = lb_watch_msg_resume_revision(msg);
     if (high > w->revision)
         w->revision = high;
     return 0;
