@@ -153,7 +153,8 @@ static int prepare(struct registration *r, const struct register_opts *o)
     int rc;
 
     if (!o->pool || !o->id || !o->addr)
-        return usage("--pool, --id and --addr are required");
+        return usage("missing%s%s%s (--pool, --id and --addr are required)",
+                     o->pool ? "" : " --pool", o->id ? "" : " --id", o->addr ? "" : " --addr");
     if (!lb_key_name_is_valid(o->pool))
         return usage("--pool \"%s\": use 1..%d characters of [A-Za-z0-9._:-]", o->pool,
                      LB_NAME_MAX - 1);
@@ -360,6 +361,11 @@ int lbctl_register_main(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     rc = lb_settings_parse(register_rows, N_ROWS, &opts, argc, argv, 0, &pos, &npos, &err);
     if (rc < 0) {
+        static const char hint[] = " (see --help)";
+        size_t len = err ? strlen(err) : 0;
+
+        if (len > sizeof(hint) - 1 && strcmp(err + len - (sizeof(hint) - 1), hint) == 0)
+            err[len - (sizeof(hint) - 1)] = '\0'; /* usage() adds its own hint */
         rc = usage("%s", err ? err : "cannot read flags");
         goto out;
     }
