@@ -1,0 +1,434 @@
+/*
+ * The key schema and the JSON values under it: what parses, what it parses
+ * to, the bounds, and that every refusal comes with a sentence.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lb_key.h"
+#include "lb_value.h"
+
+static int parse_key(const char *key, struct lb_key *k)
+{
+    char *err = NULL;
+    int rc = lb_key_parse("/lb/", key, strlen(key), k, &err);
+
+    if (rc == -EINVAL)
+        assert_non_null(err);
+    else
+        assert_null(err);
+    free(err);
+    return rc;
+}
+
+static void test_key_schema(void **state)
+{
+    struct lb_key k;
+
+    assert_int_equal(parse_key("/lb/pools/web/backends/b1", &k), 0);
+    assert_int_equal(k.kind, LB_KEY_BACKEND);
+    assert_string_equal(k.pool, "web");
+    assert_string_equal(k.id, "b1");
+    assert_int_equal(parse_key("/lb/pools/web/config", &k), 0);
+    assert_int_equal(k.kind, LB_KEY_CONFIG);
+    assert_string_equal(k.pool, "web");
+    assert_string_equal(k.id, "");
+    assert_int_equal(parse_key("/lb/pools/db-1.eu:x_y/overrides/10.0.0.5:8080", &k), 0);
+    assert_int_equal(k.kind, LB_KEY_OVERRIDE);
+    assert_string_equal(k.pool, "db-1.eu:x_y");
+    assert_string_equal(k.id, "10.0.0.5:8080");
+
+    /* not ours: ignored */
+    assert_int_equal(parse_key("/lb/other", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web/", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web/configs", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web/backends/", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web/backends/b1/extra", &k), -ENOENT);
+    assert_int_equal(parse_key("/lb/pools/web/members/b1", &k), -ENOENT);
+    assert_int_equal(parse_key("/lbx/pools/web/config", &k), -ENOENT);
+    assert_int_equal(parse_key("/other/pools/web/config", &k), -ENOENT);
+
+    /* ours, but with a bad name */
+    assert_int_equal(parse_key("/lb/pools/we b/config", &k), -EINVAL);
+    assert_int_equal(parse_key("/lb/pools//config", &k), -EINVAL);
+    assert_int_equal(parse_key("/lb/pools/web/backends/b\"1", &k), -EINVAL);
+    assert_int_equal(parse_key("/lb/pools/web/backends/..", &k), -EINVAL);
+    assert_int_equal(parse_key("/lb/pools/./backends/b1", &k), -EINVAL);
+    assert_int_equal(parse_key("/lb/pools/w\xc3\xa9/config", &k), -EINVAL);
+}
+
+static void test_key_binary_and_long(void **state)
+{
+    char key[512];
+    struct lb_key k;
+    char *err = NULL;
+    static const char with_nul[] = "/lb/pools/w\0b/config";
+
+    assert_int_equal(lb_key_parse("/lb/", with_nul, sizeof(with_nul) - 1, &k, &err), -EINVAL);
+    free(err);
+    err = NULL;
+    /* 127 characters is the longest name */
+    memset(key, 0, sizeof(key));
+    strcpy(key, "/lb/pools/");
+    memset(key + 10, 'p', 127);
+    strcat(key, "/config");
+    assert_int_equal(parse_key(key, &k), 0);
+    assert_int_equal(strlen(k.pool), 127);
+    memset(key, 0, sizeof(key));
+    strcpy(key, "/lb/pools/");
+    memset(key + 10, 'p', 128);
+    strcat(key, "/config");
+    assert_int_equal(parse_key(key, &k), -EINVAL);
+}
+
+static void test_key_format_and_prefix(void **state)
+{
+    char buf[256], prefix[LB_PREFIX_MAX];
+    char *err = NULL;
+    struct lb_key k;
+
+    assert_int_equal(lb_key_format("/lb/", LB_KEY_BACKEND, "web", "b1", buf, sizeof(buf)), 25);
+    assert_string_equal(buf, "/lb/pools/web/backends/b1");
+    assert_int_equal(parse_key(buf, &k), 0);
+    assert_true(lb_key_format("/lb/", LB_KEY_CONFIG, "web", NULL, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "/lb/pools/web/config");
+    assert_true(lb_key_format("/lb/", LB_KEY_OVERRIDE, "web", "b1", buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "/lb/pools/web/overrides/b1");
+    assert_int_equal(lb_key_format("/lb/", LB_KEY_BACKEND, "we b", "b1", buf, sizeof(buf)),
+                     -EINVAL);
+    assert_int_equal(lb_key_format("/lb/", LB_KEY_BACKEND, "web", "", buf, sizeof(buf)), -EINVAL);
+    assert_int_equal(lb_key_format("/lb/", LB_KEY_BACKEND, "web", "b1", buf, 10), -ENOSPC);
+
+    assert_int_equal(lb_key_prefix_normalize("/lb", prefix, &err), 0);
+    assert_string_equal(prefix, "/lb/");
+    assert_int_equal(lb_key_prefix_normalize("/a/b/", prefix, &err), 0);
+    assert_string_equal(prefix, "/a/b/");
+    assert_int_equal(lb_key_prefix_normalize("/", prefix, &err), 0);
+    assert_string_equal(prefix, "/");
+    assert_int_equal(lb_key_prefix_normalize("lb/", prefix, &err), -EINVAL);
+    assert_non_null(err);
+    assert_int_equal(lb_key_prefix_normalize("", prefix, &err), -EINVAL);
+    assert_int_equal(lb_key_prefix_normalize("/l\nb/", prefix, &err), -EINVAL);
+    free(err);
+    assert_true(lb_key_name_is_valid("a"));
+    assert_false(lb_key_name_is_valid(""));
+    assert_false(lb_key_name_is_valid("a/b"));
+    assert_false(lb_key_name_is_valid(NULL));
+}
+
+static void test_addr(void **state)
+{
+    static const char *const good[] = {
+        "10.0.0.5:8080", "[::1]:80", "[fd00::1:2]:65535", "db1.internal:5432", "localhost:1",
+        "my_service:80", "a-b.c-d.example.com.:443", "x:9",
+    };
+    static const char *const bad[] = {
+        "", "10.0.0.5", ":80", "10.0.0.5:", "10.0.0.5:0", "10.0.0.5:65536", "10.0.0.5:80x",
+        "10.0.0.5:+80", "::1:80", "[::1]80", "[::1:80", "[not-v6]:80", "999.0.0.1:80",
+        "1.2.3:80", "-bad.example:80", "bad-.example:80", "a..b:80", "sp ace:80", "h\"q:80",
+        "[::1]:", "10.0.0.5:123456",
+    };
+    char *err = NULL;
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        if (lb_value_check_addr(good[i], &err) != 0)
+            fail_msg("refused %s: %s", good[i], err);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (lb_value_check_addr(bad[i], &err) != -EINVAL)
+            fail_msg("accepted \"%s\"", bad[i]);
+        assert_non_null(err);
+    }
+    free(err);
+}
+
+static int backend(const char *json, struct lb_backend_spec *b)
+{
+    char *err = NULL;
+    int rc = lb_value_parse_backend(json, strlen(json), b, &err);
+
+    if (rc)
+        assert_non_null(err);
+    free(err);
+    return rc;
+}
+
+static void test_backend_values(void **state)
+{
+    struct lb_backend_spec b;
+
+    assert_int_equal(backend("{\"addr\":\"10.0.0.5:8080\"}", &b), 0);
+    assert_string_equal(b.addr, "10.0.0.5:8080");
+    assert_int_equal(b.weight, LB_WEIGHT_DEFAULT);
+    assert_string_equal(b.zone, "");
+    assert_int_equal(backend("{\"addr\":\"[::1]:1\",\"weight\":0,\"zone\":\"eu-1a\","
+                             "\"meta\":{\"v\":[1,2,{\"x\":null}]},\"future\":true}",
+                             &b),
+                     0);
+    assert_int_equal(b.weight, 0);
+    assert_string_equal(b.zone, "eu-1a");
+    assert_int_equal(backend(" {\"addr\":\"h:1\",\"weight\":1000} \n", &b), 0);
+    assert_int_equal(b.weight, 1000);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":null}", &b), 0);
+    assert_int_equal(b.weight, LB_WEIGHT_DEFAULT);
+
+    memset(&b, 0x5a, sizeof(b));
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":1001}", &b), -EINVAL);
+    assert_int_equal(((unsigned char *)&b)[0], 0x5a); /* untouched on failure */
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":-1}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":\"50\"}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":50.5}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":99999999999999999999}", &b), -EINVAL);
+    assert_int_equal(backend("{\"weight\":5}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":5}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"nope\"}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h\\u0000x:1\"}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"zone\":\"a b\"}", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"zone\":7}", &b), -EINVAL);
+    assert_int_equal(backend("[\"h:1\"]", &b), -EINVAL);
+    assert_int_equal(backend("", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\"} x", &b), -EINVAL);
+    assert_int_equal(backend("{\"addr\":\"h:1\"", &b), -EINVAL);
+}
+
+static void test_backend_too_long(void **state)
+{
+    size_t n = LB_VALUE_MAX + 10;
+    char *json = malloc(n + 1);
+    struct lb_backend_spec b;
+    char *err = NULL;
+
+    assert_non_null(json);
+    strcpy(json, "{\"addr\":\"h:1\",\"meta\":\"");
+    memset(json + strlen(json), 'x', n - strlen(json) - 2);
+    strcpy(json + n - 2, "\"}");
+    assert_int_equal(lb_value_parse_backend(json, n, &b, &err), -EINVAL);
+    assert_non_null(strstr(err, "larger"));
+    free(err);
+    free(json);
+}
+
+static int override(const char *json, struct lb_override *o)
+{
+    char *err = NULL;
+    int rc = lb_value_parse_override(json, strlen(json), o, &err);
+
+    if (rc)
+        assert_non_null(err);
+    free(err);
+    return rc;
+}
+
+static void test_override_values(void **state)
+{
+    struct lb_override o;
+
+    assert_int_equal(override("{}", &o), 0);
+    assert_true(lb_value_override_is_default(&o));
+    assert_int_equal(override("{\"drain\":true,\"weight\":50,\"health\":\"down\"}", &o), 0);
+    assert_true(o.drain);
+    assert_true(o.has_weight);
+    assert_int_equal(o.weight, 50);
+    assert_int_equal(o.health, LB_HEALTH_FORCE_DOWN);
+    assert_false(lb_value_override_is_default(&o));
+    assert_int_equal(override("{\"health\":\"up\",\"weight\":0}", &o), 0);
+    assert_false(o.drain);
+    assert_true(o.has_weight);
+    assert_int_equal(o.weight, 0);
+    assert_int_equal(o.health, LB_HEALTH_FORCE_UP);
+    assert_int_equal(override("{\"health\":\"auto\",\"weight\":null,\"x\":1}", &o), 0);
+    assert_false(o.has_weight);
+    assert_int_equal(o.health, LB_HEALTH_AUTO);
+
+    assert_int_equal(override("{\"drain\":\"yes\"}", &o), -EINVAL);
+    assert_int_equal(override("{\"drain\":1}", &o), -EINVAL);
+    assert_int_equal(override("{\"weight\":1001}", &o), -EINVAL);
+    assert_int_equal(override("{\"health\":\"DOWN\"}", &o), -EINVAL);
+    assert_int_equal(override("{\"health\":\"sideways\"}", &o), -EINVAL);
+    assert_int_equal(override("{\"health\":false}", &o), -EINVAL);
+    assert_int_equal(override("true", &o), -EINVAL);
+}
+
+static void test_override_encode_roundtrip(void **state)
+{
+    const struct lb_override cases[] = {
+        {.drain = true},
+        {.has_weight = true, .weight = 0},
+        {.has_weight = true, .weight = 1000, .health = LB_HEALTH_FORCE_UP},
+        {.drain = true, .has_weight = true, .weight = 7, .health = LB_HEALTH_FORCE_DOWN},
+        {0},
+    };
+    struct lb_override bad = {.has_weight = true, .weight = 1001};
+    char *json;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lb_override back;
+
+        assert_int_equal(lb_value_encode_override(&cases[i], &json), 0);
+        assert_int_equal(override(json, &back), 0);
+        assert_int_equal(back.drain, cases[i].drain);
+        assert_int_equal(back.has_weight, cases[i].has_weight);
+        assert_int_equal(back.weight, cases[i].weight);
+        assert_int_equal(back.health, cases[i].health);
+        free(json);
+    }
+    assert_int_equal(lb_value_encode_override(&cases[3], &json), 0);
+    assert_string_equal(json, "{\"drain\":true,\"weight\":7,\"health\":\"down\"}");
+    free(json);
+    assert_int_equal(lb_value_encode_override(&cases[4], &json), 0);
+    assert_string_equal(json, "{}");
+    free(json);
+    assert_int_equal(lb_value_encode_override(&bad, &json), -EINVAL);
+    assert_null(json);
+}
+
+static void test_backend_encode(void **state)
+{
+    struct lb_backend_spec spec = {.addr = "[::1]:8080", .weight = 42, .zone = "z"}, back;
+    struct lb_backend_spec bad = {.addr = "nope", .weight = 1};
+    char *json;
+
+    assert_int_equal(lb_value_encode_backend(&spec, &json), 0);
+    assert_string_equal(json, "{\"addr\":\"[::1]:8080\",\"weight\":42,\"zone\":\"z\"}");
+    assert_int_equal(backend(json, &back), 0);
+    assert_memory_equal(&back, &spec, sizeof(spec));
+    free(json);
+    assert_int_equal(lb_value_encode_backend(&bad, &json), -EINVAL);
+    bad = spec;
+    bad.weight = 1001;
+    assert_int_equal(lb_value_encode_backend(&bad, &json), -EINVAL);
+}
+
+static int policy(const char *json, struct lb_pool_policy *p)
+{
+    char *err = NULL;
+    int rc = lb_value_parse_policy(json, strlen(json), p, &err);
+
+    if (rc)
+        assert_non_null(err);
+    free(err);
+    return rc;
+}
+
+static void test_policy_values(void **state)
+{
+    struct lb_pool_policy p, def;
+
+    lb_pool_policy_defaults(&def);
+    assert_int_equal(policy("{}", &p), 0);
+    assert_memory_equal(&p, &def, sizeof(p));
+    assert_int_equal(
+        policy("{\"algorithm\":\"maglev\",\"health\":{\"type\":\"http\",\"path\":\"/ready?x=1\","
+               "\"interval\":\"500ms\",\"timeout\":\"250ms\",\"rise\":1,\"fall\":100},"
+               "\"connect_timeout\":\"1m30s\",\"idle_timeout\":\"0\",\"retries\":0,"
+               "\"max_conns\":1000,\"slow_start\":\"30s\",\"drain_timeout\":\"2h\","
+               "\"proxy_protocol\":\"v2\",\"panic_threshold\":0,\"unknown\":{\"a\":1}}",
+               &p),
+        0);
+    assert_int_equal(p.algorithm, LB_ALGO_MAGLEV);
+    assert_int_equal(p.health.type, LB_CHECK_HTTP);
+    assert_string_equal(p.health.path, "/ready?x=1");
+    assert_int_equal(p.health.interval_ms, 500);
+    assert_int_equal(p.health.timeout_ms, 250);
+    assert_int_equal(p.health.rise, 1);
+    assert_int_equal(p.health.fall, 100);
+    assert_int_equal(p.connect_timeout_ms, 90000);
+    assert_int_equal(p.idle_timeout_ms, 0);
+    assert_int_equal(p.retries, 0);
+    assert_int_equal(p.max_conns, 1000);
+    assert_int_equal(p.slow_start_ms, 30000);
+    assert_int_equal(p.drain_timeout_ms, 7200000);
+    assert_int_equal(p.proxy_protocol, LB_PROXY_V2);
+    assert_int_equal(p.panic_threshold, 0);
+    /* partial health object keeps the other defaults */
+    assert_int_equal(policy("{\"health\":{\"fall\":5}}", &p), 0);
+    assert_int_equal(p.health.type, LB_CHECK_TCP);
+    assert_int_equal(p.health.fall, 5);
+    assert_int_equal(p.health.rise, def.health.rise);
+    assert_int_equal(p.health.interval_ms, def.health.interval_ms);
+    /* checks off: zero interval is fine */
+    assert_int_equal(policy("{\"health\":{\"type\":\"none\",\"interval\":\"0\"}}", &p), 0);
+    assert_int_equal(p.health.type, LB_CHECK_NONE);
+    assert_int_equal(policy("{\"algorithm\":\"wrr\"}", &p), 0);
+    assert_int_equal(policy("{\"algorithm\":\"leastconn\"}", &p), 0);
+    assert_int_equal(p.algorithm, LB_ALGO_LEASTCONN);
+    assert_int_equal(policy("{\"algorithm\":\"p2c\",\"proxy_protocol\":\"v1\"}", &p), 0);
+    assert_int_equal(p.algorithm, LB_ALGO_P2C);
+    assert_int_equal(p.proxy_protocol, LB_PROXY_V1);
+}
+
+static void test_policy_bad_values(void **state)
+{
+    static const char *const bad[] = {
+        "{\"algorithm\":\"random\"}",
+        "{\"algorithm\":1}",
+        "{\"health\":\"tcp\"}",
+        "{\"health\":{\"type\":\"udp\"}}",
+        "{\"health\":{\"path\":\"healthz\"}}",
+        "{\"health\":{\"path\":\"/a b\"}}",
+        "{\"health\":{\"interval\":\"2\"}}",
+        "{\"health\":{\"interval\":2000}}",
+        "{\"health\":{\"interval\":\"0\"}}",
+        "{\"health\":{\"timeout\":\"0s\"}}",
+        "{\"health\":{\"rise\":0}}",
+        "{\"health\":{\"fall\":101}}",
+        "{\"connect_timeout\":\"3 s\"}",
+        "{\"connect_timeout\":\"-3s\"}",
+        "{\"idle_timeout\":\"9000h\"}",
+        "{\"retries\":11}",
+        "{\"retries\":-1}",
+        "{\"max_conns\":-1}",
+        "{\"slow_start\":true}",
+        "{\"proxy_protocol\":\"v3\"}",
+        "{\"panic_threshold\":101}",
+        "[]",
+        "null",
+    };
+    struct lb_pool_policy p;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (policy(bad[i], &p) != -EINVAL)
+            fail_msg("accepted %s", bad[i]);
+}
+
+static void test_error_sentences_name_the_field(void **state)
+{
+    struct lb_pool_policy p;
+    struct lb_backend_spec b;
+    const char *json = "{\"health\":{\"rise\":0}}";
+    char *err = NULL;
+
+    assert_int_equal(lb_value_parse_policy(json, strlen(json), &p, &err), -EINVAL);
+    assert_non_null(strstr(err, "health.rise"));
+    json = "{\"addr\":\"10.0.0.1:99999\"}";
+    assert_int_equal(lb_value_parse_backend(json, strlen(json), &b, &err), -EINVAL);
+    assert_non_null(strstr(err, "99999"));
+    free(err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_key_schema),
+        cmocka_unit_test(test_key_binary_and_long),
+        cmocka_unit_test(test_key_format_and_prefix),
+        cmocka_unit_test(test_addr),
+        cmocka_unit_test(test_backend_values),
+        cmocka_unit_test(test_backend_too_long),
+        cmocka_unit_test(test_override_values),
+        cmocka_unit_test(test_override_encode_roundtrip),
+        cmocka_unit_test(test_backend_encode),
+        cmocka_unit_test(test_policy_values),
+        cmocka_unit_test(test_policy_bad_values),
+        cmocka_unit_test(test_error_sentences_name_the_field),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
