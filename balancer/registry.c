@@ -283,9 +283,6 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
         lb_pool_policy_defaults(&def);
         policy = &def;
     }
-    if (policy->algorithm != LB_ALGO_WRR)
-        LB_WARN("pool", "msg=\"algorithm not available in this build, using wrr\" pool=%s "
-                "algorithm=%s", pool->name, algorithm_names[policy->algorithm]);
     pool->policy = *policy;
     pool->dirty = true;
     LB_INFO("pool", "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
