@@ -6,46 +6,36 @@
  * naming the field as the user wrote it ("health.rise").
  */
 #include "lb_value.h"
+#include "lb_addr.h"
 #include "lb_duration.h"
 #include "lb_error.h"
 #include "lb_etcd_json.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* --- addresses ------------------------------------------------------------------------- */
 
-static int check_port(const char *port, char **err)
+/* The port text itself: digits only (no sign, no spaces), 1..65535. */
+static int check_port_text(const char *port, char **err)
 {
     size_t len = strlen(port);
-    long v = 0;
 
-    if (len == 0 || len > 5)
-        return lb_error_set(err, -EINVAL, "port must be a number 1..65535");
-    for (size_t i = 0; i < len; i++) {
-        if (port[i] < '0' || port[i] > '9')
-            return lb_error_set(err, -EINVAL, "port must be a number 1..65535");
-        v = v * 10 + (port[i] - '0');
-    }
-    if (v < 1 || v > 65535)
-        return lb_error_set(err, -EINVAL, "port %ld is outside 1..65535", v);
+    if (len == 0 || len > 5 || strspn(port, "0123456789") != len)
+        return lb_error_set(err, -EINVAL, "port \"%s\" must be a number 1..65535", port);
     return 0;
 }
 
-static bool looks_numeric(const char *host, size_t len)
+static bool looks_numeric(const char *host)
 {
-    for (size_t i = 0; i < len; i++)
-        if (!(host[i] == '.' || (host[i] >= '0' && host[i] <= '9')))
-            return false;
-    return true;
+    return strspn(host, "0123456789.") == strlen(host);
 }
 
 /* RFC 1123 host name; '_' is tolerated because container runtimes hand them out. */
-static bool dns_name_is_valid(const char *host, size_t len)
+static bool dns_name_is_valid(const char *host)
 {
-    size_t label = 0;
+    size_t len = strlen(host), label = 0;
 
     if (len > 0 && host[len - 1] == '.')
         len--; /* one trailing dot: fully qualified */
@@ -68,48 +58,32 @@ static bool dns_name_is_valid(const char *host, size_t len)
     return true;
 }
 
+/*
+ * lb_addr_parse() (shared with the data plane, which connects to these
+ * addresses) splits and checks the text; what lbd will accept from etcd is
+ * a little stricter on top: canonical port digits, well-formed host names,
+ * and dotted quads that really are IPv4 addresses.
+ */
 int lb_value_check_addr(const char *addr, char **err)
 {
-    char host[LB_ADDR_MAX];
-    const char *colon;
-    size_t len = strlen(addr), host_len;
+    struct lb_hostport hp;
+    const char *why = NULL;
 
-    if (len == 0)
-        return lb_error_set(err, -EINVAL, "address is empty (want host:port)");
-    if (len >= LB_ADDR_MAX)
+    if (strlen(addr) >= LB_ADDR_MAX)
         return lb_error_set(err, -EINVAL, "address longer than %d characters", LB_ADDR_MAX - 1);
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        struct in6_addr a6;
-
-        if (!close || close[1] != ':')
-            return lb_error_set(err, -EINVAL, "IPv6 address must be written [addr]:port");
-        host_len = (size_t)(close - addr - 1);
-        memcpy(host, addr + 1, host_len);
-        host[host_len] = '\0';
-        if (inet_pton(AF_INET6, host, &a6) != 1)
-            return lb_error_set(err, -EINVAL, "\"%s\" is not an IPv6 address", host);
-        return check_port(close + 2, err);
+    if (lb_addr_parse(addr, false, &hp, &why) < 0)
+        return lb_error_set(err, -EINVAL, "%s", why ? why : "not host:port");
+    if (check_port_text(strrchr(addr, ':') + 1, err) < 0)
+        return -EINVAL;
+    if (hp.is_ipv6_literal)
+        return 0;
+    if (looks_numeric(hp.host)) {
+        if (!lb_addr_is_numeric(&hp))
+            return lb_error_set(err, -EINVAL, "\"%s\" is not an IPv4 address", hp.host);
+    } else if (!dns_name_is_valid(hp.host)) {
+        return lb_error_set(err, -EINVAL, "\"%s\" is not a valid host name", hp.host);
     }
-    colon = strrchr(addr, ':');
-    if (!colon)
-        return lb_error_set(err, -EINVAL, "address has no port (want host:port)");
-    host_len = (size_t)(colon - addr);
-    if (memchr(addr, ':', host_len))
-        return lb_error_set(err, -EINVAL, "IPv6 address must be written [addr]:port");
-    if (host_len == 0)
-        return lb_error_set(err, -EINVAL, "address has no host (want host:port)");
-    memcpy(host, addr, host_len);
-    host[host_len] = '\0';
-    if (looks_numeric(host, host_len)) {
-        struct in_addr a4;
-
-        if (inet_pton(AF_INET, host, &a4) != 1)
-            return lb_error_set(err, -EINVAL, "\"%s\" is not an IPv4 address", host);
-    } else if (!dns_name_is_valid(host, host_len)) {
-        return lb_error_set(err, -EINVAL, "\"%s\" is not a valid host name", host);
-    }
-    return check_port(colon + 1, err);
+    return 0;
 }
 
 /* --- field helpers --------------------------------------------------------------------- */
@@ -270,6 +244,7 @@ int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec 
 {
     struct lb_backend_spec spec;
     json_object *root;
+    char *why = NULL;
     bool present;
     int rc;
 
@@ -281,8 +256,10 @@ int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec 
     rc = get_string(root, "addr", "addr", spec.addr, sizeof(spec.addr), &present, err);
     if (!rc && !present)
         rc = lb_error_set(err, -EINVAL, "backend value has no \"addr\" (want host:port)");
-    if (!rc)
-        rc = lb_value_check_addr(spec.addr, err);
+    if (!rc && lb_value_check_addr(spec.addr, &why) < 0) {
+        rc = lb_error_set(err, -EINVAL, "addr \"%s\": %s", spec.addr, why ? why : "invalid");
+        free(why);
+    }
     if (!rc)
         rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &spec.weight, err);
     if (!rc)
