@@ -91,6 +91,7 @@ struct lb_admin_call {
     char message[LB_GRPC_MESSAGE_TEXT_MAX];
     struct lb_buf out;        /* framed messages not yet handed to nghttp2 */
     size_t out_off;
+    size_t frame_left;        /* bytes of the frame at out_off not yet handed to nghttp2 */
     size_t queue_max;
     ev_timer timer;
     enum call_timer_mode timer_mode;
@@ -327,6 +328,21 @@ static ssize_t call_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
         size_t n = avail < length ? avail : length;
 
         memcpy(buf, call->out.data + call->out_off, n);
+        /* Track frame boundaries so that unsent whole messages can be dropped. */
+        for (size_t done = 0; done < n;) {
+            size_t step;
+
+            if (call->frame_left == 0) {
+                const uint8_t *h = (const uint8_t *)call->out.data + call->out_off + done;
+
+                call->frame_left = LB_GRPC_FRAME_HEADER_LEN + ((size_t)h[1] << 24 |
+                                                               (size_t)h[2] << 16 |
+                                                               (size_t)h[3] << 8 | h[4]);
+            }
+            step = call->frame_left < n - done ? call->frame_left : n - done;
+            call->frame_left -= step;
+            done += step;
+        }
         call->out_off += n;
         if (call->out_off == call->out.len) {
             lb_buf_reset(&call->out);
@@ -432,11 +448,29 @@ static void call_log_end(const struct lb_admin_call *call)
     }
 }
 
+/*
+ * A call that fails has no use for queued messages: drop every whole message
+ * nghttp2 has not started on, so the status can go out even to a client
+ * whose flow-control window is closed.  The rest of a message already in
+ * flight stays, keeping the stream well-framed.
+ */
+static void call_drop_unsent(struct lb_admin_call *c)
+{
+    size_t keep = c->out_off + c->frame_left;
+
+    if (keep < c->out.len) {
+        c->out.len = keep;
+        c->out.data[keep] = '\0';
+    }
+}
+
 static void call_set_status(struct lb_admin_call *c, int status, const char *fmt, va_list ap)
 {
     c->finished = true;
     c->status = status;
     vsnprintf(c->message, sizeof(c->message), fmt, ap);
+    if (status != LB_GRPC_OK)
+        call_drop_unsent(c);
 }
 
 void lb_admin_call_finish(struct lb_admin_call *c, int status, const char *fmt, ...)

@@ -1,6 +1,6 @@
 /*
- * gRPC over libcurl (PROTOCOLS.md section 4).  One easy handle per client,
- * reused across calls so lbctl opens one connection.  Response bytes go
+ * gRPC over libcurl (PROTOCOLS.md section 4).  One easy handle per client;
+ * each call has a connection of its own (see CURLOPT_FORBID_REUSE below).  Response bytes go
  * through the shared incremental frame decoder; each complete message is
  * unpacked and either kept (unary) or handed to the caller (streaming).
  */
@@ -307,7 +307,6 @@ static int client_perform(struct lb_admin_client *c, const char *path,
             goto oom;
         hdrs = tmp;
     }
-    curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
@@ -322,13 +321,18 @@ static int client_perform(struct lb_admin_client *c, const char *path,
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-    if (timeout_ms > 0)
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout_ms + TIMEOUT_GRACE_MS));
-    if (ctx->stop) {
-        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-        curl_easy_setopt(h, CURLOPT_XFERINFODATA, ctx);
-    }
+    /*
+     * libcurl 7.88 fails a second request on a reused prior-knowledge h2c
+     * connection ("Error in the HTTP2 framing layer", curl issue 10634,
+     * fixed in 8.0): one connection per call.
+     */
+    curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
+    /* Every option is set on every call: the handle is reused. */
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? (long)(timeout_ms + TIMEOUT_GRACE_MS)
+                                                           : 0L);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, ctx->stop ? 0L : 1L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, ctx);
     cc = curl_easy_perform(h);
 
     if (ctx->stopped) {
