@@ -369,8 +369,10 @@ static ssize_t call_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
             nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)message, 12,
                                     strlen(message), NGHTTP2_NV_FLAG_NONE};
         }
-        if (nghttp2_submit_trailer(session, stream_id, nva, n) == 0)
-            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        /* Never end the stream without a status: reset it if trailers cannot go. */
+        if (nghttp2_submit_trailer(session, stream_id, nva, n) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         call->trailers_submitted = true;
     }
     return 0;
@@ -1270,11 +1272,22 @@ void lb_admin_server_free(struct lb_admin_server *s)
     ev_io_stop(s->loop, &s->accept_watcher);
     ev_timer_stop(s->loop, &s->accept_backoff);
     close(s->fd);
+    /*
+     * Calls in flight get a status rather than a torn connection, then
+     * GOAWAY; both best effort (a full socket buffer is not waited for).
+     */
+    for (struct admin_conn *conn = s->conns; conn; conn = conn->next) {
+        for (call = conn->calls; call; call = call->conn_next)
+            call_abort(call, LB_GRPC_UNAVAILABLE, "lbd is shutting down");
+    }
     while (s->conns) {
         struct admin_conn *conn = s->conns;
 
-        nghttp2_session_terminate_session(conn->session, NGHTTP2_NO_ERROR);
-        conn_flush(conn); /* best effort GOAWAY; may close it already */
+        conn_flush(conn);
+        if (!conn->dead) {
+            nghttp2_session_terminate_session(conn->session, NGHTTP2_NO_ERROR);
+            conn_flush(conn); /* may close it already */
+        }
         conn_close(conn, NULL);
     }
     server_reap(s);

@@ -21,6 +21,7 @@
 #include "register.h"
 #endif
 
+#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <signal.h>
@@ -110,13 +111,14 @@ static const struct command commands[] = {
      cmd_pools},
     {"backends", "[POOL]", "list backends (of every pool, or of POOL)", 0, 1, {NULL},
      cmd_backends},
-    {"drain", "POOL ID", "stop sending new connections to a backend", 2, 2,
+    {"drain", "POOL ID [--wait [--timeout 30s]] [--local]",
+     "stop sending new connections to a backend", 2, 2,
      {&row_wait, &row_timeout, &row_local, NULL}, cmd_drain},
-    {"undrain", "POOL ID", "let a drained backend take new connections again", 2, 2,
+    {"undrain", "POOL ID [--local]", "let a drained backend take new connections again", 2, 2,
      {&row_local, NULL}, cmd_undrain},
-    {"weight", "POOL ID N|--clear", "override a backend's weight (0..1000)", 2, 3,
+    {"weight", "POOL ID N|--clear [--local]", "override a backend's weight (0..1000)", 2, 3,
      {&row_clear, &row_local, NULL}, cmd_weight},
-    {"health", "POOL ID up|down|auto", "force a backend's health, or give it back to the checks",
+    {"health", "POOL ID up|down|auto [--local]", "force a backend's health, or give it back to the checks",
      3, 3, {&row_local, NULL}, cmd_health},
     {"watch", "[POOL]", "print pool events as they happen, until Ctrl-C", 0, 1, {NULL},
      cmd_watch},
@@ -143,7 +145,8 @@ static void usage_command(FILE *f, const struct command *cmd)
     struct lb_setting rows[MAX_FLAGS];
     size_t n = 0;
 
-    fprintf(f, "Usage: lbctl %s %s\n\n%s.\n", cmd->name, cmd->args, cmd->summary);
+    fprintf(f, "Usage: lbctl %s %s\n\n%c%s.\n", cmd->name, cmd->args,
+            toupper((unsigned char)cmd->summary[0]), cmd->summary + 1);
     for (size_t i = 0; cmd->flags[i]; i++)
         rows[n++] = *cmd->flags[i];
     rows[n++] = row_help;
@@ -318,8 +321,9 @@ static void backend_row(struct table *t, const Lb__V1__Backend *b)
     else
         snprintf(ovr, sizeof(ovr), "-");
     snprintf(eff, sizeof(eff), "%u", b->effective_weight);
+    /* An operator override decides routing whatever the checks say: show it. */
     if (b->health_override != LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO)
-        snprintf(health, sizeof(health), "%s (forced)", health_name(b->health));
+        snprintf(health, sizeof(health), "%s (forced)", override_name(b->health_override));
     else
         snprintf(health, sizeof(health), "%s", health_name(b->health));
     snprintf(active, sizeof(active), "%llu", (unsigned long long)b->active_connections);
@@ -709,9 +713,13 @@ int main(int argc, char **argv)
         rc = npos > 1 && !cmd ? usage_error(NULL, "unknown command \"%s\"", pos[1]) : 0;
         goto out;
     }
-    if (ctl.opts.help || npos == 0) {
-        usage_overall(npos == 0 && !ctl.opts.help ? stderr : stdout);
-        rc = ctl.opts.help ? 0 : EXIT_USAGE;
+    if (ctl.opts.help) {
+        usage_overall(stdout);
+        rc = 0;
+        goto out;
+    }
+    if (npos == 0) {
+        rc = usage_error(NULL, "no command given");
         goto out;
     }
     cmd = find_command(pos[0]);

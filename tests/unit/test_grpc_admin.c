@@ -595,13 +595,16 @@ static ssize_t h2_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t l
     return (ssize_t)n;
 }
 
+static int connect_port = 0; /* 0: the test server */
+
 static int tcp_connect(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET};
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
     assert_true(fd >= 0);
-    sa.sin_port = htons((uint16_t)lb_admin_server_port(env.server));
+    sa.sin_port = htons((uint16_t)(connect_port ? connect_port
+                                                : lb_admin_server_port(env.server)));
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     return fd;
@@ -824,6 +827,61 @@ static void test_garbage(void **state)
                   &st, LB_GRPC_OK, NULL);
 }
 
+static struct lb_admin_server *second;
+
+static void job_second_new(void *arg)
+{
+    char *err = NULL;
+
+    assert_int_equal(lb_admin_server_new(env.loop, "127.0.0.1:0", env.reg, &second, &err), 0);
+}
+
+static void job_second_free(void *arg)
+{
+    lb_admin_server_free(second);
+    second = NULL;
+}
+
+static void test_server_free_with_calls(void **state)
+{
+    static const uint8_t drain_b3_wait[] = {0, 0, 0, 0, 15, 0x0a, 3, 'w', 'e', 'b', 0x12, 2,
+                                            'b', '3', 0x18, 1, 0x20, 1, 0x28, 1};
+    struct h2 watch, drain;
+
+    /* A watch and a drain wait in flight when lbd frees its admin server. */
+    run_on_loop(job_second_new, NULL);
+    connect_port = lb_admin_server_port(second);
+    h2_open(&watch, 65535);
+    h2_request(&watch, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(&watch, 0.05);
+    h2_open(&drain, 65535);
+    h2_request(&drain, "/lb.v1.Admin/SetDrain", "application/grpc", drain_b3_wait,
+               sizeof(drain_b3_wait), true);
+    h2_pump(&drain, 0.05);
+    connect_port = 0;
+    wait_subscribers(2);
+    run_on_loop(job_second_free, NULL);
+    h2_pump(&watch, 2);
+    h2_pump(&drain, 2);
+    assert_int_equal(watch.grpc_status, LB_GRPC_UNAVAILABLE);
+    assert_string_equal(watch.grpc_message, "lbd is shutting down");
+    assert_int_equal(drain.grpc_status, LB_GRPC_UNAVAILABLE);
+    h2_close(&watch);
+    h2_close(&drain);
+    assert_int_equal(subscribers(), 0);
+    {
+        Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+        struct lb_admin_status st;
+
+        sd.pool = "web";
+        sd.id = "b3";
+        sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+        expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
+                           &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
+                      &st, LB_GRPC_OK, NULL);
+    }
+}
+
 static void test_client_errors(void **state)
 {
     struct lb_admin_client *c;
@@ -877,6 +935,7 @@ int main(void)
         cmocka_unit_test(test_raw_slow_watcher),
         cmocka_unit_test(test_raw_reset_mid_call),
         cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_server_free_with_calls),
         cmocka_unit_test(test_client_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
