@@ -1,0 +1,70 @@
+/*
+ * A backend is one registered address of a pool, as the data plane sees it.
+ *
+ * Backends are reference-counted: the pool snapshot that lists a backend
+ * holds one reference, and every session connected (or connecting) to it
+ * holds one.  When etcd deletes the key, the backend is marked removed and
+ * dropped from the next snapshot, but lives on until its last session ends
+ * (nginx's zombie peers), so an open connection never loses its counters or
+ * its address under it.
+ *
+ * The fields under "effective state" are written only when the pool
+ * publishes a snapshot; readers (sessions, metrics, the admin API) never
+ * compute them.
+ */
+#ifndef LB_BACKEND_H
+#define LB_BACKEND_H
+
+#include "control.h"
+#include "lb_update.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct lb_pool;
+
+struct lb_backend {
+    unsigned refs;
+    struct lb_pool *pool; /* pools live as long as the process */
+    char id[LB_NAME_MAX];
+    struct lb_backend_spec spec; /* as registered in etcd */
+    struct sockaddr_storage sa;
+    socklen_t sa_len;
+    bool resolved; /* sa is valid */
+    bool removed;  /* gone from etcd: no new connections, freed on last release */
+
+    /* effective state, recomputed when the pool publishes */
+    bool drain;
+    bool drained_reported; /* LB_EVENT_DRAINED sent for the current drain */
+    int weight;            /* what the algorithm uses; 0 = no new connections */
+    enum lb_health_state health;
+    enum lb_health_override health_override;
+    bool has_weight_override;
+    int weight_override;
+
+    /* counters */
+    uint64_t active;
+    uint64_t total;
+    uint64_t connect_failures;
+    uint64_t bytes_in;  /* client -> backend */
+    uint64_t bytes_out; /* backend -> client */
+};
+
+/*
+ * Creates a backend with one reference (the caller's).  A numeric address
+ * is resolved at once; a DNS name leaves resolved false.  Returns NULL when
+ * out of memory.
+ */
+struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
+                                  const struct lb_backend_spec *spec);
+void lb_backend_ref(struct lb_backend *b);
+void lb_backend_unref(struct lb_backend *b);
+
+/* True when the backend may receive a new connection now. */
+bool lb_backend_is_eligible(const struct lb_backend *b);
+
+/* Fills an info record for the admin API and metrics (strings point into b). */
+void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out);
+
+#endif

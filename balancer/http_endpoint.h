@@ -1,0 +1,34 @@
+/*
+ * The operator's HTTP/1.1 port (--http): /healthz, /readyz and /metrics for
+ * kubelet and Prometheus.  libmicrohttpd runs without threads of its own:
+ * its epoll fd is watched by the lbd loop and MHD_run() is called when it is
+ * readable or when MHD's timeout expires.
+ *
+ * The endpoint knows nothing of pools: readiness and metrics come from the
+ * callbacks in lb_http_config.
+ */
+#ifndef LB_HTTP_ENDPOINT_H
+#define LB_HTTP_ENDPOINT_H
+
+#include "lb_buf.h"
+
+#include <ev.h>
+#include <stdbool.h>
+
+struct lb_http_config {
+    const char *listen; /* "127.0.0.1:9100" or "[::1]:9100" */
+    /* True when /readyz should answer 200; otherwise *why says what is missing. */
+    bool (*is_ready)(void *ud, const char **why);
+    /* Appends the metrics text; returns 0 or a negative errno. */
+    int (*render_metrics)(void *ud, struct lb_buf *out);
+    void *ud;
+};
+
+struct lb_http;
+
+/* Returns 0, or a negative errno with *err set to a malloc'd message. */
+int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct lb_http **out,
+                  char **err);
+void lb_http_stop(struct lb_http *h);
+
+#endif

@@ -1,0 +1,456 @@
+/*
+ * lbd: wires the pieces onto one libev loop and runs it.
+ *
+ *   watcher (etcd) --typed updates--> registry (pools, snapshots) <-- admin API
+ *                                        |
+ *                  listeners + sessions (proxy) ----> /metrics, /readyz (http)
+ *
+ * Start-up order matters for readiness: listeners are bound before anything
+ * else so a port clash fails fast; /readyz turns 200 only when listeners
+ * are bound and the first etcd listing has been applied.  SIGTERM/SIGINT
+ * turn /readyz to 503 at once, close the listeners, and let open
+ * connections finish for --shutdown-grace before closing them; lbd then
+ * exits 0.  A second SIGTERM/SIGINT closes them at once.
+ */
+#include "admin_server.h"
+#include "http_endpoint.h"
+#include "lb_log.h"
+#include "lb_settings.h"
+#include "lb_util.h"
+#include "lb_watcher.h"
+#include "metrics.h"
+#include "proxy.h"
+#include "registry.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#define FDS_RESERVED 128 /* etcd, admin, http, logs, slack */
+
+struct lbd_settings {
+    char *etcd;
+    char *prefix;
+    struct lb_strlist pools;
+    char *admin;
+    char *http;
+    int64_t shutdown_grace_ms;
+    char *log_level;
+    int64_t max_conns;
+    char *config;
+    bool help;
+    bool version;
+};
+
+#define S(f) offsetof(struct lbd_settings, f)
+static const struct lb_setting lbd_table[] = {
+    {"etcd", 0, "LBD_ETCD", LB_SETTING_STRING, S(etcd), 0, 0, "http://127.0.0.1:2379", NULL,
+     "URL[,URL...]", "etcd endpoints (v3 HTTP/JSON gateway), tried in turn"},
+    {"prefix", 0, "LBD_PREFIX", LB_SETTING_STRING, S(prefix), 0, 512, "/lb/", NULL, "PREFIX",
+     "etcd key prefix of the pools"},
+    {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL, "NAME=ADDR:PORT",
+     "serve pool NAME on a listener at ADDR:PORT"},
+    {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
+     "ADDR:PORT", "gRPC admin API (lbctl); keep it on loopback or a private network"},
+    {"http", 0, "LBD_HTTP", LB_SETTING_STRING, S(http), 0, 300, "127.0.0.1:9100", NULL,
+     "ADDR:PORT", "HTTP port for /healthz, /readyz and /metrics"},
+    {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
+     24LL * 3600 * 1000, "30s", NULL, "DURATION",
+     "on SIGTERM, how long open connections may finish"},
+    {"max-conns", 0, "LBD_MAX_CONNS", LB_SETTING_INT, S(max_conns), 0, 10000000, "0", NULL, "N",
+     "cap on open client connections; accepting pauses at the cap (0: from the open-files "
+     "limit)"},
+    {"log-level", 0, "LBD_LOG_LEVEL", LB_SETTING_STRING, S(log_level), 0, 0, "info",
+     "debug|info|warn|error", "LEVEL", "lowest level logged"},
+    {"config", 0, "LBD_CONFIG", LB_SETTING_CONFIG, S(config), 0, 0, NULL, NULL, "FILE",
+     "JSON file with any of these settings (flags and env override it)"},
+    {"help", 'h', NULL, LB_SETTING_BOOL, S(help), 0, 0, NULL, NULL, NULL, "show this help"},
+    {"version", 0, NULL, LB_SETTING_BOOL, S(version), 0, 0, NULL, NULL, NULL, "show the version"},
+};
+#undef S
+
+struct lbd {
+    struct ev_loop *loop;
+    struct lbd_settings settings;
+    struct lb_registry registry;
+    struct lb_proxy proxy;
+    struct lb_watcher *watcher;
+    struct lb_admin_server *admin;
+    struct lb_http *http;
+    ev_signal sigterm, sigint, sighup;
+    ev_timer grace;
+    bool stopping;
+    char *pool_names[64];
+    char *pool_listens[64];
+    size_t n_pools;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: lbd --etcd URL[,URL...] --pool NAME=ADDR:PORT [--pool ...] [options]\n"
+            "\n"
+            "TCP load balancer: serves each pool on its listener and spreads new connections\n"
+            "over the backends registered in etcd under <prefix>pools/NAME/backends/.\n"
+            "\n"
+            "options:\n");
+    lb_settings_print_help(f, lbd_table, LB_ARRAY_SIZE(lbd_table));
+    fprintf(f, "\nexample:\n"
+               "  lbd --etcd http://127.0.0.1:2379 --pool web=0.0.0.0:8080 \\\n"
+               "      --admin 127.0.0.1:9000 --http 127.0.0.1:9100\n");
+}
+
+static bool name_is_valid(const char *s, size_t len)
+{
+    if (len == 0 || len >= LB_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
+/* Splits each --pool NAME=ADDR:PORT.  Returns 0 or -EINVAL after printing why. */
+static int parse_pools(struct lbd *d)
+{
+    const struct lb_strlist *l = &d->settings.pools;
+
+    if (l->n == 0) {
+        fprintf(stderr, "lbd: no pool to serve: give at least one --pool NAME=ADDR:PORT "
+                        "(or LBD_POOL)\n");
+        return -EINVAL;
+    }
+    if (l->n > LB_ARRAY_SIZE(d->pool_names)) {
+        fprintf(stderr, "lbd: too many pools (%zu, at most %zu)\n", l->n,
+                LB_ARRAY_SIZE(d->pool_names));
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        const char *eq = strchr(l->v[i], '=');
+
+        if (!eq || !name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
+            fprintf(stderr,
+                    "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
+                    "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
+                    l->v[i]);
+            return -EINVAL;
+        }
+        d->pool_names[i] = strndup(l->v[i], (size_t)(eq - l->v[i]));
+        d->pool_listens[i] = strdup(eq + 1);
+        if (!d->pool_names[i] || !d->pool_listens[i])
+            return -ENOMEM;
+        d->n_pools++;
+    }
+    return 0;
+}
+
+/*
+ * Makes sure the open-files limit covers max_conns (two sockets each) and
+ * derives max_conns from it when not given.  Returns 0 or -EMFILE after
+ * printing what to do.
+ */
+static int check_fd_limit(int64_t *max_conns)
+{
+    struct rlimit rl;
+    rlim_t need;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 0;
+    if (*max_conns == 0) {
+        rlim_t limit = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
+
+        if (limit < FDS_RESERVED + 2) {
+            fprintf(stderr, "lbd: the open-files hard limit (%llu) is too low to serve anything; "
+                            "raise it (ulimit -Hn, LimitNOFILE=)\n",
+                    (unsigned long long)limit);
+            return -EMFILE;
+        }
+        *max_conns = (int64_t)((limit - FDS_RESERVED) / 2);
+        if (*max_conns > 1000000)
+            *max_conns = 1000000;
+    }
+    need = (rlim_t)*max_conns * 2 + FDS_RESERVED;
+    if (rl.rlim_max != RLIM_INFINITY && need > rl.rlim_max) {
+        fprintf(stderr,
+                "lbd: --max-conns %lld needs %llu open files but the hard limit is %llu; raise "
+                "the limit (ulimit -Hn, systemd LimitNOFILE=) or lower --max-conns to %llu\n",
+                (long long)*max_conns, (unsigned long long)need, (unsigned long long)rl.rlim_max,
+                (unsigned long long)((rl.rlim_max - FDS_RESERVED) / 2));
+        return -EMFILE;
+    }
+    if (rl.rlim_cur < need) {
+        rl.rlim_cur = need;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+            fprintf(stderr, "lbd: cannot raise the open-files limit to %llu: %s\n",
+                    (unsigned long long)need, strerror(errno));
+            return -EMFILE;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------ readiness etc -- */
+
+static bool lbd_is_ready(void *ud, const char **why)
+{
+    struct lbd *d = ud;
+
+    if (d->stopping) {
+        *why = "shutting down";
+        return false;
+    }
+    if (!d->proxy.listening) {
+        *why = "listeners not bound";
+        return false;
+    }
+    if (!lb_watcher_has_synced(d->watcher)) {
+        *why = "waiting for the first etcd sync";
+        return false;
+    }
+    return true;
+}
+
+static int lbd_render_metrics(void *ud, struct lb_buf *out)
+{
+    struct lbd *d = ud;
+    const char *why;
+    int rc = lb_metrics_render(out, &d->registry, &d->proxy);
+
+    if (!rc)
+        rc = lb_watcher_render_metrics(d->watcher, out);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_ready", "gauge", "1 when /readyz answers 200.");
+    if (!rc)
+        rc = lb_metrics_printf(out, "lbd_ready %d\n", lbd_is_ready(d, &why) ? 1 : 0);
+    return rc;
+}
+
+/* ------------------------------------------------------------ signals -- */
+
+static void lbd_proxy_idle(struct lb_proxy *proxy)
+{
+    struct lbd *d = lb_container_of(proxy, struct lbd, proxy);
+
+    LB_INFO("lbd", "msg=\"all connections finished, exiting\"");
+    ev_break(d->loop, EVBREAK_ALL);
+}
+
+static void lbd_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lbd *d = lb_container_of(w, struct lbd, grace);
+
+    LB_WARN("lbd", "msg=\"shutdown grace period over, closing remaining connections\" active=%llu",
+            (unsigned long long)d->proxy.active);
+    lb_proxy_close_all(&d->proxy);
+}
+
+static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct lbd *d = w->signum == SIGTERM ? lb_container_of(w, struct lbd, sigterm)
+                                         : lb_container_of(w, struct lbd, sigint);
+
+    if (d->stopping) {
+        LB_WARN("lbd", "msg=\"second stop signal, closing remaining connections now\" "
+                "active=%llu", (unsigned long long)d->proxy.active);
+        lb_proxy_close_all(&d->proxy);
+        return;
+    }
+    d->stopping = true;
+    LB_INFO("lbd", "msg=\"stop signal, no longer accepting; open connections may finish\" "
+            "signal=%s active=%llu grace_ms=%lld",
+            w->signum == SIGTERM ? "SIGTERM" : "SIGINT", (unsigned long long)d->proxy.active,
+            (long long)d->settings.shutdown_grace_ms);
+    ev_timer_init(&d->grace, lbd_grace_cb, (double)d->settings.shutdown_grace_ms / 1000., 0.);
+    ev_timer_start(loop, &d->grace);
+    lb_proxy_shutdown(&d->proxy, lbd_proxy_idle);
+}
+
+static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    LB_INFO("lbd", "msg=\"SIGHUP: nothing to reload, pools and policies follow etcd live\"");
+}
+
+/* -------------------------------------------------------------- main -- */
+
+static int lbd_start(struct lbd *d)
+{
+    struct lb_watcher_config wc = {0};
+    struct lb_http_config hc = {0};
+    struct lb_update_sink sink;
+    struct lb_store store;
+    char *err = NULL;
+    char *endpoints[16];
+    size_t n_endpoints = 0;
+    char *etcd_copy = strdup(d->settings.etcd), *save = NULL;
+    int rc;
+
+    if (!etcd_copy)
+        return -ENOMEM;
+    for (char *tok = strtok_r(etcd_copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n_endpoints == LB_ARRAY_SIZE(endpoints)) {
+            fprintf(stderr, "lbd: --etcd: at most %zu endpoints\n", LB_ARRAY_SIZE(endpoints));
+            rc = -EINVAL;
+            goto out;
+        }
+        endpoints[n_endpoints++] = tok;
+    }
+    if (n_endpoints == 0) {
+        fprintf(stderr, "lbd: --etcd: give at least one URL, e.g. http://127.0.0.1:2379\n");
+        rc = -EINVAL;
+        goto out;
+    }
+
+    rc = lb_registry_init(&d->registry, d->loop, d->n_pools, (const char *const *)d->pool_names,
+                          (const char *const *)d->pool_listens);
+    if (rc < 0) {
+        fprintf(stderr, "lbd: %s\n", rc == -EINVAL ? "the same pool name is given twice"
+                                                    : "out of memory");
+        goto out;
+    }
+    rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns, &err);
+    if (rc < 0)
+        goto fail;
+
+    wc.endpoints = endpoints;
+    wc.n_endpoints = n_endpoints;
+    wc.prefix = d->settings.prefix;
+    wc.backoff_initial_ms = 100;
+    wc.backoff_max_ms = 10000;
+    sink = lb_registry_sink(&d->registry);
+    rc = lb_watcher_new(d->loop, &wc, &sink, &d->watcher, &err);
+    if (rc < 0)
+        goto fail;
+    store = lb_watcher_store(d->watcher);
+    lb_registry_set_store(&d->registry, &store);
+
+    hc.listen = d->settings.http;
+    hc.is_ready = lbd_is_ready;
+    hc.render_metrics = lbd_render_metrics;
+    hc.ud = d;
+    rc = lb_http_start(d->loop, &hc, &d->http, &err);
+    if (rc < 0)
+        goto fail;
+    rc = lb_admin_server_new(d->loop, d->settings.admin, &d->registry, &d->admin, &err);
+    if (rc < 0)
+        goto fail;
+    rc = lb_watcher_start(d->watcher);
+    if (rc < 0) {
+        fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
+        goto out;
+    }
+    LB_INFO("lbd", "msg=\"started\" version=%s pools=%zu etcd=%s prefix=%s max_conns=%lld",
+            LB_VERSION, d->n_pools, d->settings.etcd, d->settings.prefix,
+            (long long)d->settings.max_conns);
+    goto out;
+fail:
+    fprintf(stderr, "lbd: %s\n", err ? err : strerror(-rc));
+out:
+    free(err);
+    free(etcd_copy);
+    return rc;
+}
+
+static void lbd_cleanup(struct lbd *d)
+{
+    /* Admin calls may wait on etcd writes: stop the server, then the watcher
+     * (which cancels those writes), then the data plane. */
+    if (d->admin)
+        lb_admin_server_free(d->admin);
+    if (d->watcher)
+        lb_watcher_free(d->watcher);
+    if (d->http)
+        lb_http_stop(d->http);
+    if (d->proxy.loop)
+        lb_proxy_destroy(&d->proxy);
+    lb_registry_destroy(&d->registry);
+    for (size_t i = 0; i < d->n_pools; i++) {
+        free(d->pool_names[i]);
+        free(d->pool_listens[i]);
+    }
+    lb_settings_free(lbd_table, LB_ARRAY_SIZE(lbd_table), &d->settings);
+}
+
+int main(int argc, char **argv)
+{
+    struct lbd d;
+    enum lb_log_level level;
+    char **positional = NULL, *err = NULL;
+    size_t n_positional = 0;
+    int rc, exit_code = 1;
+
+    memset(&d, 0, sizeof(d));
+    rc = lb_settings_parse(lbd_table, LB_ARRAY_SIZE(lbd_table), &d.settings, argc, argv, 0,
+                           &positional, &n_positional, &err);
+    if (rc < 0) {
+        fprintf(stderr, "lbd: %s\n", err ? err : "cannot read settings");
+        free(err);
+        exit_code = 2;
+        goto out;
+    }
+    if (d.settings.help) {
+        usage(stdout);
+        exit_code = 0;
+        goto out;
+    }
+    if (d.settings.version) {
+        printf("lbd %s\n", LB_VERSION);
+        exit_code = 0;
+        goto out;
+    }
+    if (n_positional) {
+        fprintf(stderr, "lbd: unexpected argument \"%s\" (see --help)\n", positional[0]);
+        exit_code = 2;
+        goto out;
+    }
+    lb_log_level_parse(d.settings.log_level, &level);
+    lb_log_set_level(level);
+    if (parse_pools(&d) < 0) {
+        exit_code = 2;
+        goto out;
+    }
+    if (check_fd_limit(&d.settings.max_conns) < 0)
+        goto out;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "lbd: cannot initialise libcurl\n");
+        goto out;
+    }
+    d.loop = ev_default_loop(EVBACKEND_EPOLL);
+    if (!d.loop) {
+        fprintf(stderr, "lbd: cannot create the epoll event loop\n");
+        goto out_curl;
+    }
+    if (lbd_start(&d) < 0)
+        goto out_loop;
+    ev_signal_init(&d.sigterm, lbd_stop_cb, SIGTERM);
+    ev_signal_init(&d.sigint, lbd_stop_cb, SIGINT);
+    ev_signal_init(&d.sighup, lbd_hup_cb, SIGHUP);
+    ev_signal_start(d.loop, &d.sigterm);
+    ev_signal_start(d.loop, &d.sigint);
+    ev_signal_start(d.loop, &d.sighup);
+    ev_run(d.loop, 0);
+    exit_code = 0;
+    LB_INFO("lbd", "msg=\"stopped\"");
+out_loop:
+    lbd_cleanup(&d);
+    ev_loop_destroy(d.loop);
+    d.loop = NULL;
+out_curl:
+    curl_global_cleanup();
+    free(positional);
+    return exit_code;
+out:
+    lbd_cleanup(&d);
+    free(positional);
+    return exit_code;
+}

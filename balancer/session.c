@@ -1,0 +1,466 @@
+#include "session.h"
+#include "backend.h"
+#include "lb_addr.h"
+#include "lb_log.h"
+#include "lb_util.h"
+#include "pool.h"
+#include "proxy.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+
+
+#define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
+#define PENDING_MAX  16384 /* == scratch size: at most one read is ever pending */
+
+enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
+
+/* One direction: bytes read from `from` and written to `to`. */
+struct half {
+    ev_io from_r;  /* read watcher on the source socket */
+    ev_io to_w;    /* write watcher on the destination socket */
+    char *pending; /* bytes `to` could not take yet (PENDING_MAX), lazily allocated */
+    size_t off, len;
+    bool eof;      /* read 0 from `from` */
+    bool shut;     /* forwarded as shutdown(to, SHUT_WR) */
+};
+
+struct lb_session {
+    struct lb_proxy *proxy;
+    struct lb_pool *pool;
+    struct lb_backend *backend; /* referenced while connecting and proxying */
+    enum session_state state;
+    int client_fd;
+    int server_fd;
+    ev_io connect_w;            /* server socket writable = connect finished */
+    ev_timer timer;             /* connect timeout, then idle timeout */
+    ev_tstamp last_activity;
+    ev_tstamp idle_timeout;     /* seconds, 0 = none */
+    struct half up;             /* client -> backend */
+    struct half down;           /* backend -> client */
+    struct lb_backend *tried[MAX_ATTEMPTS]; /* compared by address only, never dereferenced */
+    size_t n_tried;
+    struct sockaddr_storage client_addr;
+    struct lb_session *prev, *next; /* proxy->live, then proxy->graveyard */
+};
+
+static void session_connect_next(struct lb_session *s);
+static void session_finalize(struct lb_session *s, const char *why);
+
+struct lb_session *lb_session_next(struct lb_session *s)
+{
+    return s->next;
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* ------------------------------------------------------------- relay -- */
+
+/* Flushes pending bytes of h to `to`.  Returns 0 when all written, 1 when some
+ * remain (write watcher started), -1 on a write error. */
+static int half_flush(struct lb_session *s, struct half *h, int to)
+{
+    while (h->len) {
+        ssize_t w = send(to, h->pending + h->off, h->len, MSG_NOSIGNAL);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                ev_io_start(s->proxy->loop, &h->to_w);
+                return 1;
+            }
+            return -1;
+        }
+        h->off += (size_t)w;
+        h->len -= (size_t)w;
+        if (h == &s->up)
+            s->backend->bytes_in += (uint64_t)w;
+        else
+            s->backend->bytes_out += (uint64_t)w;
+    }
+    h->off = 0;
+    ev_io_stop(s->proxy->loop, &h->to_w);
+    return 0;
+}
+
+static bool session_is_done(const struct lb_session *s)
+{
+    return s->up.shut && s->down.shut;
+}
+
+/* Forwards EOF once nothing is pending. */
+static void half_forward_eof(struct lb_session *s, struct half *h, int to)
+{
+    if (h->eof && !h->len && !h->shut) {
+        shutdown(to, SHUT_WR);
+        h->shut = true;
+    }
+}
+
+static void half_read(struct lb_session *s, struct half *h, int from, int to)
+{
+    char *buf = s->proxy->scratch;
+    ssize_t n;
+
+    for (int round = 0; round < 4; round++) {
+        ssize_t w = 0;
+
+        n = recv(from, buf, sizeof(s->proxy->scratch), 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            session_finalize(s, "read error");
+            return;
+        }
+        if (n == 0) {
+            h->eof = true;
+            ev_io_stop(s->proxy->loop, &h->from_r);
+            half_forward_eof(s, h, to);
+            if (session_is_done(s))
+                session_finalize(s, "closed by both sides");
+            return;
+        }
+        s->last_activity = ev_now(s->proxy->loop);
+        while (w < n) {
+            ssize_t k = send(to, buf + w, (size_t)(n - w), MSG_NOSIGNAL);
+
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                session_finalize(s, "write error");
+                return;
+            }
+            w += k;
+        }
+        if (h == &s->up)
+            s->backend->bytes_in += (uint64_t)w;
+        else
+            s->backend->bytes_out += (uint64_t)w;
+        if (w < n) {
+            /* The other side is full: keep the rest, stop reading until it drains. */
+            if (!h->pending && !(h->pending = malloc(PENDING_MAX))) {
+                session_finalize(s, "out of memory");
+                return;
+            }
+            memcpy(h->pending, buf + w, (size_t)(n - w));
+            h->off = 0;
+            h->len = (size_t)(n - w);
+            ev_io_stop(s->proxy->loop, &h->from_r);
+            ev_io_start(s->proxy->loop, &h->to_w);
+            return;
+        }
+        if ((size_t)n < sizeof(s->proxy->scratch))
+            return;
+    }
+}
+
+static void session_client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_session *s = lb_container_of(w, struct lb_session, up.from_r);
+
+    half_read(s, &s->up, s->client_fd, s->server_fd);
+}
+
+static void session_server_read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_session *s =
+        lb_container_of(w, struct lb_session, down.from_r);
+
+    half_read(s, &s->down, s->server_fd, s->client_fd);
+}
+
+static void half_writable(struct lb_session *s, struct half *h, int to)
+{
+    int rc = half_flush(s, h, to);
+
+    if (rc < 0) {
+        session_finalize(s, "write error");
+        return;
+    }
+    if (rc > 0)
+        return;
+    s->last_activity = ev_now(s->proxy->loop);
+    if (h->eof) {
+        half_forward_eof(s, h, to);
+        if (session_is_done(s))
+            session_finalize(s, "closed by both sides");
+        return;
+    }
+    ev_io_start(s->proxy->loop, &h->from_r);
+}
+
+static void session_server_write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_session *s = lb_container_of(w, struct lb_session, up.to_w);
+
+    half_writable(s, &s->up, s->server_fd);
+}
+
+static void session_client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_session *s =
+        lb_container_of(w, struct lb_session, down.to_w);
+
+    half_writable(s, &s->down, s->client_fd);
+}
+
+/* ------------------------------------------------------------ timers -- */
+
+static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_session *s = lb_container_of(w, struct lb_session, timer);
+    ev_tstamp left;
+
+    if (s->state == SESSION_CONNECTING) {
+        char addr[64];
+
+        lb_addr_format((struct sockaddr *)&s->backend->sa, addr, sizeof(addr));
+        LB_WARN("proxy", "msg=\"connect timed out\" pool=%s backend=%s addr=%s", s->pool->name,
+                s->backend->id, addr);
+        s->backend->connect_failures++;
+        session_connect_next(s);
+        return;
+    }
+    left = s->last_activity + s->idle_timeout - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(w, left, 0.);
+        ev_timer_start(loop, w);
+        return;
+    }
+    session_finalize(s, "idle timeout");
+}
+
+/* ----------------------------------------------------------- connect -- */
+
+static void session_release_backend(struct lb_session *s)
+{
+    struct lb_backend *b = s->backend;
+
+    if (!b)
+        return;
+    s->backend = NULL;
+    b->active--;
+    lb_registry_connection_closed(s->proxy->registry, b);
+    lb_backend_unref(b);
+}
+
+static void session_connected(struct lb_session *s)
+{
+    struct ev_loop *loop = s->proxy->loop;
+
+    ev_io_stop(loop, &s->connect_w);
+    ev_timer_stop(loop, &s->timer);
+    s->state = SESSION_PROXYING;
+    s->backend->total++;
+    set_nodelay(s->server_fd);
+    ev_io_init(&s->up.from_r, session_client_read_cb, s->client_fd, EV_READ);
+    ev_io_init(&s->up.to_w, session_server_write_cb, s->server_fd, EV_WRITE);
+    ev_io_init(&s->down.from_r, session_server_read_cb, s->server_fd, EV_READ);
+    ev_io_init(&s->down.to_w, session_client_write_cb, s->client_fd, EV_WRITE);
+    ev_io_start(loop, &s->up.from_r);
+    ev_io_start(loop, &s->down.from_r);
+    s->last_activity = ev_now(loop);
+    if (s->idle_timeout > 0) {
+        ev_timer_set(&s->timer, s->idle_timeout, 0.);
+        ev_timer_start(loop, &s->timer);
+    }
+}
+
+static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_session *s =
+        lb_container_of(w, struct lb_session, connect_w);
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    if (getsockopt(s->server_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err == 0) {
+        session_connected(s);
+        return;
+    }
+    LB_WARN("proxy", "msg=\"connect failed\" pool=%s backend=%s addr=%s error=\"%s\"",
+            s->pool->name, s->backend->id, s->backend->spec.addr, strerror(err));
+    s->backend->connect_failures++;
+    session_connect_next(s);
+}
+
+/*
+ * Picks a backend not tried yet and starts connecting; when none is left,
+ * or the policy's retries are used up, the client is closed.
+ */
+static void session_connect_next(struct lb_session *s)
+{
+    struct ev_loop *loop = s->proxy->loop;
+    struct lb_pool *pool = s->pool;
+    struct lb_pick pick = {
+        .client = (struct sockaddr *)&s->client_addr,
+        .tried = s->tried,
+        .n_tried = s->n_tried,
+    };
+    size_t max_attempts = (size_t)pool->policy.retries + 1;
+
+    if (max_attempts > MAX_ATTEMPTS)
+        max_attempts = MAX_ATTEMPTS;
+    for (;;) {
+        struct lb_backend *b;
+        int fd;
+
+        ev_io_stop(loop, &s->connect_w);
+        ev_timer_stop(loop, &s->timer);
+        if (s->server_fd >= 0) {
+            close(s->server_fd);
+            s->server_fd = -1;
+        }
+        session_release_backend(s);
+        if (s->n_tried >= max_attempts) {
+            session_finalize(s, "connect failed on every attempt");
+            return;
+        }
+        pick.n_tried = s->n_tried;
+        b = pool->snap->algo->pick(pool->snap, &pick);
+        if (!b) {
+            pool->no_backend++;
+            session_finalize(s, s->n_tried ? "no backend left to retry" : "no backend available");
+            return;
+        }
+        s->tried[s->n_tried++] = b;
+        lb_backend_ref(b);
+        b->active++;
+        s->backend = b;
+        fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"",
+                    pool->name, strerror(errno));
+            session_finalize(s, "no socket");
+            return;
+        }
+        s->server_fd = fd;
+        if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) == 0) {
+            session_connected(s);
+            return;
+        }
+        if (errno == EINPROGRESS) {
+            ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
+            ev_io_start(loop, &s->connect_w);
+            if (pool->policy.connect_timeout_ms > 0) {
+                ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
+                ev_timer_start(loop, &s->timer);
+            }
+            return;
+        }
+        LB_WARN("proxy", "msg=\"connect failed\" pool=%s backend=%s addr=%s error=\"%s\"",
+                pool->name, b->id, b->spec.addr, strerror(errno));
+        b->connect_failures++;
+    }
+}
+
+/* --------------------------------------------------------- lifecycle -- */
+
+int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd,
+                     const struct sockaddr *client, socklen_t client_len)
+{
+    struct lb_session *s = calloc(1, sizeof(*s));
+
+    if (!s) {
+        close(client_fd);
+        return -ENOMEM;
+    }
+    s->proxy = proxy;
+    s->pool = pool;
+    s->state = SESSION_CONNECTING;
+    s->client_fd = client_fd;
+    s->server_fd = -1;
+    s->idle_timeout = (double)pool->policy.idle_timeout_ms / 1000.;
+    if (client_len <= sizeof(s->client_addr))
+        memcpy(&s->client_addr, client, client_len);
+    ev_init(&s->connect_w, session_connect_cb);
+    ev_init(&s->timer, session_timer_cb);
+    ev_init(&s->up.from_r, session_client_read_cb);
+    ev_init(&s->up.to_w, session_server_write_cb);
+    ev_init(&s->down.from_r, session_server_read_cb);
+    ev_init(&s->down.to_w, session_client_write_cb);
+    set_nodelay(client_fd);
+
+    s->next = proxy->live;
+    if (proxy->live)
+        proxy->live->prev = s;
+    proxy->live = s;
+    proxy->active++;
+    proxy->accepted++;
+    pool->active++;
+    pool->total++;
+    session_connect_next(s);
+    return 0;
+}
+
+static void session_finalize(struct lb_session *s, const char *why)
+{
+    struct lb_proxy *proxy = s->proxy;
+    struct ev_loop *loop = proxy->loop;
+
+    if (s->state == SESSION_CLOSED)
+        return;
+    if (lb_log_enabled(LB_LOG_DEBUG)) {
+        char client[64];
+
+        lb_addr_format((struct sockaddr *)&s->client_addr, client, sizeof(client));
+        LB_DEBUG("proxy", "msg=\"session closed\" pool=%s backend=%s client=%s reason=\"%s\"",
+                 s->pool->name, s->backend ? s->backend->id : "-", client, why);
+    }
+    s->state = SESSION_CLOSED;
+    ev_io_stop(loop, &s->connect_w);
+    ev_timer_stop(loop, &s->timer);
+    ev_io_stop(loop, &s->up.from_r);
+    ev_io_stop(loop, &s->up.to_w);
+    ev_io_stop(loop, &s->down.from_r);
+    ev_io_stop(loop, &s->down.to_w);
+    close(s->client_fd);
+    if (s->server_fd >= 0)
+        close(s->server_fd);
+    s->client_fd = s->server_fd = -1;
+    session_release_backend(s);
+    s->pool->active--;
+
+    /* live list -> graveyard; freed by the proxy's reaper after this iteration */
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        proxy->live = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->prev = NULL;
+    s->next = proxy->graveyard;
+    proxy->graveyard = s;
+    lb_proxy_session_finished(proxy);
+}
+
+void lb_session_abort(struct lb_session *s)
+{
+    session_finalize(s, "shutdown grace period over");
+}
+
+void lb_session_free(struct lb_session *s)
+{
+    free(s->up.pending);
+    free(s->down.pending);
+    free(s);
+}
