@@ -40,6 +40,9 @@ struct lb_algo_ops {
 };
 
 extern const struct lb_algo_ops lb_algo_wrr;
+extern const struct lb_algo_ops lb_algo_leastconn;
+extern const struct lb_algo_ops lb_algo_p2c;
+extern const struct lb_algo_ops lb_algo_maglev;
 
 /* The ops for a policy's algorithm. */
 const struct lb_algo_ops *lb_algo_for(enum lb_algorithm algorithm);

@@ -20,6 +20,7 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
     snprintf(b->id, sizeof(b->id), "%s", id);
     b->spec = *spec;
     b->health = LB_HEALTH_UNKNOWN;
+    b->check.fd = -1;
     if (lb_addr_parse(spec->addr, false, &hp, &why) == 0 && lb_addr_is_numeric(&hp))
         b->resolved = lb_addr_to_sockaddr(&hp, &b->sa, &b->sa_len) == 0;
     return b;
@@ -36,15 +37,24 @@ void lb_backend_unref(struct lb_backend *b)
         free(b);
 }
 
-bool lb_backend_is_eligible(const struct lb_backend *b)
+bool lb_backend_is_candidate(const struct lb_backend *b)
 {
-    if (b->removed || b->drain || !b->resolved || b->weight <= 0)
-        return false;
-    if (b->health_override == LB_HEALTH_FORCE_DOWN)
-        return false;
+    return !b->removed && !b->drain && b->resolved && b->base_weight > 0 &&
+           b->health_override != LB_HEALTH_FORCE_DOWN;
+}
+
+bool lb_backend_is_healthy(const struct lb_backend *b)
+{
     if (b->health_override == LB_HEALTH_FORCE_UP)
         return true;
-    return b->health != LB_HEALTH_DOWN;
+    if (b->health_override == LB_HEALTH_FORCE_DOWN)
+        return false;
+    return b->health != LB_HEALTH_DOWN && !b->ejected;
+}
+
+bool lb_backend_is_eligible(const struct lb_backend *b)
+{
+    return lb_backend_is_candidate(b) && (lb_backend_is_healthy(b) || b->panic_included);
 }
 
 void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
@@ -60,7 +70,10 @@ void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
     out->weight_override = (uint32_t)b->weight_override;
     out->drain = b->drain;
     out->drained = b->drain && b->active == 0;
-    out->health = b->health;
+    if (b->ejected && b->health != LB_HEALTH_DOWN)
+        out->health = LB_HEALTH_DOWN;
+    else
+        out->health = b->health;
     out->health_override = b->health_override;
     out->active = b->active;
     out->total = b->total;

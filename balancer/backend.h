@@ -16,6 +16,7 @@
 #define LB_BACKEND_H
 
 #include "control.h"
+#include "health.h"
 #include "lb_update.h"
 
 #include <stdbool.h>
@@ -34,14 +35,23 @@ struct lb_backend {
     bool resolved; /* sa is valid */
     bool removed;  /* gone from etcd: no new connections, freed on last release */
 
+    /* health, written by health.c */
+    enum lb_health_state health; /* from active checks */
+    bool ejected;                /* passive: too many failed connects */
+    struct lb_health_check check;
+    ev_tstamp ramp_start;        /* slow start began (new or back up); 0 = none */
+
     /* effective state, recomputed when the pool publishes */
     bool drain;
     bool drained_reported; /* LB_EVENT_DRAINED sent for the current drain */
-    int weight;            /* what the algorithm uses; 0 = no new connections */
-    enum lb_health_state health;
+    int weight;            /* what the algorithm uses, slow start included */
+    int base_weight;       /* registered or overridden, before slow start */
+    bool panic_included;   /* down, but included because the pool is in panic */
     enum lb_health_override health_override;
     bool has_weight_override;
     int weight_override;
+    ev_timer drain_timer;  /* drain_timeout: closes what is left */
+    struct lb_session *sessions; /* open sessions, for the drain deadline */
 
     /* counters */
     uint64_t active;
@@ -49,6 +59,8 @@ struct lb_backend {
     uint64_t connect_failures;
     uint64_t bytes_in;  /* client -> backend */
     uint64_t bytes_out; /* backend -> client */
+    ev_tstamp fail_logged_at; /* connect failures are logged once a second */
+    uint64_t fail_unlogged;
 };
 
 /*
@@ -61,7 +73,14 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
 void lb_backend_ref(struct lb_backend *b);
 void lb_backend_unref(struct lb_backend *b);
 
-/* True when the backend may receive a new connection now. */
+/* True when the backend may receive new connections at all (registered,
+ * resolved, not drained, weight > 0, not forced down). */
+bool lb_backend_is_candidate(const struct lb_backend *b);
+
+/* True when checks, ejection and the operator's override say it is healthy. */
+bool lb_backend_is_healthy(const struct lb_backend *b);
+
+/* True when it is in the current snapshot's eligible set. */
 bool lb_backend_is_eligible(const struct lb_backend *b);
 
 /* Fills an info record for the admin API and metrics (strings point into b). */

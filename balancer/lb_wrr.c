@@ -94,12 +94,3 @@ const struct lb_algo_ops lb_algo_wrr = {
     .pick = wrr_pick,
     .destroy = wrr_destroy,
 };
-
-const struct lb_algo_ops *lb_algo_for(enum lb_algorithm algorithm)
-{
-    switch (algorithm) {
-    case LB_ALGO_WRR:
-    default:
-        return &lb_algo_wrr;
-    }
-}

@@ -158,6 +158,15 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
     POOL_FAMILY("lbd_pool_connections_total", "counter", "Client connections accepted.", p->total);
     POOL_FAMILY("lbd_pool_no_backend_total", "counter",
                 "Client connections closed because no backend could take them.", p->no_backend);
+    POOL_FAMILY("lbd_pool_healthy_backends", "gauge",
+                "Backends that may get traffic and pass health checks (or are forced up).",
+                p->n_healthy);
+    POOL_FAMILY("lbd_pool_panic", "gauge",
+                "1 when fewer than panic_threshold% of backends are healthy and traffic is "
+                "spread over all of them.",
+                p->panic);
+    POOL_FAMILY("lbd_pool_retries_total", "counter",
+                "Failed connects retried on another backend.", p->retries);
 #undef POOL_FAMILY
 
     if (!rc)

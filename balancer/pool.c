@@ -5,11 +5,15 @@
  */
 #include "pool.h"
 #include "lb_log.h"
+#include "lb_util.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static void pool_ramp_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 static struct lb_snapshot *snapshot_new_empty(void)
 {
@@ -41,12 +45,15 @@ int lb_pool_init(struct lb_pool *pool, struct lb_registry *registry, const char 
     snprintf(pool->listen, sizeof(pool->listen), "%s", listen);
     pool->registry = registry;
     lb_pool_policy_defaults(&pool->policy);
+    ev_init(&pool->ramp_timer, pool_ramp_cb);
     pool->snap = snapshot_new_empty();
     return pool->snap ? 0 : -ENOMEM;
 }
 
 void lb_pool_destroy(struct lb_pool *pool)
 {
+    if (pool->registry && pool->registry->loop)
+        ev_timer_stop(pool->registry->loop, &pool->ramp_timer);
     snapshot_free(pool->snap);
     pool->snap = NULL;
     for (size_t i = 0; i < pool->n_members; i++) {
@@ -54,6 +61,7 @@ void lb_pool_destroy(struct lb_pool *pool)
 
         if (m->backend) {
             m->backend->removed = true;
+            lb_health_stop(m->backend);
             lb_backend_unref(m->backend);
         }
         free(m);
@@ -149,16 +157,50 @@ static void member_resolve(struct lb_member *m)
         b->has_weight_override = false;
         b->weight_override = 0;
     }
-    b->weight = b->has_weight_override ? b->weight_override : b->spec.weight;
+    b->base_weight = b->has_weight_override ? b->weight_override : b->spec.weight;
     b->health_override = l->has_health ? l->health : (c ? c->health : LB_HEALTH_AUTO);
     if (!b->drain)
         b->drained_reported = false;
 }
 
+/*
+ * Slow start: a backend that is new or newly healthy ramps linearly from
+ * 10% to its full weight over the pool's slow_start window.  Returns true
+ * while it is still ramping.
+ */
+static bool apply_slow_start(struct lb_pool *pool, struct lb_backend *b, ev_tstamp now)
+{
+    double window = (double)pool->policy.slow_start_ms / 1000., elapsed, factor;
+    int w;
+
+    b->weight = b->base_weight;
+    if (window <= 0 || b->ramp_start <= 0 || now <= 0)
+        return false;
+    elapsed = now - b->ramp_start;
+    if (elapsed >= window)
+        return false;
+    factor = elapsed / window;
+    if (factor < 0.1)
+        factor = 0.1;
+    w = (int)((double)b->base_weight * factor + 0.5);
+    b->weight = w < 1 ? 1 : w;
+    return true;
+}
+
+static void pool_ramp_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_pool *pool = lb_container_of(w, struct lb_pool, ramp_timer);
+
+    lb_pool_publish(pool);
+}
+
 int lb_pool_publish(struct lb_pool *pool)
 {
+    struct ev_loop *loop = pool->registry ? pool->registry->loop : NULL;
+    ev_tstamp now = loop ? ev_now(loop) : 0;
     struct lb_snapshot *next = calloc(1, sizeof(*next));
-    size_t n = 0;
+    size_t n = 0, n_candidates = 0, n_healthy = 0;
+    bool ramping = false, panic;
     int rc = -ENOMEM;
 
     if (!next)
@@ -172,23 +214,64 @@ int lb_pool_publish(struct lb_pool *pool)
         goto fail;
     for (size_t i = 0; i < pool->n_members; i++) {
         struct lb_member *m = pool->members[i];
+        struct lb_backend *b = m->backend;
 
-        if (!m->backend)
+        if (!b)
             continue;
         member_resolve(m);
-        lb_backend_ref(m->backend);
-        next->backends[next->n_backends++] = m->backend;
-        if (lb_backend_is_eligible(m->backend))
-            next->eligible[next->n_eligible++] = m->backend;
+        b->panic_included = false;
+        lb_backend_ref(b);
+        next->backends[next->n_backends++] = b;
+        if (!lb_backend_is_candidate(b))
+            continue;
+        n_candidates++;
+        n_healthy += lb_backend_is_healthy(b);
+        ramping |= apply_slow_start(pool, b, now);
+    }
+    /*
+     * Panic (Envoy's panic threshold): when fewer than panic_threshold% of the
+     * candidates are healthy, send traffic to all of them rather than pile it
+     * on the few; checks may be wrong, an overloaded survivor is certain.
+     */
+    panic = n_candidates > 0 && n_healthy * 100 < (size_t)pool->policy.panic_threshold * n_candidates;
+    for (size_t i = 0; i < next->n_backends; i++) {
+        struct lb_backend *b = next->backends[i];
+
+        if (!lb_backend_is_candidate(b))
+            continue;
+        if (!lb_backend_is_healthy(b)) {
+            if (!panic)
+                continue;
+            b->panic_included = true;
+        }
+        next->eligible[next->n_eligible++] = b;
     }
     rc = next->algo->init(next, pool->snap);
     if (rc < 0) {
         next->algo = NULL; /* nothing to destroy */
         goto fail;
     }
+    if (panic != pool->panic)
+        LB_WARN("pool", "msg=\"%s\" pool=%s healthy=%zu of=%zu panic_threshold=%d", 
+                panic ? "panic: too few healthy backends, spreading over all of them"
+                      : "panic over: enough healthy backends again",
+                pool->name, n_healthy, n_candidates, pool->policy.panic_threshold);
+    pool->panic = panic;
+    pool->n_healthy = n_healthy;
     snapshot_free(pool->snap);
     pool->snap = next;
     pool->dirty = false;
+    if (loop) {
+        if (ramping && !ev_is_active(&pool->ramp_timer)) {
+            double tick = (double)pool->policy.slow_start_ms / 20000.;
+
+            tick = tick < 0.1 ? 0.1 : tick > 1.0 ? 1.0 : tick;
+            ev_timer_init(&pool->ramp_timer, pool_ramp_cb, tick, tick);
+            ev_timer_start(loop, &pool->ramp_timer);
+        } else if (!ramping && ev_is_active(&pool->ramp_timer)) {
+            ev_timer_stop(loop, &pool->ramp_timer);
+        }
+    }
     return 0;
 fail:
     snapshot_free(next);

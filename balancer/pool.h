@@ -18,6 +18,7 @@
 #include "control.h"
 #include "lb_update.h"
 
+#include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -66,6 +67,10 @@ struct lb_pool {
     uint64_t active; /* client connections */
     uint64_t total;
     uint64_t no_backend; /* clients closed because no backend was available */
+    uint64_t retries;    /* connects retried on another backend */
+    bool panic;          /* too few healthy backends: spreading over all of them */
+    size_t n_healthy;    /* candidates that are healthy, at the last publish */
+    ev_timer ramp_timer; /* republishes while a backend is in slow start */
 };
 
 /* Returns 0 or -ENOMEM; the pool starts with an empty snapshot. */

@@ -224,6 +224,19 @@ void lb_proxy_session_finished(struct lb_proxy *proxy)
 
 void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *proxy))
 {
+    /* Clients already in the kernel's accept queue completed their handshake:
+     * closing the listener now would reset them.  Take them in first. */
+    for (size_t i = 0; i < proxy->n_listeners; i++) {
+        struct lb_listener *l = &proxy->listeners[i];
+        uint64_t before;
+
+        if (l->fd < 0)
+            continue;
+        do {
+            before = proxy->accepted;
+            listener_accept_cb(proxy->loop, &l->io, EV_READ);
+        } while (proxy->accepted - before == ACCEPTS_PER_WAKEUP);
+    }
     proxy->shutting_down = true;
     lb_proxy_stop_listening(proxy);
     if (proxy->active == 0) {

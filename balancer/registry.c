@@ -7,6 +7,8 @@
  * effect when it returns.
  */
 #include "registry.h"
+#include "drain.h"
+#include "health.h"
 #include "lb_log.h"
 
 #include <errno.h>
@@ -170,9 +172,21 @@ static int publish(struct lb_registry *r, struct lb_pool *pool)
 {
     int rc = lb_pool_publish(pool);
 
-    if (rc == 0)
+    if (rc == 0) {
+        for (size_t i = 0; i < pool->snap->n_backends; i++)
+            lb_drain_update(pool->snap->backends[i], r->loop);
         report_drained(r, pool);
+    }
     return rc;
+}
+
+void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
+                                 enum lb_event_type type, const char *detail)
+{
+    if (b->removed)
+        return;
+    publish(r, b->pool);
+    notify(r, type, b->pool, b, b->id, detail);
 }
 
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b)
@@ -223,9 +237,15 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
     if (m->backend) {
         /* New address: the old backend finishes its connections on its own. */
         m->backend->removed = true;
+        lb_health_stop(m->backend);
+        lb_drain_stop(m->backend);
         lb_backend_unref(m->backend);
     }
     m->backend = b;
+    if (r->loop) {
+        b->ramp_start = ev_now(r->loop);
+        lb_health_start(b, r->loop);
+    }
     pool->dirty = true;
     LB_INFO("pool", "msg=\"backend added\" pool=%s backend=%s addr=%s weight=%d", pool->name, id,
             qaddr, spec->weight);
@@ -242,6 +262,8 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     b = m->backend;
     m->backend = NULL;
     b->removed = true;
+    lb_health_stop(b);
+    lb_drain_stop(b);
     pool->dirty = true;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
@@ -283,11 +305,11 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
         lb_pool_policy_defaults(&def);
         policy = &def;
     }
-    if (policy->algorithm != LB_ALGO_WRR)
-        LB_WARN("pool", "msg=\"algorithm not available in this build, using wrr\" pool=%s "
-                "algorithm=%s", pool->name, algorithm_names[policy->algorithm]);
     pool->policy = *policy;
     pool->dirty = true;
+    for (size_t i = 0; i < pool->n_members; i++)
+        if (pool->members[i]->backend)
+            lb_health_restart(pool->members[i]->backend, r->loop);
     LB_INFO("pool", "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
             "idle_timeout_ms=%lld retries=%d", pool->name, algorithm_names[policy->algorithm],
             (long long)policy->connect_timeout_ms, (long long)policy->idle_timeout_ms,

@@ -43,9 +43,16 @@ struct lb_update_sink lb_registry_sink(struct lb_registry *r);
 struct lb_pool *lb_registry_find_pool(struct lb_registry *r, const char *name);
 
 /*
- * Called by the data plane when a backend's active count changed; reports
+ * Called by the data plane when a backend's active count dropped; reports
  * LB_EVENT_DRAINED when a draining backend's last connection closed.
  */
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b);
+
+/*
+ * Called when health checks or ejection changed a backend: republishes its
+ * pool and tells subscribers.  Ignored for removed backends.
+ */
+void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
+                                 enum lb_event_type type, const char *detail);
 
 #endif

@@ -1,5 +1,7 @@
 #include "session.h"
 #include "backend.h"
+#include "health.h"
+#include "proxy_protocol.h"
 #include "lb_addr.h"
 #include "lb_log.h"
 #include "lb_util.h"
@@ -19,6 +21,7 @@
 
 
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
+#define MAX_SKIPPED  32    /* backends passed over at max_conns, per connection */
 #define PENDING_MAX  16384 /* == scratch size: at most one read is ever pending */
 
 enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
@@ -46,13 +49,17 @@ struct lb_session {
     ev_tstamp idle_timeout;     /* seconds, 0 = none */
     struct half up;             /* client -> backend */
     struct half down;           /* backend -> client */
-    struct lb_backend *tried[MAX_ATTEMPTS]; /* compared by address only, never dereferenced */
+    /* backends tried, then those skipped at max_conns: compared by address only */
+    struct lb_backend *tried[MAX_ATTEMPTS + MAX_SKIPPED];
     size_t n_tried;
+    size_t n_attempts;
+    struct lb_session *b_prev, *b_next; /* backend->sessions */
     struct sockaddr_storage client_addr;
     struct lb_session *prev, *next; /* proxy->live, then proxy->graveyard */
 };
 
 static void session_connect_next(struct lb_session *s);
+static void session_connect_failed(struct lb_session *s, const char *why);
 static void session_finalize(struct lb_session *s, const char *why);
 
 struct lb_session *lb_session_next(struct lb_session *s)
@@ -230,13 +237,7 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_tstamp left;
 
     if (s->state == SESSION_CONNECTING) {
-        char addr[64];
-
-        lb_addr_format((struct sockaddr *)&s->backend->sa, addr, sizeof(addr));
-        LB_WARN("proxy", "msg=\"connect timed out\" pool=%s backend=%s addr=%s", s->pool->name,
-                s->backend->id, addr);
-        s->backend->connect_failures++;
-        session_connect_next(s);
+        session_connect_failed(s, "connect timed out");
         return;
     }
     left = s->last_activity + s->idle_timeout - ev_now(loop);
@@ -256,10 +257,53 @@ static void session_release_backend(struct lb_session *s)
 
     if (!b)
         return;
+    if (s->b_prev)
+        s->b_prev->b_next = s->b_next;
+    else
+        b->sessions = s->b_next;
+    if (s->b_next)
+        s->b_next->b_prev = s->b_prev;
+    s->b_prev = s->b_next = NULL;
     s->backend = NULL;
     b->active--;
     lb_registry_connection_closed(s->proxy->registry, b);
     lb_backend_unref(b);
+}
+
+/*
+ * Queues the PROXY protocol header as the first bytes towards the backend;
+ * client bytes are read only once it is written.  Returns 0, or -1 after
+ * finalizing the session.
+ */
+static int session_send_proxy_header(struct lb_session *s)
+{
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    int n;
+
+    if (getsockname(s->client_fd, (struct sockaddr *)&local, &len) < 0) {
+        session_finalize(s, "getsockname failed");
+        return -1;
+    }
+    s->up.pending = malloc(PENDING_MAX);
+    if (!s->up.pending) {
+        session_finalize(s, "out of memory");
+        return -1;
+    }
+    n = lb_proxy_protocol_build(s->pool->policy.proxy_protocol,
+                                (struct sockaddr *)&s->client_addr, (struct sockaddr *)&local,
+                                s->up.pending, PENDING_MAX);
+    if (n < 0) {
+        session_finalize(s, "cannot build PROXY header");
+        return -1;
+    }
+    s->up.off = 0;
+    s->up.len = (size_t)n;
+    if (half_flush(s, &s->up, s->server_fd) < 0) {
+        session_finalize(s, "write error");
+        return -1;
+    }
+    return 0;
 }
 
 static void session_connected(struct lb_session *s)
@@ -270,13 +314,17 @@ static void session_connected(struct lb_session *s)
     ev_timer_stop(loop, &s->timer);
     s->state = SESSION_PROXYING;
     s->backend->total++;
+    lb_health_connect_result(s->backend, loop, true);
     set_nodelay(s->server_fd);
     ev_io_init(&s->up.from_r, session_client_read_cb, s->client_fd, EV_READ);
     ev_io_init(&s->up.to_w, session_server_write_cb, s->server_fd, EV_WRITE);
     ev_io_init(&s->down.from_r, session_server_read_cb, s->server_fd, EV_READ);
     ev_io_init(&s->down.to_w, session_client_write_cb, s->client_fd, EV_WRITE);
-    ev_io_start(loop, &s->up.from_r);
     ev_io_start(loop, &s->down.from_r);
+    if (s->pool->policy.proxy_protocol != LB_PROXY_NONE && session_send_proxy_header(s) < 0)
+        return;
+    if (!s->up.len)
+        ev_io_start(loop, &s->up.from_r);
     s->last_activity = ev_now(loop);
     if (s->idle_timeout > 0) {
         ev_timer_set(&s->timer, s->idle_timeout, 0.);
@@ -297,15 +345,39 @@ static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
         session_connected(s);
         return;
     }
-    LB_WARN("proxy", "msg=\"connect failed\" pool=%s backend=%s addr=%s error=\"%s\"",
-            s->pool->name, s->backend->id, s->backend->spec.addr, strerror(err));
-    s->backend->connect_failures++;
+    session_connect_failed(s, strerror(err));
+}
+
+/*
+ * A connect attempt to s->backend failed: count it, tell passive health,
+ * and log (at most once a second per backend, with the number of failures
+ * not logged, so a dead backend under load does not flood the log).
+ */
+static void session_connect_failed(struct lb_session *s, const char *why)
+{
+    struct lb_backend *b = s->backend;
+    ev_tstamp now = ev_now(s->proxy->loop);
+
+    b->connect_failures++;
+    if (now - b->fail_logged_at >= 1.0) {
+        LB_WARN("proxy", "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
+                "error=\"%s\" unlogged_failures=%llu",
+                s->pool->name, b->id, b->spec.addr, why, (unsigned long long)b->fail_unlogged);
+        b->fail_logged_at = now;
+        b->fail_unlogged = 0;
+    } else {
+        b->fail_unlogged++;
+    }
+    lb_health_connect_result(b, s->proxy->loop, false);
+    if (s->n_attempts <= (size_t)s->pool->policy.retries)
+        s->pool->retries++;
     session_connect_next(s);
 }
 
 /*
  * Picks a backend not tried yet and starts connecting; when none is left,
- * or the policy's retries are used up, the client is closed.
+ * or the policy's retries are used up, the client is closed.  Backends at
+ * the pool's max_conns are passed over without counting as an attempt.
  */
 static void session_connect_next(struct lb_session *s)
 {
@@ -314,24 +386,24 @@ static void session_connect_next(struct lb_session *s)
     struct lb_pick pick = {
         .client = (struct sockaddr *)&s->client_addr,
         .tried = s->tried,
-        .n_tried = s->n_tried,
     };
     size_t max_attempts = (size_t)pool->policy.retries + 1;
+    uint64_t max_conns = pool->policy.max_conns > 0 ? (uint64_t)pool->policy.max_conns : 0;
 
     if (max_attempts > MAX_ATTEMPTS)
         max_attempts = MAX_ATTEMPTS;
+    ev_io_stop(loop, &s->connect_w);
+    ev_timer_stop(loop, &s->timer);
+    if (s->server_fd >= 0) {
+        close(s->server_fd);
+        s->server_fd = -1;
+    }
+    session_release_backend(s);
     for (;;) {
         struct lb_backend *b;
         int fd;
 
-        ev_io_stop(loop, &s->connect_w);
-        ev_timer_stop(loop, &s->timer);
-        if (s->server_fd >= 0) {
-            close(s->server_fd);
-            s->server_fd = -1;
-        }
-        session_release_backend(s);
-        if (s->n_tried >= max_attempts) {
+        if (s->n_attempts >= max_attempts) {
             session_finalize(s, "connect failed on every attempt");
             return;
         }
@@ -339,13 +411,29 @@ static void session_connect_next(struct lb_session *s)
         b = pool->snap->algo->pick(pool->snap, &pick);
         if (!b) {
             pool->no_backend++;
-            session_finalize(s, s->n_tried ? "no backend left to retry" : "no backend available");
+            session_finalize(s, s->n_attempts ? "no backend left to retry"
+                                              : "no backend available");
             return;
         }
+        if (max_conns && b->active >= max_conns) {
+            if (s->n_tried == MAX_ATTEMPTS + MAX_SKIPPED) {
+                pool->no_backend++;
+                session_finalize(s, "every backend tried is at max_conns");
+                return;
+            }
+            s->tried[s->n_tried++] = b;
+            continue;
+        }
         s->tried[s->n_tried++] = b;
+        s->n_attempts++;
         lb_backend_ref(b);
         b->active++;
         s->backend = b;
+        s->b_prev = NULL;
+        s->b_next = b->sessions;
+        if (b->sessions)
+            b->sessions->b_prev = s;
+        b->sessions = s;
         fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"",
@@ -358,18 +446,17 @@ static void session_connect_next(struct lb_session *s)
             session_connected(s);
             return;
         }
-        if (errno == EINPROGRESS) {
-            ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
-            ev_io_start(loop, &s->connect_w);
-            if (pool->policy.connect_timeout_ms > 0) {
-                ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
-                ev_timer_start(loop, &s->timer);
-            }
+        if (errno != EINPROGRESS) {
+            session_connect_failed(s, strerror(errno));
             return;
         }
-        LB_WARN("proxy", "msg=\"connect failed\" pool=%s backend=%s addr=%s error=\"%s\"",
-                pool->name, b->id, b->spec.addr, strerror(errno));
-        b->connect_failures++;
+        ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
+        ev_io_start(loop, &s->connect_w);
+        if (pool->policy.connect_timeout_ms > 0) {
+            ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
+            ev_timer_start(loop, &s->timer);
+        }
+        return;
     }
 }
 
@@ -456,6 +543,16 @@ static void session_finalize(struct lb_session *s, const char *why)
 void lb_session_abort(struct lb_session *s)
 {
     session_finalize(s, "shutdown grace period over");
+}
+
+void lb_session_abort_drained(struct lb_session *s)
+{
+    session_finalize(s, "drain timeout");
+}
+
+struct lb_session *lb_session_next_of_backend(struct lb_session *s)
+{
+    return s->b_next;
 }
 
 void lb_session_free(struct lb_session *s)

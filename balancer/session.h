@@ -36,6 +36,12 @@ int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd
 /* Ends a session now (shutdown grace over). */
 void lb_session_abort(struct lb_session *s);
 
+/* Ends a session of a drained backend whose drain timeout passed. */
+void lb_session_abort_drained(struct lb_session *s);
+
+/* The next (older) session of the same backend, or NULL. */
+struct lb_session *lb_session_next_of_backend(struct lb_session *s);
+
 /* Frees a finished session; only the proxy's reaper calls this. */
 void lb_session_free(struct lb_session *s);
 

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lb_log.h"
 #include "registry.h"
 
 struct fixture {
@@ -171,6 +172,7 @@ static void test_state_carried_over(void **state)
 
 int main(void)
 {
+    lb_log_set_level(LB_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sequence_5_1_1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shares_over_7000, setup, teardown),

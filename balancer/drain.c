@@ -1,0 +1,72 @@
+#include "drain.h"
+#include "backend.h"
+#include "lb_log.h"
+#include "lb_util.h"
+#include "pool.h"
+#include "registry.h"
+#include "session.h"
+
+#define WINDOW_MIN_S 1.0
+#define WINDOW_MAX_S 60.0
+
+static double drain_window(const struct lb_backend *b)
+{
+    double w = (double)b->pool->policy.drain_timeout_ms / 10000.;
+
+    return w < WINDOW_MIN_S ? WINDOW_MIN_S : w > WINDOW_MAX_S ? WINDOW_MAX_S : w;
+}
+
+/*
+ * Phase 1: the timer fires once at drain_timeout.  Phase 2: it repeats
+ * every window / (connections left), closing the oldest each time.
+ */
+static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_backend *b = lb_container_of(w, struct lb_backend, drain_timer);
+    struct lb_session *oldest = b->sessions;
+
+    if (!oldest) {
+        ev_timer_stop(loop, w);
+        return;
+    }
+    if (w->repeat == 0.) {
+        double step = drain_window(b) / (double)b->active;
+
+        LB_INFO("drain", "msg=\"drain timeout passed, closing remaining connections\" pool=%s "
+                "backend=%s connections=%llu window_s=%.1f",
+                b->pool->name, b->id, (unsigned long long)b->active, drain_window(b));
+        w->repeat = step > 0.001 ? step : 0.001;
+        ev_timer_again(loop, w);
+    }
+    while (lb_session_next_of_backend(oldest))
+        oldest = lb_session_next_of_backend(oldest);
+    lb_session_abort_drained(oldest);
+    if (!b->sessions)
+        ev_timer_stop(loop, w);
+}
+
+void lb_drain_update(struct lb_backend *b, struct ev_loop *loop)
+{
+    bool want = loop && b->drain && !b->removed && b->pool->policy.drain_timeout_ms > 0;
+
+    if (!loop)
+        return;
+    if (!want) {
+        if (ev_is_active(&b->drain_timer))
+            ev_timer_stop(loop, &b->drain_timer);
+        return;
+    }
+    if (ev_is_active(&b->drain_timer))
+        return;
+    ev_timer_init(&b->drain_timer, drain_timer_cb,
+                  (double)b->pool->policy.drain_timeout_ms / 1000., 0.);
+    ev_timer_start(loop, &b->drain_timer);
+}
+
+void lb_drain_stop(struct lb_backend *b)
+{
+    struct ev_loop *loop = b->pool->registry ? b->pool->registry->loop : NULL;
+
+    if (loop && ev_is_active(&b->drain_timer))
+        ev_timer_stop(loop, &b->drain_timer);
+}

@@ -1,0 +1,300 @@
+#include "health.h"
+#include "backend.h"
+#include "lb_log.h"
+#include "lb_util.h"
+#include "pool.h"
+#include "registry.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define EJECT_BASE_S 5.0
+#define EJECT_MAX_S  300.0
+
+static double jitter(double seconds, double spread)
+{
+    return seconds * (1.0 - spread + 2.0 * spread * ((double)random() / RAND_MAX));
+}
+
+static const struct lb_pool_policy *policy_of(const struct lb_backend *b)
+{
+    return &b->pool->policy;
+}
+
+static void check_close(struct lb_health_check *c)
+{
+    if (c->fd >= 0) {
+        ev_io_stop(c->loop, &c->io);
+        close(c->fd);
+        c->fd = -1;
+    }
+}
+
+static void schedule_next(struct lb_backend *b, double after)
+{
+    struct lb_health_check *c = &b->check;
+
+    ev_timer_stop(c->loop, &c->timer);
+    ev_timer_set(&c->timer, after, 0.);
+    ev_timer_start(c->loop, &c->timer);
+}
+
+static void set_health(struct lb_backend *b, enum lb_health_state state, const char *why)
+{
+    enum lb_health_state old = b->health;
+
+    if (old == state)
+        return;
+    b->health = state;
+    if (state == LB_HEALTH_UP && old == LB_HEALTH_DOWN)
+        b->ramp_start = ev_now(b->check.loop);
+    LB_INFO("health", "msg=\"backend is %s\" pool=%s backend=%s addr=%s reason=\"%s\"",
+            state == LB_HEALTH_UP ? "up" : "down", b->pool->name, b->id, b->spec.addr, why);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED,
+                                state == LB_HEALTH_UP ? "health check: up" : "health check: down");
+}
+
+static void unject(struct lb_backend *b, const char *why)
+{
+    if (!b->ejected)
+        return;
+    b->ejected = false;
+    ev_timer_stop(b->check.loop, &b->check.eject_timer);
+    b->ramp_start = ev_now(b->check.loop);
+    LB_INFO("health", "msg=\"backend back from ejection\" pool=%s backend=%s reason=\"%s\"",
+            b->pool->name, b->id, why);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, why);
+}
+
+static void check_done(struct lb_backend *b, bool ok, const char *why)
+{
+    struct lb_health_check *c = &b->check;
+    const struct lb_pool_policy *p = policy_of(b);
+
+    check_close(c);
+    if (ok) {
+        c->failures = 0;
+        c->successes++;
+        if (b->health == LB_HEALTH_UNKNOWN || c->successes >= p->health.rise)
+            set_health(b, LB_HEALTH_UP, why);
+        if (b->ejected) {
+            c->ejections = 0;
+            unject(b, "health check passed");
+        }
+    } else {
+        c->successes = 0;
+        c->failures++;
+        LB_DEBUG("health", "msg=\"check failed\" pool=%s backend=%s reason=\"%s\" failures=%d",
+                 b->pool->name, b->id, why, c->failures);
+        if (b->health == LB_HEALTH_UNKNOWN || c->failures >= p->health.fall)
+            set_health(b, LB_HEALTH_DOWN, why);
+    }
+    schedule_next(b, jitter((double)p->health.interval_ms / 1000., 0.1));
+}
+
+static void check_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct lb_health_check *c = lb_container_of(w, struct lb_health_check, io);
+    struct lb_backend *b = lb_container_of(c, struct lb_backend, check);
+    const struct lb_pool_policy *p = policy_of(b);
+    char request[LB_HEALTH_PATH_MAX + LB_ADDR_MAX + 128];
+    int len, err = 0;
+    socklen_t elen = sizeof(err);
+
+    if (c->sent == 0 && c->got == 0 && (revents & EV_WRITE)) {
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0)
+            err = errno;
+        if (err) {
+            check_done(b, false, strerror(err));
+            return;
+        }
+        if (p->health.type == LB_CHECK_TCP) {
+            check_done(b, true, "connect succeeded");
+            return;
+        }
+    }
+    len = snprintf(request, sizeof(request),
+                   "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbd-health-check\r\n"
+                   "Connection: close\r\n\r\n",
+                   p->health.path, b->spec.addr);
+    if ((size_t)len >= sizeof(request))
+        len = (int)sizeof(request) - 1;
+    if (c->sent < (size_t)len) {
+        ssize_t n = send(c->fd, request + c->sent, (size_t)len - c->sent, MSG_NOSIGNAL);
+
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            check_done(b, false, strerror(errno));
+            return;
+        }
+        if (n > 0)
+            c->sent += (size_t)n;
+        if (c->sent == (size_t)len) {
+            ev_io_stop(loop, &c->io);
+            ev_io_set(&c->io, c->fd, EV_READ);
+            ev_io_start(loop, &c->io);
+        }
+        return;
+    }
+    for (;;) {
+        ssize_t n = recv(c->fd, c->reply + c->got, sizeof(c->reply) - 1 - c->got, 0);
+        char *eol;
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                return;
+            check_done(b, false, strerror(errno));
+            return;
+        }
+        c->got += (size_t)n;
+        c->reply[c->got] = '\0';
+        eol = strstr(c->reply, "\r\n");
+        if (eol || n == 0 || c->got == sizeof(c->reply) - 1) {
+            int status = 0;
+
+            if (strncmp(c->reply, "HTTP/1.", 7) == 0 && c->got >= 12)
+                status = atoi(c->reply + 9);
+            if (status >= 200 && status < 400) {
+                check_done(b, true, "http check passed");
+            } else {
+                char why[80];
+
+                if (status)
+                    snprintf(why, sizeof(why), "http status %d", status);
+                else
+                    snprintf(why, sizeof(why), "no HTTP status line in the reply");
+                check_done(b, false, why);
+            }
+            return;
+        }
+    }
+}
+
+static void check_begin(struct lb_backend *b)
+{
+    struct lb_health_check *c = &b->check;
+    const struct lb_pool_policy *p = policy_of(b);
+    int fd;
+
+    c->sent = c->got = 0;
+    c->reply[0] = '\0';
+    if (!b->resolved) {
+        schedule_next(b, (double)p->health.interval_ms / 1000.);
+        return;
+    }
+    fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        /* Out of descriptors is our problem, not the backend's: try later. */
+        LB_WARN("health", "msg=\"cannot create check socket\" pool=%s error=\"%s\"",
+                b->pool->name, strerror(errno));
+        schedule_next(b, (double)p->health.interval_ms / 1000.);
+        return;
+    }
+    c->fd = fd;
+    if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) < 0 && errno != EINPROGRESS) {
+        check_done(b, false, strerror(errno));
+        return;
+    }
+    ev_io_init(&c->io, check_io_cb, fd, EV_WRITE);
+    ev_io_start(c->loop, &c->io);
+    schedule_next(b, (double)p->health.timeout_ms / 1000.);
+}
+
+static void check_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_health_check *c = lb_container_of(w, struct lb_health_check, timer);
+    struct lb_backend *b = lb_container_of(c, struct lb_backend, check);
+
+    if (c->fd >= 0)
+        check_done(b, false, "check timed out");
+    else
+        check_begin(b);
+}
+
+static void eject_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_health_check *c = lb_container_of(w, struct lb_health_check, eject_timer);
+    struct lb_backend *b = lb_container_of(c, struct lb_backend, check);
+
+    unject(b, "ejection period over");
+}
+
+void lb_health_start(struct lb_backend *b, struct ev_loop *loop)
+{
+    struct lb_health_check *c = &b->check;
+    const struct lb_pool_policy *p = policy_of(b);
+
+    if (!loop)
+        return;
+    c->loop = loop;
+    c->fd = -1;
+    ev_init(&c->timer, check_timer_cb);
+    ev_init(&c->eject_timer, eject_timer_cb);
+    if (p->health.type == LB_CHECK_NONE || p->health.interval_ms <= 0)
+        return;
+    /* First check at a random point of the first interval: spreads the load. */
+    schedule_next(b, jitter((double)p->health.interval_ms / 2000., 1.0));
+}
+
+void lb_health_stop(struct lb_backend *b)
+{
+    struct lb_health_check *c = &b->check;
+
+    if (!c->loop)
+        return;
+    check_close(c);
+    ev_timer_stop(c->loop, &c->timer);
+    ev_timer_stop(c->loop, &c->eject_timer);
+}
+
+void lb_health_restart(struct lb_backend *b, struct ev_loop *loop)
+{
+    struct lb_health_check *c = &b->check;
+
+    if (!loop)
+        return;
+    if (c->loop) {
+        check_close(c);
+        ev_timer_stop(c->loop, &c->timer);
+    }
+    c->successes = c->failures = 0;
+    if (policy_of(b)->health.type == LB_CHECK_NONE && b->health != LB_HEALTH_UNKNOWN) {
+        /* Without checks, nothing would ever bring a down backend back. */
+        b->health = LB_HEALTH_UNKNOWN;
+    }
+    lb_health_start(b, loop);
+}
+
+void lb_health_connect_result(struct lb_backend *b, struct ev_loop *loop, bool ok)
+{
+    struct lb_health_check *c = &b->check;
+    int threshold = policy_of(b)->health.fall > 0 ? policy_of(b)->health.fall : 3;
+    double period;
+
+    if (ok) {
+        c->connect_failures = 0;
+        return;
+    }
+    if (!loop || !c->loop || b->ejected)
+        return;
+    if (++c->connect_failures < threshold)
+        return;
+    period = EJECT_BASE_S * (double)(1u << (c->ejections < 6 ? c->ejections : 6));
+    if (period > EJECT_MAX_S)
+        period = EJECT_MAX_S;
+    c->ejections++;
+    c->connect_failures = 0;
+    b->ejected = true;
+    ev_timer_set(&c->eject_timer, period, 0.);
+    ev_timer_start(loop, &c->eject_timer);
+    LB_WARN("health", "msg=\"backend ejected after consecutive connect failures\" pool=%s "
+            "backend=%s addr=%s failures=%d seconds=%.0f",
+            b->pool->name, b->id, b->spec.addr, threshold, period);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED,
+                                "ejected after connect failures");
+}

@@ -1,0 +1,57 @@
+/*
+ * Backend health: active checks, passive ejection and slow start.
+ *
+ * Active checks (per pool policy) connect to the backend every interval,
+ * with jitter so that 10,000 backends are not checked in the same
+ * millisecond: `tcp` succeeds when the connect does, `http` when the reply's
+ * status line is 2xx or 3xx.  HAProxy's rise/fall semantics: a backend goes
+ * down after `fall` consecutive failures and up after `rise` consecutive
+ * successes; the first result of a new backend decides at once.
+ *
+ * Passive ejection (Envoy's outlier detection): `fall` consecutive failed
+ * connects from client traffic eject the backend for 5 s, doubling with each
+ * ejection up to 5 min; it comes back when the period ends or at once on a
+ * successful active check.
+ *
+ * Every change of eligibility goes through lb_registry_backend_changed(),
+ * which republishes the pool.  The operator's override (FORCE_UP /
+ * FORCE_DOWN) is applied later, when the pool folds the state, so it always
+ * wins over what the checks say.
+ */
+#ifndef LB_HEALTH_H
+#define LB_HEALTH_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct lb_backend;
+
+struct lb_health_check {
+    struct ev_loop *loop; /* NULL when not running */
+    ev_timer timer;       /* next check, then the running check's timeout */
+    ev_io io;             /* the running check's socket */
+    int fd;               /* -1 when no check runs */
+    size_t sent;
+    size_t got;
+    char reply[64];       /* the start of the status line */
+    int successes;        /* consecutive */
+    int failures;         /* consecutive */
+
+    /* passive ejection */
+    ev_timer eject_timer;
+    int connect_failures; /* consecutive failed connects from client traffic */
+    unsigned ejections;   /* times ejected; sets the next period */
+};
+
+/* Starts checking b according to its pool's policy (no-op for "none"). */
+void lb_health_start(struct lb_backend *b, struct ev_loop *loop);
+/* Stops checks and ejection timers; safe to call twice. */
+void lb_health_stop(struct lb_backend *b);
+/* Restarts checks after a policy change. */
+void lb_health_restart(struct lb_backend *b, struct ev_loop *loop);
+
+/* Passive signal from a client connection's connect attempt. */
+void lb_health_connect_result(struct lb_backend *b, struct ev_loop *loop, bool ok);
+
+#endif
