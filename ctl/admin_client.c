@@ -356,8 +356,13 @@ static int client_perform(struct lb_admin_client *c, const char *path,
                  "lbd admin API at %s answered HTTP %d without a gRPC status", c->addr,
                  ctx->http_status);
     } else {
+        /*
+         * Also what libcurl 7.88 reports when lbd sends the status and closes
+         * the connection at once (lbd shutting down): the trailers are lost.
+         */
         st->code = LB_GRPC_UNKNOWN;
-        snprintf(st->message, sizeof(st->message), "lbd's answer carries no grpc-status");
+        snprintf(st->message, sizeof(st->message),
+                 "lbd ended the call without a status (is it restarting or shutting down?)");
     }
     rc = st->code;
     goto out;
