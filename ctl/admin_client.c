@@ -292,7 +292,7 @@ static int client_perform(struct lb_admin_client *c, const char *path,
     }
     snprintf(url, sizeof(url), "%s%s", c->base_url, path);
     static const char *const fixed[] = {"Content-Type: application/grpc", "TE: trailers",
-                                        "Expect:", "User-Agent: lbctl/" LB_VERSION};
+                                        "Expect:", ("User-Agent: lbctl/" LB_VERSION)};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
         tmp = curl_slist_append(hdrs, fixed[i]);
         if (!tmp)
