@@ -292,7 +292,7 @@ static int client_perform(struct lb_admin_client *c, const char *path,
     }
     snprintf(url, sizeof(url), "%s%s", c->base_url, path);
     static const char *const fixed[] = {"Content-Type: application/grpc", "TE: trailers",
-                                        "Expect:", "User-Agent: lbctl/" LB_VERSION};
+                                        "Expect:", ("User-Agent: lbctl/" LB_VERSION)};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
         tmp = curl_slist_append(hdrs, fixed[i]);
         if (!tmp)
@@ -356,8 +356,13 @@ static int client_perform(struct lb_admin_client *c, const char *path,
                  "lbd admin API at %s answered HTTP %d without a gRPC status", c->addr,
                  ctx->http_status);
     } else {
+        /*
+         * Also what libcurl 7.88 reports when lbd sends the status and closes
+         * the connection at once (lbd shutting down): the trailers are lost.
+         */
         st->code = LB_GRPC_UNKNOWN;
-        snprintf(st->message, sizeof(st->message), "lbd's answer carries no grpc-status");
+        snprintf(st->message, sizeof(st->message),
+                 "lbd ended the call without a status (is it restarting or shutting down?)");
     }
     rc = st->code;
     goto out;

@@ -882,6 +882,58 @@ static void test_server_free_with_calls(void **state)
     }
 }
 
+static void job_second_limits(void *arg)
+{
+    struct lb_admin_limits l;
+
+    lb_admin_limits_defaults(&l);
+    l.max_connections = 2;
+    l.idle_timeout_ms = 300;
+    lb_admin_server_set_limits(second, &l);
+}
+
+/* True when the peer closed fd within `seconds`. */
+static bool closed_within(int fd, double seconds)
+{
+    double end = now_s() + seconds;
+
+    while (now_s() < end) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        uint8_t buf[4096];
+
+        if (poll(&pfd, 1, 20) > 0 && recv(fd, buf, sizeof(buf), 0) <= 0)
+            return true;
+    }
+    return false;
+}
+
+static void test_connection_limits(void **state)
+{
+    struct h2 a, b;
+    int third;
+
+    run_on_loop(job_second_new, NULL);
+    run_on_loop(job_second_limits, NULL);
+    connect_port = lb_admin_server_port(second);
+    h2_open(&a, 65535);
+    h2_open(&b, 65535);
+    h2_pump(&a, 0.05);
+    h2_pump(&b, 0.05);
+    /* over the limit of 2: closed at once, the others keep working */
+    third = tcp_connect();
+    assert_true(closed_within(third, 2));
+    close(third);
+    h2_request(&a, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(&a, 2);
+    assert_int_equal(a.grpc_status, LB_GRPC_OK);
+    /* idle for longer than 300 ms: GOAWAY and close */
+    assert_true(closed_within(b.fd, 2));
+    h2_close(&a);
+    h2_close(&b);
+    connect_port = 0;
+    run_on_loop(job_second_free, NULL);
+}
+
 static void test_client_errors(void **state)
 {
     struct lb_admin_client *c;
@@ -936,6 +988,7 @@ int main(void)
         cmocka_unit_test(test_raw_reset_mid_call),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_server_free_with_calls),
+        cmocka_unit_test(test_connection_limits),
         cmocka_unit_test(test_client_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
