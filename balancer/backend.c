@@ -78,6 +78,7 @@ void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
     out->active = b->active;
     out->total = b->total;
     out->connect_failures = b->connect_failures;
+    out->retries = b->retries;
     out->bytes_in = b->bytes_in;
     out->bytes_out = b->bytes_out;
 }

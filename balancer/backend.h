@@ -57,6 +57,7 @@ struct lb_backend {
     uint64_t active;
     uint64_t total;
     uint64_t connect_failures;
+    uint64_t retries;   /* failed connects here that were retried on another backend */
     uint64_t bytes_in;  /* client -> backend */
     uint64_t bytes_out; /* backend -> client */
     ev_tstamp fail_logged_at; /* connect failures are logged once a second */

@@ -51,6 +51,7 @@ struct lb_backend_info {
     uint64_t active;
     uint64_t total;
     uint64_t connect_failures;
+    uint64_t retries;   /* failed connects retried on another backend */
     uint64_t bytes_in;  /* client -> backend */
     uint64_t bytes_out; /* backend -> client */
 };

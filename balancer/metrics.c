@@ -47,7 +47,7 @@ const char *lb_metrics_escape(const char *value, char *buf, size_t size)
 }
 
 enum backend_field {
-    F_ACTIVE, F_TOTAL, F_FAILURES, F_BYTES_IN, F_BYTES_OUT, F_WEIGHT, F_EFFECTIVE, F_DRAIN,
+    F_ACTIVE, F_TOTAL, F_FAILURES, F_RETRIES, F_BYTES_IN, F_BYTES_OUT, F_WEIGHT, F_EFFECTIVE, F_DRAIN,
     F_HEALTHY,
 };
 
@@ -60,6 +60,8 @@ static const struct {
                  "Connections established to the backend."},
     [F_FAILURES] = {"lbd_backend_connect_failures_total", "counter",
                     "Connect attempts to the backend that failed or timed out."},
+    [F_RETRIES] = {"lbd_backend_retries_total", "counter",
+                   "Failed connects to the backend that were retried on another backend."},
     [F_BYTES_IN] = {"lbd_backend_bytes_in_total", "counter", "Bytes sent from clients to the backend."},
     [F_BYTES_OUT] = {"lbd_backend_bytes_out_total", "counter",
                      "Bytes sent from the backend to clients."},
@@ -77,6 +79,7 @@ static uint64_t backend_value(const struct lb_backend_info *b, enum backend_fiel
     case F_ACTIVE: return b->active;
     case F_TOTAL: return b->total;
     case F_FAILURES: return b->connect_failures;
+    case F_RETRIES: return b->retries;
     case F_BYTES_IN: return b->bytes_in;
     case F_BYTES_OUT: return b->bytes_out;
     case F_WEIGHT: return b->weight;

@@ -369,8 +369,10 @@ static void session_connect_failed(struct lb_session *s, const char *why)
         b->fail_unlogged++;
     }
     lb_health_connect_result(b, s->proxy->loop, false);
-    if (s->n_attempts <= (size_t)s->pool->policy.retries)
+    if (s->n_attempts <= (size_t)s->pool->policy.retries) {
         s->pool->retries++;
+        b->retries++;
+    }
     session_connect_next(s);
 }
 
