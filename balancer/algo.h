@@ -14,6 +14,7 @@
 
 #include "lb_update.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -25,6 +26,16 @@ struct lb_pick {
     struct lb_backend *const *tried;
     size_t n_tried;
 };
+
+/* True when b is one of the backends this pick must skip.  The list is a
+ * handful of entries (tried and full backends of one client connection). */
+static inline bool lb_pick_skips(const struct lb_pick *p, const struct lb_backend *b)
+{
+    for (size_t i = 0; i < p->n_tried; i++)
+        if (p->tried[i] == b)
+            return true;
+    return false;
+}
 
 struct lb_algo_ops {
     const char *name;

@@ -1,5 +1,6 @@
 #include "http_endpoint.h"
 #include "lb_addr.h"
+#include "lb_error.h"
 #include "lb_log.h"
 #include "lb_util.h"
 
@@ -110,20 +111,6 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const c
     return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n");
 }
 
-static char *format_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static char *format_error(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-
-    va_start(ap, fmt);
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
-
 int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct lb_http **out,
                   char **err)
 {
@@ -136,16 +123,16 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
     unsigned flags = MHD_USE_EPOLL;
 
     if (lb_addr_parse(cfg->listen, true, &hp, &why) < 0) {
-        *err = format_error("--http %s: %s", cfg->listen, why);
+        lb_error_set(err, 0, "--http %s: %s", cfg->listen, why);
         return -EINVAL;
     }
     if (lb_addr_to_sockaddr(&hp, &ss, &len) < 0) {
-        *err = format_error("--http %s: must be an IP address and port", cfg->listen);
+        lb_error_set(err, 0, "--http %s: must be an IP address and port", cfg->listen);
         return -EINVAL;
     }
     h = calloc(1, sizeof(*h));
     if (!h) {
-        *err = format_error("out of memory");
+        lb_error_set(err, 0, "out of memory");
         return -ENOMEM;
     }
     h->loop = loop;
@@ -161,7 +148,7 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)128,
                                  MHD_OPTION_END);
     if (!h->daemon) {
-        *err = format_error("--http %s: cannot listen (address in use or not local?)",
+        lb_error_set(err, 0, "--http %s: cannot listen (address in use or not local?)",
                             cfg->listen);
         free(h);
         return -EADDRINUSE;

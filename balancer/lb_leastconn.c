@@ -28,14 +28,6 @@ static int leastconn_init(struct lb_snapshot *snap, const struct lb_snapshot *pr
     return 0;
 }
 
-static bool tried(const struct lb_pick *p, const struct lb_backend *b)
-{
-    for (size_t i = 0; i < p->n_tried; i++)
-        if (p->tried[i] == b)
-            return true;
-    return false;
-}
-
 /* a beats b when (a.active+1)/a.weight < (b.active+1)/b.weight. */
 static bool fewer(const struct lb_backend *a, const struct lb_backend *b)
 {
@@ -53,7 +45,7 @@ static struct lb_backend *leastconn_pick(struct lb_snapshot *snap, const struct 
     for (size_t k = 0; k < n; k++) {
         struct lb_backend *b = snap->eligible[(st->next_start + k) % n];
 
-        if (p->n_tried && tried(p, b))
+        if (p->n_tried && lb_pick_skips(p, b))
             continue;
         if (!best || fewer(b, best))
             best = b;

@@ -117,14 +117,6 @@ static uint64_t client_hash(const struct sockaddr *sa)
     return 0;
 }
 
-static bool tried(const struct lb_pick *p, const struct lb_backend *b)
-{
-    for (size_t i = 0; i < p->n_tried; i++)
-        if (p->tried[i] == b)
-            return true;
-    return false;
-}
-
 static struct lb_backend *maglev_pick(struct lb_snapshot *snap, const struct lb_pick *p)
 {
     struct maglev_state *st = snap->algo_state;
@@ -138,7 +130,7 @@ static struct lb_backend *maglev_pick(struct lb_snapshot *snap, const struct lb_
     for (size_t k = 0; k < MAGLEV_TABLE_SIZE; k++) {
         struct lb_backend *b = snap->eligible[st->slot[(slot + k) % MAGLEV_TABLE_SIZE]];
 
-        if (!tried(p, b))
+        if (!lb_pick_skips(p, b))
             return b;
     }
     return NULL;

@@ -70,14 +70,6 @@ static size_t draw(const struct lb_snapshot *snap, const struct p2c_state *st, u
     return lo;
 }
 
-static bool tried(const struct lb_pick *p, const struct lb_backend *b)
-{
-    for (size_t i = 0; i < p->n_tried; i++)
-        if (p->tried[i] == b)
-            return true;
-    return false;
-}
-
 /* a beats b when a.active/a.weight < b.active/b.weight; a tie keeps a. */
 static bool not_busier(const struct lb_backend *a, const struct lb_backend *b)
 {
@@ -95,7 +87,7 @@ static struct lb_backend *p2c_pick(struct lb_snapshot *snap, const struct lb_pic
     for (int i = 0; i < 8 && !b; i++) {
         struct lb_backend *c = snap->eligible[draw(snap, st, next_random(st) % st->total)];
 
-        if (p->n_tried && tried(p, c))
+        if (p->n_tried && lb_pick_skips(p, c))
             continue;
         if (!a)
             a = c;
@@ -104,7 +96,7 @@ static struct lb_backend *p2c_pick(struct lb_snapshot *snap, const struct lb_pic
     }
     if (!a) {
         for (size_t i = 0; i < snap->n_eligible && !a; i++)
-            if (!tried(p, snap->eligible[i]))
+            if (!lb_pick_skips(p, snap->eligible[i]))
                 a = snap->eligible[i];
         return a;
     }

@@ -52,14 +52,6 @@ static int wrr_init(struct lb_snapshot *snap, const struct lb_snapshot *prev)
     return 0;
 }
 
-static bool was_tried(const struct lb_pick *p, const struct lb_backend *b)
-{
-    for (size_t i = 0; i < p->n_tried; i++)
-        if (p->tried[i] == b)
-            return true;
-    return false;
-}
-
 static struct lb_backend *wrr_pick(struct lb_snapshot *snap, const struct lb_pick *p)
 {
     struct wrr_state *st = snap->algo_state;
@@ -69,7 +61,7 @@ static struct lb_backend *wrr_pick(struct lb_snapshot *snap, const struct lb_pic
     for (size_t i = 0; i < snap->n_eligible; i++) {
         struct lb_backend *b = snap->eligible[i];
 
-        if (p->n_tried && was_tried(p, b))
+        if (p->n_tried && lb_pick_skips(p, b))
             continue;
         st->current[i] += b->weight;
         total += b->weight;

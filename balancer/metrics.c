@@ -1,50 +1,7 @@
 #include "metrics.h"
 #include "lb_update.h"
 
-#include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
-
-int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return -EINVAL;
-    if ((size_t)n >= sizeof(line))
-        n = sizeof(line) - 1;
-    return lb_buf_append(out, line, (size_t)n);
-}
-
-int lb_metrics_family(struct lb_buf *out, const char *name, const char *type, const char *help)
-{
-    return lb_metrics_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-const char *lb_metrics_escape(const char *value, char *buf, size_t size)
-{
-    size_t o = 0;
-
-    for (const char *p = value; *p && o + 3 < size; p++) {
-        if (*p == '\\' || *p == '"') {
-            buf[o++] = '\\';
-            buf[o++] = *p;
-        } else if (*p == '\n') {
-            buf[o++] = '\\';
-            buf[o++] = 'n';
-        } else {
-            buf[o++] = *p;
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
+#include <stdint.h>
 
 enum backend_field {
     F_ACTIVE, F_TOTAL, F_FAILURES, F_RETRIES, F_BYTES_IN, F_BYTES_OUT, F_WEIGHT, F_EFFECTIVE, F_DRAIN,

@@ -8,15 +8,11 @@
 #define LB_METRICS_H
 
 #include "lb_buf.h"
+#include "lb_metrics_text.h"
 #include "proxy.h"
 #include "registry.h"
 
 /* Appends the data-plane families to out.  Returns 0 or -E2BIG/-ENOMEM. */
 int lb_metrics_render(struct lb_buf *out, struct lb_registry *registry, struct lb_proxy *proxy);
-
-/* Helpers for other renderers: a family header, and a label value escaped. */
-int lb_metrics_family(struct lb_buf *out, const char *name, const char *type, const char *help);
-int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-const char *lb_metrics_escape(const char *value, char *buf, size_t size);
 
 #endif

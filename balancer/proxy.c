@@ -1,5 +1,6 @@
 #include "proxy.h"
 #include "lb_addr.h"
+#include "lb_error.h"
 #include "lb_log.h"
 #include "lb_util.h"
 #include "session.h"
@@ -14,20 +15,6 @@
 
 #define ACCEPTS_PER_WAKEUP 64
 #define EMFILE_PAUSE_S     0.1
-
-static char *format_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static char *format_error(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-
-    va_start(ap, fmt);
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static void proxy_pause_accept(struct lb_proxy *proxy)
 {
@@ -122,24 +109,24 @@ static int listener_open(struct lb_listener *l, const char *text, char **err)
     int one = 1, fd;
 
     if (lb_addr_parse(text, false, &hp, &why) < 0) {
-        *err = format_error("--pool %s=%s: %s", l->pool->name, text, why);
+        lb_error_set(err, 0, "--pool %s=%s: %s", l->pool->name, text, why);
         return -EINVAL;
     }
     if (lb_addr_to_sockaddr(&hp, &ss, &len) < 0) {
-        *err = format_error("--pool %s=%s: listen address must be an IP address, not a name",
+        lb_error_set(err, 0, "--pool %s=%s: listen address must be an IP address, not a name",
                             l->pool->name, text);
         return -EINVAL;
     }
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        *err = format_error("--pool %s=%s: socket: %s", l->pool->name, text, strerror(errno));
+        lb_error_set(err, 0, "--pool %s=%s: socket: %s", l->pool->name, text, strerror(errno));
         return -errno;
     }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
 
-        *err = format_error("--pool %s=%s: cannot listen: %s%s", l->pool->name, text,
+        lb_error_set(err, 0, "--pool %s=%s: cannot listen: %s%s", l->pool->name, text,
                             strerror(e), e == EADDRINUSE ? " (another process has this port)" : "");
         close(fd);
         return -e;
@@ -163,7 +150,7 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     ev_init(&proxy->accept_retry, proxy_accept_retry_cb);
     proxy->listeners = calloc(registry->n_pools ? registry->n_pools : 1, sizeof(*proxy->listeners));
     if (!proxy->listeners) {
-        *err = format_error("out of memory");
+        lb_error_set(err, 0, "out of memory");
         return -ENOMEM;
     }
     for (size_t i = 0; i < registry->n_pools; i++) {

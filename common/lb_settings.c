@@ -5,6 +5,7 @@
  */
 #include "lb_settings.h"
 #include "lb_duration.h"
+#include "lb_error.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -15,20 +16,6 @@
 enum source { SRC_DEFAULT, SRC_FILE, SRC_ENV, SRC_FLAG };
 
 #define MAX_SETTINGS 128
-
-static char *format_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static char *format_error(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-
-    va_start(ap, fmt);
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static void *field(const struct lb_setting *s, void *out)
 {
@@ -118,11 +105,11 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         char **p = field(s, out);
 
         if (strlen(value) > max_len(s)) {
-            *err = format_error("%s: value longer than %zu characters", where, max_len(s));
+            lb_error_set(err, 0, "%s: value longer than %zu characters", where, max_len(s));
             return -EINVAL;
         }
         if (s->choices && !choice_ok(s->choices, value)) {
-            *err = format_error("%s: \"%s\" is not one of %s", where, value, s->choices);
+            lb_error_set(err, 0, "%s: \"%s\" is not one of %s", where, value, s->choices);
             return -EINVAL;
         }
         free(*p);
@@ -140,7 +127,7 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         if (*last_src != src)
             list_clear(l);
         if (strlen(value) > max_len(s)) {
-            *err = format_error("%s: value longer than %zu characters", where, max_len(s));
+            lb_error_set(err, 0, "%s: value longer than %zu characters", where, max_len(s));
             return -EINVAL;
         }
         if (!split) {
@@ -161,13 +148,13 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         int64_t ms;
 
         if (lb_duration_parse(value, &ms, &why) < 0) {
-            *err = format_error("%s: \"%s\": %s", where, value, why);
+            lb_error_set(err, 0, "%s: \"%s\": %s", where, value, why);
             return -EINVAL;
         }
         if (ms < s->min || ms > s->max) {
             char lo[32], hi[32];
 
-            *err = format_error("%s: %s is out of range (%s..%s)", where, value,
+            lb_error_set(err, 0, "%s: %s is out of range (%s..%s)", where, value,
                                 lb_duration_format(s->min, lo, sizeof(lo)),
                                 lb_duration_format(s->max, hi, sizeof(hi)));
             return -EINVAL;
@@ -182,11 +169,11 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         errno = 0;
         v = strtoll(value, &end, 10);
         if (errno || end == value || *end) {
-            *err = format_error("%s: \"%s\" is not a whole number", where, value);
+            lb_error_set(err, 0, "%s: \"%s\" is not a whole number", where, value);
             return -EINVAL;
         }
         if (v < s->min || v > s->max) {
-            *err = format_error("%s: %lld is out of range (%lld..%lld)", where, v,
+            lb_error_set(err, 0, "%s: %lld is out of range (%lld..%lld)", where, v,
                                 (long long)s->min, (long long)s->max);
             return -EINVAL;
         }
@@ -201,7 +188,7 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
             *b = false;
         else {
-            *err = format_error("%s: \"%s\" is not true or false", where, value);
+            lb_error_set(err, 0, "%s: \"%s\" is not true or false", where, value);
             return -EINVAL;
         }
         break;
@@ -237,12 +224,12 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
     int rc = 0;
 
     if (!root) {
-        *err = format_error("--config %s: cannot read it as JSON (%s)", path,
+        lb_error_set(err, 0, "--config %s: cannot read it as JSON (%s)", path,
                             json_util_get_last_err() ? json_util_get_last_err() : "unknown error");
         return -EINVAL;
     }
     if (!json_object_is_type(root, json_type_object)) {
-        *err = format_error("--config %s: the top level must be a JSON object", path);
+        lb_error_set(err, 0, "--config %s: the top level must be a JSON object", path);
         rc = -EINVAL;
         goto out;
     }
@@ -256,7 +243,7 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
         idx = (size_t)(s - t);
         if (json_object_is_type(val, json_type_array)) {
             if (s->type != LB_SETTING_LIST) {
-                *err = format_error("--config %s: \"%s\" takes a single value, not a list", path,
+                lb_error_set(err, 0, "--config %s: \"%s\" takes a single value, not a list", path,
                                     key);
                 rc = -EINVAL;
                 goto out;
@@ -366,7 +353,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
             s = arg[2] == '\0' ? find_short(t, n, arg[1]) : NULL;
         }
         if (!s) {
-            *err = format_error("unknown option %s (see --help)", arg);
+            lb_error_set(err, 0, "unknown option %s (see --help)", arg);
             rc = -EINVAL;
             goto out;
         }
@@ -374,7 +361,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
             value = "true";
         if (!value) {
             if (i + 1 >= argc) {
-                *err = format_error("--%s needs a value (%s)", s->name,
+                lb_error_set(err, 0, "--%s needs a value (%s)", s->name,
                                     s->metavar ? s->metavar : "see --help");
                 rc = -EINVAL;
                 goto out;
@@ -389,7 +376,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
     }
 out:
     if (rc == -ENOMEM && !*err)
-        *err = format_error("out of memory while reading settings");
+        lb_error_set(err, 0, "out of memory while reading settings");
     if (rc) {
         free(pos);
         return rc;
