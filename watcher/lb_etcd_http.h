@@ -59,11 +59,11 @@ typedef int (*lb_etcd_data_cb)(void *ud, const char *data, size_t len);
 typedef void (*lb_etcd_done_cb)(void *ud, const struct lb_etcd_reply *reply);
 
 struct lb_etcd_request {
-    const char *endpoint;   /* "http://127.0.0.1:2379" */
-    const char *path;       /* "/v3/kv/range" */
-    const char *body;       /* JSON; copied */
-    long timeout_ms;        /* whole transfer, 0 = none (streams) */
-    size_t max_response;    /* unary body bound */
+    const char *endpoint;    /* "http://127.0.0.1:2379" */
+    const char *path;        /* "/v3/kv/range" */
+    const char *body;        /* JSON; copied */
+    long timeout_ms;         /* whole transfer, 0 = none (streams) */
+    size_t max_response;     /* unary body bound */
     lb_etcd_data_cb on_data; /* NULL: unary call */
     lb_etcd_done_cb on_done; /* required */
     void *ud;

@@ -41,9 +41,9 @@
 #define LB_WATCHER_STALL_TIMEOUT_MS (25LL * 60 * 1000)
 
 struct lb_watcher_config {
-    char **endpoints;   /* "http://127.0.0.1:2379", ...; copied */
-    size_t n_endpoints; /* at least 1 */
-    const char *prefix; /* "/lb/"; a missing trailing '/' is added */
+    char **endpoints;           /* "http://127.0.0.1:2379", ...; copied */
+    size_t n_endpoints;         /* at least 1 */
+    const char *prefix;         /* "/lb/"; a missing trailing '/' is added */
     int64_t backoff_initial_ms; /* 0 = 100ms */
     int64_t backoff_max_ms;     /* 0 = 10s */
     int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
