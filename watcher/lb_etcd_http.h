@@ -76,7 +76,8 @@ void lb_etcd_http_free(struct lb_etcd_http *h);
 /*
  * Starts a call.  Returns 0 with *out (may be NULL if the caller does not
  * keep it), or a negative errno, in which case on_done will not be called.
- * The call object lives until on_done returns or until it is canceled.
+ * The call object is freed just before on_done runs (forget the pointer
+ * there; do not cancel it) or when it is canceled.
  */
 int lb_etcd_http_start(struct lb_etcd_http *h, const struct lb_etcd_request *req,
                        struct lb_etcd_call **out);
