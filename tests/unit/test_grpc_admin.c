@@ -1,0 +1,942 @@
+/*
+ * The admin server over real loopback sockets, against the control.h test
+ * double: lbctl's client library for ordinary calls, and a raw nghttp2
+ * client for what a well-behaved client never does (wrong content-type,
+ * truncated frames, a closed flow-control window, resets, garbage).
+ *
+ * The server's loop runs in a thread of its own; the test thread touches
+ * the server and the double only through run_on_loop(), so nothing is
+ * shared without a lock.  Waits poll a condition against a deadline.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <ev.h>
+#include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "admin_client.h"
+#include "admin_server.h"
+#include "control_double.h"
+#include "lb_grpc_frame.h"
+#include "lb_log.h"
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "lb/v1/admin.pb-c.h"
+
+/* ---- the server thread ---- */
+
+struct env {
+    struct ev_loop *loop;
+    struct lb_registry *reg;
+    struct lb_admin_server *server;
+    pthread_t thread;
+    ev_async wake;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    void (*job)(void *arg);
+    void *job_arg;
+    bool job_done;
+    bool stop;
+    char addr[64];
+    struct lb_admin_client *client;
+};
+
+static struct env env;
+
+static void wake_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    pthread_mutex_lock(&env.lock);
+    if (env.job) {
+        env.job(env.job_arg);
+        env.job = NULL;
+        env.job_done = true;
+        pthread_cond_broadcast(&env.cond);
+    }
+    if (env.stop)
+        ev_break(loop, EVBREAK_ALL);
+    pthread_mutex_unlock(&env.lock);
+}
+
+static void *loop_thread(void *arg)
+{
+    ev_run(env.loop, 0);
+    return NULL;
+}
+
+/* Runs fn(arg) on the loop thread and waits for it. */
+static void run_on_loop(void (*fn)(void *), void *arg)
+{
+    pthread_mutex_lock(&env.lock);
+    env.job = fn;
+    env.job_arg = arg;
+    env.job_done = false;
+    ev_async_send(env.loop, &env.wake);
+    while (!env.job_done)
+        pthread_cond_wait(&env.cond, &env.lock);
+    pthread_mutex_unlock(&env.lock);
+}
+
+static void job_count_subscribers(void *arg)
+{
+    *(unsigned *)arg = lb_double_subscribers(env.reg);
+}
+
+static unsigned subscribers(void)
+{
+    unsigned n;
+
+    run_on_loop(job_count_subscribers, &n);
+    return n;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void wait_subscribers(unsigned want)
+{
+    double end = now_s() + 3;
+
+    while (subscribers() != want && now_s() < end)
+        usleep(5000);
+    assert_int_equal(subscribers(), want);
+}
+
+struct store_cfg {
+    enum lb_double_store mode;
+    double delay_ms;
+};
+
+static void job_set_store(void *arg)
+{
+    struct store_cfg *c = arg;
+
+    lb_double_set_store(env.reg, c->mode, c->delay_ms);
+}
+
+static void set_store(enum lb_double_store mode, double delay_ms)
+{
+    struct store_cfg c = {mode, delay_ms};
+
+    run_on_loop(job_set_store, &c);
+}
+
+static void job_ticker(void *arg)
+{
+    lb_double_set_ticker(env.reg, "web", "b1", *(double *)arg);
+}
+
+static void set_ticker(double ms)
+{
+    run_on_loop(job_ticker, &ms);
+}
+
+static int setup(void **state)
+{
+    struct lb_admin_limits limits;
+    char *err = NULL;
+
+    lb_log_set_level(getenv("TEST_LOG_DEBUG") ? LB_LOG_DEBUG : LB_LOG_ERROR);
+    memset(&env, 0, sizeof(env));
+    env.loop = ev_loop_new(EVBACKEND_EPOLL);
+    assert_non_null(env.loop);
+    env.reg = lb_double_new(env.loop);
+    lb_double_fixture(env.reg);
+    assert_int_equal(lb_admin_server_new(env.loop, "127.0.0.1:0", env.reg, &env.server, &err), 0);
+    lb_admin_limits_defaults(&limits);
+    limits.stream_queue_max = 2048;
+    limits.max_message = 1024 * 1024;
+    lb_admin_server_set_limits(env.server, &limits);
+    snprintf(env.addr, sizeof(env.addr), "127.0.0.1:%d", lb_admin_server_port(env.server));
+    assert_int_equal(lb_admin_client_new(env.addr, &env.client, &err), 0);
+    pthread_mutex_init(&env.lock, NULL);
+    pthread_cond_init(&env.cond, NULL);
+    ev_async_init(&env.wake, wake_cb);
+    ev_async_start(env.loop, &env.wake);
+    assert_int_equal(pthread_create(&env.thread, NULL, loop_thread, NULL), 0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    pthread_mutex_lock(&env.lock);
+    env.stop = true;
+    pthread_mutex_unlock(&env.lock);
+    ev_async_send(env.loop, &env.wake);
+    pthread_join(env.thread, NULL);
+    lb_admin_client_free(env.client);
+    lb_admin_server_free(env.server);
+    lb_double_free(env.reg);
+    ev_async_stop(env.loop, &env.wake);
+    ev_loop_destroy(env.loop);
+    pthread_mutex_destroy(&env.lock);
+    pthread_cond_destroy(&env.cond);
+    return 0;
+}
+
+/* ---- calls through lbctl's client ---- */
+
+static int call(const char *path, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *type, int64_t timeout_ms,
+                ProtobufCMessage **resp, struct lb_admin_status *st)
+{
+    ProtobufCMessage *dummy = NULL;
+    int rc = lb_admin_client_call(env.client, path, req, type, timeout_ms, resp ? resp : &dummy,
+                                  st);
+
+    if (dummy)
+        protobuf_c_message_free_unpacked(dummy, NULL);
+    return rc;
+}
+
+static void expect_status(int got, const struct lb_admin_status *st, int want,
+                          const char *needle)
+{
+    if (got != want || (needle && !strstr(st->message, needle)))
+        fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), st->message,
+                 lb_grpc_status_name(want), needle ? needle : "");
+}
+
+static void test_reads(void **state)
+{
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    Lb__V1__ListBackendsRequest lb = LB__V1__LIST_BACKENDS_REQUEST__INIT;
+    Lb__V1__GetBackendRequest gb = LB__V1__GET_BACKEND_REQUEST__INIT;
+    struct lb_admin_status st;
+    ProtobufCMessage *m;
+    int rc;
+
+    rc = call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    {
+        Lb__V1__ListPoolsResponse *r = (void *)m;
+
+        assert_int_equal(r->n_pools, 2);
+        assert_string_equal(r->pools[0]->name, "web");
+        assert_string_equal(r->pools[1]->algorithm, "leastconn");
+        assert_int_equal(r->pools[0]->backends, 3);
+        assert_int_equal(r->pools[0]->active_connections, 5);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+
+    lb.pool = "web";
+    rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
+              2000, &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    {
+        Lb__V1__ListBackendsResponse *r = (void *)m;
+
+        assert_int_equal(r->n_backends, 3);
+        assert_string_equal(r->backends[1]->id, "b2");
+        assert_int_equal(r->backends[1]->active_connections, 3);
+        assert_string_equal(r->backends[2]->addr, "[fd00::3]:8080");
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+
+    lb.pool = "nope";
+    rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
+              2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
+
+    gb.pool = "web";
+    gb.id = "b9";
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
+              2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "backend web/b9 not found");
+    gb.id = "";
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
+              2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "id is required");
+    gb.id = "bad id";
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
+              2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not a valid name");
+    gb.id = "b1";
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
+              2000, &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_string_equal(((Lb__V1__GetBackendResponse *)m)->backend->addr, "10.0.0.1:8080");
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void test_health_and_unknown(void **state)
+{
+    Grpc__Health__V1__HealthCheckRequest hc = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    struct lb_admin_status st;
+    ProtobufCMessage *m;
+    int rc;
+
+    rc = call("/grpc.health.v1.Health/Check", &hc.base,
+              &grpc__health__v1__health_check_response__descriptor, 2000, &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    protobuf_c_message_free_unpacked(m, NULL);
+    hc.service = "nope.Svc";
+    rc = call("/grpc.health.v1.Health/Check", &hc.base,
+              &grpc__health__v1__health_check_response__descriptor, 2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "unknown service nope.Svc");
+
+    rc = call("/lb.v1.Admin/Nope", &lp.base, &lb__v1__list_pools_response__descriptor, 2000, NULL,
+              &st);
+    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "unknown method Nope for service lb.v1.Admin");
+    rc = call("/other.v1.Svc/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED,
+                  "unknown method ListPools for service other.v1.Svc");
+    rc = call("/nopath", &lp.base, &lb__v1__list_pools_response__descriptor, 2000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "malformed method name");
+}
+
+static void test_oversized_request(void **state)
+{
+    Lb__V1__ListBackendsRequest lb = LB__V1__LIST_BACKENDS_REQUEST__INIT;
+    struct lb_admin_status st;
+    size_t big = 2 * 1024 * 1024; /* the server in these tests takes 1 MiB */
+    char *pool = malloc(big + 1);
+    int rc;
+
+    assert_non_null(pool);
+    memset(pool, 'a', big);
+    pool[big] = '\0';
+    lb.pool = pool;
+    rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
+              5000, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_RESOURCE_EXHAUSTED, "larger than the maximum");
+    free(pool);
+}
+
+static void test_mutations(void **state)
+{
+    Lb__V1__SetWeightRequest sw = LB__V1__SET_WEIGHT_REQUEST__INIT;
+    Lb__V1__SetHealthRequest sh = LB__V1__SET_HEALTH_REQUEST__INIT;
+    struct lb_admin_status st;
+    ProtobufCMessage *m;
+    int rc;
+
+    sw.pool = "web";
+    sw.id = "b1";
+    sw.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+    sw.weight_opt_case = LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT_WEIGHT;
+    sw.weight = 50;
+    rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    {
+        Lb__V1__Backend *b = ((Lb__V1__SetWeightResponse *)m)->backend;
+
+        assert_int_equal(b->weight_override_opt_case,
+                         LB__V1__BACKEND__WEIGHT_OVERRIDE_OPT_WEIGHT_OVERRIDE);
+        assert_int_equal(b->weight_override, 50);
+        assert_int_equal(b->effective_weight, 50);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+
+    sw.clear = true;
+    rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not both");
+    sw.clear = false;
+    sw.weight = 1001;
+    rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "out of range");
+    sw.weight_opt_case = LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT__NOT_SET;
+    sw.clear = true;
+    sw.scope = LB__V1__SCOPE__SCOPE_CLUSTER;
+    rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_int_equal(((Lb__V1__SetWeightResponse *)m)->backend->weight_override_opt_case,
+                     LB__V1__BACKEND__WEIGHT_OVERRIDE_OPT__NOT_SET);
+    protobuf_c_message_free_unpacked(m, NULL);
+
+    sh.pool = "web";
+    sh.id = "b1";
+    sh.health = LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN;
+    rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_int_equal(((Lb__V1__SetHealthResponse *)m)->backend->health,
+                     LB__V1__HEALTH_STATE__HEALTH_STATE_DOWN);
+    protobuf_c_message_free_unpacked(m, NULL);
+    sh.health = 7;
+    rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "health 7");
+    sh.health = LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO;
+
+    set_store(LB_DOUBLE_STORE_FAIL, 5);
+    rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "etcd failed: etcd: connection refused");
+    set_store(LB_DOUBLE_STORE_NONE, 5);
+    rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "cluster scope needs etcd");
+    sh.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+    rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    set_store(LB_DOUBLE_STORE_OK, 5);
+}
+
+static void test_drain_wait(void **state)
+{
+    Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+    struct lb_admin_status st;
+    ProtobufCMessage *m;
+    int rc;
+
+    sd.pool = "web";
+    sd.id = "b2"; /* 3 connections that finish one per drain step */
+    sd.drain = true;
+    sd.wait = true;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_true(((Lb__V1__SetDrainResponse *)m)->backend->drained);
+    assert_int_equal(((Lb__V1__SetDrainResponse *)m)->backend->active_connections, 0);
+    protobuf_c_message_free_unpacked(m, NULL);
+
+    sd.id = "b3"; /* 2 connections that never finish */
+    sd.wait_timeout_ms = 150;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED,
+                  "backend web/b3 still has 2 active connections after 150ms");
+    wait_subscribers(0);
+
+    /* the call's own deadline comes first */
+    sd.wait_timeout_ms = 0;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 100,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, "deadline");
+    wait_subscribers(0);
+
+    sd.drain = false;
+    sd.wait = false;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000,
+              &m, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_false(((Lb__V1__SetDrainResponse *)m)->backend->drain);
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void test_cancel_while_store_pending(void **state)
+{
+    Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    struct lb_admin_status st;
+    int rc;
+
+    /* The etcd write completes 300 ms later, long after the call is gone. */
+    set_store(LB_DOUBLE_STORE_OK, 300);
+    sd.pool = "db";
+    sd.id = "d1";
+    sd.drain = true;
+    sd.wait = true;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 50,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, NULL);
+    usleep(400 * 1000);
+    wait_subscribers(0);
+    rc = call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    set_store(LB_DOUBLE_STORE_OK, 5);
+    sd.drain = false;
+    sd.wait = false;
+    sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000,
+              NULL, &st);
+    expect_status(rc, &st, LB_GRPC_OK, NULL);
+}
+
+struct watch_count {
+    int seen;
+    int stop_after;
+};
+
+static int count_events(void *ud, const ProtobufCMessage *msg)
+{
+    struct watch_count *w = ud;
+    const Lb__V1__Event *ev = (const void *)msg;
+
+    assert_string_equal(ev->pool, "web");
+    assert_int_equal(ev->type, LB__V1__EVENT__TYPE__TYPE_BACKEND_CHANGED);
+    return ++w->seen >= w->stop_after;
+}
+
+static void test_watch(void **state)
+{
+    Lb__V1__WatchEventsRequest req = LB__V1__WATCH_EVENTS_REQUEST__INIT;
+    struct watch_count w = {0, 3};
+    struct lb_admin_status st;
+    int rc;
+
+    set_ticker(10);
+    req.pool = "web";
+    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+                                &lb__v1__event__descriptor, 5000, count_events, &w, NULL, &st);
+    assert_int_equal(rc, LB_GRPC_CANCELLED);
+    assert_int_equal(w.seen, 3);
+    wait_subscribers(0);
+
+    req.pool = "nope";
+    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+                                &lb__v1__event__descriptor, 5000, count_events, &w, NULL, &st);
+    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
+
+    /* a deadline ends a stream that is under way */
+    w.seen = 0;
+    w.stop_after = 1000000;
+    req.pool = "";
+    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+                                &lb__v1__event__descriptor, 200, count_events, &w, NULL, &st);
+    assert_true(rc == LB_GRPC_DEADLINE_EXCEEDED || rc == LB_GRPC_CANCELLED ||
+                rc == LB_GRPC_UNAVAILABLE);
+    assert_true(w.seen > 3);
+    wait_subscribers(0);
+    set_ticker(0);
+}
+
+/* ---- a raw HTTP/2 client ---- */
+
+struct h2 {
+    int fd;
+    nghttp2_session *session;
+    int32_t stream;
+    const uint8_t *body;
+    size_t body_len, body_off;
+    int http_status;
+    int grpc_status;
+    char grpc_message[256];
+    bool closed;
+    uint32_t close_code;
+    size_t data_bytes;
+};
+
+static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags,
+                          void *ud)
+{
+    struct h2 *c = ud;
+    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+
+    return n < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : n;
+}
+
+static int h2_header_cb(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *ud)
+{
+    struct h2 *c = ud;
+
+    if (namelen == 7 && memcmp(name, ":status", 7) == 0)
+        c->http_status = atoi((const char *)value);
+    else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
+        c->grpc_status = atoi((const char *)value);
+    else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0)
+        lb_grpc_percent_decode((const char *)value, valuelen, c->grpc_message,
+                               sizeof(c->grpc_message));
+    return 0;
+}
+
+static int h2_data_cb(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                      size_t len, void *ud)
+{
+    ((struct h2 *)ud)->data_bytes += len;
+    return 0;
+}
+
+static int h2_close_cb(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    struct h2 *c = ud;
+
+    if (id == c->stream) {
+        c->closed = true;
+        c->close_code = code;
+    }
+    return 0;
+}
+
+static ssize_t h2_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                          uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct h2 *c = ud;
+    size_t n = c->body_len - c->body_off;
+
+    if (n > len)
+        n = len;
+    memcpy(buf, c->body + c->body_off, n);
+    c->body_off += n;
+    if (c->body_off == c->body_len)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)n;
+}
+
+static int connect_port = 0; /* 0: the test server */
+
+static int tcp_connect(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    sa.sin_port = htons((uint16_t)(connect_port ? connect_port
+                                                : lb_admin_server_port(env.server)));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+static void h2_open(struct h2 *c, uint32_t window)
+{
+    nghttp2_session_callbacks *cb;
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window}};
+
+    memset(c, 0, sizeof(*c));
+    c->grpc_status = -1;
+    c->fd = tcp_connect();
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_send_callback(cb, h2_send_cb);
+    nghttp2_session_callbacks_set_on_header_callback(cb, h2_header_cb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_data_cb);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_close_cb);
+    assert_int_equal(nghttp2_session_client_new(&c->session, cb, c), 0);
+    nghttp2_session_callbacks_del(cb);
+    assert_int_equal(nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, 1), 0);
+}
+
+static void h2_request(struct h2 *c, const char *path, const char *content_type,
+                       const void *body, size_t len, bool end_stream)
+{
+    nghttp2_nv nva[] = {
+        {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
+        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+        {(uint8_t *)":authority", (uint8_t *)"lbd", 10, 3, 0},
+        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), 0},
+        {(uint8_t *)"content-type", (uint8_t *)content_type, 12, strlen(content_type), 0},
+        {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, 0},
+    };
+    nghttp2_data_provider dp = {.read_callback = h2_body_cb};
+
+    c->body = body;
+    c->body_len = len;
+    c->stream = nghttp2_submit_request(c->session, NULL, nva, 6, end_stream ? &dp : NULL, NULL);
+    assert_true(c->stream > 0);
+}
+
+/* Sends what is pending and reads until the stream closes or `seconds` pass. */
+static void h2_pump(struct h2 *c, double seconds)
+{
+    double end = now_s() + seconds;
+
+    while (!c->closed && now_s() < end) {
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        uint8_t buf[16384];
+        ssize_t n;
+
+        assert_int_equal(nghttp2_session_send(c->session), 0);
+        if (poll(&pfd, 1, 20) <= 0)
+            continue;
+        n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n <= 0)
+            break;
+        assert_true(nghttp2_session_mem_recv(c->session, buf, (size_t)n) >= 0);
+    }
+    nghttp2_session_send(c->session);
+}
+
+static void h2_close(struct h2 *c)
+{
+    nghttp2_session_del(c->session);
+    close(c->fd);
+}
+
+static void test_raw_content_type(void **state)
+{
+    struct h2 c;
+
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/ListPools", "application/json", "\0\0\0\0\0", 5, true);
+    h2_pump(&c, 2);
+    assert_true(c.closed);
+    assert_int_equal(c.http_status, 415);
+    h2_close(&c);
+}
+
+static void test_raw_truncated_and_compressed(void **state)
+{
+    struct h2 c;
+
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\5ab", 7, true);
+    h2_pump(&c, 2);
+    assert_int_equal(c.http_status, 200);
+    assert_int_equal(c.grpc_status, LB_GRPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(c.grpc_message, "truncated"));
+    h2_close(&c);
+
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc+proto", "\1\0\0\0\0", 5, true);
+    h2_pump(&c, 2);
+    assert_int_equal(c.grpc_status, LB_GRPC_INTERNAL);
+    assert_non_null(strstr(c.grpc_message, "compressed"));
+    h2_close(&c);
+
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc", "", 0, false);
+    h2_pump(&c, 2);
+    assert_int_equal(c.grpc_status, LB_GRPC_INVALID_ARGUMENT);
+    assert_non_null(strstr(c.grpc_message, "exactly one request message, got 0"));
+    h2_close(&c);
+}
+
+static void test_raw_slow_watcher(void **state)
+{
+    struct h2 c;
+
+    /*
+     * A client whose window stays closed: the 2 KiB queue fills and the
+     * server gives up on the stream (unsubscribes) without the client
+     * reading anything.  Once the client reads again it gets the status,
+     * and none of the dropped events.
+     */
+    set_ticker(1);
+    h2_open(&c, 0);
+    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(&c, 0.1);
+    assert_false(c.closed);
+    wait_subscribers(0);
+    nghttp2_submit_window_update(c.session, NGHTTP2_FLAG_NONE, c.stream, 1 << 20);
+    h2_pump(&c, 5);
+    assert_true(c.closed);
+    assert_int_equal(c.grpc_status, LB_GRPC_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(c.grpc_message, "fell too far behind"));
+    assert_int_equal(c.data_bytes, 0);
+    h2_close(&c);
+    set_ticker(0);
+}
+
+static void test_raw_reset_mid_call(void **state)
+{
+    static const uint8_t drain_db_d1[] = {0, 0, 0, 0, 14, 0x0a, 2, 'd', 'b', 0x12, 2,
+                                          'd', '1', 0x18, 1, 0x20, 0, 0x28, 1};
+    struct h2 c;
+
+    /* RST_STREAM while the etcd write is in flight and a drain wait would follow. */
+    set_store(LB_DOUBLE_STORE_OK, 200);
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", drain_db_d1,
+               sizeof(drain_db_d1), true);
+    h2_pump(&c, 0.05);
+    assert_false(c.closed);
+    nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
+    h2_pump(&c, 0.05);
+    h2_close(&c);
+    usleep(300 * 1000); /* the write completes for a call that is gone */
+    wait_subscribers(0);
+
+    /* A watch reset by its client. */
+    set_ticker(5);
+    h2_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(&c, 0.1);
+    assert_true(c.data_bytes > 0);
+    nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
+    h2_pump(&c, 0.05);
+    wait_subscribers(0);
+    h2_close(&c);
+    set_ticker(0);
+    set_store(LB_DOUBLE_STORE_OK, 5);
+
+    {
+        Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+        struct lb_admin_status st;
+
+        sd.pool = "db";
+        sd.id = "d1";
+        sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+        expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
+                           &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
+                      &st, LB_GRPC_OK, NULL);
+    }
+}
+
+/* Sends bytes on a fresh connection and expects the server to close it. */
+static void expect_closed_after(const void *data, size_t len)
+{
+    int fd = tcp_connect();
+    double end = now_s() + 3;
+    bool closed = false;
+
+    assert_int_equal(send(fd, data, len, MSG_NOSIGNAL), (ssize_t)len);
+    while (!closed && now_s() < end) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        uint8_t buf[4096];
+
+        if (poll(&pfd, 1, 50) > 0)
+            closed = recv(fd, buf, sizeof(buf), 0) <= 0;
+    }
+    close(fd);
+    assert_true(closed);
+}
+
+static void test_garbage(void **state)
+{
+    static const char http1[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    uint8_t noise[512];
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    struct lb_admin_status st;
+
+    expect_closed_after(http1, sizeof(http1) - 1);
+    srand(7);
+    for (size_t i = 0; i < sizeof(noise); i++)
+        noise[i] = (uint8_t)rand();
+    expect_closed_after(noise, sizeof(noise));
+    /* a valid preface followed by junk frames */
+    {
+        uint8_t bad[64] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+        memset(bad + 24, 0xee, sizeof(bad) - 24);
+        expect_closed_after(bad, sizeof(bad));
+    }
+    expect_status(call("/lb.v1.Admin/ListPools", &lp.base,
+                       &lb__v1__list_pools_response__descriptor, 2000, NULL, &st),
+                  &st, LB_GRPC_OK, NULL);
+}
+
+static struct lb_admin_server *second;
+
+static void job_second_new(void *arg)
+{
+    char *err = NULL;
+
+    assert_int_equal(lb_admin_server_new(env.loop, "127.0.0.1:0", env.reg, &second, &err), 0);
+}
+
+static void job_second_free(void *arg)
+{
+    lb_admin_server_free(second);
+    second = NULL;
+}
+
+static void test_server_free_with_calls(void **state)
+{
+    static const uint8_t drain_b3_wait[] = {0, 0, 0, 0, 15, 0x0a, 3, 'w', 'e', 'b', 0x12, 2,
+                                            'b', '3', 0x18, 1, 0x20, 1, 0x28, 1};
+    struct h2 watch, drain;
+
+    /* A watch and a drain wait in flight when lbd frees its admin server. */
+    run_on_loop(job_second_new, NULL);
+    connect_port = lb_admin_server_port(second);
+    h2_open(&watch, 65535);
+    h2_request(&watch, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(&watch, 0.05);
+    h2_open(&drain, 65535);
+    h2_request(&drain, "/lb.v1.Admin/SetDrain", "application/grpc", drain_b3_wait,
+               sizeof(drain_b3_wait), true);
+    h2_pump(&drain, 0.05);
+    connect_port = 0;
+    wait_subscribers(2);
+    run_on_loop(job_second_free, NULL);
+    h2_pump(&watch, 2);
+    h2_pump(&drain, 2);
+    assert_int_equal(watch.grpc_status, LB_GRPC_UNAVAILABLE);
+    assert_string_equal(watch.grpc_message, "lbd is shutting down");
+    assert_int_equal(drain.grpc_status, LB_GRPC_UNAVAILABLE);
+    h2_close(&watch);
+    h2_close(&drain);
+    assert_int_equal(subscribers(), 0);
+    {
+        Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+        struct lb_admin_status st;
+
+        sd.pool = "web";
+        sd.id = "b3";
+        sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+        expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
+                           &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
+                      &st, LB_GRPC_OK, NULL);
+    }
+}
+
+static void test_client_errors(void **state)
+{
+    struct lb_admin_client *c;
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    struct lb_admin_status st;
+    ProtobufCMessage *m;
+    char *err = NULL;
+    int fd, port;
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    char addr[64];
+
+    assert_int_equal(lb_admin_client_new("nocolon", &c, &err), -EINVAL);
+    assert_non_null(strstr(err, "HOST:PORT"));
+    free(err);
+    assert_int_equal(lb_admin_client_new("::1:9000", &c, &err), -EINVAL);
+    free(err);
+
+    /* a port nobody listens on */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    port = ntohs(sa.sin_port);
+    close(fd);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    assert_int_equal(lb_admin_client_new(addr, &c, &err), 0);
+    assert_int_equal(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
+                                          &lb__v1__list_pools_response__descriptor, 1000, &m,
+                                          &st),
+                     LB_GRPC_UNAVAILABLE);
+    assert_true(st.transport);
+    assert_non_null(strstr(st.message, "connection refused (is lbd running with --admin"));
+    lb_admin_client_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reads),
+        cmocka_unit_test(test_health_and_unknown),
+        cmocka_unit_test(test_oversized_request),
+        cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_drain_wait),
+        cmocka_unit_test(test_cancel_while_store_pending),
+        cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_raw_content_type),
+        cmocka_unit_test(test_raw_truncated_and_compressed),
+        cmocka_unit_test(test_raw_slow_watcher),
+        cmocka_unit_test(test_raw_reset_mid_call),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_server_free_with_calls),
+        cmocka_unit_test(test_client_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
