@@ -58,8 +58,8 @@ static const struct lb_setting register_rows[] = {
      LB_PREFIX_MAX - 2, "/lb/", NULL, "PREFIX", "key prefix"},
     {"pool", 0, "LBCTL_POOL", LB_SETTING_STRING, offsetof(struct register_opts, pool), 0,
      LB_NAME_MAX - 1, NULL, NULL, "POOL", "pool to join (required)"},
-    {"id", 0, "LBCTL_ID", LB_SETTING_STRING, offsetof(struct register_opts, id), 0,
-     LB_NAME_MAX - 1, NULL, NULL, "ID", "backend id, unique in the pool (required)"},
+    {"id", 0, "LBCTL_ID", LB_SETTING_STRING, offsetof(struct register_opts, id), 0, LB_NAME_MAX - 1,
+     NULL, NULL, "ID", "backend id, unique in the pool (required)"},
     {"addr", 0, "LBCTL_ADDR", LB_SETTING_STRING, offsetof(struct register_opts, addr), 0,
      LB_ADDR_MAX - 1, NULL, NULL, "HOST:PORT", "address lbd connects to (required)"},
     {"weight", 0, "LBCTL_WEIGHT", LB_SETTING_INT, offsetof(struct register_opts, weight), 0,
@@ -300,8 +300,9 @@ static int deregister(struct registration *r, int sig)
         free(err);
         return EXIT_OK;
     }
-    fprintf(stderr, "lbctl register: could not revoke lease %lld, the key expires within its TTL: "
-                    "%s\n",
+    fprintf(stderr,
+            "lbctl register: could not revoke lease %lld, the key expires within its TTL: "
+            "%s\n",
             (long long)r->lease, err ? err : "etcd unreachable");
     free(err);
     return EXIT_RUNTIME;

@@ -28,8 +28,8 @@ struct lb_etcd_call {
     struct lb_etcd_call *prev, *next;
     struct lb_etcd_http *h; /* NULL for a blocking call */
     CURL *easy;
-    bool added;    /* in the multi */
-    bool canceled; /* no more callbacks; reap on the next chance */
+    bool added;      /* in the multi */
+    bool canceled;   /* no more callbacks; reap on the next chance */
     bool error_body; /* non-2xx response: collect the body instead of streaming it */
     bool checked_code;
     int abort_status; /* why a write callback stopped the transfer */
@@ -328,8 +328,8 @@ static void socket_action(struct lb_etcd_http *h, curl_socket_t fd, int events)
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct http_socket *s = w->data;
-    int events = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
-                 (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int events =
+        (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
 
     socket_action(s->h, s->fd, events);
 }

@@ -59,11 +59,11 @@ typedef int (*lb_etcd_data_cb)(void *ud, const char *data, size_t len);
 typedef void (*lb_etcd_done_cb)(void *ud, const struct lb_etcd_reply *reply);
 
 struct lb_etcd_request {
-    const char *endpoint;   /* "http://127.0.0.1:2379" */
-    const char *path;       /* "/v3/kv/range" */
-    const char *body;       /* JSON; copied */
-    long timeout_ms;        /* whole transfer, 0 = none (streams) */
-    size_t max_response;    /* unary body bound */
+    const char *endpoint;    /* "http://127.0.0.1:2379" */
+    const char *path;        /* "/v3/kv/range" */
+    const char *body;        /* JSON; copied */
+    long timeout_ms;         /* whole transfer, 0 = none (streams) */
+    size_t max_response;     /* unary body bound */
     lb_etcd_data_cb on_data; /* NULL: unary call */
     lb_etcd_done_cb on_done; /* required */
     void *ud;
@@ -76,7 +76,8 @@ void lb_etcd_http_free(struct lb_etcd_http *h);
 /*
  * Starts a call.  Returns 0 with *out (may be NULL if the caller does not
  * keep it), or a negative errno, in which case on_done will not be called.
- * The call object lives until on_done returns or until it is canceled.
+ * The call object is freed just before on_done runs (forget the pointer
+ * there; do not cancel it) or when it is canceled.
  */
 int lb_etcd_http_start(struct lb_etcd_http *h, const struct lb_etcd_request *req,
                        struct lb_etcd_call **out);

@@ -199,13 +199,14 @@ int lb_etcd_json_parse_kv(json_object *obj, struct lb_etcd_kv *out, char **err)
     if (rc == 0 && !present)
         rc = lb_error_set(err, -EINVAL, "a kv has no key");
     if (rc == 0)
-        rc = get_bytes(obj, "value", LB_ETCD_VALUE_MAX, &out->value, &out->value_len, &present,
-                       err);
+        rc =
+            get_bytes(obj, "value", LB_ETCD_VALUE_MAX, &out->value, &out->value_len, &present, err);
     if (rc == 0 && (lb_etcd_json_get_int64(obj, "create_revision", &out->create_revision) < 0 ||
                     lb_etcd_json_get_int64(obj, "mod_revision", &out->mod_revision) < 0 ||
                     lb_etcd_json_get_int64(obj, "version", &out->version) < 0 ||
                     lb_etcd_json_get_int64(obj, "lease", &out->lease) < 0))
-        rc = lb_error_set(err, -EINVAL, "a kv has a revision, version or lease that is not a number");
+        rc = lb_error_set(err, -EINVAL,
+                          "a kv has a revision, version or lease that is not a number");
     if (rc == -ENOMEM)
         lb_error_set(err, rc, "out of memory decoding a kv");
     if (rc)
@@ -344,7 +345,7 @@ int lb_etcd_json_parse_error(const char *body, size_t len, int *grpc_code, char 
             m = e;
     }
     *message = strdup(m && json_object_is_type(m, json_type_string) ? json_object_get_string(m)
-                                                                     : "unknown error");
+                                                                    : "unknown error");
     if (!*message) {
         rc = -ENOMEM;
         goto out;
@@ -364,7 +365,8 @@ int lb_etcd_json_finish(json_object *obj, char **out)
     *out = NULL;
     if (!obj)
         return -ENOMEM;
-    s = json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    s = json_object_to_json_string_ext(obj,
+                                       JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     *out = s ? strdup(s) : NULL;
     json_object_put(obj);
     return *out ? 0 : -ENOMEM;

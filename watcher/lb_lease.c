@@ -54,7 +54,8 @@ int lb_lease_parse_grant(const char *body, size_t len, int64_t *id, int64_t *ttl
     rc = lb_etcd_json_parse(body, len, &root, err);
     if (rc)
         return rc;
-    if (!json_object_is_type(root, json_type_object) || lb_etcd_json_get_int64(root, "ID", id) < 0 ||
+    if (!json_object_is_type(root, json_type_object) ||
+        lb_etcd_json_get_int64(root, "ID", id) < 0 ||
         lb_etcd_json_get_int64(root, "TTL", ttl_s) < 0)
         rc = lb_error_set(err, -EINVAL, "lease grant response is not what etcd sends");
     else if (*id == 0 || *ttl_s <= 0)

@@ -21,9 +21,9 @@ struct mirror_entry {
     char *key;
     size_t key_len;
     struct lb_key parsed;
-    bool key_valid;  /* false: schema shape, bad name; never delivered */
-    bool delivered;  /* the sink holds a value for this key */
-    char *raw;       /* last value seen, NUL-terminated */
+    bool key_valid; /* false: schema shape, bad name; never delivered */
+    bool delivered; /* the sink holds a value for this key */
+    char *raw;      /* last value seen, NUL-terminated */
     size_t raw_len;
     int64_t mod_revision;
     uint64_t generation; /* last re-list that put this key */
@@ -250,8 +250,8 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
         return 0;
     rc = parse_value(e, &u, &err);
     if (rc) {
-        log_refused(e->delivered ? "bad value, keeping the last good one" : "bad value, skipped",
-                    e, err);
+        log_refused(e->delivered ? "bad value, keeping the last good one" : "bad value, skipped", e,
+                    err);
         m->bad_values++;
         free(err);
         return 0;
@@ -299,8 +299,7 @@ int lb_mirror_apply_events(struct lb_mirror *m, const struct lb_watch_msg *msg)
         if (msg->events[i].deleted)
             rc = lb_mirror_delete(m, kv->key, kv->key_len);
         else
-            rc = lb_mirror_put(m, kv->key, kv->key_len, kv->value, kv->value_len,
-                               kv->mod_revision);
+            rc = lb_mirror_put(m, kv->key, kv->key_len, kv->value, kv->value_len, kv->mod_revision);
         if (rc < 0)
             return rc;
         total += rc;

@@ -31,9 +31,9 @@
 struct lb_mirror;
 
 struct lb_mirror_stats {
-    size_t keys;          /* schema keys tracked, good or bad */
-    uint64_t updates;     /* updates delivered to the sink */
-    uint64_t bad_values;  /* values (or key names) refused */
+    size_t keys;         /* schema keys tracked, good or bad */
+    uint64_t updates;    /* updates delivered to the sink */
+    uint64_t bad_values; /* values (or key names) refused */
 };
 
 /* `prefix` is normalised (lb_key_prefix_normalize()); the sink is copied. */

@@ -29,8 +29,8 @@ struct store_write {
     const char *path; /* "/v3/kv/put" or "/v3/kv/deleterange" */
     char *body;
     char key[LB_PREFIX_MAX + 2 * LB_NAME_MAX + 32];
-    size_t endpoint;  /* index tried now */
-    size_t attempts;  /* endpoints tried so far */
+    size_t endpoint; /* index tried now */
+    size_t attempts; /* endpoints tried so far */
     lb_store_done_cb done;
     void *ud;
 };

@@ -20,8 +20,8 @@ struct lb_override_store;
 
 struct lb_override_store_config {
     struct lb_etcd_http *http;
-    const char *prefix;             /* normalised; copied */
-    char *const *endpoints;         /* owned by the caller, outlive the store */
+    const char *prefix;     /* normalised; copied */
+    char *const *endpoints; /* owned by the caller, outlive the store */
     size_t n_endpoints;
     const size_t *current_endpoint; /* the caller's index of the endpoint in use */
     int64_t timeout_ms;             /* per attempt */

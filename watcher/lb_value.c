@@ -197,9 +197,9 @@ static int get_duration(json_object *obj, const char *name, const char *label, i
 
     rc = get_string(obj, name, label, text, sizeof(text), &present, err);
     if (rc || !present)
-        return rc == -EINVAL ? lb_error_set(err, rc, "%s must be a duration string like \"3s\"",
-                                            label)
-                             : rc;
+        return rc == -EINVAL
+                   ? lb_error_set(err, rc, "%s must be a duration string like \"3s\"", label)
+                   : rc;
     if (lb_duration_parse(text, out, &why) < 0)
         return lb_error_set(err, -EINVAL, "%s \"%s\": %s", label, text, why);
     return 0;

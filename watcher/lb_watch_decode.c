@@ -40,8 +40,8 @@ static int emit_line(const char *line, size_t len, lb_watch_line_cb cb, void *ud
     return cb(ud, line, len, 0);
 }
 
-int lb_watch_lines_feed(struct lb_watch_lines *s, const char *data, size_t len,
-                        lb_watch_line_cb cb, void *ud)
+int lb_watch_lines_feed(struct lb_watch_lines *s, const char *data, size_t len, lb_watch_line_cb cb,
+                        void *ud)
 {
     const char *p = data, *end = data + len;
     int rc;
@@ -156,8 +156,8 @@ static int decode_event(json_object *e, struct lb_watch_event *out, char **err)
     if (!json_object_is_type(e, json_type_object))
         return lb_error_set(err, -EINVAL, "a watch event is not an object");
     if (json_object_object_get_ex(e, "type", &type) && type) {
-        const char *t = json_object_is_type(type, json_type_string) ? json_object_get_string(type)
-                                                                     : "";
+        const char *t =
+            json_object_is_type(type, json_type_string) ? json_object_get_string(type) : "";
 
         if (strcmp(t, "DELETE") == 0)
             out->deleted = true;
@@ -203,8 +203,9 @@ static int decode_result(struct lb_watch_decoder *d, json_object *result, bool *
         return rc;
     if (lb_etcd_json_get_int64(result, "watch_id", &m->watch_id) < 0 ||
         lb_etcd_json_get_int64(result, "compact_revision", &m->compact_revision) < 0)
-        return lb_error_set(err, -EINVAL, "watch message has a watch_id or compact_revision "
-                                          "that is not a number");
+        return lb_error_set(err, -EINVAL,
+                            "watch message has a watch_id or compact_revision "
+                            "that is not a number");
     if (json_object_object_get_ex(result, "cancel_reason", &reason) && reason) {
         if (!json_object_is_type(reason, json_type_string))
             return lb_error_set(err, -EINVAL, "watch message cancel_reason is not a string");

@@ -25,8 +25,8 @@
 /* Largest watch line accepted; etcd writes ~4 KiB per event with prev_kv. */
 #define LB_WATCH_LINE_MAX (16 * 1024 * 1024)
 /* Most events, and most decoded bytes, one response may hold (fragments merged). */
-#define LB_WATCH_EVENTS_MAX     (1024 * 1024)
-#define LB_WATCH_MSG_BYTES_MAX  ((size_t)256 * 1024 * 1024)
+#define LB_WATCH_EVENTS_MAX    (1024 * 1024)
+#define LB_WATCH_MSG_BYTES_MAX ((size_t)256 * 1024 * 1024)
 
 /* --- line splitter --------------------------------------------------------------------- */
 
@@ -44,8 +44,8 @@ struct lb_watch_lines {
 typedef int (*lb_watch_line_cb)(void *ud, const char *line, size_t len, int status);
 
 void lb_watch_lines_init(struct lb_watch_lines *s, size_t max_line);
-int lb_watch_lines_feed(struct lb_watch_lines *s, const char *data, size_t len,
-                        lb_watch_line_cb cb, void *ud);
+int lb_watch_lines_feed(struct lb_watch_lines *s, const char *data, size_t len, lb_watch_line_cb cb,
+                        void *ud);
 /* Forgets any partial line (a new stream starts). */
 void lb_watch_lines_reset(struct lb_watch_lines *s);
 void lb_watch_lines_free(struct lb_watch_lines *s);
@@ -53,7 +53,7 @@ void lb_watch_lines_free(struct lb_watch_lines *s);
 /* --- message decoder ------------------------------------------------------------------- */
 
 struct lb_watch_event {
-    bool deleted;        /* "type":"DELETE"; absent type is a PUT */
+    bool deleted;         /* "type":"DELETE"; absent type is a PUT */
     struct lb_etcd_kv kv; /* a DELETE's kv has only key and mod_revision */
     int64_t prev_lease;   /* prev_kv.lease: non-zero on a lease expiry or owner delete */
 };

@@ -1,15 +1,13 @@
 /*
  * The list-then-watch state machine.
  *
- *            start / retry (not synced, or re-list needed)
- *   IDLE ───────────────▶ LISTING ──page──▶ LISTING ... ──last page──▶ CONNECTING
- *                            │                                            │ created
- *                            │ error                       error / end    ▼
- *                            └──────────▶ BACKOFF ◀──────────────────── WATCHING
- *                                           │  ▲                          │
- *                                     timer │  └──── stall ───────────────┘
- *                                           ▼
- *                              CONNECTING (resume at revision + 1)
+ *   IDLE ─start─▶ LISTING ─pages─▶ deliver diff ─▶ CONNECTING ─created─▶ WATCHING
+ *                  ▲    │                              │                   │    │
+ *                  │    └─error─▶ BACKOFF ◀─error──────┘◀─end, error, stall┘    │
+ *                  │                 │                                          │
+ *                  │                 └─timer─▶ CONNECTING (resume at revision+1),
+ *                  │                           or LISTING when a re-list is due │
+ *                  └──────────────────────── compacted ─────────────────────────┘
  *
  * One transfer is in flight at a time (`call`): a range page or the watch.
  * Decisions taken while reading the stream (compaction, a bad line) are
@@ -49,6 +47,7 @@
 #define MAX_PAGE_SIZE              100000
 #define RANGE_RESPONSE_MAX         (64 * 1024 * 1024)
 #define LISTING_BYTES_MAX          ((size_t)512 * 1024 * 1024)
+#define HEALTHY_WATCH_S            30.0 /* a watch up this long resets the back-off */
 
 /* What the end of the current watch stream leads to. */
 enum after_stream {
@@ -109,10 +108,11 @@ struct lb_watcher {
     enum after_stream after;
     char after_reason[512];
     ev_tstamp stream_activity; /* start of the watch, then its last bytes */
+    ev_tstamp watching_since;  /* when etcd confirmed the watch */
 
     ev_timer retry_timer;
     ev_timer stall_timer;
-    unsigned attempt; /* failures since the last success */
+    unsigned attempt; /* failures since the last watch that held */
     uint64_t rng;
     ev_tstamp last_contact; /* 0 = never */
 
@@ -182,6 +182,10 @@ static void schedule_retry(struct lb_watcher *w, const char *what, const char *w
         w->call = NULL;
     }
     ev_timer_stop(w->loop, &w->stall_timer);
+    /* a watch that held for a while starts the back-off afresh; one that
+     * keeps breaking right after it was made does not */
+    if (w->state == LB_WATCHER_WATCHING && ev_now(w->loop) - w->watching_since >= HEALTHY_WATCH_S)
+        w->attempt = 0;
     delay = backoff_ms(w);
     w->attempt++;
     w->reconnects++;
@@ -292,8 +296,7 @@ static void list_finish(struct lb_watcher *w)
     for (size_t i = 0; i < w->n_staged; i++) {
         struct staged_kv *s = &w->staged[i];
 
-        rc = lb_mirror_put(w->mirror, s->key, s->key_len, s->value, s->value_len,
-                           s->mod_revision);
+        rc = lb_mirror_put(w->mirror, s->key, s->key_len, s->value, s->value_len, s->mod_revision);
         if (rc == -E2BIG) {
             refused++; /* mirror full: the key stays unknown, nothing else changes */
             rc = 0;
@@ -321,7 +324,6 @@ static void list_finish(struct lb_watcher *w)
     w->synced = true;
     w->need_relist = false;
     w->revision = w->list_revision;
-    w->attempt = 0;
     lb_mirror_get_stats(w->mirror, &ms);
     LB_INFO("watcher", "msg=\"synced\" endpoint=%s revision=%lld keys=%zu updates=%lld",
             w->endpoints[w->endpoint], (long long)w->revision, ms.keys, (long long)updates);
@@ -343,8 +345,8 @@ static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply)
         return;
     }
     w->last_contact = ev_now(w->loop);
-    rc = reply->body ? lb_etcd_json_parse_range(reply->body, reply->body_len, &page, &err)
-                     : -ENOMEM;
+    rc =
+        reply->body ? lb_etcd_json_parse_range(reply->body, reply->body_len, &page, &err) : -ENOMEM;
     if (rc) {
         w->decode_errors++;
         schedule_retry(w, "range", err ? err : "out of memory");
@@ -431,7 +433,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
         if (msg->header.revision && msg->header.revision < w->revision)
             return stream_stop(w, AFTER_RETRY_RELIST, "etcd revision went backwards");
         w->state = LB_WATCHER_WATCHING;
-        w->attempt = 0;
+        w->watching_since = ev_now(w->loop);
         /* from now on the stall timeout applies, not the set-up one */
         ev_timer_stop(w->loop, &w->stall_timer);
         ev_timer_set(&w->stall_timer, (double)w->stall_timeout_ms / 1000.0, 0.);
@@ -547,8 +549,8 @@ static void watch_begin(struct lb_watcher *w)
     w->after_reason[0] = '\0';
     lb_watch_lines_reset(&w->lines);
     lb_watch_decoder_reset(&w->decoder);
-    rc = lb_etcd_json_watch_request(w->range_key, w->range_key_len, w->range_end,
-                                    w->range_end_len, w->revision + 1, &body);
+    rc = lb_etcd_json_watch_request(w->range_key, w->range_key_len, w->range_end, w->range_end_len,
+                                    w->revision + 1, &body);
     if (!rc) {
         req.body = body;
         rc = lb_etcd_http_start(w->http, &req, &w->call);
@@ -642,8 +644,8 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
     if (!rc && w->backoff_max_ms < w->backoff_initial_ms)
         rc = lb_error_set(err, -EINVAL, "backoff_max_ms is below backoff_initial_ms");
     if (!rc)
-        rc = check_positive(&w->stall_timeout_ms, LB_WATCHER_STALL_TIMEOUT_MS,
-                            24LL * 3600 * 1000, "stall_timeout_ms", err);
+        rc = check_positive(&w->stall_timeout_ms, LB_WATCHER_STALL_TIMEOUT_MS, 24LL * 3600 * 1000,
+                            "stall_timeout_ms", err);
     if (!rc)
         rc = check_positive(&w->request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS, 3600 * 1000,
                             "request_timeout_ms", err);

@@ -14,6 +14,11 @@
  * changed (the data behind the endpoint was replaced).  While etcd is out
  * of reach nothing is delivered: the sink keeps the last known pools.
  *
+ * Values are parsed here (lb_value.h).  One that does not parse is logged
+ * once with its key and skipped; if the key held a good value before, the
+ * sink keeps that one until the key is fixed or deleted (lb_mirror.h).
+ * Keys under the prefix that are not of the schema are ignored.
+ *
  * Everything runs on the loop given to lb_watcher_new(), through libcurl's
  * multi interface; no call blocks.  The caller runs curl_global_init()
  * once before creating a watcher.  Sink callbacks run on the loop; they
@@ -41,9 +46,9 @@
 #define LB_WATCHER_STALL_TIMEOUT_MS (25LL * 60 * 1000)
 
 struct lb_watcher_config {
-    char **endpoints;   /* "http://127.0.0.1:2379", ...; copied */
-    size_t n_endpoints; /* at least 1 */
-    const char *prefix; /* "/lb/"; a missing trailing '/' is added */
+    char **endpoints;           /* "http://127.0.0.1:2379", ...; copied */
+    size_t n_endpoints;         /* at least 1 */
+    const char *prefix;         /* "/lb/"; a missing trailing '/' is added */
     int64_t backoff_initial_ms; /* 0 = 100ms */
     int64_t backoff_max_ms;     /* 0 = 10s */
     int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */

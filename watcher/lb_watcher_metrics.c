@@ -57,8 +57,8 @@ struct counter {
 int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
 {
     static const enum lb_watcher_state states[] = {
-        LB_WATCHER_IDLE, LB_WATCHER_LISTING, LB_WATCHER_CONNECTING, LB_WATCHER_WATCHING,
-        LB_WATCHER_BACKOFF,
+        LB_WATCHER_IDLE,     LB_WATCHER_LISTING, LB_WATCHER_CONNECTING,
+        LB_WATCHER_WATCHING, LB_WATCHER_BACKOFF,
     };
     struct lb_watcher_stats st;
     char endpoint[600];

@@ -22,11 +22,14 @@ static void test_base64(void **state)
     static const struct {
         const char *text, *bytes;
     } good[] = {
-        {"", ""},           {"YQ==", "a"},          {"YWI=", "ab"},
-        {"YWJj", "abc"},    {"L2FwcC9jZmcv", "/app/cfg/"},
+        {"", ""},
+        {"YQ==", "a"},
+        {"YWI=", "ab"},
+        {"YWJj", "abc"},
+        {"L2FwcC9jZmcv", "/app/cfg/"},
         {"L2xiL3Bvb2xzLw==", "/lb/pools/"},
     };
-    static const char *const bad[] = {"YQ", "YQ=", "Y===", "YQ=a", "Y Q==", "YQ==\n",
+    static const char *const bad[] = {"YQ",   "YQ=",  "Y===", "YQ=a", "Y Q==", "YQ==\n",
                                       "@@@@", "YW=j", "=YWJ", "YWJ-", "YWJ_"};
     char *out, *enc;
     size_t len;
@@ -141,7 +144,8 @@ static void test_range_page(void **state)
     assert_int_equal(r.count, 4);
     assert_int_equal(r.n_kvs, 2);
     assert_string_equal(r.kvs[0].key, "/lb/pools/web/backends/b1");
-    assert_string_equal(r.kvs[0].value, "{\"addr\":\"10.0.0.1:8080\",\"weight\":300,\"zone\":\"a\"}");
+    assert_string_equal(r.kvs[0].value,
+                        "{\"addr\":\"10.0.0.1:8080\",\"weight\":300,\"zone\":\"a\"}");
     assert_int_equal(r.kvs[0].create_revision, 3);
     assert_int_equal(r.kvs[0].mod_revision, 4);
     assert_int_equal(r.kvs[0].version, 2);
@@ -232,8 +236,7 @@ static void test_requests(void **state)
     size_t len;
     int64_t n;
 
-    assert_int_equal(lb_etcd_json_range_request("/lb/pools/", 10, "/lb/pools0", 10, 42, 500,
-                                                &body),
+    assert_int_equal(lb_etcd_json_range_request("/lb/pools/", 10, "/lb/pools0", 10, 42, 500, &body),
                      0);
     o = parse(body);
     b = member_bytes(o, "key", &len);
@@ -250,8 +253,7 @@ static void test_requests(void **state)
     free(body);
 
     /* a continuation key holds a NUL: it must survive */
-    assert_int_equal(lb_etcd_json_range_request("/lb/pools/a\0", 12, "/lb/pools0", 10, 0, 0,
-                                                &body),
+    assert_int_equal(lb_etcd_json_range_request("/lb/pools/a\0", 12, "/lb/pools0", 10, 0, 0, &body),
                      0);
     o = parse(body);
     b = member_bytes(o, "key", &len);
@@ -263,9 +265,8 @@ static void test_requests(void **state)
     json_object_put(o);
     free(body);
 
-    assert_int_equal(lb_etcd_json_put_request("/k", 2, "{\"a\":1}", 7, 4111120276489552950LL,
-                                              &body),
-                     0);
+    assert_int_equal(
+        lb_etcd_json_put_request("/k", 2, "{\"a\":1}", 7, 4111120276489552950LL, &body), 0);
     assert_non_null(strstr(body, "\"lease\":\"4111120276489552950\""));
     o = parse(body);
     b = member_bytes(o, "value", &len);
@@ -281,8 +282,7 @@ static void test_requests(void **state)
     assert_string_equal(body, "{\"key\":\"L2s=\"}");
     free(body);
 
-    assert_int_equal(lb_etcd_json_watch_request("/lb/pools/", 10, "/lb/pools0", 10, 8, &body),
-                     0);
+    assert_int_equal(lb_etcd_json_watch_request("/lb/pools/", 10, "/lb/pools0", 10, 8, &body), 0);
     o = parse(body);
     assert_true(json_object_object_get_ex(o, "create_request", &c));
     assert_int_equal(lb_etcd_json_get_int64(c, "start_revision", &n), 0);
@@ -296,9 +296,10 @@ static void test_requests(void **state)
 
 static void test_lease_bodies(void **state)
 {
-    static const char grant[] = "{\"header\":{\"cluster_id\":\"13915718962799377783\","
-                                "\"member_id\":\"9798502074856375577\",\"revision\":\"14\","
-                                "\"raft_term\":\"2\"},\"ID\":\"367503087138185496\",\"TTL\":\"30\"}";
+    static const char grant[] =
+        "{\"header\":{\"cluster_id\":\"13915718962799377783\","
+        "\"member_id\":\"9798502074856375577\",\"revision\":\"14\","
+        "\"raft_term\":\"2\"},\"ID\":\"367503087138185496\",\"TTL\":\"30\"}";
     static const char alive[] = "{\"result\":{\"header\":{\"revision\":\"14\"},\"ID\":"
                                 "\"367503087138185496\",\"TTL\":\"29\"}}";
     static const char gone[] = "{\"result\":{\"header\":{\"cluster_id\":\"13915718962799377783\","
@@ -332,10 +333,10 @@ static void test_lease_bodies(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_base64),      cmocka_unit_test(test_prefix_end),
-        cmocka_unit_test(test_int64),       cmocka_unit_test(test_range_page),
+        cmocka_unit_test(test_base64),       cmocka_unit_test(test_prefix_end),
+        cmocka_unit_test(test_int64),        cmocka_unit_test(test_range_page),
         cmocka_unit_test(test_range_shapes), cmocka_unit_test(test_error_bodies),
-        cmocka_unit_test(test_requests),    cmocka_unit_test(test_lease_bodies),
+        cmocka_unit_test(test_requests),     cmocka_unit_test(test_lease_bodies),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

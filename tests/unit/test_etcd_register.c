@@ -27,7 +27,7 @@ static int clear_env(void **state)
 #define RUN(...)                                                                                   \
     ({                                                                                             \
         char *argv_[] = {"register", __VA_ARGS__, NULL};                                           \
-        lbctl_register_main((int)(sizeof(argv_) / sizeof(argv_[0])) - 1, argv_);                  \
+        lbctl_register_main((int)(sizeof(argv_) / sizeof(argv_[0])) - 1, argv_);                   \
     })
 
 #define OK_FLAGS "--etcd", "http://127.0.0.1:1", "--pool", "web", "--id", "b1"
@@ -37,7 +37,7 @@ static void test_usage_errors(void **state)
     char *none[] = {"register", NULL};
 
     assert_int_equal(lbctl_register_main(1, none), 2); /* --pool, --id, --addr missing */
-    assert_int_equal(RUN(OK_FLAGS), 2);                  /* --addr missing */
+    assert_int_equal(RUN(OK_FLAGS), 2);                /* --addr missing */
     assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5"), 2);
     assert_int_equal(RUN(OK_FLAGS, "--addr", "::1:80"), 2);
     assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:0"), 2);
@@ -49,12 +49,11 @@ static void test_usage_errors(void **state)
     assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--prefix", "lb"), 2);
     assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--bogus"), 2);
     assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "extra"), 2);
-    assert_int_equal(RUN("--etcd", "127.0.0.1:2379", "--pool", "web", "--id", "b1", "--addr",
-                         "10.0.0.5:80"),
-                     2);
-    assert_int_equal(RUN("--etcd", "http://a,ftp://b", "--pool", "web", "--id", "b1", "--addr",
-                         "10.0.0.5:80"),
-                     2);
+    assert_int_equal(
+        RUN("--etcd", "127.0.0.1:2379", "--pool", "web", "--id", "b1", "--addr", "10.0.0.5:80"), 2);
+    assert_int_equal(
+        RUN("--etcd", "http://a,ftp://b", "--pool", "web", "--id", "b1", "--addr", "10.0.0.5:80"),
+        2);
     assert_int_equal(RUN("--pool", "we b", "--id", "b1", "--addr", "10.0.0.5:80"), 2);
     assert_int_equal(RUN("--pool", "web", "--id", "b/1", "--addr", "10.0.0.5:80"), 2);
 }

@@ -28,16 +28,17 @@ static const char LINE_CREATED[] = "{\"result\":{" HDR("7") ",\"created\":true}}
 /* value {"addr":"10.0.0.5:8080"} */
 static const char LINE_PUT[] =
     "{\"result\":{" HDR("8") ",\"events\":[{\"kv\":{\"key\":\"" KEY_B1 "\",\"create_revision\":"
-    "\"8\",\"mod_revision\":\"8\",\"version\":\"1\",\"value\":"
-    "\"eyJhZGRyIjoiMTAuMC4wLjU6ODA4MCJ9\"}}]}}";
+                             "\"8\",\"mod_revision\":\"8\",\"version\":\"1\",\"value\":"
+                             "\"eyJhZGRyIjoiMTAuMC4wLjU6ODA4MCJ9\"}}]}}";
 static const char LINE_DELETE[] =
     "{\"result\":{" HDR("9") ",\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"" KEY_B1
-    "\",\"mod_revision\":\"9\"}}]}}";
-static const char LINE_EXPIRY[] =
-    "{\"result\":{" HDR("15") ",\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"" KEY_B2
-    "\",\"mod_revision\":\"15\"},\"prev_kv\":{\"key\":\"" KEY_B2 "\",\"create_revision\":\"14\","
-    "\"mod_revision\":\"14\",\"version\":\"1\",\"value\":\"YWxpdmU=\",\"lease\":"
-    "\"4111120276489552950\"}}]}}";
+                             "\",\"mod_revision\":\"9\"}}]}}";
+static const char LINE_EXPIRY[] = "{\"result\":{" HDR(
+    "15") ",\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"" KEY_B2
+          "\",\"mod_revision\":\"15\"},\"prev_kv\":{\"key\":\"" KEY_B2
+          "\",\"create_revision\":\"14\","
+          "\"mod_revision\":\"14\",\"version\":\"1\",\"value\":\"YWxpdmU=\",\"lease\":"
+          "\"4111120276489552950\"}}]}}";
 static const char LINE_PROGRESS[] = "{\"result\":{" HDR("19") "}}";
 static const char LINE_COMPACT_CREATED[] = "{\"result\":{" HDR("11") ",\"created\":true}}";
 static const char LINE_COMPACT_CANCEL[] =
@@ -118,8 +119,8 @@ static char *join_lines(const char *const *lines, size_t n)
 }
 
 /* Decodes a single complete line; returns the decoder's verdict. */
-static int decode_one(struct lb_watch_decoder *d, const char *line,
-                      const struct lb_watch_msg **msg, char **err)
+static int decode_one(struct lb_watch_decoder *d, const char *line, const struct lb_watch_msg **msg,
+                      char **err)
 {
     *err = NULL;
     return lb_watch_decoder_line(d, line, strlen(line), msg, err);
@@ -203,8 +204,7 @@ static void test_split_stop(void **state)
     int calls = 0;
 
     lb_watch_lines_init(&s, 64);
-    assert_int_equal(lb_watch_lines_feed(&s, "a\nb\nc\n", 6, stop_after_first, &calls),
-                     -ECANCELED);
+    assert_int_equal(lb_watch_lines_feed(&s, "a\nb\nc\n", 6, stop_after_first, &calls), -ECANCELED);
     assert_int_equal(calls, 1);
     lb_watch_lines_free(&s);
 }
@@ -378,10 +378,10 @@ static void test_fragment_merge(void **state)
 {
     static const char frag1[] =
         "{\"result\":{" HDR("231") ",\"fragment\":true,\"events\":[{\"type\":\"DELETE\",\"kv\":{"
-        "\"key\":\"" KEY_B1 "\",\"mod_revision\":\"231\"}}]}}";
+                                   "\"key\":\"" KEY_B1 "\",\"mod_revision\":\"231\"}}]}}";
     static const char frag2[] =
         "{\"result\":{" HDR("231") ",\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"" KEY_B2
-        "\",\"mod_revision\":\"231\"}}]}}";
+                                   "\",\"mod_revision\":\"231\"}}]}}";
     struct lb_watch_decoder d;
     const struct lb_watch_msg *m;
     char *err;
@@ -435,7 +435,8 @@ static void test_garbage_then_recovers(void **state)
         ("{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\",\"mod_revision\":"
          "\"99999999999999999999\"}}]}}"),
         "{\"result\":{\"events\":[{\"type\":\"PATCH\",\"kv\":{\"key\":\"QQ==\"}}]}}",
-        "{\"result\":{\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"QQ==\",\"value\":\"QQ==\"}}]}}",
+        "{\"result\":{\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"QQ==\",\"value\":\"QQ==\"}"
+        "}]}}",
         "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\"},\"prev_kv\":3}]}}",
         "{\"result\":{\"header\":{\"revision\":{}}}}",
         "{\"result\":{\"header\":[]}}",
@@ -465,9 +466,9 @@ static void test_garbage_then_recovers(void **state)
         assert_int_equal(m->n_events, 1);
     }
     /* an error written by etcd is told apart from noise */
-    assert_int_equal(decode_one(&d, "{\"error\":{\"grpc_code\":14,\"message\":\"no leader\"}}", &m,
-                                &err),
-                     -EPROTO);
+    assert_int_equal(
+        decode_one(&d, "{\"error\":{\"grpc_code\":14,\"message\":\"no leader\"}}", &m, &err),
+        -EPROTO);
     assert_non_null(strstr(err, "no leader"));
     free(err);
     lb_watch_decoder_free(&d);
@@ -498,9 +499,10 @@ static void test_deep_nesting_refused(void **state)
 static void test_empty_value_put(void **state)
 {
     /* etcd leaves "value" out when it is empty */
-    static const char line[] = "{\"result\":{" HDR("8") ",\"events\":[{\"kv\":{\"key\":\"" KEY_B1
-                               "\",\"create_revision\":\"8\",\"mod_revision\":\"8\","
-                               "\"version\":\"1\"}}]}}";
+    static const char line[] =
+        "{\"result\":{" HDR("8") ",\"events\":[{\"kv\":{\"key\":\"" KEY_B1
+                                 "\",\"create_revision\":\"8\",\"mod_revision\":\"8\","
+                                 "\"version\":\"1\"}}]}}";
     struct lb_watch_decoder d;
     const struct lb_watch_msg *m;
     char *err;

@@ -104,9 +104,9 @@ static void take_log(struct fixture *f, const char *expected)
     f->rec.applies = 0;
 }
 
-#define B1 "/lb/pools/web/backends/b1"
-#define B2 "/lb/pools/web/backends/b2"
-#define B3 "/lb/pools/web/backends/b3"
+#define B1  "/lb/pools/web/backends/b1"
+#define B2  "/lb/pools/web/backends/b2"
+#define B3  "/lb/pools/web/backends/b3"
 #define CFG "/lb/pools/web/config"
 #define OV1 "/lb/pools/web/overrides/b1"
 

@@ -288,10 +288,8 @@ static void test_all_streams_listed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lifecycle),
-        cmocka_unit_test(test_compacted),
-        cmocka_unit_test(test_fragment),
-        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_lifecycle),          cmocka_unit_test(test_compacted),
+        cmocka_unit_test(test_fragment),           cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_all_streams_listed),
     };
 
