@@ -82,6 +82,7 @@ struct lbd {
     struct lb_watcher *watcher;
     struct lb_admin_server *admin;
     struct lb_http *http;
+    struct lb_update_sink registry_sink;
     ev_signal sigterm, sigint, sighup;
     ev_timer grace;
     bool stopping;
@@ -234,6 +235,28 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
     return rc;
 }
 
+/*
+ * The watcher feeds the registry through this sink, so that lbd starts
+ * accepting right after the first listing is applied.
+ */
+static void lbd_sink_apply(void *ctx, const struct lb_update *u)
+{
+    struct lbd *d = ctx;
+
+    d->registry_sink.apply(d->registry_sink.ctx, u);
+}
+
+static void lbd_sink_commit(void *ctx)
+{
+    struct lbd *d = ctx;
+
+    d->registry_sink.commit(d->registry_sink.ctx);
+    if (!d->proxy.accept_enabled && !d->stopping && lb_watcher_has_synced(d->watcher)) {
+        LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
+        lb_proxy_enable_accept(&d->proxy);
+    }
+}
+
 /* ------------------------------------------------------------ signals -- */
 
 static void lbd_proxy_idle(struct lb_proxy *proxy)
@@ -325,7 +348,10 @@ static int lbd_start(struct lbd *d)
     wc.prefix = d->settings.prefix;
     wc.backoff_initial_ms = 100;
     wc.backoff_max_ms = 10000;
-    sink = lb_registry_sink(&d->registry);
+    d->registry_sink = lb_registry_sink(&d->registry);
+    sink.apply = lbd_sink_apply;
+    sink.commit = lbd_sink_commit;
+    sink.ctx = d;
     rc = lb_watcher_new(d->loop, &wc, &sink, &d->watcher, &err);
     if (rc < 0)
         goto fail;

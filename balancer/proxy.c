@@ -27,7 +27,8 @@ static void proxy_pause_accept(struct lb_proxy *proxy)
 
 static void proxy_resume_accept(struct lb_proxy *proxy)
 {
-    if (!proxy->accept_paused || proxy->shutting_down || !proxy->listening)
+    if (!proxy->accept_paused || !proxy->accept_enabled || proxy->shutting_down ||
+        !proxy->listening)
         return;
     proxy->accept_paused = false;
     for (size_t i = 0; i < proxy->n_listeners; i++)
@@ -171,13 +172,20 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
         proxy->n_listeners = 0;
         return rc;
     }
-    for (size_t i = 0; i < proxy->n_listeners; i++) {
-        ev_io_start(loop, &proxy->listeners[i].io);
+    for (size_t i = 0; i < proxy->n_listeners; i++)
         LB_INFO("proxy", "msg=\"listening\" pool=%s addr=%s", proxy->listeners[i].pool->name,
                 proxy->listeners[i].pool->listen);
-    }
     proxy->listening = true;
+    proxy->accept_paused = true;
     return 0;
+}
+
+void lb_proxy_enable_accept(struct lb_proxy *proxy)
+{
+    if (proxy->accept_enabled)
+        return;
+    proxy->accept_enabled = true;
+    proxy_resume_accept(proxy);
 }
 
 void lb_proxy_stop_listening(struct lb_proxy *proxy)
@@ -217,7 +225,7 @@ void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *
         struct lb_listener *l = &proxy->listeners[i];
         uint64_t before;
 
-        if (l->fd < 0)
+        if (l->fd < 0 || !proxy->accept_enabled)
             continue;
         do {
             before = proxy->accepted;

@@ -34,7 +34,8 @@ struct lb_proxy {
     struct lb_listener *listeners; /* one per pool, same order */
     size_t n_listeners;
     bool listening;     /* listeners bound (for /readyz) */
-    bool accept_paused; /* at the cap, or after EMFILE */
+    bool accept_enabled; /* after the first etcd sync */
+    bool accept_paused; /* not accepting: before sync, at the cap, after EMFILE */
     bool shutting_down;
     uint64_t max_conns;
     uint64_t active;          /* client connections open now */
@@ -50,12 +51,20 @@ struct lb_proxy {
 };
 
 /*
- * Binds one listener per pool of the registry (pool->listen).  Returns 0,
+ * Binds one listener per pool of the registry (pool->listen), without
+ * accepting yet (see lb_proxy_enable_accept()).  Returns 0,
  * or a negative errno with *err set to a malloc'd message naming the pool
  * and the address.  Nothing is bound when it fails.
  */
 int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_registry *registry,
                   uint64_t max_conns, char **err);
+
+/*
+ * Starts accepting on the bound listeners.  Until then, clients wait in the
+ * kernel's accept queue instead of being turned away for lack of backends:
+ * lbd calls this once the first etcd listing is applied.
+ */
+void lb_proxy_enable_accept(struct lb_proxy *proxy);
 
 /* Stops accepting, closes the listeners; sessions go on. */
 void lb_proxy_stop_listening(struct lb_proxy *proxy);

@@ -112,8 +112,9 @@ struct lb_update_sink {
 /*
  * Cluster-scope writes of overrides, implemented by the watcher's etcd
  * client.  put_override() with ov == NULL deletes the override key.  done()
- * runs later on the loop with 0 or a negative errno and a message; it is
- * never called when put_override() itself returns an error.
+ * runs later on the loop with 0 or a negative errno and a message (or with
+ * -ECANCELED when the store is freed first); it is never called when
+ * put_override() itself returns an error.
  */
 typedef void (*lb_store_done_cb)(void *ud, int status, const char *message);
 struct lb_store {

@@ -291,8 +291,9 @@ static int client_perform(struct lb_admin_client *c, const char *path,
         goto out;
     }
     snprintf(url, sizeof(url), "%s%s", c->base_url, path);
+    static const char user_agent[] = "User-Agent: lbctl/" LB_VERSION;
     static const char *const fixed[] = {"Content-Type: application/grpc", "TE: trailers",
-                                        "Expect:", ("User-Agent: lbctl/" LB_VERSION)};
+                                        "Expect:", user_agent};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
         tmp = curl_slist_append(hdrs, fixed[i]);
         if (!tmp)

@@ -170,8 +170,15 @@ void lb_override_store_free(struct lb_override_store *s)
     if (!s)
         return;
     while (s->writes) {
-        lb_etcd_http_cancel(s->writes->call);
-        write_free(s->writes);
+        struct store_write *w = s->writes;
+        lb_store_done_cb done = w->done;
+        void *ud = w->ud;
+
+        lb_etcd_http_cancel(w->call);
+        write_free(w);
+        /* The caller holds state for this write (an admin call waiting on
+         * it): tell it, or that state would never be released. */
+        done(ud, -ECANCELED, "lbd is shutting down");
     }
     free(s);
 }

@@ -29,7 +29,7 @@ struct lb_override_store_config {
 
 int lb_override_store_new(const struct lb_override_store_config *cfg,
                           struct lb_override_store **out);
-/* Cancels writes in flight; their done callbacks are not called. */
+/* Cancels writes in flight; each one's done callback runs with -ECANCELED. */
 void lb_override_store_free(struct lb_override_store *s);
 /* The struct lb_store to hand to the balancer. */
 struct lb_store lb_override_store_iface(struct lb_override_store *s);

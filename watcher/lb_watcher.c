@@ -290,6 +290,7 @@ static void list_finish(struct lb_watcher *w)
     struct lb_mirror_stats ms;
     int64_t updates = 0;
     size_t refused = 0;
+    bool first;
     int rc = 0;
 
     lb_mirror_relist_begin(w->mirror);
@@ -308,7 +309,14 @@ static void list_finish(struct lb_watcher *w)
     if (rc >= 0)
         updates += lb_mirror_relist_end(w->mirror);
     staged_clear(w);
-    if (updates > 0 || !w->synced)
+    first = !w->synced;
+    if (rc >= 0) {
+        /* Synced before the commit, so the sink sees lb_watcher_has_synced(). */
+        if (w->synced)
+            w->relists++;
+        w->synced = true;
+    }
+    if (updates > 0 || first)
         w->sink.commit(w->sink.ctx);
     if (refused)
         LB_ERROR("watcher", "msg=\"too many keys, some ignored\" ignored=%zu max=%d", refused,
@@ -319,9 +327,6 @@ static void list_finish(struct lb_watcher *w)
         schedule_retry(w, "listing", strerror(-rc));
         return;
     }
-    if (w->synced)
-        w->relists++;
-    w->synced = true;
     w->need_relist = false;
     w->revision = w->list_revision;
     lb_mirror_get_stats(w->mirror, &ms);

@@ -115,8 +115,8 @@ struct lb_store lb_watcher_store(struct lb_watcher *w);
 
 /*
  * Cancels every transfer and frees everything.  Pending override writes
- * are dropped without calling their done callbacks.  Not from inside a
- * sink or store callback.
+ * are cancelled: their done callbacks run, from inside this call, with
+ * -ECANCELED.  Not from inside a sink or store callback.
  */
 void lb_watcher_free(struct lb_watcher *w);
 
