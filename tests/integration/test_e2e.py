@@ -114,7 +114,7 @@ class EndToEnd(HarnessTestCase):
         self.assertEqual(failed, [], "connections that got no backend while b1 left")
         to_b1 = [t for t, i in answers if i == "b1"]
         last_client = max(to_b1) if to_b1 else 0.0
-        backend_side = victim.accepts_since(t0)
+        backend_side = victim.client_times(t0)
         last_backend = (max(backend_side) - t0) if backend_side else 0.0
         after = [i for t, i in answers if t > 1.0]
         sys.stderr.write("b1 after SIGTERM: last client answer %.3fs, last accept %.3fs, "
