@@ -36,10 +36,8 @@ class EndToEnd(HarnessTestCase):
     def setUpWorld(cls):
         h = cls.h
         cls.etcd = Etcd(h).start()
-        # These tests count the connections each backend accepts, exactly.
-        # Active health checks connect to backends too, so they are off for
-        # this pool; test_data_plane.py covers checks.
-        cls.etcd.put("%spools/%s/config" % (PREFIX, POOL), '{"health":{"type":"none"}}')
+        # Default pool policy, active TCP checks included: the backends count
+        # only connections that say HELLO (lbtest.ask), never health checks.
         cls.backends = {i: Backend(h, i) for i in ("b1", "b2", "b3")}
         cls.registrars = {}
         # Two register before lbd starts (found by the first range read),
