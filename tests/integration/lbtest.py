@@ -580,11 +580,19 @@ class EtcdCluster(EtcdClient):
 # Backends
 
 
+# What a test client sends right after reading the backend's id line.  The
+# backend counts a connection as a client's only once this arrives, so lbd's
+# own TCP health checks (connect, close) never count as traffic.
+HELLO = b"lbtest-hello\n"
+
+
 class Backend:
     """A TCP server that says "<id>\\n" on each accepted connection, then echoes.
 
-    Runs in threads of the test process.  `accepted` counts connections,
-    `accept_times` holds time.monotonic() of each accept.
+    Runs in threads of the test process.  count() is the number of client
+    connections (those that sent HELLO, see ask()), client_times() their
+    accept times (time.monotonic()); accepted counts every connection,
+    health checks included.
     """
 
     def __init__(self, h, backend_id, port=0):
@@ -599,7 +607,7 @@ class Backend:
             _ports_handed_out.add(self.port)
         self.lock = threading.Lock()
         self.accepted = 0
-        self.accept_times = []
+        self._client_times = []
         self.conns = set()
         self._stopping = threading.Event()
         self._threads = []
@@ -624,20 +632,26 @@ class Backend:
             now = time.monotonic()
             with self.lock:
                 self.accepted += 1
-                self.accept_times.append(now)
                 self.conns.add(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t = threading.Thread(target=self._serve, args=(conn, now), daemon=True)
             t.start()
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
-    def _serve(self, conn):
+    def _serve(self, conn, accepted_at):
         try:
             conn.settimeout(None)
             conn.sendall(("%s\n" % self.id).encode())
+            head = b""
             while True:
                 data = conn.recv(65536)
                 if not data:
                     break
+                if len(head) < len(HELLO):
+                    before = len(head)
+                    head += data[: len(HELLO) - before]
+                    if before < len(HELLO) <= len(head) and head == HELLO:
+                        with self.lock:
+                            self._client_times.append(accepted_at)
                 conn.sendall(data)
         except OSError:
             pass
@@ -650,12 +664,14 @@ class Backend:
                 pass
 
     def count(self):
+        """Client connections so far (health checks excluded)."""
         with self.lock:
-            return self.accepted
+            return len(self._client_times)
 
-    def accepts_since(self, t):
+    def client_times(self, since=0.0):
+        """Accept times of the client connections accepted at or after `since`."""
         with self.lock:
-            return [x for x in self.accept_times if x >= t]
+            return sorted(t for t in self._client_times if t >= since)
 
     def active(self):
         with self.lock:
@@ -694,14 +710,24 @@ def read_line(sock, limit=256):
     return buf.decode("utf-8", "replace").strip() if buf.endswith(b"\n") else None
 
 
+def _hello(sock):
+    """Sends HELLO and reads its echo: the backend now counts us as a client."""
+    if echo(sock, HELLO) != HELLO:
+        raise ConnectionError("no echo of the hello")
+
+
 def ask(port, timeout=5.0):
     """One new connection to a balanced port: the id of the backend that answered.
 
-    Returns None when the connection closes before a full line arrives.
-    Raises OSError when the connection cannot be made.
+    Reads the id line, sends HELLO and reads its echo, closes.  Returns None
+    when the connection closes before a full line arrives.  Raises OSError
+    when the connection cannot be made or breaks after the id.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        return read_line(s)
+        bid = read_line(s)
+        if bid is not None:
+            _hello(s)
+        return bid
 
 
 def ask_many(port, n, timeout=5.0):
@@ -719,7 +745,10 @@ def open_conn(port, timeout=5.0):
     """A connection kept open: (socket, id of the backend that answered)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        return s, read_line(s)
+        bid = read_line(s)
+        if bid is not None:
+            _hello(s)
+        return s, bid
     except Exception:
         s.close()
         raise

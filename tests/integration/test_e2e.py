@@ -36,10 +36,8 @@ class EndToEnd(HarnessTestCase):
     def setUpWorld(cls):
         h = cls.h
         cls.etcd = Etcd(h).start()
-        # These tests count the connections each backend accepts, exactly.
-        # Active health checks connect to backends too, so they are off for
-        # this pool; test_data_plane.py covers checks.
-        cls.etcd.put("%spools/%s/config" % (PREFIX, POOL), '{"health":{"type":"none"}}')
+        # Default pool policy, active TCP checks included: the backends count
+        # only connections that say HELLO (lbtest.ask), never health checks.
         cls.backends = {i: Backend(h, i) for i in ("b1", "b2", "b3")}
         cls.registrars = {}
         # Two register before lbd starts (found by the first range read),
@@ -118,11 +116,13 @@ class EndToEnd(HarnessTestCase):
         self.assertEqual(failed, [], "connections that got no backend while b1 left")
         to_b1 = [t for t, i in answers if i == "b1"]
         last_client = max(to_b1) if to_b1 else 0.0
-        backend_side = victim.accepts_since(t0)
+        backend_side = victim.client_times(t0)
         last_backend = (max(backend_side) - t0) if backend_side else 0.0
         after = [i for t, i in answers if t > 1.0]
-        sys.stderr.write("b1 after SIGTERM: last client answer %.3fs, last accept %.3fs, "
-                         "%d probes\n" % (last_client, last_backend, len(answers)))
+        sys.stderr.write("b1 after SIGTERM: %d of %d probes answered by b1 (last %s), "
+                         "backend accepts %d (last %s)\n"
+                         % (len(to_b1), len(answers), "%.3fs" % last_client if to_b1 else "-",
+                            len(backend_side), "%.3fs" % last_backend if backend_side else "-"))
         self.assertLessEqual(last_client, 1.0, "b1 still answered %.3fs after SIGTERM" % last_client)
         self.assertLessEqual(last_backend, 1.0, "b1 still accepted %.3fs after SIGTERM" % last_backend)
         self.assertGreater(len(after), 10, "too few probes after 1 s to tell: %d" % len(after))
@@ -203,6 +203,14 @@ class EndToEnd(HarnessTestCase):
             self.assertEqual(len(rows), 1, "one table row for %s in:\n%s" % (i, out))
             self.assertIn(self.backends[i].addr, rows[0])
         self.assertFalse([ln for ln in lines if "b1" in ln.split()], "b1 still listed:\n" + out)
+        header = [ln for ln in lines if "DRAIN" in ln.upper().split()]
+        self.assertTrue(header, "a header with a DRAIN column in:\n" + out)
+        col = header[0].upper().split().index("DRAIN")
+        for i in ("b2", "b3", "b4"):
+            row = [ln for ln in lines if i in ln.split()][0].split()
+            shown = row[col] if col < len(row) else ""
+            undrained = shown.lower() in ("-", "", "no", "false")
+            self.assertEqual(undrained, i != "b2", "DRAIN column of %s is %r in:\n%s" % (i, shown, out))
 
         listed = self.lbd.backends(POOL)
         self.assertEqual(set(listed), {"b2", "b3", "b4"})

@@ -56,6 +56,11 @@ class Backends(unittest.TestCase):
             wait_until(lambda: b.active() == 1, 5, "one open connection on the backend")
         self.assertEqual(ask_many(b.port, 20), {"b-one": 20})
         self.assertEqual(b.count(), 22)
+        # A health check (connect, close) is a connection but not a client.
+        socket.create_connection(("127.0.0.1", b.port)).close()
+        wait_until(lambda: b.accepted == 23, 5, "the bare connection accepted")
+        self.assertEqual(b.count(), 22)
+        self.assertEqual(len(b.client_times()), 22)
         b.stop()
         self.assertFalse(lbtest.port_is_open(b.port))
 
