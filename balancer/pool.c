@@ -4,6 +4,8 @@
  * lookups are a binary search.
  */
 #include "pool.h"
+#include "dns.h"
+#include "drain.h"
 #include "lb_log.h"
 #include "lb_util.h"
 #include "registry.h"
@@ -62,6 +64,8 @@ void lb_pool_destroy(struct lb_pool *pool)
         if (m->backend) {
             m->backend->removed = true;
             lb_health_stop(m->backend);
+            lb_drain_stop(m->backend);
+            lb_dns_stop(m->backend);
             lb_backend_unref(m->backend);
         }
         free(m);
