@@ -109,11 +109,18 @@ static bool session_is_done(const struct lb_session *s)
     return s->up.shut && s->down.shut;
 }
 
-/* Forwards EOF once nothing is pending. */
+/*
+ * Forwards EOF once nothing is pending.  When the other direction is
+ * already finished, the session ends right after and close() sends the
+ * FIN: no shutdown() needed.
+ */
 static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 {
+    const struct half *other = h == &s->up ? &s->down : &s->up;
+
     if (h->eof && !h->len && !h->shut) {
-        shutdown(to, SHUT_WR);
+        if (!other->shut)
+            shutdown(to, SHUT_WR);
         h->shut = true;
     }
 }
