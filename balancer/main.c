@@ -14,6 +14,7 @@
  */
 #include "admin_server.h"
 #include "http_endpoint.h"
+#include "lb_addr.h"
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
@@ -139,12 +140,19 @@ static int parse_pools(struct lbd *d)
     }
     for (size_t i = 0; i < l->n; i++) {
         const char *eq = strchr(l->v[i], '=');
+        struct lb_hostport hp;
+        const char *why = NULL;
 
         if (!eq || !name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
             fprintf(stderr,
                     "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
                     "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
                     l->v[i]);
+            return -EINVAL;
+        }
+        if (lb_addr_parse(eq + 1, false, &hp, &why) < 0 || !lb_addr_is_numeric(&hp)) {
+            fprintf(stderr, "lbd: --pool %s: %s\n", l->v[i],
+                    why ? why : "listen address must be an IP address and port");
             return -EINVAL;
         }
         d->pool_names[i] = strndup(l->v[i], (size_t)(eq - l->v[i]));
