@@ -208,8 +208,10 @@ static int make_client(struct registration *r, const struct register_opts *o)
             goto out;
         }
         if (shared)
-            LB_WARN("register", "msg=\"the etcd credentials file is readable by other users; "
-                    "chmod 600 it\" file=%s", o->etcd_user_file);
+            LB_WARN("register",
+                    "msg=\"the etcd credentials file is readable by other users; "
+                    "chmod 600 it\" file=%s",
+                    o->etcd_user_file);
         hc.creds = &creds;
     }
     if (lb_etcd_http_new(NULL, &hc, &r->http, &err) < 0)
@@ -337,22 +339,26 @@ static void note_failure(struct registration *r, const char *step, const char *e
 
     lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown");
     lb_duration_format(retry_ms, delay, sizeof(delay));
-    LB_DEBUG("register", "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
-             "retry_in=%s", step, r->pool, r->id, endpoint, qerr, delay);
+    LB_DEBUG("register",
+             "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
+             "retry_in=%s",
+             step, r->pool, r->id, endpoint, qerr, delay);
     switch (lb_outage_failed(&r->outage, monotonic_s())) {
     case LB_OUTAGE_FIRST:
-        LB_WARN("register", "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
-                "retry_in=%s lease_left=%s", step, r->pool, r->id, endpoint, qerr, delay,
-                lease_left(r, left, sizeof(left)));
+        LB_WARN("register",
+                "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
+                "retry_in=%s lease_left=%s",
+                step, r->pool, r->id, endpoint, qerr, delay, lease_left(r, left, sizeof(left)));
         break;
     case LB_OUTAGE_STILL:
-        LB_WARN("register", "msg=\"etcd still failing\" for=%s failures=%llu step=%s pool=%s "
-                "id=%s endpoint=%s error=%s retry_in=%s lease_left=%s",
-                lb_duration_format((int64_t)(lb_outage_duration(&r->outage, monotonic_s()) *
-                                             1000.0),
-                                   down, sizeof(down)),
-                (unsigned long long)r->outage.failures, step, r->pool, r->id, endpoint, qerr,
-                delay, lease_left(r, left, sizeof(left)));
+        LB_WARN(
+            "register",
+            "msg=\"etcd still failing\" for=%s failures=%llu step=%s pool=%s "
+            "id=%s endpoint=%s error=%s retry_in=%s lease_left=%s",
+            lb_duration_format((int64_t)(lb_outage_duration(&r->outage, monotonic_s()) * 1000.0),
+                               down, sizeof(down)),
+            (unsigned long long)r->outage.failures, step, r->pool, r->id, endpoint, qerr, delay,
+            lease_left(r, left, sizeof(left)));
         break;
     case LB_OUTAGE_QUIET:
         break;
@@ -367,9 +373,11 @@ static void note_success(struct registration *r, const char *what)
 
     r->lease_ok_at = monotonic_s();
     if (lb_outage_ended(&r->outage, r->lease_ok_at, &down_s, &failures))
-        LB_INFO("register", "msg=\"etcd reachable again after %.1fs, %s\" pool=%s id=%s "
-                "lease=%lld endpoint=%s failures=%llu", down_s, what, r->pool, r->id,
-                (long long)r->lease, r->endpoints[r->endpoint], (unsigned long long)failures);
+        LB_INFO("register",
+                "msg=\"etcd reachable again after %.1fs, %s\" pool=%s id=%s "
+                "lease=%lld endpoint=%s failures=%llu",
+                down_s, what, r->pool, r->id, (long long)r->lease, r->endpoints[r->endpoint],
+                (unsigned long long)failures);
 }
 
 /* Grants a lease (unless we hold one) and puts the key with it.  0 or a negative errno. */
@@ -393,8 +401,10 @@ static int register_once(struct registration *r, const char **step, char **err)
             r->lease = 0; /* lease vanished between grant and put */
         return rc;
     }
-    LB_INFO("register", "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
-            "endpoint=%s", r->pool, r->id, r->addr, r->key, (long long)r->lease,
+    LB_INFO("register",
+            "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+            "endpoint=%s",
+            r->pool, r->id, r->addr, r->key, (long long)r->lease,
             lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint);
     return 0;
 }
@@ -423,13 +433,16 @@ static int keep_registered(struct registration *r, const char **step, char **err
     if (state == LB_LEASE_KEY_OURS)
         return 0;
     if (state == LB_LEASE_KEY_MISSING)
-        LB_WARN("register", "msg=\"backend key deleted while its lease lives, putting it back\" "
-                "pool=%s id=%s key=%s lease=%lld", r->pool, r->id, r->key, (long long)r->lease);
+        LB_WARN("register",
+                "msg=\"backend key deleted while its lease lives, putting it back\" "
+                "pool=%s id=%s key=%s lease=%lld",
+                r->pool, r->id, r->key, (long long)r->lease);
     else
-        LB_WARN("register", "msg=\"backend key was overwritten, putting ours back (is another "
+        LB_WARN("register",
+                "msg=\"backend key was overwritten, putting ours back (is another "
                 "registrar using the same --pool and --id?)\" pool=%s id=%s key=%s lease=%lld "
-                "holder_lease=%lld", r->pool, r->id, r->key, (long long)r->lease,
-                (long long)holder);
+                "holder_lease=%lld",
+                r->pool, r->id, r->key, (long long)r->lease, (long long)holder);
     *step = "put";
     return lb_lease_put(r->http, endpoint, r->key, r->value, r->lease, r->timeout_ms, err);
 }
@@ -442,15 +455,14 @@ static int deregister(struct registration *r, int sig)
     int rc = -EIO;
 
     if (!r->lease) {
-        LB_INFO("register", "msg=\"stopping, was not registered\" pool=%s id=%s signal=%s",
-                r->pool, r->id, signame);
+        LB_INFO("register", "msg=\"stopping, was not registered\" pool=%s id=%s signal=%s", r->pool,
+                r->id, signame);
         return EXIT_OK;
     }
     for (size_t i = 0; i < r->n_endpoints; i++) {
         free(err);
         err = NULL;
-        rc = lb_lease_revoke(r->http, r->endpoints[r->endpoint], r->lease, REVOKE_TIMEOUT_MS,
-                             &err);
+        rc = lb_lease_revoke(r->http, r->endpoints[r->endpoint], r->lease, REVOKE_TIMEOUT_MS, &err);
         if (rc == 0 || rc == -ENOENT)
             break; /* -ENOENT: the lease is already gone, and the key with it */
         LB_WARN("register", "msg=\"cannot revoke the lease\" pool=%s id=%s endpoint=%s error=%s",
@@ -495,7 +507,8 @@ static int run(struct registration *r)
         } else {
             rc = keep_registered(r, &step, &err);
             if (rc == -ENOENT) { /* from the keepalive, or the put that follows it */
-                LB_WARN("register", "msg=\"lease lost (it expired while etcd was out of reach, "
+                LB_WARN("register",
+                        "msg=\"lease lost (it expired while etcd was out of reach, "
                         "or etcd lost its data), registering again\" pool=%s id=%s lease=%lld",
                         r->pool, r->id, (long long)r->lease);
                 r->lease = 0;

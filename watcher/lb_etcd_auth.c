@@ -144,8 +144,9 @@ static void json_escape(const char *s, char *buf, size_t *o)
 int lb_etcd_auth_request(const struct lb_etcd_creds *c, char **out)
 {
     static const char a[] = "{\"name\":\"", b[] = "\",\"password\":\"", z[] = "\"}";
-    size_t cap = sizeof(a) + sizeof(b) + sizeof(z) +
-                 6 * (strnlen(c->user, LB_ETCD_USER_MAX) + strnlen(c->password, LB_ETCD_PASSWORD_MAX));
+    size_t cap =
+        sizeof(a) + sizeof(b) + sizeof(z) +
+        6 * (strnlen(c->user, LB_ETCD_USER_MAX) + strnlen(c->password, LB_ETCD_PASSWORD_MAX));
     size_t o = 0;
     char *buf = malloc(cap);
 

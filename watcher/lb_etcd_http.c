@@ -31,9 +31,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LOGIN_TIMEOUT_MS    5000
-#define LOGIN_RESPONSE_MAX  (64 * 1024)
-#define AUTH_HEADER_MAX     (LB_ETCD_TOKEN_MAX + 32)
+#define LOGIN_TIMEOUT_MS   5000
+#define LOGIN_RESPONSE_MAX (64 * 1024)
+#define AUTH_HEADER_MAX    (LB_ETCD_TOKEN_MAX + 32)
 
 struct http_socket {
     ev_io io;
@@ -54,9 +54,9 @@ struct lb_etcd_call {
     bool canceled;     /* no more callbacks; reap on the next chance */
     bool login;        /* this call is the login */
     bool waiting_login;
-    bool doomed;       /* the login it waited for failed */
-    bool resent;       /* already sent again after a refused token */
-    bool error_body;   /* non-2xx response: collect the body instead of streaming it */
+    bool doomed;     /* the login it waited for failed */
+    bool resent;     /* already sent again after a refused token */
+    bool error_body; /* non-2xx response: collect the body instead of streaming it */
     bool checked_code;
     int abort_status; /* why a write callback stopped the transfer */
     uint64_t token_gen;
@@ -163,44 +163,44 @@ static void describe_curl_failure(const struct lb_etcd_http *h, const char *endp
     switch (res) {
     case CURLE_SSL_CACERT_BADFILE:
         say(msg, size, "TLS: cannot load the CA file %s (--etcd-ca): %s",
-                 h->ca_file ? h->ca_file : "of the system", detail);
+            h->ca_file ? h->ca_file : "of the system", detail);
         return;
     case CURLE_SSL_CERTPROBLEM:
         say(msg, size,
-                 "TLS: cannot use the client certificate %s with key %s (--etcd-cert, "
-                 "--etcd-key): %s",
-                 h->cert_file ? h->cert_file : "-", h->key_file ? h->key_file : "in the same file",
-                 detail);
+            "TLS: cannot use the client certificate %s with key %s (--etcd-cert, "
+            "--etcd-key): %s",
+            h->cert_file ? h->cert_file : "-", h->key_file ? h->key_file : "in the same file",
+            detail);
         return;
     case CURLE_PEER_FAILED_VERIFICATION:
         say(msg, size,
-                 "TLS: the certificate of etcd at %s is not trusted (check --etcd-ca, and that "
-                 "the certificate names the host of the URL): %s",
-                 endpoint, detail);
+            "TLS: the certificate of etcd at %s is not trusted (check --etcd-ca, and that "
+            "the certificate names the host of the URL): %s",
+            endpoint, detail);
         return;
     case CURLE_SSL_CONNECT_ERROR:
         say(msg, size, "TLS handshake with etcd at %s failed%s: %s", endpoint,
-                 strstr(detail, "wrong version number") ? " (is it a plain http:// endpoint?)"
-                                                        : "",
-                 detail);
+            strstr(detail, "wrong version number") ? " (is it a plain http:// endpoint?)" : "",
+            detail);
         return;
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
         if (is_https(endpoint) && !answered && new_conn) {
             say(msg, size,
-                     "TLS: etcd at %s closed the session right after the handshake: it probably "
-                     "wants a client certificate it trusts (%s) (%s)",
-                     endpoint,
-                     h->cert_file ? "check --etcd-cert and the CA etcd trusts"
-                                  : "none given: --etcd-cert, --etcd-key",
-                     detail);
+                "TLS: etcd at %s closed the session right after the handshake: it probably "
+                "wants a client certificate it trusts (%s) (%s)",
+                endpoint,
+                h->cert_file ? "check --etcd-cert and the CA etcd trusts"
+                             : "none given: --etcd-cert, --etcd-key",
+                detail);
             return;
         }
         if (!is_https(endpoint) && !answered) {
-            say(msg, size, "etcd at %s closed the connection without answering (%s); if "
-                                "it serves TLS, use an https:// URL",
-                     endpoint, detail);
+            say(msg, size,
+                "etcd at %s closed the connection without answering (%s); if "
+                "it serves TLS, use an https:// URL",
+                endpoint, detail);
             return;
         }
         break;
@@ -226,8 +226,8 @@ static void make_reply(struct lb_etcd_call *c, CURLcode res, struct lb_etcd_repl
     if (res == CURLE_WRITE_ERROR && c->abort_status) {
         r->status = c->abort_status;
         say(r->message, sizeof(r->message), "%s",
-                 c->abort_status == -E2BIG ? "response larger than its maximum"
-                                           : "transfer stopped by the reader");
+            c->abort_status == -E2BIG ? "response larger than its maximum"
+                                      : "transfer stopped by the reader");
         return;
     }
     if (res != CURLE_OK) {
@@ -253,8 +253,8 @@ static void make_reply(struct lb_etcd_call *c, CURLcode res, struct lb_etcd_repl
             r->status = status_from_grpc(code);
             if (code == 3 && strstr(message, "user name is empty") && !c->h->has_creds)
                 say(r->message, sizeof(r->message),
-                         "etcd requires a user (give --etcd-user-file): HTTP %ld: %s",
-                         r->http_code, message);
+                    "etcd requires a user (give --etcd-user-file): HTTP %ld: %s", r->http_code,
+                    message);
             else
                 say(r->message, sizeof(r->message), "HTTP %ld: %s", r->http_code, message);
             free(message);
@@ -489,12 +489,13 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
             return 0;
         }
         say(msg, size, "cannot log in to etcd at %s as %s: %s", endpoint, h->creds.user,
-                 err ? err : "out of memory");
+            err ? err : "out of memory");
         free(err);
         rc = -EPROTO;
     } else if (r->grpc_code == 9) {
         if (!h->login_off)
-            LB_WARN("etcd", "msg=\"etcd has authentication disabled; requests go without a "
+            LB_WARN("etcd",
+                    "msg=\"etcd has authentication disabled; requests go without a "
                     "token until it is enabled\" endpoint=%s user=%s",
                     endpoint, h->creds.user);
         h->login_off = true;
@@ -504,13 +505,13 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
         rc = r->status;
     } else if (r->grpc_code == 3 && strstr(r->message, "authentication failed")) {
         say(msg, size,
-                 "etcd rejected the credentials for user %s (wrong user name or password; see "
-                 "--etcd-user-file)",
-                 h->creds.user);
+            "etcd rejected the credentials for user %s (wrong user name or password; see "
+            "--etcd-user-file)",
+            h->creds.user);
         rc = -EACCES;
     } else {
         say(msg, size, "etcd at %s refused to log in user %s: %s", endpoint, h->creds.user,
-                 r->message);
+            r->message);
         rc = r->status ? r->status : -EPROTO;
     }
     h->stats.login_failures++;
@@ -521,8 +522,8 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
 /* --- blocking half --------------------------------------------------------------------- */
 
 /* One blocking transfer of req (or of the login, whose body the caller keeps and wipes). */
-static int perform_sync(struct lb_etcd_http *h, const struct lb_etcd_request *req,
-                        char *login_body, struct lb_etcd_reply *out)
+static int perform_sync(struct lb_etcd_http *h, const struct lb_etcd_request *req, char *login_body,
+                        struct lb_etcd_reply *out)
 {
     struct lb_etcd_call *c;
     CURLcode res;
@@ -532,8 +533,8 @@ static int perform_sync(struct lb_etcd_http *h, const struct lb_etcd_request *re
     c = call_new(h, req, login_body, login_body != NULL, &rc);
     if (!c) {
         out->status = rc;
-        say(out->message, sizeof(out->message), "cannot set up the request to %s%s",
-                 req->endpoint, req->path);
+        say(out->message, sizeof(out->message), "cannot set up the request to %s%s", req->endpoint,
+            req->path);
         return out->status;
     }
     res = curl_easy_perform(c->easy);
@@ -971,8 +972,9 @@ int lb_etcd_http_new(struct ev_loop *loop, const struct lb_etcd_http_config *cfg
     if (!rc)
         rc = copy_path(cfg->key_file, &h->key_file, err);
     if (!rc && h->key_file && !h->cert_file)
-        rc = lb_error_set(err, -EINVAL, "--etcd-key needs --etcd-cert (the certificate it "
-                                        "belongs to)");
+        rc = lb_error_set(err, -EINVAL,
+                          "--etcd-key needs --etcd-cert (the certificate it "
+                          "belongs to)");
     if (!rc)
         rc = check_readable(h->ca_file, "--etcd-ca", err);
     if (!rc)

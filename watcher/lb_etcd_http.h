@@ -84,9 +84,9 @@ struct lb_etcd_http_config {
 };
 
 struct lb_etcd_http_stats {
-    unsigned long long logins;        /* tokens obtained */
+    unsigned long long logins;         /* tokens obtained */
     unsigned long long login_failures; /* logins refused or not answered */
-    unsigned long long token_retries; /* calls sent again after a refused token */
+    unsigned long long token_retries;  /* calls sent again after a refused token */
 };
 
 /* Streaming slice: return 0 to go on, or a negative errno to stop the call. */

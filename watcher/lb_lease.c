@@ -227,8 +227,8 @@ int lb_lease_check_key(struct lb_etcd_http *h, const char *endpoint, const char 
         lb_error_set(err, rc, "out of memory");
         goto out;
     }
-    rc = post(h, endpoint, "/v3/kv/range", body, timeout_ms, "reading the backend key", &reply,
-              err);
+    rc =
+        post(h, endpoint, "/v3/kv/range", body, timeout_ms, "reading the backend key", &reply, err);
     if (rc)
         goto out;
     rc = lb_etcd_json_parse_range(reply.body, reply.body_len, &range, &why);

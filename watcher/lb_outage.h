@@ -32,11 +32,11 @@ enum lb_outage_report {
 
 struct lb_outage {
     double interval_s;
-    bool down;        /* a run of failures is going on */
-    bool announced;   /* a line was written for this run */
-    bool ever_logged; /* last_line is valid */
-    double since;     /* first failure of the run */
-    double last_line; /* when a failure line was last written */
+    bool down;         /* a run of failures is going on */
+    bool announced;    /* a line was written for this run */
+    bool ever_logged;  /* last_line is valid */
+    double since;      /* first failure of the run */
+    double last_line;  /* when a failure line was last written */
     uint64_t failures; /* in this run */
 };
 

@@ -121,7 +121,7 @@ struct lb_watcher {
     uint64_t rng;
     ev_tstamp last_contact; /* 0 = never */
     ev_tstamp started_at;
-    ev_tstamp fresh_at;     /* last moment with a confirmed watch or a complete listing; 0 = never */
+    ev_tstamp fresh_at; /* last moment with a confirmed watch or a complete listing; 0 = never */
     ev_tstamp list_started; /* ev_time() */
     int64_t last_list_ms;
     struct lb_outage outage;
@@ -220,19 +220,19 @@ static void schedule_retry(struct lb_watcher *w, const char *what, const char *w
              endpoint, qwhy, delay_text);
     switch (lb_outage_failed(&w->outage, ev_now(w->loop))) {
     case LB_OUTAGE_FIRST:
-        LB_WARN("watcher",
-                "msg=\"etcd %s failed, retrying%s\" endpoint=%s error=%s retry_in=%s", what,
-                w->synced ? "; serving the last known pools" : "", endpoint, qwhy, delay_text);
+        LB_WARN("watcher", "msg=\"etcd %s failed, retrying%s\" endpoint=%s error=%s retry_in=%s",
+                what, w->synced ? "; serving the last known pools" : "", endpoint, qwhy,
+                delay_text);
         break;
     case LB_OUTAGE_STILL:
-        LB_WARN("watcher",
-                "msg=\"etcd still failing%s\" for=%s failures=%llu step=%s endpoint=%s "
-                "error=%s retry_in=%s",
-                w->synced ? "; serving the last known pools" : "",
-                lb_duration_format((int64_t)(lb_outage_duration(&w->outage, ev_now(w->loop)) *
-                                             1000.0),
-                                   down_text, sizeof(down_text)),
-                (unsigned long long)w->outage.failures, what, endpoint, qwhy, delay_text);
+        LB_WARN(
+            "watcher",
+            "msg=\"etcd still failing%s\" for=%s failures=%llu step=%s endpoint=%s "
+            "error=%s retry_in=%s",
+            w->synced ? "; serving the last known pools" : "",
+            lb_duration_format((int64_t)(lb_outage_duration(&w->outage, ev_now(w->loop)) * 1000.0),
+                               down_text, sizeof(down_text)),
+            (unsigned long long)w->outage.failures, what, endpoint, qwhy, delay_text);
         break;
     case LB_OUTAGE_QUIET:
         break;
@@ -608,8 +608,10 @@ static void watch_done_cb(void *ud, const struct lb_etcd_reply *reply)
         case AFTER_LOGIN:
             if (!w->login_retried) {
                 w->login_retried = true;
-                LB_DEBUG("watcher", "msg=\"watch refused for its token, logging in again\" "
-                         "endpoint=%s", w->endpoints[w->endpoint]);
+                LB_DEBUG("watcher",
+                         "msg=\"watch refused for its token, logging in again\" "
+                         "endpoint=%s",
+                         w->endpoints[w->endpoint]);
                 mark_fresh_if_watching(w);
                 watch_begin(w);
                 return;
@@ -729,8 +731,10 @@ static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg
         if (rc)
             goto out;
         if (shared)
-            LB_WARN("watcher", "msg=\"the etcd credentials file is readable by other users; "
-                    "chmod 600 it\" file=%s", cfg->user_file);
+            LB_WARN("watcher",
+                    "msg=\"the etcd credentials file is readable by other users; "
+                    "chmod 600 it\" file=%s",
+                    cfg->user_file);
         hc.creds = &creds;
     }
     rc = lb_etcd_http_new(w->loop, &hc, &w->http, err);
@@ -740,7 +744,7 @@ static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg
         any_https |= strncmp(w->endpoints[i], "https://", 8) == 0;
     if (!any_https && (cfg->ca_file || cfg->cert_file))
         LB_WARN("watcher", "msg=\"TLS files given but no etcd endpoint is https://; they are "
-                "not used\"");
+                           "not used\"");
 out:
     lb_etcd_creds_wipe(&creds);
     return rc;
@@ -876,8 +880,8 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
     if (w->state == LB_WATCHER_WATCHING || !w->started)
         out->staleness_ms = 0;
     else
-        out->staleness_ms = (int64_t)((ev_time() - (w->fresh_at > 0 ? w->fresh_at : w->started_at)) *
-                                      1000.0);
+        out->staleness_ms =
+            (int64_t)((ev_time() - (w->fresh_at > 0 ? w->fresh_at : w->started_at)) * 1000.0);
     if (out->staleness_ms < 0)
         out->staleness_ms = 0;
     out->last_list_ms = w->last_list_ms;

@@ -104,7 +104,10 @@ struct lb_watcher_stats {
 };
 
 /* Upper bounds (seconds) of the update lag histogram's buckets, +Inf not included. */
-#define LB_WATCHER_LAG_BOUNDS                                                                          {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0}
+#define LB_WATCHER_LAG_BOUNDS                                                                      \
+    {                                                                                              \
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0           \
+    }
 #define LB_WATCHER_LAG_BUCKETS 12
 
 struct lb_watcher;
