@@ -83,7 +83,6 @@ struct lb_etcd_http {
     char token[LB_ETCD_TOKEN_MAX]; /* "" = none */
     uint64_t token_gen;            /* bumped for every new token */
     bool login_off;                /* etcd said authentication is not enabled */
-    bool login_failing;            /* the last login failed: say so when one works */
     struct lb_etcd_call *login_call;
     struct lb_etcd_http_stats stats;
 };
@@ -479,13 +478,10 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
             explicit_bzero(token, sizeof(token));
             h->token_gen++;
             h->stats.logins++;
-            if (h->stats.logins == 1 || h->login_failing)
-                LB_INFO("etcd", "msg=\"logged in to etcd\" user=%s endpoint=%s", h->creds.user,
-                        endpoint);
-            else
-                LB_DEBUG("etcd", "msg=\"logged in to etcd again\" user=%s endpoint=%s logins=%llu",
-                         h->creds.user, endpoint, h->stats.logins);
-            h->login_failing = false;
+            /* one line per token: the first, then one per expiry (minutes apart) */
+            LB_INFO("etcd", "msg=\"logged in to etcd%s\" user=%s endpoint=%s logins=%llu",
+                    h->stats.logins == 1 ? "" : " again (the token expired or etcd restarted)",
+                    h->creds.user, endpoint, (unsigned long long)h->stats.logins);
             return 0;
         }
         say(msg, size, "cannot log in to etcd at %s as %s: %s", endpoint, h->creds.user,
@@ -515,7 +511,6 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
         rc = r->status ? r->status : -EPROTO;
     }
     h->stats.login_failures++;
-    h->login_failing = true;
     return rc;
 }
 

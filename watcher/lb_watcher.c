@@ -495,7 +495,7 @@ static void report_recovery(struct lb_watcher *w)
     LB_INFO("watcher",
             "msg=\"etcd reachable again after %.1fs, resumed at revision %lld\" endpoint=%s "
             "failures=%llu",
-            down_s, (long long)w->revision, w->endpoints[w->endpoint],
+            down_s, (long long)w->revision + 1, w->endpoints[w->endpoint],
             (unsigned long long)failures);
 }
 
@@ -608,10 +608,8 @@ static void watch_done_cb(void *ud, const struct lb_etcd_reply *reply)
         case AFTER_LOGIN:
             if (!w->login_retried) {
                 w->login_retried = true;
-                LB_DEBUG("watcher",
-                         "msg=\"watch refused for its token, logging in again\" "
-                         "endpoint=%s",
-                         w->endpoints[w->endpoint]);
+                LB_INFO("watcher", "msg=\"etcd refused the watch's token, logging in again\" "
+                        "endpoint=%s", w->endpoints[w->endpoint]);
                 mark_fresh_if_watching(w);
                 watch_begin(w);
                 return;
