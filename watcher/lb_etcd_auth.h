@@ -70,8 +70,8 @@ int lb_etcd_auth_parse_token(const char *body, size_t len, char *buf, char **err
 /*
  * True when etcd's error message (unary error body or a watch's
  * cancel_reason) says the request lacked a valid token: "invalid auth
- * token" (expired, or etcd restarted) or "user name is empty" (no token).
- * Those are cured by authenticating again.
+ * token" (expired, or revoked by a password change) or "user name is
+ * empty" (no token).  Those are cured by logging in again.
  */
 bool lb_etcd_auth_is_token_error(const char *message);
 

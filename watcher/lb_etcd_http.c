@@ -480,7 +480,7 @@ static int login_outcome(struct lb_etcd_http *h, const char *endpoint,
             h->stats.logins++;
             /* one line per token: the first, then one per expiry (minutes apart) */
             LB_INFO("etcd", "msg=\"logged in to etcd%s\" user=%s endpoint=%s logins=%llu",
-                    h->stats.logins == 1 ? "" : " again (the token expired or etcd restarted)",
+                    h->stats.logins == 1 ? "" : " again (the token expired or was revoked)",
                     h->creds.user, endpoint, (unsigned long long)h->stats.logins);
             return 0;
         }

@@ -29,7 +29,7 @@
  * (/v3/auth/authenticate) and every call carries the token raw in
  * Authorization.  Calls started while a login is under way wait for it.
  * A call that etcd answers with "invalid auth token" (401, code 16: the
- * token expired or etcd restarted) or "user name is empty" (auth was
+ * token expired, or was revoked) or "user name is empty" (auth was
  * switched on since) logs in again and is sent once more, unseen by its
  * caller.  A watch is refused inside a 200 stream instead; its owner calls
  * lb_etcd_http_token_refused() and starts it again.  When the login itself

@@ -513,7 +513,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
             return stream_stop(w, AFTER_RELIST, "compacted");
         }
         if (lb_etcd_auth_is_token_error(msg->cancel_reason) && lb_etcd_http_has_login(w->http)) {
-            /* the token expired, or etcd restarted and forgot it */
+            /* the token expired, or was revoked (a password change) */
             lb_etcd_http_token_refused(w->http);
             snprintf(text, sizeof(text), "etcd refused the token: %s", msg->cancel_reason);
             return stream_stop(w, AFTER_LOGIN, text);
@@ -608,8 +608,10 @@ static void watch_done_cb(void *ud, const struct lb_etcd_reply *reply)
         case AFTER_LOGIN:
             if (!w->login_retried) {
                 w->login_retried = true;
-                LB_INFO("watcher", "msg=\"etcd refused the watch's token, logging in again\" "
-                        "endpoint=%s", w->endpoints[w->endpoint]);
+                LB_INFO("watcher",
+                        "msg=\"etcd refused the watch's token, logging in again\" "
+                        "endpoint=%s",
+                        w->endpoints[w->endpoint]);
                 mark_fresh_if_watching(w);
                 watch_begin(w);
                 return;
@@ -724,6 +726,7 @@ static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg
     bool shared = false, any_https = false;
     int rc = 0;
 
+    memset(&creds, 0, sizeof(creds));
     if (cfg->user_file && cfg->user_file[0]) {
         rc = lb_etcd_creds_load(cfg->user_file, &creds, &shared, err);
         if (rc)

@@ -21,7 +21,7 @@
  * the pools may have been behind etcd.
  *
  * TLS and etcd users are the client's business (lb_etcd_http.h).  A watch
- * etcd cancels for its token (expired, or etcd restarted) logs in again
+ * etcd cancels for its token (expired, or revoked) logs in again
  * and is made again at once.
  *
  * Values are parsed here (lb_value.h).  One that does not parse is logged
