@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 
 struct lb_pool;
+struct lb_resolve_req;
 
 struct lb_backend {
     unsigned refs;
@@ -33,6 +34,9 @@ struct lb_backend {
     struct sockaddr_storage sa;
     socklen_t sa_len;
     bool resolved; /* sa is valid */
+    bool dns_started;              /* the address is a name, looked up by dns.c */
+    struct lb_resolve_req *dns_req; /* lookup in flight */
+    ev_timer dns_timer;            /* next lookup */
     bool removed;  /* gone from etcd: no new connections, freed on last release */
 
     /* health, written by health.c */

@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "registry.h"
+#include "resolver.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -106,6 +107,7 @@ struct lbd {
     struct lb_watcher *watcher;
     struct lb_admin_server *admin;
     struct lb_http *http;
+    struct lb_resolver *resolver;
     struct lb_update_sink registry_sink;
     ev_signal sigterm, sigint, sighup;
     ev_timer grace;
@@ -363,6 +365,12 @@ static int lbd_start(struct lbd *d)
                                                     : "out of memory");
         goto out;
     }
+    rc = lb_resolver_new(d->loop, &d->resolver);
+    if (rc < 0) {
+        fprintf(stderr, "lbd: cannot start the DNS resolver thread: %s\n", strerror(-rc));
+        goto out;
+    }
+    d->registry.resolver = d->resolver;
     rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns, &err);
     if (rc < 0)
         goto fail;
@@ -427,6 +435,7 @@ static void lbd_cleanup(struct lbd *d)
     if (d->proxy.loop)
         lb_proxy_destroy(&d->proxy);
     lb_registry_destroy(&d->registry);
+    lb_resolver_free(d->resolver); /* after the registry: it cancels its lookups first */
     for (size_t i = 0; i < d->n_pools; i++) {
         free(d->pool_names[i]);
         free(d->pool_listens[i]);

@@ -7,6 +7,7 @@
  * effect when it returns.
  */
 #include "registry.h"
+#include "dns.h"
 #include "drain.h"
 #include "health.h"
 #include "lb_log.h"
@@ -229,23 +230,14 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
         lb_pool_forget_if_empty(pool, m);
         return;
     }
-    if (!b->resolved)
-        LB_WARN("pool",
-                "msg=\"backend address is not an IP literal; DNS names are not resolved yet, "
-                "backend gets no traffic\" pool=%s backend=%s addr=%s",
-                pool->name, id, qaddr);
-    if (m->backend) {
-        /* New address: the old backend finishes its connections on its own. */
-        m->backend->removed = true;
-        lb_health_stop(m->backend);
-        lb_drain_stop(m->backend);
-        lb_backend_unref(m->backend);
-    }
+    /* New address: the old backend finishes its connections on its own. */
+    lb_pool_retire_backend(m);
     m->backend = b;
     if (r->loop) {
         b->ramp_start = ev_now(r->loop);
         lb_health_start(b, r->loop);
     }
+    lb_dns_start(b);
     pool->dirty = true;
     LB_INFO("pool", "msg=\"backend added\" pool=%s backend=%s addr=%s weight=%d", pool->name, id,
             qaddr, spec->weight);
@@ -260,15 +252,12 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     if (!m || !m->backend)
         return;
     b = m->backend;
-    m->backend = NULL;
     b->removed = true;
-    lb_health_stop(b);
-    lb_drain_stop(b);
     pool->dirty = true;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
     notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, id, "deregistered or lease expired");
-    lb_backend_unref(b);
+    lb_pool_retire_backend(m);
     lb_pool_forget_if_empty(pool, m);
 }
 

@@ -15,12 +15,14 @@
 #include <stddef.h>
 
 struct lb_subscription;
+struct lb_resolver;
 
 struct lb_registry {
     struct ev_loop *loop;
     struct lb_pool *pools;
     size_t n_pools;
     struct lb_store store; /* cluster-scope writes; put_override NULL when none */
+    struct lb_resolver *resolver; /* DNS names of backends; NULL: names stay unresolved */
     struct lb_subscription *subs;
     unsigned notifying; /* > 0 while subscribers are being called */
     uint64_t updates_applied;

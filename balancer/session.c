@@ -51,8 +51,9 @@ struct lb_session {
     struct half down;           /* backend -> client */
     /* backends tried, then those skipped at max_conns: compared by address only */
     struct lb_backend *tried[MAX_ATTEMPTS + MAX_SKIPPED];
-    size_t n_tried;
+    size_t n_tried;             /* n_attempts + n_skipped */
     size_t n_attempts;
+    size_t n_skipped;
     struct lb_session *b_prev, *b_next; /* backend->sessions */
     struct sockaddr_storage client_addr;
     struct lb_session *prev, *next; /* proxy->live, then proxy->graveyard */
@@ -109,11 +110,18 @@ static bool session_is_done(const struct lb_session *s)
     return s->up.shut && s->down.shut;
 }
 
-/* Forwards EOF once nothing is pending. */
+/*
+ * Forwards EOF once nothing is pending.  When the other direction is
+ * already finished, the session ends right after and close() sends the
+ * FIN: no shutdown() needed.
+ */
 static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 {
+    const struct half *other = h == &s->up ? &s->down : &s->up;
+
     if (h->eof && !h->len && !h->shut) {
-        shutdown(to, SHUT_WR);
+        if (!other->shut)
+            shutdown(to, SHUT_WR);
         h->shut = true;
     }
 }
@@ -418,11 +426,14 @@ static void session_connect_next(struct lb_session *s)
             return;
         }
         if (max_conns && b->active >= max_conns) {
-            if (s->n_tried == MAX_ATTEMPTS + MAX_SKIPPED) {
+            /* Skips have their own bound so they never take the slots the
+             * remaining attempts need: tried[] holds at most both maxima. */
+            if (s->n_skipped == MAX_SKIPPED) {
                 pool->no_backend++;
                 session_finalize(s, "every backend tried is at max_conns");
                 return;
             }
+            s->n_skipped++;
             s->tried[s->n_tried++] = b;
             continue;
         }

@@ -407,10 +407,39 @@ void lb_settings_free(const struct lb_setting *t, size_t n, void *out)
     }
 }
 
+/* Prints `text` from column `indent`, wrapped at `width` columns. */
+static void print_wrapped(FILE *f, const char *text, int indent, int width, int col)
+{
+    const char *p = text;
+
+    while (*p) {
+        const char *end = p;
+        int len;
+
+        while (*end && *end != ' ')
+            end++;
+        len = (int)(end - p);
+        if (col > indent && col + 1 + len > width) {
+            fprintf(f, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', f);
+            col++;
+        }
+        fprintf(f, "%.*s", len, p);
+        col += len;
+        p = *end ? end + 1 : end;
+    }
+    fputc('\n', f);
+}
+
 void lb_settings_print_help(FILE *f, const struct lb_setting *t, size_t n)
 {
+    enum { LEFT = 32, WIDTH = 96 };
+
     for (size_t i = 0; i < n; i++) {
-        char left[64];
+        char left[64], text[1024];
+        size_t o;
 
         if (t[i].short_name)
             snprintf(left, sizeof(left), "-%c, --%s%s%s", t[i].short_name, t[i].name,
@@ -418,13 +447,18 @@ void lb_settings_print_help(FILE *f, const struct lb_setting *t, size_t n)
         else
             snprintf(left, sizeof(left), "    --%s%s%s", t[i].name, t[i].metavar ? " " : "",
                      t[i].metavar ? t[i].metavar : "");
-        fprintf(f, "  %-30s %s", left, t[i].help);
-        if (t[i].type == LB_SETTING_LIST)
-            fprintf(f, " (repeatable)");
-        if (t[i].def && t[i].type != LB_SETTING_BOOL)
-            fprintf(f, " [default: %s]", t[i].def);
-        if (t[i].env)
-            fprintf(f, " [env: %s]", t[i].env);
-        fputc('\n', f);
+        o = (size_t)snprintf(text, sizeof(text), "%s", t[i].help);
+        if (t[i].type == LB_SETTING_LIST && o < sizeof(text))
+            o += (size_t)snprintf(text + o, sizeof(text) - o, " (repeatable)");
+        if (t[i].def && t[i].type != LB_SETTING_BOOL && o < sizeof(text))
+            o += (size_t)snprintf(text + o, sizeof(text) - o, " [default: %s]", t[i].def);
+        if (t[i].env && o < sizeof(text))
+            snprintf(text + o, sizeof(text) - o, " [env: %s]", t[i].env);
+        if (strlen(left) + 3 > LEFT - 1) {
+            fprintf(f, "  %s\n%*s", left, LEFT, "");
+        } else {
+            fprintf(f, "  %-*s", LEFT - 2, left);
+        }
+        print_wrapped(f, text, LEFT, WIDTH, LEFT);
     }
 }
