@@ -45,6 +45,13 @@ struct lbd_settings {
     char *log_level;
     int64_t max_conns;
     char *config;
+    char *etcd_ca;
+    char *etcd_cert;
+    char *etcd_key;
+    char *etcd_user_file;
+    int64_t etcd_backoff_initial_ms;
+    int64_t etcd_backoff_max_ms;
+    int64_t etcd_stall_timeout_ms;
     bool help;
     bool version;
 };
@@ -55,6 +62,23 @@ static const struct lb_setting lbd_table[] = {
      "URL[,URL...]", "etcd endpoints (v3 HTTP/JSON gateway), tried in turn"},
     {"prefix", 0, "LBD_PREFIX", LB_SETTING_STRING, S(prefix), 0, 512, "/lb/", NULL, "PREFIX",
      "etcd key prefix of the pools"},
+    {"etcd-ca", 0, "LBD_ETCD_CA", LB_SETTING_STRING, S(etcd_ca), 0, 0, NULL, NULL, "FILE",
+     "CA bundle (PEM) that signs etcd's certificate, for https:// endpoints (default: the "
+     "system's)"},
+    {"etcd-cert", 0, "LBD_ETCD_CERT", LB_SETTING_STRING, S(etcd_cert), 0, 0, NULL, NULL, "FILE",
+     "client certificate (PEM) for an etcd started with --client-cert-auth"},
+    {"etcd-key", 0, "LBD_ETCD_KEY", LB_SETTING_STRING, S(etcd_key), 0, 0, NULL, NULL, "FILE",
+     "private key (PEM) of --etcd-cert"},
+    {"etcd-user-file", 0, "LBD_ETCD_USER_FILE", LB_SETTING_STRING, S(etcd_user_file), 0, 0, NULL,
+     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (keep it mode 0600)"},
+    {"etcd-backoff-initial", 0, "LBD_ETCD_BACKOFF_INITIAL", LB_SETTING_DURATION,
+     S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
+     "first delay before retrying etcd; it doubles per failure, with jitter"},
+    {"etcd-backoff-max", 0, "LBD_ETCD_BACKOFF_MAX", LB_SETTING_DURATION, S(etcd_backoff_max_ms), 10,
+     3600 * 1000, "10s", NULL, "DURATION", "longest delay between etcd retries"},
+    {"etcd-stall-timeout", 0, "LBD_ETCD_STALL_TIMEOUT", LB_SETTING_DURATION,
+     S(etcd_stall_timeout_ms), 1000, 24LL * 3600 * 1000, "25m", NULL, "DURATION",
+     "a watch silent this long is made again (about twice etcd's progress-notify interval)"},
     {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL, "NAME=ADDR:PORT",
      "serve pool NAME on a listener at ADDR:PORT"},
     {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
@@ -362,8 +386,13 @@ static int lbd_start(struct lbd *d)
     wc.endpoints = endpoints;
     wc.n_endpoints = n_endpoints;
     wc.prefix = d->settings.prefix;
-    wc.backoff_initial_ms = 100;
-    wc.backoff_max_ms = 10000;
+    wc.backoff_initial_ms = d->settings.etcd_backoff_initial_ms;
+    wc.backoff_max_ms = d->settings.etcd_backoff_max_ms;
+    wc.stall_timeout_ms = d->settings.etcd_stall_timeout_ms;
+    wc.ca_file = d->settings.etcd_ca;
+    wc.cert_file = d->settings.etcd_cert;
+    wc.key_file = d->settings.etcd_key;
+    wc.user_file = d->settings.etcd_user_file;
     d->registry_sink = lb_registry_sink(&d->registry);
     sink.apply = lbd_sink_apply;
     sink.commit = lbd_sink_commit;
