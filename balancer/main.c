@@ -75,7 +75,9 @@ static const struct lb_setting lbd_table[] = {
      S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
      "first delay before retrying etcd; it doubles per failure, with jitter"},
     {"etcd-backoff-max", 0, "LBD_ETCD_BACKOFF_MAX", LB_SETTING_DURATION, S(etcd_backoff_max_ms), 10,
-     3600 * 1000, "10s", NULL, "DURATION", "longest delay between etcd retries"},
+     3600 * 1000, "1s", NULL, "DURATION",
+     "longest delay between etcd retries: after an outage, lbd catches up within about this "
+     "long of etcd's return (each lbd costs etcd one request per delay while it is down)"},
     {"etcd-stall-timeout", 0, "LBD_ETCD_STALL_TIMEOUT", LB_SETTING_DURATION,
      S(etcd_stall_timeout_ms), 1000, 24LL * 3600 * 1000, "25m", NULL, "DURATION",
      "a watch silent this long is made again (about twice etcd's progress-notify interval)"},

@@ -43,7 +43,7 @@
 #include <unistd.h>
 
 #define DEFAULT_BACKOFF_INITIAL_MS 100
-#define DEFAULT_BACKOFF_MAX_MS     10000
+#define DEFAULT_BACKOFF_MAX_MS     1000
 #define DEFAULT_REQUEST_TIMEOUT_MS 10000
 #define DEFAULT_PAGE_SIZE          500
 #define MAX_PAGE_SIZE              100000

@@ -60,7 +60,7 @@ struct lb_watcher_config {
     size_t n_endpoints;         /* at least 1 */
     const char *prefix;         /* "/lb/"; a missing trailing '/' is added */
     int64_t backoff_initial_ms; /* 0 = 100ms */
-    int64_t backoff_max_ms;     /* 0 = 10s */
+    int64_t backoff_max_ms;     /* 0 = 1s */
     int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
     int64_t request_timeout_ms; /* range pages, override writes, watch set-up; 0 = 10s */
     int64_t page_size;          /* keys per range page; 0 = 500 */

@@ -35,7 +35,7 @@ class EtcdOutage(HarnessTestCase):
         for b in (b1, b2):
             etcd.put(backend_key(PREFIX, POOL, b.id), backend_value(b.addr))
         lbd = Lbd(self.h, etcd.url, PREFIX, [POOL],
-                  extra_args=["--shutdown-grace", "1s", "--etcd-backoff-max", "1s"]).start()
+                  extra_args=["--shutdown-grace", "1s"]).start()
         self.addCleanup(lbd.stop, 0)
         wait_until(lambda: set(lbd_pool(lbd, POOL)) == {"b1", "b2"}, scaled(10), "b1 and b2")
         wait_until(lambda: lbd.watch_state() == "watching", scaled(10), "lbd watching")
