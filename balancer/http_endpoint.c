@@ -103,10 +103,22 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const c
             LB_ERROR("http", "msg=\"metrics too large or out of memory\"");
             return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics\n");
         }
-        rc = reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
-                   out.data ? out.data : "", out.len);
-        lb_buf_free(&out);
-        return rc;
+        {
+            /* Hand the buffer to MHD instead of copying megabytes of text. */
+            struct MHD_Response *r = MHD_create_response_from_buffer(
+                out.len, out.data ? out.data : "", out.data ? MHD_RESPMEM_MUST_FREE
+                                                            : MHD_RESPMEM_PERSISTENT);
+
+            if (!r) {
+                lb_buf_free(&out);
+                return MHD_NO;
+            }
+            MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+            MHD_add_response_header(r, "Cache-Control", "no-store");
+            rc = MHD_queue_response(c, MHD_HTTP_OK, r);
+            MHD_destroy_response(r);
+            return rc;
+        }
     }
     return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n");
 }
