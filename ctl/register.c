@@ -209,8 +209,8 @@ static int make_client(struct registration *r, const struct register_opts *o)
         }
         if (shared)
             LB_WARN("register",
-                    "msg=\"the etcd credentials file is readable by other users; "
-                    "chmod 600 it\" file=%s",
+                    "msg=\"the etcd credentials file is readable by every user; "
+                    "chmod o-rwx it\" file=%s",
                     o->etcd_user_file);
         hc.creds = &creds;
     }

@@ -84,7 +84,9 @@ int lb_etcd_creds_load(const char *path, struct lb_etcd_creds *out, bool *shared
         rc = lb_error_set(err, -EINVAL, "--etcd-user-file %s is not a regular file", path);
         goto out;
     }
-    *shared = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
+    /* Group access is how Kubernetes secrets reach a non-root user (fsGroup): only
+     * access for everyone is worth a warning. */
+    *shared = (st.st_mode & S_IRWXO) != 0;
     while (len < sizeof(buf)) {
         ssize_t n = read(fd, buf + len, sizeof(buf) - len);
 

@@ -733,8 +733,8 @@ static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg
             goto out;
         if (shared)
             LB_WARN("watcher",
-                    "msg=\"the etcd credentials file is readable by other users; "
-                    "chmod 600 it\" file=%s",
+                    "msg=\"the etcd credentials file is readable by every user; "
+                    "chmod o-rwx it\" file=%s",
                     cfg->user_file);
         hc.creds = &creds;
     }

@@ -104,6 +104,9 @@ static void test_creds_file(void **state)
     assert_int_equal(lb_etcd_creds_load(path, &c, &shared, &err), 0);
     assert_false(shared);
     assert_string_equal(c.password, SECRET);
+    chmod(path, 0640); /* group access: a secret mounted with fsGroup */
+    assert_int_equal(lb_etcd_creds_load(path, &c, &shared, &err), 0);
+    assert_false(shared);
     chmod(path, 0644);
     assert_int_equal(lb_etcd_creds_load(path, &c, &shared, &err), 0);
     assert_true(shared);
