@@ -70,7 +70,7 @@ static const struct lb_setting lbd_table[] = {
     {"etcd-key", 0, "LBD_ETCD_KEY", LB_SETTING_STRING, S(etcd_key), 0, 0, NULL, NULL, "FILE",
      "private key (PEM) of --etcd-cert"},
     {"etcd-user-file", 0, "LBD_ETCD_USER_FILE", LB_SETTING_STRING, S(etcd_user_file), 0, 0, NULL,
-     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (keep it mode 0600)"},
+     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
     {"etcd-backoff-initial", 0, "LBD_ETCD_BACKOFF_INITIAL", LB_SETTING_DURATION,
      S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
      "first delay before retrying etcd; it doubles per failure, with jitter"},
