@@ -12,78 +12,39 @@
  * largest value as gauges).
  */
 #include "lb_buf.h"
+#include "lb_metrics_text.h"
 #include "lb_watcher.h"
 
-#include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
-
-static int emit(struct lb_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int emit(struct lb_buf *out, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(line))
-        return -E2BIG;
-    return lb_buf_append(out, line, (size_t)n);
-}
-
-static int family(struct lb_buf *out, const char *name, const char *type, const char *help)
-{
-    return emit(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* A label value with \, " and newlines escaped. */
-static const char *escape(const char *value, char *buf, size_t size)
-{
-    size_t o = 0;
-
-    for (const char *p = value; *p && o + 3 < size; p++) {
-        if (*p == '\\' || *p == '"' || *p == '\n') {
-            buf[o++] = '\\';
-            buf[o++] = *p == '\n' ? 'n' : *p;
-        } else {
-            buf[o++] = *p;
-        }
-    }
-    buf[o] = '\0';
-    return buf;
-}
 
 /* The update lag histogram and its last/max gauges. */
 static int render_lag(struct lb_buf *out, const struct lb_watcher_stats *st)
 {
     static const double bounds[LB_WATCHER_LAG_BUCKETS] = LB_WATCHER_LAG_BOUNDS;
-    int rc = family(out, "lbd_etcd_update_lag_seconds", "histogram",
+    int rc = lb_metrics_family(out, "lbd_etcd_update_lag_seconds", "histogram",
                     "Time from a watch response's arrival to the end of its pool commit.");
 
     for (size_t i = 0; !rc && i < LB_WATCHER_LAG_BUCKETS; i++)
-        rc = emit(out, "lbd_etcd_update_lag_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
                   (unsigned long long)st->lag_buckets[i]);
     if (!rc)
-        rc = emit(out, "lbd_etcd_update_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
                   (unsigned long long)st->lag_count);
     if (!rc)
-        rc = emit(out, "lbd_etcd_update_lag_seconds_sum %.6f\n", st->lag_sum_s);
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_sum %.6f\n", st->lag_sum_s);
     if (!rc)
-        rc = emit(out, "lbd_etcd_update_lag_seconds_count %llu\n",
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_count %llu\n",
                   (unsigned long long)st->lag_count);
     if (!rc)
-        rc = family(out, "lbd_etcd_update_lag_last_seconds", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_update_lag_last_seconds", "gauge",
                     "Update lag of the last watch response committed.");
     if (!rc)
-        rc = emit(out, "lbd_etcd_update_lag_last_seconds %.6f\n", st->lag_last_s);
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_last_seconds %.6f\n", st->lag_last_s);
     if (!rc)
-        rc = family(out, "lbd_etcd_update_lag_max_seconds", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_update_lag_max_seconds", "gauge",
                     "Largest update lag since lbd started.");
     if (!rc)
-        rc = emit(out, "lbd_etcd_update_lag_max_seconds %.6f\n", st->lag_max_s);
+        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_max_seconds %.6f\n", st->lag_max_s);
     return rc;
 }
 
@@ -125,53 +86,53 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
          (unsigned long long)st.keys},
     };
 
-    rc = family(out, "lbd_etcd_watch_state", "gauge",
+    rc = lb_metrics_family(out, "lbd_etcd_watch_state", "gauge",
                 "1 for the state the etcd watcher is in, 0 for the others.");
     for (size_t i = 0; !rc && i < sizeof(states) / sizeof(states[0]); i++)
-        rc = emit(out, "lbd_etcd_watch_state{state=\"%s\"} %d\n", lb_watcher_state_name(states[i]),
+        rc = lb_metrics_printf(out, "lbd_etcd_watch_state{state=\"%s\"} %d\n", lb_watcher_state_name(states[i]),
                   st.state == states[i]);
     for (size_t i = 0; !rc && i < sizeof(counters) / sizeof(counters[0]); i++) {
-        rc = family(out, counters[i].name, counters[i].type, counters[i].help);
+        rc = lb_metrics_family(out, counters[i].name, counters[i].type, counters[i].help);
         if (!rc)
-            rc = emit(out, "%s %llu\n", counters[i].name, counters[i].value);
+            rc = lb_metrics_printf(out, "%s %llu\n", counters[i].name, counters[i].value);
     }
     if (!rc)
-        rc = family(out, "lbd_etcd_last_contact_seconds", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_last_contact_seconds", "gauge",
                     "Seconds since bytes last arrived from etcd (-1: never).");
     if (!rc)
-        rc = emit(out, "lbd_etcd_last_contact_seconds %.3f\n",
+        rc = lb_metrics_printf(out, "lbd_etcd_last_contact_seconds %.3f\n",
                   st.ms_since_contact < 0 ? -1.0 : (double)st.ms_since_contact / 1000.0);
     if (!rc)
-        rc = family(out, "lbd_etcd_staleness_seconds", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_staleness_seconds", "gauge",
                     "Seconds since the watcher last had a confirmed watch or a complete listing "
                     "of etcd; 0 while watching.");
     if (!rc)
-        rc = emit(out, "lbd_etcd_staleness_seconds %.3f\n", (double)st.staleness_ms / 1000.0);
+        rc = lb_metrics_printf(out, "lbd_etcd_staleness_seconds %.3f\n", (double)st.staleness_ms / 1000.0);
     if (!rc)
         rc = render_lag(out, &st);
     if (!rc)
-        rc = family(out, "lbd_etcd_last_list_seconds", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_last_list_seconds", "gauge",
                     "How long the last complete listing of etcd took, to its commit (-1: none "
                     "yet).");
     if (!rc)
-        rc = emit(out, "lbd_etcd_last_list_seconds %.3f\n",
+        rc = lb_metrics_printf(out, "lbd_etcd_last_list_seconds %.3f\n",
                   st.last_list_ms < 0 ? -1.0 : (double)st.last_list_ms / 1000.0);
     if (!rc)
-        rc = family(out, "lbd_etcd_logins_total", "counter",
+        rc = lb_metrics_family(out, "lbd_etcd_logins_total", "counter",
                     "Logins to etcd (--etcd-user-file): the first, then one per expired token.");
     if (!rc)
-        rc = emit(out, "lbd_etcd_logins_total %llu\n", (unsigned long long)st.logins);
+        rc = lb_metrics_printf(out, "lbd_etcd_logins_total %llu\n", (unsigned long long)st.logins);
     if (!rc)
-        rc = family(out, "lbd_etcd_login_failures_total", "counter",
+        rc = lb_metrics_family(out, "lbd_etcd_login_failures_total", "counter",
                     "Logins to etcd that failed (refused credentials, etcd unreachable).");
     if (!rc)
-        rc = emit(out, "lbd_etcd_login_failures_total %llu\n",
+        rc = lb_metrics_printf(out, "lbd_etcd_login_failures_total %llu\n",
                   (unsigned long long)st.login_failures);
     if (!rc)
-        rc = family(out, "lbd_etcd_endpoint_info", "gauge",
+        rc = lb_metrics_family(out, "lbd_etcd_endpoint_info", "gauge",
                     "The etcd endpoint in use (while backing off: the next one to try).");
     if (!rc)
-        rc = emit(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
-                  escape(st.endpoint, endpoint, sizeof(endpoint)));
+        rc = lb_metrics_printf(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
+                  lb_metrics_escape(st.endpoint, endpoint, sizeof(endpoint)));
     return rc;
 }
