@@ -166,7 +166,11 @@ static int setup(void **state)
     limits.max_message = 1024 * 1024;
     lb_admin_server_set_limits(env.server, &limits);
     snprintf(env.addr, sizeof(env.addr), "127.0.0.1:%d", lb_admin_server_port(env.server));
-    assert_int_equal(lb_admin_client_new(env.addr, &env.client, &err), 0);
+    {
+        struct lb_admin_client_options co = {.addr = env.addr};
+
+        assert_int_equal(lb_admin_client_new(&co, &env.client, &err), 0);
+    }
     pthread_mutex_init(&env.lock, NULL);
     pthread_cond_init(&env.cond, NULL);
     ev_async_init(&env.wake, wake_cb);
@@ -937,6 +941,7 @@ static void test_connection_limits(void **state)
 static void test_client_errors(void **state)
 {
     struct lb_admin_client *c;
+    struct lb_admin_client_options co = {0};
     Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
     struct lb_admin_status st;
     ProtobufCMessage *m;
@@ -946,11 +951,20 @@ static void test_client_errors(void **state)
     socklen_t len = sizeof(sa);
     char addr[64];
 
-    assert_int_equal(lb_admin_client_new("nocolon", &c, &err), -EINVAL);
+    co.addr = "nocolon";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
     assert_non_null(strstr(err, "HOST:PORT"));
     free(err);
-    assert_int_equal(lb_admin_client_new("::1:9000", &c, &err), -EINVAL);
+    co.addr = "::1:9000";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
     free(err);
+    co.addr = "127.0.0.1:9000";
+    co.token = "two words";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
+    assert_non_null(strstr(err, "printable ASCII"));
+    assert_null(strstr(err, "two words")); /* never echoes the token */
+    free(err);
+    co.token = NULL;
 
     /* a port nobody listens on */
     fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -962,7 +976,8 @@ static void test_client_errors(void **state)
     port = ntohs(sa.sin_port);
     close(fd);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
-    assert_int_equal(lb_admin_client_new(addr, &c, &err), 0);
+    co.addr = addr;
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), 0);
     assert_int_equal(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
                                           &lb__v1__list_pools_response__descriptor, 1000, &m,
                                           &st),
