@@ -275,7 +275,7 @@ static void build_registry(void)
     store_apply_mode();
 }
 
-void fx_start(const struct lb_admin_limits *limits)
+void fx_start(const struct lb_admin_options *opts, const struct lb_admin_limits *limits)
 {
     char *err = NULL;
 
@@ -286,7 +286,7 @@ void fx_start(const struct lb_admin_limits *limits)
     fx.loop = ev_loop_new(EVBACKEND_EPOLL);
     assert_non_null(fx.loop);
     build_registry();
-    if (fx_server_new(limits, &fx.server, &err) != 0)
+    if (fx_server_new(opts, limits, &fx.server, &err) != 0)
         fail_msg("admin server: %s", err ? err : "?");
     snprintf(fx.addr, sizeof(fx.addr), "127.0.0.1:%d", lb_admin_server_port(fx.server));
     ev_timer_init(&st.step, step_cb, STEP_S, STEP_S);
@@ -332,6 +332,7 @@ void fx_stop(void)
 /* ---- helpers for tests ---- */
 
 struct server_job {
+    const struct lb_admin_options *opts;
     const struct lb_admin_limits *limits;
     struct lb_admin_server **out;
     char **err;
@@ -341,16 +342,18 @@ struct server_job {
 static void job_server_new(void *arg)
 {
     struct server_job *j = arg;
+    struct lb_admin_options o = *j->opts;
 
-    j->rc = lb_admin_server_new(fx.loop, "127.0.0.1:0", &fx.registry, j->out, j->err);
+    o.listen = "127.0.0.1:0";
+    j->rc = lb_admin_server_new(fx.loop, &o, &fx.registry, j->out, j->err);
     if (j->rc == 0 && j->limits)
         lb_admin_server_set_limits(*j->out, j->limits);
 }
 
-int fx_server_new(const struct lb_admin_limits *limits, struct lb_admin_server **out,
-                  char **err)
+int fx_server_new(const struct lb_admin_options *opts, const struct lb_admin_limits *limits,
+                  struct lb_admin_server **out, char **err)
 {
-    struct server_job j = {limits, out, err, 0};
+    struct server_job j = {opts, limits, out, err, 0};
 
     *err = NULL;
     if (!st.running) /* from fx_start(): the loop does not run yet */

@@ -51,9 +51,10 @@ extern struct fx fx;
 
 /*
  * Builds the fixture and starts the loop thread with a server listening on
- * 127.0.0.1:0 with `limits` (NULL: defaults).  Fails the test on error.
+ * 127.0.0.1:0 with `opts` (its listen field is ignored) and `limits` (NULL:
+ * defaults).  Fails the test on error.
  */
-void fx_start(const struct lb_admin_limits *limits);
+void fx_start(const struct lb_admin_options *opts, const struct lb_admin_limits *limits);
 /* Stops the thread and frees everything (pending store writes are cancelled). */
 void fx_stop(void);
 
@@ -61,8 +62,8 @@ void fx_stop(void);
 void fx_run(void (*fn)(void *arg), void *arg);
 
 /* Another server on the same loop and registry; returns 0 or a negative errno (*err set). */
-int fx_server_new(const struct lb_admin_limits *limits, struct lb_admin_server **out,
-                  char **err);
+int fx_server_new(const struct lb_admin_options *opts, const struct lb_admin_limits *limits,
+                  struct lb_admin_server **out, char **err);
 void fx_server_free(struct lb_admin_server *s);
 
 void fx_set_store(enum fx_store mode, double delay_ms);

@@ -44,6 +44,7 @@ static double now_s(void)
 
 static int setup(void **state)
 {
+    struct lb_admin_options opts = {0};
     struct lb_admin_client_options co = {0};
     struct lb_admin_limits limits;
     char *err = NULL;
@@ -51,7 +52,7 @@ static int setup(void **state)
     lb_admin_limits_defaults(&limits);
     limits.stream_queue_max = 2048;
     limits.max_message = 1024 * 1024;
-    fx_start(&limits);
+    fx_start(&opts, &limits);
     co.addr = fx.addr;
     assert_int_equal(lb_admin_client_new(&co, &client, &err), 0);
     return 0;
@@ -548,6 +549,45 @@ static void h2_close(struct h2 *c)
     close(c->fd);
 }
 
+static ssize_t h2_endless_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                                  uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    return NGHTTP2_ERR_DEFERRED; /* the request never ends */
+}
+
+static void test_raw_rejected_call_waits_for_request_end(void **state)
+{
+    nghttp2_nv nva[] = {
+        {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
+        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+        {(uint8_t *)":authority", (uint8_t *)"lbd", 10, 3, 0},
+        {(uint8_t *)":path", (uint8_t *)"/lb.v1.Admin/Nope", 5, 17, 0},
+        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
+        {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, 0},
+    };
+    nghttp2_data_provider dp = {.read_callback = h2_endless_body_cb};
+    double start = now_s();
+    struct h2 c;
+
+    /*
+     * An error known from the headers waits for the request's end, so a
+     * client still uploading is not answered under its feet...
+     */
+    h2_open(&c, 65535);
+    c.stream = nghttp2_submit_request(c.session, NULL, nva, 6, &dp, NULL);
+    assert_true(c.stream > 0);
+    h2_pump(&c, 1);
+    assert_false(c.closed);
+    assert_int_equal(c.grpc_status, -1);
+    /* ...but not forever: then the status goes out and the stream is reset with NO_ERROR. */
+    h2_pump(&c, 8);
+    assert_true(c.closed);
+    assert_true(now_s() - start > 4);
+    assert_int_equal(c.grpc_status, LB_GRPC_UNIMPLEMENTED);
+    assert_int_equal(c.close_code, NGHTTP2_NO_ERROR);
+    h2_close(&c);
+}
+
 static void test_raw_content_type(void **state)
 {
     struct h2 c;
@@ -705,9 +745,10 @@ static struct lb_admin_server *second;
 
 static void second_new(const struct lb_admin_limits *limits)
 {
+    struct lb_admin_options opts = {0};
     char *err = NULL;
 
-    if (fx_server_new(limits, &second, &err) != 0)
+    if (fx_server_new(&opts, limits, &second, &err) != 0)
         fail_msg("second server: %s", err);
 }
 
@@ -870,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_drain_wait),
         cmocka_unit_test(test_cancel_while_store_pending),
         cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_raw_rejected_call_waits_for_request_end),
         cmocka_unit_test(test_raw_content_type),
         cmocka_unit_test(test_raw_truncated_and_compressed),
         cmocka_unit_test(test_raw_slow_watcher),
