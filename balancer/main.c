@@ -14,6 +14,7 @@
  */
 #include "admin_server.h"
 #include "http_endpoint.h"
+#include "lb_addr.h"
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
@@ -47,6 +48,13 @@ struct lbd_settings {
     char *log_level;
     int64_t max_conns;
     char *config;
+    char *etcd_ca;
+    char *etcd_cert;
+    char *etcd_key;
+    char *etcd_user_file;
+    int64_t etcd_backoff_initial_ms;
+    int64_t etcd_backoff_max_ms;
+    int64_t etcd_stall_timeout_ms;
     bool help;
     bool version;
 };
@@ -57,6 +65,25 @@ static const struct lb_setting lbd_table[] = {
      "URL[,URL...]", "etcd endpoints (v3 HTTP/JSON gateway), tried in turn"},
     {"prefix", 0, "LBD_PREFIX", LB_SETTING_STRING, S(prefix), 0, 512, "/lb/", NULL, "PREFIX",
      "etcd key prefix of the pools"},
+    {"etcd-ca", 0, "LBD_ETCD_CA", LB_SETTING_STRING, S(etcd_ca), 0, 0, NULL, NULL, "FILE",
+     "CA bundle (PEM) that signs etcd's certificate, for https:// endpoints (default: the "
+     "system's)"},
+    {"etcd-cert", 0, "LBD_ETCD_CERT", LB_SETTING_STRING, S(etcd_cert), 0, 0, NULL, NULL, "FILE",
+     "client certificate (PEM) for an etcd started with --client-cert-auth"},
+    {"etcd-key", 0, "LBD_ETCD_KEY", LB_SETTING_STRING, S(etcd_key), 0, 0, NULL, NULL, "FILE",
+     "private key (PEM) of --etcd-cert"},
+    {"etcd-user-file", 0, "LBD_ETCD_USER_FILE", LB_SETTING_STRING, S(etcd_user_file), 0, 0, NULL,
+     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (keep it mode 0600)"},
+    {"etcd-backoff-initial", 0, "LBD_ETCD_BACKOFF_INITIAL", LB_SETTING_DURATION,
+     S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
+     "first delay before retrying etcd; it doubles per failure, with jitter"},
+    {"etcd-backoff-max", 0, "LBD_ETCD_BACKOFF_MAX", LB_SETTING_DURATION, S(etcd_backoff_max_ms), 10,
+     3600 * 1000, "1s", NULL, "DURATION",
+     "longest delay between etcd retries: after an outage, lbd catches up within about this "
+     "long of etcd's return (each lbd costs etcd one request per delay while it is down)"},
+    {"etcd-stall-timeout", 0, "LBD_ETCD_STALL_TIMEOUT", LB_SETTING_DURATION,
+     S(etcd_stall_timeout_ms), 1000, 24LL * 3600 * 1000, "25m", NULL, "DURATION",
+     "a watch silent this long is made again (about twice etcd's progress-notify interval)"},
     {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL, "NAME=ADDR:PORT",
      "serve pool NAME on a listener at ADDR:PORT"},
     {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
@@ -150,12 +177,19 @@ static int parse_pools(struct lbd *d)
     }
     for (size_t i = 0; i < l->n; i++) {
         const char *eq = strchr(l->v[i], '=');
+        struct lb_hostport hp;
+        const char *why = NULL;
 
         if (!eq || !name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
             fprintf(stderr,
                     "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
                     "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
                     l->v[i]);
+            return -EINVAL;
+        }
+        if (lb_addr_parse(eq + 1, false, &hp, &why) < 0 || !lb_addr_is_numeric(&hp)) {
+            fprintf(stderr, "lbd: --pool %s: %s\n", l->v[i],
+                    why ? why : "listen address must be an IP address and port");
             return -EINVAL;
         }
         d->pool_names[i] = strndup(l->v[i], (size_t)(eq - l->v[i]));
@@ -377,8 +411,13 @@ static int lbd_start(struct lbd *d)
     wc.endpoints = endpoints;
     wc.n_endpoints = n_endpoints;
     wc.prefix = d->settings.prefix;
-    wc.backoff_initial_ms = 100;
-    wc.backoff_max_ms = 10000;
+    wc.backoff_initial_ms = d->settings.etcd_backoff_initial_ms;
+    wc.backoff_max_ms = d->settings.etcd_backoff_max_ms;
+    wc.stall_timeout_ms = d->settings.etcd_stall_timeout_ms;
+    wc.ca_file = d->settings.etcd_ca;
+    wc.cert_file = d->settings.etcd_cert;
+    wc.key_file = d->settings.etcd_key;
+    wc.user_file = d->settings.etcd_user_file;
     d->registry_sink = lb_registry_sink(&d->registry);
     sink.apply = lbd_sink_apply;
     sink.commit = lbd_sink_commit;

@@ -61,13 +61,7 @@ void lb_pool_destroy(struct lb_pool *pool)
     for (size_t i = 0; i < pool->n_members; i++) {
         struct lb_member *m = pool->members[i];
 
-        if (m->backend) {
-            m->backend->removed = true;
-            lb_health_stop(m->backend);
-            lb_drain_stop(m->backend);
-            lb_dns_stop(m->backend);
-            lb_backend_unref(m->backend);
-        }
+        lb_pool_retire_backend(m);
         free(m);
     }
     free(pool->members);
@@ -125,6 +119,20 @@ struct lb_member *lb_pool_get_member(struct lb_pool *pool, const char *id)
     pool->members[i] = m;
     pool->n_members++;
     return m;
+}
+
+void lb_pool_retire_backend(struct lb_member *m)
+{
+    struct lb_backend *b = m->backend;
+
+    if (!b)
+        return;
+    m->backend = NULL;
+    b->removed = true;
+    lb_health_stop(b);
+    lb_drain_stop(b);
+    lb_dns_stop(b);
+    lb_backend_unref(b);
 }
 
 void lb_pool_forget_if_empty(struct lb_pool *pool, struct lb_member *m)

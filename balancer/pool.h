@@ -82,6 +82,13 @@ void lb_pool_destroy(struct lb_pool *pool);
 struct lb_member *lb_pool_find(struct lb_pool *pool, const char *id);
 /* Finds or creates a member; NULL when out of memory. */
 struct lb_member *lb_pool_get_member(struct lb_pool *pool, const char *id);
+/*
+ * Takes m's backend out of the pool: marks it removed, stops its checks,
+ * drain deadline and DNS refresh, and drops the member's reference.  Open
+ * sessions keep theirs; the backend is freed with the last one.
+ */
+void lb_pool_retire_backend(struct lb_member *m);
+
 /* Drops a member that has neither a backend nor any override. */
 void lb_pool_forget_if_empty(struct lb_pool *pool, struct lb_member *m);
 

@@ -230,14 +230,8 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
         lb_pool_forget_if_empty(pool, m);
         return;
     }
-    if (m->backend) {
-        /* New address: the old backend finishes its connections on its own. */
-        m->backend->removed = true;
-        lb_health_stop(m->backend);
-        lb_drain_stop(m->backend);
-        lb_dns_stop(m->backend);
-        lb_backend_unref(m->backend);
-    }
+    /* New address: the old backend finishes its connections on its own. */
+    lb_pool_retire_backend(m);
     m->backend = b;
     if (r->loop) {
         b->ramp_start = ev_now(r->loop);
@@ -258,16 +252,12 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     if (!m || !m->backend)
         return;
     b = m->backend;
-    m->backend = NULL;
     b->removed = true;
-    lb_health_stop(b);
-    lb_drain_stop(b);
-    lb_dns_stop(b);
     pool->dirty = true;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
     notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, id, "deregistered or lease expired");
-    lb_backend_unref(b);
+    lb_pool_retire_backend(m);
     lb_pool_forget_if_empty(pool, m);
 }
 

@@ -2,22 +2,37 @@
  * `lbctl register`, a small blocking loop in its own process:
  *
  *   no lease   -> grant (ttl), then put the backend key with the lease
- *   registered -> sleep ttl/3, keepalive; "lease gone" -> register again
+ *   registered -> sleep ttl/3, keepalive, then read the key back:
+ *                   lease gone    -> register again at once (new lease)
+ *                   key deleted   -> put it back under the same lease
+ *                   key rewritten -> put ours back (and say who held it)
  *   failure    -> next endpoint, short back-off (never longer than ttl/3,
  *                 so a flapping etcd still sees keepalives in time)
  *   SIGTERM/SIGINT -> revoke, exit
  *
+ * So within one TTL of etcd answering again, the key is back: a lease that
+ * expired while etcd was out of reach (or that etcd lost with its data) is
+ * replaced, and a key someone deleted is put back.
+ *
  * The signals are blocked for the whole run and taken with sigtimedwait()
  * while sleeping, so a signal never interrupts a request half way and is
  * never lost.  Each request is bounded by a timeout, which bounds how long
- * a signal can wait.  The etcd JSON, the key schema and the value encoding
- * are the watcher's own (lb_lease.h, lb_key.h, lb_value.h).
+ * a signal can wait.  The etcd client (TLS, login, token renewal), the
+ * JSON, the key schema and the value encoding are the watcher's own
+ * (lb_etcd_http.h, lb_lease.h, lb_key.h, lb_value.h).
+ *
+ * An etcd outage is logged like lbd logs it (lb_outage.h): its first
+ * failure, then one line per 30 s with the count and how long the lease
+ * has left, and one line when etcd answers again.
  */
 #include "register.h"
 #include "lb_duration.h"
+#include "lb_etcd_auth.h"
+#include "lb_etcd_http.h"
 #include "lb_key.h"
 #include "lb_lease.h"
 #include "lb_log.h"
+#include "lb_outage.h"
 #include "lb_settings.h"
 #include "lb_value.h"
 
@@ -48,27 +63,40 @@ struct register_opts {
     char *addr;
     int64_t weight;
     int64_t ttl_ms;
+    char *etcd_ca;
+    char *etcd_cert;
+    char *etcd_key;
+    char *etcd_user_file;
     bool help;
 };
 
+#define O(f) offsetof(struct register_opts, f)
 static const struct lb_setting register_rows[] = {
-    {"etcd", 0, "LBCTL_ETCD", LB_SETTING_LIST, offsetof(struct register_opts, etcd), 0, 0,
-     "http://127.0.0.1:2379", NULL, "URL[,URL...]", "etcd endpoints (tried in turn)"},
-    {"prefix", 0, "LBCTL_PREFIX", LB_SETTING_STRING, offsetof(struct register_opts, prefix), 0,
-     LB_PREFIX_MAX - 2, "/lb/", NULL, "PREFIX", "key prefix"},
-    {"pool", 0, "LBCTL_POOL", LB_SETTING_STRING, offsetof(struct register_opts, pool), 0,
-     LB_NAME_MAX - 1, NULL, NULL, "POOL", "pool to join (required)"},
-    {"id", 0, "LBCTL_ID", LB_SETTING_STRING, offsetof(struct register_opts, id), 0, LB_NAME_MAX - 1,
-     NULL, NULL, "ID", "backend id, unique in the pool (required)"},
-    {"addr", 0, "LBCTL_ADDR", LB_SETTING_STRING, offsetof(struct register_opts, addr), 0,
-     LB_ADDR_MAX - 1, NULL, NULL, "HOST:PORT", "address lbd connects to (required)"},
-    {"weight", 0, "LBCTL_WEIGHT", LB_SETTING_INT, offsetof(struct register_opts, weight), 0,
-     LB_WEIGHT_MAX, "100", NULL, "N", "share of new connections, 0..1000 (0 = none)"},
-    {"ttl", 0, "LBCTL_TTL", LB_SETTING_DURATION, offsetof(struct register_opts, ttl_ms), 2000,
-     3600 * 1000, "10s", NULL, "DURATION", "lease time to live; the key dies this long after us"},
-    {"help", 'h', NULL, LB_SETTING_BOOL, offsetof(struct register_opts, help), 0, 0, NULL, NULL,
-     NULL, "show this help"},
+    {"etcd", 0, "LBCTL_ETCD", LB_SETTING_LIST, O(etcd), 0, 0, "http://127.0.0.1:2379", NULL,
+     "URL[,URL...]", "etcd endpoints (tried in turn)"},
+    {"prefix", 0, "LBCTL_PREFIX", LB_SETTING_STRING, O(prefix), 0, LB_PREFIX_MAX - 2, "/lb/", NULL,
+     "PREFIX", "key prefix"},
+    {"pool", 0, "LBCTL_POOL", LB_SETTING_STRING, O(pool), 0, LB_NAME_MAX - 1, NULL, NULL, "POOL",
+     "pool to join (required)"},
+    {"id", 0, "LBCTL_ID", LB_SETTING_STRING, O(id), 0, LB_NAME_MAX - 1, NULL, NULL, "ID",
+     "backend id, unique in the pool (required)"},
+    {"addr", 0, "LBCTL_ADDR", LB_SETTING_STRING, O(addr), 0, LB_ADDR_MAX - 1, NULL, NULL,
+     "HOST:PORT", "address lbd connects to (required)"},
+    {"weight", 0, "LBCTL_WEIGHT", LB_SETTING_INT, O(weight), 0, LB_WEIGHT_MAX, "100", NULL, "N",
+     "share of new connections, 0..1000 (0 = none)"},
+    {"ttl", 0, "LBCTL_TTL", LB_SETTING_DURATION, O(ttl_ms), 2000, 3600 * 1000, "10s", NULL,
+     "DURATION", "lease time to live; the key dies this long after us"},
+    {"etcd-ca", 0, "LBCTL_ETCD_CA", LB_SETTING_STRING, O(etcd_ca), 0, 0, NULL, NULL, "FILE",
+     "CA bundle (PEM) that signs etcd's certificate, for https:// endpoints"},
+    {"etcd-cert", 0, "LBCTL_ETCD_CERT", LB_SETTING_STRING, O(etcd_cert), 0, 0, NULL, NULL, "FILE",
+     "client certificate (PEM) for an etcd started with --client-cert-auth"},
+    {"etcd-key", 0, "LBCTL_ETCD_KEY", LB_SETTING_STRING, O(etcd_key), 0, 0, NULL, NULL, "FILE",
+     "private key (PEM) of --etcd-cert"},
+    {"etcd-user-file", 0, "LBCTL_ETCD_USER_FILE", LB_SETTING_STRING, O(etcd_user_file), 0, 0, NULL,
+     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (mode 0600)"},
+    {"help", 'h', NULL, LB_SETTING_BOOL, O(help), 0, 0, NULL, NULL, NULL, "show this help"},
 };
+#undef O
 #define N_ROWS (sizeof(register_rows) / sizeof(register_rows[0]))
 
 /* What the loop needs, checked and derived from the flags. */
@@ -82,6 +110,9 @@ struct registration {
     int64_t ttl_s;
     long timeout_ms;
     int64_t lease;
+    struct lb_etcd_http *http;
+    struct lb_outage outage;
+    double lease_ok_at; /* when etcd last confirmed the lease (monotonic s) */
     sigset_t signals;
 };
 
@@ -102,10 +133,22 @@ static int usage(const char *fmt, ...)
 static void print_help(void)
 {
     printf("usage: lbctl register --etcd URL[,URL...] [--prefix /lb/] --pool POOL --id ID\n"
-           "                      --addr HOST:PORT [--weight N] [--ttl 10s]\n\n"
+           "                      --addr HOST:PORT [--weight N] [--ttl 10s]\n"
+           "                      [--etcd-ca FILE] [--etcd-cert FILE --etcd-key FILE]\n"
+           "                      [--etcd-user-file FILE]\n\n"
            "Registers this backend in etcd under a lease and keeps it registered until\n"
-           "SIGTERM or SIGINT, which revoke the lease so it leaves the pool at once.\n\n");
+           "SIGTERM or SIGINT, which revoke the lease so it leaves the pool at once.\n"
+           "If the lease is lost or the key deleted, it registers again within one TTL.\n\n"
+           "Exit codes: 0 deregistered, 1 the lease could not be revoked, 2 usage error.\n\n");
     lb_settings_print_help(stdout, register_rows, N_ROWS);
+}
+
+static double monotonic_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* Splits every --etcd value on ',' and checks each URL. */
@@ -143,6 +186,40 @@ static int take_endpoints(struct registration *r, const struct lb_strlist *list)
     if (r->n_endpoints == 0)
         return usage("--etcd: give at least one URL, e.g. http://127.0.0.1:2379");
     return 0;
+}
+
+/* The etcd client: TLS files checked, credentials read.  0 or EXIT_USAGE (printed). */
+static int make_client(struct registration *r, const struct register_opts *o)
+{
+    struct lb_etcd_http_config hc = {
+        .ca_file = o->etcd_ca,
+        .cert_file = o->etcd_cert,
+        .key_file = o->etcd_key,
+    };
+    struct lb_etcd_creds creds;
+    bool shared = false;
+    char *err = NULL;
+    int rc = 0;
+
+    memset(&creds, 0, sizeof(creds));
+    if (o->etcd_user_file && o->etcd_user_file[0]) {
+        if (lb_etcd_creds_load(o->etcd_user_file, &creds, &shared, &err) < 0) {
+            rc = usage("%s", err ? err : "cannot read --etcd-user-file");
+            goto out;
+        }
+        if (shared)
+            LB_WARN("register",
+                    "msg=\"the etcd credentials file is readable by other users; "
+                    "chmod 600 it\" file=%s",
+                    o->etcd_user_file);
+        hc.creds = &creds;
+    }
+    if (lb_etcd_http_new(NULL, &hc, &r->http, &err) < 0)
+        rc = usage("%s", err ? err : "cannot set up the etcd client");
+out:
+    lb_etcd_creds_wipe(&creds);
+    free(err);
+    return rc;
 }
 
 /* Checks the flags and fills r.  Returns 0 or EXIT_USAGE (message printed). */
@@ -187,7 +264,7 @@ static int prepare(struct registration *r, const struct register_opts *o)
     r->ttl_s = (o->ttl_ms + 999) / 1000;
     /* a request may not eat the margin a keepalive has before the lease ends */
     r->timeout_ms = (long)(o->ttl_ms / 3 < REQUEST_TIMEOUT_MS ? o->ttl_ms / 3 : REQUEST_TIMEOUT_MS);
-    return 0;
+    return make_client(r, o);
 }
 
 /*
@@ -238,72 +315,171 @@ static int64_t retry_delay_ms(const struct registration *r, unsigned failures)
     return delay / 2 + (int64_t)(random() % (delay / 2 + 1));
 }
 
-static void log_failure(const struct registration *r, const char *msg, const char *err)
+/* What the lease has left, as etcd last confirmed it, for the outage lines. */
+static const char *lease_left(const struct registration *r, char *buf, size_t size)
 {
-    char qerr[512];
+    double left = (double)r->ttl_s - (monotonic_s() - r->lease_ok_at);
 
-    LB_WARN("register", "msg=\"%s\" pool=%s id=%s endpoint=%s error=%s", msg, r->pool, r->id,
-            r->endpoints[r->endpoint], lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown"));
+    if (!r->lease)
+        return "none";
+    if (left <= 0)
+        return "expired";
+    return lb_duration_format((int64_t)(left * 1000.0), buf, size);
 }
 
-/* Grants a lease and puts the key with it.  0, or a negative errno (logged). */
-static int register_once(struct registration *r)
+/*
+ * A step failed: always a debug line; a warning when the outage limiter
+ * says so (the first failure, then every 30 s).
+ */
+static void note_failure(struct registration *r, const char *step, const char *err,
+                         int64_t retry_ms)
+{
+    char qerr[512], delay[32], left[32], down[32];
+    const char *endpoint = r->endpoints[r->endpoint];
+
+    lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown");
+    lb_duration_format(retry_ms, delay, sizeof(delay));
+    LB_DEBUG("register",
+             "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
+             "retry_in=%s",
+             step, r->pool, r->id, endpoint, qerr, delay);
+    switch (lb_outage_failed(&r->outage, monotonic_s())) {
+    case LB_OUTAGE_FIRST:
+        LB_WARN("register",
+                "msg=\"etcd %s failed, retrying\" pool=%s id=%s endpoint=%s error=%s "
+                "retry_in=%s lease_left=%s",
+                step, r->pool, r->id, endpoint, qerr, delay, lease_left(r, left, sizeof(left)));
+        break;
+    case LB_OUTAGE_STILL:
+        LB_WARN(
+            "register",
+            "msg=\"etcd still failing\" for=%s failures=%llu step=%s pool=%s "
+            "id=%s endpoint=%s error=%s retry_in=%s lease_left=%s",
+            lb_duration_format((int64_t)(lb_outage_duration(&r->outage, monotonic_s()) * 1000.0),
+                               down, sizeof(down)),
+            (unsigned long long)r->outage.failures, step, r->pool, r->id, endpoint, qerr, delay,
+            lease_left(r, left, sizeof(left)));
+        break;
+    case LB_OUTAGE_QUIET:
+        break;
+    }
+}
+
+/* etcd answered and the key is in place: close an announced outage with one line. */
+static void note_success(struct registration *r, const char *what)
+{
+    uint64_t failures;
+    double down_s;
+
+    r->lease_ok_at = monotonic_s();
+    if (lb_outage_ended(&r->outage, r->lease_ok_at, &down_s, &failures))
+        LB_INFO("register",
+                "msg=\"etcd reachable again after %.1fs, %s\" pool=%s id=%s "
+                "lease=%lld endpoint=%s failures=%llu",
+                down_s, what, r->pool, r->id, (long long)r->lease, r->endpoints[r->endpoint],
+                (unsigned long long)failures);
+}
+
+/* Grants a lease (unless we hold one) and puts the key with it.  0 or a negative errno. */
+static int register_once(struct registration *r, const char **step, char **err)
 {
     const char *endpoint = r->endpoints[r->endpoint];
-    char ttl_text[32], *err = NULL;
+    char ttl_text[32];
     int64_t granted = 0;
     int rc;
 
     if (!r->lease) {
-        rc = lb_lease_grant(endpoint, r->ttl_s, r->timeout_ms, &r->lease, &granted, &err);
-        if (rc) {
-            log_failure(r, "cannot register, retrying", err);
-            goto out;
-        }
+        *step = "lease grant";
+        rc = lb_lease_grant(r->http, endpoint, r->ttl_s, r->timeout_ms, &r->lease, &granted, err);
+        if (rc)
+            return rc;
     }
-    rc = lb_lease_put(endpoint, r->key, r->value, r->lease, r->timeout_ms, &err);
+    *step = "put";
+    rc = lb_lease_put(r->http, endpoint, r->key, r->value, r->lease, r->timeout_ms, err);
     if (rc) {
         if (rc == -ENOENT)
             r->lease = 0; /* lease vanished between grant and put */
-        log_failure(r, "cannot register, retrying", err);
-        goto out;
+        return rc;
     }
-    LB_INFO("register", "msg=\"registered\" pool=%s id=%s addr=%s lease=%lld ttl=%s endpoint=%s",
-            r->pool, r->id, r->addr, (long long)r->lease,
+    LB_INFO("register",
+            "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+            "endpoint=%s",
+            r->pool, r->id, r->addr, r->key, (long long)r->lease,
             lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint);
-out:
-    free(err);
-    return rc;
+    return 0;
+}
+
+/*
+ * One keepalive round: renew the lease, then make sure the key is still
+ * ours.  Returns 0, -ENOENT when the lease is gone, or another negative
+ * errno (with *step and *err) when etcd could not be asked.
+ */
+static int keep_registered(struct registration *r, const char **step, char **err)
+{
+    const char *endpoint = r->endpoints[r->endpoint];
+    enum lb_lease_key_state state;
+    int64_t ttl = 0, holder = 0;
+    int rc;
+
+    *step = "lease keepalive";
+    rc = lb_lease_keepalive(r->http, endpoint, r->lease, r->timeout_ms, &ttl, err);
+    if (rc)
+        return rc;
+    *step = "key check";
+    rc = lb_lease_check_key(r->http, endpoint, r->key, r->value, r->lease, r->timeout_ms, &state,
+                            &holder, err);
+    if (rc)
+        return rc;
+    if (state == LB_LEASE_KEY_OURS)
+        return 0;
+    if (state == LB_LEASE_KEY_MISSING)
+        LB_WARN("register",
+                "msg=\"backend key deleted while its lease lives, putting it back\" "
+                "pool=%s id=%s key=%s lease=%lld",
+                r->pool, r->id, r->key, (long long)r->lease);
+    else
+        LB_WARN("register",
+                "msg=\"backend key was overwritten, putting ours back (is another "
+                "registrar using the same --pool and --id?)\" pool=%s id=%s key=%s lease=%lld "
+                "holder_lease=%lld",
+                r->pool, r->id, r->key, (long long)r->lease, (long long)holder);
+    *step = "put";
+    return lb_lease_put(r->http, endpoint, r->key, r->value, r->lease, r->timeout_ms, err);
 }
 
 /* Revokes the lease, trying each endpoint once.  Returns the exit code. */
 static int deregister(struct registration *r, int sig)
 {
-    char *err = NULL;
+    const char *signame = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    char *err = NULL, qerr[512];
     int rc = -EIO;
 
     if (!r->lease) {
-        LB_INFO("register", "msg=\"stopping, was not registered\" signal=%s",
-                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        LB_INFO("register", "msg=\"stopping, was not registered\" pool=%s id=%s signal=%s", r->pool,
+                r->id, signame);
         return EXIT_OK;
     }
     for (size_t i = 0; i < r->n_endpoints; i++) {
-        rc = lb_lease_revoke(r->endpoints[r->endpoint], r->lease, REVOKE_TIMEOUT_MS, &err);
+        free(err);
+        err = NULL;
+        rc = lb_lease_revoke(r->http, r->endpoints[r->endpoint], r->lease, REVOKE_TIMEOUT_MS, &err);
         if (rc == 0 || rc == -ENOENT)
             break; /* -ENOENT: the lease is already gone, and the key with it */
-        log_failure(r, "cannot revoke the lease", err);
+        LB_WARN("register", "msg=\"cannot revoke the lease\" pool=%s id=%s endpoint=%s error=%s",
+                r->pool, r->id, r->endpoints[r->endpoint],
+                lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown"));
         r->endpoint = (r->endpoint + 1) % r->n_endpoints;
     }
     if (rc == 0 || rc == -ENOENT) {
         LB_INFO("register", "msg=\"deregistered\" pool=%s id=%s lease=%lld signal=%s", r->pool,
-                r->id, (long long)r->lease, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                r->id, (long long)r->lease, signame);
         free(err);
         return EXIT_OK;
     }
     fprintf(stderr,
-            "lbctl register: could not revoke lease %lld, the key expires within its TTL: "
+            "lbctl register: could not revoke lease %lld, the key expires within its TTL (%llds): "
             "%s\n",
-            (long long)r->lease, err ? err : "etcd unreachable");
+            (long long)r->lease, (long long)r->ttl_s, err ? err : "etcd unreachable");
     free(err);
     return EXIT_RUNTIME;
 }
@@ -312,39 +488,48 @@ static int run(struct registration *r)
 {
     unsigned failures = 0;
     bool registered = false;
-    char *err = NULL;
     int sig = 0;
 
+    lb_outage_init(&r->outage, LB_OUTAGE_INTERVAL_S);
     while (!sig) {
-        int64_t ttl = 0;
+        const char *step = "register";
+        char *err = NULL;
+        int64_t delay;
         int rc;
 
         if (!registered) {
-            if (register_once(r) == 0) {
+            rc = register_once(r, &step, &err);
+            if (rc == 0) {
                 registered = true;
                 failures = 0;
-                sig = wait_ms(r, r->ttl_s * 1000 / 3);
-            } else {
-                r->endpoint = (r->endpoint + 1) % r->n_endpoints;
-                sig = wait_ms(r, retry_delay_ms(r, failures++));
+                note_success(r, "registered");
             }
-            continue;
-        }
-        rc = lb_lease_keepalive(r->endpoints[r->endpoint], r->lease, r->timeout_ms, &ttl, &err);
-        if (rc == 0) {
-            failures = 0;
-            sig = wait_ms(r, r->ttl_s * 1000 / 3);
-        } else if (rc == -ENOENT) {
-            log_failure(r, "lease lost, registering again", err);
-            r->lease = 0;
-            registered = false;
         } else {
-            log_failure(r, "keepalive failed, retrying", err);
+            rc = keep_registered(r, &step, &err);
+            if (rc == -ENOENT) { /* from the keepalive, or the put that follows it */
+                LB_WARN("register",
+                        "msg=\"lease lost (it expired while etcd was out of reach, "
+                        "or etcd lost its data), registering again\" pool=%s id=%s lease=%lld",
+                        r->pool, r->id, (long long)r->lease);
+                r->lease = 0;
+                registered = false;
+                free(err);
+                continue; /* at once: the backend is out of every pool until then */
+            }
+            if (rc == 0) {
+                failures = 0;
+                note_success(r, "lease kept");
+            }
+        }
+        if (rc == 0) {
+            sig = wait_ms(r, r->ttl_s * 1000 / 3);
+        } else {
+            delay = retry_delay_ms(r, failures++);
+            note_failure(r, step, err, delay);
             r->endpoint = (r->endpoint + 1) % r->n_endpoints;
-            sig = wait_ms(r, retry_delay_ms(r, failures++));
+            sig = wait_ms(r, delay);
         }
         free(err);
-        err = NULL;
     }
     return deregister(r, sig);
 }
@@ -379,21 +564,22 @@ int lbctl_register_main(int argc, char **argv)
         rc = usage("unexpected argument \"%s\"", pos[0]);
         goto out;
     }
-    rc = prepare(&r, &opts);
-    if (rc)
-        goto out;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "lbctl register: cannot initialise libcurl\n");
         rc = EXIT_RUNTIME;
         goto out;
     }
-    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
-    sigemptyset(&r.signals);
-    sigaddset(&r.signals, SIGTERM);
-    sigaddset(&r.signals, SIGINT);
-    sigprocmask(SIG_BLOCK, &r.signals, &old);
-    rc = run(&r);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    rc = prepare(&r, &opts);
+    if (rc == 0) {
+        srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+        sigemptyset(&r.signals);
+        sigaddset(&r.signals, SIGTERM);
+        sigaddset(&r.signals, SIGINT);
+        sigprocmask(SIG_BLOCK, &r.signals, &old);
+        rc = run(&r);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    }
+    lb_etcd_http_free(r.http);
     curl_global_cleanup();
 out:
     for (size_t i = 0; i < r.n_endpoints; i++)

@@ -1,7 +1,8 @@
 /*
  * Lease requests and responses, and blocking calls built from them and
- * lb_etcd_http_post_sync().  Every blocking call turns the reply into one
- * sentence the caller can print as is.
+ * lb_etcd_http_post_sync() (which logs in and speaks TLS as its client is
+ * set up to).  Every blocking call turns the reply into one sentence the
+ * caller can print as is.
  */
 #include "lb_lease.h"
 #include "lb_error.h"
@@ -84,9 +85,24 @@ int lb_lease_parse_keepalive(const char *body, size_t len, int64_t *ttl_s, char 
     return rc;
 }
 
+enum lb_lease_key_state lb_lease_classify_key(const struct lb_etcd_range *r, const char *value,
+                                              int64_t id, int64_t *holder)
+{
+    size_t len = strlen(value);
+
+    *holder = 0;
+    if (r->n_kvs == 0)
+        return LB_LEASE_KEY_MISSING;
+    *holder = r->kvs[0].lease;
+    if (r->kvs[0].lease != id || r->kvs[0].value_len != len ||
+        memcmp(r->kvs[0].value, value, len) != 0)
+        return LB_LEASE_KEY_CHANGED;
+    return LB_LEASE_KEY_OURS;
+}
+
 /* POSTs body to endpoint+path; on failure fills *err with "<what>: <message>". */
-static int post(const char *endpoint, const char *path, const char *body, long timeout_ms,
-                const char *what, struct lb_etcd_reply *reply, char **err)
+static int post(struct lb_etcd_http *h, const char *endpoint, const char *path, const char *body,
+                long timeout_ms, const char *what, struct lb_etcd_reply *reply, char **err)
 {
     struct lb_etcd_request req = {
         .endpoint = endpoint,
@@ -95,7 +111,7 @@ static int post(const char *endpoint, const char *path, const char *body, long t
         .timeout_ms = timeout_ms,
         .max_response = LEASE_RESPONSE_MAX,
     };
-    int rc = lb_etcd_http_post_sync(&req, reply);
+    int rc = lb_etcd_http_post_sync(h, &req, reply);
 
     if (rc == 0 && !reply->body)
         rc = reply->status = -ENOMEM;
@@ -104,8 +120,8 @@ static int post(const char *endpoint, const char *path, const char *body, long t
     return rc;
 }
 
-int lb_lease_grant(const char *endpoint, int64_t ttl_s, long timeout_ms, int64_t *id,
-                   int64_t *granted_ttl_s, char **err)
+int lb_lease_grant(struct lb_etcd_http *h, const char *endpoint, int64_t ttl_s, long timeout_ms,
+                   int64_t *id, int64_t *granted_ttl_s, char **err)
 {
     struct lb_etcd_reply reply = {0};
     char *body = NULL, *why = NULL;
@@ -116,7 +132,7 @@ int lb_lease_grant(const char *endpoint, int64_t ttl_s, long timeout_ms, int64_t
         lb_error_set(err, rc, "out of memory");
         goto out;
     }
-    rc = post(endpoint, LB_LEASE_PATH_GRANT, body, timeout_ms, "lease grant", &reply, err);
+    rc = post(h, endpoint, LB_LEASE_PATH_GRANT, body, timeout_ms, "lease grant", &reply, err);
     if (rc)
         goto out;
     rc = lb_lease_parse_grant(reply.body, reply.body_len, id, granted_ttl_s, &why);
@@ -129,8 +145,8 @@ out:
     return rc;
 }
 
-int lb_lease_keepalive(const char *endpoint, int64_t id, long timeout_ms, int64_t *ttl_s,
-                       char **err)
+int lb_lease_keepalive(struct lb_etcd_http *h, const char *endpoint, int64_t id, long timeout_ms,
+                       int64_t *ttl_s, char **err)
 {
     struct lb_etcd_reply reply = {0};
     char *body = NULL, *why = NULL;
@@ -141,7 +157,8 @@ int lb_lease_keepalive(const char *endpoint, int64_t id, long timeout_ms, int64_
         lb_error_set(err, rc, "out of memory");
         goto out;
     }
-    rc = post(endpoint, LB_LEASE_PATH_KEEPALIVE, body, timeout_ms, "lease keepalive", &reply, err);
+    rc = post(h, endpoint, LB_LEASE_PATH_KEEPALIVE, body, timeout_ms, "lease keepalive", &reply,
+              err);
     if (rc)
         goto out;
     rc = lb_lease_parse_keepalive(reply.body, reply.body_len, ttl_s, &why);
@@ -156,7 +173,8 @@ out:
     return rc;
 }
 
-int lb_lease_revoke(const char *endpoint, int64_t id, long timeout_ms, char **err)
+int lb_lease_revoke(struct lb_etcd_http *h, const char *endpoint, int64_t id, long timeout_ms,
+                    char **err)
 {
     struct lb_etcd_reply reply = {0};
     char *body = NULL;
@@ -167,15 +185,15 @@ int lb_lease_revoke(const char *endpoint, int64_t id, long timeout_ms, char **er
         lb_error_set(err, rc, "out of memory");
         goto out;
     }
-    rc = post(endpoint, LB_LEASE_PATH_REVOKE, body, timeout_ms, "lease revoke", &reply, err);
+    rc = post(h, endpoint, LB_LEASE_PATH_REVOKE, body, timeout_ms, "lease revoke", &reply, err);
 out:
     free(body);
     lb_etcd_reply_free(&reply);
     return rc;
 }
 
-int lb_lease_put(const char *endpoint, const char *key, const char *value, int64_t id,
-                 long timeout_ms, char **err)
+int lb_lease_put(struct lb_etcd_http *h, const char *endpoint, const char *key, const char *value,
+                 int64_t id, long timeout_ms, char **err)
 {
     struct lb_etcd_reply reply = {0};
     char *body = NULL;
@@ -186,8 +204,43 @@ int lb_lease_put(const char *endpoint, const char *key, const char *value, int64
         lb_error_set(err, rc, "out of memory");
         goto out;
     }
-    rc = post(endpoint, "/v3/kv/put", body, timeout_ms, "put", &reply, err);
+    rc = post(h, endpoint, "/v3/kv/put", body, timeout_ms, "put", &reply, err);
 out:
+    free(body);
+    lb_etcd_reply_free(&reply);
+    return rc;
+}
+
+int lb_lease_check_key(struct lb_etcd_http *h, const char *endpoint, const char *key,
+                       const char *value, int64_t id, long timeout_ms,
+                       enum lb_lease_key_state *state, int64_t *holder, char **err)
+{
+    struct lb_etcd_reply reply = {0};
+    struct lb_etcd_range range;
+    char *body = NULL, *why = NULL;
+    int rc;
+
+    *state = LB_LEASE_KEY_OURS;
+    *holder = id;
+    rc = lb_etcd_json_range_request(key, strlen(key), NULL, 0, 0, 0, &body);
+    if (rc) {
+        lb_error_set(err, rc, "out of memory");
+        goto out;
+    }
+    rc =
+        post(h, endpoint, "/v3/kv/range", body, timeout_ms, "reading the backend key", &reply, err);
+    if (rc)
+        goto out;
+    rc = lb_etcd_json_parse_range(reply.body, reply.body_len, &range, &why);
+    if (rc) {
+        lb_error_set(err, rc, "reading the backend key at %s: %s", endpoint,
+                     why ? why : "bad response");
+        goto out;
+    }
+    *state = lb_lease_classify_key(&range, value, id, holder);
+    lb_etcd_range_free(&range);
+out:
+    free(why);
     free(body);
     lb_etcd_reply_free(&reply);
     return rc;

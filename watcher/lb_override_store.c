@@ -62,7 +62,7 @@ static void write_done_cb(void *ud, const struct lb_etcd_reply *reply)
     struct store_write *w = ud;
     lb_store_done_cb done = w->done;
     void *done_ud = w->ud;
-    char message[1200];
+    char message[LB_PREFIX_MAX + 2 * LB_NAME_MAX + 32 + sizeof(reply->message) + 64];
     int status = reply->status;
 
     w->call = NULL;

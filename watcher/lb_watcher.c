@@ -25,11 +25,13 @@
 #include "lb_watcher.h"
 #include "lb_duration.h"
 #include "lb_error.h"
+#include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
 #include "lb_etcd_json.h"
 #include "lb_key.h"
 #include "lb_log.h"
 #include "lb_mirror.h"
+#include "lb_outage.h"
 #include "lb_override_store.h"
 #include "lb_watch_decode.h"
 
@@ -41,7 +43,7 @@
 #include <unistd.h>
 
 #define DEFAULT_BACKOFF_INITIAL_MS 100
-#define DEFAULT_BACKOFF_MAX_MS     10000
+#define DEFAULT_BACKOFF_MAX_MS     1000
 #define DEFAULT_REQUEST_TIMEOUT_MS 10000
 #define DEFAULT_PAGE_SIZE          500
 #define MAX_PAGE_SIZE              100000
@@ -54,6 +56,7 @@ enum after_stream {
     AFTER_RETRY,        /* back off, resume the watch */
     AFTER_RELIST,       /* re-list now (compaction) */
     AFTER_RETRY_RELIST, /* back off, then re-list (lost line, changed cluster) */
+    AFTER_LOGIN,        /* etcd refused the token: log in and watch again at once */
 };
 
 struct staged_kv {
@@ -109,12 +112,23 @@ struct lb_watcher {
     char after_reason[512];
     ev_tstamp stream_activity; /* start of the watch, then its last bytes */
     ev_tstamp watching_since;  /* when etcd confirmed the watch */
+    ev_tstamp data_arrived;    /* ev_time() when the bytes being decoded arrived */
+    bool login_retried;        /* AFTER_LOGIN used since the last confirmed watch */
 
     ev_timer retry_timer;
     ev_timer stall_timer;
     unsigned attempt; /* failures since the last watch that held */
     uint64_t rng;
     ev_tstamp last_contact; /* 0 = never */
+    ev_tstamp started_at;
+    ev_tstamp fresh_at; /* last moment with a confirmed watch or a complete listing; 0 = never */
+    ev_tstamp list_started; /* ev_time() */
+    int64_t last_list_ms;
+    struct lb_outage outage;
+
+    uint64_t lag_count;
+    double lag_sum, lag_last, lag_max;
+    uint64_t lag_buckets[LB_WATCHER_LAG_BUCKETS];
 
     uint64_t reconnects;
     uint64_t relists;
@@ -168,13 +182,23 @@ static int64_t backoff_ms(struct lb_watcher *w)
     return base / 2 + (int64_t)(next_random(w) % (uint64_t)(base / 2 + 1));
 }
 
+/* The watcher stops being live (a confirmed watch ends): staleness counts from now. */
+static void mark_fresh_if_watching(struct lb_watcher *w)
+{
+    if (w->state == LB_WATCHER_WATCHING)
+        w->fresh_at = ev_now(w->loop);
+}
+
 /*
  * Something failed: count it, move to the next endpoint and try again after
- * the back-off.  `what` names the step, `why` is the message to log.
+ * the back-off.  `what` names the step, `why` is the message to log.  The
+ * outage limiter decides whether this failure makes a warning line; every
+ * one makes a debug line.
  */
 static void schedule_retry(struct lb_watcher *w, const char *what, const char *why)
 {
-    char qwhy[320], delay_text[32];
+    char qwhy[480], delay_text[32], down_text[32];
+    const char *endpoint = w->endpoints[w->endpoint];
     int64_t delay;
 
     if (w->call) {
@@ -182,6 +206,7 @@ static void schedule_retry(struct lb_watcher *w, const char *what, const char *w
         w->call = NULL;
     }
     ev_timer_stop(w->loop, &w->stall_timer);
+    mark_fresh_if_watching(w);
     /* a watch that held for a while starts the back-off afresh; one that
      * keeps breaking right after it was made does not */
     if (w->state == LB_WATCHER_WATCHING && ev_now(w->loop) - w->watching_since >= HEALTHY_WATCH_S)
@@ -189,9 +214,29 @@ static void schedule_retry(struct lb_watcher *w, const char *what, const char *w
     delay = backoff_ms(w);
     w->attempt++;
     w->reconnects++;
-    LB_WARN("watcher", "msg=\"etcd %s failed, retrying\" endpoint=%s error=%s retry_in=%s", what,
-            w->endpoints[w->endpoint], lb_log_quote(qwhy, sizeof(qwhy), why),
-            lb_duration_format(delay, delay_text, sizeof(delay_text)));
+    lb_log_quote(qwhy, sizeof(qwhy), why);
+    lb_duration_format(delay, delay_text, sizeof(delay_text));
+    LB_DEBUG("watcher", "msg=\"etcd %s failed, retrying\" endpoint=%s error=%s retry_in=%s", what,
+             endpoint, qwhy, delay_text);
+    switch (lb_outage_failed(&w->outage, ev_now(w->loop))) {
+    case LB_OUTAGE_FIRST:
+        LB_WARN("watcher", "msg=\"etcd %s failed, retrying%s\" endpoint=%s error=%s retry_in=%s",
+                what, w->synced ? "; serving the last known pools" : "", endpoint, qwhy,
+                delay_text);
+        break;
+    case LB_OUTAGE_STILL:
+        LB_WARN(
+            "watcher",
+            "msg=\"etcd still failing%s\" for=%s failures=%llu step=%s endpoint=%s "
+            "error=%s retry_in=%s",
+            w->synced ? "; serving the last known pools" : "",
+            lb_duration_format((int64_t)(lb_outage_duration(&w->outage, ev_now(w->loop)) * 1000.0),
+                               down_text, sizeof(down_text)),
+            (unsigned long long)w->outage.failures, what, endpoint, qwhy, delay_text);
+        break;
+    case LB_OUTAGE_QUIET:
+        break;
+    }
     w->endpoint = (w->endpoint + 1) % w->n_endpoints;
     w->state = LB_WATCHER_BACKOFF;
     ev_timer_set(&w->retry_timer, (double)delay / 1000.0, 0.);
@@ -318,6 +363,10 @@ static void list_finish(struct lb_watcher *w)
     }
     if (updates > 0 || first)
         w->sink.commit(w->sink.ctx);
+    if (rc >= 0) {
+        w->fresh_at = ev_now(w->loop);
+        w->last_list_ms = (int64_t)((ev_time() - w->list_started) * 1000.0);
+    }
     if (refused)
         LB_ERROR("watcher", "msg=\"too many keys, some ignored\" ignored=%zu max=%d", refused,
                  LB_MIRROR_MAX_KEYS);
@@ -330,8 +379,10 @@ static void list_finish(struct lb_watcher *w)
     w->need_relist = false;
     w->revision = w->list_revision;
     lb_mirror_get_stats(w->mirror, &ms);
-    LB_INFO("watcher", "msg=\"synced\" endpoint=%s revision=%lld keys=%zu updates=%lld",
-            w->endpoints[w->endpoint], (long long)w->revision, ms.keys, (long long)updates);
+    LB_INFO("watcher",
+            "msg=\"%s\" endpoint=%s revision=%lld keys=%zu updates=%lld duration_ms=%lld",
+            first ? "synced" : "re-listed", w->endpoints[w->endpoint], (long long)w->revision,
+            ms.keys, (long long)updates, (long long)w->last_list_ms);
     watch_begin(w);
 }
 
@@ -402,6 +453,7 @@ static void list_begin(struct lb_watcher *w)
     staged_clear(w);
     w->state = LB_WATCHER_LISTING;
     w->list_revision = 0;
+    w->list_started = ev_time();
     list_request_page(w, w->range_key, w->range_key_len);
 }
 
@@ -415,9 +467,41 @@ static int stream_stop(struct lb_watcher *w, enum after_stream after, const char
     return -ECANCELED;
 }
 
+/* The update lag of one committed watch response, into the histogram. */
+static void record_lag(struct lb_watcher *w, double lag)
+{
+    static const double bounds[LB_WATCHER_LAG_BUCKETS] = LB_WATCHER_LAG_BOUNDS;
+
+    if (lag < 0)
+        lag = 0;
+    w->lag_count++;
+    w->lag_sum += lag;
+    w->lag_last = lag;
+    if (lag > w->lag_max)
+        w->lag_max = lag;
+    for (size_t i = 0; i < LB_WATCHER_LAG_BUCKETS; i++)
+        if (lag <= bounds[i])
+            w->lag_buckets[i]++;
+}
+
+/* A watch was confirmed: if an outage was announced, say that it is over. */
+static void report_recovery(struct lb_watcher *w)
+{
+    uint64_t failures;
+    double down_s;
+
+    if (!lb_outage_ended(&w->outage, ev_now(w->loop), &down_s, &failures))
+        return;
+    LB_INFO("watcher",
+            "msg=\"etcd reachable again after %.1fs, resumed at revision %lld\" endpoint=%s "
+            "failures=%llu",
+            down_s, (long long)w->revision + 1, w->endpoints[w->endpoint],
+            (unsigned long long)failures);
+}
+
 static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
 {
-    char text[320];
+    char text[sizeof(((struct lb_watch_msg *)0)->cancel_reason) + 128];
     int64_t high;
     int n;
 
@@ -428,8 +512,17 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
                     (long long)w->revision + 1, (long long)msg->compact_revision);
             return stream_stop(w, AFTER_RELIST, "compacted");
         }
-        snprintf(text, sizeof(text), "etcd canceled the watch: %s",
-                 msg->cancel_reason[0] ? msg->cancel_reason : "no reason given");
+        if (lb_etcd_auth_is_token_error(msg->cancel_reason) && lb_etcd_http_has_login(w->http)) {
+            /* the token expired, or was revoked (a password change) */
+            lb_etcd_http_token_refused(w->http);
+            snprintf(text, sizeof(text), "etcd refused the token: %s", msg->cancel_reason);
+            return stream_stop(w, AFTER_LOGIN, text);
+        }
+        snprintf(text, sizeof(text), "etcd canceled the watch: %s%s",
+                 msg->cancel_reason[0] ? msg->cancel_reason : "no reason given",
+                 lb_etcd_auth_is_token_error(msg->cancel_reason)
+                     ? " (etcd requires a user: give --etcd-user-file)"
+                     : "");
         return stream_stop(w, AFTER_RETRY, text);
     }
     if (msg->created) {
@@ -443,16 +536,21 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
         ev_timer_stop(w->loop, &w->stall_timer);
         ev_timer_set(&w->stall_timer, (double)w->stall_timeout_ms / 1000.0, 0.);
         ev_timer_start(w->loop, &w->stall_timer);
+        w->fresh_at = w->watching_since;
+        w->login_retried = false;
         LB_INFO("watcher", "msg=\"watching\" endpoint=%s from_revision=%lld",
                 w->endpoints[w->endpoint], (long long)w->revision + 1);
+        report_recovery(w);
     }
     if (msg->n_events > 0) {
         w->events_received += msg->n_events;
         n = lb_mirror_apply_events(w->mirror, msg);
         if (n < 0)
             return stream_stop(w, AFTER_RETRY_RELIST, strerror(-n));
-        if (n > 0)
+        if (n > 0) {
             w->sink.commit(w->sink.ctx);
+            record_lag(w, ev_time() - w->data_arrived);
+        }
     }
     high = lb_watch_msg_resume_revision(msg);
     if (high > w->revision)
@@ -491,6 +589,7 @@ static int watch_data_cb(void *ud, const char *data, size_t len)
     struct lb_watcher *w = ud;
 
     w->last_contact = w->stream_activity = ev_now(w->loop);
+    w->data_arrived = ev_time();
     return lb_watch_lines_feed(&w->lines, data, len, watch_line_cb, w);
 }
 
@@ -503,7 +602,21 @@ static void watch_done_cb(void *ud, const struct lb_etcd_reply *reply)
     if (reply->status == -ECANCELED) {
         switch (w->after) {
         case AFTER_RELIST:
+            mark_fresh_if_watching(w);
             list_begin(w);
+            return;
+        case AFTER_LOGIN:
+            if (!w->login_retried) {
+                w->login_retried = true;
+                LB_INFO("watcher",
+                        "msg=\"etcd refused the watch's token, logging in again\" "
+                        "endpoint=%s",
+                        w->endpoints[w->endpoint]);
+                mark_fresh_if_watching(w);
+                watch_begin(w);
+                return;
+            }
+            schedule_retry(w, "watch", w->after_reason);
             return;
         case AFTER_RETRY_RELIST:
             w->need_relist = true;
@@ -598,6 +711,46 @@ static int copy_endpoints(struct lb_watcher *w, const struct lb_watcher_config *
     return 0;
 }
 
+/*
+ * The etcd client: TLS files checked, credentials read from their file
+ * (and wiped from this stack frame once copied into the client).
+ */
+static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg, char **err)
+{
+    struct lb_etcd_http_config hc = {
+        .ca_file = cfg->ca_file,
+        .cert_file = cfg->cert_file,
+        .key_file = cfg->key_file,
+    };
+    struct lb_etcd_creds creds;
+    bool shared = false, any_https = false;
+    int rc = 0;
+
+    memset(&creds, 0, sizeof(creds));
+    if (cfg->user_file && cfg->user_file[0]) {
+        rc = lb_etcd_creds_load(cfg->user_file, &creds, &shared, err);
+        if (rc)
+            goto out;
+        if (shared)
+            LB_WARN("watcher",
+                    "msg=\"the etcd credentials file is readable by other users; "
+                    "chmod 600 it\" file=%s",
+                    cfg->user_file);
+        hc.creds = &creds;
+    }
+    rc = lb_etcd_http_new(w->loop, &hc, &w->http, err);
+    if (rc)
+        goto out;
+    for (size_t i = 0; i < w->n_endpoints; i++)
+        any_https |= strncmp(w->endpoints[i], "https://", 8) == 0;
+    if (!any_https && (cfg->ca_file || cfg->cert_file))
+        LB_WARN("watcher", "msg=\"TLS files given but no etcd endpoint is https://; they are "
+                           "not used\"");
+out:
+    lb_etcd_creds_wipe(&creds);
+    return rc;
+}
+
 static int check_positive(int64_t *v, int64_t def, int64_t max, const char *name, char **err)
 {
     if (*v == 0)
@@ -633,6 +786,8 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
     w->retry_timer.data = w;
     ev_timer_init(&w->stall_timer, stall_cb, 0., 0.);
     w->stall_timer.data = w;
+    w->last_list_ms = -1;
+    lb_outage_init(&w->outage, LB_OUTAGE_INTERVAL_S);
     w->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)w;
     if (!w->rng)
         w->rng = 1;
@@ -661,9 +816,10 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
 
     w->range_key_len = (size_t)snprintf(w->range_key, sizeof(w->range_key), "%spools/", w->prefix);
     w->range_end_len = lb_etcd_prefix_end(w->range_key, w->range_key_len, w->range_end);
-    rc = lb_etcd_http_new(loop, &w->http);
-    if (!rc)
-        rc = lb_mirror_new(w->prefix, sink, &w->mirror);
+    rc = make_client(w, cfg, err);
+    if (rc)
+        goto out;
+    rc = lb_mirror_new(w->prefix, sink, &w->mirror);
     if (!rc) {
         store_cfg = (struct lb_override_store_config){
             .http = w->http,
@@ -691,6 +847,7 @@ int lb_watcher_start(struct lb_watcher *w)
     if (w->started)
         return -EALREADY;
     w->started = true;
+    w->started_at = ev_now(w->loop);
     list_begin(w);
     return 0;
 }
@@ -702,6 +859,7 @@ bool lb_watcher_has_synced(const struct lb_watcher *w)
 
 void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *out)
 {
+    struct lb_etcd_http_stats hs;
     struct lb_mirror_stats ms;
 
     memset(out, 0, sizeof(*out));
@@ -720,6 +878,22 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
         w->last_contact > 0 ? (int64_t)((ev_time() - w->last_contact) * 1000.0) : -1;
     if (out->ms_since_contact < -1)
         out->ms_since_contact = 0;
+    if (w->state == LB_WATCHER_WATCHING || !w->started)
+        out->staleness_ms = 0;
+    else
+        out->staleness_ms =
+            (int64_t)((ev_time() - (w->fresh_at > 0 ? w->fresh_at : w->started_at)) * 1000.0);
+    if (out->staleness_ms < 0)
+        out->staleness_ms = 0;
+    out->last_list_ms = w->last_list_ms;
+    out->lag_count = w->lag_count;
+    out->lag_sum_s = w->lag_sum;
+    out->lag_last_s = w->lag_last;
+    out->lag_max_s = w->lag_max;
+    out->lag_buckets = w->lag_buckets;
+    lb_etcd_http_get_stats(w->http, &hs);
+    out->logins = hs.logins;
+    out->login_failures = hs.login_failures;
     out->endpoint = w->endpoints[w->endpoint];
 }
 

@@ -14,6 +14,16 @@
  * changed (the data behind the endpoint was replaced).  While etcd is out
  * of reach nothing is delivered: the sink keeps the last known pools.
  *
+ * An outage is logged as it begins, then at most once per 30 s with the
+ * number of failed attempts and the next delay, and once when it ends
+ * ("etcd reachable again after 31.2s, resumed at revision N"); every
+ * attempt is logged at debug level.  The staleness gauge tells how long
+ * the pools may have been behind etcd.
+ *
+ * TLS and etcd users are the client's business (lb_etcd_http.h).  A watch
+ * etcd cancels for its token (expired, or revoked) logs in again
+ * and is made again at once.
+ *
  * Values are parsed here (lb_value.h).  One that does not parse is logged
  * once with its key and skipped; if the key held a good value before, the
  * sink keeps that one until the key is fixed or deleted (lb_mirror.h).
@@ -50,10 +60,15 @@ struct lb_watcher_config {
     size_t n_endpoints;         /* at least 1 */
     const char *prefix;         /* "/lb/"; a missing trailing '/' is added */
     int64_t backoff_initial_ms; /* 0 = 100ms */
-    int64_t backoff_max_ms;     /* 0 = 10s */
+    int64_t backoff_max_ms;     /* 0 = 1s */
     int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
     int64_t request_timeout_ms; /* range pages, override writes, watch set-up; 0 = 10s */
     int64_t page_size;          /* keys per range page; 0 = 500 */
+    /* TLS and etcd users (lb_etcd_http.h, lb_etcd_auth.h); NULL = not used */
+    const char *ca_file;   /* CA bundle (PEM) that signs etcd's certificate */
+    const char *cert_file; /* client certificate (PEM), for etcd's --client-cert-auth */
+    const char *key_file;  /* its private key (PEM) */
+    const char *user_file; /* "user:password" on one line; read once, at lb_watcher_new() */
 };
 
 enum lb_watcher_state {
@@ -76,15 +91,32 @@ struct lb_watcher_stats {
     uint64_t bad_values;      /* values or key names refused */
     size_t keys;              /* schema keys known */
     int64_t ms_since_contact; /* since the last bytes from etcd; -1 = never */
-    const char *endpoint;     /* endpoint in use; valid until the watcher is freed */
+    /* since the watcher last had a confirmed watch or a complete listing; 0 while watching */
+    int64_t staleness_ms;
+    int64_t last_list_ms; /* how long the last complete listing took; -1 = none yet */
+    /* update lag: a watch response's arrival to the end of its commit to the sink */
+    uint64_t lag_count;
+    double lag_sum_s, lag_last_s, lag_max_s;
+    const uint64_t *lag_buckets; /* lag_count per LB_WATCHER_LAG_BUCKETS bound, cumulative */
+    uint64_t logins;             /* etcd logins (tokens obtained) */
+    uint64_t login_failures;
+    const char *endpoint; /* endpoint in use; valid until the watcher is freed */
 };
+
+/* Upper bounds (seconds) of the update lag histogram's buckets, +Inf not included. */
+#define LB_WATCHER_LAG_BOUNDS                                                                      \
+    {                                                                                              \
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0           \
+    }
+#define LB_WATCHER_LAG_BUCKETS 12
 
 struct lb_watcher;
 
 /*
  * Creates a watcher; nothing is sent before lb_watcher_start().  The sink is
- * copied.  Returns 0, or -EINVAL / -ENOMEM with *err (malloc'd) saying
- * which setting is wrong.
+ * copied.  The TLS files are checked and the credentials file is read here.
+ * Returns 0, or a negative errno with *err (malloc'd) saying which setting
+ * is wrong (an unreadable file, a malformed credentials file, ...).
  */
 int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
                    const struct lb_update_sink *sink, struct lb_watcher **out, char **err);
@@ -105,8 +137,9 @@ struct lb_buf;
 /*
  * Appends the watcher's families in Prometheus text format (lbd_etcd_*:
  * state, synced, revision, reconnects, re-lists, events, updates, decode
- * errors, bad values, keys, seconds since the last contact).  Returns 0,
- * or -E2BIG / -ENOMEM from the buffer.
+ * errors, bad values, keys, seconds since the last contact, staleness,
+ * update lag, last listing time, logins, endpoint).  Returns 0, or
+ * -E2BIG / -ENOMEM from the buffer.
  */
 int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out);
 

@@ -3,6 +3,13 @@
  * for lbd's /metrics.  Names start with lbd_etcd_; counters end in _total.
  * The state is one gauge per state name with value 0 or 1, so a dashboard
  * can graph time spent in each.
+ *
+ * Two families answer "how far behind etcd can the pools be":
+ * lbd_etcd_staleness_seconds (0 while a confirmed watch is up; otherwise
+ * the time since there last was one, or a complete listing: alert on it)
+ * and lbd_etcd_update_lag_seconds (a histogram of the time from a watch
+ * response's arrival to the end of its pool commit, plus the last and the
+ * largest value as gauges).
  */
 #include "lb_buf.h"
 #include "lb_watcher.h"
@@ -47,6 +54,37 @@ static const char *escape(const char *value, char *buf, size_t size)
     }
     buf[o] = '\0';
     return buf;
+}
+
+/* The update lag histogram and its last/max gauges. */
+static int render_lag(struct lb_buf *out, const struct lb_watcher_stats *st)
+{
+    static const double bounds[LB_WATCHER_LAG_BUCKETS] = LB_WATCHER_LAG_BOUNDS;
+    int rc = family(out, "lbd_etcd_update_lag_seconds", "histogram",
+                    "Time from a watch response's arrival to the end of its pool commit.");
+
+    for (size_t i = 0; !rc && i < LB_WATCHER_LAG_BUCKETS; i++)
+        rc = emit(out, "lbd_etcd_update_lag_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+                  (unsigned long long)st->lag_buckets[i]);
+    if (!rc)
+        rc = emit(out, "lbd_etcd_update_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
+                  (unsigned long long)st->lag_count);
+    if (!rc)
+        rc = emit(out, "lbd_etcd_update_lag_seconds_sum %.6f\n", st->lag_sum_s);
+    if (!rc)
+        rc = emit(out, "lbd_etcd_update_lag_seconds_count %llu\n",
+                  (unsigned long long)st->lag_count);
+    if (!rc)
+        rc = family(out, "lbd_etcd_update_lag_last_seconds", "gauge",
+                    "Update lag of the last watch response committed.");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_update_lag_last_seconds %.6f\n", st->lag_last_s);
+    if (!rc)
+        rc = family(out, "lbd_etcd_update_lag_max_seconds", "gauge",
+                    "Largest update lag since lbd started.");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_update_lag_max_seconds %.6f\n", st->lag_max_s);
+    return rc;
 }
 
 struct counter {
@@ -104,7 +142,34 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
         rc = emit(out, "lbd_etcd_last_contact_seconds %.3f\n",
                   st.ms_since_contact < 0 ? -1.0 : (double)st.ms_since_contact / 1000.0);
     if (!rc)
-        rc = family(out, "lbd_etcd_endpoint_info", "gauge", "The etcd endpoint in use.");
+        rc = family(out, "lbd_etcd_staleness_seconds", "gauge",
+                    "Seconds since the watcher last had a confirmed watch or a complete listing "
+                    "of etcd; 0 while watching.");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_staleness_seconds %.3f\n", (double)st.staleness_ms / 1000.0);
+    if (!rc)
+        rc = render_lag(out, &st);
+    if (!rc)
+        rc = family(out, "lbd_etcd_last_list_seconds", "gauge",
+                    "How long the last complete listing of etcd took, to its commit (-1: none "
+                    "yet).");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_last_list_seconds %.3f\n",
+                  st.last_list_ms < 0 ? -1.0 : (double)st.last_list_ms / 1000.0);
+    if (!rc)
+        rc = family(out, "lbd_etcd_logins_total", "counter",
+                    "Logins to etcd (--etcd-user-file): the first, then one per expired token.");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_logins_total %llu\n", (unsigned long long)st.logins);
+    if (!rc)
+        rc = family(out, "lbd_etcd_login_failures_total", "counter",
+                    "Logins to etcd that failed (refused credentials, etcd unreachable).");
+    if (!rc)
+        rc = emit(out, "lbd_etcd_login_failures_total %llu\n",
+                  (unsigned long long)st.login_failures);
+    if (!rc)
+        rc = family(out, "lbd_etcd_endpoint_info", "gauge",
+                    "The etcd endpoint in use (while backing off: the next one to try).");
     if (!rc)
         rc = emit(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
                   escape(st.endpoint, endpoint, sizeof(endpoint)));

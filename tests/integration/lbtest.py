@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -362,8 +363,11 @@ def prefix_range_end(prefix):
     return b"\0"
 
 
-def http_request(url, body=None, method=None, timeout=5.0, headers=None):
-    """Returns (status, body bytes); HTTP errors are returned, not raised."""
+def http_request(url, body=None, method=None, timeout=5.0, headers=None, context=None):
+    """Returns (status, body bytes); HTTP errors are returned, not raised.
+
+    context: an ssl.SSLContext for https:// URLs (TlsFiles.client_context()).
+    """
     data = None
     hdrs = dict(headers or {})
     if body is not None:
@@ -372,10 +376,64 @@ def http_request(url, body=None, method=None, timeout=5.0, headers=None):
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
                                  headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+class TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and client certificates, made
+    with the openssl command line in the harness's temp dir.
+
+    Attributes are file paths: ca, server_cert, server_key, client_cert,
+    client_key, and other_cert/other_key (a client certificate signed by a
+    CA etcd does not trust).
+    """
+
+    def __init__(self, h, name="tls"):
+        self.dir = h.path(name)
+        os.makedirs(self.dir, exist_ok=True)
+        p = lambda f: os.path.join(self.dir, f)  # noqa: E731
+        self.ca, self.ca_key = p("ca.crt"), p("ca.key")
+        self.server_cert, self.server_key = p("server.crt"), p("server.key")
+        self.client_cert, self.client_key = p("client.crt"), p("client.key")
+        self.other_cert, self.other_key = p("other.crt"), p("other.key")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        self._openssl(["req", "-x509"] + ec + ["-keyout", self.ca_key, "-out", self.ca,
+                                               "-days", "2", "-subj", "/CN=lbtest-ca"])
+        self._openssl(["req", "-x509"] + ec + ["-keyout", self.other_key, "-out", self.other_cert,
+                                               "-days", "2", "-subj", "/CN=lbtest-stranger"])
+        self._sign("server", self.server_cert, self.server_key,
+                   "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n")
+        self._sign("lbd", self.client_cert, self.client_key, "extendedKeyUsage=clientAuth\n")
+
+    def _openssl(self, args):
+        rc, out, err = run(["openssl"] + args, timeout=60)
+        if rc != 0:
+            raise AssertionError("openssl %s failed: %s" % (" ".join(args[:2]), err.strip()))
+
+    def _sign(self, cn, cert, key, extensions):
+        csr, ext = cert + ".csr", cert + ".ext"
+        with open(ext, "w") as f:
+            f.write(extensions)
+        self._openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                       "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=%s" % cn])
+        self._openssl(["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                       "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext])
+
+    def client_context(self, with_cert=True):
+        ctx = ssl.create_default_context(cafile=self.ca)
+        if with_cert:
+            ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
+
+    def lbd_args(self, with_cert=True):
+        a = ["--etcd-ca", self.ca]
+        if with_cert:
+            a += ["--etcd-cert", self.client_cert, "--etcd-key", self.client_key]
+        return a
 
 
 class EtcdError(RuntimeError):
@@ -383,16 +441,49 @@ class EtcdError(RuntimeError):
 
 
 class EtcdClient:
-    """put/get/delete/compact/leases through the v3 JSON gateway."""
+    """put/get/delete/compact/leases through the v3 JSON gateway.
+
+    With `login` set to (user, password), requests carry a token (raw in
+    Authorization, as etcd wants it), renewed when etcd refuses it; with
+    `tls` set to a TlsFiles, https endpoints are verified and the client
+    certificate is shown.
+    """
+
+    login = None
+    tls = None
+    _token = None
 
     def endpoints(self):
         raise NotImplementedError
+
+    def _context(self):
+        return self.tls.client_context() if self.tls else None
+
+    def _authenticate(self, url, timeout):
+        user, password = self.login
+        status, data = http_request(url + "/v3/auth/authenticate",
+                                    {"name": user, "password": password}, timeout=timeout,
+                                    context=self._context())
+        if status != 200:
+            raise EtcdError("login as %s -> HTTP %d %s" % (user, status, data[:200]))
+        self._token = json.loads(data.decode())["token"]
 
     def _post(self, path, body, timeout=5.0):
         last = None
         for url in self.endpoints():
             try:
-                status, data = http_request(url + path, body, timeout=timeout)
+                for attempt in range(2):
+                    headers = {}
+                    if self.login:
+                        if self._token is None:
+                            self._authenticate(url, timeout)
+                        headers["Authorization"] = self._token
+                    status, data = http_request(url + path, body, timeout=timeout,
+                                                headers=headers, context=self._context())
+                    if status == 401 and self.login and attempt == 0:
+                        self._token = None
+                        continue
+                    break
             except OSError as exc:
                 last = exc
                 continue
@@ -438,6 +529,51 @@ class EtcdClient:
     def revoke(self, lease_id):
         self._post("/v3/lease/revoke", {"ID": str(lease_id)})
 
+    def lease_ttl(self, lease_id):
+        """Seconds the lease has left (-1: gone), with the keys attached to it."""
+        obj = self._post("/v3/lease/timetolive", {"ID": str(lease_id), "keys": True})
+        return int(obj.get("TTL", -1)), [_unb64(k) for k in obj.get("keys", [])]
+
+    def get_kv(self, key):
+        """The raw kv of `key` (dict with value decoded, lease as int), or None."""
+        kvs = self._post("/v3/kv/range", {"key": _b64(key)}).get("kvs", [])
+        if not kvs:
+            return None
+        kv = dict(kvs[0])
+        kv["value"] = _unb64(kv.get("value", ""))
+        kv["lease"] = int(kv.get("lease", 0))
+        return kv
+
+    def put_many(self, items, batch=128):
+        """Puts {key: value} in transactions of `batch` puts (etcd's default
+        --max-txn-ops is 128): 10,000 keys in under 80 requests."""
+        items = list(items.items()) if isinstance(items, dict) else list(items)
+        for i in range(0, len(items), batch):
+            ops = [{"request_put": {"key": _b64(k), "value": _b64(v)}}
+                   for k, v in items[i:i + batch]]
+            self._post("/v3/kv/txn", {"success": ops}, timeout=30)
+
+    def enable_auth(self, prefix, user, password, root_password="rootpw"):
+        """Switches etcd users on: root (needed to enable auth, and kept for
+        this client), and `user` with read-write on `prefix` only.  From here
+        on this client logs in as root."""
+        end = prefix_range_end(prefix)
+        self._post("/v3/auth/user/add", {"name": "root", "password": root_password})
+        self._post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self._post("/v3/auth/role/add", {"name": "lb"})
+        self._post("/v3/auth/role/grant", {"name": "lb", "perm": {
+            "permType": "READWRITE", "key": _b64(prefix), "range_end": _b64(end)}})
+        self._post("/v3/auth/user/add", {"name": user, "password": password})
+        self._post("/v3/auth/user/grant", {"user": user, "role": "lb"})
+        self._post("/v3/auth/enable", {})
+        self.login = ("root", root_password)
+        self._token = None
+
+    def invalidate_tokens(self, user, password):
+        """Sets `user`'s password (to the same one): etcd drops every token
+        it gave that user, at once and for good (the change is in its log)."""
+        self._post("/v3/auth/user/changepw", {"name": user, "password": password})
+
     def etcdctl(self, *args, timeout=30, input_bytes=None):
         """Runs Debian's etcdctl (API v3) against these endpoints: (rc, out, err)."""
         argv = ["etcdctl", "--endpoints", ",".join(self.endpoints()), "--dial-timeout", "5s"]
@@ -452,37 +588,60 @@ class Etcd(EtcdClient):
     the same ports with the same data.
     """
 
-    def __init__(self, h, name=None, cluster=None, client_port=None, peer_port=None):
+    def __init__(self, h, name=None, cluster=None, client_port=None, peer_port=None, tls=None,
+                 side_port=False, extra_args=()):
         self.h = h
         self.name = name or h.unique("etcd")
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.data_dir = h.path("%s.data" % self.name)
         self.cluster = cluster  # "n1=http://...,n2=..." for multi-member clusters
+        self.tls = tls  # TlsFiles: clients only over TLS, with client certificates
+        # A second client port only the test uses: hide() takes the main one
+        # away from lbd while the test goes on changing etcd through this one.
+        self.side_port = free_port() if side_port else None
+        self.hidden = False
+        self.extra_args = list(extra_args)
         self.proc = None
         self.starts = 0
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.client_port)
+
+    @property
+    def side_url(self):
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.side_port)
 
     @property
     def peer_url(self):
         return "http://127.0.0.1:%d" % self.peer_port
 
     def endpoints(self):
+        if self.hidden:
+            return [self.side_url]
         return [self.url]
 
+    def client_urls(self):
+        urls = [] if self.hidden else [self.url]
+        return ",".join(urls + ([self.side_url] if self.side_port else []))
+
     def argv(self):
+        tls = []
+        if self.tls:
+            tls = ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
+                   "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         return ["etcd", "--name", self.name, "--data-dir", self.data_dir,
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-client-urls", self.client_urls(),
+                "--advertise-client-urls", self.client_urls(),
                 "--listen-peer-urls", self.peer_url,
                 "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", self.cluster or "%s=%s" % (self.name, self.peer_url),
                 "--initial-cluster-state", "new",
                 "--initial-cluster-token", "lbtest-%s" % (self.cluster and "c" or self.name),
                 "--listen-metrics-urls", "",
-                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
+                "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"] + tls + \
+            self.extra_args
 
     def spawn(self):
         self.starts += 1
@@ -493,7 +652,8 @@ class Etcd(EtcdClient):
         if not self.proc.alive():
             raise AssertionError("etcd %s exited with %s:\n%s"
                                  % (self.name, self.proc.returncode, self.proc.log_tail(40)))
-        status, body = http_request(self.url + "/health", timeout=2)
+        status, body = http_request(self.endpoints()[0] + "/health", timeout=2,
+                                    context=self._context())
         return status == 200 and json.loads(body.decode()).get("health") in (True, "true")
 
     def wait_healthy(self, timeout=None):
@@ -530,6 +690,25 @@ class Etcd(EtcdClient):
         if self.cluster is None:
             self.wait_healthy(timeout)
         return self
+
+    def hide(self, timeout=None):
+        """Kills etcd and brings it back on the side port only: lbd's
+        endpoint refuses connections while the test keeps changing etcd."""
+        assert self.side_port, "Etcd(side_port=True) is needed to hide it"
+        self.kill()
+        self.hidden = True
+        return self.restart(timeout)
+
+    def unhide(self, timeout=None):
+        """Kills etcd and brings it back on its main port too."""
+        self.kill()
+        self.hidden = False
+        return self.restart(timeout)
+
+    def wipe(self):
+        """Kills etcd and deletes its data: it comes back as a new cluster."""
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class EtcdCluster(EtcdClient):
@@ -831,12 +1010,24 @@ class Lbd:
                                  % (self.proc.returncode, self.proc.log_tail(60)))
         return self.http_get("/readyz")[0] == 200
 
-    def start(self, timeout=None):
+    def up(self):
+        if not self.proc.alive():
+            raise AssertionError("lbd exited with %s:\n%s"
+                                 % (self.proc.returncode, self.proc.log_tail(60)))
+        return self.http_get("/healthz")[0] == 200
+
+    def start(self, timeout=None, wait_ready=True):
+        """Starts lbd and waits for /readyz 200 (or, with wait_ready=False,
+        for /healthz: lbd is up but may not have reached etcd)."""
         for attempt in range(3):
             self.starts += 1
             self.proc = self.h.spawn("%s.%d" % (self.name, self.starts), self.argv(), env=self.env)
             try:
-                wait_until(self.ready, timeout or scaled(30), "lbd /readyz 200", interval=0.05)
+                if wait_ready:
+                    wait_until(self.ready, timeout or scaled(30), "lbd /readyz 200",
+                               interval=0.05)
+                else:
+                    wait_until(self.up, timeout or scaled(30), "lbd /healthz 200", interval=0.05)
                 return self
             except AssertionError:
                 if attempt < 2 and not self.proc.alive() and _addr_in_use(self.proc.log_text()):
@@ -858,6 +1049,24 @@ class Lbd:
         """Sum of the samples of `name` whose labels include `labels`."""
         return sum(v for n, lab, v in self.metrics()
                    if n == name and all(lab.get(k) == str(x) for k, x in labels.items()))
+
+    def watch_state(self):
+        """The etcd watcher's state ("watching", "backoff", ...) from /metrics."""
+        for n, lab, v in self.metrics():
+            if n == "lbd_etcd_watch_state" and v == 1:
+                return lab["state"]
+        return None
+
+    def watched_endpoint(self):
+        """The etcd endpoint lbd's watch is connected to, or None when not watching."""
+        samples = self.metrics()
+        state = [lab["state"] for n, lab, v in samples if n == "lbd_etcd_watch_state" and v == 1]
+        if state != ["watching"]:
+            return None
+        for n, lab, v in samples:
+            if n == "lbd_etcd_endpoint_info" and v == 1:
+                return lab["endpoint"]
+        return None
 
     def ctl(self, *args, output=None, timeout=30):
         """lbctl against this lbd's admin port: (rc, stdout, stderr)."""
@@ -919,6 +1128,25 @@ def backend_key(prefix, pool, backend_id):
     return "%spools/%s/backends/%s" % (prefix, pool, backend_id)
 
 
+def backend_value(addr, weight=100):
+    return json.dumps({"addr": addr, "weight": weight})
+
+
+def etcd_pool(client, prefix, pool):
+    """{id: (addr, weight)} of the backends etcd holds for `pool`."""
+    base = "%spools/%s/backends/" % (prefix, pool)
+    out = {}
+    for key, value in client.get_prefix(base).items():
+        v = json.loads(value)
+        out[key[len(base):]] = (v["addr"], int(v.get("weight", 100)))
+    return out
+
+
+def lbd_pool(lbd, pool):
+    """{id: (addr, weight)} of the backends lbd serves for `pool` (lbctl -o json)."""
+    return {i: (b["addr"], int(b["weight"])) for i, b in lbd.backends(pool).items()}
+
+
 def override_key(prefix, pool, backend_id):
     return "%spools/%s/overrides/%s" % (prefix, pool, backend_id)
 
@@ -927,7 +1155,7 @@ class Registrar:
     """`lbctl register` for one backend, in the background."""
 
     def __init__(self, h, etcd, prefix, pool, backend_id, addr, ttl="2s", weight=None,
-                 extra_args=()):
+                 extra_args=(), env=None):
         self.h = h
         self.etcd = etcd
         self.prefix = prefix
@@ -938,7 +1166,8 @@ class Registrar:
                 "--pool", pool, "--id", backend_id, "--addr", addr, "--ttl", ttl]
         if weight is not None:
             argv += ["--weight", str(weight)]
-        self.proc = h.spawn("register-%s-%s" % (pool, backend_id), argv + list(extra_args))
+        self.proc = h.spawn("register-%s-%s" % (pool, backend_id), argv + list(extra_args),
+                            env=env)
 
     @property
     def key(self):
@@ -961,6 +1190,63 @@ class Registrar:
             raise AssertionError("lbctl register %s ignored SIGTERM for %ss:\n%s"
                                  % (self.id, timeout, self.proc.log_tail(20)))
         return rc
+
+
+class ClientLoop:
+    """A client thread that makes a new connection through a balanced port
+    every `interval` seconds: reads the backend's id, echoes HELLO, closes.
+
+    Records every attempt as (start time, seconds taken, backend id or
+    None, error text or None).  stop() ends it and returns the records.
+    """
+
+    def __init__(self, port, interval=0.01, timeout=5.0):
+        self.port = port
+        self.interval = interval
+        self.timeout = timeout
+        self.records = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="client-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            bid, err = None, None
+            try:
+                bid = ask(self.port, self.timeout)
+                if bid is None:
+                    err = "connection closed before the backend's id"
+            except OSError as exc:
+                err = "%s: %s" % (type(exc).__name__, exc)
+            self.records.append((t0, time.monotonic() - t0, bid, err))
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_at = time.monotonic()
+
+    def failures(self):
+        return [r for r in list(self.records) if r[3] is not None]
+
+    def count(self):
+        return len(self.records)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+        return list(self.records)
+
+
+def percentile(values, p):
+    """The p-th percentile (0..100) of values, nearest rank."""
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
 
 
 # ---------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 
   - etcd dies: lbd keeps serving the last known pool; when etcd is back, a
     change made since is picked up;
-  - the watch's revision is compacted away while lbd is disconnected (three
-    members, lbd pointed at one, that one down while the others change and
-    compact): lbd re-lists and ends up with exactly the current backends.
+  - the watch's revision is compacted away while lbd is cut off from etcd
+    (etcd moved to a port only the test knows while the test deletes, adds,
+    re-weights and compacts): lbd re-lists, says so in its log, and ends up
+    with exactly etcd's backends, weights included.
 """
 
 import json
@@ -15,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Backend, Etcd, EtcdCluster, Harness, HarnessTestCase, Lbd,  # noqa: E402
+from lbtest import (Backend, Etcd, Harness, HarnessTestCase, Lbd,  # noqa: E402
                     ask_many, backend_key, scaled, wait_until)
 
 PREFIX = "/lbtest-faults/"
@@ -65,31 +66,49 @@ class EtcdFaults(HarnessTestCase):
                    "lbd to pick up b3 and drop b1 after etcd came back")
 
     def test_compacted_watch_relists_and_loses_nothing(self):
-        cluster = EtcdCluster(self.h, 3).start()
-        a = cluster.members[0]
+        # etcd listens on a second port only the test uses.  hide() brings it
+        # back on that port alone: lbd's endpoint refuses, lbd backs off and
+        # keeps its revision R, while the test deletes, adds and re-weights
+        # backends and compacts past R.  unhide() gives lbd its endpoint
+        # back: the resumed watch is refused as compacted, lbd re-lists and
+        # applies the difference.
+        etcd = Etcd(self.h, side_port=True).start()
         servers = {i: Backend(self.h, i) for i in ("b1", "b2", "b3", "b4")}
-        put_backend(cluster, servers["b1"])
-        put_backend(cluster, servers["b2"])
-        lbd = self.start_lbd(a.url)  # one member only: its loss cuts the watch
+        put_backend(etcd, servers["b1"])
+        put_backend(etcd, servers["b2"])
+        lbd = Lbd(self.h, etcd.url, PREFIX, [POOL],
+                  extra_args=["--shutdown-grace", "2s", "--etcd-backoff-max", "1s"]).start()
+        self.addCleanup(lbd.stop, 0)
         wait_until(lambda: self.answering(lbd, {"b1", "b2"}), scaled(10), "b1 and b2 answering")
+        wait_until(lambda: lbd.watch_state() == "watching", scaled(10), "lbd watching")
+        resume_at = int(lbd.metric("lbd_etcd_revision")) + 1
+        relists_before = lbd.metric("lbd_etcd_relists_total")
 
-        a.kill()
-        others = [m for m in cluster.members if m is not a]
-        wait_until(lambda: others[0].put("/lbtest-faults/probe", "x"), scaled(30),
-                   "the two remaining members to take writes")
-        others[0].delete(backend_key(PREFIX, POOL, "b1"))
-        put_backend(others[0], servers["b3"])
+        etcd.hide()
+        etcd.delete(backend_key(PREFIX, POOL, "b1"))
+        put_backend(etcd, servers["b3"])
         for i in range(20):
-            others[0].put("/lbtest-faults/filler", str(i))
-        put_backend(others[0], servers["b4"])
-        others[0].compact()
+            etcd.put(PREFIX + "filler", str(i))
+        put_backend(etcd, servers["b4"])
+        etcd.put(backend_key(PREFIX, POOL, "b2"),
+                 json.dumps({"addr": servers["b2"].addr, "weight": 7}))
+        compacted = etcd.compact()
+        self.assertGreater(compacted, resume_at)
+        self.assertNotEqual(lbd.watch_state(), "watching")
 
-        a.restart()
-        a.wait_healthy(scaled(60))
-        wait_until(lambda: set(lbd.backends(POOL)) == {"b2", "b3", "b4"}, scaled(30),
-                   "lbd to re-list after the compaction (b1 gone, b3 and b4 there)")
+        etcd.unhide()
+        want = lbtest.etcd_pool(etcd, PREFIX, POOL)
+        self.assertEqual(set(want), {"b2", "b3", "b4"})
+        wait_until(lambda: lbtest.lbd_pool(lbd, POOL) == want, scaled(30),
+                   "lbd to re-list after the compaction and equal etcd: %r" % (want,))
         wait_until(lambda: self.answering(lbd, {"b2", "b3", "b4"}, 30), scaled(10),
                    "b2, b3, b4 answering")
+        log = lbd.log_text()
+        self.assertIn('msg="watch revision compacted, re-listing" revision=%d compacted=%d'
+                      % (resume_at, compacted), log)
+        self.assertRegex(log, r'msg="re-listed" endpoint=\S+ revision=%d ' % etcd.revision())
+        self.assertEqual(lbd.metric("lbd_etcd_relists_total"), relists_before + 1)
+        self.assertEqual(lbd.metric("lbd_etcd_revision"), etcd.revision())
 
 
 if __name__ == "__main__":

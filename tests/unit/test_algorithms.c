@@ -364,6 +364,73 @@ static void test_retry_skips_tried(void **state)
     }
 }
 
+/*
+ * Pools above a few dozen backends use stride scheduling on a heap: same
+ * shares, same smoothness, O(log n) per pick.
+ */
+static void test_wrr_large_pool(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 1000 };
+    static int count[N];
+    int per_weight[5] = {0};
+    char id[16];
+
+    memset(count, 0, sizeof(count));
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "n%04d", i);
+        put(f, id, 1 + i % 4);
+    }
+    f->sink.commit(f->sink.ctx);
+    assert_int_equal(f->pool->snap->n_eligible, N);
+    /* 2500 weight units: 100 full rounds give every backend exactly its weight each round */
+    for (int r = 0; r < 100; r++) {
+        for (int k = 0; k < 2500; k++) {
+            struct lb_backend *b = pick_for(f, NULL);
+
+            count[atoi(b->id + 1)]++;
+        }
+        for (int i = 0; i < N; i++)
+            assert_int_equal(count[i], (r + 1) * (1 + i % 4));
+    }
+    for (int i = 0; i < N; i++)
+        per_weight[1 + i % 4] += count[i];
+    print_message("wrr 1000 backends: weight 1..4 got %d %d %d %d picks\n", per_weight[1],
+                  per_weight[2], per_weight[3], per_weight[4]);
+
+    /* removing one backend neither restarts the cycle nor bursts */
+    del(f, "n0003");
+    f->sink.commit(f->sink.ctx);
+    memset(count, 0, sizeof(count));
+    for (int k = 0; k < 2496; k++)
+        count[atoi(pick_for(f, NULL)->id + 1)]++;
+    for (int i = 0; i < N; i++)
+        assert_in_range(count[i], i == 3 ? 0 : (1 + i % 4) - 1, i == 3 ? 0 : (1 + i % 4) + 1);
+
+    /* a new backend takes its share from now on, without a catch-up burst */
+    put(f, "n0003", 4);
+    f->sink.commit(f->sink.ctx);
+    memset(count, 0, sizeof(count));
+    for (int k = 0; k < 2500; k++)
+        count[atoi(pick_for(f, NULL)->id + 1)]++;
+    assert_in_range(count[3], 3, 5);
+
+    /* a retry skips what it tried, on the heap too */
+    for (int k = 0; k < 100; k++) {
+        struct lb_backend *tried[2];
+        struct lb_pick p = {.tried = tried, .n_tried = 1};
+
+        tried[0] = pick_for(f, NULL);
+        tried[1] = f->pool->snap->algo->pick(f->pool->snap, &p);
+        assert_non_null(tried[1]);
+        assert_ptr_not_equal(tried[1], tried[0]);
+        p.n_tried = 2;
+        struct lb_backend *third = f->pool->snap->algo->pick(f->pool->snap, &p);
+        assert_ptr_not_equal(third, tried[0]);
+        assert_ptr_not_equal(third, tried[1]);
+    }
+}
+
 static void test_empty_pool(void **state)
 {
     struct fixture *f = *state;
@@ -387,6 +454,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leastconn_uneven_lengths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_maglev_disruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_skips_tried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrr_large_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_pool, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

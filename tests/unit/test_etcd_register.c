@@ -11,11 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "register.h"
 
-static const char *const env_names[] = {"LBCTL_ETCD", "LBCTL_PREFIX", "LBCTL_POOL", "LBCTL_ID",
-                                        "LBCTL_ADDR", "LBCTL_WEIGHT", "LBCTL_TTL"};
+static const char *const env_names[] = {"LBCTL_ETCD",     "LBCTL_PREFIX",        "LBCTL_POOL",
+                                        "LBCTL_ID",       "LBCTL_ADDR",          "LBCTL_WEIGHT",
+                                        "LBCTL_TTL",      "LBCTL_ETCD_CA",       "LBCTL_ETCD_CERT",
+                                        "LBCTL_ETCD_KEY", "LBCTL_ETCD_USER_FILE"};
 
 static int clear_env(void **state)
 {
@@ -68,6 +71,26 @@ static void test_env_errors(void **state)
     unsetenv("LBCTL_ADDR");
 }
 
+/* TLS and credential files are read before anything is sent: a bad one is a usage error. */
+static void test_file_errors(void **state)
+{
+    char path[] = "/tmp/lbtest-reg-XXXXXX";
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "no colon\n", 9), 9);
+    close(fd);
+    assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--etcd-user-file", path), 2);
+    assert_int_equal(
+        RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--etcd-user-file", "/nonexistent/lbtest"), 2);
+    assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--etcd-ca", "/nonexistent/ca.pem"), 2);
+    assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80", "--etcd-key", path), 2);
+    setenv("LBCTL_ETCD_CERT", "/nonexistent/cert.pem", 1);
+    assert_int_equal(RUN(OK_FLAGS, "--addr", "10.0.0.5:80"), 2);
+    unsetenv("LBCTL_ETCD_CERT");
+    unlink(path);
+}
+
 static void test_help(void **state)
 {
     assert_int_equal(RUN("--help"), 0);
@@ -79,6 +102,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_usage_errors, clear_env),
         cmocka_unit_test_setup(test_env_errors, clear_env),
+        cmocka_unit_test_setup(test_file_errors, clear_env),
         cmocka_unit_test_setup(test_help, clear_env),
     };
 
