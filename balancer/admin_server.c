@@ -2,7 +2,7 @@
  * The admin API transport: a listening socket, one nghttp2 server session
  * per accepted connection, and gRPC calls riding on HTTP/2 streams.
  *
- * Reading: on_read() feeds socket bytes to nghttp2_session_mem_recv(),
+ * Reading: conn_read() feeds socket bytes to nghttp2_session_mem_recv(),
  * whose callbacks collect a call's headers, reassemble its request message
  * and dispatch it through the method table once the client half-closes.
  * Writing: responses are queued per call and pulled by nghttp2 through
@@ -10,6 +10,18 @@
  * nghttp2 must not be re-entered from its own callbacks, so code that
  * queues output while one is running only marks the connection, and the
  * flush after mem_recv() sends it.
+ *
+ * TLS: with a certificate, each connection first runs a non-blocking
+ * OpenSSL handshake (ALPN h2) on the same watchers, bounded by the
+ * handshake timeout; nghttp2's output (our SETTINGS) waits for it.  Then
+ * conn_recv()/conn_send() go through SSL_read()/SSL_write(), whose
+ * WANT_READ/WANT_WRITE turn into the watcher the operation waits for.  A
+ * first byte that cannot start a TLS handshake (plain HTTP/2, HTTP/1,
+ * noise) is recognised before OpenSSL sees it: one log line, then close.
+ *
+ * Token: with one configured, on_header() checks each call's authorization
+ * header as it arrives (admin_auth.c) and the call ends UNAUTHENTICATED
+ * before any method runs, unless the method is open (health probes).
  *
  * Lifetimes: connections and calls are never freed where they fail.  A
  * closing connection goes on a list and a call whose last reference is
@@ -26,6 +38,7 @@
  * client stopped reading.
  */
 #include "admin_server.h"
+#include "admin_auth.h"
 #include "admin_service.h"
 #include "lb_buf.h"
 #include "lb_grpc_frame.h"
@@ -34,10 +47,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,10 +66,12 @@
 #define PATH_TEXT_MAX 256
 #define CONN_WRITE_MAX (1024 * 1024) /* nghttp2 output waiting for the socket */
 #define READ_CHUNK 16384
+#define WRITE_GATHER 32768           /* nghttp2 output gathered into one write (one TLS record or two) */
 #define FINISH_LINGER_S 10.0         /* a finished call's client gets this long to read */
+#define REJECT_WAIT_S 5.0            /* an early error waits this long for the request's end */
 #define ACCEPT_BACKOFF_S 1.0         /* after EMFILE and friends */
 
-enum call_timer_mode { TIMER_NONE, TIMER_DEADLINE, TIMER_LINGER };
+enum call_timer_mode { TIMER_NONE, TIMER_DEADLINE, TIMER_LINGER, TIMER_REJECT };
 
 struct admin_conn;
 
@@ -75,6 +94,8 @@ struct lb_admin_call {
     char timeout[16];
     bool has_timeout;
     char encoding[32];
+    unsigned auth_headers;    /* authorization headers seen */
+    bool auth_ok;             /* the last one carries the admin token */
     size_t header_bytes;
     const struct lb_admin_method *method;
     struct lb_grpc_decoder decoder;
@@ -85,6 +106,7 @@ struct lb_admin_call {
     /* response */
     bool headers_sent;        /* HEADERS submitted (with a data provider unless trailers-only) */
     bool finished;            /* final status decided */
+    bool rejected;            /* status decided before the request ended; sent at its end */
     bool trailers_submitted;
     bool deferred;            /* call_read_cb returned NGHTTP2_ERR_DEFERRED */
     int status;
@@ -121,14 +143,25 @@ struct admin_conn {
     char proto_error[160];
     struct admin_conn *prev, *next; /* server's open connections */
     struct admin_conn *dead_next;
+
+    /* TLS (ssl NULL on a cleartext listener) */
+    SSL *ssl;
+    bool handshaking;      /* nghttp2's output waits until the handshake is done */
+    bool hello_checked;    /* the first byte looked like a TLS handshake */
+    bool alpn_refused;     /* the client offered ALPN without h2 */
+    bool tls_failed;       /* no close_notify on a broken TLS session */
+    bool read_wants_write; /* SSL_read() needs the socket writable first */
 };
 
 struct lb_admin_server {
     struct ev_loop *loop;
     struct lb_registry *registry;
     struct lb_admin_limits limits;
+    struct lb_admin_auth auth;
+    SSL_CTX *tls; /* NULL: cleartext h2c */
     int fd;
     int port;
+    bool loopback; /* bound to 127.0.0.0/8 or ::1 */
     char addr[96];
     ev_io accept_watcher;
     ev_timer accept_backoff;
@@ -153,6 +186,7 @@ void lb_admin_limits_defaults(struct lb_admin_limits *l)
     l->max_message = LB_GRPC_MAX_MESSAGE_DEFAULT;
     l->stream_queue_max = 1024 * 1024;
     l->max_header_bytes = 16 * 1024;
+    l->handshake_timeout_ms = 10 * 1000;
 }
 
 /* ---- reaping ---- */
@@ -228,6 +262,14 @@ static void conn_destroy(struct admin_conn *conn)
     ev_io_stop(conn->server->loop, &conn->write_watcher);
     ev_timer_stop(conn->server->loop, &conn->idle_timer);
     nghttp2_session_del(conn->session);
+    if (conn->ssl) {
+        /* close_notify, best effort: the socket is non-blocking. */
+        ERR_clear_error();
+        if (!conn->handshaking && !conn->tls_failed)
+            SSL_shutdown(conn->ssl);
+        SSL_free(conn->ssl);
+        ERR_clear_error();
+    }
     if (conn->fd >= 0)
         close(conn->fd);
     lb_buf_free(&conn->wbuf);
@@ -579,6 +621,42 @@ static void call_reject_http(struct lb_admin_call *c, const char *http_status, i
         conn_close(c->conn, "cannot submit response");
 }
 
+/*
+ * An error found before the client has sent its whole request (a bad
+ * header, a missing token, an unknown method, a message too large).
+ * Answering at once would race the client's upload: libcurl 7.88 then
+ * stops sending and waits, or loses the answer to the RST_STREAM that must
+ * follow it.  So the status waits for the request's end, whose bytes are
+ * dropped unread, for REJECT_WAIT_S at most.  No handler runs.
+ */
+static void call_reject(struct lb_admin_call *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void call_reject(struct lb_admin_call *c, int status, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (c->finished || c->rejected)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(c->message, sizeof(c->message), fmt, ap);
+    va_end(ap);
+    c->status = status;
+    c->rejected = true;
+    call_timer_start(c, TIMER_REJECT, REJECT_WAIT_S); /* replaces the deadline */
+}
+
+/* Sends the status call_reject() decided. */
+static void call_end_rejected(struct lb_admin_call *c)
+{
+    if (!c->rejected || c->finished)
+        return;
+    c->rejected = false;
+    c->finished = true;
+    c->cancel_cb = NULL;
+    call_submit_end(c);
+}
+
 static void call_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_admin_call *c = w->data;
@@ -586,6 +664,11 @@ static void call_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
     if (!conn)
         return;
+    if (c->timer_mode == TIMER_REJECT) {
+        /* The client keeps sending: answer now; on_frame_send() resets the stream. */
+        call_end_rejected(c);
+        return;
+    }
     if (c->timer_mode == TIMER_DEADLINE && !c->finished) {
         char text[32];
 
@@ -702,10 +785,22 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     else if (IS("grpc-timeout")) {
         copy_header(c->timeout, sizeof(c->timeout), value, valuelen, NULL);
         c->has_timeout = true;
-    } else if (IS("grpc-encoding"))
+    } else if (IS("grpc-encoding")) {
         copy_header(c->encoding, sizeof(c->encoding), value, valuelen, NULL);
+    } else if (IS("authorization")) {
+        c->auth_headers++;
+        c->auth_ok = lb_admin_auth_accepts(&c->server->auth, (const char *)value, valuelen);
+    }
 #undef IS
     return 0;
+}
+
+/* One authorization header with the token, or no token needed. */
+static bool call_is_authorized(const struct lb_admin_call *c)
+{
+    if (!c->server->auth.required || (c->method && c->method->open))
+        return true;
+    return c->auth_headers == 1 && c->auth_ok;
 }
 
 /* Headers are complete: check them, find the method, arm the deadline. */
@@ -713,6 +808,7 @@ static void call_headers_done(struct lb_admin_call *c)
 {
     char service[PATH_TEXT_MAX], method[PATH_TEXT_MAX];
     const char *slash;
+    bool malformed;
 
     if (strcmp(c->http_method, "POST") != 0) {
         call_reject_http(c, "405", LB_GRPC_INTERNAL, "gRPC requests use POST");
@@ -726,34 +822,44 @@ static void call_headers_done(struct lb_admin_call *c)
         call_reject_http(c, "415", LB_GRPC_INTERNAL, text);
         return;
     }
+    slash = c->path[0] == '/' ? strchr(c->path + 1, '/') : NULL;
+    malformed = c->path_too_long || !slash || slash == c->path + 1 || slash[1] == '\0' ||
+                strchr(slash + 1, '/');
+    if (!malformed) {
+        snprintf(service, sizeof(service), "%.*s", (int)(slash - c->path - 1), c->path + 1);
+        snprintf(method, sizeof(method), "%s", slash + 1);
+        c->method = lb_admin_service_find(service, method);
+    }
+    /* Without the token nothing is told, not even whether a method exists. */
+    if (!call_is_authorized(c)) {
+        LB_INFO(LOG_SUB, "msg=\"admin call refused: missing or invalid admin token\" path=%s "
+                         "peer=%s", c->path, c->conn->peer);
+        c->method = NULL;
+        call_reject(c, LB_GRPC_UNAUTHENTICATED, "missing or invalid admin token");
+        return;
+    }
     if (c->has_timeout) {
         int64_t ms;
 
         if (lb_grpc_timeout_parse(c->timeout, strlen(c->timeout), &ms) < 0) {
-            lb_admin_call_finish(c, LB_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout \"%s\"",
-                                 c->timeout);
+            call_reject(c, LB_GRPC_INVALID_ARGUMENT, "malformed grpc-timeout \"%s\"", c->timeout);
             return;
         }
         c->deadline_ms = ms;
         call_timer_start(c, TIMER_DEADLINE, (ev_tstamp)ms / 1000.0);
     }
     if (c->encoding[0] && strcmp(c->encoding, "identity") != 0) {
-        lb_admin_call_finish(c, LB_GRPC_UNIMPLEMENTED,
-                             "grpc-encoding \"%s\" is not supported (identity only)", c->encoding);
+        call_reject(c, LB_GRPC_UNIMPLEMENTED,
+                    "grpc-encoding \"%s\" is not supported (identity only)", c->encoding);
         return;
     }
-    slash = c->path[0] == '/' ? strchr(c->path + 1, '/') : NULL;
-    if (c->path_too_long || !slash || slash == c->path + 1 || slash[1] == '\0' ||
-        strchr(slash + 1, '/')) {
-        lb_admin_call_finish(c, LB_GRPC_UNIMPLEMENTED, "malformed method name \"%s\"", c->path);
+    if (malformed) {
+        call_reject(c, LB_GRPC_UNIMPLEMENTED, "malformed method name \"%s\"", c->path);
         return;
     }
-    snprintf(service, sizeof(service), "%.*s", (int)(slash - c->path - 1), c->path + 1);
-    snprintf(method, sizeof(method), "%s", slash + 1);
-    c->method = lb_admin_service_find(service, method);
     if (!c->method) {
-        lb_admin_call_finish(c, LB_GRPC_UNIMPLEMENTED, "unknown method %s for service %s", method,
-                             service);
+        call_reject(c, LB_GRPC_UNIMPLEMENTED, "unknown method %s for service %s", method,
+                    service);
         return;
     }
     if (c->method->server_streaming)
@@ -776,18 +882,22 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
     struct lb_admin_call *c = nghttp2_session_get_stream_user_data(session, stream_id);
     int rc;
 
-    if (!c || c->finished)
-        return 0;
+    if (!c || c->finished || c->rejected)
+        return 0; /* dropped unread */
     rc = lb_grpc_decoder_feed(&c->decoder, data, len, on_request_message, c);
     if (rc == -EMSGSIZE || rc == -E2BIG)
-        lb_admin_call_finish(c, LB_GRPC_RESOURCE_EXHAUSTED,
-                             "request message larger than the maximum of %zu bytes",
-                             c->server->limits.max_message);
+        call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED,
+                    "request message larger than the maximum of %zu bytes",
+                    c->server->limits.max_message);
     else if (rc == -EPROTO)
-        lb_admin_call_finish(c, LB_GRPC_INTERNAL,
-                             "compressed request message but no grpc-encoding was negotiated");
+        call_reject(c, LB_GRPC_INTERNAL,
+                    "compressed request message but no grpc-encoding was negotiated");
     else if (rc < 0)
-        lb_admin_call_finish(c, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory reading the request");
+        call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory reading the request");
+    if (c->rejected) {
+        lb_grpc_decoder_free(&c->decoder);
+        lb_buf_free(&c->request);
+    }
     return 0;
 }
 
@@ -798,6 +908,10 @@ static void call_request_done(struct lb_admin_call *c)
     char err[LB_GRPC_MESSAGE_TEXT_MAX];
     int status;
 
+    if (c->rejected) {
+        call_end_rejected(c);
+        return;
+    }
     if (c->finished || !c->method)
         return;
     if (lb_grpc_decoder_finish(&c->decoder) < 0) {
@@ -850,6 +964,21 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
     return 0;
 }
 
+/*
+ * The status went out before the client finished its request (a rejected
+ * call that waited in vain, a deadline, a non-gRPC client): as gRPC
+ * servers do, reset the stream with NO_ERROR, which tells the client to
+ * stop sending rather than wait for a window that will never open.
+ */
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
+{
+    if (frame->hd.type == NGHTTP2_HEADERS && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0)
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_error(nghttp2_session *session, int lib_error_code, const char *msg, size_t len,
                     void *ud)
 {
@@ -894,94 +1023,325 @@ static void conn_close(struct admin_conn *conn, const char *reason)
     server_kick_reaper(s);
 }
 
+/* ---- transport: the socket, or TLS over it ---- */
+
+/* Keeps OpenSSL's first complaint for the close log line; empties its error queue. */
+static void conn_tls_error(struct admin_conn *conn)
+{
+    unsigned long e = ERR_get_error();
+
+    conn->tls_failed = true;
+    if (conn->alpn_refused && !conn->proto_error[0])
+        snprintf(conn->proto_error, sizeof(conn->proto_error),
+                 "the client does not offer ALPN h2 (gRPC needs HTTP/2)");
+    if (e && !conn->proto_error[0]) {
+        const char *reason = ERR_reason_error_string(e);
+
+        if (reason)
+            snprintf(conn->proto_error, sizeof(conn->proto_error), "%s", reason);
+        else
+            ERR_error_string_n(e, conn->proto_error, sizeof(conn->proto_error));
+    }
+    ERR_clear_error();
+}
+
+/*
+ * Reads what the peer sent.  Returns the byte count, 0 at the end of the
+ * stream, -EAGAIN when there is nothing now (TLS may have armed the write
+ * watcher it needs first), or another negative errno (-EPROTO: TLS error,
+ * described in conn->proto_error).
+ */
+static ssize_t conn_recv(struct admin_conn *conn, uint8_t *buf, size_t len)
+{
+    struct ev_loop *loop = conn->server->loop;
+    int n, saved;
+
+    if (!conn->ssl) {
+        ssize_t r = recv(conn->fd, buf, len, 0);
+
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return -EAGAIN;
+        return r < 0 ? -errno : r;
+    }
+    ERR_clear_error();
+    n = SSL_read(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+    saved = errno;
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(conn->ssl, n)) {
+    case SSL_ERROR_WANT_READ:
+        return -EAGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        /* A TLS message of ours must go out first (a key update). */
+        conn->read_wants_write = true;
+        ev_io_stop(loop, &conn->read_watcher);
+        ev_io_start(loop, &conn->write_watcher);
+        return -EAGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        conn->tls_failed = true;
+        ERR_clear_error();
+        return saved ? -saved : 0;
+    default:
+        conn_tls_error(conn);
+        return -EPROTO;
+    }
+}
+
+/*
+ * Writes up to `len` (> 0) bytes.  Returns the count written, -EAGAIN with
+ * the watcher the write waits for armed, -EINTR (try again), or another
+ * negative errno (-EPROTO: TLS error, described in conn->proto_error).
+ */
+static ssize_t conn_send(struct admin_conn *conn, const uint8_t *buf, size_t len)
+{
+    struct ev_loop *loop = conn->server->loop;
+    int n, saved;
+
+    if (!conn->ssl) {
+        ssize_t r = send(conn->fd, buf, len, MSG_NOSIGNAL);
+
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            return -EINTR;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            ev_io_start(loop, &conn->write_watcher);
+            return -EAGAIN;
+        }
+        return -errno;
+    }
+    /* SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: wbuf may move between retries. */
+    ERR_clear_error();
+    n = SSL_write(conn->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+    saved = errno;
+    if (n > 0)
+        return n;
+    switch (SSL_get_error(conn->ssl, n)) {
+    case SSL_ERROR_WANT_WRITE:
+        ev_io_start(loop, &conn->write_watcher);
+        return -EAGAIN;
+    case SSL_ERROR_WANT_READ:
+        /* The read watcher is always on, and conn_read() flushes. */
+        if (!conn->read_wants_write)
+            ev_io_stop(loop, &conn->write_watcher);
+        return -EAGAIN;
+    case SSL_ERROR_SYSCALL:
+        conn->tls_failed = true;
+        ERR_clear_error();
+        return saved ? -saved : -EPIPE;
+    default:
+        conn_tls_error(conn);
+        return -EPROTO;
+    }
+}
+
+/*
+ * Moves nghttp2's output to the socket.  Frames are gathered first (up to
+ * WRITE_GATHER bytes), so a DATA frame's 9-byte header does not go out as
+ * a segment (or a TLS record) of its own.  Nothing is appended while a
+ * write is pending, so a retried SSL_write() sees the same bytes.
+ */
 static void conn_flush(struct admin_conn *conn)
 {
     struct ev_loop *loop = conn->server->loop;
 
-    while (!conn->dead) {
-        if (conn->woff < conn->wbuf.len) {
-            ssize_t n = write(conn->fd, conn->wbuf.data + conn->woff, conn->wbuf.len - conn->woff);
+    while (!conn->dead && !conn->handshaking) {
+        ssize_t n;
 
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                ev_io_start(loop, &conn->write_watcher);
-                return;
-            }
-            if (n < 0) {
-                if (errno == EPIPE || errno == ECONNRESET)
-                    conn_close(conn, NULL);
-                else
-                    conn_close(conn, strerror(errno));
-                return;
-            }
-            conn->woff += (size_t)n;
-            if (conn->woff == conn->wbuf.len) {
-                lb_buf_reset(&conn->wbuf);
-                conn->woff = 0;
-            }
-            continue;
-        }
-        {
-            const uint8_t *data;
-            ssize_t n;
+        if (conn->woff == conn->wbuf.len) {
+            lb_buf_reset(&conn->wbuf);
+            conn->woff = 0;
+            while (conn->wbuf.len < WRITE_GATHER) {
+                const uint8_t *data;
 
-            conn->in_nghttp2++;
-            n = nghttp2_session_mem_send(conn->session, &data);
-            conn->in_nghttp2--;
-            if (n < 0) {
-                conn_close(conn, nghttp2_strerror((int)n));
-                return;
+                conn->in_nghttp2++;
+                n = nghttp2_session_mem_send(conn->session, &data);
+                conn->in_nghttp2--;
+                if (n < 0) {
+                    conn_close(conn, nghttp2_strerror((int)n));
+                    return;
+                }
+                if (n == 0)
+                    break;
+                /* data is valid until the next mem_send: copy it now */
+                if (lb_buf_append(&conn->wbuf, data, (size_t)n) < 0) {
+                    conn_close(conn, "output buffer limit reached");
+                    return;
+                }
             }
-            if (n == 0)
+            if (conn->wbuf.len == 0)
                 break;
-            if (lb_buf_append(&conn->wbuf, data, (size_t)n) < 0) {
-                conn_close(conn, "output buffer limit reached");
-                return;
-            }
         }
+        n = conn_send(conn, (const uint8_t *)conn->wbuf.data + conn->woff,
+                      conn->wbuf.len - conn->woff);
+        if (n == -EINTR)
+            continue;
+        if (n == -EAGAIN)
+            return;
+        if (n < 0) {
+            if (n == -EPIPE || n == -ECONNRESET)
+                conn_close(conn, NULL);
+            else
+                conn_close(conn, n == -EPROTO ? "TLS error" : strerror((int)-n));
+            return;
+        }
+        conn->woff += (size_t)n;
     }
-    if (conn->dead)
+    if (conn->dead || conn->handshaking)
         return;
-    ev_io_stop(loop, &conn->write_watcher);
+    if (!conn->read_wants_write)
+        ev_io_stop(loop, &conn->write_watcher);
     if (!nghttp2_session_want_read(conn->session) && !nghttp2_session_want_write(conn->session))
         conn_close(conn, conn->proto_error[0] ? "HTTP/2 protocol error" : NULL);
+}
+
+/* Feeds what the peer sent to nghttp2, then flushes what it answers. */
+static void conn_read(struct admin_conn *conn)
+{
+    uint8_t buf[READ_CHUNK];
+
+    do {
+        ssize_t n = conn_recv(conn, buf, sizeof(buf)), rv;
+
+        if (n == -EAGAIN)
+            break;
+        if (n <= 0) {
+            conn_close(conn, n == -EPROTO                    ? "TLS error"
+                             : n < 0 && n != -ECONNRESET ? strerror((int)-n)
+                                                         : NULL);
+            return;
+        }
+        conn->last_activity = ev_now(conn->server->loop);
+        conn->in_nghttp2++;
+        rv = nghttp2_session_mem_recv(conn->session, buf, (size_t)n);
+        conn->in_nghttp2--;
+        if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+            conn_close(conn, conn->ssl ? "not an HTTP/2 client (expected gRPC)"
+                                       : "not an HTTP/2 client (expected h2c prior knowledge, "
+                                         "gRPC)");
+            return;
+        }
+        if (rv < 0) {
+            if (!conn->proto_error[0])
+                snprintf(conn->proto_error, sizeof(conn->proto_error), "%s",
+                         nghttp2_strerror((int)rv));
+            conn_close(conn, "HTTP/2 protocol error");
+            return;
+        }
+        /* TLS may hold bytes (processed or not) that no socket event will announce. */
+    } while (conn->ssl && !conn->dead && SSL_has_pending(conn->ssl));
+    conn_flush(conn);
+}
+
+/*
+ * Says what a first byte that cannot start a TLS handshake most likely is:
+ * the usual case is a cleartext client pointed at the TLS port.
+ */
+static const char *describe_not_tls(const uint8_t *p, size_t n)
+{
+    static const char preface[] = "PRI * HTTP/2.0";
+    size_t i = 0;
+
+    if (n >= 3 && memcmp(p, preface, n < sizeof(preface) - 1 ? n : sizeof(preface) - 1) == 0)
+        return "cleartext HTTP/2 (h2c) client on the TLS admin port (lbctl: pass --admin-ca)";
+    while (i < n && p[i] >= 'A' && p[i] <= 'Z')
+        i++;
+    if (i >= 3 && i < n && p[i] == ' ')
+        return "cleartext HTTP/1 request on the TLS admin port";
+    return "the first bytes are not a TLS handshake";
+}
+
+/* Runs the TLS handshake as far as the socket allows. */
+static void conn_handshake(struct admin_conn *conn)
+{
+    struct ev_loop *loop = conn->server->loop;
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    int rc;
+
+    if (!conn->hello_checked) {
+        uint8_t first[16];
+        ssize_t n = recv(conn->fd, first, sizeof(first), MSG_PEEK);
+
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        if (n <= 0) {
+            conn->tls_failed = true; /* connected and left: a port probe */
+            conn_close(conn, NULL);
+            return;
+        }
+        if (first[0] != 0x16) { /* TLS record type "handshake" */
+            conn->tls_failed = true;
+            snprintf(conn->proto_error, sizeof(conn->proto_error), "%s",
+                     describe_not_tls(first, (size_t)n));
+            conn_close(conn, "not a TLS client");
+            return;
+        }
+        conn->hello_checked = true;
+    }
+    ERR_clear_error();
+    rc = SSL_do_handshake(conn->ssl);
+    if (rc != 1) {
+        switch (SSL_get_error(conn->ssl, rc)) {
+        case SSL_ERROR_WANT_READ:
+            ev_io_stop(loop, &conn->write_watcher);
+            return;
+        case SSL_ERROR_WANT_WRITE:
+            ev_io_start(loop, &conn->write_watcher);
+            return;
+        case SSL_ERROR_SYSCALL:
+        case SSL_ERROR_ZERO_RETURN:
+            if (ERR_peek_error() == 0) {
+                conn->tls_failed = true;
+                conn_close(conn, NULL); /* the client went away */
+                return;
+            }
+            /* fall through */
+        default:
+            conn_tls_error(conn);
+            conn_close(conn, "TLS handshake failed");
+            return;
+        }
+    }
+    SSL_get0_alpn_selected(conn->ssl, &alpn, &alpn_len);
+    LB_DEBUG(LOG_SUB, "msg=\"admin TLS handshake done\" peer=%s version=%s alpn=%.*s",
+             conn->peer, SSL_get_version(conn->ssl), alpn_len ? (int)alpn_len : 1,
+             alpn_len ? (const char *)alpn : "-");
+    conn->handshaking = false;
+    ev_io_stop(loop, &conn->write_watcher);
+    conn->last_activity = ev_now(loop);
+    conn->idle_timer.repeat = (ev_tstamp)conn->server->limits.idle_timeout_ms / 1000.0;
+    ev_timer_again(loop, &conn->idle_timer);
+    conn_read(conn); /* the client's first bytes may be here already; sends our SETTINGS */
 }
 
 static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct admin_conn *conn = w->data;
-    uint8_t buf[READ_CHUNK];
-    ssize_t n, rv;
 
-    n = read(conn->fd, buf, sizeof(buf));
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;
-    if (n <= 0) {
-        conn_close(conn, n < 0 && errno != ECONNRESET ? strerror(errno) : NULL);
-        return;
-    }
-    conn->last_activity = ev_now(loop);
-    conn->in_nghttp2++;
-    rv = nghttp2_session_mem_recv(conn->session, buf, (size_t)n);
-    conn->in_nghttp2--;
-    if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
-        conn_close(conn, "not an HTTP/2 client (expected h2c prior knowledge, gRPC)");
-        return;
-    }
-    if (rv < 0) {
-        if (!conn->proto_error[0])
-            snprintf(conn->proto_error, sizeof(conn->proto_error), "%s",
-                     nghttp2_strerror((int)rv));
-        conn_close(conn, "HTTP/2 protocol error");
-        return;
-    }
-    conn_flush(conn);
+    if (conn->handshaking)
+        conn_handshake(conn);
+    else
+        conn_read(conn);
 }
 
 static void conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    conn_flush(w->data);
+    struct admin_conn *conn = w->data;
+
+    if (conn->handshaking) {
+        conn_handshake(conn);
+        return;
+    }
+    if (conn->read_wants_write) {
+        conn->read_wants_write = false;
+        ev_io_start(loop, &conn->read_watcher);
+        conn_read(conn); /* flushes too */
+        return;
+    }
+    conn_flush(conn);
 }
 
 static void conn_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -990,6 +1350,13 @@ static void conn_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_tstamp idle = (ev_tstamp)conn->server->limits.idle_timeout_ms / 1000.0;
     ev_tstamp now = ev_now(loop);
 
+    if (conn->handshaking) {
+        conn->tls_failed = true;
+        snprintf(conn->proto_error, sizeof(conn->proto_error), "no handshake within %.1fs",
+                 (double)conn->server->limits.handshake_timeout_ms / 1000.0);
+        conn_close(conn, "TLS handshake timed out");
+        return;
+    }
     if (conn->n_calls > 0)
         conn->last_activity = now; /* a long watch or drain wait is not idleness */
     if (now - conn->last_activity < idle) {
@@ -1028,6 +1395,7 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
     rc = nghttp2_session_server_new(&conn->session, cb, conn);
     nghttp2_session_callbacks_del(cb);
@@ -1044,12 +1412,25 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
         rc = -ENOMEM;
         goto out;
     }
+    if (s->tls) {
+        conn->ssl = SSL_new(s->tls);
+        if (!conn->ssl || SSL_set_fd(conn->ssl, fd) != 1) {
+            ERR_clear_error();
+            rc = -ENOMEM;
+            goto out;
+        }
+        SSL_set_app_data(conn->ssl, conn);
+        SSL_set_accept_state(conn->ssl);
+        conn->handshaking = true;
+    }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ev_io_init(&conn->read_watcher, conn_read_cb, fd, EV_READ);
     ev_io_init(&conn->write_watcher, conn_write_cb, fd, EV_WRITE);
     conn->read_watcher.data = conn->write_watcher.data = conn;
     ev_init(&conn->idle_timer, conn_idle_cb);
-    conn->idle_timer.repeat = (ev_tstamp)s->limits.idle_timeout_ms / 1000.0;
+    conn->idle_timer.repeat = (ev_tstamp)(conn->handshaking ? s->limits.handshake_timeout_ms
+                                                            : s->limits.idle_timeout_ms) /
+                              1000.0;
     conn->idle_timer.data = conn;
     conn->last_activity = ev_now(s->loop);
     ev_io_start(s->loop, &conn->read_watcher);
@@ -1059,10 +1440,13 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
         s->conns->prev = conn;
     s->conns = conn;
     s->n_conns++;
-    LB_DEBUG(LOG_SUB, "msg=\"admin connection\" peer=%s", conn->peer);
-    conn_flush(conn); /* our SETTINGS go first */
+    LB_DEBUG(LOG_SUB, "msg=\"admin connection\" peer=%s tls=%s", conn->peer,
+             conn->ssl ? "yes" : "no");
+    conn_flush(conn); /* our SETTINGS go first (after the TLS handshake) */
     return 0;
 out:
+    if (conn->ssl)
+        SSL_free(conn->ssl);
     if (conn->session)
         nghttp2_session_del(conn->session);
     lb_buf_free(&conn->wbuf);
@@ -1203,8 +1587,17 @@ static int server_listen(struct lb_admin_server *s, const char *listen_addr, cha
         goto fail;
     }
     s->fd = fd;
-    s->port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
-                                          : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    if (bound.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&bound;
+
+        s->port = ntohs(in6->sin6_port);
+        s->loopback = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&bound;
+
+        s->port = ntohs(in->sin_port);
+        s->loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
     snprintf(s->addr, sizeof(s->addr), "%s", listen_addr);
     freeaddrinfo(ai);
     return 0;
@@ -1217,7 +1610,136 @@ fail:
     return rc;
 }
 
-int lb_admin_server_new(struct ev_loop *loop, const char *listen_addr,
+/* ---- TLS and token set-up ---- */
+
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                          const unsigned char *in, unsigned int inlen, void *arg)
+{
+    static const unsigned char h2[] = "\x02h2";
+    struct admin_conn *conn = SSL_get_app_data(ssl);
+
+    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2) - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED) {
+        if (conn)
+            conn->alpn_refused = true;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Encrypted keys would make OpenSSL ask on the terminal: refuse them instead. */
+static int no_password_cb(char *buf, int size, int rwflag, void *ud)
+{
+    return 0;
+}
+
+/* OpenSSL's last complaint, for an error sentence; empties its error queue. */
+static const char *tls_reason(char *buf, size_t size)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+
+    snprintf(buf, size, "%s", reason ? reason : "unknown error");
+    ERR_clear_error();
+    return buf;
+}
+
+static int check_readable(const char *what, const char *path, char **err)
+{
+    FILE *f = fopen(path, "r");
+
+    if (f) {
+        fclose(f);
+        return 0;
+    }
+    if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(errno)) < 0)
+        *err = NULL;
+    return -EINVAL;
+}
+
+/* Loads the certificate and key into a context that only speaks h2 over TLS 1.2+. */
+static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o,
+                           char **err)
+{
+    /* HTTP/2 forbids TLS 1.2 ciphers without forward secrecy or AEAD (RFC 7540, 9.2.2). */
+    static const char ciphers12[] = "ECDHE+AESGCM:ECDHE+CHACHA20";
+    char why[160];
+    SSL_CTX *ctx;
+    X509 *cert;
+    bool mismatch = false;
+    int rc = -EINVAL;
+
+    if (!o->tls_cert_file && !o->tls_key_file)
+        return 0;
+    if (!o->tls_cert_file || !o->tls_key_file) {
+        if (asprintf(err, "--admin-tls-cert and --admin-tls-key go together: give both to serve "
+                          "the admin API over TLS") < 0)
+            *err = NULL;
+        return -EINVAL;
+    }
+    if (check_readable("admin TLS certificate", o->tls_cert_file, err) < 0 ||
+        check_readable("admin TLS key", o->tls_key_file, err) < 0)
+        return -EINVAL;
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET |
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_num_tickets(ctx, 0); /* every lbctl call is a new connection anyway */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_default_passwd_cb(ctx, no_password_cb);
+    if (SSL_CTX_set_cipher_list(ctx, ciphers12) != 1) {
+        if (asprintf(err, "admin TLS: cannot set the cipher list: %s",
+                     tls_reason(why, sizeof(why))) < 0)
+            *err = NULL;
+        goto fail;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, o->tls_cert_file) != 1) {
+        if (asprintf(err, "admin TLS certificate %s: not a usable PEM certificate chain (%s)",
+                     o->tls_cert_file, tls_reason(why, sizeof(why))) < 0)
+            *err = NULL;
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, o->tls_key_file, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+
+        /* OpenSSL checks the key against the certificate already. */
+        mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                   ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+        if (!mismatch) {
+            if (asprintf(err, "admin TLS key %s: not a usable unencrypted PEM private key (%s)",
+                         o->tls_key_file, tls_reason(why, sizeof(why))) < 0)
+                *err = NULL;
+            goto fail;
+        }
+    }
+    if (mismatch || SSL_CTX_check_private_key(ctx) != 1) {
+        ERR_clear_error();
+        if (asprintf(err, "admin TLS key %s does not belong to the certificate %s",
+                     o->tls_key_file, o->tls_cert_file) < 0)
+            *err = NULL;
+        goto fail;
+    }
+    cert = SSL_CTX_get0_certificate(ctx);
+    if (cert && X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
+        LB_WARN(LOG_SUB, "msg=\"admin TLS certificate has expired; clients will refuse it\" "
+                         "file=%s", o->tls_cert_file);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
+    s->tls = ctx;
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return rc;
+}
+
+int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opts,
                         struct lb_registry *registry, struct lb_admin_server **out, char **err)
 {
     struct lb_admin_server *s;
@@ -1232,8 +1754,14 @@ int lb_admin_server_new(struct ev_loop *loop, const char *listen_addr,
     s->registry = registry;
     s->fd = -1;
     lb_admin_limits_defaults(&s->limits);
-    rc = server_listen(s, listen_addr, err);
+    rc = opts->token_file ? lb_admin_auth_load(&s->auth, opts->token_file, err) : 0;
+    if (rc == 0)
+        rc = server_tls_init(s, opts, err);
+    if (rc == 0)
+        rc = server_listen(s, opts->listen, err);
     if (rc < 0) {
+        SSL_CTX_free(s->tls);
+        OPENSSL_cleanse(&s->auth, sizeof(s->auth));
         free(s);
         return rc;
     }
@@ -1248,7 +1776,16 @@ int lb_admin_server_new(struct ev_loop *loop, const char *listen_addr,
     ev_check_start(loop, &s->reaper);
     /* The reaper alone must not keep lbd's loop alive. */
     ev_unref(loop);
-    LB_INFO(LOG_SUB, "msg=\"admin API listening\" addr=%s", s->addr);
+    LB_INFO(LOG_SUB, "msg=\"admin API listening\" addr=%s tls=%s token=%s", s->addr,
+            s->tls ? "on" : "off", s->auth.required ? "required" : "none");
+    if (!s->loopback && !s->auth.required)
+        LB_WARN(LOG_SUB, "msg=\"admin API reachable beyond loopback without a token: anyone who "
+                         "reaches it can drain backends; see --admin-token-file\" addr=%s",
+                s->addr);
+    else if (!s->loopback && !s->tls)
+        LB_WARN(LOG_SUB, "msg=\"admin token travels in cleartext beyond loopback; serve the "
+                         "admin API over TLS (--admin-tls-cert, --admin-tls-key)\" addr=%s",
+                s->addr);
     *out = s;
     return 0;
 }
@@ -1300,5 +1837,7 @@ void lb_admin_server_free(struct lb_admin_server *s)
     ev_ref(s->loop);
     ev_check_stop(s->loop, &s->reaper);
     ev_idle_stop(s->loop, &s->reap_kick);
+    SSL_CTX_free(s->tls);
+    OPENSSL_cleanse(&s->auth, sizeof(s->auth));
     free(s);
 }

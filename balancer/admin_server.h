@@ -1,8 +1,9 @@
 /*
- * lbd's admin API transport: gRPC over cleartext HTTP/2 (prior knowledge),
- * one nghttp2 server session per accepted connection, all on the lbd libev
- * loop.  The server owns sockets, HTTP/2 and gRPC framing; what a method
- * does lives in admin_service.c, which sees only the call API below.
+ * lbd's admin API transport: gRPC over HTTP/2, cleartext (prior knowledge)
+ * or TLS with ALPN h2, one nghttp2 server session per accepted connection,
+ * all on the lbd libev loop.  The server owns sockets, TLS, HTTP/2, gRPC
+ * framing and the bearer token check; what a method does lives in
+ * admin_service.c, which sees only the call API below.
  *
  * A call is reference counted.  The open stream holds one reference; a
  * handler that answers later (an etcd write, a drain wait, an event stream)
@@ -34,18 +35,35 @@ struct lb_admin_limits {
     size_t max_message;          /* request and unary response size; RESOURCE_EXHAUSTED above */
     size_t stream_queue_max;     /* bytes a streaming call may have queued for a slow client */
     size_t max_header_bytes;     /* request header block per stream */
+    int64_t handshake_timeout_ms; /* TLS: a connection must finish its handshake within this */
 };
 
-/* 64 connections, 32 streams, 5 min idle, 4 MiB messages, 1 MiB queue, 16 KiB headers. */
+/*
+ * 64 connections, 32 streams, 5 min idle, 4 MiB messages, 1 MiB queue,
+ * 16 KiB headers, 10 s TLS handshake.
+ */
 void lb_admin_limits_defaults(struct lb_admin_limits *l);
 
+struct lb_admin_options {
+    const char *listen;        /* "127.0.0.1:9000", "[::1]:9000"; port 0 picks a free port */
+    /*
+     * NULL: no token.  Otherwise every call but grpc.health.v1.Health/Check
+     * must carry "authorization: Bearer <token>", the token being the
+     * file's first line; others end with UNAUTHENTICATED.  Read once, here.
+     */
+    const char *token_file;
+    /* Both or neither: PEM certificate chain and key; the listener then speaks TLS. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+};
+
 /*
- * Binds `listen_addr` ("127.0.0.1:9000", "[::1]:9000", port 0 picks a free
- * port) and starts accepting on `loop`.  Returns 0 with *out set, or a
- * negative errno with *err a malloc'd sentence for the operator (the caller
- * frees it).  `registry` must outlive the server.
+ * Reads the token and TLS files, binds opts->listen and starts accepting on
+ * `loop`.  Returns 0 with *out set, or a negative errno with *err a
+ * malloc'd sentence for the operator (the caller frees it).  `registry`
+ * must outlive the server.
  */
-int lb_admin_server_new(struct ev_loop *loop, const char *listen_addr,
+int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opts,
                         struct lb_registry *registry, struct lb_admin_server **out, char **err);
 
 /* Applies to connections and calls that start afterwards. */

@@ -763,23 +763,24 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
 
 /* ---- the table ---- */
 
+/* The last column: callable without the admin token. */
 static const struct lb_admin_method methods[] = {
     {"lb.v1.Admin", "ListPools", &lb__v1__list_pools_request__descriptor, false, NULL,
-     handle_list_pools},
+     handle_list_pools, false},
     {"lb.v1.Admin", "ListBackends", &lb__v1__list_backends_request__descriptor, false,
-     validate_list_backends, handle_list_backends},
+     validate_list_backends, handle_list_backends, false},
     {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, false,
-     validate_get_backend, handle_get_backend},
+     validate_get_backend, handle_get_backend, false},
     {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, false,
-     validate_set_drain, handle_set_drain},
+     validate_set_drain, handle_set_drain, false},
     {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, false,
-     validate_set_weight, handle_set_weight},
+     validate_set_weight, handle_set_weight, false},
     {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, false,
-     validate_set_health, handle_set_health},
+     validate_set_health, handle_set_health, false},
     {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, true,
-     validate_watch, handle_watch_events},
+     validate_watch, handle_watch_events, false},
     {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor,
-     false, NULL, handle_health_check},
+     false, NULL, handle_health_check, true},
 };
 
 const struct lb_admin_method *lb_admin_service_find(const char *service, const char *method)

@@ -33,6 +33,8 @@ struct lb_admin_method {
      * finish the call, unless it is cancelled first.
      */
     void (*handle)(struct lb_admin_call *call, const ProtobufCMessage *request);
+    /* Callable without the admin token (health probes carry none). */
+    bool open;
 };
 
 /* NULL when the service or the method is unknown. */

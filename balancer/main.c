@@ -40,6 +40,9 @@ struct lbd_settings {
     char *prefix;
     struct lb_strlist pools;
     char *admin;
+    char *admin_token_file;
+    char *admin_tls_cert;
+    char *admin_tls_key;
     char *http;
     int64_t shutdown_grace_ms;
     char *log_level;
@@ -85,6 +88,14 @@ static const struct lb_setting lbd_table[] = {
      "serve pool NAME on a listener at ADDR:PORT"},
     {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
      "ADDR:PORT", "gRPC admin API (lbctl); keep it on loopback or a private network"},
+    {"admin-token-file", 0, "LBD_ADMIN_TOKEN_FILE", LB_SETTING_STRING, S(admin_token_file), 0, 0,
+     NULL, NULL, "FILE",
+     "require \"authorization: Bearer TOKEN\" on admin calls (health checks excepted); TOKEN is "
+     "the file's first line"},
+    {"admin-tls-cert", 0, "LBD_ADMIN_TLS_CERT", LB_SETTING_STRING, S(admin_tls_cert), 0, 0, NULL,
+     NULL, "FILE", "serve the admin API over TLS with this PEM certificate chain"},
+    {"admin-tls-key", 0, "LBD_ADMIN_TLS_KEY", LB_SETTING_STRING, S(admin_tls_key), 0, 0, NULL,
+     NULL, "FILE", "PEM private key of --admin-tls-cert"},
     {"http", 0, "LBD_HTTP", LB_SETTING_STRING, S(http), 0, 300, "127.0.0.1:9100", NULL,
      "ADDR:PORT", "HTTP port for /healthz, /readyz and /metrics"},
     {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
@@ -340,6 +351,18 @@ static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 /* -------------------------------------------------------------- main -- */
 
+static int lbd_admin_start(struct lbd *d, char **err)
+{
+    struct lb_admin_options opts = {
+        .listen = d->settings.admin,
+        .token_file = d->settings.admin_token_file,
+        .tls_cert_file = d->settings.admin_tls_cert,
+        .tls_key_file = d->settings.admin_tls_key,
+    };
+
+    return lb_admin_server_new(d->loop, &opts, &d->registry, &d->admin, err);
+}
+
 static int lbd_start(struct lbd *d)
 {
     struct lb_watcher_config wc = {0};
@@ -412,7 +435,7 @@ static int lbd_start(struct lbd *d)
     rc = lb_http_start(d->loop, &hc, &d->http, &err);
     if (rc < 0)
         goto fail;
-    rc = lb_admin_server_new(d->loop, d->settings.admin, &d->registry, &d->admin, &err);
+    rc = lbd_admin_start(d, &err);
     if (rc < 0)
         goto fail;
     rc = lb_watcher_start(d->watcher);

@@ -1,8 +1,11 @@
 /*
  * gRPC over libcurl (PROTOCOLS.md section 4).  One easy handle per client;
- * each call has a connection of its own (see CURLOPT_FORBID_REUSE below).  Response bytes go
- * through the shared incremental frame decoder; each complete message is
- * unpacked and either kept (unary) or handed to the caller (streaming).
+ * each call has a connection of its own (see CURLOPT_FORBID_REUSE below).
+ * Response bytes go through the shared incremental frame decoder; each
+ * complete message is unpacked and either kept (unary) or handed to the
+ * caller (streaming).  With a CA file the URL is https:// and libcurl
+ * negotiates h2 by ALPN; the token rides in an authorization header that
+ * is wiped from memory after each call.
  */
 #include "admin_client.h"
 
@@ -22,6 +25,8 @@ struct lb_admin_client {
     CURL *curl;
     char addr[256];
     char base_url[300];
+    char *auth_header; /* "Authorization: Bearer <token>", or NULL */
+    char *ca_file;     /* NULL: cleartext */
 };
 
 /* State of one call. */
@@ -46,9 +51,19 @@ struct call_ctx {
 
 static int global_init_done;
 
-int lb_admin_client_new(const char *addr, struct lb_admin_client **out, char **err)
+static void wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+int lb_admin_client_new(const struct lb_admin_client_options *opts,
+                        struct lb_admin_client **out, char **err)
 {
     struct lb_admin_client *c;
+    const char *addr = opts->addr;
     const char *colon = strrchr(addr, ':');
     bool ok;
 
@@ -69,6 +84,16 @@ int lb_admin_client_new(const char *addr, struct lb_admin_client **out, char **e
             *err = NULL;
         return -EINVAL;
     }
+    if (opts->token) {
+        ok = opts->token[0] != '\0';
+        for (const char *p = opts->token; ok && *p; p++)
+            ok = *p > 0x20 && *p < 0x7f;
+        if (!ok) {
+            if (asprintf(err, "the admin token must be printable ASCII without spaces") < 0)
+                *err = NULL;
+            return -EINVAL;
+        }
+    }
     if (!global_init_done) {
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
             return -ENOMEM;
@@ -83,7 +108,14 @@ int lb_admin_client_new(const char *addr, struct lb_admin_client **out, char **e
         return -ENOMEM;
     }
     snprintf(c->addr, sizeof(c->addr), "%s", addr);
-    snprintf(c->base_url, sizeof(c->base_url), "http://%s", addr);
+    snprintf(c->base_url, sizeof(c->base_url), "%s://%s", opts->ca_file ? "https" : "http",
+             addr);
+    if ((opts->token && asprintf(&c->auth_header, "Authorization: Bearer %s", opts->token) < 0) ||
+        (opts->ca_file && !(c->ca_file = strdup(opts->ca_file)))) {
+        c->auth_header = NULL;
+        lb_admin_client_free(c);
+        return -ENOMEM;
+    }
     *out = c;
     return 0;
 }
@@ -93,6 +125,8 @@ void lb_admin_client_free(struct lb_admin_client *c)
     if (!c)
         return;
     curl_easy_cleanup(c->curl);
+    wipe_free(c->auth_header);
+    free(c->ca_file);
     free(c);
 }
 
@@ -249,6 +283,27 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
         return;
     }
     st->code = LB_GRPC_UNAVAILABLE;
+    snprintf(why, sizeof(why), "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
+    lower_first(why);
+    if (cc == CURLE_SSL_CACERT_BADFILE) {
+        snprintf(st->message, sizeof(st->message), "cannot use --admin-ca %s: %s", c->ca_file,
+                 why);
+        return;
+    }
+    if (cc == CURLE_PEER_FAILED_VERIFICATION) {
+        snprintf(st->message, sizeof(st->message),
+                 "lbd's TLS certificate at %s was not accepted: %s (is --admin-ca the CA that "
+                 "signed lbd's --admin-tls-cert, and does the certificate name the host?)",
+                 c->addr, why);
+        return;
+    }
+    if (cc == CURLE_SSL_CONNECT_ERROR) {
+        snprintf(st->message, sizeof(st->message),
+                 "TLS handshake with lbd admin API at %s failed: %s (is lbd serving TLS there, "
+                 "with --admin-tls-cert? without it, drop --admin-ca)",
+                 c->addr, why);
+        return;
+    }
     if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) {
         snprintf(why, sizeof(why), "%s",
                  os_errno ? strerror((int)os_errno) : (curl_err[0] ? curl_err
@@ -259,11 +314,9 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
                  c->addr, why, c->addr);
         return;
     }
-    snprintf(why, sizeof(why), "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
-    lower_first(why);
     snprintf(st->message, sizeof(st->message),
-             "lbd admin API at %s: %s (is %s lbd's --admin address, speaking gRPC?)", c->addr,
-             why, c->addr);
+             "lbd admin API at %s: %s (is %s lbd's --admin address, speaking gRPC?%s)", c->addr,
+             why, c->addr, c->ca_file ? "" : " if it serves TLS, pass --admin-ca");
 }
 
 static int client_perform(struct lb_admin_client *c, const char *path,
@@ -300,6 +353,12 @@ static int client_perform(struct lb_admin_client *c, const char *path,
             goto oom;
         hdrs = tmp;
     }
+    if (c->auth_header) {
+        tmp = curl_slist_append(hdrs, c->auth_header);
+        if (!tmp)
+            goto oom;
+        hdrs = tmp;
+    }
     if (timeout_ms > 0) {
         snprintf(line, sizeof(line), "grpc-timeout: %s",
                  lb_grpc_timeout_format(timeout_ms, text, sizeof(text)));
@@ -309,7 +368,18 @@ static int client_perform(struct lb_admin_client *c, const char *path,
         hdrs = tmp;
     }
     curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+    if (c->ca_file) {
+        /* h2 by ALPN; lbd refuses any other protocol in the handshake. */
+        curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_file);
+        curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https");
+    } else {
+        curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+    }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data);
@@ -321,7 +391,6 @@ static int client_perform(struct lb_admin_client *c, const char *path,
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
     /*
      * libcurl 7.88 fails a second request on a reused prior-knowledge h2c
      * connection ("Error in the HTTP2 framing layer", curl issue 10634,
@@ -373,6 +442,8 @@ oom:
     rc = st->code;
 out:
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    for (tmp = hdrs; tmp; tmp = tmp->next)
+        explicit_bzero(tmp->data, strlen(tmp->data)); /* the token */
     curl_slist_free_all(hdrs);
     free(packed);
     lb_buf_free(&body);

@@ -1,6 +1,8 @@
 /*
- * lbctl's gRPC client for lbd's admin API: libcurl over cleartext HTTP/2
- * (prior knowledge), one blocking call at a time.  grpc-status and
+ * lbctl's gRPC client for lbd's admin API: libcurl over HTTP/2, cleartext
+ * (prior knowledge) or TLS (ALPN h2, lbd's certificate checked against a
+ * given CA), one blocking call at a time, each carrying the bearer token
+ * when one is given.  grpc-status and
  * grpc-message are read from every header line, since libcurl hands
  * trailers to the header callback too; a response without grpc-status gets
  * a status synthesized from the HTTP status, as gRPC clients do.  Transport
@@ -25,11 +27,20 @@ struct lb_admin_status {
     char message[LB_GRPC_MESSAGE_TEXT_MAX + 256];
 };
 
+struct lb_admin_client_options {
+    const char *addr;    /* HOST:PORT ("127.0.0.1:9000", "[::1]:9000", "localhost:9000") */
+    const char *token;   /* sent as "authorization: Bearer <token>"; NULL: none (copied) */
+    const char *ca_file; /* PEM CA bundle: TLS, lbd's certificate must chain to it and name
+                            HOST; NULL: cleartext HTTP/2 */
+};
+
 /*
- * `addr` is HOST:PORT ("127.0.0.1:9000", "[::1]:9000", "localhost:9000").
- * Returns 0, -EINVAL with *err a malloc'd sentence (bad address), or -ENOMEM.
+ * Returns 0, -EINVAL with *err a malloc'd sentence (bad address, a token
+ * that cannot be a header value), or -ENOMEM.
  */
-int lb_admin_client_new(const char *addr, struct lb_admin_client **out, char **err);
+int lb_admin_client_new(const struct lb_admin_client_options *opts,
+                        struct lb_admin_client **out, char **err);
+/* Wipes the token copy too.  NULL is a no-op. */
 void lb_admin_client_free(struct lb_admin_client *c);
 
 /*

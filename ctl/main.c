@@ -14,6 +14,7 @@
 #include "admin_client.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
+#include "lb_secret.h"
 #include "lb_settings.h"
 
 #include "lb/v1/admin.pb-c.h"
@@ -34,12 +35,14 @@
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
-#define MAX_FLAGS 16
+#define MAX_FLAGS 20
 #define WAIT_GRACE_MS 5000 /* the call's deadline beyond --timeout of drain --wait */
 
 struct ctl_opts {
     /* global */
     char *admin;
+    char *admin_token_file;
+    char *admin_ca;
     char *output;
     int64_t rpc_timeout_ms;
     bool help;
@@ -58,6 +61,11 @@ struct ctl_opts {
 static const struct lb_setting global_rows[] = {
     {"admin", 0, "LBCTL_ADMIN", LB_SETTING_STRING, offsetof(struct ctl_opts, admin), 0, 255,
      "127.0.0.1:9000", NULL, "ADDR", "lbd admin API address, HOST:PORT"},
+    {"admin-token-file", 0, "LBCTL_ADMIN_TOKEN_FILE", LB_SETTING_STRING,
+     offsetof(struct ctl_opts, admin_token_file), 0, 0, NULL, NULL, "FILE",
+     "send the token on this file's first line (lbd --admin-token-file)"},
+    {"admin-ca", 0, "LBCTL_ADMIN_CA", LB_SETTING_STRING, offsetof(struct ctl_opts, admin_ca), 0, 0,
+     NULL, NULL, "FILE", "speak TLS, trusting the PEM CA in FILE for lbd's certificate"},
     {"output", 'o', "LBCTL_OUTPUT", LB_SETTING_STRING, offsetof(struct ctl_opts, output), 0, 0,
      "table", "table|json", "FORMAT", "output format: table or json"},
     {"rpc-timeout", 0, "LBCTL_RPC_TIMEOUT", LB_SETTING_DURATION,
@@ -152,8 +160,8 @@ static void usage_command(FILE *f, const struct command *cmd)
     rows[n++] = row_help;
     fprintf(f, "\nFlags:\n");
     lb_settings_print_help(f, rows, n);
-    fprintf(f, "\nGlobal flags: --admin ADDR, -o table|json, --rpc-timeout DURATION (lbctl "
-               "--help).\n");
+    fprintf(f, "\nGlobal flags: --admin ADDR, --admin-token-file FILE, --admin-ca FILE, "
+               "-o table|json,\n--rpc-timeout DURATION (lbctl --help).\n");
 }
 
 static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -174,9 +182,18 @@ static int usage_error(const char *cmd, const char *fmt, ...)
 }
 
 /* Prints a failed call's status in one line; returns the exit code. */
-static int report_status(const char *what, const struct lb_admin_status *st)
+static int report_status(const struct ctl *ctl, const char *what,
+                         const struct lb_admin_status *st)
 {
-    if (st->transport)
+    if (st->code == LB_GRPC_UNAUTHENTICATED && !st->transport) {
+        if (ctl->opts.admin_token_file)
+            fprintf(stderr, "lbctl: %s: lbd refused the admin token from %s (%s); pass "
+                            "--admin-token-file with the token lbd was started with\n",
+                    what, ctl->opts.admin_token_file, st->message[0] ? st->message : "rejected");
+        else
+            fprintf(stderr, "lbctl: %s: lbd requires an admin token: pass --admin-token-file FILE "
+                            "(or set LBCTL_ADMIN_TOKEN_FILE)\n", what);
+    } else if (st->transport)
         fprintf(stderr, "lbctl: %s\n", st->message);
     else if (st->message[0])
         fprintf(stderr, "lbctl: %s: %s (%s)\n", what, st->message, lb_grpc_status_name(st->code));
@@ -379,7 +396,7 @@ static int unary(struct ctl *ctl, const char *what, const char *path,
     struct lb_admin_status st;
 
     if (lb_admin_client_call(ctl->client, path, req, type, timeout_ms, resp, &st) != LB_GRPC_OK)
-        return report_status(what, &st);
+        return report_status(ctl, what, &st);
     return 0;
 }
 
@@ -660,7 +677,7 @@ static int cmd_watch(struct ctl *ctl, char **args, size_t n)
         fprintf(stderr, "lbctl: watch: lbd ended the event stream\n");
         return EXIT_RUNTIME;
     }
-    return report_status("watch", &st);
+    return report_status(ctl, "watch", &st);
 }
 
 /* ---- main ---- */
@@ -671,6 +688,45 @@ static const struct command *find_command(const char *name)
         if (strcmp(commands[i].name, name) == 0)
             return &commands[i];
     return NULL;
+}
+
+/* Reads the token and checks the CA file, then makes the client.  Returns 0 or an exit code. */
+static int client_open(struct ctl *ctl)
+{
+    struct lb_admin_client_options co = {.addr = ctl->opts.admin, .ca_file = ctl->opts.admin_ca};
+    char *token = NULL, *err = NULL;
+    int rc;
+
+    if (ctl->opts.admin_token_file) {
+        rc = lb_secret_read_file(ctl->opts.admin_token_file, "admin token file", &token, &err);
+        if (rc < 0) {
+            fprintf(stderr, "lbctl: %s\n", err ? err : strerror(-rc));
+            free(err);
+            return EXIT_RUNTIME;
+        }
+    }
+    if (ctl->opts.admin_ca) {
+        FILE *f = fopen(ctl->opts.admin_ca, "r");
+
+        if (!f) {
+            fprintf(stderr, "lbctl: --admin-ca %s: cannot read: %s\n", ctl->opts.admin_ca,
+                    strerror(errno));
+            lb_secret_free(token);
+            return EXIT_RUNTIME;
+        }
+        fclose(f);
+    }
+    co.token = token;
+    rc = lb_admin_client_new(&co, &ctl->client, &err);
+    lb_secret_free(token);
+    if (rc == -EINVAL) {
+        rc = usage_error(NULL, "%s", err);
+    } else if (rc < 0) {
+        fprintf(stderr, "lbctl: out of memory\n");
+        rc = EXIT_RUNTIME;
+    }
+    free(err);
+    return rc;
 }
 
 static int run_register(int argc, char **argv)
@@ -761,17 +817,9 @@ int main(int argc, char **argv)
     ctl.json = strcmp(ctl.opts.output, "json") == 0;
     free(err);
     err = NULL;
-    rc = lb_admin_client_new(ctl.opts.admin, &ctl.client, &err);
-    if (rc == -EINVAL) {
-        rc = usage_error(NULL, "%s", err);
-        goto out;
-    }
-    if (rc < 0) {
-        fprintf(stderr, "lbctl: out of memory\n");
-        rc = EXIT_RUNTIME;
-        goto out;
-    }
-    rc = cmd->run(&ctl, sub_pos, nsub);
+    rc = client_open(&ctl);
+    if (rc == 0)
+        rc = cmd->run(&ctl, sub_pos, nsub);
 out:
     lb_admin_client_free(ctl.client);
     /* Only the global rows own memory (the command rows are flags and durations). */

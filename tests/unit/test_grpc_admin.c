@@ -1,12 +1,13 @@
 /*
- * The admin server over real loopback sockets, against the control.h test
- * double: lbctl's client library for ordinary calls, and a raw nghttp2
- * client for what a well-behaved client never does (wrong content-type,
- * truncated frames, a closed flow-control window, resets, garbage).
+ * The admin server over real loopback sockets, against lbd's real registry
+ * (admin_fixture.h): lbctl's client library for ordinary calls, and a raw
+ * nghttp2 client for what a well-behaved client never does (wrong
+ * content-type, truncated frames, a closed flow-control window, resets,
+ * garbage).
  *
  * The server's loop runs in a thread of its own; the test thread touches
- * the server and the double only through run_on_loop(), so nothing is
- * shared without a lock.  Waits poll a condition against a deadline.
+ * the server and the registry only through fx_run(), so nothing is shared
+ * without a lock.  Waits poll a condition against a deadline.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -20,175 +21,47 @@
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "admin_client.h"
+#include "admin_fixture.h"
 #include "admin_server.h"
-#include "control_double.h"
 #include "lb_grpc_frame.h"
-#include "lb_log.h"
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "lb/v1/admin.pb-c.h"
 
-/* ---- the server thread ---- */
-
-struct env {
-    struct ev_loop *loop;
-    struct lb_registry *reg;
-    struct lb_admin_server *server;
-    pthread_t thread;
-    ev_async wake;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    void (*job)(void *arg);
-    void *job_arg;
-    bool job_done;
-    bool stop;
-    char addr[64];
-    struct lb_admin_client *client;
-};
-
-static struct env env;
-
-static void wake_cb(struct ev_loop *loop, ev_async *w, int revents)
-{
-    pthread_mutex_lock(&env.lock);
-    if (env.job) {
-        env.job(env.job_arg);
-        env.job = NULL;
-        env.job_done = true;
-        pthread_cond_broadcast(&env.cond);
-    }
-    if (env.stop)
-        ev_break(loop, EVBREAK_ALL);
-    pthread_mutex_unlock(&env.lock);
-}
-
-static void *loop_thread(void *arg)
-{
-    ev_run(env.loop, 0);
-    return NULL;
-}
-
-/* Runs fn(arg) on the loop thread and waits for it. */
-static void run_on_loop(void (*fn)(void *), void *arg)
-{
-    pthread_mutex_lock(&env.lock);
-    env.job = fn;
-    env.job_arg = arg;
-    env.job_done = false;
-    ev_async_send(env.loop, &env.wake);
-    while (!env.job_done)
-        pthread_cond_wait(&env.cond, &env.lock);
-    pthread_mutex_unlock(&env.lock);
-}
-
-static void job_count_subscribers(void *arg)
-{
-    *(unsigned *)arg = lb_double_subscribers(env.reg);
-}
-
-static unsigned subscribers(void)
-{
-    unsigned n;
-
-    run_on_loop(job_count_subscribers, &n);
-    return n;
-}
+static struct lb_admin_client *client;
 
 static double now_s(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void wait_subscribers(unsigned want)
-{
-    double end = now_s() + 3;
-
-    while (subscribers() != want && now_s() < end)
-        usleep(5000);
-    assert_int_equal(subscribers(), want);
-}
-
-struct store_cfg {
-    enum lb_double_store mode;
-    double delay_ms;
-};
-
-static void job_set_store(void *arg)
-{
-    struct store_cfg *c = arg;
-
-    lb_double_set_store(env.reg, c->mode, c->delay_ms);
-}
-
-static void set_store(enum lb_double_store mode, double delay_ms)
-{
-    struct store_cfg c = {mode, delay_ms};
-
-    run_on_loop(job_set_store, &c);
-}
-
-static void job_ticker(void *arg)
-{
-    lb_double_set_ticker(env.reg, "web", "b1", *(double *)arg);
-}
-
-static void set_ticker(double ms)
-{
-    run_on_loop(job_ticker, &ms);
+    return fx_now();
 }
 
 static int setup(void **state)
 {
+    struct lb_admin_options opts = {0};
+    struct lb_admin_client_options co = {0};
     struct lb_admin_limits limits;
     char *err = NULL;
 
-    lb_log_set_level(getenv("TEST_LOG_DEBUG") ? LB_LOG_DEBUG : LB_LOG_ERROR);
-    memset(&env, 0, sizeof(env));
-    env.loop = ev_loop_new(EVBACKEND_EPOLL);
-    assert_non_null(env.loop);
-    env.reg = lb_double_new(env.loop);
-    lb_double_fixture(env.reg);
-    assert_int_equal(lb_admin_server_new(env.loop, "127.0.0.1:0", env.reg, &env.server, &err), 0);
     lb_admin_limits_defaults(&limits);
     limits.stream_queue_max = 2048;
     limits.max_message = 1024 * 1024;
-    lb_admin_server_set_limits(env.server, &limits);
-    snprintf(env.addr, sizeof(env.addr), "127.0.0.1:%d", lb_admin_server_port(env.server));
-    assert_int_equal(lb_admin_client_new(env.addr, &env.client, &err), 0);
-    pthread_mutex_init(&env.lock, NULL);
-    pthread_cond_init(&env.cond, NULL);
-    ev_async_init(&env.wake, wake_cb);
-    ev_async_start(env.loop, &env.wake);
-    assert_int_equal(pthread_create(&env.thread, NULL, loop_thread, NULL), 0);
+    fx_start(&opts, &limits);
+    co.addr = fx.addr;
+    assert_int_equal(lb_admin_client_new(&co, &client, &err), 0);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    pthread_mutex_lock(&env.lock);
-    env.stop = true;
-    pthread_mutex_unlock(&env.lock);
-    ev_async_send(env.loop, &env.wake);
-    pthread_join(env.thread, NULL);
-    lb_admin_client_free(env.client);
-    lb_admin_server_free(env.server);
-    lb_double_free(env.reg);
-    ev_async_stop(env.loop, &env.wake);
-    ev_loop_destroy(env.loop);
-    pthread_mutex_destroy(&env.lock);
-    pthread_cond_destroy(&env.cond);
+    lb_admin_client_free(client);
+    fx_stop();
     return 0;
 }
 
@@ -199,8 +72,7 @@ static int call(const char *path, const ProtobufCMessage *req,
                 ProtobufCMessage **resp, struct lb_admin_status *st)
 {
     ProtobufCMessage *dummy = NULL;
-    int rc = lb_admin_client_call(env.client, path, req, type, timeout_ms, resp ? resp : &dummy,
-                                  st);
+    int rc = lb_admin_client_call(client, path, req, type, timeout_ms, resp ? resp : &dummy, st);
 
     if (dummy)
         protobuf_c_message_free_unpacked(dummy, NULL);
@@ -377,8 +249,12 @@ static void test_mutations(void **state)
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               &m, &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
-    assert_int_equal(((Lb__V1__SetHealthResponse *)m)->backend->health,
-                     LB__V1__HEALTH_STATE__HEALTH_STATE_DOWN);
+    {
+        Lb__V1__Backend *b = ((Lb__V1__SetHealthResponse *)m)->backend;
+
+        assert_int_equal(b->health_override, LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN);
+        assert_int_equal(b->effective_weight, 0); /* forced down: no new connections */
+    }
     protobuf_c_message_free_unpacked(m, NULL);
     sh.health = 7;
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
@@ -386,11 +262,11 @@ static void test_mutations(void **state)
     expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "health 7");
     sh.health = LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO;
 
-    set_store(LB_DOUBLE_STORE_FAIL, 5);
+    fx_set_store(FX_STORE_FAIL, 5);
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "etcd failed: etcd: connection refused");
-    set_store(LB_DOUBLE_STORE_NONE, 5);
+    fx_set_store(FX_STORE_NONE, 5);
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "cluster scope needs etcd");
@@ -398,7 +274,7 @@ static void test_mutations(void **state)
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
-    set_store(LB_DOUBLE_STORE_OK, 5);
+    fx_set_store(FX_STORE_OK, 5);
 }
 
 static void test_drain_wait(void **state)
@@ -425,14 +301,14 @@ static void test_drain_wait(void **state)
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED,
                   "backend web/b3 still has 2 active connections after 150ms");
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
 
     /* the call's own deadline comes first */
     sd.wait_timeout_ms = 0;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 100,
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, "deadline");
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
 
     sd.drain = false;
     sd.wait = false;
@@ -451,7 +327,7 @@ static void test_cancel_while_store_pending(void **state)
     int rc;
 
     /* The etcd write completes 300 ms later, long after the call is gone. */
-    set_store(LB_DOUBLE_STORE_OK, 300);
+    fx_set_store(FX_STORE_OK, 300);
     sd.pool = "db";
     sd.id = "d1";
     sd.drain = true;
@@ -460,11 +336,11 @@ static void test_cancel_while_store_pending(void **state)
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, NULL);
     usleep(400 * 1000);
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
     rc = call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
               NULL, &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
-    set_store(LB_DOUBLE_STORE_OK, 5);
+    fx_set_store(FX_STORE_OK, 5);
     sd.drain = false;
     sd.wait = false;
     sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
@@ -495,16 +371,16 @@ static void test_watch(void **state)
     struct lb_admin_status st;
     int rc;
 
-    set_ticker(10);
+    fx_set_ticker(10);
     req.pool = "web";
-    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+    rc = lb_admin_client_stream(client, "/lb.v1.Admin/WatchEvents", &req.base,
                                 &lb__v1__event__descriptor, 5000, count_events, &w, NULL, &st);
     assert_int_equal(rc, LB_GRPC_CANCELLED);
     assert_int_equal(w.seen, 3);
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
 
     req.pool = "nope";
-    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+    rc = lb_admin_client_stream(client, "/lb.v1.Admin/WatchEvents", &req.base,
                                 &lb__v1__event__descriptor, 5000, count_events, &w, NULL, &st);
     expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
 
@@ -512,13 +388,13 @@ static void test_watch(void **state)
     w.seen = 0;
     w.stop_after = 1000000;
     req.pool = "";
-    rc = lb_admin_client_stream(env.client, "/lb.v1.Admin/WatchEvents", &req.base,
+    rc = lb_admin_client_stream(client, "/lb.v1.Admin/WatchEvents", &req.base,
                                 &lb__v1__event__descriptor, 200, count_events, &w, NULL, &st);
     assert_true(rc == LB_GRPC_DEADLINE_EXCEEDED || rc == LB_GRPC_CANCELLED ||
                 rc == LB_GRPC_UNAVAILABLE);
     assert_true(w.seen > 3);
-    wait_subscribers(0);
-    set_ticker(0);
+    fx_wait_no_subscribers();
+    fx_set_ticker(0);
 }
 
 /* ---- a raw HTTP/2 client ---- */
@@ -603,8 +479,7 @@ static int tcp_connect(void)
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
     assert_true(fd >= 0);
-    sa.sin_port = htons((uint16_t)(connect_port ? connect_port
-                                                : lb_admin_server_port(env.server)));
+    sa.sin_port = htons((uint16_t)(connect_port ? connect_port : lb_admin_server_port(fx.server)));
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     return fd;
@@ -674,6 +549,45 @@ static void h2_close(struct h2 *c)
     close(c->fd);
 }
 
+static ssize_t h2_endless_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
+                                  uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    return NGHTTP2_ERR_DEFERRED; /* the request never ends */
+}
+
+static void test_raw_rejected_call_waits_for_request_end(void **state)
+{
+    nghttp2_nv nva[] = {
+        {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
+        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+        {(uint8_t *)":authority", (uint8_t *)"lbd", 10, 3, 0},
+        {(uint8_t *)":path", (uint8_t *)"/lb.v1.Admin/Nope", 5, 17, 0},
+        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
+        {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, 0},
+    };
+    nghttp2_data_provider dp = {.read_callback = h2_endless_body_cb};
+    double start = now_s();
+    struct h2 c;
+
+    /*
+     * An error known from the headers waits for the request's end, so a
+     * client still uploading is not answered under its feet...
+     */
+    h2_open(&c, 65535);
+    c.stream = nghttp2_submit_request(c.session, NULL, nva, 6, &dp, NULL);
+    assert_true(c.stream > 0);
+    h2_pump(&c, 1);
+    assert_false(c.closed);
+    assert_int_equal(c.grpc_status, -1);
+    /* ...but not forever: then the status goes out and the stream is reset with NO_ERROR. */
+    h2_pump(&c, 8);
+    assert_true(c.closed);
+    assert_true(now_s() - start > 4);
+    assert_int_equal(c.grpc_status, LB_GRPC_UNIMPLEMENTED);
+    assert_int_equal(c.close_code, NGHTTP2_NO_ERROR);
+    h2_close(&c);
+}
+
 static void test_raw_content_type(void **state)
 {
     struct h2 c;
@@ -723,12 +637,12 @@ static void test_raw_slow_watcher(void **state)
      * reading anything.  Once the client reads again it gets the status,
      * and none of the dropped events.
      */
-    set_ticker(1);
+    fx_set_ticker(1);
     h2_open(&c, 0);
     h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
     h2_pump(&c, 0.1);
     assert_false(c.closed);
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
     nghttp2_submit_window_update(c.session, NGHTTP2_FLAG_NONE, c.stream, 1 << 20);
     h2_pump(&c, 5);
     assert_true(c.closed);
@@ -736,7 +650,7 @@ static void test_raw_slow_watcher(void **state)
     assert_non_null(strstr(c.grpc_message, "fell too far behind"));
     assert_int_equal(c.data_bytes, 0);
     h2_close(&c);
-    set_ticker(0);
+    fx_set_ticker(0);
 }
 
 static void test_raw_reset_mid_call(void **state)
@@ -746,7 +660,7 @@ static void test_raw_reset_mid_call(void **state)
     struct h2 c;
 
     /* RST_STREAM while the etcd write is in flight and a drain wait would follow. */
-    set_store(LB_DOUBLE_STORE_OK, 200);
+    fx_set_store(FX_STORE_OK, 200);
     h2_open(&c, 65535);
     h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", drain_db_d1,
                sizeof(drain_db_d1), true);
@@ -756,20 +670,20 @@ static void test_raw_reset_mid_call(void **state)
     h2_pump(&c, 0.05);
     h2_close(&c);
     usleep(300 * 1000); /* the write completes for a call that is gone */
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
 
     /* A watch reset by its client. */
-    set_ticker(5);
+    fx_set_ticker(5);
     h2_open(&c, 65535);
     h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
     h2_pump(&c, 0.1);
     assert_true(c.data_bytes > 0);
     nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
     h2_pump(&c, 0.05);
-    wait_subscribers(0);
+    fx_wait_no_subscribers();
     h2_close(&c);
-    set_ticker(0);
-    set_store(LB_DOUBLE_STORE_OK, 5);
+    fx_set_ticker(0);
+    fx_set_store(FX_STORE_OK, 5);
 
     {
         Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
@@ -829,16 +743,18 @@ static void test_garbage(void **state)
 
 static struct lb_admin_server *second;
 
-static void job_second_new(void *arg)
+static void second_new(const struct lb_admin_limits *limits)
 {
+    struct lb_admin_options opts = {0};
     char *err = NULL;
 
-    assert_int_equal(lb_admin_server_new(env.loop, "127.0.0.1:0", env.reg, &second, &err), 0);
+    if (fx_server_new(&opts, limits, &second, &err) != 0)
+        fail_msg("second server: %s", err);
 }
 
-static void job_second_free(void *arg)
+static void second_free(void)
 {
-    lb_admin_server_free(second);
+    fx_server_free(second);
     second = NULL;
 }
 
@@ -849,7 +765,7 @@ static void test_server_free_with_calls(void **state)
     struct h2 watch, drain;
 
     /* A watch and a drain wait in flight when lbd frees its admin server. */
-    run_on_loop(job_second_new, NULL);
+    second_new(NULL);
     connect_port = lb_admin_server_port(second);
     h2_open(&watch, 65535);
     h2_request(&watch, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
@@ -859,8 +775,16 @@ static void test_server_free_with_calls(void **state)
                sizeof(drain_b3_wait), true);
     h2_pump(&drain, 0.05);
     connect_port = 0;
-    wait_subscribers(2);
-    run_on_loop(job_second_free, NULL);
+    /* Both subscribed: the watch has answered its headers, the drain has begun. */
+    {
+        double end = now_s() + 3;
+
+        while ((watch.http_status != 200 || !fx_backend_drain("web", "b3")) && now_s() < end)
+            h2_pump(&watch, 0.02);
+        assert_int_equal(watch.http_status, 200);
+        assert_true(fx_backend_drain("web", "b3"));
+    }
+    second_free();
     h2_pump(&watch, 2);
     h2_pump(&drain, 2);
     assert_int_equal(watch.grpc_status, LB_GRPC_UNAVAILABLE);
@@ -868,7 +792,7 @@ static void test_server_free_with_calls(void **state)
     assert_int_equal(drain.grpc_status, LB_GRPC_UNAVAILABLE);
     h2_close(&watch);
     h2_close(&drain);
-    assert_int_equal(subscribers(), 0);
+    assert_false(fx_has_subscribers());
     {
         Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
         struct lb_admin_status st;
@@ -882,15 +806,6 @@ static void test_server_free_with_calls(void **state)
     }
 }
 
-static void job_second_limits(void *arg)
-{
-    struct lb_admin_limits l;
-
-    lb_admin_limits_defaults(&l);
-    l.max_connections = 2;
-    l.idle_timeout_ms = 300;
-    lb_admin_server_set_limits(second, &l);
-}
 
 /* True when the peer closed fd within `seconds`. */
 static bool closed_within(int fd, double seconds)
@@ -909,11 +824,14 @@ static bool closed_within(int fd, double seconds)
 
 static void test_connection_limits(void **state)
 {
+    struct lb_admin_limits l;
     struct h2 a, b;
     int third;
 
-    run_on_loop(job_second_new, NULL);
-    run_on_loop(job_second_limits, NULL);
+    lb_admin_limits_defaults(&l);
+    l.max_connections = 2;
+    l.idle_timeout_ms = 300;
+    second_new(&l);
     connect_port = lb_admin_server_port(second);
     h2_open(&a, 65535);
     h2_open(&b, 65535);
@@ -931,12 +849,13 @@ static void test_connection_limits(void **state)
     h2_close(&a);
     h2_close(&b);
     connect_port = 0;
-    run_on_loop(job_second_free, NULL);
+    second_free();
 }
 
 static void test_client_errors(void **state)
 {
     struct lb_admin_client *c;
+    struct lb_admin_client_options co = {0};
     Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
     struct lb_admin_status st;
     ProtobufCMessage *m;
@@ -946,11 +865,20 @@ static void test_client_errors(void **state)
     socklen_t len = sizeof(sa);
     char addr[64];
 
-    assert_int_equal(lb_admin_client_new("nocolon", &c, &err), -EINVAL);
+    co.addr = "nocolon";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
     assert_non_null(strstr(err, "HOST:PORT"));
     free(err);
-    assert_int_equal(lb_admin_client_new("::1:9000", &c, &err), -EINVAL);
+    co.addr = "::1:9000";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
     free(err);
+    co.addr = "127.0.0.1:9000";
+    co.token = "two words";
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), -EINVAL);
+    assert_non_null(strstr(err, "printable ASCII"));
+    assert_null(strstr(err, "two words")); /* never echoes the token */
+    free(err);
+    co.token = NULL;
 
     /* a port nobody listens on */
     fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -962,7 +890,8 @@ static void test_client_errors(void **state)
     port = ntohs(sa.sin_port);
     close(fd);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
-    assert_int_equal(lb_admin_client_new(addr, &c, &err), 0);
+    co.addr = addr;
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), 0);
     assert_int_equal(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
                                           &lb__v1__list_pools_response__descriptor, 1000, &m,
                                           &st),
@@ -982,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_drain_wait),
         cmocka_unit_test(test_cancel_while_store_pending),
         cmocka_unit_test(test_watch),
+        cmocka_unit_test(test_raw_rejected_call_waits_for_request_end),
         cmocka_unit_test(test_raw_content_type),
         cmocka_unit_test(test_raw_truncated_and_compressed),
         cmocka_unit_test(test_raw_slow_watcher),
