@@ -27,7 +27,10 @@ backends or counters); the SIGTERM test starts lbds of its own.
   7. max_conns: a client that finds every backend full is closed without
      reaching one (lbd_pool_no_backend_total); a freed slot takes the next;
      a client passed over 40 full backends is turned away or served, and
-     lbd keeps running.
+     lbd keeps running;
+  8. --max-conns: at lbd's global cap accepting pauses (the next client
+     waits in the kernel's queue, nothing is refused or reset), and resumes
+     as soon as a connection closes.
 
 The figures measured (time to ejection, closing spread, exit times) are
 printed as "figure:" lines so a CI log shows them.
@@ -52,6 +55,7 @@ from dataplane_backends import EchoBackend, ProxyHeaderBackend  # noqa: E402
 
 PREFIX = "/dplane/"
 TERM_PREFIX = "/dplane-term/"
+CAP_PREFIX = "/dplane-cap/"
 
 FAST_CHECKS = {"type": "tcp", "interval": "200ms", "timeout": "200ms", "rise": 1, "fall": 2}
 NO_CHECKS = {"type": "none"}
@@ -766,6 +770,43 @@ class DataPlane(HarnessTestCase):
         s, again = open_conn(port)
         self.addCleanup(s.close)
         self.assertIn(again, (freed, bid), "a client finds the free slots")
+
+    # -- 8 ---------------------------------------------------------------
+
+    def test_8_global_connection_cap_pauses_accepting(self):
+        pool = "capg"
+        self.etcd.put(config_key(CAP_PREFIX, pool), json.dumps({"health": NO_CHECKS}))
+        lbd = Lbd(self.h, self.etcd.url, CAP_PREFIX, [pool], name="lbd-cap",
+                  extra_args=["--max-conns", "3"]).start()
+        self.add_backends(pool, ["g1"], lbd=lbd, prefix=CAP_PREFIX)
+        port = lbd.pool_port(pool)
+        held = self.open_held(port, 3)
+        self.assertEqual([bid for _, bid in held], ["g1"] * 3)
+
+        # The 4th handshake completes in the kernel; lbd leaves it queued.
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(waiting.close)
+        wait_until(lambda: lbd.metric("lbd_accept_paused_total") >= 1, scaled(5),
+                   "lbd to pause accepting at --max-conns 3")
+        self.assertEqual(lbd.metric("lbd_connections_active"), 3)
+        waiting.setblocking(False)
+        with self.assertRaises(BlockingIOError, msg="the 4th client was served above the cap"):
+            waiting.recv(64)
+        waiting.setblocking(True)
+        self.assertTrue(lbd.proc.alive())
+
+        t0 = time.monotonic()
+        s, _ = held.pop()
+        s.close()
+        got = lbtest.read_line(waiting)
+        figure("max-conns: queued client served after a close", "%.3f" % (time.monotonic() - t0),
+               "s")
+        self.assertEqual(got, "g1", "the queued client, once a slot freed")
+        for s, _ in held:
+            self.assertEqual(echo(s, b"under the cap\n"), b"under the cap\n")
+            s.close()
+        waiting.close()
+        lbd.stop(expect_rc=0)
 
 
 if __name__ == "__main__":
