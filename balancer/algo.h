@@ -5,32 +5,40 @@
  * runs per new connection, destroy() frees it with the snapshot.
  *
  * pick() does no I/O and no allocation.  It chooses among
- * snap->eligible[0..n_eligible), skipping backends listed in p->tried (the
- * ones a retrying connection already failed on), and returns NULL when none
- * is left.
+ * snap->eligible[0..n_eligible), skipping those lb_pick_skips() names (the
+ * ones a retrying connection already failed on, and those at the pool's
+ * max_conns), and returns NULL when none is left.
  */
 #ifndef LB_ALGO_H
 #define LB_ALGO_H
 
+#include "backend.h"
 #include "lb_update.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
-struct lb_backend;
 struct lb_snapshot;
 
 struct lb_pick {
-    const struct sockaddr *client;           /* for hashing algorithms */
-    struct lb_backend *const *tried;
+    const struct sockaddr *client;   /* for hashing algorithms */
+    struct lb_backend *const *tried; /* backends this connection already failed on */
     size_t n_tried;
+    uint64_t max_conns;              /* skip backends with this many open; 0 = no cap */
 };
 
-/* True when b is one of the backends this pick must skip.  The list is a
- * handful of entries (tried and full backends of one client connection). */
+/* True when some backend may have to be skipped (the fast paths check this). */
+static inline bool lb_pick_filters(const struct lb_pick *p)
+{
+    return p->n_tried || p->max_conns;
+}
+
+/* True when this pick must skip b: already tried (a handful at most), or full. */
 static inline bool lb_pick_skips(const struct lb_pick *p, const struct lb_backend *b)
 {
+    if (p->max_conns && b->active >= p->max_conns)
+        return true;
     for (size_t i = 0; i < p->n_tried; i++)
         if (p->tried[i] == b)
             return true;

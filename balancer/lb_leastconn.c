@@ -45,7 +45,7 @@ static struct lb_backend *leastconn_pick(struct lb_snapshot *snap, const struct 
     for (size_t k = 0; k < n; k++) {
         struct lb_backend *b = snap->eligible[(st->next_start + k) % n];
 
-        if (p->n_tried && lb_pick_skips(p, b))
+        if (lb_pick_filters(p) && lb_pick_skips(p, b))
             continue;
         if (!best || fewer(b, best))
             best = b;

@@ -125,7 +125,7 @@ static struct lb_backend *maglev_pick(struct lb_snapshot *snap, const struct lb_
     if (snap->n_eligible == 0)
         return NULL;
     slot = client_hash(p->client) % MAGLEV_TABLE_SIZE;
-    if (!p->n_tried)
+    if (!lb_pick_filters(p))
         return snap->eligible[st->slot[slot]];
     for (size_t k = 0; k < MAGLEV_TABLE_SIZE; k++) {
         struct lb_backend *b = snap->eligible[st->slot[(slot + k) % MAGLEV_TABLE_SIZE]];

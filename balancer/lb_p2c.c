@@ -87,7 +87,7 @@ static struct lb_backend *p2c_pick(struct lb_snapshot *snap, const struct lb_pic
     for (int i = 0; i < 8 && !b; i++) {
         struct lb_backend *c = snap->eligible[draw(snap, st, next_random(st) % st->total)];
 
-        if (p->n_tried && lb_pick_skips(p, c))
+        if (lb_pick_filters(p) && lb_pick_skips(p, c))
             continue;
         if (!a)
             a = c;

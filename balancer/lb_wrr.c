@@ -179,7 +179,7 @@ static struct lb_backend *scan_pick(struct lb_snapshot *snap, struct wrr_state *
     for (size_t i = 0; i < snap->n_eligible; i++) {
         struct lb_backend *b = snap->eligible[i];
 
-        if (p->n_tried && lb_pick_skips(p, b))
+        if (lb_pick_filters(p) && lb_pick_skips(p, b))
             continue;
         st->current[i] += b->weight;
         total += b->weight;
@@ -200,8 +200,8 @@ static struct lb_backend *heap_pick(struct lb_snapshot *snap, struct wrr_state *
     if (st->n == 0)
         return NULL;
     best = st->heap[0];
-    if (p->n_tried && lb_pick_skips(p, snap->eligible[best])) {
-        /* A retry: the smallest pass among backends not tried yet (rare, so a scan). */
+    if (lb_pick_filters(p) && lb_pick_skips(p, snap->eligible[best])) {
+        /* A retry or a full backend: the earliest due among the others (a scan). */
         bool found = false;
 
         for (uint32_t i = 0; i < st->n; i++) {

@@ -21,7 +21,6 @@
 
 
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
-#define MAX_SKIPPED  32    /* backends passed over at max_conns, per connection */
 #define PENDING_MAX  16384 /* == scratch size: at most one read is ever pending */
 
 enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
@@ -49,11 +48,9 @@ struct lb_session {
     ev_tstamp idle_timeout;     /* seconds, 0 = none */
     struct half up;             /* client -> backend */
     struct half down;           /* backend -> client */
-    /* backends tried, then those skipped at max_conns: compared by address only */
-    struct lb_backend *tried[MAX_ATTEMPTS + MAX_SKIPPED];
-    size_t n_tried;             /* n_attempts + n_skipped */
-    size_t n_attempts;
-    size_t n_skipped;
+    /* backends tried: compared by address only, never dereferenced */
+    struct lb_backend *tried[MAX_ATTEMPTS];
+    size_t n_tried;
     struct lb_session *b_prev, *b_next; /* backend->sessions */
     struct sockaddr_storage client_addr;
     struct lb_session *prev, *next; /* proxy->live, then proxy->graveyard */
@@ -377,7 +374,7 @@ static void session_connect_failed(struct lb_session *s, const char *why)
         b->fail_unlogged++;
     }
     lb_health_connect_result(b, s->proxy->loop, false);
-    if (s->n_attempts <= (size_t)s->pool->policy.retries) {
+    if (s->n_tried <= (size_t)s->pool->policy.retries) {
         s->pool->retries++;
         b->retries++;
     }
@@ -385,9 +382,9 @@ static void session_connect_failed(struct lb_session *s, const char *why)
 }
 
 /*
- * Picks a backend not tried yet and starts connecting; when none is left,
- * or the policy's retries are used up, the client is closed.  Backends at
- * the pool's max_conns are passed over without counting as an attempt.
+ * Picks a backend not tried yet and below the pool's max_conns, and starts
+ * connecting; when none is left, or the policy's retries are used up, the
+ * client is closed.
  */
 static void session_connect_next(struct lb_session *s)
 {
@@ -396,9 +393,12 @@ static void session_connect_next(struct lb_session *s)
     struct lb_pick pick = {
         .client = (struct sockaddr *)&s->client_addr,
         .tried = s->tried,
+        .n_tried = s->n_tried,
+        .max_conns = pool->policy.max_conns > 0 ? (uint64_t)pool->policy.max_conns : 0,
     };
     size_t max_attempts = (size_t)pool->policy.retries + 1;
-    uint64_t max_conns = pool->policy.max_conns > 0 ? (uint64_t)pool->policy.max_conns : 0;
+    struct lb_backend *b;
+    int fd;
 
     if (max_attempts > MAX_ATTEMPTS)
         max_attempts = MAX_ATTEMPTS;
@@ -409,67 +409,48 @@ static void session_connect_next(struct lb_session *s)
         s->server_fd = -1;
     }
     session_release_backend(s);
-    for (;;) {
-        struct lb_backend *b;
-        int fd;
-
-        if (s->n_attempts >= max_attempts) {
-            session_finalize(s, "connect failed on every attempt");
-            return;
-        }
-        pick.n_tried = s->n_tried;
-        b = pool->snap->algo->pick(pool->snap, &pick);
-        if (!b) {
-            pool->no_backend++;
-            session_finalize(s, s->n_attempts ? "no backend left to retry"
-                                              : "no backend available");
-            return;
-        }
-        if (max_conns && b->active >= max_conns) {
-            /* Skips have their own bound so they never take the slots the
-             * remaining attempts need: tried[] holds at most both maxima. */
-            if (s->n_skipped == MAX_SKIPPED) {
-                pool->no_backend++;
-                session_finalize(s, "every backend tried is at max_conns");
-                return;
-            }
-            s->n_skipped++;
-            s->tried[s->n_tried++] = b;
-            continue;
-        }
-        s->tried[s->n_tried++] = b;
-        s->n_attempts++;
-        lb_backend_ref(b);
-        b->active++;
-        s->backend = b;
-        s->b_prev = NULL;
-        s->b_next = b->sessions;
-        if (b->sessions)
-            b->sessions->b_prev = s;
-        b->sessions = s;
-        fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"",
-                    pool->name, strerror(errno));
-            session_finalize(s, "no socket");
-            return;
-        }
-        s->server_fd = fd;
-        if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) == 0) {
-            session_connected(s);
-            return;
-        }
-        if (errno != EINPROGRESS) {
-            session_connect_failed(s, strerror(errno));
-            return;
-        }
-        ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
-        ev_io_start(loop, &s->connect_w);
-        if (pool->policy.connect_timeout_ms > 0) {
-            ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
-            ev_timer_start(loop, &s->timer);
-        }
+    if (s->n_tried >= max_attempts) {
+        session_finalize(s, "connect failed on every attempt");
         return;
+    }
+    b = pool->snap->algo->pick(pool->snap, &pick);
+    if (!b) {
+        pool->no_backend++;
+        session_finalize(s, s->n_tried ? "no backend left to retry"
+                                       : "no backend available (none up, or all at max_conns)");
+        return;
+    }
+    s->tried[s->n_tried++] = b;
+    lb_backend_ref(b);
+    b->active++;
+    s->backend = b;
+    s->b_prev = NULL;
+    s->b_next = b->sessions;
+    if (b->sessions)
+        b->sessions->b_prev = s;
+    b->sessions = s;
+    fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"", pool->name,
+                strerror(errno));
+        session_finalize(s, "no socket");
+        return;
+    }
+    s->server_fd = fd;
+    if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) == 0) {
+        session_connected(s);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        /* Retries through session_connect_next(): at most MAX_ATTEMPTS deep. */
+        session_connect_failed(s, strerror(errno));
+        return;
+    }
+    ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
+    ev_io_start(loop, &s->connect_w);
+    if (pool->policy.connect_timeout_ms > 0) {
+        ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
+        ev_timer_start(loop, &s->timer);
     }
 }
 

@@ -431,6 +431,43 @@ static void test_wrr_large_pool(void **state)
     }
 }
 
+/* Every algorithm passes over backends at the pool's max_conns. */
+static void test_max_conns_skips_full_backends(void **state)
+{
+    struct fixture *f = *state;
+    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
+    char id[16];
+
+    for (int i = 0; i < 100; i++) { /* 100 backends: wrr on its heap too */
+        snprintf(id, sizeof(id), "k%03d", i);
+        put(f, id, 1 + i % 3);
+    }
+    for (size_t k = 0; k < sizeof(algos) / sizeof(algos[0]); k++) {
+        struct lb_pick p = {.max_conns = 2};
+        struct sockaddr_in sa;
+
+        set_algorithm(f, algos[k]);
+        f->sink.commit(f->sink.ctx);
+        /* all but k057 are full */
+        for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
+            f->pool->snap->eligible[i]->active = strcmp(f->pool->snap->eligible[i]->id, "k057")
+                                                     ? 2 : 1;
+        for (int i = 0; i < 50; i++) {
+            struct lb_backend *b;
+
+            random_client(&sa);
+            p.client = (struct sockaddr *)&sa;
+            b = f->pool->snap->algo->pick(f->pool->snap, &p);
+            assert_non_null(b);
+            assert_string_equal(b->id, "k057");
+        }
+        lb_pool_find(f->pool, "k057")->backend->active = 2;
+        assert_null(f->pool->snap->algo->pick(f->pool->snap, &p));
+        for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
+            f->pool->snap->eligible[i]->active = 0;
+    }
+}
+
 static void test_empty_pool(void **state)
 {
     struct fixture *f = *state;
@@ -455,6 +492,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_maglev_disruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_skips_tried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrr_large_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_conns_skips_full_backends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_pool, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
