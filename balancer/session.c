@@ -479,7 +479,6 @@ int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd
     ev_init(&s->up.to_w, session_server_write_cb);
     ev_init(&s->down.from_r, session_server_read_cb);
     ev_init(&s->down.to_w, session_client_write_cb);
-    set_nodelay(client_fd);
 
     s->next = proxy->live;
     if (proxy->live)
