@@ -199,30 +199,28 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 "Failed connects retried on another backend.", p->retries);
 #undef POOL_FAMILY
 
-    if (!rc)
-        rc = lb_metrics_family(out, "lbd_connections_active", "gauge",
-                               "Open client connections, all pools.");
-    if (!rc)
-        rc = lb_metrics_printf(out, "lbd_connections_active %llu\n",
-                               (unsigned long long)proxy->active);
-    if (!rc)
-        rc = lb_metrics_family(out, "lbd_connections_max", "gauge",
-                               "Connection cap (--max-conns); accepting pauses at the cap.");
-    if (!rc)
-        rc = lb_metrics_printf(out, "lbd_connections_max %llu\n",
-                               (unsigned long long)proxy->max_conns);
-    if (!rc)
-        rc = lb_metrics_family(out, "lbd_accept_errors_total", "counter",
-                               "accept() failures (EMFILE and the like).");
-    if (!rc)
-        rc = lb_metrics_printf(out, "lbd_accept_errors_total %llu\n",
-                               (unsigned long long)proxy->accept_errors);
-    if (!rc)
-        rc = lb_metrics_family(out, "lbd_accept_paused_total", "counter",
-                               "Times the connection cap paused accepting.");
-    if (!rc)
-        rc = lb_metrics_printf(out, "lbd_accept_paused_total %llu\n",
-                               (unsigned long long)proxy->cap_pauses);
+    {
+        const struct {
+            const char *name, *type, *help;
+            uint64_t value;
+        } process[] = {
+            {"lbd_connections_active", "gauge", "Open client connections, all pools.",
+             proxy->active},
+            {"lbd_connections_max", "gauge",
+             "Connection cap (--max-conns); accepting pauses at the cap.", proxy->max_conns},
+            {"lbd_accept_errors_total", "counter", "accept() failures (EMFILE and the like).",
+             proxy->accept_errors},
+            {"lbd_accept_paused_total", "counter", "Times the connection cap paused accepting.",
+             proxy->cap_pauses},
+        };
+
+        for (size_t i = 0; i < sizeof(process) / sizeof(process[0]) && !rc; i++) {
+            rc = lb_metrics_family(out, process[i].name, process[i].type, process[i].help);
+            if (!rc)
+                rc = lb_metrics_printf(out, "%s %llu\n", process[i].name,
+                                       (unsigned long long)process[i].value);
+        }
+    }
     if (!rc)
         rc = lb_metrics_family(out, "lbd_build_info", "gauge", "Version of this lbd.");
     if (!rc)
