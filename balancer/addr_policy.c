@@ -245,6 +245,9 @@ const char *lb_addr_policy_refuses(struct lb_addr_policy *p, const struct sockad
 
         if (!split((const struct sockaddr *)&p->own[i], &ofamily, oaddr, &oport) || oport != port)
             continue;
+        /* 0.0.0.0 and :: as a destination mean this host: any listener on the port. */
+        if (is_any(family, addr))
+            return "one of lbd's own listeners";
         if (is_any(ofamily, oaddr)
                 ? is_local(p, family, addr)
                 : ofamily == family && memcmp(oaddr, addr, family == AF_INET ? 4 : 16) == 0)
