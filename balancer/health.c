@@ -30,6 +30,11 @@ static void check_close(struct lb_backend *b)
     struct lb_health_check *c = &b->check;
 
     if (c->fd >= 0) {
+        /* Close with a reset, as HAProxy does: 10,000 backends checked every
+         * second would otherwise leave 600,000 sockets in TIME_WAIT here. */
+        struct linger abort_now = {.l_onoff = 1, .l_linger = 0};
+
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &abort_now, sizeof(abort_now));
         ev_io_stop(b->loop, &c->io);
         close(c->fd);
         c->fd = -1;
