@@ -222,6 +222,24 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 p->retries);
 #undef POOL_FAMILY
 
+    for (int k = 0; k < 2 && !rc; k++) {
+        const char *fam = k ? "lbd_pool_snapshot_update_seconds_total"
+                            : "lbd_pool_snapshot_rebuild_seconds_total";
+
+        rc = lb_metrics_family(out, fam, "counter",
+                               k ? "Loop time spent publishing health, weight and drain changes "
+                                   "in place."
+                                 : "Loop time spent building snapshots.");
+        for (size_t i = 0; i < r->n_pools && !rc; i++) {
+            const struct lb_pool *p = &r->pools[i];
+            char pn[LB_NAME_MAX * 2];
+
+            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %.6f\n", fam,
+                                   lb_metrics_escape(p->name, pn, sizeof(pn)),
+                                   k ? p->update_seconds : p->rebuild_seconds);
+        }
+    }
+
     {
         const struct {
             const char *name, *type, *help;

@@ -519,11 +519,12 @@ static void snapshot_update(struct lb_pool *pool, ev_tstamp now)
 
 int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
 {
-    ev_tstamp now = pool_now(pool);
+    ev_tstamp now = pool_now(pool), t0 = ev_time();
     int rc = 0;
 
     if (pool->rebuild) {
         rc = snapshot_rebuild(pool, now);
+        pool->rebuild_seconds += ev_time() - t0;
         if (rc == 0) {
             pool->rebuild = false;
             pool->ramp_due = false;
@@ -538,6 +539,7 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
                  "pool=%s",
                  pool->name);
     }
+    t0 = ev_time();
     snapshot_update(pool, now);
     pool->ramp_due = false;
     while (pool->marked) {
@@ -553,6 +555,7 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
     if (pool->snap->algo_stale)
         snapshot_refresh_algo(pool->snap);
     pool_update_ramp_timer(pool);
+    pool->update_seconds += ev_time() - t0;
     return rc;
 }
 

@@ -97,11 +97,13 @@ struct lb_pool {
     size_t n_members, cap_members;
     uint64_t active; /* client connections */
     uint64_t total;
-    uint64_t no_backend; /* clients closed because no backend was available */
-    uint64_t retries;    /* connects retried on another backend */
-    uint64_t rebuilds;   /* snapshots built (membership and policy changes) */
-    uint64_t updates;    /* backends re-evaluated in place */
-    ev_timer ramp_timer; /* steps slow start up while a backend ramps */
+    uint64_t no_backend;    /* clients closed because no backend was available */
+    uint64_t retries;       /* connects retried on another backend */
+    uint64_t rebuilds;      /* snapshots built (membership and policy changes) */
+    uint64_t updates;       /* in-place publishes (health, weight, drain changes) */
+    double rebuild_seconds; /* loop time spent building snapshots */
+    double update_seconds;  /* loop time spent publishing in place */
+    ev_timer ramp_timer;    /* steps slow start up while a backend ramps */
 };
 
 /* Returns 0 or -ENOMEM; the pool starts with an empty snapshot. */
