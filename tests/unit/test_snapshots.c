@@ -78,7 +78,7 @@ static void set_policy(enum lb_algorithm a, int panic_threshold)
 static void put_many(size_t n, int weight)
 {
     struct lb_update u = {.kind = LB_UPDATE_BACKEND_PUT, .pool = "p"};
-    char id[16];
+    char id[32];
 
     for (size_t i = 0; i < n; i++) {
         snprintf(id, sizeof(id), "b%05zu", i);
