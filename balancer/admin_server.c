@@ -1755,6 +1755,10 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     s->fd = -1;
     lb_admin_limits_defaults(&s->limits);
     rc = opts->token_file ? lb_admin_auth_load(&s->auth, opts->token_file, err) : 0;
+    if (rc == 0 && s->auth.file_shared)
+        LB_WARN(LOG_SUB, "msg=\"the admin token file is readable by every user; chmod o-rwx it\" "
+                         "file=%s",
+                opts->token_file);
     if (rc == 0)
         rc = server_tls_init(s, opts, err);
     if (rc == 0)
