@@ -3,7 +3,8 @@
  * (see conn_guard.h).  Entries sit in one list in candidate order, oldest
  * first; proven and shed entries stay in it and are skipped.  The lists
  * are short (the caps are a few dozen), so choosing a victim and counting a
- * peer are linear scans, which keeps everything in one obvious place.
+ * peer are scans (quadratic for the heaviest peer: a few thousand steps at
+ * the caps lbd uses), which keeps everything in one obvious place.
  */
 #include "conn_guard.h"
 
@@ -47,14 +48,44 @@ unsigned lb_conn_guard_peer_count(const struct lb_conn_guard *g, const struct lb
     return n;
 }
 
-/* The oldest unproven entry (of `peer` when not NULL), or NULL. */
-static struct lb_conn_guard_entry *oldest_unproven(const struct lb_conn_guard *g,
-                                                   const struct lb_conn_peer *peer)
+static bool is_candidate(const struct lb_conn_guard *g, const struct lb_conn_guard_entry *e)
+{
+    return !e->shed && !e->proven && e->batch != g->batch;
+}
+
+/* The oldest candidate of `peer`, or NULL. */
+static struct lb_conn_guard_entry *oldest_of_peer(const struct lb_conn_guard *g,
+                                                  const struct lb_conn_peer *peer)
 {
     for (struct lb_conn_guard_entry *e = g->head; e; e = e->next)
-        if (!e->shed && !e->proven && (!peer || same_peer(&e->peer, peer)))
+        if (is_candidate(g, e) && same_peer(&e->peer, peer))
             return e;
     return NULL;
+}
+
+/* The oldest candidate of the peer that holds the most connections, or NULL. */
+static struct lb_conn_guard_entry *oldest_of_heaviest(const struct lb_conn_guard *g)
+{
+    struct lb_conn_guard_entry *best = NULL;
+    unsigned best_count = 0;
+
+    for (struct lb_conn_guard_entry *e = g->head; e; e = e->next) {
+        unsigned n;
+
+        if (!is_candidate(g, e))
+            continue;
+        n = lb_conn_guard_peer_count(g, &e->peer);
+        if (n > best_count) { /* strictly more: the oldest wins a tie */
+            best = e;
+            best_count = n;
+        }
+    }
+    return best;
+}
+
+void lb_conn_guard_next_batch(struct lb_conn_guard *g)
+{
+    g->batch++;
 }
 
 enum lb_conn_verdict lb_conn_guard_admit(struct lb_conn_guard *g, const struct lb_conn_peer *peer,
@@ -64,11 +95,11 @@ enum lb_conn_verdict lb_conn_guard_admit(struct lb_conn_guard *g, const struct l
 
     *victim = NULL;
     if (g->max_per_peer && lb_conn_guard_peer_count(g, peer) >= g->max_per_peer) {
-        v = oldest_unproven(g, peer);
+        v = oldest_of_peer(g, peer);
         if (!v)
             return LB_CONN_REFUSE_PEER;
     } else if (g->max_total && g->count >= g->max_total) {
-        v = oldest_unproven(g, NULL);
+        v = oldest_of_heaviest(g);
         if (!v)
             return LB_CONN_REFUSE_TOTAL;
     }
@@ -110,6 +141,7 @@ void lb_conn_guard_add(struct lb_conn_guard *g, struct lb_conn_guard_entry *e,
     memset(e, 0, sizeof(*e));
     e->peer = *peer;
     e->linked = true;
+    e->batch = g->batch;
     append_entry(g, e);
     g->count++;
 }

@@ -5,13 +5,15 @@
  * line every few seconds) must not lock out the operator or the kubelet.
  *
  * Admission: a global cap and a cap per peer address, well below it.  When
- * a cap is reached the newcomer is not simply refused: the oldest
- * connection that has not proven itself (made an authorized call, or is
- * inside a request that reached its handler) is shed to make room.  Only
- * when every slot the newcomer could take is held by proven connections is
- * it refused.  So a flood of idle or slow connections costs each of them
- * its slot in turn, and a client that sends its request at once always
- * gets in.
+ * a cap is reached the newcomer is not simply refused: a connection that
+ * has not proven itself (made an authorized call, or is inside a request
+ * that reached its handler) is shed to make room, the oldest of the peer
+ * address that holds the most connections.  Connections admitted in the
+ * current batch (one run of the accepting code) are not shed, so a client
+ * whose request is already in its socket gets it read.  Only when no
+ * connection can be shed is the newcomer refused.  So a flood of idle or
+ * slow connections costs its own connections their slots, and a client
+ * that sends its request at once gets in.
  *
  * Also here, because both servers need them: a log limiter (one line per
  * interval with a count, so a flood does not become a log flood) and the
@@ -40,20 +42,22 @@ struct lb_conn_guard_entry {
     bool proven; /* never shed */
     bool shed;   /* chosen to make room: no longer counted nor chosen */
     bool linked;
+    unsigned long batch; /* admitted in this batch */
 };
 
 struct lb_conn_guard {
     unsigned max_total;    /* connections at once (0: no cap) */
     unsigned max_per_peer; /* connections at once from one address (0: no cap) */
     struct lb_conn_guard_entry *head, *tail;
-    unsigned count; /* entries not shed */
+    unsigned count;      /* entries not shed */
+    unsigned long batch; /* lb_conn_guard_next_batch() */
 };
 
 enum lb_conn_verdict {
     LB_CONN_ADMIT,        /* there is room */
     LB_CONN_SHED,         /* room is made by closing *victim first */
-    LB_CONN_REFUSE_PEER,  /* the peer's slots are all held by proven connections */
-    LB_CONN_REFUSE_TOTAL, /* every slot is held by proven connections */
+    LB_CONN_REFUSE_PEER,  /* none of the peer's connections can be shed */
+    LB_CONN_REFUSE_TOTAL, /* no connection can be shed */
 };
 
 void lb_conn_guard_init(struct lb_conn_guard *g, unsigned max_total, unsigned max_per_peer);
@@ -65,9 +69,17 @@ void lb_conn_peer_from_sockaddr(struct lb_conn_peer *p, const struct sockaddr *s
 unsigned lb_conn_guard_peer_count(const struct lb_conn_guard *g, const struct lb_conn_peer *peer);
 
 /*
- * Decides about a newcomer from `peer`.  On LB_CONN_SHED, *victim is the
- * oldest unproven connection that makes room (of the same peer when the
- * peer's cap is the one reached); it is marked shed and no longer counted,
+ * Starts a new batch: connections admitted before it may be shed again.
+ * Call it each time the accepting code runs (before MHD_run(), at the top
+ * of an accept callback).
+ */
+void lb_conn_guard_next_batch(struct lb_conn_guard *g);
+
+/*
+ * Decides about a newcomer from `peer`.  On LB_CONN_SHED, *victim is an
+ * unproven connection from an earlier batch that makes room: the peer's
+ * oldest when the peer's cap is the one reached, else the oldest of the
+ * peer holding the most connections; it is marked shed and no longer counted,
  * and the caller closes it and then admits the newcomer with
  * lb_conn_guard_add().  On a refusal the caller closes the newcomer.
  * *victim is NULL unless LB_CONN_SHED.

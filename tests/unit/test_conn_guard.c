@@ -34,7 +34,10 @@ static enum lb_conn_verdict connect_from(struct lb_conn_guard *g, int i, const c
 {
     struct lb_conn_peer p = peer(ip);
     struct lb_conn_guard_entry *v;
-    enum lb_conn_verdict r = lb_conn_guard_admit(g, &p, &v);
+    enum lb_conn_verdict r;
+
+    lb_conn_guard_next_batch(g); /* each connection accepted in a run of its own */
+    r = lb_conn_guard_admit(g, &p, &v);
 
     *victim = v ? (int)(v - e) : -1;
     if (v)
@@ -142,6 +145,52 @@ static void test_losing_proof_makes_a_connection_the_newest_candidate(void **sta
     assert_int_equal(g.count, 3);
 }
 
+static void test_flood_from_many_addresses_sheds_the_busiest_address_first(void **state)
+{
+    static const char *const flood[] = {"127.0.0.2", "127.0.0.3", "127.0.0.4"};
+    struct lb_conn_guard g;
+    int v;
+
+    lb_conn_guard_init(&g, 8, 4);
+    assert_int_equal(connect_from(&g, 0, "127.0.0.1", &v), LB_CONN_ADMIT); /* the kubelet */
+    for (int i = 1; i < 8; i++)
+        assert_int_equal(connect_from(&g, i, flood[i % 3], &v), LB_CONN_ADMIT);
+    /* full, and the kubelet's connection is the oldest: the flood still pays for itself */
+    for (int i = 8; i < 30; i++) {
+        assert_int_equal(connect_from(&g, i, flood[i % 3], &v), LB_CONN_SHED);
+        assert_true(v > 0);
+        assert_true(e[v].linked == false);
+    }
+    assert_true(e[0].linked);
+}
+
+static void test_connections_of_the_current_batch_are_not_shed(void **state)
+{
+    struct lb_conn_guard g;
+    struct lb_conn_peer p = peer("127.0.0.2"), q = peer("127.0.0.1");
+    struct lb_conn_guard_entry *v;
+
+    lb_conn_guard_init(&g, 3, 0);
+    lb_conn_guard_next_batch(&g);
+    lb_conn_guard_add(&g, &e[0], &p);
+    lb_conn_guard_next_batch(&g);
+    /* one run accepts the probe and a burst: the probe's request is read in that run */
+    assert_int_equal(lb_conn_guard_admit(&g, &q, &v), LB_CONN_ADMIT);
+    lb_conn_guard_add(&g, &e[1], &q);
+    assert_int_equal(lb_conn_guard_admit(&g, &p, &v), LB_CONN_ADMIT);
+    lb_conn_guard_add(&g, &e[2], &p);
+    assert_int_equal(lb_conn_guard_admit(&g, &p, &v), LB_CONN_SHED);
+    assert_ptr_equal(v, &e[0]); /* from an earlier run */
+    lb_conn_guard_remove(&g, v);
+    lb_conn_guard_add(&g, &e[3], &p);
+    assert_int_equal(lb_conn_guard_admit(&g, &p, &v), LB_CONN_REFUSE_TOTAL);
+    assert_null(v);
+    /* the next run may shed them: 127.0.0.2 holds the most */
+    lb_conn_guard_next_batch(&g);
+    assert_int_equal(lb_conn_guard_admit(&g, &q, &v), LB_CONN_SHED);
+    assert_ptr_equal(v, &e[2]);
+}
+
 static void test_rate_log_one_line_per_interval_with_a_count(void **state)
 {
     struct lb_rate_log l;
@@ -182,6 +231,8 @@ int main(void)
         cmocka_unit_test(test_proven_connections_are_kept_and_newcomer_refused_when_all_proven),
         cmocka_unit_test(test_per_peer_cap_sheds_only_from_that_peer),
         cmocka_unit_test(test_losing_proof_makes_a_connection_the_newest_candidate),
+        cmocka_unit_test(test_flood_from_many_addresses_sheds_the_busiest_address_first),
+        cmocka_unit_test(test_connections_of_the_current_batch_are_not_shed),
         cmocka_unit_test(test_rate_log_one_line_per_interval_with_a_count),
         cmocka_unit_test(test_request_budget_per_connection_and_server_with_a_reserve),
     };
