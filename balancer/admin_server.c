@@ -240,8 +240,9 @@ static void server_note_log(const struct lb_admin_server *s, enum server_note wh
         break;
     case NOTE_SHED:
         LB_WARN(LOG_SUB,
-                "msg=\"admin connections closed to make room for new ones (oldest without "
-                "an authorized call first)\" count=%lu max_connections=%u "
+                "msg=\"admin connections closed to make room for new ones (without an "
+                "authorized call, from the address holding the most first)\" count=%lu "
+                "max_connections=%u "
                 "max_per_peer=%u",
                 count, l->max_connections, l->max_per_peer);
         break;
@@ -1744,6 +1745,7 @@ static void server_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct lb_admin_server *s = w->data;
 
+    lb_conn_guard_next_batch(&s->guard);
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
