@@ -34,7 +34,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#define FDS_RESERVED 128 /* etcd, admin, http, logs, slack */
+#define FDS_RESERVED 256 /* etcd, admin (64), http (96 at most), checks, logs, slack */
 
 struct lbd_settings {
     char *etcd;
@@ -283,6 +283,8 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
 
     if (!rc)
         rc = lb_watcher_render_metrics(d->watcher, out);
+    if (!rc && d->admin)
+        rc = lb_admin_server_render_metrics(d->admin, out);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_ready", "gauge", "1 when /readyz answers 200.");
     if (!rc)
