@@ -91,12 +91,14 @@ def run_phase(h, etcd, n, seconds, checks, interval, out):
               extra_args=["--log-level", "info", "--shutdown-grace", "1s"],
               name="lbd-checks-%s" % ("on" if checks else "off"))
     lbd.start(timeout=scaled(120))
+    cpu0 = proc_cpu(lbd.proc.pid)
     clients = ClientLoop(lbd.pool_port("big"), interval=0.01)
     time.sleep(seconds)  # the measurement window itself
     records = clients.stop()
     s = stats(records)
-    out.write("  checks %-3s (%s): %s\n" % ("on" if checks else "off",
-                                           interval if checks else "-", fmt(s)))
+    s["cpu"] = (proc_cpu(lbd.proc.pid) - cpu0) / seconds
+    out.write("  checks %-3s (%s): %s, lbd cpu %.0f%%\n"
+              % ("on" if checks else "off", interval if checks else "-", fmt(s), 100 * s["cpu"]))
     if s["failed"]:
         out.write("    first failure: %s\n" % s["first_error"])
     out.flush()
