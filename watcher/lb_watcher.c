@@ -21,6 +21,11 @@
  * A listing is staged in memory and applied to the mirror only when its
  * last page has arrived, so the sink sees one consistent batch per listing
  * and a listing that fails half way changes nothing.
+ *
+ * No single key stops the watch: keys and values that cannot be used are
+ * skipped and counted by the mirror, and the rest of the response is
+ * applied.  Their log lines are rate limited; `log_timer` writes the count
+ * of the lines held back once the limit allows.
  */
 #include "lb_watcher.h"
 #include "lb_duration.h"
@@ -117,7 +122,8 @@ struct lb_watcher {
 
     ev_timer retry_timer;
     ev_timer stall_timer;
-    unsigned attempt; /* failures since the last watch that held */
+    ev_timer log_timer; /* writes the counts of skip lines held back */
+    unsigned attempt;   /* failures since the last watch that held */
     uint64_t rng;
     ev_tstamp last_contact; /* 0 = never */
     ev_tstamp started_at;
@@ -255,6 +261,22 @@ static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* --- listing --------------------------------------------------------------------------- */
 
+/* Skip lines held back by the rate limit: write their counts when it allows. */
+static void log_flush_arm(struct lb_watcher *w)
+{
+    double due = lb_mirror_flush_log(w->mirror);
+
+    if (due < 0 || ev_is_active(&w->log_timer))
+        return;
+    ev_timer_set(&w->log_timer, due + 0.01, 0.);
+    ev_timer_start(w->loop, &w->log_timer);
+}
+
+static void log_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    log_flush_arm(t->data);
+}
+
 static void staged_clear(struct lb_watcher *w)
 {
     for (size_t i = 0; i < w->n_staged; i++) {
@@ -334,7 +356,6 @@ static void list_finish(struct lb_watcher *w)
 {
     struct lb_mirror_stats ms;
     int64_t updates = 0;
-    size_t refused = 0;
     bool first;
     int rc = 0;
 
@@ -343,10 +364,6 @@ static void list_finish(struct lb_watcher *w)
         struct staged_kv *s = &w->staged[i];
 
         rc = lb_mirror_put(w->mirror, s->key, s->key_len, s->value, s->value_len, s->mod_revision);
-        if (rc == -E2BIG) {
-            refused++; /* mirror full: the key stays unknown, nothing else changes */
-            rc = 0;
-        }
         if (rc < 0)
             break;
         updates += rc;
@@ -363,13 +380,11 @@ static void list_finish(struct lb_watcher *w)
     }
     if (updates > 0 || first)
         w->sink.commit(w->sink.ctx);
+    log_flush_arm(w);
     if (rc >= 0) {
         w->fresh_at = ev_now(w->loop);
         w->last_list_ms = (int64_t)((ev_time() - w->list_started) * 1000.0);
     }
-    if (refused)
-        LB_ERROR("watcher", "msg=\"too many keys, some ignored\" ignored=%zu max=%d", refused,
-                 LB_MIRROR_MAX_KEYS);
     if (rc < 0) {
         /* out of memory half way: what was delivered is true; try the rest again */
         w->need_relist = true;
@@ -551,6 +566,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
             w->sink.commit(w->sink.ctx);
             record_lag(w, ev_time() - w->data_arrived);
         }
+        log_flush_arm(w);
     }
     high = lb_watch_msg_resume_revision(msg);
     if (high > w->revision)
@@ -786,6 +802,8 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
     w->retry_timer.data = w;
     ev_timer_init(&w->stall_timer, stall_cb, 0., 0.);
     w->stall_timer.data = w;
+    ev_timer_init(&w->log_timer, log_timer_cb, 0., 0.);
+    w->log_timer.data = w;
     w->last_list_ms = -1;
     lb_outage_init(&w->outage, LB_OUTAGE_INTERVAL_S);
     w->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)w;
@@ -873,6 +891,8 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
     out->updates_applied = ms.updates;
     out->decode_errors = w->decode_errors;
     out->bad_values = ms.bad_values;
+    memcpy(out->skipped, ms.skipped, sizeof(out->skipped));
+    out->clamped = ms.clamped;
     out->keys = ms.keys;
     out->ms_since_contact =
         w->last_contact > 0 ? (int64_t)((ev_time() - w->last_contact) * 1000.0) : -1;
@@ -909,6 +929,7 @@ void lb_watcher_free(struct lb_watcher *w)
     if (w->loop) {
         ev_timer_stop(w->loop, &w->retry_timer);
         ev_timer_stop(w->loop, &w->stall_timer);
+        ev_timer_stop(w->loop, &w->log_timer);
     }
     lb_override_store_free(w->store); /* before the http object its writes live in */
     if (w->call)
