@@ -136,6 +136,7 @@ def run(n=10000, seconds=20, interval="1s", out=sys.stdout, h=None, flap=True):
         if flap:
             wait_until(lambda: healthy(lbd, "big") == n, scaled(30), "all %d healthy" % n)
             updates0 = lbd.metric("lbd_pool_snapshot_updates_total", pool="big")
+            rebuilds0 = lbd.metric("lbd_pool_snapshot_rebuilds_total", pool="big")
             seconds0 = lbd.metric("lbd_pool_snapshot_update_seconds_total", pool="big")
             cpu0 = proc_cpu(lbd.proc.pid)
             probe = ClientLoop(lbd.pool_port("probe"), interval=0.01)
@@ -152,12 +153,15 @@ def run(n=10000, seconds=20, interval="1s", out=sys.stdout, h=None, flap=True):
             updates = lbd.metric("lbd_pool_snapshot_updates_total", pool="big") - updates0
             spent = lbd.metric("lbd_pool_snapshot_update_seconds_total", pool="big") - seconds0
             s = stats(records)
+            s["rebuilds"] = lbd.metric("lbd_pool_snapshot_rebuilds_total", pool="big") - rebuilds0
+            s["flip_us"] = spent / (2 * n) * 1e6
+            s["updates"] = updates
             figures["flap"] = s
             out.write("  flap: all %d down in %.1fs, all up in %.1fs; lbd cpu %.1fs over %.1fs\n"
                       % (n, down_s, up_s, cpu, time.monotonic() - t0))
-            out.write("  flap: %d in-place publishes covering %d health flips, %.1f us of loop "
-                      "time per flip (target < 50 us)\n"
-                      % (updates, 2 * n, spent / (2 * n) * 1e6))
+            out.write("  flap: %d in-place publishes covering %d health flips, %d rebuilds, "
+                      "%.1f us of loop time per flip (target < 50 us)\n"
+                      % (updates, 2 * n, s["rebuilds"], s["flip_us"]))
             out.write("  pool next to the flapping one: %s\n" % fmt(s))
             if s["failed"]:
                 out.write("    first failure: %s\n" % s["first_error"])

@@ -34,22 +34,46 @@ struct fixture {
 
 static struct fixture fx;
 
+/* An accepted check connection waiting for its HTTP request. */
+struct http_conn {
+    ev_io io;
+    bool used;
+};
+
+static struct http_conn conns[32];
+
+static void http_conn_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct http_conn *c = (struct http_conn *)w;
+    char buf[512], reply[128];
+    ssize_t n = recv(w->fd, buf, sizeof(buf), 0);
+
+    (void)n;
+    snprintf(reply, sizeof(reply), "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n",
+             fx.http_status);
+    if (send(w->fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+        fail_msg("send failed");
+    ev_io_stop(loop, w);
+    close(w->fd);
+    c->used = false;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     int fd = accept(fx.listen_fd, NULL, NULL);
-    char buf[512], reply[128];
 
     if (fd < 0)
         return;
     if (fx.http_status) {
-        /* the check sends its request at once: read it, answer, close */
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-
-        (void)n;
-        snprintf(reply, sizeof(reply), "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n",
-                 fx.http_status);
-        if (send(fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
-            fail_msg("send failed");
+        /* answer once the check's request is there (the loop must not block on it) */
+        for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
+            if (!conns[i].used) {
+                conns[i].used = true;
+                ev_io_init(&conns[i].io, http_conn_cb, fd, EV_READ);
+                ev_io_start(loop, &conns[i].io);
+                return;
+            }
+        }
     }
     close(fd);
 }
@@ -75,6 +99,13 @@ static int open_listener(int port)
 
 static void close_listener(void)
 {
+    for (size_t i = 0; i < sizeof(conns) / sizeof(conns[0]); i++) {
+        if (conns[i].used) {
+            ev_io_stop(fx.loop, &conns[i].io);
+            close(conns[i].io.fd);
+            conns[i].used = false;
+        }
+    }
     ev_io_stop(fx.loop, &fx.accept_w);
     close(fx.listen_fd);
     fx.listen_fd = -1;
