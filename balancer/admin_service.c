@@ -31,9 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOG_SUB "admin"
+#define LOG_SUB               "admin"
 #define DRAIN_WAIT_DEFAULT_MS 30000
-#define DRAIN_WAIT_MAX_MS (24LL * 3600 * 1000)
+#define DRAIN_WAIT_MAX_MS     (24LL * 3600 * 1000)
 
 /* ---- validation ---- */
 
@@ -54,8 +54,7 @@ static bool name_is_valid(const char *s)
 }
 
 /* `required` false: "" is fine (every pool). */
-static int check_name(const char *what, const char *value, bool required, char *err,
-                      size_t size)
+static int check_name(const char *what, const char *value, bool required, char *err, size_t size)
 {
     if (!value[0]) {
         if (!required)
@@ -64,8 +63,10 @@ static int check_name(const char *what, const char *value, bool required, char *
         return LB_GRPC_INVALID_ARGUMENT;
     }
     if (!name_is_valid(value)) {
-        snprintf(err, size, "%s \"%.*s\" is not a valid name (1 to %d characters of "
-                            "A-Z a-z 0-9 . _ : -)", what, 64, value, LB_NAME_MAX - 1);
+        snprintf(err, size,
+                 "%s \"%.*s\" is not a valid name (1 to %d characters of "
+                 "A-Z a-z 0-9 . _ : -)",
+                 what, 64, value, LB_NAME_MAX - 1);
         return LB_GRPC_INVALID_ARGUMENT;
     }
     return LB_GRPC_OK;
@@ -275,8 +276,8 @@ static void reply_backend(struct lb_admin_call *call, const ProtobufCMessageDesc
                           const char *pool, const char *id)
 {
     struct backend_reply_ctx ctx = {call, desc};
-    int rc = lb_control_get_backend(lb_admin_call_registry(call), pool, id, send_backend_reply,
-                                    &ctx);
+    int rc =
+        lb_control_get_backend(lb_admin_call_registry(call), pool, id, send_backend_reply, &ctx);
 
     if (rc < 0)
         finish_errno(call, rc, pool, id);
@@ -411,7 +412,7 @@ struct mutation {
     char pool[LB_NAME_MAX];
     char id[LB_NAME_MAX];
     const ProtobufCMessageDescriptor *reply;
-    char what[48];   /* "drain", "weight=50", ... for the log */
+    char what[48]; /* "drain", "weight=50", ... for the log */
     enum lb_scope scope;
     bool drain_wait; /* SetDrain with drain and wait */
     int64_t wait_ms;
@@ -473,8 +474,8 @@ static void mutation_check_drained(struct mutation *m)
         finish_errno(m->call, rc, m->pool, m->id);
     else if (!st.drain)
         lb_admin_call_finish(m->call, LB_GRPC_ABORTED,
-                             "backend %s/%s was undrained while waiting for it to drain",
-                             m->pool, m->id);
+                             "backend %s/%s was undrained while waiting for it to drain", m->pool,
+                             m->id);
     else if (st.drained)
         reply_backend(m->call, m->reply, m->pool, m->id);
     else
@@ -497,8 +498,7 @@ static void mutation_wait_timeout_cb(struct ev_loop *loop, ev_timer *w, int reve
     struct drain_state st = {0};
     char text[32];
 
-    lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id, read_drain_state,
-                           &st);
+    lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id, read_drain_state, &st);
     lb_admin_call_finish(m->call, LB_GRPC_DEADLINE_EXCEEDED,
                          "backend %s/%s still has %llu active connection%s after %s", m->pool,
                          m->id, (unsigned long long)st.active, st.active == 1 ? "" : "s",
@@ -511,8 +511,8 @@ static void mutation_applied(struct mutation *m)
 {
     struct lb_admin_call *call = m->call;
 
-    LB_INFO(LOG_SUB, "msg=\"operator change applied\" pool=%s id=%s change=%s scope=%s",
-            m->pool, m->id, m->what, m->scope == LB_SCOPE_LOCAL ? "local" : "cluster");
+    LB_INFO(LOG_SUB, "msg=\"operator change applied\" pool=%s id=%s change=%s scope=%s", m->pool,
+            m->id, m->what, m->scope == LB_SCOPE_LOCAL ? "local" : "cluster");
     if (!m->drain_wait) {
         reply_backend(call, m->reply, m->pool, m->id);
         return;
@@ -540,13 +540,15 @@ static void mutation_store_done(void *ud, int status, const char *message)
     if (!lb_admin_call_is_done(call)) {
         if (status < 0)
             lb_admin_call_finish(call, LB_GRPC_UNAVAILABLE,
-                                 "writing the override of %s/%s to etcd failed: %s", m->pool,
-                                 m->id, message && message[0] ? message : strerror(-status));
+                                 "writing the override of %s/%s to etcd failed: %s", m->pool, m->id,
+                                 message && message[0] ? message : strerror(-status));
         else
             mutation_applied(m);
     } else if (status == 0) {
-        LB_INFO(LOG_SUB, "msg=\"operator change applied after its client left\" pool=%s id=%s "
-                         "change=%s", m->pool, m->id, m->what);
+        LB_INFO(LOG_SUB,
+                "msg=\"operator change applied after its client left\" pool=%s id=%s "
+                "change=%s",
+                m->pool, m->id, m->what);
     }
     lb_admin_call_unref(call); /* the write's reference; may free m later */
 }
@@ -571,9 +573,8 @@ static void mutation_start(struct lb_admin_call *call, struct mutation *m,
     mutation_applied(m);
 }
 
-static struct mutation *mutation_new(struct lb_admin_call *call, const char *pool,
-                                     const char *id, int scope,
-                                     const ProtobufCMessageDescriptor *reply_desc)
+static struct mutation *mutation_new(struct lb_admin_call *call, const char *pool, const char *id,
+                                     int scope, const ProtobufCMessageDescriptor *reply_desc)
 {
     struct mutation *m = calloc(1, sizeof(*m));
 
@@ -592,8 +593,8 @@ static void handle_set_drain(struct lb_admin_call *call, const ProtobufCMessage 
 {
     const Lb__V1__SetDrainRequest *req = (const void *)request;
     struct lb_change change = {.kind = LB_CHANGE_DRAIN, .value.drain = req->drain};
-    struct mutation *m = mutation_new(call, req->pool, req->id, req->scope,
-                                      &lb__v1__set_drain_response__descriptor);
+    struct mutation *m =
+        mutation_new(call, req->pool, req->id, req->scope, &lb__v1__set_drain_response__descriptor);
 
     if (!m)
         return;
@@ -712,8 +713,7 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
                              "event stream fell too far behind (client reads too slowly); "
                              "reconnect and list again");
     } else if (rc != -ECANCELED) {
-        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s",
-                             strerror(-rc));
+        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s", strerror(-rc));
     }
     watch_stop(w);
 }
@@ -771,16 +771,16 @@ static const struct lb_admin_method methods[] = {
      validate_list_backends, handle_list_backends, false},
     {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, false,
      validate_get_backend, handle_get_backend, false},
-    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, false,
-     validate_set_drain, handle_set_drain, false},
+    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, false, validate_set_drain,
+     handle_set_drain, false},
     {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, false,
      validate_set_weight, handle_set_weight, false},
     {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, false,
      validate_set_health, handle_set_health, false},
-    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, true,
-     validate_watch, handle_watch_events, false},
-    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor,
-     false, NULL, handle_health_check, true},
+    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, true, validate_watch,
+     handle_watch_events, false},
+    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, false,
+     NULL, handle_health_check, true},
 };
 
 const struct lb_admin_method *lb_admin_service_find(const char *service, const char *method)

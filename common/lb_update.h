@@ -118,8 +118,8 @@ struct lb_update_sink {
  */
 typedef void (*lb_store_done_cb)(void *ud, int status, const char *message);
 struct lb_store {
-    int (*put_override)(void *ctx, const char *pool, const char *id,
-                        const struct lb_override *ov, lb_store_done_cb done, void *ud);
+    int (*put_override)(void *ctx, const char *pool, const char *id, const struct lb_override *ov,
+                        lb_store_done_cb done, void *ud);
     void *ctx;
 };
 

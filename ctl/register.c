@@ -93,7 +93,8 @@ static const struct lb_setting register_rows[] = {
     {"etcd-key", 0, "LBCTL_ETCD_KEY", LB_SETTING_STRING, O(etcd_key), 0, 0, NULL, NULL, "FILE",
      "private key (PEM) of --etcd-cert"},
     {"etcd-user-file", 0, "LBCTL_ETCD_USER_FILE", LB_SETTING_STRING, O(etcd_user_file), 0, 0, NULL,
-     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
+     NULL, "FILE",
+     "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
     {"help", 'h', NULL, LB_SETTING_BOOL, O(help), 0, 0, NULL, NULL, NULL, "show this help"},
 };
 #undef O

@@ -16,9 +16,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const names[][2] = {
-    {"lb.v1.Admin", "ListPools"},  {"lb.v1.Admin", "ListBackends"},
-    {"lb.v1.Admin", "GetBackend"}, {"lb.v1.Admin", "SetDrain"},
-    {"lb.v1.Admin", "SetWeight"},  {"lb.v1.Admin", "SetHealth"},
+    {"lb.v1.Admin", "ListPools"},   {"lb.v1.Admin", "ListBackends"},
+    {"lb.v1.Admin", "GetBackend"},  {"lb.v1.Admin", "SetDrain"},
+    {"lb.v1.Admin", "SetWeight"},   {"lb.v1.Admin", "SetHealth"},
     {"lb.v1.Admin", "WatchEvents"}, {"grpc.health.v1.Health", "Check"},
 };
 #define N_NAMES (sizeof(names) / sizeof(names[0]))

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STEP_S 0.02
+#define STEP_S    0.02
 #define MAX_CONNS 64
 
 struct fx fx;
@@ -426,8 +426,7 @@ static void job_add_backends(void *arg)
 
         snprintf(id, sizeof(id), "bulk-%05u", i);
         u.id = id;
-        snprintf(u.u.backend.addr, sizeof(u.u.backend.addr), "10.1.%u.%u:80", i / 250,
-                 i % 250 + 1);
+        snprintf(u.u.backend.addr, sizeof(u.u.backend.addr), "10.1.%u.%u:80", i / 250, i % 250 + 1);
         u.u.backend.weight = 100;
         st.sink.apply(st.sink.ctx, &u);
     }

@@ -355,8 +355,8 @@ static void test_retry_skips_tried(void **state)
                 struct lb_backend *all[3] = {lb_snapshot_eligible_backend(f->pool->snap, 0),
                                              lb_snapshot_eligible_backend(f->pool->snap, 1),
                                              lb_snapshot_eligible_backend(f->pool->snap, 2)};
-                struct lb_pick none = {.client = (struct sockaddr *)&sa, .tried = all,
-                                       .n_tried = 3};
+                struct lb_pick none = {
+                    .client = (struct sockaddr *)&sa, .tried = all, .n_tried = 3};
 
                 assert_null(f->pool->snap->algo->pick(f->pool->snap, &none));
             }
@@ -450,8 +450,8 @@ static void test_max_conns_skips_full_backends(void **state)
         f->sink.commit(f->sink.ctx);
         /* all but k057 are full */
         for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
-            lb_snapshot_eligible_backend(f->pool->snap, i)->active = strcmp(lb_snapshot_eligible_backend(f->pool->snap, i)->id, "k057")
-                                                     ? 2 : 1;
+            lb_snapshot_eligible_backend(f->pool->snap, i)->active =
+                strcmp(lb_snapshot_eligible_backend(f->pool->snap, i)->id, "k057") ? 2 : 1;
         for (int i = 0; i < 50; i++) {
             struct lb_backend *b;
 

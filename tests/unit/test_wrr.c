@@ -141,7 +141,8 @@ static void test_weight_zero_and_tried(void **state)
     for (int i = 0; i < 50; i++)
         assert_ptr_not_equal(f->pool->snap->algo->pick(f->pool->snap, &p), tried[0]);
     /* nothing left to try */
-    struct lb_backend *both[2] = {lb_snapshot_eligible_backend(f->pool->snap, 0), lb_snapshot_eligible_backend(f->pool->snap, 1)};
+    struct lb_backend *both[2] = {lb_snapshot_eligible_backend(f->pool->snap, 0),
+                                  lb_snapshot_eligible_backend(f->pool->snap, 1)};
     struct lb_pick none = {.tried = both, .n_tried = 2};
     assert_null(f->pool->snap->algo->pick(f->pool->snap, &none));
 }
