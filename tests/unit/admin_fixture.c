@@ -442,7 +442,7 @@ void fx_add_backends(const char *pool, unsigned n)
 
 static void job_has_subscribers(void *arg)
 {
-    *(bool *)arg = fx.registry.subs != NULL;
+    *(bool *)arg = lb_events_wanted(&fx.registry.events);
 }
 
 bool fx_has_subscribers(void)
