@@ -4,7 +4,7 @@
  * memory after the last session let go.
  */
 #include "backend.h"
-#include "dns.h"
+#include "backend_dns.h"
 #include "drain.h"
 #include "lb_addr.h"
 #include "pool.h"
@@ -33,7 +33,7 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
     b->base_weight = spec->weight;
     b->snap_index = SIZE_MAX;
     lb_health_init(b);
-    lb_dns_init(b);
+    lb_backend_dns_init(b);
     lb_drain_init(b);
     if (lb_addr_parse(spec->addr, false, &hp, &why) == 0 && lb_addr_is_numeric(&hp))
         b->resolved = lb_addr_to_sockaddr(&hp, &b->sa, &b->sa_len) == 0;
@@ -74,7 +74,7 @@ void lb_backend_retire(struct lb_backend *b)
     b->removed = true;
     lb_health_stop(b);
     lb_drain_stop(b);
-    lb_dns_stop(b);
+    lb_backend_dns_stop(b);
 }
 
 bool lb_backend_is_candidate(const struct lb_backend *b)

@@ -14,7 +14,7 @@
  * allocates, so a health flip cannot fail and costs O(log n).
  */
 #include "pool.h"
-#include "dns.h"
+#include "backend_dns.h"
 #include "drain.h"
 #include "lb_log.h"
 #include "lb_util.h"
@@ -402,7 +402,7 @@ struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member
     if (pool->registry)
         lb_registry_check_address(pool->registry, b);
     lb_health_start(b);
-    lb_dns_start(b);
+    lb_backend_dns_start(b);
     pool_want_rebuild(pool);
     return b;
 }

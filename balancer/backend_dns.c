@@ -1,4 +1,4 @@
-#include "dns.h"
+#include "backend_dns.h"
 #include "backend.h"
 #include "lb_addr.h"
 #include "lb_log.h"
@@ -75,12 +75,12 @@ static void dns_lookup(struct lb_backend *b)
     }
 }
 
-void lb_dns_init(struct lb_backend *b)
+void lb_backend_dns_init(struct lb_backend *b)
 {
     ev_init(&b->dns_timer, dns_timer_cb);
 }
 
-void lb_dns_start(struct lb_backend *b)
+void lb_backend_dns_start(struct lb_backend *b)
 {
     struct lb_registry *r = b->pool->registry;
 
@@ -90,7 +90,7 @@ void lb_dns_start(struct lb_backend *b)
     dns_lookup(b);
 }
 
-void lb_dns_stop(struct lb_backend *b)
+void lb_backend_dns_stop(struct lb_backend *b)
 {
     if (!b->dns_started)
         return;
