@@ -1,3 +1,8 @@
+/*
+ * Following a backend's DNS name (design in backend_dns.h): lookups go to
+ * the resolver thread, answers come back on the loop, and the refresh timer
+ * lives in the backend, so the backend's retire cancels both.
+ */
 #include "backend_dns.h"
 #include "backend.h"
 #include "lb_addr.h"

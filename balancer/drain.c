@@ -1,3 +1,7 @@
+/*
+ * Drain deadlines (design in drain.h): one timer per backend, armed when a
+ * drained backend's pool has a drain_timeout, stopped on undrain or retire.
+ */
 #include "drain.h"
 #include "backend.h"
 #include "lb_log.h"

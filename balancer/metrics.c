@@ -1,3 +1,8 @@
+/*
+ * /metrics in Prometheus text (contract in metrics.h): per backend from
+ * lb_backend_info through one table of families, per pool and process from
+ * the registry and the proxy; labels escaped once per backend per scrape.
+ */
 #include "metrics.h"
 #include "lb_update.h"
 

@@ -1,3 +1,9 @@
+/*
+ * Proxied connections (state machine in session.h): connect with retries,
+ * relay through the proxy's scratch buffer, back-pressure by pausing the
+ * read side, RST passed on as RST, one finalize, frees deferred to the
+ * proxy's reaper.
+ */
 #include "session.h"
 #include "backend.h"
 #include "health.h"

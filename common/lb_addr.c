@@ -1,3 +1,7 @@
+/*
+ * host:port text to socket addresses and back (contract in lb_addr.h):
+ * IPv4, bracketed IPv6 and DNS names, no name service on these paths.
+ */
 #include "lb_addr.h"
 
 #include <arpa/inet.h>

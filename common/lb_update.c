@@ -1,3 +1,7 @@
+/*
+ * The typed pool updates between discovery and the registry (lb_update.h):
+ * here only the pool policy's defaults, the one place they are written.
+ */
 #include "lb_update.h"
 
 #include <string.h>
