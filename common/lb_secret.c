@@ -5,6 +5,7 @@
  * what a credentials file may be, for the admin token and etcd's user.
  */
 #include "lb_secret.h"
+#include "lb_error.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,9 +23,7 @@ static bool is_space(char c)
 
 static int fail(char **err, int rc, const char *what, const char *path, const char *why)
 {
-    if (asprintf(err, "%s %s: %s", what, path, why) < 0)
-        *err = NULL;
-    return rc;
+    return lb_error_set(err, rc, "%s %s: %s", what, path, why);
 }
 
 static const char *file_kind(mode_t mode)
@@ -50,16 +49,12 @@ int lb_secret_open(const char *path, const char *what, bool *shared, char **err)
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         rc = -errno;
-        if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-            *err = NULL;
-        return rc;
+        return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
     }
     if (fstat(fd, &st) < 0) {
         rc = -errno;
         close(fd);
-        if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-            *err = NULL;
-        return rc;
+        return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
@@ -99,9 +94,7 @@ int lb_secret_read(const char *path, const char *what, char **out, bool *shared,
             rc = -errno;
             close(fd);
             explicit_bzero(buf, sizeof(buf));
-            if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-                *err = NULL;
-            return rc;
+            return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
         }
         if (n == 0)
             break;

@@ -8,6 +8,7 @@
  * is wiped from memory after each call.
  */
 #include "admin_client.h"
+#include "lb_error.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -79,21 +80,18 @@ int lb_admin_client_new(const struct lb_admin_client_options *opts, struct lb_ad
     for (const char *p = addr; ok && *p; p++)
         ok = !isspace((unsigned char)*p) && *p != '/' && *p != '@';
     if (!ok) {
-        if (asprintf(err,
-                     "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
-                     "[::1]:9000",
-                     addr) < 0)
-            *err = NULL;
-        return -EINVAL;
+        return lb_error_set(err, -EINVAL,
+                            "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
+                            "[::1]:9000",
+                            addr);
     }
     if (opts->token) {
         ok = opts->token[0] != '\0';
         for (const char *p = opts->token; ok && *p; p++)
             ok = *p > 0x20 && *p < 0x7f;
         if (!ok) {
-            if (asprintf(err, "the admin token must be printable ASCII without spaces") < 0)
-                *err = NULL;
-            return -EINVAL;
+            return lb_error_set(err, -EINVAL,
+                                "the admin token must be printable ASCII without spaces");
         }
     }
     if (!global_init_done) {
