@@ -153,20 +153,6 @@ static void usage(FILE *f)
                "      --admin 127.0.0.1:9000 --http 127.0.0.1:9100\n");
 }
 
-static bool name_is_valid(const char *s, size_t len)
-{
-    if (len == 0 || len >= LB_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.' || c == ':'))
-            return false;
-    }
-    return true;
-}
-
 /* Splits each --pool NAME=ADDR:PORT.  Returns 0 or -EINVAL after printing why. */
 static int parse_pools(struct lbd *d)
 {
@@ -187,7 +173,7 @@ static int parse_pools(struct lbd *d)
         struct lb_hostport hp;
         const char *why = NULL;
 
-        if (!eq || !name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
+        if (!eq || !lb_name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
             fprintf(stderr,
                     "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
                     "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",

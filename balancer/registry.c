@@ -262,7 +262,7 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
     LB_INFO("pool",
             "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
             "idle_timeout_ms=%lld retries=%d",
-            pool->name, lb_algo_name(policy->algorithm), (long long)policy->connect_timeout_ms,
+            pool->name, lb_algorithm_name(policy->algorithm), (long long)policy->connect_timeout_ms,
             (long long)policy->idle_timeout_ms, policy->retries);
     lb_registry_notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, "policy changed");
 }
