@@ -11,6 +11,7 @@
 #ifndef LB_PROXY_H
 #define LB_PROXY_H
 
+#include "lb_listen.h"
 #include "pool.h"
 #include "registry.h"
 
@@ -47,7 +48,7 @@ struct lb_proxy {
     struct lb_session *live; /* every open session (doubly linked) */
     struct lb_session *graveyard;
     ev_check reaper;
-    ev_timer accept_retry;                   /* resumes accepting after EMFILE */
+    struct lb_accept_backoff accept_backoff; /* resumes accepting after EMFILE */
     void (*on_idle)(struct lb_proxy *proxy); /* shutting down and no session left */
     char scratch[16384];                     /* read buffer shared by all sessions */
 };
