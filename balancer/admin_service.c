@@ -14,9 +14,11 @@
  *
  * Per-call handler state is attached to the call (lb_admin_call_set_data)
  * and freed with it, so no callback ever frees the object it runs for.
+ *
+ * The transport sees none of this: it is handed the table at the end of
+ * this file, with the registry as the calls' context.
  */
 #include "admin_service.h"
-#include "admin_server.h"
 #include "control.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
@@ -34,6 +36,12 @@
 #define LOG_SUB               "admin"
 #define DRAIN_WAIT_DEFAULT_MS 30000
 #define DRAIN_WAIT_MAX_MS     (24LL * 3600 * 1000)
+
+/* The registry lbd gave the server as the calls' context. */
+static struct lb_registry *registry_of(const struct lb_admin_call *call)
+{
+    return lb_admin_call_context(call);
+}
 
 /* ---- validation ---- */
 
@@ -199,7 +207,7 @@ static bool pool_exists(struct lb_registry *r, const char *pool)
 /* Ends the call for a negative errno from control.h. */
 static void finish_errno(struct lb_admin_call *call, int rc, const char *pool, const char *id)
 {
-    struct lb_registry *r = lb_admin_call_registry(call);
+    struct lb_registry *r = registry_of(call);
 
     switch (rc) {
     case -ENOENT:
@@ -276,8 +284,7 @@ static void reply_backend(struct lb_admin_call *call, const ProtobufCMessageDesc
                           const char *pool, const char *id)
 {
     struct backend_reply_ctx ctx = {call, desc};
-    int rc =
-        lb_control_get_backend(lb_admin_call_registry(call), pool, id, send_backend_reply, &ctx);
+    int rc = lb_control_get_backend(registry_of(call), pool, id, send_backend_reply, &ctx);
 
     if (rc < 0)
         finish_errno(call, rc, pool, id);
@@ -326,7 +333,7 @@ static void handle_list_pools(struct lb_admin_call *call, const ProtobufCMessage
     struct pool_list l = {0};
     Lb__V1__Pool **ptrs = NULL;
 
-    lb_control_list_pools(lb_admin_call_registry(call), collect_pool, &l);
+    lb_control_list_pools(registry_of(call), collect_pool, &l);
     if (!l.oom && l.n && !(ptrs = calloc(l.n, sizeof(*ptrs))))
         l.oom = true;
     if (l.oom) {
@@ -377,7 +384,7 @@ static void handle_list_backends(struct lb_admin_call *call, const ProtobufCMess
     Lb__V1__Backend **ptrs = NULL;
     int rc;
 
-    rc = lb_control_list_backends(lb_admin_call_registry(call), req->pool, collect_backend, &l);
+    rc = lb_control_list_backends(registry_of(call), req->pool, collect_backend, &l);
     if (rc < 0) {
         finish_errno(call, rc, req->pool, NULL);
         goto out;
@@ -433,7 +440,7 @@ static void mutation_wait_end(struct mutation *m)
         return;
     m->waiting = false;
     if (m->sub) {
-        lb_control_unsubscribe(lb_admin_call_registry(m->call), m->sub);
+        lb_control_unsubscribe(registry_of(m->call), m->sub);
         m->sub = NULL;
     }
     ev_timer_stop(lb_admin_call_loop(m->call), &m->wait_timer);
@@ -463,8 +470,7 @@ static void read_drain_state(void *ud, const struct lb_backend_info *info)
 static void mutation_check_drained(struct mutation *m)
 {
     struct drain_state st = {0};
-    int rc = lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id,
-                                    read_drain_state, &st);
+    int rc = lb_control_get_backend(registry_of(m->call), m->pool, m->id, read_drain_state, &st);
 
     if (rc == -ENOENT)
         lb_admin_call_finish(m->call, LB_GRPC_NOT_FOUND,
@@ -498,7 +504,7 @@ static void mutation_wait_timeout_cb(struct ev_loop *loop, ev_timer *w, int reve
     struct drain_state st = {0};
     char text[32];
 
-    lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id, read_drain_state, &st);
+    lb_control_get_backend(registry_of(m->call), m->pool, m->id, read_drain_state, &st);
     lb_admin_call_finish(m->call, LB_GRPC_DEADLINE_EXCEEDED,
                          "backend %s/%s still has %llu active connection%s after %s", m->pool,
                          m->id, (unsigned long long)st.active, st.active == 1 ? "" : "s",
@@ -517,7 +523,7 @@ static void mutation_applied(struct mutation *m)
         reply_backend(call, m->reply, m->pool, m->id);
         return;
     }
-    m->sub = lb_control_subscribe(lb_admin_call_registry(call), mutation_on_event, m);
+    m->sub = lb_control_subscribe(registry_of(call), mutation_on_event, m);
     if (!m->sub) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -560,8 +566,8 @@ static void mutation_start(struct lb_admin_call *call, struct mutation *m,
 
     m->call = call;
     lb_admin_call_set_data(call, m, mutation_release);
-    rc = lb_control_change(lb_admin_call_registry(call), m->pool, m->id, change, m->scope,
-                           mutation_store_done, m);
+    rc = lb_control_change(registry_of(call), m->pool, m->id, change, m->scope, mutation_store_done,
+                           m);
     if (rc == LB_CONTROL_PENDING) {
         lb_admin_call_ref(call);
         return;
@@ -657,7 +663,7 @@ static void watch_stop(struct watch *w)
 {
     if (!w->sub)
         return;
-    lb_control_unsubscribe(lb_admin_call_registry(w->call), w->sub);
+    lb_control_unsubscribe(registry_of(w->call), w->sub);
     w->sub = NULL;
     lb_admin_call_unref(w->call);
 }
@@ -721,7 +727,7 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
 static void handle_watch_events(struct lb_admin_call *call, const ProtobufCMessage *request)
 {
     const Lb__V1__WatchEventsRequest *req = (const void *)request;
-    struct lb_registry *r = lb_admin_call_registry(call);
+    struct lb_registry *r = registry_of(call);
     struct watch *w;
 
     if (req->pool[0] && !pool_exists(r, req->pool)) {
@@ -763,50 +769,30 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
 
 /* ---- the table ---- */
 
-/* The last column: callable without the admin token. */
+#define STREAMING LB_ADMIN_METHOD_STREAMING
+#define NO_AUTH   LB_ADMIN_METHOD_NO_AUTH
+
 static const struct lb_admin_method methods[] = {
-    {"lb.v1.Admin", "ListPools", &lb__v1__list_pools_request__descriptor, false, NULL,
-     handle_list_pools, false},
-    {"lb.v1.Admin", "ListBackends", &lb__v1__list_backends_request__descriptor, false,
-     validate_list_backends, handle_list_backends, false},
-    {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, false,
-     validate_get_backend, handle_get_backend, false},
-    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, false, validate_set_drain,
-     handle_set_drain, false},
-    {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, false,
-     validate_set_weight, handle_set_weight, false},
-    {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, false,
-     validate_set_health, handle_set_health, false},
-    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, true, validate_watch,
-     handle_watch_events, false},
-    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, false,
-     NULL, handle_health_check, true},
+    {"lb.v1.Admin", "ListPools", &lb__v1__list_pools_request__descriptor, NULL, handle_list_pools,
+     0},
+    {"lb.v1.Admin", "ListBackends", &lb__v1__list_backends_request__descriptor,
+     validate_list_backends, handle_list_backends, 0},
+    {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, validate_get_backend,
+     handle_get_backend, 0},
+    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, validate_set_drain,
+     handle_set_drain, 0},
+    {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, validate_set_weight,
+     handle_set_weight, 0},
+    {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, validate_set_health,
+     handle_set_health, 0},
+    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, validate_watch,
+     handle_watch_events, STREAMING},
+    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, NULL,
+     handle_health_check, NO_AUTH},
 };
 
-const struct lb_admin_method *lb_admin_service_find(const char *service, const char *method)
+const struct lb_admin_method *lb_admin_service_methods(size_t *n)
 {
-    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
-        if (strcmp(methods[i].service, service) == 0 && strcmp(methods[i].name, method) == 0)
-            return &methods[i];
-    return NULL;
-}
-
-int lb_admin_service_decode(const struct lb_admin_method *m, const uint8_t *data, size_t len,
-                            ProtobufCMessage **out, char *err, size_t size)
-{
-    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
-    int status;
-
-    *out = NULL;
-    if (!msg) {
-        snprintf(err, size, "cannot decode %s: malformed protobuf message", m->request->name);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    status = m->validate ? m->validate(msg, err, size) : LB_GRPC_OK;
-    if (status != LB_GRPC_OK) {
-        protobuf_c_message_free_unpacked(msg, NULL);
-        return status;
-    }
-    *out = msg;
-    return LB_GRPC_OK;
+    *n = sizeof(methods) / sizeof(methods[0]);
+    return methods;
 }

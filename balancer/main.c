@@ -14,6 +14,7 @@
  */
 #include "addr_policy.h"
 #include "admin_server.h"
+#include "admin_service.h"
 #include "http_endpoint.h"
 #include "lb_addr.h"
 #include "lb_etcd_opts.h"
@@ -340,12 +341,15 @@ static int lbd_admin_start(struct lbd *d, char **err)
 {
     struct lb_admin_options opts = {
         .listen = d->settings.admin,
+        .listen_flag = "--admin",
+        .context = &d->registry,
         .token_file = d->settings.admin_token_file,
         .tls_cert_file = d->settings.admin_tls_cert,
         .tls_key_file = d->settings.admin_tls_key,
     };
 
-    return lb_admin_server_new(d->loop, &opts, &d->registry, &d->admin, err);
+    opts.methods = lb_admin_service_methods(&opts.n_methods);
+    return lb_admin_server_new(d->loop, &opts, &d->admin, err);
 }
 
 /*

@@ -1,6 +1,7 @@
 /*
  * Fuzzes the admin API's request path up to the handler: gRPC framing,
- * protobuf decoding and the per-method validation of outside bytes.
+ * protobuf decoding and the per-method validation of outside bytes, through
+ * the server's own lookup and decoder (admin_call.h) over lbd's table.
  *
  * Input: byte 0 picks the method, the rest is the request body as it
  * would arrive in DATA frames (5-byte prefix + message).  Every decoded
@@ -36,7 +37,7 @@ static int on_message(void *ud, const uint8_t *msg, size_t len, bool compressed)
     int status;
 
     r->messages++;
-    status = lb_admin_service_decode(r->method, msg, len, &decoded, err, sizeof(err));
+    status = lb_admin_method_decode(r->method, msg, len, &decoded, err, sizeof(err));
     if (status == 0) {
         size_t packed_len = protobuf_c_message_get_packed_size(decoded);
         uint8_t *packed = malloc(packed_len ? packed_len : 1);
@@ -55,10 +56,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct lb_grpc_decoder d;
     struct request r = {0};
+    const struct lb_admin_method *table;
+    size_t n;
 
     if (size < 1)
         return 0;
-    r.method = lb_admin_service_find(names[data[0] % N_NAMES][0], names[data[0] % N_NAMES][1]);
+    table = lb_admin_service_methods(&n);
+    r.method =
+        lb_admin_method_find(table, n, names[data[0] % N_NAMES][0], names[data[0] % N_NAMES][1]);
     if (!r.method)
         abort();
     lb_grpc_decoder_init(&d, 64 * 1024, false);

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "admin_fixture.h"
+#include "admin_service.h"
 #include "lb_log.h"
 #include "pool.h"
 
@@ -345,7 +346,9 @@ static void job_server_new(void *arg)
     struct lb_admin_options o = *j->opts;
 
     o.listen = "127.0.0.1:0";
-    j->rc = lb_admin_server_new(fx.loop, &o, &fx.registry, j->out, j->err);
+    o.methods = lb_admin_service_methods(&o.n_methods);
+    o.context = &fx.registry;
+    j->rc = lb_admin_server_new(fx.loop, &o, j->out, j->err);
     if (j->rc == 0 && j->limits)
         lb_admin_server_set_limits(*j->out, j->limits);
 }
