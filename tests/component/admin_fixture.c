@@ -1,6 +1,8 @@
 /*
  * The admin tests' fixture (see admin_fixture.h): the real registry, a
  * loop thread, a store that completes on the loop, counted connections.
+ * It looks inside the admin server only to tell a test that a connection
+ * waits for its socket (admin_conn.h), which no client can see for sure.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,8 +10,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "admin_conn.h"
 #include "admin_fixture.h"
+#include "admin_server_int.h"
 #include "admin_service.h"
+#include "h2_client.h"
+#include "lb_buf.h"
+#include "lb_grpc_frame.h"
 #include "lb_log.h"
 #include "pool.h"
 
@@ -65,14 +72,6 @@ static struct {
     ev_timer step;
     ev_timer ticker;
 } st;
-
-double fx_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- the loop thread ---- */
 
@@ -456,13 +455,61 @@ bool fx_has_subscribers(void)
     return yes;
 }
 
+void fx_expect_status(int got, const struct lb_admin_status *status, int want, const char *needle)
+{
+    if (got != want || (needle && !strstr(status->message, needle)))
+        fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), status->message,
+                 lb_grpc_status_name(want), needle ? needle : "");
+}
+
+bool fx_wait_until(bool (*cond)(void *arg), void *arg, double seconds)
+{
+    double end = h2_now() + seconds;
+    bool ok;
+
+    while (!(ok = cond(arg)) && h2_now() < end) {
+        struct timespec poll_interval = {0, 5 * 1000 * 1000};
+
+        nanosleep(&poll_interval, NULL);
+    }
+    return ok;
+}
+
+static bool no_subscribers(void *arg)
+{
+    return !fx_has_subscribers();
+}
+
 void fx_wait_no_subscribers(void)
 {
-    double end = fx_now() + 3;
+    assert_true(fx_wait_until(no_subscribers, NULL, 3));
+}
 
-    while (fx_has_subscribers() && fx_now() < end)
-        usleep(5000);
-    assert_false(fx_has_subscribers());
+static void job_store_pending(void *arg)
+{
+    unsigned n = 0;
+
+    for (struct store_write *w = st.writes; w; w = w->next)
+        n++;
+    *(unsigned *)arg = n;
+}
+
+unsigned fx_store_pending(void)
+{
+    unsigned n;
+
+    fx_run(job_store_pending, &n);
+    return n;
+}
+
+static bool store_idle(void *arg)
+{
+    return fx_store_pending() == 0;
+}
+
+void fx_wait_store_idle(void)
+{
+    assert_true(fx_wait_until(store_idle, NULL, 3));
 }
 
 struct drain_query {
@@ -484,4 +531,77 @@ bool fx_backend_drain(const char *pool, const char *id)
 
     fx_run(job_backend_drain, &q);
     return q.drain;
+}
+
+struct metrics_job {
+    struct lb_admin_server *s;
+    char text[4096];
+};
+
+static void job_render(void *arg)
+{
+    struct metrics_job *j = arg;
+    struct lb_buf out;
+
+    lb_buf_init(&out, sizeof(j->text) - 1);
+    assert_int_equal(lb_admin_server_render_metrics(j->s, &out), 0);
+    snprintf(j->text, sizeof(j->text), "%s", out.data);
+    lb_buf_free(&out);
+}
+
+long long fx_server_metric(struct lb_admin_server *s, const char *name)
+{
+    struct metrics_job j = {.s = s};
+    char line[160];
+    const char *at;
+
+    fx_run(job_render, &j);
+    snprintf(line, sizeof(line), "\n%s ", name);
+    at = strstr(j.text, line);
+    assert_non_null(at);
+    return atoll(at + strlen(line));
+}
+
+struct metric_wait {
+    struct lb_admin_server *s;
+    const char *name;
+    long long want;
+};
+
+static bool metric_is(void *arg)
+{
+    const struct metric_wait *w = arg;
+
+    return fx_server_metric(w->s, w->name) == w->want;
+}
+
+void fx_wait_metric(struct lb_admin_server *s, const char *name, long long want)
+{
+    struct metric_wait w = {s, name, want};
+
+    if (!fx_wait_until(metric_is, &w, 3))
+        fail_msg("%s is %lld, not %lld", name, fx_server_metric(s, name), want);
+}
+
+struct write_wait {
+    struct lb_admin_server *s;
+    bool waits;
+};
+
+static void job_waits_to_write(void *arg)
+{
+    struct write_wait *w = arg;
+
+    w->waits = false;
+    for (const struct admin_conn *c = w->s->conns; c; c = c->next)
+        if (ev_is_active(&c->write_watcher) && c->woff < c->wbuf.len)
+            w->waits = true;
+}
+
+bool fx_server_waits_to_write(struct lb_admin_server *s)
+{
+    struct write_wait w = {s, false};
+
+    fx_run(job_waits_to_write, &w);
+    return w.waits;
 }
