@@ -6,11 +6,13 @@
  * a method table and an opaque context (admin_call.h), so the transport
  * knows no service: lbd passes admin_service.c's table over its registry.
  *
- * Layers, each in its own file, each seeing only the one below:
+ * Layers, each in its own file, with an internal header that shows the
+ * others only what they use of it (admin_server_int.h, admin_conn.h,
+ * admin_h2.h, admin_call_int.h):
  *   admin_server.c  listener, admission, TLS context and token set-up, metrics
  *   admin_conn.c    a connection: socket or TLS I/O, handshake, timers
  *   admin_h2.c      nghttp2 callbacks: streams become calls, requests dispatch
- *   admin_call.c    calls and their response path
+ *   admin_call.c    calls and their response path (admin_call.h for handlers)
  */
 #ifndef LB_ADMIN_SERVER_H
 #define LB_ADMIN_SERVER_H
