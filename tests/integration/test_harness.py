@@ -6,8 +6,8 @@ tells a broken harness or a broken machine from a broken lbd."""
 import json
 import os
 import socket
+import struct
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +63,49 @@ class Backends(unittest.TestCase):
         self.assertEqual(len(b.client_times()), 22)
         b.stop()
         self.assertFalse(lbtest.port_is_open(b.port))
+
+    def test_kill_refuses_at_once_and_restart_serves_on_the_same_port(self):
+        b = Backend(self.h, "b-two")
+        port = b.port
+        held, bid = open_conn(port)
+        with held:
+            self.assertEqual(bid, "b-two")
+            b.kill()
+            self.assertFalse(lbtest.port_is_open(port), "the port still accepts after kill()")
+            held.settimeout(5)
+            self.assertEqual(held.recv(64), b"", "an open connection outlived kill()")
+        b.restart()
+        self.assertEqual(b.port, port)
+        self.assertEqual(ask(port), "b-two")
+        self.assertEqual(b.count(), 2, "counts carry on across a restart")
+        b.restart()  # while up: a crash and a restart
+        self.assertEqual(ask(port), "b-two")
+        self.assertEqual(b.count(), 3)
+
+    def test_proxy_header_mode_reports_the_header_then_echoes(self):
+        b = Backend(self.h, "pp", proxy_header=True)
+        v1 = b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 8080\r\n"
+        v2 = (lbtest.PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+              + socket.inet_aton("127.0.0.9") + socket.inet_aton("127.0.0.1")
+              + struct.pack("!HH", 40000, 8080))
+        for header, version in ((v1, 1), (v2, 2)):
+            with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+                s.sendall(header + b"after the header\n")
+                info = json.loads(lbtest.read_line(s, limit=4096))
+                self.assertEqual((info["id"], info["version"], info["family"]),
+                                 ("pp", version, "TCP4"))
+                self.assertEqual(info["src"], ["127.0.0.9", 40000])
+                self.assertEqual(info["dst"], ["127.0.0.1", 8080])
+                self.assertEqual(lbtest.read_line(s), "after the header")
+        with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            info = json.loads(lbtest.read_line(s, limit=4096))
+            self.assertIn("error", info)
+            try:
+                rest = s.recv(64)
+            except ConnectionResetError:  # closed with the request unread
+                rest = b""
+            self.assertEqual(rest, b"", "a connection without a header is closed")
 
     def test_refusing_backend_is_a_free_port(self):
         self.assertFalse(lbtest.port_is_open(lbtest.free_port()))

@@ -35,7 +35,7 @@ Only the standard library and grpc (Debian's python3-grpcio, used by the
 interop test) are needed: run the tests with /usr/bin/python3.
 """
 
-from .backends import HELLO, Backend, parse_proxy_v1, parse_proxy_v2
+from .backends import HELLO, PROXY_V2_SIGNATURE, Backend, parse_proxy_v1, parse_proxy_v2
 from .clients import (ClientLoop, ask, ask_many, echo, http_request, open_conn, percentile,
                       read_line)
 from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
@@ -56,7 +56,7 @@ __all__ = [
     # tls
     "TlsFiles",
     # backends
-    "HELLO", "Backend", "parse_proxy_v1", "parse_proxy_v2",
+    "HELLO", "PROXY_V2_SIGNATURE", "Backend", "parse_proxy_v1", "parse_proxy_v2",
     # lbd
     "Lbd", "Registrar", "backend_key", "backend_value", "backends_from_json", "etcd_pool",
     "lbctl", "lbd_pool", "override_key", "parse_prometheus",
