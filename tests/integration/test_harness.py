@@ -111,6 +111,81 @@ class Backends(unittest.TestCase):
         self.assertFalse(lbtest.port_is_open(lbtest.free_port()))
 
 
+# A test script whose tests fail in every way unittest knows, each after
+# starting a process that printed a marker: its log must show on stderr.
+FAILING_SCRIPT = """
+import os, sys
+sys.path.insert(0, %(path)r)
+import lbtest
+
+def talker(h, marker):
+    # The log's first line holds the command: what it printed is "said-<marker>".
+    p = h.spawn(marker, ["/bin/sh", "-c", "echo said-$0; exec sleep 60", marker])
+    lbtest.wait_until(lambda: "said-" + marker in p.log_text(), 10, "the marker in the log")
+
+class ClassHarness(lbtest.HarnessTestCase):
+    def test_a_fails(self):
+        talker(self.h, "marker-a-fails")
+        self.fail("on purpose")
+
+    def test_b_raises(self):
+        talker(self.h, "marker-b-raises")
+        raise RuntimeError("on purpose")
+
+    def test_c_passes(self):
+        talker(self.h, "marker-c-passes")
+
+    def test_d_fails_in_a_subtest(self):
+        talker(self.h, "marker-d-subtest")
+        with self.subTest(n=1):
+            self.fail("on purpose")
+
+class TestHarness(lbtest.HarnessTestCase):
+    def setUp(self):
+        self.h = lbtest.Harness("own")
+        self.addCleanup(self.h.cleanup)
+
+    def test_e_fails_with_a_harness_of_its_own(self):
+        talker(self.h, "marker-e-own")
+        self.fail("on purpose")
+
+    def test_f_passes_with_a_harness_of_its_own(self):
+        talker(self.h, "marker-f-own")
+
+if __name__ == "__main__":
+    lbtest.main()
+"""
+
+
+class FailureLogs(unittest.TestCase):
+    """The logs of what a failed test started reach stderr (the CI log)."""
+
+    def test_failed_tests_print_the_logs_of_what_they_started(self):
+        h = Harness("failing")
+        self.addCleanup(h.cleanup)
+        script = h.path("failing_test.py")
+        with open(script, "w") as f:
+            f.write(FAILING_SCRIPT % {"path": os.path.dirname(os.path.abspath(__file__))})
+        rc, out, err = lbtest.run([sys.executable, script], timeout=120,
+                                  env={"PYTHONDONTWRITEBYTECODE": "1"})
+        self.assertEqual(rc, 1, err)
+
+        def dumped(test):
+            return "===== __main__.%s failed: logs =====" % test
+
+        for test, marker in (("ClassHarness.test_a_fails", "marker-a-fails"),
+                             ("ClassHarness.test_b_raises", "marker-b-raises"),
+                             ("ClassHarness.test_d_fails_in_a_subtest", "marker-d-subtest"),
+                             ("TestHarness.test_e_fails_with_a_harness_of_its_own",
+                              "marker-e-own")):
+            self.assertIn(dumped(test), err, "no logs printed for the failed %s" % test)
+            after = err.split(dumped(test), 1)[1]
+            self.assertIn("\nsaid-%s\n" % marker, after, "%s's log is missing" % test)
+        for test in ("ClassHarness.test_c_passes",
+                     "TestHarness.test_f_passes_with_a_harness_of_its_own"):
+            self.assertNotIn(dumped(test), err, "logs printed for %s, which passed" % test)
+
+
 class SingleEtcd(unittest.TestCase):
     def setUp(self):
         self.h = Harness("etcd")

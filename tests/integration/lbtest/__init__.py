@@ -44,7 +44,7 @@ from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json
 from .procs import (REPO_ROOT, TIMEOUT_SCALE, Harness, Proc, WaitTimeout, bin_dir, free_port,
                     lbctl_binary, lbd_binary, port_is_open, reserve_port, run, scaled,
                     wait_until)
-from .testcase import HarnessTestCase, main
+from .testcase import HarnessTestCase, case_failed, main
 from .tls import TlsFiles
 
 __all__ = [
@@ -64,5 +64,5 @@ __all__ = [
     "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
     "read_line",
     # testcase
-    "HarnessTestCase", "main",
+    "HarnessTestCase", "case_failed", "main",
 ]
