@@ -5,7 +5,7 @@ keep its latency while the checker and the publisher work?
     /usr/bin/python3 tests/bench/scale_10k.py [--backends 10000] [--seconds 20]
                                               [--interval 1s] [--bin-dir build]
 
-On free loopback ports (the integration harness, lbtest.py):
+On free loopback ports (the integration harness, tests/integration/lbtest/):
 
   1. one etcd; N backend keys in pool "big", all pointing at a few
      listeners of one selector-driven process (echo_fleet.py), and one
