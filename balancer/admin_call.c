@@ -62,16 +62,7 @@ void admin_call_release_request(struct lb_admin_call *c)
 
 void admin_call_destroy(struct lb_admin_call *call)
 {
-    if (call->server) {
-        struct lb_admin_server *s = call->server;
-
-        if (call->all_prev)
-            call->all_prev->all_next = call->all_next;
-        else
-            s->calls = call->all_next;
-        if (call->all_next)
-            call->all_next->all_prev = call->all_prev;
-    }
+    lb_list_remove(&call->all_link);
     if (call->release)
         call->release(call->data);
     ev_timer_stop(call->loop, &call->request_timer);
@@ -100,12 +91,7 @@ void admin_call_detach(struct lb_admin_call *call)
         return;
     admin_call_release_request(call);
     ev_timer_stop(call->loop, &call->request_timer);
-    if (call->conn_prev)
-        call->conn_prev->conn_next = call->conn_next;
-    else
-        conn->calls = call->conn_next;
-    if (call->conn_next)
-        call->conn_next->conn_prev = call->conn_prev;
+    lb_list_remove(&call->conn_link);
     conn->n_calls--;
     call->conn = NULL;
     if (conn->session && call->stream_id)
@@ -138,6 +124,11 @@ void lb_admin_call_ref(struct lb_admin_call *c)
     c->refs++;
 }
 
+static void admin_call_reap(struct lb_reap *r)
+{
+    admin_call_destroy(lb_container_of(r, struct lb_admin_call, reap));
+}
+
 void lb_admin_call_unref(struct lb_admin_call *c)
 {
     if (--c->refs > 0)
@@ -147,9 +138,7 @@ void lb_admin_call_unref(struct lb_admin_call *c)
         admin_call_destroy(c);
         return;
     }
-    c->dead_next = c->server->dead_calls;
-    c->server->dead_calls = c;
-    admin_server_kick_reaper(c->server);
+    lb_reaper_defer(&c->server->reaper, &c->reap, admin_call_reap);
 }
 
 bool lb_admin_call_is_done(const struct lb_admin_call *c)
@@ -550,6 +539,8 @@ struct lb_admin_call *admin_call_new(struct admin_conn *conn, int32_t stream_id)
 
     if (!c)
         return NULL;
+    lb_list_init(&c->conn_link);
+    lb_list_init(&c->all_link);
     c->server = s;
     c->loop = s->loop;
     c->context = s->context;
@@ -569,15 +560,9 @@ struct lb_admin_call *admin_call_new(struct admin_conn *conn, int32_t stream_id)
         ev_timer_set(&c->request_timer, (ev_tstamp)s->limits.request_timeout_ms / 1000.0, 0.);
         ev_timer_start(s->loop, &c->request_timer);
     }
-    c->conn_next = conn->calls;
-    if (conn->calls)
-        conn->calls->conn_prev = c;
-    conn->calls = c;
+    lb_list_insert_head(&conn->calls, &c->conn_link);
     conn->n_calls++;
-    c->all_next = s->calls;
-    if (s->calls)
-        s->calls->all_prev = c;
-    s->calls = c;
+    lb_list_insert_head(&s->calls, &c->all_link);
     return c;
 }
 

@@ -9,6 +9,8 @@
 
 #include "admin_call.h"
 #include "lb_buf.h"
+#include "lb_list.h"
+#include "lb_reaper.h"
 #include "lb_grpc_frame.h"
 
 #include <ev.h>
@@ -35,9 +37,9 @@ struct lb_admin_call {
     struct admin_conn *conn; /* NULL once the stream is gone */
     int32_t stream_id;
     unsigned refs;
-    struct lb_admin_call *conn_prev, *conn_next; /* calls of conn */
-    struct lb_admin_call *all_prev, *all_next;   /* every live call of the server */
-    struct lb_admin_call *dead_next;             /* refs == 0, waiting for the reaper */
+    struct lb_list conn_link; /* conn->calls */
+    struct lb_list all_link;  /* server->calls: every live call */
+    struct lb_reap reap;      /* refs == 0: freed by the server's reaper */
 
     /* request (filled by admin_h2.c) */
     char http_method[8];

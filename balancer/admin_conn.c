@@ -74,8 +74,10 @@ void admin_conn_close(struct admin_conn *conn, const char *reason)
 
 void admin_conn_destroy(struct admin_conn *conn)
 {
-    while (conn->calls)
-        admin_call_detach(conn->calls);
+    struct lb_list *first;
+
+    while ((first = lb_list_first(&conn->calls)))
+        admin_call_detach(lb_list_entry(first, struct lb_admin_call, conn_link));
     ev_io_stop(conn->server->loop, &conn->read_watcher);
     ev_io_stop(conn->server->loop, &conn->write_watcher);
     ev_timer_stop(conn->server->loop, &conn->idle_timer);
@@ -505,6 +507,8 @@ int admin_conn_new(struct lb_admin_server *s, int fd, const char *peer,
     if (!conn)
         return -ENOMEM;
     conn->server = s;
+    lb_list_init(&conn->calls);
+    lb_list_init(&conn->link);
     conn->fd = fd;
     snprintf(conn->peer, sizeof(conn->peer), "%s", peer);
     lb_buf_init(&conn->wbuf, CONN_WRITE_MAX);

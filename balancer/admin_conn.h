@@ -10,6 +10,8 @@
 
 #include "conn_guard.h"
 #include "lb_buf.h"
+#include "lb_list.h"
+#include "lb_reaper.h"
 
 #include <ev.h>
 #include <nghttp2/nghttp2.h>
@@ -38,14 +40,14 @@ struct admin_conn {
     int in_nghttp2;     /* depth of mem_recv/mem_send on the stack */
     struct lb_buf wbuf; /* nghttp2 output waiting for the socket */
     size_t woff;
-    struct lb_admin_call *calls;
+    struct lb_list calls; /* its calls (struct lb_admin_call conn_link) */
     unsigned n_calls;
     size_t request_bytes; /* held by its calls' unfinished requests */
 
     /* admission (admin_server.c) */
     struct lb_conn_guard_entry guard; /* proven by an authorized call */
-    struct admin_conn *prev, *next;   /* server's open connections */
-    struct admin_conn *dead_next;
+    struct lb_list link;              /* server's open connections */
+    struct lb_reap reap;              /* closed: freed by the server's reaper */
 
     /* TLS (ssl NULL on a cleartext listener) */
     SSL *ssl;

@@ -155,18 +155,15 @@ static void server_note_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- connections' and calls' lifetimes ---- */
 
-void admin_server_kick_reaper(struct lb_admin_server *s)
+static void server_conn_reap(struct lb_reap *r)
 {
-    ev_idle_start(s->loop, &s->reap_kick);
+    admin_conn_destroy(lb_container_of(r, struct admin_conn, reap));
 }
 
 void admin_server_conn_opened(struct lb_admin_server *s, struct admin_conn *conn,
                               const struct lb_conn_peer *addr)
 {
-    conn->next = s->conns;
-    if (s->conns)
-        s->conns->prev = conn;
-    s->conns = conn;
+    lb_list_insert_head(&s->conns, &conn->link);
     s->n_conns++;
     lb_conn_guard_add(&s->guard, &conn->guard, addr);
 }
@@ -174,44 +171,9 @@ void admin_server_conn_opened(struct lb_admin_server *s, struct admin_conn *conn
 void admin_server_conn_closed(struct lb_admin_server *s, struct admin_conn *conn)
 {
     lb_conn_guard_remove(&s->guard, &conn->guard);
-    if (conn->prev)
-        conn->prev->next = conn->next;
-    else
-        s->conns = conn->next;
-    if (conn->next)
-        conn->next->prev = conn->prev;
+    lb_list_remove(&conn->link);
     s->n_conns--;
-    conn->dead_next = s->dead_conns;
-    s->dead_conns = conn;
-    admin_server_kick_reaper(s);
-}
-
-static void server_reap(struct lb_admin_server *s)
-{
-    while (s->dead_conns || s->dead_calls) {
-        struct admin_conn *conn;
-        struct lb_admin_call *call;
-
-        while ((conn = s->dead_conns)) {
-            s->dead_conns = conn->dead_next;
-            admin_conn_destroy(conn);
-        }
-        while ((call = s->dead_calls)) {
-            s->dead_calls = call->dead_next;
-            admin_call_destroy(call);
-        }
-    }
-    ev_idle_stop(s->loop, &s->reap_kick);
-}
-
-static void server_reaper_cb(struct ev_loop *loop, ev_check *w, int revents)
-{
-    server_reap(w->data);
-}
-
-static void server_reap_kick_cb(struct ev_loop *loop, ev_idle *w, int revents)
-{
-    /* Nothing to do: being active keeps the loop from blocking until the check runs. */
+    lb_reaper_defer(&s->reaper, &conn->reap, server_conn_reap);
 }
 
 /* ---- listener ---- */
@@ -454,6 +416,9 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     if (!s)
         return -ENOMEM;
     s->loop = loop;
+    lb_reaper_init(&s->reaper, loop);
+    lb_list_init(&s->conns);
+    lb_list_init(&s->calls);
     s->methods = opts->methods;
     s->n_methods = opts->n_methods;
     s->context = opts->context;
@@ -482,15 +447,9 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     ev_io_init(&s->accept_watcher, server_accept_cb, s->listener.fd, EV_READ);
     s->accept_watcher.data = s;
     lb_accept_backoff_init(&s->accept_backoff, loop, ACCEPT_BACKOFF_S, &server_backoff_ops, s);
-    ev_check_init(&s->reaper, server_reaper_cb);
-    s->reaper.data = s;
     ev_init(&s->note_timer, server_note_timer_cb);
     s->note_timer.data = s;
-    ev_idle_init(&s->reap_kick, server_reap_kick_cb);
     ev_io_start(loop, &s->accept_watcher);
-    ev_check_start(loop, &s->reaper);
-    /* The reaper alone must not keep lbd's loop alive. */
-    ev_unref(loop);
     LB_INFO(LOG_SUB, "msg=\"admin API listening\" addr=%s tls=%s token=%s", s->addr,
             s->tls ? "on" : "off", s->auth.required ? "required" : "none");
     if (!lb_listen_is_loopback(&s->listener) && !s->auth.required)
@@ -561,6 +520,7 @@ int lb_admin_server_port(const struct lb_admin_server *s)
 void lb_admin_server_free(struct lb_admin_server *s)
 {
     struct lb_admin_call *call;
+    struct lb_list *pos;
 
     if (!s)
         return;
@@ -571,28 +531,30 @@ void lb_admin_server_free(struct lb_admin_server *s)
      * Calls in flight get a status rather than a torn connection, then
      * GOAWAY; both best effort (a full socket buffer is not waited for).
      */
-    for (struct admin_conn *conn = s->conns; conn; conn = conn->next) {
-        for (call = conn->calls; call; call = call->conn_next)
-            admin_call_abort(call, LB_GRPC_UNAVAILABLE, "lbd is shutting down");
+    lb_list_for_each(pos, &s->conns)
+    {
+        struct admin_conn *conn = lb_list_entry(pos, struct admin_conn, link);
+        struct lb_list *cpos, *tmp;
+
+        lb_list_for_each_safe(cpos, tmp, &conn->calls)
+            admin_call_abort(lb_list_entry(cpos, struct lb_admin_call, conn_link),
+                             LB_GRPC_UNAVAILABLE, "lbd is shutting down");
     }
-    while (s->conns) {
-        struct admin_conn *conn = s->conns;
+    while ((pos = lb_list_first(&s->conns))) {
+        struct admin_conn *conn = lb_list_entry(pos, struct admin_conn, link);
 
         admin_conn_flush(conn);
         admin_conn_goaway(conn); /* may close it already */
         admin_conn_close(conn, NULL);
     }
-    server_reap(s);
+    lb_reaper_destroy(&s->reaper);
     /* Calls a handler still holds (an etcd write in flight) outlive us. */
-    while ((call = s->calls)) {
-        s->calls = call->all_next;
+    while ((pos = lb_list_first(&s->calls))) {
+        call = lb_list_entry(pos, struct lb_admin_call, all_link);
+        lb_list_remove(pos);
         call->server = NULL;
-        call->all_prev = call->all_next = NULL;
     }
     ev_timer_stop(s->loop, &s->note_timer);
-    ev_ref(s->loop);
-    ev_check_stop(s->loop, &s->reaper);
-    ev_idle_stop(s->loop, &s->reap_kick);
     SSL_CTX_free(s->tls);
     OPENSSL_cleanse(&s->auth, sizeof(s->auth));
     free(s);

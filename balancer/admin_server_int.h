@@ -11,6 +11,8 @@
 #include "admin_auth.h"
 #include "admin_server.h"
 #include "conn_guard.h"
+#include "lb_list.h"
+#include "lb_reaper.h"
 #include "lb_listen.h"
 
 #include <ev.h>
@@ -45,13 +47,10 @@ struct lb_admin_server {
     char addr[96];
     ev_io accept_watcher;
     struct lb_accept_backoff accept_backoff;
-    ev_check reaper;
-    ev_idle reap_kick;
-    struct admin_conn *conns; /* open */
+    struct lb_reaper reaper; /* frees closed connections and released calls */
+    struct lb_list conns;    /* open */
     unsigned n_conns;
-    struct admin_conn *dead_conns;    /* closed, freed by the reaper */
-    struct lb_admin_call *calls;      /* every live call, streams gone or not */
-    struct lb_admin_call *dead_calls; /* last reference dropped, freed by the reaper */
+    struct lb_list calls; /* every live call, streams gone or not */
 
     /* Pressure from clients: admission, request memory, and what is told about it. */
     struct lb_conn_guard guard;
@@ -65,17 +64,11 @@ struct lb_admin_server {
 /* One more event of kind `what`: logged now or in the next summary line. */
 void admin_server_note(struct lb_admin_server *s, enum admin_note what);
 
-/*
- * Makes sure the reaper runs at the end of this loop iteration: call it
- * after putting a connection or a call on a dead list.
- */
-void admin_server_kick_reaper(struct lb_admin_server *s);
-
 /* A new connection: on the open list, counted by admission. */
 void admin_server_conn_opened(struct lb_admin_server *s, struct admin_conn *conn,
                               const struct lb_conn_peer *addr);
 
-/* A connection went from open to closing: off the open list and admission, onto the dead one. */
+/* A connection went from open to closing: off the open list and admission, to the reaper. */
 void admin_server_conn_closed(struct lb_admin_server *s, struct admin_conn *conn);
 
 #endif

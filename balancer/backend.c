@@ -32,6 +32,7 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
     b->health = LB_HEALTH_UNKNOWN;
     b->base_weight = spec->weight;
     b->snap_index = SIZE_MAX;
+    lb_list_init(&b->sessions);
     lb_health_init(b);
     lb_backend_dns_init(b);
     lb_drain_init(b);
@@ -54,7 +55,7 @@ static void backend_assert_idle(const struct lb_backend *b)
     assert(!ev_is_active(&b->check.eject_timer) && !ev_is_pending(&b->check.eject_timer));
     assert(!ev_is_active(&b->dns_timer) && !ev_is_pending(&b->dns_timer));
     assert(!ev_is_active(&b->drain_timer) && !ev_is_pending(&b->drain_timer));
-    assert(b->check.fd < 0 && !b->dns_req && !b->sessions && !b->marked);
+    assert(b->check.fd < 0 && !b->dns_req && lb_list_is_empty(&b->sessions) && !b->marked);
     (void)b;
 }
 

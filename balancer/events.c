@@ -1,9 +1,9 @@
 /*
  * The event queue and the subscriber list (see events.h).  Delivery swaps
  * the queue out before calling anyone, so events queued by a subscriber go
- * into a fresh queue and follow in the same round; subscriptions removed
- * while subscribers are being called are only marked, and freed once the
- * outermost delivery is done.
+ * into a fresh queue and follow in the same round.  An unsubscribed
+ * subscription is marked dead (skipped from then on) and handed to the
+ * reaper, which unlinks and frees it once no callback is on the stack.
  */
 #include "events.h"
 #include "backend.h"
@@ -11,13 +11,15 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 struct lb_subscription {
-    struct lb_subscription *next;
+    struct lb_list link; /* events->subs */
+    struct lb_reap reap;
     lb_event_cb cb;
     void *ud;
-    bool dead; /* unsubscribed while notifying; freed afterwards */
+    bool dead; /* unsubscribed: no more events, freed by the reaper */
 };
 
 struct lb_queued_event {
@@ -36,9 +38,20 @@ static int64_t now_unix_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void lb_events_init(struct lb_events *e, struct lb_reaper *reaper)
+{
+    memset(e, 0, sizeof(*e));
+    lb_list_init(&e->subs);
+    e->reaper = reaper;
+}
+
 bool lb_events_wanted(const struct lb_events *e)
 {
-    return e->subs != NULL;
+    struct lb_list *pos;
+
+    lb_list_for_each(
+        pos, &e->subs) if (!lb_list_entry(pos, struct lb_subscription, link)->dead) return true;
+    return false;
 }
 
 int lb_events_queue(struct lb_events *e, enum lb_event_type type, struct lb_pool *pool,
@@ -84,17 +97,20 @@ static void deliver_one(struct lb_events *e, const struct lb_queued_event *q)
         lb_backend_info(q->backend, &info);
         ev.backend = &info;
     }
-    e->notifying++;
-    for (struct lb_subscription *s = e->subs; s; s = s->next)
+    struct lb_list *pos;
+
+    /* Subscriptions are freed by the reaper only, so each stays valid here. */
+    lb_list_for_each(pos, &e->subs)
+    {
+        struct lb_subscription *s = lb_list_entry(pos, struct lb_subscription, link);
+
         if (!s->dead)
             s->cb(s->ud, &ev);
-    e->notifying--;
+    }
 }
 
 void lb_events_deliver(struct lb_events *e)
 {
-    struct lb_subscription **pp;
-
     while (e->n) {
         struct lb_queued_event *batch = e->queue;
         size_t n = e->n;
@@ -108,18 +124,6 @@ void lb_events_deliver(struct lb_events *e)
         }
         free(batch);
     }
-    if (e->notifying)
-        return;
-    for (pp = &e->subs; *pp;) {
-        if ((*pp)->dead) {
-            struct lb_subscription *dead = *pp;
-
-            *pp = dead->next;
-            free(dead);
-        } else {
-            pp = &(*pp)->next;
-        }
-    }
 }
 
 struct lb_subscription *lb_events_subscribe(struct lb_events *e, lb_event_cb cb, void *ud)
@@ -130,42 +134,39 @@ struct lb_subscription *lb_events_subscribe(struct lb_events *e, lb_event_cb cb,
         return NULL;
     s->cb = cb;
     s->ud = ud;
-    s->next = e->subs;
-    e->subs = s;
+    lb_list_insert_tail(&e->subs, &s->link);
     return s;
+}
+
+static void subscription_free(struct lb_reap *r)
+{
+    struct lb_subscription *s = lb_container_of(r, struct lb_subscription, reap);
+
+    lb_list_remove(&s->link);
+    free(s);
 }
 
 void lb_events_unsubscribe(struct lb_events *e, struct lb_subscription *s)
 {
-    struct lb_subscription **pp;
-
-    if (!s)
+    if (!s || s->dead)
         return;
-    if (e->notifying) {
-        s->dead = true;
-        return;
-    }
-    for (pp = &e->subs; *pp; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            free(s);
-            return;
-        }
-    }
+    s->dead = true;
+    lb_reaper_defer(e->reaper, &s->reap, subscription_free);
 }
 
 void lb_events_destroy(struct lb_events *e)
 {
+    struct lb_list *pos;
+
     for (size_t i = 0; i < e->n; i++)
         if (e->queue[i].backend)
             lb_backend_unref(e->queue[i].backend);
     free(e->queue);
     e->queue = NULL;
     e->n = e->cap = 0;
-    while (e->subs) {
-        struct lb_subscription *s = e->subs;
-
-        e->subs = s->next;
-        free(s);
+    lb_reaper_run(e->reaper); /* the unsubscribed ones */
+    while ((pos = lb_list_first(&e->subs))) {
+        lb_list_remove(pos);
+        free(lb_list_entry(pos, struct lb_subscription, link));
     }
 }

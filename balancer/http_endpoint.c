@@ -247,7 +247,11 @@ static void http_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct lb_http *h = lb_container_of(w, struct lb_http, sweep);
     double now = ev_now(loop);
 
-    for (struct lb_conn_guard_entry *e = h->guard.head; e; e = e->next) {
+    struct lb_list *pos, *tmp;
+
+    lb_list_for_each_safe(pos, tmp, &h->guard.entries)
+    {
+        struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
         struct http_conn *hc = lb_container_of(e, struct http_conn, guard);
 
         if (e->proven || hc->shut || now - hc->waiting_since < HEADER_DEADLINE_S)

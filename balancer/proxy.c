@@ -114,19 +114,6 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-/* Frees sessions that finished during the last loop iteration. */
-static void proxy_reaper_cb(struct ev_loop *loop, ev_check *w, int revents)
-{
-    struct lb_proxy *proxy = lb_container_of(w, struct lb_proxy, reaper);
-
-    while (proxy->graveyard) {
-        struct lb_session *s = proxy->graveyard;
-
-        proxy->graveyard = lb_session_next(s);
-        lb_session_free(s);
-    }
-}
-
 static int listener_open(struct lb_listener *l, const char *text, char **err)
 {
     char what[LB_NAME_MAX + 320];
@@ -158,8 +145,8 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     proxy->loop = loop;
     proxy->registry = registry;
     proxy->max_conns = max_conns;
-    ev_check_init(&proxy->reaper, proxy_reaper_cb);
-    ev_check_start(loop, &proxy->reaper);
+    lb_list_init(&proxy->live);
+    lb_reaper_init(&proxy->reaper, loop);
     lb_accept_backoff_init(&proxy->accept_backoff, loop, EMFILE_PAUSE_S, &proxy_backoff_ops, proxy);
     proxy->listeners = calloc(registry->n_pools ? registry->n_pools : 1, sizeof(*proxy->listeners));
     if (!proxy->listeners) {
@@ -255,16 +242,17 @@ void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *
 
 void lb_proxy_close_all(struct lb_proxy *proxy)
 {
-    while (proxy->live)
-        lb_session_abort(proxy->live);
+    struct lb_list *first;
+
+    while ((first = lb_list_first(&proxy->live)))
+        lb_session_abort(lb_session_of_link(first));
 }
 
 void lb_proxy_destroy(struct lb_proxy *proxy)
 {
     lb_proxy_close_all(proxy);
     lb_proxy_stop_listening(proxy);
-    ev_check_stop(proxy->loop, &proxy->reaper);
-    proxy_reaper_cb(proxy->loop, &proxy->reaper, 0);
+    lb_reaper_destroy(&proxy->reaper);
     for (size_t i = 0; i < proxy->n_listeners; i++)
         proxy->listeners[i].pool->listener = NULL;
     free(proxy->listeners);

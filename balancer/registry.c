@@ -27,6 +27,8 @@ int lb_registry_init(struct lb_registry *r, struct ev_loop *loop, size_t n_pools
 {
     memset(r, 0, sizeof(*r));
     r->loop = loop;
+    lb_reaper_init(&r->reaper, loop);
+    lb_events_init(&r->events, &r->reaper);
     ev_prepare_init(&r->publisher, registry_publisher_cb);
     r->pools = calloc(n_pools ? n_pools : 1, sizeof(*r->pools));
     if (!r->pools)
@@ -47,6 +49,7 @@ void lb_registry_destroy(struct lb_registry *r)
     if (r->loop)
         ev_prepare_stop(r->loop, &r->publisher);
     lb_events_destroy(&r->events);
+    lb_reaper_destroy(&r->reaper);
     for (size_t i = 0; i < r->n_pools; i++)
         lb_pool_destroy(&r->pools[i]);
     free(r->pools);

@@ -34,6 +34,7 @@ struct lb_registry {
     struct lb_store store;              /* cluster-scope writes; put_override NULL when none */
     struct lb_resolver *resolver;       /* DNS names of backends; NULL: names stay unresolved */
     struct lb_addr_policy *addr_policy; /* where backends may point; NULL: anywhere */
+    struct lb_reaper reaper;            /* deferred frees (subscriptions) */
     struct lb_events events;            /* waiting for the next publish, and who listens */
     ev_prepare publisher;               /* runs lb_registry_publish() once per iteration */
     uint64_t updates_applied;

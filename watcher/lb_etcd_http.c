@@ -340,6 +340,7 @@ struct lb_etcd_call *lb_etcd_call_new(struct lb_etcd_http *h, const struct lb_et
     *rc = -ENOMEM;
     if (!c)
         return NULL;
+    lb_list_init(&c->link);
     c->h = h;
     c->login = login;
     c->on_data = req->on_data;

@@ -9,6 +9,7 @@
 #define LB_ETCD_HTTP_INT_H
 
 #include "lb_buf.h"
+#include "lb_list.h"
 #include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
 
@@ -25,17 +26,16 @@ struct http_socket {
     ev_io io;
     struct lb_etcd_http *h;
     curl_socket_t fd;
-    struct http_socket *prev, *next;
+    struct lb_list link; /* h->sockets */
 };
 
 struct lb_etcd_call {
-    struct lb_etcd_call *prev, *next;
+    struct lb_list link; /* h->calls (blocking calls are in no list) */
     struct lb_etcd_http *h;
     CURL *easy;
     struct curl_slist *headers;
     char *endpoint;
     char *secret_body; /* the login's body: ours, so it can be wiped */
-    bool linked;       /* in h->calls (blocking calls are not) */
     bool added;        /* in the multi */
     bool canceled;     /* no more callbacks; reap on the next chance */
     bool login;        /* this call is the login */
@@ -57,10 +57,10 @@ struct lb_etcd_call {
 struct lb_etcd_http {
     struct ev_loop *loop; /* NULL: blocking calls only */
     CURLM *multi;
-    ev_timer timer;    /* curl's own timeout */
-    ev_timer deferred; /* adds and removals postponed out of curl callbacks */
-    struct lb_etcd_call *calls;
-    struct http_socket *sockets;
+    ev_timer timer;       /* curl's own timeout */
+    ev_timer deferred;    /* adds and removals postponed out of curl callbacks */
+    struct lb_list calls; /* every call on the loop */
+    struct lb_list sockets;
     int in_curl;
 
     char *ca_file, *cert_file, *key_file;

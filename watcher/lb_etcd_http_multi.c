@@ -32,14 +32,7 @@ static void call_unlink_free(struct lb_etcd_call *c)
 
     if (c->added)
         curl_multi_remove_handle(h->multi, c->easy);
-    if (c->linked) {
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            h->calls = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
-    }
+    lb_list_remove(&c->link);
     if (h->login_call == c)
         h->login_call = NULL;
     lb_etcd_call_destroy(c);
@@ -47,11 +40,7 @@ static void call_unlink_free(struct lb_etcd_call *c)
 
 static void call_link(struct lb_etcd_http *h, struct lb_etcd_call *c)
 {
-    c->next = h->calls;
-    if (h->calls)
-        h->calls->prev = c;
-    h->calls = c;
-    c->linked = true;
+    lb_list_insert_head(&h->calls, &c->link);
 }
 
 static void schedule_deferred(struct lb_etcd_http *h)
@@ -113,10 +102,18 @@ static void call_fail(struct lb_etcd_call *c, int status, const char *msg)
 static void fail_doomed(struct lb_etcd_http *h, int status, const char *msg)
 {
     for (;;) {
-        struct lb_etcd_call *c = h->calls;
+        struct lb_etcd_call *c = NULL;
+        struct lb_list *pos;
 
-        while (c && !(c->doomed && !c->canceled))
-            c = c->next;
+        lb_list_for_each(pos, &h->calls)
+        {
+            struct lb_etcd_call *e = lb_list_entry(pos, struct lb_etcd_call, link);
+
+            if (e->doomed && !e->canceled) {
+                c = e;
+                break;
+            }
+        }
         if (!c)
             return;
         c->doomed = false;
@@ -131,7 +128,12 @@ static void login_done(struct lb_etcd_http *h, const char *endpoint,
     char msg[sizeof(reply->message)] = "";
     int rc = lb_etcd_http_login_outcome(h, endpoint, reply, msg, sizeof(msg));
 
-    for (struct lb_etcd_call *c = h->calls; c; c = c->next) {
+    struct lb_list *pos;
+
+    lb_list_for_each(pos, &h->calls)
+    {
+        struct lb_etcd_call *c = lb_list_entry(pos, struct lb_etcd_call, link);
+
         if (!c->waiting_login || c->canceled)
             continue;
         if (rc < 0 || call_send(c) < 0)
@@ -268,12 +270,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void socket_free(struct lb_etcd_http *h, struct http_socket *s)
 {
     ev_io_stop(h->loop, &s->io);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        h->sockets = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    lb_list_remove(&s->link);
     free(s);
 }
 
@@ -297,10 +294,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             return -1;
         s->h = h;
         s->fd = fd;
-        s->next = h->sockets;
-        if (h->sockets)
-            h->sockets->prev = s;
-        h->sockets = s;
+        lb_list_insert_head(&h->sockets, &s->link);
         curl_multi_assign(h->multi, fd, s);
     } else {
         ev_io_stop(h->loop, &s->io);
@@ -328,10 +322,12 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_etcd_http *h = w->data;
-    struct lb_etcd_call *c = h->calls, *next;
+    struct lb_list *pos = h->calls.next, *next;
 
-    for (; c; c = next) {
-        next = c->next;
+    for (; pos != &h->calls; pos = next) {
+        struct lb_etcd_call *c = lb_list_entry(pos, struct lb_etcd_call, link);
+
+        next = pos->next;
         if (c->canceled) {
             call_unlink_free(c);
         } else if (!c->added && !c->waiting_login) {
@@ -347,10 +343,10 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 snprintf(endpoint, sizeof(endpoint), "%s", c->endpoint);
                 call_unlink_free(c);
                 login_done(h, endpoint, &reply);
-                next = h->calls; /* the callbacks may have changed the list */
+                next = h->calls.next; /* the callbacks may have changed the list */
             } else {
                 call_fail(c, -ENOMEM, "cannot start the request");
-                next = h->calls;
+                next = h->calls.next;
             }
         }
     }
@@ -388,6 +384,8 @@ int lb_etcd_http_new(struct ev_loop *loop, const struct lb_etcd_http_config *cfg
     h = calloc(1, sizeof(*h));
     if (!h)
         return lb_error_set(err, -ENOMEM, "out of memory");
+    lb_list_init(&h->calls);
+    lb_list_init(&h->sockets);
     h->loop = loop;
     rc = copy_path(cfg->ca_file, &h->ca_file, err);
     if (!rc)
@@ -436,14 +434,16 @@ out:
 
 void lb_etcd_http_free(struct lb_etcd_http *h)
 {
+    struct lb_list *pos;
+
     if (!h)
         return;
-    while (h->calls)
-        call_unlink_free(h->calls);
+    while ((pos = lb_list_first(&h->calls)))
+        call_unlink_free(lb_list_entry(pos, struct lb_etcd_call, link));
     if (h->multi)
         curl_multi_cleanup(h->multi); /* may report sockets removed through socket_cb */
-    while (h->sockets)
-        socket_free(h, h->sockets);
+    while ((pos = lb_list_first(&h->sockets)))
+        socket_free(h, lb_list_entry(pos, struct http_socket, link));
     if (h->loop) {
         ev_timer_stop(h->loop, &h->timer);
         ev_timer_stop(h->loop, &h->deferred);

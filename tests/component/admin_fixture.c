@@ -593,9 +593,15 @@ static void job_waits_to_write(void *arg)
     struct write_wait *w = arg;
 
     w->waits = false;
-    for (const struct admin_conn *c = w->s->conns; c; c = c->next)
+    const struct lb_list *pos;
+
+    lb_list_for_each(pos, &w->s->conns)
+    {
+        const struct admin_conn *c = lb_list_entry(pos, struct admin_conn, link);
+
         if (ev_is_active(&c->write_watcher) && c->woff < c->wbuf.len)
             w->waits = true;
+    }
 }
 
 bool fx_server_waits_to_write(struct lb_admin_server *s)
