@@ -36,6 +36,7 @@
 #include "lb_addr.h"
 #include "lb_buf.h"
 #include "lb_error.h"
+#include "lb_file.h"
 #include "lb_grpc_frame.h"
 #include "lb_log.h"
 #include "lb_metrics_text.h"
@@ -292,19 +293,6 @@ static const char *tls_reason(char *buf, size_t size)
     return buf;
 }
 
-static int check_readable(const char *what, const char *path, char **err)
-{
-    FILE *f = fopen(path, "r");
-
-    if (f) {
-        fclose(f);
-        return 0;
-    }
-    if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(errno)) < 0)
-        *err = NULL;
-    return -EINVAL;
-}
-
 /* Loads the certificate and key into a context that only speaks h2 over TLS 1.2+. */
 static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o, char **err)
 {
@@ -319,13 +307,13 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
     if (!o->tls_cert_file && !o->tls_key_file)
         return 0;
     if (!o->tls_cert_file || !o->tls_key_file) {
-        if (asprintf(err, "--admin-tls-cert and --admin-tls-key go together: give both to serve "
-                          "the admin API over TLS") < 0)
-            *err = NULL;
+        lb_error_set(err, -EINVAL,
+                     "--admin-tls-cert and --admin-tls-key go together: give both to serve "
+                     "the admin API over TLS");
         return -EINVAL;
     }
-    if (check_readable("admin TLS certificate", o->tls_cert_file, err) < 0 ||
-        check_readable("admin TLS key", o->tls_key_file, err) < 0)
+    if (lb_file_check_readable(o->tls_cert_file, "admin TLS certificate", err) < 0 ||
+        lb_file_check_readable(o->tls_key_file, "admin TLS key", err) < 0)
         return -EINVAL;
     ERR_clear_error();
     ctx = SSL_CTX_new(TLS_server_method());
@@ -342,15 +330,14 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_password_cb);
     if (SSL_CTX_set_cipher_list(ctx, ciphers12) != 1) {
-        if (asprintf(err, "admin TLS: cannot set the cipher list: %s",
-                     tls_reason(why, sizeof(why))) < 0)
-            *err = NULL;
+        lb_error_set(err, -EINVAL, "admin TLS: cannot set the cipher list: %s",
+                     tls_reason(why, sizeof(why)));
         goto fail;
     }
     if (SSL_CTX_use_certificate_chain_file(ctx, o->tls_cert_file) != 1) {
-        if (asprintf(err, "admin TLS certificate %s: not a usable PEM certificate chain (%s)",
-                     o->tls_cert_file, tls_reason(why, sizeof(why))) < 0)
-            *err = NULL;
+        lb_error_set(err, -EINVAL,
+                     "admin TLS certificate %s: not a usable PEM certificate chain (%s)",
+                     o->tls_cert_file, tls_reason(why, sizeof(why)));
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, o->tls_key_file, SSL_FILETYPE_PEM) != 1) {
@@ -360,17 +347,16 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
         mismatch =
             ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
         if (!mismatch) {
-            if (asprintf(err, "admin TLS key %s: not a usable unencrypted PEM private key (%s)",
-                         o->tls_key_file, tls_reason(why, sizeof(why))) < 0)
-                *err = NULL;
+            lb_error_set(err, -EINVAL,
+                         "admin TLS key %s: not a usable unencrypted PEM private key (%s)",
+                         o->tls_key_file, tls_reason(why, sizeof(why)));
             goto fail;
         }
     }
     if (mismatch || SSL_CTX_check_private_key(ctx) != 1) {
         ERR_clear_error();
-        if (asprintf(err, "admin TLS key %s does not belong to the certificate %s", o->tls_key_file,
-                     o->tls_cert_file) < 0)
-            *err = NULL;
+        lb_error_set(err, -EINVAL, "admin TLS key %s does not belong to the certificate %s",
+                     o->tls_key_file, o->tls_cert_file);
         goto fail;
     }
     cert = SSL_CTX_get0_certificate(ctx);

@@ -14,6 +14,7 @@
 #include "admin_client.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
+#include "lb_file.h"
 #include "lb_secret.h"
 #include "lb_settings.h"
 
@@ -762,15 +763,12 @@ static int client_open(struct ctl *ctl)
                     ctl->opts.admin_token_file);
     }
     if (ctl->opts.admin_ca) {
-        FILE *f = fopen(ctl->opts.admin_ca, "r");
-
-        if (!f) {
-            fprintf(stderr, "lbctl: --admin-ca %s: cannot read: %s\n", ctl->opts.admin_ca,
-                    strerror(errno));
+        if (lb_file_check_readable(ctl->opts.admin_ca, "--admin-ca", &err) < 0) {
+            fprintf(stderr, "lbctl: %s\n", err ? err : "--admin-ca: cannot read");
+            free(err);
             lb_secret_free(token);
             return EXIT_RUNTIME;
         }
-        fclose(f);
     }
     co.token = token;
     rc = lb_admin_client_new(&co, &ctl->client, &err);

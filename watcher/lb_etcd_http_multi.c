@@ -9,6 +9,7 @@
  * where on_done runs, with curl no longer on the stack.
  */
 #include "lb_etcd_http_int.h"
+#include "lb_file.h"
 #include "lb_buf.h"
 #include "lb_error.h"
 #include "lb_etcd_auth.h"
@@ -352,20 +353,6 @@ static void deferred_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-/* Opens `path` once, so that a typo shows at start-up and not at the first handshake. */
-static int check_readable(const char *path, const char *flag, char **err)
-{
-    int fd;
-
-    if (!path)
-        return 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return lb_error_set(err, -errno, "cannot read %s %s: %s", flag, path, strerror(errno));
-    close(fd);
-    return 0;
-}
-
 static int copy_path(const char *path, char **out, char **err)
 {
     if (!path || !path[0])
@@ -396,12 +383,12 @@ int lb_etcd_http_new(struct ev_loop *loop, const struct lb_etcd_http_config *cfg
         rc = lb_error_set(err, -EINVAL,
                           "--etcd-key needs --etcd-cert (the certificate it "
                           "belongs to)");
-    if (!rc)
-        rc = check_readable(h->ca_file, "--etcd-ca", err);
-    if (!rc)
-        rc = check_readable(h->cert_file, "--etcd-cert", err);
-    if (!rc)
-        rc = check_readable(h->key_file, "--etcd-key", err);
+    if (!rc && h->ca_file)
+        rc = lb_file_check_readable(h->ca_file, "--etcd-ca", err);
+    if (!rc && h->cert_file)
+        rc = lb_file_check_readable(h->cert_file, "--etcd-cert", err);
+    if (!rc && h->key_file)
+        rc = lb_file_check_readable(h->key_file, "--etcd-key", err);
     if (rc)
         goto out;
     if (cfg->creds) {
