@@ -28,6 +28,7 @@
  * whose client stopped reading.
  */
 #include "admin_call_int.h"
+#include "lb_error.h"
 #include "admin_conn.h"
 #include "admin_server_int.h"
 #include "lb_log.h"
@@ -584,17 +585,16 @@ const struct lb_admin_method *lb_admin_method_find(const struct lb_admin_method 
 }
 
 int lb_admin_method_decode(const struct lb_admin_method *m, const uint8_t *data, size_t len,
-                           ProtobufCMessage **out, char *err, size_t size)
+                           ProtobufCMessage **out, char **err)
 {
     ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
     int status;
 
     *out = NULL;
-    if (!msg) {
-        snprintf(err, size, "cannot decode %s: malformed protobuf message", m->request->name);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    status = m->validate ? m->validate(msg, err, size) : LB_GRPC_OK;
+    if (!msg)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "cannot decode %s: malformed protobuf message", m->request->name);
+    status = m->validate ? m->validate(msg, err) : LB_GRPC_OK;
     if (status != LB_GRPC_OK) {
         protobuf_c_message_free_unpacked(msg, NULL);
         return status;

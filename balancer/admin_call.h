@@ -36,9 +36,10 @@ struct lb_admin_method {
     const ProtobufCMessageDescriptor *request;
     /*
      * Checks required fields and ranges.  Returns 0, or a gRPC status with
-     * a sentence in err[size].  NULL: every decodable request is valid.
+     * *err a malloc'd sentence (lb_error_set).  NULL: every decodable
+     * request is valid.
      */
-    int (*validate)(const ProtobufCMessage *request, char *err, size_t size);
+    int (*validate)(const ProtobufCMessage *request, char **err);
     /*
      * Runs on the loop with a decoded, validated request that is freed when
      * it returns (copy what an asynchronous answer needs).  Must eventually
@@ -56,10 +57,10 @@ const struct lb_admin_method *lb_admin_method_find(const struct lb_admin_method 
  * Unpacks and validates one request message for method m, as the server
  * does before calling m->handle.  Returns 0 with *out set (free with
  * protobuf_c_message_free_unpacked(*out, NULL)), or a gRPC status
- * (INVALID_ARGUMENT, or validate's) with a sentence in err[size].
+ * (INVALID_ARGUMENT, or validate's) with *err a malloc'd sentence.
  */
 int lb_admin_method_decode(const struct lb_admin_method *m, const uint8_t *data, size_t len,
-                           ProtobufCMessage **out, char *err, size_t size);
+                           ProtobufCMessage **out, char **err);
 
 /* ---- the call ---- */
 

@@ -271,7 +271,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
 static void call_request_done(struct lb_admin_call *c)
 {
     ProtobufCMessage *request = NULL;
-    char err[LB_GRPC_MESSAGE_TEXT_MAX];
+    char *err = NULL;
     int status;
 
     ev_timer_stop(c->loop, &c->request_timer);
@@ -293,10 +293,11 @@ static void call_request_done(struct lb_admin_call *c)
         return;
     }
     status = lb_admin_method_decode(c->method, (const uint8_t *)c->request.data, c->request.len,
-                                    &request, err, sizeof(err));
+                                    &request, &err);
     admin_call_release_request(c);
     if (status != LB_GRPC_OK) {
-        lb_admin_call_finish(c, status, "%s", err);
+        lb_admin_call_finish(c, status, "%s", err ? err : "invalid request");
+        free(err);
         return;
     }
     lb_admin_call_ref(c);

@@ -20,6 +20,7 @@
  */
 #include "admin_service.h"
 #include "control.h"
+#include "lb_error.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
 #include "lb_log.h"
@@ -45,126 +46,99 @@ static struct lb_registry *registry_of(const struct lb_admin_call *call)
 
 /* ---- validation ---- */
 
-static bool name_is_valid(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n >= LB_NAME_MAX)
-        return false;
-    for (; *s; s++) {
-        char c = *s;
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 /* `required` false: "" is fine (every pool). */
-static int check_name(const char *what, const char *value, bool required, char *err, size_t size)
+static int check_name(const char *what, const char *value, bool required, char **err)
 {
     if (!value[0]) {
         if (!required)
             return LB_GRPC_OK;
-        snprintf(err, size, "%s is required", what);
-        return LB_GRPC_INVALID_ARGUMENT;
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "%s is required", what);
     }
-    if (!name_is_valid(value)) {
-        snprintf(err, size,
-                 "%s \"%.*s\" is not a valid name (1 to %d characters of "
-                 "A-Z a-z 0-9 . _ : -)",
-                 what, 64, value, LB_NAME_MAX - 1);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (!lb_name_is_valid(value, strlen(value)))
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "%s \"%.*s\" is not a valid name (1 to %d characters of "
+                            "A-Z a-z 0-9 . _ : -)",
+                            what, 64, value, LB_NAME_MAX - 1);
     return LB_GRPC_OK;
 }
 
-static int check_pool_id(const char *pool, const char *id, char *err, size_t size)
+static int check_pool_id(const char *pool, const char *id, char **err)
 {
-    int status = check_name("pool", pool, true, err, size);
+    int status = check_name("pool", pool, true, err);
 
-    return status ? status : check_name("id", id, true, err, size);
+    return status ? status : check_name("id", id, true, err);
 }
 
-static int check_scope(int scope, char *err, size_t size)
+static int check_scope(int scope, char **err)
 {
-    if (scope != LB__V1__SCOPE__SCOPE_CLUSTER && scope != LB__V1__SCOPE__SCOPE_LOCAL) {
-        snprintf(err, size, "scope %d is not CLUSTER (0) or LOCAL (1)", scope);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (scope != LB__V1__SCOPE__SCOPE_CLUSTER && scope != LB__V1__SCOPE__SCOPE_LOCAL)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "scope %d is not CLUSTER (0) or LOCAL (1)", scope);
     return LB_GRPC_OK;
 }
 
-static int validate_list_backends(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_list_backends(const ProtobufCMessage *m, char **err)
 {
-    return check_name("pool", ((const Lb__V1__ListBackendsRequest *)m)->pool, false, err, size);
+    return check_name("pool", ((const Lb__V1__ListBackendsRequest *)m)->pool, false, err);
 }
 
-static int validate_watch(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_watch(const ProtobufCMessage *m, char **err)
 {
-    return check_name("pool", ((const Lb__V1__WatchEventsRequest *)m)->pool, false, err, size);
+    return check_name("pool", ((const Lb__V1__WatchEventsRequest *)m)->pool, false, err);
 }
 
-static int validate_get_backend(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_get_backend(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__GetBackendRequest *r = (const void *)m;
 
-    return check_pool_id(r->pool, r->id, err, size);
+    return check_pool_id(r->pool, r->id, err);
 }
 
-static int validate_set_drain(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_drain(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetDrainRequest *r = (const void *)m;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
-    if (!status && r->wait_timeout_ms > DRAIN_WAIT_MAX_MS) {
-        snprintf(err, size, "wait_timeout_ms %u is above the maximum of 24h", r->wait_timeout_ms);
-        status = LB_GRPC_INVALID_ARGUMENT;
-    }
+        status = check_scope(r->scope, err);
+    if (!status && r->wait_timeout_ms > DRAIN_WAIT_MAX_MS)
+        status = lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                              "wait_timeout_ms %u is above the maximum of 24h", r->wait_timeout_ms);
     return status;
 }
 
-static int validate_set_weight(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_weight(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetWeightRequest *r = (const void *)m;
     bool has_weight = r->weight_opt_case == LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT_WEIGHT;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
+        status = check_scope(r->scope, err);
     if (status)
         return status;
-    if (has_weight && r->clear) {
-        snprintf(err, size, "give either weight or clear, not both");
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    if (!has_weight && !r->clear) {
-        snprintf(err, size, "weight or clear is required");
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    if (has_weight && r->weight > LB_WEIGHT_MAX) {
-        snprintf(err, size, "weight %u is out of range (0..%d)", r->weight, LB_WEIGHT_MAX);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (has_weight && r->clear)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "give either weight or clear, not both");
+    if (!has_weight && !r->clear)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "weight or clear is required");
+    if (has_weight && r->weight > LB_WEIGHT_MAX)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "weight %u is out of range (0..%d)",
+                            r->weight, LB_WEIGHT_MAX);
     return LB_GRPC_OK;
 }
 
-static int validate_set_health(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_health(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetHealthRequest *r = (const void *)m;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
+        status = check_scope(r->scope, err);
     if (!status && (r->health < LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO ||
-                    r->health > LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN)) {
-        snprintf(err, size, "health %d is not AUTO (0), FORCE_UP (1) or FORCE_DOWN (2)",
-                 (int)r->health);
-        status = LB_GRPC_INVALID_ARGUMENT;
-    }
+                    r->health > LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN))
+        status = lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                              "health %d is not AUTO (0), FORCE_UP (1) or FORCE_DOWN (2)",
+                              (int)r->health);
     return status;
 }
 

@@ -33,11 +33,11 @@ static int on_message(void *ud, const uint8_t *msg, size_t len, bool compressed)
 {
     struct request *r = ud;
     ProtobufCMessage *decoded = NULL;
-    char err[LB_GRPC_MESSAGE_TEXT_MAX];
+    char *err = NULL;
     int status;
 
     r->messages++;
-    status = lb_admin_method_decode(r->method, msg, len, &decoded, err, sizeof(err));
+    status = lb_admin_method_decode(r->method, msg, len, &decoded, &err);
     if (status == 0) {
         size_t packed_len = protobuf_c_message_get_packed_size(decoded);
         uint8_t *packed = malloc(packed_len ? packed_len : 1);
@@ -46,9 +46,10 @@ static int on_message(void *ud, const uint8_t *msg, size_t len, bool compressed)
             abort();
         free(packed);
         protobuf_c_message_free_unpacked(decoded, NULL);
-    } else if (decoded || err[0] == '\0' || strlen(err) >= sizeof(err)) {
+    } else if (decoded || !err || err[0] == '\0') {
         abort(); /* a failure always explains itself and hands nothing back */
     }
+    free(err);
     return 0;
 }
 
