@@ -430,7 +430,7 @@ static int lbd_start(struct lbd *d)
     rc = lbd_admin_start(d, &err);
     if (rc < 0)
         goto fail;
-    lbd_refuse_own(d, d->settings.http, 0);
+    lbd_refuse_own(d, d->settings.http, lb_http_port(d->http));
     lbd_refuse_own(d, d->settings.admin, lb_admin_server_port(d->admin));
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
