@@ -301,6 +301,19 @@ static void collect_pool(void *ud, const struct lb_pool_info *info)
     p->total_connections = info->total;
 }
 
+/*
+ * The repeated field of a list reply points at each of n items of `size`
+ * bytes: a malloc'd array of those pointers, or NULL when out of memory.
+ */
+static void **item_pointers(void *items, size_t n, size_t size)
+{
+    void **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+
+    for (size_t i = 0; ptrs && i < n; i++)
+        ptrs[i] = (char *)items + i * size;
+    return ptrs;
+}
+
 static void handle_list_pools(struct lb_admin_call *call, const ProtobufCMessage *request)
 {
     Lb__V1__ListPoolsResponse resp = LB__V1__LIST_POOLS_RESPONSE__INIT;
@@ -308,14 +321,10 @@ static void handle_list_pools(struct lb_admin_call *call, const ProtobufCMessage
     Lb__V1__Pool **ptrs = NULL;
 
     lb_control_list_pools(registry_of(call), collect_pool, &l);
-    if (!l.oom && l.n && !(ptrs = calloc(l.n, sizeof(*ptrs))))
-        l.oom = true;
-    if (l.oom) {
+    if (l.oom || !(ptrs = (Lb__V1__Pool **)item_pointers(l.items, l.n, sizeof(*l.items)))) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < l.n; i++)
-        ptrs[i] = &l.items[i];
     resp.n_pools = l.n;
     resp.pools = ptrs;
     reply(call, &resp.base);
@@ -363,14 +372,10 @@ static void handle_list_backends(struct lb_admin_call *call, const ProtobufCMess
         finish_errno(call, rc, req->pool, NULL);
         goto out;
     }
-    if (!l.oom && l.n && !(ptrs = calloc(l.n, sizeof(*ptrs))))
-        l.oom = true;
-    if (l.oom) {
+    if (l.oom || !(ptrs = (Lb__V1__Backend **)item_pointers(l.items, l.n, sizeof(*l.items)))) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < l.n; i++)
-        ptrs[i] = &l.items[i];
     resp.n_backends = l.n;
     resp.backends = ptrs;
     reply(call, &resp.base);

@@ -129,8 +129,7 @@ static uint32_t entry_target(const struct lb_pool *pool, const struct lb_snapsho
     return ramp_weight(pool, e->backend, now, ramping);
 }
 
-/* Moves entry i to weight w: the eligible set and the algorithm follow. */
-static void entry_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
+void lb_snapshot_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
 {
     struct lb_snap_entry *e = &s->entries[i];
     uint32_t old = e->weight;
@@ -164,7 +163,7 @@ static void entry_refresh_weight(const struct lb_pool *pool, struct lb_snapshot 
             s->n_ramping--;
         e->ramping = ramping;
     }
-    entry_set_weight(s, i, w);
+    lb_snapshot_set_weight(s, i, w);
 }
 
 static void log_panic(const struct lb_pool *pool, const struct lb_snapshot *s)

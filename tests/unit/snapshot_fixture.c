@@ -190,27 +190,6 @@ struct lb_backend *snap_fixture_backend(const struct snap_fixture *f, const char
     return m ? m->backend : NULL;
 }
 
-/* Entry i of the current snapshot moves to weight w (pool.c's entry_set_weight). */
-static void entry_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
-{
-    struct lb_snap_entry *e = &s->entries[i];
-    uint32_t old = e->weight;
-
-    if (old == w)
-        return;
-    if (!old) {
-        e->eligible_pos = (uint32_t)s->n_eligible;
-        s->eligible[s->n_eligible++] = (uint32_t)i;
-    } else if (!w) {
-        uint32_t last = s->eligible[--s->n_eligible];
-
-        s->eligible[e->eligible_pos] = last;
-        s->entries[last].eligible_pos = e->eligible_pos;
-    }
-    e->weight = w;
-    s->algo->set_weight(s, i, old);
-}
-
 /* Brings member m's entry in line with its weight and flag, in place. */
 static void member_refresh(struct snap_fixture *f, struct snap_fixture_member *m)
 {
@@ -229,7 +208,7 @@ static void member_refresh(struct snap_fixture *f, struct snap_fixture_member *m
         s->n_candidates = e->candidate ? s->n_candidates + 1 : s->n_candidates - 1;
         s->n_healthy = e->healthy ? s->n_healthy + 1 : s->n_healthy - 1;
     }
-    entry_set_weight(s, i, member_weight(m));
+    lb_snapshot_set_weight(s, i, member_weight(m));
     if (s->algo_stale) { /* what the next publish does */
         assert_int_equal(s->algo->init(s, s, &state), 0);
         s->algo->destroy(s->algo_state);
