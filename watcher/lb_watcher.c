@@ -15,8 +15,13 @@
  * curl is off the stack.
  *
  * Revisions: `revision` only moves to a revision whose events have all been
- * delivered (lb_watch_msg_resume_revision()), so resuming at revision + 1
- * neither skips nor repeats an event.
+ * delivered (lb_watch_msg_resume_revision()).  A watch resumes AT that
+ * revision, not after it: the events of that one revision come again and
+ * the mirror drops them (their values are the ones it holds), and in
+ * exchange a compaction at exactly the next revision is answered
+ * "compacted" and makes lbd re-list.  etcd before 3.4.33 / 3.5.15 drops the
+ * tombstone of a delete at the compaction revision (etcd-io/etcd#18089): a
+ * watch resumed after it would never see that key go.
  *
  * A listing is staged in memory (lb_listing.h) and applied to the mirror
  * only when its last page has arrived, so the sink sees one consistent
@@ -419,6 +424,12 @@ static void record_lag(struct lb_watcher *w, double lag)
             w->lag_buckets[i]++;
 }
 
+/* Where a watch resumes: the last revision fully delivered (see the file comment). */
+static int64_t watch_start(const struct lb_watcher *w)
+{
+    return w->revision > 0 ? w->revision : 1;
+}
+
 /* A watch was confirmed: if an outage was announced, say that it is over. */
 static void report_recovery(struct lb_watcher *w)
 {
@@ -430,7 +441,7 @@ static void report_recovery(struct lb_watcher *w)
     LB_INFO("watcher",
             "msg=\"etcd reachable again after %.1fs, resumed at revision %lld\" endpoint=%s "
             "failures=%llu",
-            down_s, (long long)w->revision + 1, w->endpoints[w->endpoint],
+            down_s, (long long)watch_start(w), w->endpoints[w->endpoint],
             (unsigned long long)failures);
 }
 
@@ -444,7 +455,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
         if (msg->compact_revision > 0) {
             LB_WARN("watcher",
                     "msg=\"watch revision compacted, re-listing\" revision=%lld compacted=%lld",
-                    (long long)w->revision + 1, (long long)msg->compact_revision);
+                    (long long)watch_start(w), (long long)msg->compact_revision);
             return stream_stop(w, AFTER_RELIST, "compacted");
         }
         if (lb_etcd_auth_is_token_error(msg->cancel_reason) && lb_etcd_http_has_login(w->http)) {
@@ -474,7 +485,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
         w->fresh_at = w->watching_since;
         w->login_retried = false;
         LB_INFO("watcher", "msg=\"watching\" endpoint=%s from_revision=%lld",
-                w->endpoints[w->endpoint], (long long)w->revision + 1);
+                w->endpoints[w->endpoint], (long long)watch_start(w));
         report_recovery(w);
     }
     if (msg->n_events > 0) {
@@ -604,7 +615,7 @@ static void watch_begin(struct lb_watcher *w)
     lb_watch_lines_reset(&w->lines);
     lb_watch_decoder_reset(&w->decoder);
     rc = lb_etcd_json_watch_request(w->range_key, w->range_key_len, w->range_end, w->range_end_len,
-                                    w->revision + 1, &body);
+                                    watch_start(w), &body);
     if (!rc) {
         req.body = body;
         rc = lb_etcd_http_start(w->http, &req, &w->call);

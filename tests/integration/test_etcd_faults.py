@@ -6,7 +6,11 @@
   - the watch's revision is compacted away while lbd is cut off from etcd
     (etcd moved to a port only the test knows while the test deletes, adds,
     re-weights and compacts): lbd re-lists, says so in its log, and ends up
-    with exactly etcd's backends, weights included.
+    with exactly etcd's backends, weights included;
+  - a delete made while lbd is cut off, at the very revision etcd is then
+    compacted to: etcd 3.4 drops that tombstone (etcd-io/etcd#18089), so a
+    watch resumed after lbd's last revision would never see the delete; lbd
+    resumes at its last revision, is told "compacted" and re-lists.
 """
 
 import json
@@ -81,7 +85,7 @@ class EtcdFaults(HarnessTestCase):
         self.addCleanup(lbd.stop, 0)
         wait_until(lambda: self.answering(lbd, {"b1", "b2"}), scaled(10), "b1 and b2 answering")
         wait_until(lambda: lbd.watch_state() == "watching", scaled(10), "lbd watching")
-        resume_at = int(lbd.metric("lbd_etcd_revision")) + 1
+        resume_at = int(lbd.metric("lbd_etcd_revision"))  # a watch resumes at the last revision seen
         relists_before = lbd.metric("lbd_etcd_relists_total")
 
         etcd.hide()
@@ -109,6 +113,30 @@ class EtcdFaults(HarnessTestCase):
         self.assertRegex(log, r'msg="re-listed" endpoint=\S+ revision=%d ' % etcd.revision())
         self.assertEqual(lbd.metric("lbd_etcd_relists_total"), relists_before + 1)
         self.assertEqual(lbd.metric("lbd_etcd_revision"), etcd.revision())
+
+    def test_delete_at_the_compaction_revision_is_not_lost(self):
+        etcd = Etcd(self.h, side_port=True).start()
+        servers = {i: Backend(self.h, i) for i in ("b1", "b2")}
+        put_backend(etcd, servers["b1"])
+        put_backend(etcd, servers["b2"])
+        lbd = Lbd(self.h, etcd.url, PREFIX, [POOL],
+                  extra_args=["--shutdown-grace", "2s", "--etcd-backoff-max", "1s"]).start()
+        self.addCleanup(lbd.stop, 0)
+        wait_until(lambda: lbd.watch_state() == "watching", scaled(10), "lbd watching")
+        wait_until(lambda: lbd.metric("lbd_etcd_revision") == etcd.revision(), scaled(10),
+                   "lbd to have seen etcd's last revision")
+        seen = int(lbd.metric("lbd_etcd_revision"))
+
+        etcd.hide()
+        etcd.delete(backend_key(PREFIX, POOL, "b1"))
+        self.assertEqual(etcd.revision(), seen + 1, "the delete is the next revision")
+        etcd.compact(seen + 1)  # exactly at the delete: etcd 3.4 drops its tombstone
+        etcd.unhide()
+        want = lbtest.etcd_pool(etcd, PREFIX, POOL)
+        self.assertEqual(set(want), {"b2"})
+        wait_until(lambda: lbtest.lbd_pool(lbd, POOL) == want, scaled(30),
+                   "lbd to lose b1, deleted at the compaction revision")
+        self.assertIn('msg="watch revision compacted, re-listing"', lbd.log_text())
 
 
 if __name__ == "__main__":
