@@ -15,8 +15,7 @@ static bool digest(const void *data, size_t len, uint8_t out[LB_ADMIN_AUTH_DIGES
 {
     unsigned int n = LB_ADMIN_AUTH_DIGEST_LEN;
 
-    return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1 &&
-           n == LB_ADMIN_AUTH_DIGEST_LEN;
+    return EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) == 1 && n == LB_ADMIN_AUTH_DIGEST_LEN;
 }
 
 int lb_admin_auth_set(struct lb_admin_auth *a, const char *token)
@@ -33,16 +32,18 @@ int lb_admin_auth_set(struct lb_admin_auth *a, const char *token)
 int lb_admin_auth_load(struct lb_admin_auth *a, const char *path, char **err)
 {
     char *token = NULL;
+    bool shared = false;
     int rc;
 
     memset(a, 0, sizeof(*a));
-    rc = lb_secret_read_file(path, "admin token file", &token, err);
+    rc = lb_secret_read(path, "admin token file", &token, &shared, err);
     if (rc < 0)
         return rc;
     rc = lb_admin_auth_set(a, token);
     lb_secret_free(token);
-    if (rc < 0 && asprintf(err, "admin token file %s: cannot hash the token: %s", path,
-                           strerror(-rc)) < 0)
+    a->file_shared = rc == 0 && shared;
+    if (rc < 0 &&
+        asprintf(err, "admin token file %s: cannot hash the token: %s", path, strerror(-rc)) < 0)
         *err = NULL;
     return rc;
 }

@@ -16,13 +16,15 @@
 #define LB_ADMIN_AUTH_DIGEST_LEN 32
 
 struct lb_admin_auth {
-    bool required; /* false: no token configured, every call is let in */
+    bool required;    /* false: no token configured, every call is let in */
+    bool file_shared; /* lb_admin_auth_load(): everyone may read the file (warn) */
     uint8_t digest[LB_ADMIN_AUTH_DIGEST_LEN];
 };
 
 /*
- * Reads the token from `path` (first line, trimmed; see lb_secret.h).
- * Returns 0, or a negative errno with *err a malloc'd sentence.
+ * Reads the token from `path` (first line, trimmed; see lb_secret.h), and
+ * notes in file_shared whether everyone may read the file.  Returns 0, or
+ * a negative errno with *err a malloc'd sentence.
  */
 int lb_admin_auth_load(struct lb_admin_auth *a, const char *path, char **err);
 

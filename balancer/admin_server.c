@@ -30,19 +30,30 @@
  * while the lists are non-empty).  Cancel hooks of a closed connection's
  * calls run from there too, never from inside a send on the same call.
  *
- * Bounds: max connections (extra ones are closed at accept), max
- * concurrent streams per connection, header bytes per stream, request and
- * unary response size (RESOURCE_EXHAUSTED), a per-call queue for streaming
- * responses, a bounded socket write buffer, an idle timeout per
- * connection, and a linger timer that resets a finished stream whose
- * client stopped reading.
+ * Bounds: connections at once, in all and per peer address (conn_guard.h:
+ * when a cap is reached the oldest connection that never made an
+ * authorized call is shed to make room, and a newcomer is refused only
+ * when connections with such calls hold every slot), a first-request
+ * deadline from accept (TLS handshake included), max concurrent streams
+ * per connection, header bytes per stream, a deadline for a request to
+ * arrive whole once its headers did, request bytes held per connection
+ * and in all (declared message lengths, charged before they arrive),
+ * request and unary response size (RESOURCE_EXHAUSTED), a per-call queue
+ * for streaming responses, a bounded socket write buffer, an idle timeout
+ * per connection, and a linger timer that resets a finished stream whose
+ * client stopped reading.  Pressure from clients (refusals, shedding,
+ * silent connections, stalled requests) is logged at most once a second
+ * per kind, with a count, and counted for /metrics.
  */
 #include "admin_server.h"
 #include "admin_auth.h"
 #include "admin_service.h"
+#include "conn_guard.h"
 #include "lb_buf.h"
 #include "lb_grpc_frame.h"
 #include "lb_log.h"
+#include "lb_metrics_text.h"
+#include "lb_util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -62,14 +73,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define LOG_SUB "admin"
-#define PATH_TEXT_MAX 256
-#define CONN_WRITE_MAX (1024 * 1024) /* nghttp2 output waiting for the socket */
-#define READ_CHUNK 16384
-#define WRITE_GATHER 32768           /* nghttp2 output gathered into one write (one TLS record or two) */
-#define FINISH_LINGER_S 10.0         /* a finished call's client gets this long to read */
-#define REJECT_WAIT_S 5.0            /* an early error waits this long for the request's end */
-#define ACCEPT_BACKOFF_S 1.0         /* after EMFILE and friends */
+#define LOG_SUB          "admin"
+#define PATH_TEXT_MAX    256
+#define CONN_WRITE_MAX   (1024 * 1024) /* nghttp2 output waiting for the socket */
+#define READ_CHUNK       16384
+#define WRITE_GATHER     32768 /* nghttp2 output gathered into one write (one TLS record or two) */
+#define FINISH_LINGER_S  10.0  /* a finished call's client gets this long to read */
+#define REJECT_WAIT_S    5.0   /* an early error waits this long for the request's end */
+#define ACCEPT_BACKOFF_S 1.0   /* after EMFILE and friends */
+#define NOTE_INTERVAL_S  1.0   /* at most one line per second per kind of pressure */
 
 enum call_timer_mode { TIMER_NONE, TIMER_DEADLINE, TIMER_LINGER, TIMER_REJECT };
 
@@ -94,26 +106,28 @@ struct lb_admin_call {
     char timeout[16];
     bool has_timeout;
     char encoding[32];
-    unsigned auth_headers;    /* authorization headers seen */
-    bool auth_ok;             /* the last one carries the admin token */
+    unsigned auth_headers; /* authorization headers seen */
+    bool auth_ok;          /* the last one carries the admin token */
     size_t header_bytes;
     const struct lb_admin_method *method;
     struct lb_grpc_decoder decoder;
     struct lb_buf request;
     unsigned request_messages;
+    size_t request_charge;  /* bytes held against the connection's and server's budgets */
+    ev_timer request_timer; /* the request must end within request_timeout_ms */
     ev_tstamp started;
 
     /* response */
-    bool headers_sent;        /* HEADERS submitted (with a data provider unless trailers-only) */
-    bool finished;            /* final status decided */
-    bool rejected;            /* status decided before the request ended; sent at its end */
+    bool headers_sent; /* HEADERS submitted (with a data provider unless trailers-only) */
+    bool finished;     /* final status decided */
+    bool rejected;     /* status decided before the request ended; sent at its end */
     bool trailers_submitted;
-    bool deferred;            /* call_read_cb returned NGHTTP2_ERR_DEFERRED */
+    bool deferred; /* call_read_cb returned NGHTTP2_ERR_DEFERRED */
     int status;
     char message[LB_GRPC_MESSAGE_TEXT_MAX];
-    struct lb_buf out;        /* framed messages not yet handed to nghttp2 */
+    struct lb_buf out; /* framed messages not yet handed to nghttp2 */
     size_t out_off;
-    size_t frame_left;        /* bytes of the frame at out_off not yet handed to nghttp2 */
+    size_t frame_left; /* bytes of the frame at out_off not yet handed to nghttp2 */
     size_t queue_max;
     ev_timer timer;
     enum call_timer_mode timer_mode;
@@ -138,7 +152,11 @@ struct admin_conn {
     size_t woff;
     struct lb_admin_call *calls;
     unsigned n_calls;
-    int in_nghttp2;  /* depth of mem_recv/mem_send on the stack */
+    struct lb_conn_guard_entry guard; /* proven by an authorized call */
+    ev_tstamp accepted;
+    bool got_request;     /* a first request header block arrived */
+    size_t request_bytes; /* held by its calls' unfinished requests */
+    int in_nghttp2;       /* depth of mem_recv/mem_send on the stack */
     bool dead;
     char proto_error[160];
     struct admin_conn *prev, *next; /* server's open connections */
@@ -172,7 +190,18 @@ struct lb_admin_server {
     struct admin_conn *dead_conns;
     struct lb_admin_call *calls;
     struct lb_admin_call *dead_calls;
+
+    /* Pressure from clients: admission, request memory, and what is told about it. */
+    struct lb_conn_guard guard;
+    size_t request_bytes; /* held by every connection's unfinished requests */
+    struct lb_rate_log notes[4];
+    ev_timer note_timer;
+    uint64_t conns_refused, conns_shed, conns_no_request;
+    uint64_t calls_request_timeout, calls_request_budget;
 };
+
+/* Kinds of pressure, each logged at most once per NOTE_INTERVAL_S with a count. */
+enum server_note { NOTE_REFUSED, NOTE_SHED, NOTE_NO_REQUEST, NOTE_REQUEST_TIMEOUT, NOTE_MAX };
 
 static void conn_flush(struct admin_conn *conn);
 static void conn_close(struct admin_conn *conn, const char *reason);
@@ -181,12 +210,116 @@ static void call_submit_end(struct lb_admin_call *call);
 void lb_admin_limits_defaults(struct lb_admin_limits *l)
 {
     l->max_connections = 64;
+    l->max_per_peer = 16;
     l->max_streams = 32;
     l->idle_timeout_ms = 5 * 60 * 1000;
     l->max_message = LB_GRPC_MAX_MESSAGE_DEFAULT;
     l->stream_queue_max = 1024 * 1024;
     l->max_header_bytes = 16 * 1024;
-    l->handshake_timeout_ms = 10 * 1000;
+    l->handshake_timeout_ms = 5 * 1000;
+    l->first_request_timeout_ms = 5 * 1000;
+    l->request_timeout_ms = 10 * 1000;
+    l->conn_request_budget = LB_GRPC_MAX_MESSAGE_DEFAULT;
+    l->server_request_budget = 4 * (size_t)LB_GRPC_MAX_MESSAGE_DEFAULT;
+    l->conn_request_reserve = 64 * 1024;
+}
+
+/* ---- pressure: one line per second per kind, with a count ---- */
+
+static void server_note_log(const struct lb_admin_server *s, enum server_note what,
+                            unsigned long count)
+{
+    const struct lb_admin_limits *l = &s->limits;
+
+    switch (what) {
+    case NOTE_REFUSED:
+        LB_WARN(LOG_SUB,
+                "msg=\"admin connections refused: connections with authorized calls hold "
+                "every slot\" count=%lu max_connections=%u max_per_peer=%u",
+                count, l->max_connections, l->max_per_peer);
+        break;
+    case NOTE_SHED:
+        LB_WARN(LOG_SUB,
+                "msg=\"admin connections closed to make room for new ones (without an "
+                "authorized call, from the address holding the most first)\" count=%lu "
+                "max_connections=%u "
+                "max_per_peer=%u",
+                count, l->max_connections, l->max_per_peer);
+        break;
+    case NOTE_NO_REQUEST:
+        LB_WARN(LOG_SUB,
+                "msg=\"admin connections closed: no request within the first-request "
+                "deadline\" count=%lu deadline_ms=%lld",
+                count, (long long)l->first_request_timeout_ms);
+        break;
+    case NOTE_REQUEST_TIMEOUT:
+        LB_WARN(LOG_SUB,
+                "msg=\"admin calls reset: request not received in time\" count=%lu "
+                "deadline_ms=%lld",
+                count, (long long)l->request_timeout_ms);
+        break;
+    case NOTE_MAX:
+        break;
+    }
+}
+
+static void server_note_arm(struct lb_admin_server *s)
+{
+    double next = 0;
+    bool any = false;
+
+    for (int i = 0; i < NOTE_MAX; i++) {
+        if (s->notes[i].held && (!any || lb_rate_log_next(&s->notes[i]) < next)) {
+            next = lb_rate_log_next(&s->notes[i]);
+            any = true;
+        }
+    }
+    ev_timer_stop(s->loop, &s->note_timer);
+    if (any) {
+        double after = next - ev_now(s->loop);
+
+        ev_timer_set(&s->note_timer, after > 0.001 ? after : 0.001, 0.);
+        ev_timer_start(s->loop, &s->note_timer);
+    }
+}
+
+static void server_note(struct lb_admin_server *s, enum server_note what)
+{
+    unsigned long n = lb_rate_log_hit(&s->notes[what], ev_now(s->loop));
+
+    if (n)
+        server_note_log(s, what, n);
+    else if (!ev_is_active(&s->note_timer))
+        server_note_arm(s);
+}
+
+static void server_note_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_admin_server *s = w->data;
+
+    for (int i = 0; i < NOTE_MAX; i++) {
+        unsigned long n = lb_rate_log_flush(&s->notes[i], ev_now(loop));
+
+        if (n)
+            server_note_log(s, (enum server_note)i, n);
+    }
+    server_note_arm(s);
+}
+
+/* ---- request memory ---- */
+
+/* Frees what a call holds of its request and gives the bytes back to the budgets. */
+static void call_release_request(struct lb_admin_call *c)
+{
+    lb_grpc_decoder_free(&c->decoder);
+    lb_buf_free(&c->request);
+    if (c->request_charge == 0)
+        return;
+    if (c->conn)
+        c->conn->request_bytes -= c->request_charge;
+    if (c->server)
+        c->server->request_bytes -= c->request_charge;
+    c->request_charge = 0;
 }
 
 /* ---- reaping ---- */
@@ -210,6 +343,7 @@ static void call_destroy(struct lb_admin_call *call)
     }
     if (call->release)
         call->release(call->data);
+    ev_timer_stop(call->loop, &call->request_timer);
     lb_grpc_decoder_free(&call->decoder);
     lb_buf_free(&call->request);
     lb_buf_free(&call->out);
@@ -233,6 +367,8 @@ static void call_detach(struct lb_admin_call *call)
 
     if (!conn)
         return;
+    call_release_request(call);
+    ev_timer_stop(call->loop, &call->request_timer);
     if (call->conn_prev)
         call->conn_prev->conn_next = call->conn_next;
     else
@@ -377,9 +513,9 @@ static ssize_t call_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
             if (call->frame_left == 0) {
                 const uint8_t *h = (const uint8_t *)call->out.data + call->out_off + done;
 
-                call->frame_left = LB_GRPC_FRAME_HEADER_LEN + ((size_t)h[1] << 24 |
-                                                               (size_t)h[2] << 16 |
-                                                               (size_t)h[3] << 8 | h[4]);
+                call->frame_left =
+                    LB_GRPC_FRAME_HEADER_LEN +
+                    ((size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4]);
             }
             step = call->frame_left < n - done ? call->frame_left : n - done;
             call->frame_left -= step;
@@ -406,8 +542,7 @@ static ssize_t call_read_cb(nghttp2_session *session, int32_t stream_id, uint8_t
         nva[0] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status),
                               NGHTTP2_NV_FLAG_NONE};
         if (call->message[0]) {
-            lb_grpc_percent_encode(call->message, strlen(call->message), message,
-                                   sizeof(message));
+            lb_grpc_percent_encode(call->message, strlen(call->message), message, sizeof(message));
             nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)message, 12,
                                     strlen(message), NGHTTP2_NV_FLAG_NONE};
         }
@@ -684,8 +819,10 @@ static void call_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         call_log_end(c);
         call_cancel(c);
     } else if (c->timer_mode == TIMER_LINGER) {
-        LB_DEBUG(LOG_SUB, "msg=\"admin client does not read its answer; resetting stream\" "
-                          "path=%s peer=%s", c->path, conn->peer);
+        LB_DEBUG(LOG_SUB,
+                 "msg=\"admin client does not read its answer; resetting stream\" "
+                 "path=%s peer=%s",
+                 c->path, conn->peer);
     } else {
         return;
     }
@@ -693,6 +830,34 @@ static void call_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         nghttp2_submit_rst_stream(conn->session, NGHTTP2_FLAG_NONE, c->stream_id, NGHTTP2_CANCEL);
         conn_kick(conn);
     }
+}
+
+/*
+ * The request did not end within request_timeout_ms of its headers (a
+ * client that stalls halfway through a message): its bytes are freed at
+ * once and the call ends with DEADLINE_EXCEEDED; on_frame_send() then
+ * resets the stream, so the client stops sending.
+ */
+static void call_request_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_admin_call *c = w->data;
+    struct lb_admin_server *s = c->server;
+    char text[32];
+
+    if (!c->conn || c->finished)
+        return;
+    if (c->rejected) {
+        call_end_rejected(c); /* the status is known: send it now */
+        return;
+    }
+    call_release_request(c);
+    s->calls_request_timeout++;
+    server_note(s, NOTE_REQUEST_TIMEOUT);
+    LB_DEBUG(LOG_SUB, "msg=\"admin call reset: request not received in time\" path=%s peer=%s",
+             c->path, c->conn->peer);
+    call_abort(c, LB_GRPC_DEADLINE_EXCEEDED,
+               "the request was not received within %s of its headers (lbd's limit)",
+               lb_grpc_timeout_format(s->limits.request_timeout_ms, text, sizeof(text)));
 }
 
 /* ---- request handling (inside nghttp2 callbacks) ---- */
@@ -717,6 +882,12 @@ static struct lb_admin_call *call_new(struct admin_conn *conn, int32_t stream_id
     lb_buf_init(&c->out, c->queue_max);
     ev_init(&c->timer, call_timer_cb);
     c->timer.data = c;
+    ev_init(&c->request_timer, call_request_timer_cb);
+    c->request_timer.data = c;
+    if (s->limits.request_timeout_ms > 0) {
+        ev_timer_set(&c->request_timer, (ev_tstamp)s->limits.request_timeout_ms / 1000.0, 0.);
+        ev_timer_start(s->loop, &c->request_timer);
+    }
     c->conn_next = conn->calls;
     if (conn->calls)
         conn->calls->conn_prev = c;
@@ -760,8 +931,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
 }
 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *ud)
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
     struct lb_admin_call *c;
 
@@ -806,9 +976,18 @@ static bool call_is_authorized(const struct lb_admin_call *c)
 /* Headers are complete: check them, find the method, arm the deadline. */
 static void call_headers_done(struct lb_admin_call *c)
 {
+    struct admin_conn *conn = c->conn;
     char service[PATH_TEXT_MAX], method[PATH_TEXT_MAX];
     const char *slash;
     bool malformed;
+
+    if (!conn->got_request) {
+        /* The first-request deadline is met: from now on the idle timeout applies. */
+        conn->got_request = true;
+        conn->last_activity = ev_now(c->loop);
+        conn->idle_timer.repeat = (ev_tstamp)c->server->limits.idle_timeout_ms / 1000.0;
+        ev_timer_again(c->loop, &conn->idle_timer);
+    }
 
     if (strcmp(c->http_method, "POST") != 0) {
         call_reject_http(c, "405", LB_GRPC_INTERNAL, "gRPC requests use POST");
@@ -817,8 +996,7 @@ static void call_headers_done(struct lb_admin_call *c)
     if (!lb_grpc_content_type_is_grpc(c->content_type, strlen(c->content_type))) {
         char text[LB_GRPC_MESSAGE_TEXT_MAX];
 
-        snprintf(text, sizeof(text), "invalid gRPC request content-type \"%s\"",
-                 c->content_type);
+        snprintf(text, sizeof(text), "invalid gRPC request content-type \"%s\"", c->content_type);
         call_reject_http(c, "415", LB_GRPC_INTERNAL, text);
         return;
     }
@@ -832,8 +1010,10 @@ static void call_headers_done(struct lb_admin_call *c)
     }
     /* Without the token nothing is told, not even whether a method exists. */
     if (!call_is_authorized(c)) {
-        LB_INFO(LOG_SUB, "msg=\"admin call refused: missing or invalid admin token\" path=%s "
-                         "peer=%s", c->path, c->conn->peer);
+        LB_INFO(LOG_SUB,
+                "msg=\"admin call refused: missing or invalid admin token\" path=%s "
+                "peer=%s",
+                c->path, c->conn->peer);
         c->method = NULL;
         call_reject(c, LB_GRPC_UNAUTHENTICATED, "missing or invalid admin token");
         return;
@@ -858,13 +1038,19 @@ static void call_headers_done(struct lb_admin_call *c)
         return;
     }
     if (!c->method) {
-        call_reject(c, LB_GRPC_UNIMPLEMENTED, "unknown method %s for service %s", method,
-                    service);
+        call_reject(c, LB_GRPC_UNIMPLEMENTED, "unknown method %s for service %s", method, service);
         return;
     }
     if (c->method->server_streaming)
         c->queue_max = c->server->limits.stream_queue_max;
     lb_buf_init(&c->out, c->queue_max);
+    /*
+     * An authorized call: this connection is an operator's and is never
+     * closed to make room.  With a token, the open health check proves
+     * nothing (anyone may make it); without one, every call does.
+     */
+    if (!c->method->open || !c->server->auth.required)
+        lb_conn_guard_set_proven(&c->server->guard, &conn->guard, true);
 }
 
 static int on_request_message(void *ud, const uint8_t *data, size_t len, bool compressed)
@@ -876,6 +1062,57 @@ static int on_request_message(void *ud, const uint8_t *data, size_t len, bool co
     return lb_buf_append(&c->request, data, len);
 }
 
+/*
+ * Charges the call for what its request will hold: the message kept so
+ * far plus the declared length of the one arriving.  Declared, not
+ * received: a client announcing 4 MiB is told at once when they do not
+ * fit, and memory never runs ahead of the budget by more than one DATA
+ * frame.  Over the connection's or the server's budget the call is
+ * rejected (RESOURCE_EXHAUSTED) and what it held is freed.
+ */
+static void call_charge_request(struct lb_admin_call *c)
+{
+    struct admin_conn *conn = c->conn;
+    struct lb_admin_server *s = c->server;
+    const struct lb_request_budget budget = {
+        .conn_max = s->limits.conn_request_budget,
+        .conn_reserve = s->limits.conn_request_reserve,
+        .server_max = s->limits.server_request_budget,
+    };
+    size_t need = c->request.len, more;
+
+    if (c->decoder.header_len == LB_GRPC_FRAME_HEADER_LEN)
+        need += c->decoder.want;
+    if (need <= c->request_charge) {
+        conn->request_bytes -= c->request_charge - need;
+        s->request_bytes -= c->request_charge - need;
+        c->request_charge = need;
+        return;
+    }
+    more = need - c->request_charge;
+    if (lb_request_budget_fits(&budget, conn->request_bytes, s->request_bytes, more)) {
+        conn->request_bytes += more;
+        s->request_bytes += more;
+        c->request_charge = need;
+        return;
+    }
+    s->calls_request_budget++;
+    LB_DEBUG(LOG_SUB,
+             "msg=\"admin call refused: request memory budget\" path=%s peer=%s "
+             "need=%zu conn_bytes=%zu server_bytes=%zu",
+             c->path, conn->peer, need, conn->request_bytes, s->request_bytes);
+    if (conn->request_bytes + more > budget.conn_max)
+        call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED,
+                    "this connection's unfinished requests would hold more than %zu bytes; send "
+                    "fewer or smaller requests at once",
+                    budget.conn_max);
+    else
+        call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED,
+                    "lbd's admin API holds %zu bytes of unfinished requests already; try again "
+                    "shortly",
+                    s->request_bytes);
+}
+
 static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                               const uint8_t *data, size_t len, void *ud)
 {
@@ -885,6 +1122,8 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
     if (!c || c->finished || c->rejected)
         return 0; /* dropped unread */
     rc = lb_grpc_decoder_feed(&c->decoder, data, len, on_request_message, c);
+    if (rc == 0)
+        call_charge_request(c);
     if (rc == -EMSGSIZE || rc == -E2BIG)
         call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED,
                     "request message larger than the maximum of %zu bytes",
@@ -894,10 +1133,8 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t s
                     "compressed request message but no grpc-encoding was negotiated");
     else if (rc < 0)
         call_reject(c, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory reading the request");
-    if (c->rejected) {
-        lb_grpc_decoder_free(&c->decoder);
-        lb_buf_free(&c->request);
-    }
+    if (c->rejected)
+        call_release_request(c);
     return 0;
 }
 
@@ -908,6 +1145,7 @@ static void call_request_done(struct lb_admin_call *c)
     char err[LB_GRPC_MESSAGE_TEXT_MAX];
     int status;
 
+    ev_timer_stop(c->loop, &c->request_timer);
     if (c->rejected) {
         call_end_rejected(c);
         return;
@@ -925,9 +1163,9 @@ static void call_request_done(struct lb_admin_call *c)
                              c->request_messages);
         return;
     }
-    status = lb_admin_service_decode(c->method, (const uint8_t *)c->request.data,
-                                     c->request.len, &request, err, sizeof(err));
-    lb_buf_free(&c->request);
+    status = lb_admin_service_decode(c->method, (const uint8_t *)c->request.data, c->request.len,
+                                     &request, err, sizeof(err));
+    call_release_request(c);
     if (status != LB_GRPC_OK) {
         lb_admin_call_finish(c, status, "%s", err);
         return;
@@ -1001,16 +1239,16 @@ static void conn_close(struct admin_conn *conn, const char *reason)
     if (reason) {
         char detail[200];
 
-        LB_WARN(LOG_SUB, "msg=\"admin connection closed: %s\" peer=%s detail=%s", reason,
-                conn->peer,
-                lb_log_quote(detail, sizeof(detail),
-                             conn->proto_error[0] ? conn->proto_error : "-"));
+        LB_WARN(
+            LOG_SUB, "msg=\"admin connection closed: %s\" peer=%s detail=%s", reason, conn->peer,
+            lb_log_quote(detail, sizeof(detail), conn->proto_error[0] ? conn->proto_error : "-"));
     } else {
         LB_DEBUG(LOG_SUB, "msg=\"admin connection closed\" peer=%s", conn->peer);
     }
     ev_io_stop(s->loop, &conn->read_watcher);
     ev_io_stop(s->loop, &conn->write_watcher);
     ev_timer_stop(s->loop, &conn->idle_timer);
+    lb_conn_guard_remove(&s->guard, &conn->guard);
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -1208,7 +1446,7 @@ static void conn_read(struct admin_conn *conn)
         if (n == -EAGAIN)
             break;
         if (n <= 0) {
-            conn_close(conn, n == -EPROTO                    ? "TLS error"
+            conn_close(conn, n == -EPROTO                ? "TLS error"
                              : n < 0 && n != -ECONNRESET ? strerror((int)-n)
                                                          : NULL);
             return;
@@ -1306,14 +1544,13 @@ static void conn_handshake(struct admin_conn *conn)
         }
     }
     SSL_get0_alpn_selected(conn->ssl, &alpn, &alpn_len);
-    LB_DEBUG(LOG_SUB, "msg=\"admin TLS handshake done\" peer=%s version=%s alpn=%.*s",
-             conn->peer, SSL_get_version(conn->ssl), alpn_len ? (int)alpn_len : 1,
+    LB_DEBUG(LOG_SUB, "msg=\"admin TLS handshake done\" peer=%s version=%s alpn=%.*s", conn->peer,
+             SSL_get_version(conn->ssl), alpn_len ? (int)alpn_len : 1,
              alpn_len ? (const char *)alpn : "-");
     conn->handshaking = false;
     ev_io_stop(loop, &conn->write_watcher);
     conn->last_activity = ev_now(loop);
-    conn->idle_timer.repeat = (ev_tstamp)conn->server->limits.idle_timeout_ms / 1000.0;
-    ev_timer_again(loop, &conn->idle_timer);
+    /* The first-request deadline, counted from accept, still runs. */
     conn_read(conn); /* the client's first bytes may be here already; sends our SETTINGS */
 }
 
@@ -1344,17 +1581,43 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *w, int revents)
     conn_flush(conn);
 }
 
+/* When a connection without a first request must be closed. */
+static ev_tstamp conn_first_deadline(const struct admin_conn *conn)
+{
+    const struct lb_admin_limits *l = &conn->server->limits;
+    ev_tstamp at = conn->accepted + (ev_tstamp)l->first_request_timeout_ms / 1000.0;
+
+    if (conn->handshaking && l->handshake_timeout_ms < l->first_request_timeout_ms)
+        at = conn->accepted + (ev_tstamp)l->handshake_timeout_ms / 1000.0;
+    return at;
+}
+
 static void conn_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct admin_conn *conn = w->data;
-    ev_tstamp idle = (ev_tstamp)conn->server->limits.idle_timeout_ms / 1000.0;
+    struct lb_admin_server *s = conn->server;
+    ev_tstamp idle = (ev_tstamp)s->limits.idle_timeout_ms / 1000.0;
     ev_tstamp now = ev_now(loop);
 
-    if (conn->handshaking) {
-        conn->tls_failed = true;
-        snprintf(conn->proto_error, sizeof(conn->proto_error), "no handshake within %.1fs",
-                 (double)conn->server->limits.handshake_timeout_ms / 1000.0);
-        conn_close(conn, "TLS handshake timed out");
+    if (!conn->got_request) {
+        ev_tstamp at = conn_first_deadline(conn);
+
+        if (now < at) {
+            w->repeat = at - now;
+            ev_timer_again(loop, w);
+            return;
+        }
+        /* Silent, slow, or stuck in the TLS handshake: one summary line per second. */
+        LB_DEBUG(LOG_SUB, "msg=\"admin connection closed: no request in time\" peer=%s tls=%s",
+                 conn->peer,
+                 conn->handshaking ? "handshaking"
+                 : conn->ssl       ? "yes"
+                                   : "no");
+        if (conn->handshaking)
+            conn->tls_failed = true; /* no close_notify: there is no session */
+        s->conns_no_request++;
+        server_note(s, NOTE_NO_REQUEST);
+        conn_close(conn, NULL);
         return;
     }
     if (conn->n_calls > 0)
@@ -1371,7 +1634,8 @@ static void conn_idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
         conn_close(conn, NULL);
 }
 
-static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
+static int conn_new(struct lb_admin_server *s, int fd, const char *peer,
+                    const struct lb_conn_peer *addr)
 {
     nghttp2_session_callbacks *cb = NULL;
     struct admin_conn *conn;
@@ -1404,8 +1668,8 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
         rc = -ENOMEM;
         goto out;
     }
-    iv[0] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
-                                     s->limits.max_streams};
+    iv[0] =
+        (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->limits.max_streams};
     iv[1] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
                                      (uint32_t)s->limits.max_header_bytes};
     if (nghttp2_submit_settings(conn->session, NGHTTP2_FLAG_NONE, iv, 2) != 0) {
@@ -1428,11 +1692,9 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
     ev_io_init(&conn->write_watcher, conn_write_cb, fd, EV_WRITE);
     conn->read_watcher.data = conn->write_watcher.data = conn;
     ev_init(&conn->idle_timer, conn_idle_cb);
-    conn->idle_timer.repeat = (ev_tstamp)(conn->handshaking ? s->limits.handshake_timeout_ms
-                                                            : s->limits.idle_timeout_ms) /
-                              1000.0;
+    conn->accepted = conn->last_activity = ev_now(s->loop);
+    conn->idle_timer.repeat = conn_first_deadline(conn) - conn->accepted;
     conn->idle_timer.data = conn;
-    conn->last_activity = ev_now(s->loop);
     ev_io_start(s->loop, &conn->read_watcher);
     ev_timer_again(s->loop, &conn->idle_timer);
     conn->next = s->conns;
@@ -1440,6 +1702,7 @@ static int conn_new(struct lb_admin_server *s, int fd, const char *peer)
         s->conns->prev = conn;
     s->conns = conn;
     s->n_conns++;
+    lb_conn_guard_add(&s->guard, &conn->guard, addr);
     LB_DEBUG(LOG_SUB, "msg=\"admin connection\" peer=%s tls=%s", conn->peer,
              conn->ssl ? "yes" : "no");
     conn_flush(conn); /* our SETTINGS go first (after the TLS handshake) */
@@ -1482,9 +1745,12 @@ static void server_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct lb_admin_server *s = w->data;
 
+    lb_conn_guard_next_batch(&s->guard);
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
+        struct lb_conn_peer addr;
+        struct lb_conn_guard_entry *victim;
         char peer[64];
         int fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -1500,13 +1766,31 @@ static void server_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
         format_peer(&ss, peer, sizeof(peer));
-        if (s->n_conns >= s->limits.max_connections) {
-            LB_WARN(LOG_SUB, "msg=\"admin connection refused: too many connections\" peer=%s "
-                             "limit=%u", peer, s->limits.max_connections);
+        lb_conn_peer_from_sockaddr(&addr, (const struct sockaddr *)&ss);
+        switch (lb_conn_guard_admit(&s->guard, &addr, &victim)) {
+        case LB_CONN_ADMIT:
+            break;
+        case LB_CONN_SHED: {
+            struct admin_conn *old = lb_container_of(victim, struct admin_conn, guard);
+
+            LB_DEBUG(LOG_SUB, "msg=\"admin connection closed to make room\" peer=%s for=%s",
+                     old->peer, peer);
+            s->conns_shed++;
+            server_note(s, NOTE_SHED);
+            if (old->handshaking)
+                old->tls_failed = true;
+            conn_close(old, NULL);
+            break;
+        }
+        case LB_CONN_REFUSE_PEER:
+        case LB_CONN_REFUSE_TOTAL:
+            LB_DEBUG(LOG_SUB, "msg=\"admin connection refused\" peer=%s", peer);
+            s->conns_refused++;
+            server_note(s, NOTE_REFUSED);
             close(fd);
             continue;
         }
-        if (conn_new(s, fd, peer) < 0) {
+        if (conn_new(s, fd, peer, &addr) < 0) {
             LB_WARN(LOG_SUB, "msg=\"admin connection dropped: out of memory\" peer=%s", peer);
             close(fd);
         }
@@ -1558,8 +1842,10 @@ static int server_listen(struct lb_admin_server *s, const char *listen_addr, cha
     int one = 1, rc, fd = -1;
 
     if (split_addr(listen_addr, host, sizeof(host), &port) < 0) {
-        if (asprintf(err, "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
-                          "[::1]:9000", listen_addr) < 0)
+        if (asprintf(err,
+                     "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
+                     "[::1]:9000",
+                     listen_addr) < 0)
             *err = NULL;
         return -EINVAL;
     }
@@ -1568,8 +1854,10 @@ static int server_listen(struct lb_admin_server *s, const char *listen_addr, cha
     hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
     rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
-        if (asprintf(err, "admin address \"%s\": host must be an IP address and port a number "
-                          "(%s)", listen_addr, gai_strerror(rc)) < 0)
+        if (asprintf(err,
+                     "admin address \"%s\": host must be an IP address and port a number "
+                     "(%s)",
+                     listen_addr, gai_strerror(rc)) < 0)
             *err = NULL;
         return -EINVAL;
     }
@@ -1658,8 +1946,7 @@ static int check_readable(const char *what, const char *path, char **err)
 }
 
 /* Loads the certificate and key into a context that only speaks h2 over TLS 1.2+. */
-static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o,
-                           char **err)
+static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o, char **err)
 {
     /* HTTP/2 forbids TLS 1.2 ciphers without forward secrecy or AEAD (RFC 7540, 9.2.2). */
     static const char ciphers12[] = "ECDHE+AESGCM:ECDHE+CHACHA20";
@@ -1710,8 +1997,8 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
         unsigned long e = ERR_peek_last_error();
 
         /* OpenSSL checks the key against the certificate already. */
-        mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
-                   ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+        mismatch =
+            ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
         if (!mismatch) {
             if (asprintf(err, "admin TLS key %s: not a usable unencrypted PEM private key (%s)",
                          o->tls_key_file, tls_reason(why, sizeof(why))) < 0)
@@ -1721,15 +2008,17 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
     }
     if (mismatch || SSL_CTX_check_private_key(ctx) != 1) {
         ERR_clear_error();
-        if (asprintf(err, "admin TLS key %s does not belong to the certificate %s",
-                     o->tls_key_file, o->tls_cert_file) < 0)
+        if (asprintf(err, "admin TLS key %s does not belong to the certificate %s", o->tls_key_file,
+                     o->tls_cert_file) < 0)
             *err = NULL;
         goto fail;
     }
     cert = SSL_CTX_get0_certificate(ctx);
     if (cert && X509_cmp_current_time(X509_get0_notAfter(cert)) < 0)
-        LB_WARN(LOG_SUB, "msg=\"admin TLS certificate has expired; clients will refuse it\" "
-                         "file=%s", o->tls_cert_file);
+        LB_WARN(LOG_SUB,
+                "msg=\"admin TLS certificate has expired; clients will refuse it\" "
+                "file=%s",
+                o->tls_cert_file);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
     s->tls = ctx;
     return 0;
@@ -1754,7 +2043,15 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     s->registry = registry;
     s->fd = -1;
     lb_admin_limits_defaults(&s->limits);
+    lb_conn_guard_init(&s->guard, s->limits.max_connections, s->limits.max_per_peer);
+    for (int i = 0; i < NOTE_MAX; i++)
+        lb_rate_log_init(&s->notes[i], NOTE_INTERVAL_S);
     rc = opts->token_file ? lb_admin_auth_load(&s->auth, opts->token_file, err) : 0;
+    if (rc == 0 && s->auth.file_shared)
+        LB_WARN(LOG_SUB,
+                "msg=\"the admin token file is readable by every user; chmod o-rwx it\" "
+                "file=%s",
+                opts->token_file);
     if (rc == 0)
         rc = server_tls_init(s, opts, err);
     if (rc == 0)
@@ -1771,6 +2068,8 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     s->accept_backoff.data = s;
     ev_check_init(&s->reaper, server_reaper_cb);
     s->reaper.data = s;
+    ev_init(&s->note_timer, server_note_timer_cb);
+    s->note_timer.data = s;
     ev_idle_init(&s->reap_kick, server_reap_kick_cb);
     ev_io_start(loop, &s->accept_watcher);
     ev_check_start(loop, &s->reaper);
@@ -1779,12 +2078,14 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
     LB_INFO(LOG_SUB, "msg=\"admin API listening\" addr=%s tls=%s token=%s", s->addr,
             s->tls ? "on" : "off", s->auth.required ? "required" : "none");
     if (!s->loopback && !s->auth.required)
-        LB_WARN(LOG_SUB, "msg=\"admin API reachable beyond loopback without a token: anyone who "
-                         "reaches it can drain backends; see --admin-token-file\" addr=%s",
+        LB_WARN(LOG_SUB,
+                "msg=\"admin API reachable beyond loopback without a token: anyone who "
+                "reaches it can drain backends; see --admin-token-file\" addr=%s",
                 s->addr);
     else if (!s->loopback && !s->tls)
-        LB_WARN(LOG_SUB, "msg=\"admin token travels in cleartext beyond loopback; serve the "
-                         "admin API over TLS (--admin-tls-cert, --admin-tls-key)\" addr=%s",
+        LB_WARN(LOG_SUB,
+                "msg=\"admin token travels in cleartext beyond loopback; serve the "
+                "admin API over TLS (--admin-tls-cert, --admin-tls-key)\" addr=%s",
                 s->addr);
     *out = s;
     return 0;
@@ -1793,6 +2094,47 @@ int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opt
 void lb_admin_server_set_limits(struct lb_admin_server *s, const struct lb_admin_limits *l)
 {
     s->limits = *l;
+    s->guard.max_total = l->max_connections;
+    s->guard.max_per_peer = l->max_per_peer;
+}
+
+int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_buf *out)
+{
+    int rc =
+        lb_metrics_family(out, "lbd_admin_connections", "gauge", "Admin API connections open now.");
+
+    if (!rc)
+        rc = lb_metrics_printf(out, "lbd_admin_connections %u\n", s->n_conns);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_admin_connections_closed_total", "counter",
+                               "Admin API connections refused at accept (refused), closed to "
+                               "make room for a newcomer (shed) or closed without a request in "
+                               "time (no_request).");
+    if (!rc)
+        rc = lb_metrics_printf(out,
+                               "lbd_admin_connections_closed_total{reason=\"refused\"} %llu\n"
+                               "lbd_admin_connections_closed_total{reason=\"shed\"} %llu\n"
+                               "lbd_admin_connections_closed_total{reason=\"no_request\"} %llu\n",
+                               (unsigned long long)s->conns_refused,
+                               (unsigned long long)s->conns_shed,
+                               (unsigned long long)s->conns_no_request);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_admin_calls_refused_total", "counter",
+                               "Admin API calls ended before their handler: request not "
+                               "received in time (request_timeout) or over the request memory "
+                               "budget (request_budget).");
+    if (!rc)
+        rc = lb_metrics_printf(out,
+                               "lbd_admin_calls_refused_total{reason=\"request_timeout\"} %llu\n"
+                               "lbd_admin_calls_refused_total{reason=\"request_budget\"} %llu\n",
+                               (unsigned long long)s->calls_request_timeout,
+                               (unsigned long long)s->calls_request_budget);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_admin_request_bytes", "gauge",
+                               "Bytes held for admin API requests not yet complete.");
+    if (!rc)
+        rc = lb_metrics_printf(out, "lbd_admin_request_bytes %zu\n", s->request_bytes);
+    return rc;
 }
 
 int lb_admin_server_port(const struct lb_admin_server *s)
@@ -1834,6 +2176,7 @@ void lb_admin_server_free(struct lb_admin_server *s)
         call->server = NULL;
         call->all_prev = call->all_next = NULL;
     }
+    ev_timer_stop(s->loop, &s->note_timer);
     ev_ref(s->loop);
     ev_check_stop(s->loop, &s->reaper);
     ev_idle_stop(s->loop, &s->reap_kick);

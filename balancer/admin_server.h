@@ -29,23 +29,44 @@ struct lb_admin_server;
 struct lb_admin_call;
 
 struct lb_admin_limits {
-    unsigned max_connections;    /* admin connections open at once; more are closed at accept */
-    unsigned max_streams;        /* concurrent calls per connection (SETTINGS) */
-    int64_t idle_timeout_ms;     /* a connection without calls is closed after this */
-    size_t max_message;          /* request and unary response size; RESOURCE_EXHAUSTED above */
-    size_t stream_queue_max;     /* bytes a streaming call may have queued for a slow client */
-    size_t max_header_bytes;     /* request header block per stream */
+    /*
+     * Admin connections open at once, and from one peer address.  When a
+     * cap is reached, the oldest connection that never made an authorized
+     * call is closed to make room; a newcomer is refused only when
+     * connections with such calls hold every slot it could take.
+     */
+    unsigned max_connections;
+    unsigned max_per_peer;
+    unsigned max_streams;         /* concurrent calls per connection (SETTINGS) */
+    int64_t idle_timeout_ms;      /* a connection without calls is closed after this */
+    size_t max_message;           /* request and unary response size; RESOURCE_EXHAUSTED above */
+    size_t stream_queue_max;      /* bytes a streaming call may have queued for a slow client */
+    size_t max_header_bytes;      /* request header block per stream */
     int64_t handshake_timeout_ms; /* TLS: a connection must finish its handshake within this */
+    /* From accept to a first complete request header block, TLS handshake included. */
+    int64_t first_request_timeout_ms;
+    /* From a call's headers to its request's end; then DEADLINE_EXCEEDED and a reset. */
+    int64_t request_timeout_ms;
+    /*
+     * Request bytes (declared message lengths) that unfinished requests may
+     * hold: per connection, for the whole server, and a reserve every
+     * connection has whatever the others hold.  RESOURCE_EXHAUSTED above.
+     */
+    size_t conn_request_budget;
+    size_t server_request_budget;
+    size_t conn_request_reserve;
 };
 
 /*
- * 64 connections, 32 streams, 5 min idle, 4 MiB messages, 1 MiB queue,
- * 16 KiB headers, 10 s TLS handshake.
+ * 64 connections, 16 per peer address, 32 streams, 5 min idle, 4 MiB
+ * messages, 1 MiB queue, 16 KiB headers, 5 s TLS handshake, 5 s to a first
+ * request, 10 s to send a request, request budgets of 4 MiB per
+ * connection and 16 MiB in all with 64 KiB reserved per connection.
  */
 void lb_admin_limits_defaults(struct lb_admin_limits *l);
 
 struct lb_admin_options {
-    const char *listen;        /* "127.0.0.1:9000", "[::1]:9000"; port 0 picks a free port */
+    const char *listen; /* "127.0.0.1:9000", "[::1]:9000"; port 0 picks a free port */
     /*
      * NULL: no token.  Otherwise every call but grpc.health.v1.Health/Check
      * must carry "authorization: Bearer <token>", the token being the
@@ -71,6 +92,16 @@ void lb_admin_server_set_limits(struct lb_admin_server *s, const struct lb_admin
 
 /* The bound port (useful after asking for port 0). */
 int lb_admin_server_port(const struct lb_admin_server *s);
+
+struct lb_buf;
+
+/*
+ * Appends the admin server's families (open connections, connections
+ * refused, shed and closed before a request, calls reset for their request
+ * deadline or budget, request bytes held) to `out`.  Returns 0 or
+ * -E2BIG/-ENOMEM.
+ */
+int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_buf *out);
 
 /*
  * Closes the listener and every connection; calls still in flight are

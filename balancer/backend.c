@@ -1,7 +1,16 @@
+/*
+ * Backend objects: creation with every watcher initialised once, the one
+ * retire that stops them all, and the reference count that frees the
+ * memory after the last session let go.
+ */
 #include "backend.h"
+#include "dns.h"
+#include "drain.h"
 #include "lb_addr.h"
 #include "pool.h"
+#include "registry.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +26,15 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
         return NULL;
     b->refs = 1;
     b->pool = pool;
+    b->loop = pool->registry ? pool->registry->loop : NULL;
     snprintf(b->id, sizeof(b->id), "%s", id);
     b->spec = *spec;
     b->health = LB_HEALTH_UNKNOWN;
-    b->check.fd = -1;
+    b->base_weight = spec->weight;
+    b->snap_index = SIZE_MAX;
+    lb_health_init(b);
+    lb_dns_init(b);
+    lb_drain_init(b);
     if (lb_addr_parse(spec->addr, false, &hp, &why) == 0 && lb_addr_is_numeric(&hp))
         b->resolved = lb_addr_to_sockaddr(&hp, &b->sa, &b->sa_len) == 0;
     return b;
@@ -31,15 +45,41 @@ void lb_backend_ref(struct lb_backend *b)
     b->refs++;
 }
 
+/* Nothing the backend embeds may still be active or pending when it is freed. */
+static void backend_assert_idle(const struct lb_backend *b)
+{
+    assert(b->removed || !b->loop);
+    assert(!ev_is_active(&b->check.timer) && !ev_is_pending(&b->check.timer));
+    assert(!ev_is_active(&b->check.io) && !ev_is_pending(&b->check.io));
+    assert(!ev_is_active(&b->check.eject_timer) && !ev_is_pending(&b->check.eject_timer));
+    assert(!ev_is_active(&b->dns_timer) && !ev_is_pending(&b->dns_timer));
+    assert(!ev_is_active(&b->drain_timer) && !ev_is_pending(&b->drain_timer));
+    assert(b->check.fd < 0 && !b->dns_req && !b->sessions && !b->marked);
+    (void)b;
+}
+
 void lb_backend_unref(struct lb_backend *b)
 {
-    if (--b->refs == 0)
-        free(b);
+    assert(b->refs > 0);
+    if (--b->refs)
+        return;
+    backend_assert_idle(b);
+    free(b);
+}
+
+void lb_backend_retire(struct lb_backend *b)
+{
+    if (b->removed)
+        return;
+    b->removed = true;
+    lb_health_stop(b);
+    lb_drain_stop(b);
+    lb_dns_stop(b);
 }
 
 bool lb_backend_is_candidate(const struct lb_backend *b)
 {
-    return !b->removed && !b->drain && b->resolved && b->base_weight > 0 &&
+    return !b->removed && !b->drain && b->resolved && !b->refused && b->base_weight > 0 &&
            b->health_override != LB_HEALTH_FORCE_DOWN;
 }
 
@@ -54,18 +94,22 @@ bool lb_backend_is_healthy(const struct lb_backend *b)
 
 bool lb_backend_is_eligible(const struct lb_backend *b)
 {
-    return lb_backend_is_candidate(b) && (lb_backend_is_healthy(b) || b->panic_included);
+    const struct lb_snap_entry *e = lb_pool_entry_of(b);
+
+    return e && e->weight > 0;
 }
 
 void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
 {
+    const struct lb_snap_entry *e = lb_pool_entry_of(b);
+
     memset(out, 0, sizeof(*out));
     out->pool = b->pool->name;
     out->id = b->id;
     out->addr = b->spec.addr;
     out->zone = b->spec.zone;
     out->weight = (uint32_t)b->spec.weight;
-    out->effective_weight = lb_backend_is_eligible(b) ? (uint32_t)b->weight : 0;
+    out->effective_weight = e ? e->weight : 0;
     out->has_weight_override = b->has_weight_override;
     out->weight_override = (uint32_t)b->weight_override;
     out->drain = b->drain;

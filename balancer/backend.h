@@ -1,16 +1,25 @@
 /*
  * A backend is one registered address of a pool, as the data plane sees it.
  *
- * Backends are reference-counted: the pool snapshot that lists a backend
- * holds one reference, and every session connected (or connecting) to it
- * holds one.  When etcd deletes the key, the backend is marked removed and
- * dropped from the next snapshot, but lives on until its last session ends
- * (nginx's zombie peers), so an open connection never loses its counters or
- * its address under it.
+ * Lifecycle (one attach, one retire).  lb_backend_new() initialises every
+ * watcher the backend embeds (check timer and socket, ejection timer, DNS
+ * timer, drain deadline) exactly once; afterwards they are only stopped,
+ * re-armed and started, never re-initialised, so an active watcher can
+ * never be corrupted by a second ev_init.  lb_backend_retire() (called by
+ * the pool when etcd deletes the key or the address changes) stops all of
+ * them, and every function that starts one first checks `removed`: nothing
+ * runs on a retired backend.  A debug build asserts, when the memory is
+ * released, that no watcher is still active or pending.
  *
- * The fields under "effective state" are written only when the pool
- * publishes a snapshot; readers (sessions, metrics, the admin API) never
- * compute them.
+ * Backends are reference-counted: the pool's member holds one reference,
+ * each snapshot that lists it one, every session connected (or connecting)
+ * to it one.  A retired backend is dropped from the next snapshot but lives
+ * on until its last session ends (nginx's zombie peers), so an open
+ * connection never loses its counters or its address under it.
+ *
+ * The backend holds what was said about it (registration, health, the
+ * operator's overrides folded by the pool); what follows from it for new
+ * connections (effective weight, eligibility) lives in the pool snapshot.
  */
 #ifndef LB_BACKEND_H
 #define LB_BACKEND_H
@@ -19,6 +28,7 @@
 #include "health.h"
 #include "lb_update.h"
 
+#include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -29,63 +39,76 @@ struct lb_resolve_req;
 struct lb_backend {
     unsigned refs;
     struct lb_pool *pool; /* pools live as long as the process */
+    struct ev_loop *loop; /* the pool's loop; NULL in loop-less tests */
     char id[LB_NAME_MAX];
     struct lb_backend_spec spec; /* as registered in etcd */
     struct sockaddr_storage sa;
     socklen_t sa_len;
     bool resolved; /* sa is valid */
-    bool dns_started;              /* the address is a name, looked up by dns.c */
+    bool refused;  /* sa is one lbd must not route to (its own ports, --backend-networks) */
+    bool removed;  /* retired: gone from etcd; nothing new starts, freed on last release */
+
+    /* DNS, written by dns.c */
+    bool dns_started;               /* the address is a name, looked up by dns.c */
     struct lb_resolve_req *dns_req; /* lookup in flight */
-    ev_timer dns_timer;            /* next lookup */
-    bool removed;  /* gone from etcd: no new connections, freed on last release */
+    ev_timer dns_timer;             /* next lookup */
 
     /* health, written by health.c */
     enum lb_health_state health; /* from active checks */
     bool ejected;                /* passive: too many failed connects */
     struct lb_health_check check;
-    ev_tstamp ramp_start;        /* slow start began (new or back up); 0 = none */
+    ev_tstamp ramp_start; /* slow start began (new or back up); 0 = none */
 
-    /* effective state, recomputed when the pool publishes */
+    /* the operator's intent, folded from the member's overrides by the pool */
     bool drain;
     bool drained_reported; /* LB_EVENT_DRAINED sent for the current drain */
-    int weight;            /* what the algorithm uses, slow start included */
     int base_weight;       /* registered or overridden, before slow start */
-    bool panic_included;   /* down, but included because the pool is in panic */
     enum lb_health_override health_override;
     bool has_weight_override;
     int weight_override;
-    ev_timer drain_timer;  /* drain_timeout: closes what is left */
+    ev_timer drain_timer;        /* drain_timeout: closes what is left */
     struct lb_session *sessions; /* open sessions, for the drain deadline */
+
+    /* publish bookkeeping, owned by pool.c */
+    size_t snap_index;            /* entry in the pool's current snapshot */
+    struct lb_backend *mark_next; /* pool->marked list */
+    bool marked;
 
     /* counters */
     uint64_t active;
     uint64_t total;
     uint64_t connect_failures;
-    uint64_t retries;   /* failed connects here that were retried on another backend */
-    uint64_t bytes_in;  /* client -> backend */
-    uint64_t bytes_out; /* backend -> client */
+    uint64_t retries;         /* failed connects here that were retried on another backend */
+    uint64_t bytes_in;        /* client -> backend */
+    uint64_t bytes_out;       /* backend -> client */
     ev_tstamp fail_logged_at; /* connect failures are logged once a second */
     uint64_t fail_unlogged;
 };
 
 /*
- * Creates a backend with one reference (the caller's).  A numeric address
- * is resolved at once; a DNS name leaves resolved false.  Returns NULL when
- * out of memory.
+ * Creates a backend with one reference (the caller's) and every watcher
+ * initialised, none started.  A numeric address is parsed at once; a DNS
+ * name leaves resolved false.  Returns NULL when out of memory.
  */
 struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
                                   const struct lb_backend_spec *spec);
 void lb_backend_ref(struct lb_backend *b);
+/* Drops a reference; the last one frees b (which must be retired by then). */
 void lb_backend_unref(struct lb_backend *b);
 
-/* True when the backend may receive new connections at all (registered,
- * resolved, not drained, weight > 0, not forced down). */
+/* Stops every watcher and timer b owns and marks it removed; idempotent. */
+void lb_backend_retire(struct lb_backend *b);
+
+/*
+ * True when the backend may receive new connections at all (registered,
+ * resolved, allowed, not drained, weight > 0, not forced down).
+ */
 bool lb_backend_is_candidate(const struct lb_backend *b);
 
 /* True when checks, ejection and the operator's override say it is healthy. */
 bool lb_backend_is_healthy(const struct lb_backend *b);
 
-/* True when it is in the current snapshot's eligible set. */
+/* True when it is eligible in its pool's current snapshot. */
 bool lb_backend_is_eligible(const struct lb_backend *b);
 
 /* Fills an info record for the admin API and metrics (strings point into b). */

@@ -21,13 +21,14 @@ static void dns_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     dns_lookup(b);
 }
 
+/* Re-arms the refresh timer; never on a retired backend. */
 static void dns_schedule(struct lb_backend *b, double after)
 {
-    struct ev_loop *loop = b->pool->registry->loop;
-
-    ev_timer_stop(loop, &b->dns_timer);
+    ev_timer_stop(b->loop, &b->dns_timer);
+    if (b->removed)
+        return;
     ev_timer_set(&b->dns_timer, after, 0.);
-    ev_timer_start(loop, &b->dns_timer);
+    ev_timer_start(b->loop, &b->dns_timer);
 }
 
 static void dns_done_cb(void *ud, int status, const struct sockaddr *sa, socklen_t len,
@@ -38,7 +39,8 @@ static void dns_done_cb(void *ud, int status, const struct sockaddr *sa, socklen
 
     b->dns_req = NULL;
     if (status < 0) {
-        LB_WARN("dns", "msg=\"cannot resolve backend address%s\" pool=%s backend=%s addr=%s "
+        LB_WARN("dns",
+                "msg=\"cannot resolve backend address%s\" pool=%s backend=%s addr=%s "
                 "error=\"%s\"",
                 b->resolved ? ", keeping the last one" : ", backend gets no traffic", b->pool->name,
                 b->id, b->spec.addr, message);
@@ -53,8 +55,8 @@ static void dns_done_cb(void *ud, int status, const struct sockaddr *sa, socklen
     b->resolved = true;
     LB_INFO("dns", "msg=\"backend address resolved\" pool=%s backend=%s name=%s address=%s",
             b->pool->name, b->id, b->spec.addr, lb_addr_format(sa, addr, sizeof(addr)));
-    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_BACKEND_CHANGED,
-                                "address resolved");
+    lb_registry_check_address(b->pool->registry, b);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_BACKEND_CHANGED, "address resolved");
 }
 
 static void dns_lookup(struct lb_backend *b)
@@ -64,7 +66,7 @@ static void dns_lookup(struct lb_backend *b)
     const char *why;
     int rc;
 
-    if (lb_addr_parse(b->spec.addr, false, &hp, &why) < 0)
+    if (b->removed || lb_addr_parse(b->spec.addr, false, &hp, &why) < 0)
         return;
     rc = lb_resolve(r->resolver, hp.host, hp.port, dns_done_cb, b, &b->dns_req);
     if (rc < 0) {
@@ -73,13 +75,17 @@ static void dns_lookup(struct lb_backend *b)
     }
 }
 
+void lb_dns_init(struct lb_backend *b)
+{
+    ev_init(&b->dns_timer, dns_timer_cb);
+}
+
 void lb_dns_start(struct lb_backend *b)
 {
     struct lb_registry *r = b->pool->registry;
 
-    if (b->resolved || !r || !r->resolver || !r->loop)
+    if (b->resolved || b->removed || !r || !r->resolver || !b->loop)
         return;
-    ev_init(&b->dns_timer, dns_timer_cb);
     b->dns_started = true;
     dns_lookup(b);
 }
@@ -92,6 +98,6 @@ void lb_dns_stop(struct lb_backend *b)
         lb_resolve_cancel(b->dns_req);
         b->dns_req = NULL;
     }
-    ev_timer_stop(b->pool->registry->loop, &b->dns_timer);
+    ev_timer_stop(b->loop, &b->dns_timer);
     b->dns_started = false;
 }

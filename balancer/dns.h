@@ -10,6 +10,8 @@
 
 struct lb_backend;
 
+/* Initialises b's refresh timer (none started); from lb_backend_new(). */
+void lb_dns_init(struct lb_backend *b);
 /* Starts resolving b if its address is a name and the registry has a resolver. */
 void lb_dns_start(struct lb_backend *b);
 /* Cancels lookups and timers of b; safe to call twice or for numeric backends. */

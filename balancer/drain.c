@@ -32,7 +32,8 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (w->repeat == 0.) {
         double step = drain_window(b) / (double)b->active;
 
-        LB_INFO("drain", "msg=\"drain timeout passed, closing remaining connections\" pool=%s "
+        LB_INFO("drain",
+                "msg=\"drain timeout passed, closing remaining connections\" pool=%s "
                 "backend=%s connections=%llu window_s=%.1f",
                 b->pool->name, b->id, (unsigned long long)b->active, drain_window(b));
         w->repeat = step > 0.001 ? step : 0.001;
@@ -45,28 +46,29 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         ev_timer_stop(loop, w);
 }
 
-void lb_drain_update(struct lb_backend *b, struct ev_loop *loop)
+void lb_drain_init(struct lb_backend *b)
 {
-    bool want = loop && b->drain && !b->removed && b->pool->policy.drain_timeout_ms > 0;
+    ev_init(&b->drain_timer, drain_timer_cb);
+}
 
-    if (!loop)
+void lb_drain_update(struct lb_backend *b)
+{
+    bool want = b->drain && !b->removed && b->pool->policy.drain_timeout_ms > 0;
+
+    if (!b->loop)
         return;
     if (!want) {
-        if (ev_is_active(&b->drain_timer))
-            ev_timer_stop(loop, &b->drain_timer);
+        ev_timer_stop(b->loop, &b->drain_timer);
         return;
     }
     if (ev_is_active(&b->drain_timer))
         return;
-    ev_timer_init(&b->drain_timer, drain_timer_cb,
-                  (double)b->pool->policy.drain_timeout_ms / 1000., 0.);
-    ev_timer_start(loop, &b->drain_timer);
+    ev_timer_set(&b->drain_timer, (double)b->pool->policy.drain_timeout_ms / 1000., 0.);
+    ev_timer_start(b->loop, &b->drain_timer);
 }
 
 void lb_drain_stop(struct lb_backend *b)
 {
-    struct ev_loop *loop = b->pool->registry ? b->pool->registry->loop : NULL;
-
-    if (loop && ev_is_active(&b->drain_timer))
-        ev_timer_stop(loop, &b->drain_timer);
+    if (b->loop)
+        ev_timer_stop(b->loop, &b->drain_timer);
 }

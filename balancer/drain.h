@@ -13,8 +13,10 @@
 
 struct lb_backend;
 
+/* Initialises b's deadline timer (not started); from lb_backend_new(). */
+void lb_drain_init(struct lb_backend *b);
 /* Starts or stops b's deadline to match its drain state and pool policy. */
-void lb_drain_update(struct lb_backend *b, struct ev_loop *loop);
+void lb_drain_update(struct lb_backend *b);
 /* Stops the deadline (backend removed: its connections are left alone). */
 void lb_drain_stop(struct lb_backend *b);
 

@@ -13,10 +13,15 @@
  * ejection up to 5 min; it comes back when the period ends or at once on a
  * successful active check.
  *
- * Every change of eligibility goes through lb_registry_backend_changed(),
- * which republishes the pool.  The operator's override (FORCE_UP /
- * FORCE_DOWN) is applied later, when the pool folds the state, so it always
- * wins over what the checks say.
+ * Every change goes through lb_registry_backend_changed(), which marks the
+ * backend for the pool's next publish (an O(log n) update, never a
+ * rebuild).  The operator's override (FORCE_UP / FORCE_DOWN) is applied
+ * when the pool folds the state, so it always wins over what the checks
+ * say.
+ *
+ * The watchers live in the backend and are initialised once, by
+ * lb_health_init() from lb_backend_new(); start, restart and the passive
+ * signal only re-arm them, and do nothing on a retired backend.
  */
 #ifndef LB_HEALTH_H
 #define LB_HEALTH_H
@@ -28,15 +33,14 @@
 struct lb_backend;
 
 struct lb_health_check {
-    struct ev_loop *loop; /* NULL when not running */
-    ev_timer timer;       /* next check, then the running check's timeout */
-    ev_io io;             /* the running check's socket */
-    int fd;               /* -1 when no check runs */
+    ev_timer timer; /* next check, then the running check's timeout */
+    ev_io io;       /* the running check's socket */
+    int fd;         /* -1 when no check runs */
     size_t sent;
     size_t got;
-    char reply[64];       /* the start of the status line */
-    int successes;        /* consecutive */
-    int failures;         /* consecutive */
+    char reply[64]; /* the start of the status line */
+    int successes;  /* consecutive */
+    int failures;   /* consecutive */
 
     /* passive ejection */
     ev_timer eject_timer;
@@ -44,14 +48,19 @@ struct lb_health_check {
     unsigned ejections;   /* times ejected; sets the next period */
 };
 
-/* Starts checking b according to its pool's policy (no-op for "none"). */
-void lb_health_start(struct lb_backend *b, struct ev_loop *loop);
-/* Stops checks and ejection timers; safe to call twice. */
+/* Initialises the watchers of a new backend (none started). */
+void lb_health_init(struct lb_backend *b);
+/* Starts checking b according to its pool's policy (no-op for "none" or retired). */
+void lb_health_start(struct lb_backend *b);
+/* Stops checks and the ejection timer; safe to call twice. */
 void lb_health_stop(struct lb_backend *b);
-/* Restarts checks after a policy change. */
-void lb_health_restart(struct lb_backend *b, struct ev_loop *loop);
+/*
+ * Restarts checks after a policy change: the running check is abandoned
+ * and counting starts over; an ejection in progress keeps its timer.
+ */
+void lb_health_restart(struct lb_backend *b);
 
-/* Passive signal from a client connection's connect attempt. */
-void lb_health_connect_result(struct lb_backend *b, struct ev_loop *loop, bool ok);
+/* Passive signal from a client connection's connect attempt (ignored once retired). */
+void lb_health_connect_result(struct lb_backend *b, bool ok);
 
 #endif

@@ -5,7 +5,10 @@
  * choice_count 2).  It follows load like leastconn without scanning the
  * whole pool, so it stays O(log n) for pools of 10,000 backends.
  *
- * init() builds the prefix sums of the weights; a draw is a binary search.
+ * The weights live in a Fenwick tree over the snapshot's entries: a draw
+ * descends it in O(log n), and a weight change (health, drain, slow start)
+ * updates it in O(log n); an entry of weight 0 has no mass and is never
+ * drawn.
  * The random generator is xorshift64*, seeded per snapshot: good enough for
  * spreading load, no system call and no lock on the pick path.
  */
@@ -19,7 +22,9 @@
 struct p2c_state {
     uint64_t rng;
     uint64_t total;
-    uint64_t prefix[]; /* prefix[i] = sum of weights of eligible[0..i] */
+    size_t n;
+    size_t top;      /* highest power of two <= n */
+    uint64_t tree[]; /* Fenwick tree, 1-based: tree[1..n] */
 };
 
 static uint64_t next_random(struct p2c_state *st)
@@ -33,9 +38,31 @@ static uint64_t next_random(struct p2c_state *st)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-static int p2c_init(struct lb_snapshot *snap, const struct lb_snapshot *prev)
+/* Adds delta (two's complement for a decrease) to entry i's weight. */
+static void tree_add(struct p2c_state *st, size_t i, uint64_t delta)
 {
-    struct p2c_state *st = calloc(1, sizeof(*st) + (snap->n_eligible + 1) * sizeof(uint64_t));
+    for (size_t k = i + 1; k <= st->n; k += k & (~k + 1))
+        st->tree[k] += delta;
+}
+
+/* The entry owning point r in [0, total): the first whose prefix sum exceeds r. */
+static size_t tree_find(const struct p2c_state *st, uint64_t r)
+{
+    size_t pos = 0;
+
+    for (size_t step = st->top; step; step >>= 1) {
+        if (pos + step <= st->n && st->tree[pos + step] <= r) {
+            pos += step;
+            r -= st->tree[pos];
+        }
+    }
+    return pos; /* 0-based entry index */
+}
+
+static int p2c_init(const struct lb_snapshot *snap, const struct lb_snapshot *prev, void **out)
+{
+    size_t n = snap->n_entries;
+    struct p2c_state *st = calloc(1, sizeof(*st) + (n + 1) * sizeof(uint64_t));
     struct timespec ts;
 
     if (!st)
@@ -46,48 +73,49 @@ static int p2c_init(struct lb_snapshot *snap, const struct lb_snapshot *prev)
         st->rng ^= ((const struct p2c_state *)prev->algo_state)->rng;
     if (!st->rng)
         st->rng = 0x9E3779B97F4A7C15ULL;
-    for (size_t i = 0; i < snap->n_eligible; i++) {
-        st->total += (uint64_t)snap->eligible[i]->weight;
-        st->prefix[i] = st->total;
+    st->n = n;
+    for (st->top = 1; st->top * 2 <= n; st->top *= 2)
+        ;
+    /* Linear-time build: each node passes its sum to its parent. */
+    for (size_t k = 1; k <= n; k++) {
+        size_t parent = k + (k & (~k + 1));
+
+        st->tree[k] += snap->entries[k - 1].weight;
+        st->total += snap->entries[k - 1].weight;
+        if (parent <= n)
+            st->tree[parent] += st->tree[k];
     }
-    snap->algo_state = st;
+    *out = st;
     return 0;
 }
 
-/* Index of the backend owning point r in [0, total). */
-static size_t draw(const struct lb_snapshot *snap, const struct p2c_state *st, uint64_t r)
+static void p2c_set_weight(struct lb_snapshot *snap, size_t i, uint32_t old_weight)
 {
-    size_t lo = 0, hi = snap->n_eligible - 1;
+    struct p2c_state *st = snap->algo_state;
+    uint64_t delta = (uint64_t)snap->entries[i].weight - (uint64_t)old_weight;
 
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-
-        if (st->prefix[mid] > r)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
+    tree_add(st, i, delta);
+    st->total += delta;
 }
 
 /* a beats b when a.active/a.weight < b.active/b.weight; a tie keeps a. */
-static bool not_busier(const struct lb_backend *a, const struct lb_backend *b)
+static bool not_busier(const struct lb_snap_entry *a, const struct lb_snap_entry *b)
 {
-    return a->active * (uint64_t)b->weight <= b->active * (uint64_t)a->weight;
+    return a->backend->active * (uint64_t)b->weight <= b->backend->active * (uint64_t)a->weight;
 }
 
 static struct lb_backend *p2c_pick(struct lb_snapshot *snap, const struct lb_pick *p)
 {
     struct p2c_state *st = snap->algo_state;
-    struct lb_backend *a = NULL, *b = NULL;
+    const struct lb_snap_entry *a = NULL, *b = NULL;
 
     if (snap->n_eligible == 0 || st->total == 0)
         return NULL;
     /* A few draws find untried backends; after that, scan (retries only). */
     for (int i = 0; i < 8 && !b; i++) {
-        struct lb_backend *c = snap->eligible[draw(snap, st, next_random(st) % st->total)];
+        const struct lb_snap_entry *c = &snap->entries[tree_find(st, next_random(st) % st->total)];
 
-        if (lb_pick_filters(p) && lb_pick_skips(p, c))
+        if (lb_pick_filters(p) && lb_pick_skips(p, c->backend))
             continue;
         if (!a)
             a = c;
@@ -95,25 +123,28 @@ static struct lb_backend *p2c_pick(struct lb_snapshot *snap, const struct lb_pic
             b = c;
     }
     if (!a) {
-        for (size_t i = 0; i < snap->n_eligible && !a; i++)
-            if (!lb_pick_skips(p, snap->eligible[i]))
-                a = snap->eligible[i];
-        return a;
+        for (size_t i = 0; i < snap->n_eligible && !a; i++) {
+            const struct lb_snap_entry *c = &snap->entries[snap->eligible[i]];
+
+            if (!lb_pick_skips(p, c->backend))
+                a = c;
+        }
+        return a ? a->backend : NULL;
     }
     if (!b)
-        return a;
-    return not_busier(a, b) ? a : b;
+        return a->backend;
+    return not_busier(a, b) ? a->backend : b->backend;
 }
 
-static void p2c_destroy(struct lb_snapshot *snap)
+static void p2c_destroy(void *state)
 {
-    free(snap->algo_state);
-    snap->algo_state = NULL;
+    free(state);
 }
 
 const struct lb_algo_ops lb_algo_p2c = {
     .name = "p2c",
     .init = p2c_init,
+    .set_weight = p2c_set_weight,
     .pick = p2c_pick,
     .destroy = p2c_destroy,
 };

@@ -16,11 +16,16 @@
  * smoothness are those of nginx's algorithm; only the order within a tie
  * differs.
  *
+ * The mode is chosen by the snapshot's size (its entries, eligible or not),
+ * so a health flip never switches modes.  A backend whose weight changes
+ * keeps its virtual time (its pick count is rescaled to the new weight and
+ * it moves in the heap, O(log n)); one that leaves the eligible set leaves
+ * the heap; one that joins it starts at the current virtual time, so it
+ * takes its share from now on without a catch-up burst.
+ *
  * In both modes the position of backends that stay in the pool is carried
- * over to the next snapshot, so a drain or a new backend does not restart
- * the cycle and cause a burst towards the first backends; a backend new to
- * the heap starts at the current virtual time, so it takes its share from
- * now on without a catch-up burst.
+ * over to the next snapshot, so a membership change does not restart the
+ * cycle and cause a burst towards the first backends.
  */
 #include "algo.h"
 #include "pool.h"
@@ -30,15 +35,17 @@
 #include <string.h>
 
 #define WRR_SCAN_MAX 64
+#define NOT_IN_HEAP  UINT32_MAX
 
 struct wrr_state {
-    size_t n;
+    size_t n;      /* entries */
+    size_t heap_n; /* heap mode: eligible entries in the heap */
     bool heap_mode;
-    int64_t *current; /* scan mode: per eligible backend, same order */
+    int64_t *current; /* scan mode: per entry */
     uint64_t *picks;  /* heap mode: picks so far, in units of this weight */
     uint64_t *weight; /* heap mode: the weight picks[] is counted against */
-    uint32_t *heap;   /* heap mode: eligible indices, min-heap on due time, then index */
-    uint32_t *pos;    /* heap mode: position of each index in heap */
+    uint32_t *heap;   /* heap mode: entry indices, min-heap on due time, then index */
+    uint32_t *pos;    /* heap mode: position of each entry in heap, or NOT_IN_HEAP */
     uint64_t data[];  /* storage for the arrays above */
 };
 
@@ -67,9 +74,9 @@ static void heap_down(struct wrr_state *st, size_t i)
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
 
-        if (l < st->n && heap_less(st, st->heap[l], st->heap[m]))
+        if (l < st->heap_n && heap_less(st, st->heap[l], st->heap[m]))
             m = l;
-        if (r < st->n && heap_less(st, st->heap[r], st->heap[m]))
+        if (r < st->heap_n && heap_less(st, st->heap[r], st->heap[m]))
             m = r;
         if (m == i)
             return;
@@ -78,46 +85,86 @@ static void heap_down(struct wrr_state *st, size_t i)
     }
 }
 
-static void heap_build(struct wrr_state *st)
+static void heap_up(struct wrr_state *st, size_t i)
 {
-    for (size_t i = 0; i < st->n; i++) {
-        st->heap[i] = (uint32_t)i;
-        st->pos[i] = (uint32_t)i;
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+
+        if (!heap_less(st, st->heap[i], st->heap[parent]))
+            return;
+        heap_swap(st, i, parent);
+        i = parent;
     }
-    for (size_t i = st->n / 2; i-- > 0;)
-        heap_down(st, i);
+}
+
+/* The entry at heap position i changed its due time: restore the heap. */
+static void heap_fix(struct wrr_state *st, size_t i)
+{
+    uint32_t e = st->heap[i];
+
+    heap_up(st, i);
+    heap_down(st, st->pos[e]);
+}
+
+static void heap_insert(struct wrr_state *st, uint32_t e)
+{
+    st->heap[st->heap_n] = e;
+    st->pos[e] = (uint32_t)st->heap_n;
+    st->heap_n++;
+    heap_up(st, st->heap_n - 1);
+}
+
+static void heap_remove(struct wrr_state *st, uint32_t e)
+{
+    size_t i = st->pos[e], last = st->heap_n - 1;
+
+    if (i != last) {
+        heap_swap(st, i, last);
+        st->heap_n--;
+        st->pos[e] = NOT_IN_HEAP;
+        heap_fix(st, i);
+    } else {
+        st->heap_n--;
+        st->pos[e] = NOT_IN_HEAP;
+    }
+}
+
+/* Virtual time now, as a fraction: the due time of the backend at the top. */
+static void heap_now(const struct wrr_state *st, uint64_t *num, uint64_t *den)
+{
+    *num = 0;
+    *den = 1;
+    if (st->heap_n) {
+        *num = st->picks[st->heap[0]];
+        *den = st->weight[st->heap[0]];
+    }
 }
 
 /* ------------------------------------------------------------- init -- */
 
-/* Runs body with i, j set for each backend present (same object) in both sorted arrays. */
-#define WRR_FOR_EACH_KEPT(snap, prev, i, j, body)                                              \
-    do {                                                                                       \
-        size_t i = 0, j = 0;                                                                   \
-        while (i < (snap)->n_eligible && j < (prev)->n_eligible) {                             \
-            int cmp_ = strcmp((snap)->eligible[i]->id, (prev)->eligible[j]->id);               \
-            if (cmp_ == 0) {                                                                   \
-                if ((snap)->eligible[i] == (prev)->eligible[j]) {                              \
-                    body;                                                                      \
-                }                                                                              \
-                i++;                                                                           \
-                j++;                                                                           \
-            } else if (cmp_ < 0) {                                                             \
-                i++;                                                                           \
-            } else {                                                                           \
-                j++;                                                                           \
-            }                                                                                  \
-        }                                                                                      \
+/* Runs body with i, j set for each backend present (same object) in both sorted snapshots. */
+#define WRR_FOR_EACH_KEPT(snap, prev, i, j, body)                                                  \
+    do {                                                                                           \
+        size_t i = 0, j = 0;                                                                       \
+        while (i < (snap)->n_entries && j < (prev)->n_entries) {                                   \
+            int cmp_ = strcmp((snap)->entries[i].backend->id, (prev)->entries[j].backend->id);     \
+            if (cmp_ == 0) {                                                                       \
+                if ((snap)->entries[i].backend == (prev)->entries[j].backend) {                    \
+                    body;                                                                          \
+                }                                                                                  \
+                i++;                                                                               \
+                j++;                                                                               \
+            } else if (cmp_ < 0) {                                                                 \
+                i++;                                                                               \
+            } else {                                                                               \
+                j++;                                                                               \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
-static uint64_t weight_of(const struct lb_backend *b)
+static int wrr_init(const struct lb_snapshot *snap, const struct lb_snapshot *prev, void **out)
 {
-    return b->weight > 0 ? (uint64_t)b->weight : 1;
-}
-
-static int wrr_init(struct lb_snapshot *snap, const struct lb_snapshot *prev)
-{
-    size_t n = snap->n_eligible;
+    size_t n = snap->n_entries;
     bool heap_mode = n > WRR_SCAN_MAX;
     size_t words = heap_mode ? 3 * n : n; /* picks[], weight[], heap[] + pos[] */
     struct wrr_state *st = calloc(1, sizeof(*st) + (words + 1) * sizeof(uint64_t));
@@ -133,39 +180,71 @@ static int wrr_init(struct lb_snapshot *snap, const struct lb_snapshot *prev)
         st->current = (int64_t *)st->data;
         if (old && !old->heap_mode)
             WRR_FOR_EACH_KEPT(snap, prev, i, j, st->current[i] = old->current[j]);
+        for (size_t i = 0; i < n; i++)
+            if (!snap->entries[i].weight)
+                st->current[i] = 0;
     } else {
-        /* Virtual time now: the due time of the backend at the top of the old heap. */
         uint64_t vt_num = 0, vt_den = 1;
-        bool *kept = calloc(n, sizeof(*kept));
 
-        if (!kept) {
-            free(st);
-            return -ENOMEM;
-        }
-        if (old && old->heap_mode && old->n) {
-            vt_num = old->picks[old->heap[0]];
-            vt_den = old->weight[old->heap[0]];
-        }
         st->picks = st->data;
         st->weight = st->data + n;
         st->heap = (uint32_t *)(st->data + 2 * n);
         st->pos = st->heap + n;
-        for (size_t i = 0; i < n; i++)
-            st->weight[i] = weight_of(snap->eligible[i]);
+        if (old && old->heap_mode)
+            heap_now(old, &vt_num, &vt_den);
+        for (size_t i = 0; i < n; i++) {
+            st->weight[i] = snap->entries[i].weight ? snap->entries[i].weight : 1;
+            st->picks[i] = UINT64_MAX; /* not carried over yet */
+            st->pos[i] = NOT_IN_HEAP;
+        }
         if (old && old->heap_mode)
             WRR_FOR_EACH_KEPT(snap, prev, i, j, {
                 /* same virtual time, counted against the (maybe new) weight */
-                st->picks[i] = old->picks[j] * st->weight[i] / old->weight[j];
-                kept[i] = true;
+                if (old->pos[j] != NOT_IN_HEAP)
+                    st->picks[i] = old->picks[j] * st->weight[i] / old->weight[j];
             });
-        for (size_t i = 0; i < n; i++)
-            if (!kept[i])
+        for (size_t i = 0; i < n; i++) {
+            if (st->picks[i] == UINT64_MAX)
                 st->picks[i] = vt_num * st->weight[i] / vt_den;
-        free(kept);
-        heap_build(st);
+            if (snap->entries[i].weight) {
+                st->heap[st->heap_n] = (uint32_t)i;
+                st->pos[i] = (uint32_t)st->heap_n++;
+            }
+        }
+        for (size_t i = st->heap_n / 2; i-- > 0;)
+            heap_down(st, i);
     }
-    snap->algo_state = st;
+    *out = st;
     return 0;
+}
+
+static void wrr_set_weight(struct lb_snapshot *snap, size_t i, uint32_t old_weight)
+{
+    struct wrr_state *st = snap->algo_state;
+    uint32_t w = snap->entries[i].weight;
+
+    if (!st->heap_mode) {
+        if (!w)
+            st->current[i] = 0;
+        return;
+    }
+    if (!w) {
+        if (st->pos[i] != NOT_IN_HEAP)
+            heap_remove(st, (uint32_t)i);
+        return;
+    }
+    if (st->pos[i] == NOT_IN_HEAP) {
+        uint64_t vt_num, vt_den;
+
+        heap_now(st, &vt_num, &vt_den);
+        st->weight[i] = w;
+        st->picks[i] = vt_num * w / vt_den;
+        heap_insert(st, (uint32_t)i);
+        return;
+    }
+    st->picks[i] = st->picks[i] * w / st->weight[i];
+    st->weight[i] = w;
+    heap_fix(st, st->pos[i]);
 }
 
 /* ------------------------------------------------------------- pick -- */
@@ -176,20 +255,20 @@ static struct lb_backend *scan_pick(struct lb_snapshot *snap, struct wrr_state *
     int64_t total = 0;
     size_t best = SIZE_MAX;
 
-    for (size_t i = 0; i < snap->n_eligible; i++) {
-        struct lb_backend *b = snap->eligible[i];
+    for (size_t i = 0; i < snap->n_entries; i++) {
+        const struct lb_snap_entry *e = &snap->entries[i];
 
-        if (lb_pick_filters(p) && lb_pick_skips(p, b))
+        if (!e->weight || (lb_pick_filters(p) && lb_pick_skips(p, e->backend)))
             continue;
-        st->current[i] += b->weight;
-        total += b->weight;
+        st->current[i] += e->weight;
+        total += e->weight;
         if (best == SIZE_MAX || st->current[i] > st->current[best])
             best = i;
     }
     if (best == SIZE_MAX)
         return NULL;
     st->current[best] -= total;
-    return snap->eligible[best];
+    return snap->entries[best].backend;
 }
 
 static struct lb_backend *heap_pick(struct lb_snapshot *snap, struct wrr_state *st,
@@ -197,15 +276,17 @@ static struct lb_backend *heap_pick(struct lb_snapshot *snap, struct wrr_state *
 {
     uint32_t best;
 
-    if (st->n == 0)
+    if (st->heap_n == 0)
         return NULL;
     best = st->heap[0];
-    if (lb_pick_filters(p) && lb_pick_skips(p, snap->eligible[best])) {
+    if (lb_pick_filters(p) && lb_pick_skips(p, snap->entries[best].backend)) {
         /* A retry or a full backend: the earliest due among the others (a scan). */
         bool found = false;
 
-        for (uint32_t i = 0; i < st->n; i++) {
-            if (lb_pick_skips(p, snap->eligible[i]))
+        for (size_t k = 0; k < st->heap_n; k++) {
+            uint32_t i = st->heap[k];
+
+            if (lb_pick_skips(p, snap->entries[i].backend))
                 continue;
             if (!found || heap_less(st, i, best)) {
                 best = i;
@@ -217,7 +298,7 @@ static struct lb_backend *heap_pick(struct lb_snapshot *snap, struct wrr_state *
     }
     st->picks[best]++;
     heap_down(st, st->pos[best]);
-    return snap->eligible[best];
+    return snap->entries[best].backend;
 }
 
 static struct lb_backend *wrr_pick(struct lb_snapshot *snap, const struct lb_pick *p)
@@ -227,15 +308,15 @@ static struct lb_backend *wrr_pick(struct lb_snapshot *snap, const struct lb_pic
     return st->heap_mode ? heap_pick(snap, st, p) : scan_pick(snap, st, p);
 }
 
-static void wrr_destroy(struct lb_snapshot *snap)
+static void wrr_destroy(void *state)
 {
-    free(snap->algo_state);
-    snap->algo_state = NULL;
+    free(state);
 }
 
 const struct lb_algo_ops lb_algo_wrr = {
     .name = "wrr",
     .init = wrr_init,
+    .set_weight = wrr_set_weight,
     .pick = wrr_pick,
     .destroy = wrr_destroy,
 };

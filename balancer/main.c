@@ -12,6 +12,7 @@
  * connections finish for --shutdown-grace before closing them; lbd then
  * exits 0.  A second SIGTERM/SIGINT closes them at once.
  */
+#include "addr_policy.h"
 #include "admin_server.h"
 #include "http_endpoint.h"
 #include "lb_addr.h"
@@ -33,7 +34,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#define FDS_RESERVED 128 /* etcd, admin, http, logs, slack */
+#define FDS_RESERVED 256 /* etcd, admin (64), http (96 at most), checks, logs, slack */
 
 struct lbd_settings {
     char *etcd;
@@ -52,6 +53,7 @@ struct lbd_settings {
     char *etcd_cert;
     char *etcd_key;
     char *etcd_user_file;
+    char *backend_networks;
     int64_t etcd_backoff_initial_ms;
     int64_t etcd_backoff_max_ms;
     int64_t etcd_stall_timeout_ms;
@@ -73,7 +75,8 @@ static const struct lb_setting lbd_table[] = {
     {"etcd-key", 0, "LBD_ETCD_KEY", LB_SETTING_STRING, S(etcd_key), 0, 0, NULL, NULL, "FILE",
      "private key (PEM) of --etcd-cert"},
     {"etcd-user-file", 0, "LBD_ETCD_USER_FILE", LB_SETTING_STRING, S(etcd_user_file), 0, 0, NULL,
-     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
+     NULL, "FILE",
+     "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
     {"etcd-backoff-initial", 0, "LBD_ETCD_BACKOFF_INITIAL", LB_SETTING_DURATION,
      S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
      "first delay before retrying etcd; it doubles per failure, with jitter"},
@@ -84,6 +87,10 @@ static const struct lb_setting lbd_table[] = {
     {"etcd-stall-timeout", 0, "LBD_ETCD_STALL_TIMEOUT", LB_SETTING_DURATION,
      S(etcd_stall_timeout_ms), 1000, 24LL * 3600 * 1000, "25m", NULL, "DURATION",
      "a watch silent this long is made again (about twice etcd's progress-notify interval)"},
+    {"backend-networks", 0, "LBD_BACKEND_NETWORKS", LB_SETTING_STRING, S(backend_networks), 0, 0,
+     "any", NULL, "CIDR[,CIDR...]",
+     "networks registered backends may point into (e.g. 10.0.0.0/8,fd00::/8); others are "
+     "refused and logged. lbd never routes to its own listeners, whatever this says"},
     {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL, "NAME=ADDR:PORT",
      "serve pool NAME on a listener at ADDR:PORT"},
     {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
@@ -94,10 +101,10 @@ static const struct lb_setting lbd_table[] = {
      "the file's first line"},
     {"admin-tls-cert", 0, "LBD_ADMIN_TLS_CERT", LB_SETTING_STRING, S(admin_tls_cert), 0, 0, NULL,
      NULL, "FILE", "serve the admin API over TLS with this PEM certificate chain"},
-    {"admin-tls-key", 0, "LBD_ADMIN_TLS_KEY", LB_SETTING_STRING, S(admin_tls_key), 0, 0, NULL,
-     NULL, "FILE", "PEM private key of --admin-tls-cert"},
-    {"http", 0, "LBD_HTTP", LB_SETTING_STRING, S(http), 0, 300, "127.0.0.1:9100", NULL,
-     "ADDR:PORT", "HTTP port for /healthz, /readyz and /metrics"},
+    {"admin-tls-key", 0, "LBD_ADMIN_TLS_KEY", LB_SETTING_STRING, S(admin_tls_key), 0, 0, NULL, NULL,
+     "FILE", "PEM private key of --admin-tls-cert"},
+    {"http", 0, "LBD_HTTP", LB_SETTING_STRING, S(http), 0, 300, "127.0.0.1:9100", NULL, "ADDR:PORT",
+     "HTTP port for /healthz, /readyz and /metrics"},
     {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
      24LL * 3600 * 1000, "30s", NULL, "DURATION",
      "on SIGTERM, how long open connections may finish"},
@@ -122,6 +129,7 @@ struct lbd {
     struct lb_admin_server *admin;
     struct lb_http *http;
     struct lb_resolver *resolver;
+    struct lb_addr_policy addr_policy;
     struct lb_update_sink registry_sink;
     ev_signal sigterm, sigint, sighup;
     ev_timer grace;
@@ -133,13 +141,12 @@ struct lbd {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: lbd --etcd URL[,URL...] --pool NAME=ADDR:PORT [--pool ...] [options]\n"
-            "\n"
-            "TCP load balancer: serves each pool on its listener and spreads new connections\n"
-            "over the backends registered in etcd under <prefix>pools/NAME/backends/.\n"
-            "\n"
-            "options:\n");
+    fprintf(f, "usage: lbd --etcd URL[,URL...] --pool NAME=ADDR:PORT [--pool ...] [options]\n"
+               "\n"
+               "TCP load balancer: serves each pool on its listener and spreads new connections\n"
+               "over the backends registered in etcd under <prefix>pools/NAME/backends/.\n"
+               "\n"
+               "options:\n");
     lb_settings_print_help(f, lbd_table, LB_ARRAY_SIZE(lbd_table));
     fprintf(f, "\nexample:\n"
                "  lbd --etcd http://127.0.0.1:2379 --pool web=0.0.0.0:8080 \\\n"
@@ -217,8 +224,9 @@ static int check_fd_limit(int64_t *max_conns)
         rlim_t limit = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
 
         if (limit < FDS_RESERVED + 2) {
-            fprintf(stderr, "lbd: the open-files hard limit (%llu) is too low to serve anything; "
-                            "raise it (ulimit -Hn, LimitNOFILE=)\n",
+            fprintf(stderr,
+                    "lbd: the open-files hard limit (%llu) is too low to serve anything; "
+                    "raise it (ulimit -Hn, LimitNOFILE=)\n",
                     (unsigned long long)limit);
             return -EMFILE;
         }
@@ -275,6 +283,8 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
 
     if (!rc)
         rc = lb_watcher_render_metrics(d->watcher, out);
+    if (!rc && d->admin)
+        rc = lb_admin_server_render_metrics(d->admin, out);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_ready", "gauge", "1 when /readyz answers 200.");
     if (!rc)
@@ -329,13 +339,16 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
                                          : lb_container_of(w, struct lbd, sigint);
 
     if (d->stopping) {
-        LB_WARN("lbd", "msg=\"second stop signal, closing remaining connections now\" "
-                "active=%llu", (unsigned long long)d->proxy.active);
+        LB_WARN("lbd",
+                "msg=\"second stop signal, closing remaining connections now\" "
+                "active=%llu",
+                (unsigned long long)d->proxy.active);
         lb_proxy_close_all(&d->proxy);
         return;
     }
     d->stopping = true;
-    LB_INFO("lbd", "msg=\"stop signal, no longer accepting; open connections may finish\" "
+    LB_INFO("lbd",
+            "msg=\"stop signal, no longer accepting; open connections may finish\" "
             "signal=%s active=%llu grace_ms=%lld",
             w->signum == SIGTERM ? "SIGTERM" : "SIGINT", (unsigned long long)d->proxy.active,
             (long long)d->settings.shutdown_grace_ms);
@@ -361,6 +374,30 @@ static int lbd_admin_start(struct lbd *d, char **err)
     };
 
     return lb_admin_server_new(d->loop, &opts, &d->registry, &d->admin, err);
+}
+
+/*
+ * Adds the listener at `text` ("ADDR:PORT"; `port` overrides a port 0) to
+ * the addresses backends may not point at.
+ */
+static void lbd_refuse_own(struct lbd *d, const char *text, int port)
+{
+    struct lb_hostport hp;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *why;
+
+    if (!text || lb_addr_parse(text, true, &hp, &why) < 0 || !lb_addr_is_numeric(&hp))
+        return;
+    if (port > 0)
+        hp.port = (uint16_t)port;
+    if (hp.port == 0 || lb_addr_to_sockaddr(&hp, &ss, &len) < 0)
+        return;
+    if (lb_addr_policy_add_own(&d->addr_policy, (struct sockaddr *)&ss) < 0)
+        LB_WARN("lbd",
+                "msg=\"too many listeners to guard against backends pointing at them\" "
+                "addr=%s",
+                text);
 }
 
 static int lbd_start(struct lbd *d)
@@ -394,8 +431,8 @@ static int lbd_start(struct lbd *d)
     rc = lb_registry_init(&d->registry, d->loop, d->n_pools, (const char *const *)d->pool_names,
                           (const char *const *)d->pool_listens);
     if (rc < 0) {
-        fprintf(stderr, "lbd: %s\n", rc == -EINVAL ? "the same pool name is given twice"
-                                                    : "out of memory");
+        fprintf(stderr, "lbd: %s\n",
+                rc == -EINVAL ? "the same pool name is given twice" : "out of memory");
         goto out;
     }
     rc = lb_resolver_new(d->loop, &d->resolver);
@@ -407,6 +444,9 @@ static int lbd_start(struct lbd *d)
     rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns, &err);
     if (rc < 0)
         goto fail;
+    for (size_t i = 0; i < d->n_pools; i++)
+        lbd_refuse_own(d, d->pool_listens[i], 0);
+    d->registry.addr_policy = &d->addr_policy;
 
     wc.endpoints = endpoints;
     wc.n_endpoints = n_endpoints;
@@ -438,6 +478,8 @@ static int lbd_start(struct lbd *d)
     rc = lbd_admin_start(d, &err);
     if (rc < 0)
         goto fail;
+    lbd_refuse_own(d, d->settings.http, 0);
+    lbd_refuse_own(d, d->settings.admin, lb_admin_server_port(d->admin));
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
@@ -469,6 +511,7 @@ static void lbd_cleanup(struct lbd *d)
         lb_proxy_destroy(&d->proxy);
     lb_registry_destroy(&d->registry);
     lb_resolver_free(d->resolver); /* after the registry: it cancels its lookups first */
+    lb_addr_policy_free(&d->addr_policy);
     for (size_t i = 0; i < d->n_pools; i++) {
         free(d->pool_names[i]);
         free(d->pool_listens[i]);
@@ -511,6 +554,12 @@ int main(int argc, char **argv)
     lb_log_level_parse(d.settings.log_level, &level);
     lb_log_set_level(level);
     if (parse_pools(&d) < 0) {
+        exit_code = 2;
+        goto out;
+    }
+    if (lb_addr_policy_set_networks(&d.addr_policy, d.settings.backend_networks, &err) < 0) {
+        fprintf(stderr, "lbd: %s\n", err);
+        free(err);
         exit_code = 2;
         goto out;
     }

@@ -8,7 +8,15 @@
 #include <string.h>
 
 enum backend_field {
-    F_ACTIVE, F_TOTAL, F_FAILURES, F_RETRIES, F_BYTES_IN, F_BYTES_OUT, F_WEIGHT, F_EFFECTIVE, F_DRAIN,
+    F_ACTIVE,
+    F_TOTAL,
+    F_FAILURES,
+    F_RETRIES,
+    F_BYTES_IN,
+    F_BYTES_OUT,
+    F_WEIGHT,
+    F_EFFECTIVE,
+    F_DRAIN,
     F_HEALTHY,
 };
 
@@ -23,7 +31,8 @@ static const struct {
                     "Connect attempts to the backend that failed or timed out."},
     [F_RETRIES] = {"lbd_backend_retries_total", "counter",
                    "Failed connects to the backend that were retried on another backend."},
-    [F_BYTES_IN] = {"lbd_backend_bytes_in_total", "counter", "Bytes sent from clients to the backend."},
+    [F_BYTES_IN] = {"lbd_backend_bytes_in_total", "counter",
+                    "Bytes sent from clients to the backend."},
     [F_BYTES_OUT] = {"lbd_backend_bytes_out_total", "counter",
                      "Bytes sent from the backend to clients."},
     [F_WEIGHT] = {"lbd_backend_weight", "gauge", "Registered weight."},
@@ -37,15 +46,24 @@ static const struct {
 static uint64_t backend_value(const struct lb_backend_info *b, enum backend_field f, int64_t *sv)
 {
     switch (f) {
-    case F_ACTIVE: return b->active;
-    case F_TOTAL: return b->total;
-    case F_FAILURES: return b->connect_failures;
-    case F_RETRIES: return b->retries;
-    case F_BYTES_IN: return b->bytes_in;
-    case F_BYTES_OUT: return b->bytes_out;
-    case F_WEIGHT: return b->weight;
-    case F_EFFECTIVE: return b->effective_weight;
-    case F_DRAIN: return b->drain;
+    case F_ACTIVE:
+        return b->active;
+    case F_TOTAL:
+        return b->total;
+    case F_FAILURES:
+        return b->connect_failures;
+    case F_RETRIES:
+        return b->retries;
+    case F_BYTES_IN:
+        return b->bytes_in;
+    case F_BYTES_OUT:
+        return b->bytes_out;
+    case F_WEIGHT:
+        return b->weight;
+    case F_EFFECTIVE:
+        return b->effective_weight;
+    case F_DRAIN:
+        return b->drain;
     case F_HEALTHY:
         if (b->health_override == LB_HEALTH_FORCE_UP)
             *sv = 1;
@@ -166,20 +184,20 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
 {
     int rc = render_backends(out, r);
 
-#define POOL_FAMILY(fam, type, help, expr)                                                     \
-    do {                                                                                         \
-        if (!rc)                                                                                 \
-            rc = lb_metrics_family(out, fam, type, help);                                       \
-        for (size_t i = 0; i < r->n_pools && !rc; i++) {                                         \
-            const struct lb_pool *p = &r->pools[i];                                              \
-            char pn[LB_NAME_MAX * 2];                                                            \
-            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %llu\n", fam,                          \
-                                   lb_metrics_escape(p->name, pn, sizeof(pn)),                   \
-                                   (unsigned long long)(expr));                                  \
-        }                                                                                        \
+#define POOL_FAMILY(fam, type, help, expr)                                                         \
+    do {                                                                                           \
+        if (!rc)                                                                                   \
+            rc = lb_metrics_family(out, fam, type, help);                                          \
+        for (size_t i = 0; i < r->n_pools && !rc; i++) {                                           \
+            const struct lb_pool *p = &r->pools[i];                                                \
+            char pn[LB_NAME_MAX * 2];                                                              \
+            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %llu\n", fam,                             \
+                                   lb_metrics_escape(p->name, pn, sizeof(pn)),                     \
+                                   (unsigned long long)(expr));                                    \
+        }                                                                                          \
     } while (0)
 
-    POOL_FAMILY("lbd_pool_backends", "gauge", "Registered backends.", p->snap->n_backends);
+    POOL_FAMILY("lbd_pool_backends", "gauge", "Registered backends.", p->snap->n_entries);
     POOL_FAMILY("lbd_pool_eligible_backends", "gauge",
                 "Backends that receive new connections (registered, undrained, not down, "
                 "weight > 0).",
@@ -190,14 +208,37 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 "Client connections closed because no backend could take them.", p->no_backend);
     POOL_FAMILY("lbd_pool_healthy_backends", "gauge",
                 "Backends that may get traffic and pass health checks (or are forced up).",
-                p->n_healthy);
+                p->snap->n_healthy);
     POOL_FAMILY("lbd_pool_panic", "gauge",
                 "1 when fewer than panic_threshold% of backends are healthy and traffic is "
                 "spread over all of them.",
-                p->panic);
-    POOL_FAMILY("lbd_pool_retries_total", "counter",
-                "Failed connects retried on another backend.", p->retries);
+                p->snap->panic);
+    POOL_FAMILY("lbd_pool_snapshot_rebuilds_total", "counter",
+                "Snapshots built because backends joined or left or the policy changed.",
+                p->rebuilds);
+    POOL_FAMILY("lbd_pool_snapshot_updates_total", "counter",
+                "In-place publishes of health, weight and drain changes (no rebuild).", p->updates);
+    POOL_FAMILY("lbd_pool_retries_total", "counter", "Failed connects retried on another backend.",
+                p->retries);
 #undef POOL_FAMILY
+
+    for (int k = 0; k < 2 && !rc; k++) {
+        const char *fam = k ? "lbd_pool_snapshot_update_seconds_total"
+                            : "lbd_pool_snapshot_rebuild_seconds_total";
+
+        rc = lb_metrics_family(out, fam, "counter",
+                               k ? "Loop time spent publishing health, weight and drain changes "
+                                   "in place."
+                                 : "Loop time spent building snapshots.");
+        for (size_t i = 0; i < r->n_pools && !rc; i++) {
+            const struct lb_pool *p = &r->pools[i];
+            char pn[LB_NAME_MAX * 2];
+
+            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %.6f\n", fam,
+                                   lb_metrics_escape(p->name, pn, sizeof(pn)),
+                                   k ? p->update_seconds : p->rebuild_seconds);
+        }
+    }
 
     {
         const struct {
@@ -212,6 +253,12 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
              proxy->accept_errors},
             {"lbd_accept_paused_total", "counter", "Times the connection cap paused accepting.",
              proxy->cap_pauses},
+            {"lbd_backends_refused_total", "counter",
+             "Registrations whose address lbd refuses to route to (its own listeners, outside "
+             "--backend-networks).",
+             r->backends_refused},
+            {"lbd_events_dropped_total", "counter",
+             "Pool events not delivered to watchers for lack of memory.", r->events_dropped},
         };
 
         for (size_t i = 0; i < sizeof(process) / sizeof(process[0]) && !rc; i++) {

@@ -1,7 +1,17 @@
 /*
- * Pool members and snapshot publication.  Members are kept in an array
- * sorted by id: etcd lists keys in order, so the start-up sync appends, and
- * lookups are a binary search.
+ * Pool members, backend attach/retire and the publish path.
+ *
+ * Members are kept in an array sorted by id: etcd lists keys in order, so
+ * the start-up sync appends, and lookups are a binary search.
+ *
+ * A snapshot's entries mirror the members that have a backend, in the same
+ * order.  Publishing either rebuilds (membership or policy changed: one new
+ * snapshot for the whole batch, the algorithm initialised once) or updates
+ * in place: each marked backend's candidate/healthy flags are refreshed and
+ * the pool's counts adjusted; if that flips panic mode every entry's weight
+ * is recomputed, otherwise only the marked ones; each weight that changed
+ * goes through the algorithm's set_weight hook.  Nothing in place
+ * allocates, so a health flip cannot fail and costs O(log n).
  */
 #include "pool.h"
 #include "dns.h"
@@ -17,27 +27,221 @@
 
 static void pool_ramp_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
-static struct lb_snapshot *snapshot_new_empty(void)
-{
-    struct lb_snapshot *s = calloc(1, sizeof(*s));
-
-    if (s)
-        s->algo = &lb_algo_wrr;
-    return s;
-}
+/* --------------------------------------------------------- snapshots -- */
 
 static void snapshot_free(struct lb_snapshot *s)
 {
     if (!s)
         return;
-    if (s->algo && s->algo->destroy)
-        s->algo->destroy(s);
-    for (size_t i = 0; i < s->n_backends; i++)
-        lb_backend_unref(s->backends[i]);
-    free(s->backends);
+    if (s->algo && s->algo_state)
+        s->algo->destroy(s->algo_state);
+    for (size_t i = 0; i < s->n_entries; i++)
+        lb_backend_unref(s->entries[i].backend);
+    free(s->entries);
     free(s->eligible);
     free(s);
 }
+
+static struct lb_snapshot *snapshot_alloc(size_t n)
+{
+    struct lb_snapshot *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    s->entries = calloc(n ? n : 1, sizeof(*s->entries));
+    s->eligible = calloc(n ? n : 1, sizeof(*s->eligible));
+    if (!s->entries || !s->eligible) {
+        free(s->entries);
+        free(s->eligible);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static ev_tstamp pool_now(const struct lb_pool *pool)
+{
+    struct ev_loop *loop = pool->registry ? pool->registry->loop : NULL;
+
+    return loop ? ev_now(loop) : 0;
+}
+
+/*
+ * Slow start: a backend that is new or newly healthy ramps linearly from
+ * 10% to its full weight over the pool's slow_start window.
+ */
+static uint32_t ramp_weight(const struct lb_pool *pool, const struct lb_backend *b, ev_tstamp now,
+                            bool *ramping)
+{
+    double window = (double)pool->policy.slow_start_ms / 1000., elapsed, factor;
+    int w;
+
+    *ramping = false;
+    if (window <= 0 || b->ramp_start <= 0 || now <= 0)
+        return (uint32_t)b->base_weight;
+    elapsed = now - b->ramp_start;
+    if (elapsed >= window)
+        return (uint32_t)b->base_weight;
+    factor = elapsed / window;
+    if (factor < 0.1)
+        factor = 0.1;
+    w = (int)((double)b->base_weight * factor + 0.5);
+    *ramping = true;
+    return w < 1 ? 1 : (uint32_t)w;
+}
+
+/* Refreshes e's candidate and healthy flags and the snapshot's counts. */
+static void entry_refresh_flags(struct lb_snapshot *s, struct lb_snap_entry *e)
+{
+    bool candidate = lb_backend_is_candidate(e->backend);
+    bool healthy = candidate && lb_backend_is_healthy(e->backend);
+
+    if (e->candidate && !candidate)
+        s->n_candidates--;
+    else if (!e->candidate && candidate)
+        s->n_candidates++;
+    if (e->healthy && !healthy)
+        s->n_healthy--;
+    else if (!e->healthy && healthy)
+        s->n_healthy++;
+    e->candidate = candidate;
+    e->healthy = healthy;
+}
+
+/*
+ * Panic (Envoy's panic threshold): when fewer than panic_threshold% of the
+ * candidates are healthy, send traffic to all of them rather than pile it
+ * on the few; checks may be wrong, an overloaded survivor is certain.
+ */
+static bool snapshot_wants_panic(const struct lb_pool *pool, const struct lb_snapshot *s)
+{
+    return s->n_candidates > 0 &&
+           s->n_healthy * 100 < (size_t)pool->policy.panic_threshold * s->n_candidates;
+}
+
+/* The weight e should have now, and whether it is still ramping up. */
+static uint32_t entry_target(const struct lb_pool *pool, const struct lb_snapshot *s,
+                             const struct lb_snap_entry *e, ev_tstamp now, bool *ramping)
+{
+    *ramping = false;
+    if (!e->candidate || !(e->healthy || s->panic))
+        return 0;
+    return ramp_weight(pool, e->backend, now, ramping);
+}
+
+/* Moves entry i to weight w: the eligible set and the algorithm follow. */
+static void entry_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
+{
+    struct lb_snap_entry *e = &s->entries[i];
+    uint32_t old = e->weight;
+
+    if (old == w)
+        return;
+    if (!old) {
+        e->eligible_pos = (uint32_t)s->n_eligible;
+        s->eligible[s->n_eligible++] = (uint32_t)i;
+    } else if (!w) {
+        uint32_t last = s->eligible[--s->n_eligible];
+
+        s->eligible[e->eligible_pos] = last;
+        s->entries[last].eligible_pos = e->eligible_pos;
+    }
+    e->weight = w;
+    s->algo->set_weight(s, i, old);
+}
+
+static void entry_refresh_weight(const struct lb_pool *pool, struct lb_snapshot *s, size_t i,
+                                 ev_tstamp now)
+{
+    struct lb_snap_entry *e = &s->entries[i];
+    bool ramping;
+    uint32_t w = entry_target(pool, s, e, now, &ramping);
+
+    if (e->ramping != ramping) {
+        if (ramping)
+            s->n_ramping++;
+        else
+            s->n_ramping--;
+        e->ramping = ramping;
+    }
+    entry_set_weight(s, i, w);
+}
+
+static void log_panic(const struct lb_pool *pool, const struct lb_snapshot *s)
+{
+    LB_WARN("pool", "msg=\"%s\" pool=%s healthy=%zu of=%zu panic_threshold=%d",
+            s->panic ? "panic: too few healthy backends, spreading over all of them"
+                     : "panic over: enough healthy backends again",
+            pool->name, s->n_healthy, s->n_candidates, pool->policy.panic_threshold);
+}
+
+/*
+ * Builds a snapshot of the current members with the policy's algorithm and
+ * swaps it in.  Returns 0, or -ENOMEM with the old snapshot untouched.
+ */
+static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
+{
+    struct lb_snapshot *next, *prev = pool->snap;
+    size_t n = 0, k = 0;
+    int rc;
+
+    for (size_t i = 0; i < pool->n_members; i++)
+        n += pool->members[i]->backend != NULL;
+    next = snapshot_alloc(n);
+    if (!next)
+        return -ENOMEM;
+    next->algo = lb_algo_for(pool->policy.algorithm);
+    for (size_t i = 0; i < pool->n_members; i++) {
+        struct lb_backend *b = pool->members[i]->backend;
+        struct lb_snap_entry *e = &next->entries[k];
+
+        if (!b)
+            continue;
+        lb_backend_ref(b);
+        e->backend = b;
+        next->n_entries = ++k;
+        entry_refresh_flags(next, e);
+    }
+    next->panic = snapshot_wants_panic(pool, next);
+    for (size_t i = 0; i < next->n_entries; i++) {
+        struct lb_snap_entry *e = &next->entries[i];
+
+        e->weight = entry_target(pool, next, e, now, &e->ramping);
+        next->n_ramping += e->ramping;
+        if (e->weight) {
+            e->eligible_pos = (uint32_t)next->n_eligible;
+            next->eligible[next->n_eligible++] = (uint32_t)i;
+        }
+    }
+    rc = next->algo->init(next, prev, &next->algo_state);
+    if (rc < 0) {
+        next->algo_state = NULL;
+        snapshot_free(next);
+        return rc;
+    }
+    if (prev && next->panic != prev->panic)
+        log_panic(pool, next);
+    for (size_t i = 0; i < next->n_entries; i++)
+        next->entries[i].backend->snap_index = i;
+    pool->snap = next;
+    snapshot_free(prev);
+    pool->rebuilds++;
+    return 0;
+}
+
+/* The algorithm asked for a fresh state (maglev after many changes). */
+static void snapshot_refresh_algo(struct lb_snapshot *s)
+{
+    void *state = NULL;
+
+    if (s->algo->init(s, s, &state) < 0)
+        return; /* stays stale: pick() is still correct, only slower */
+    s->algo->destroy(s->algo_state);
+    s->algo_state = state;
+    s->algo_stale = false;
+}
+
+/* ------------------------------------------------------------- pools -- */
 
 int lb_pool_init(struct lb_pool *pool, struct lb_registry *registry, const char *name,
                  const char *listen)
@@ -48,25 +252,39 @@ int lb_pool_init(struct lb_pool *pool, struct lb_registry *registry, const char 
     pool->registry = registry;
     lb_pool_policy_defaults(&pool->policy);
     ev_init(&pool->ramp_timer, pool_ramp_cb);
-    pool->snap = snapshot_new_empty();
-    return pool->snap ? 0 : -ENOMEM;
+    /* The empty pool gets a snapshot like any other: every algorithm is
+     * initialised on it, so the first client finds a valid (empty) state. */
+    return snapshot_rebuild(pool, 0);
+}
+
+static void pool_drop_marks(struct lb_pool *pool)
+{
+    while (pool->marked) {
+        struct lb_backend *b = pool->marked;
+
+        pool->marked = b->mark_next;
+        b->mark_next = NULL;
+        b->marked = false;
+        lb_backend_unref(b);
+    }
 }
 
 void lb_pool_destroy(struct lb_pool *pool)
 {
     if (pool->registry && pool->registry->loop)
         ev_timer_stop(pool->registry->loop, &pool->ramp_timer);
-    snapshot_free(pool->snap);
-    pool->snap = NULL;
     for (size_t i = 0; i < pool->n_members; i++) {
         struct lb_member *m = pool->members[i];
 
-        lb_pool_retire_backend(m);
+        lb_pool_retire_backend(pool, m);
         free(m);
     }
     free(pool->members);
     pool->members = NULL;
     pool->n_members = 0;
+    pool_drop_marks(pool);
+    snapshot_free(pool->snap);
+    pool->snap = NULL;
 }
 
 /* Index of the first member with id >= `id`. */
@@ -121,20 +339,6 @@ struct lb_member *lb_pool_get_member(struct lb_pool *pool, const char *id)
     return m;
 }
 
-void lb_pool_retire_backend(struct lb_member *m)
-{
-    struct lb_backend *b = m->backend;
-
-    if (!b)
-        return;
-    m->backend = NULL;
-    b->removed = true;
-    lb_health_stop(b);
-    lb_drain_stop(b);
-    lb_dns_stop(b);
-    lb_backend_unref(b);
-}
-
 void lb_pool_forget_if_empty(struct lb_pool *pool, struct lb_member *m)
 {
     size_t i;
@@ -149,6 +353,13 @@ void lb_pool_forget_if_empty(struct lb_pool *pool, struct lb_member *m)
             (pool->n_members - i - 1) * sizeof(*pool->members));
     pool->n_members--;
     free(m);
+}
+
+static void pool_want_rebuild(struct lb_pool *pool)
+{
+    pool->rebuild = true;
+    if (pool->registry)
+        lb_registry_schedule_publish(pool->registry);
 }
 
 /* Folds registration, cluster override and local override into b. */
@@ -175,124 +386,196 @@ static void member_resolve(struct lb_member *m)
         b->drained_reported = false;
 }
 
-/*
- * Slow start: a backend that is new or newly healthy ramps linearly from
- * 10% to its full weight over the pool's slow_start window.  Returns true
- * while it is still ramping.
- */
-static bool apply_slow_start(struct lb_pool *pool, struct lb_backend *b, ev_tstamp now)
+struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member *m,
+                                          const struct lb_backend_spec *spec)
 {
-    double window = (double)pool->policy.slow_start_ms / 1000., elapsed, factor;
-    int w;
+    struct lb_backend *b = lb_backend_new(pool, m->id, spec);
 
-    b->weight = b->base_weight;
-    if (window <= 0 || b->ramp_start <= 0 || now <= 0)
-        return false;
-    elapsed = now - b->ramp_start;
-    if (elapsed >= window)
-        return false;
-    factor = elapsed / window;
-    if (factor < 0.1)
-        factor = 0.1;
-    w = (int)((double)b->base_weight * factor + 0.5);
-    b->weight = w < 1 ? 1 : w;
-    return true;
+    if (!b)
+        return NULL;
+    /* The old backend (another address) finishes its connections on its own. */
+    lb_pool_retire_backend(pool, m);
+    m->backend = b;
+    member_resolve(m);
+    if (b->loop)
+        b->ramp_start = ev_now(b->loop);
+    if (pool->registry)
+        lb_registry_check_address(pool->registry, b);
+    lb_health_start(b);
+    lb_dns_start(b);
+    pool_want_rebuild(pool);
+    return b;
+}
+
+void lb_pool_retire_backend(struct lb_pool *pool, struct lb_member *m)
+{
+    struct lb_backend *b = m->backend;
+
+    if (!b)
+        return;
+    m->backend = NULL;
+    lb_backend_retire(b);
+    pool_want_rebuild(pool);
+    lb_backend_unref(b);
+}
+
+void lb_pool_mark(struct lb_pool *pool, struct lb_backend *b)
+{
+    if (b->removed || b->marked)
+        return;
+    lb_backend_ref(b);
+    b->marked = true;
+    b->mark_next = pool->marked;
+    pool->marked = b;
+    if (pool->registry)
+        lb_registry_schedule_publish(pool->registry);
+}
+
+void lb_pool_member_changed(struct lb_pool *pool, struct lb_member *m)
+{
+    if (!m->backend)
+        return;
+    member_resolve(m);
+    lb_pool_mark(pool, m->backend);
+}
+
+void lb_pool_policy_changed(struct lb_pool *pool)
+{
+    for (size_t i = 0; i < pool->n_members; i++)
+        if (pool->members[i]->backend)
+            lb_health_restart(pool->members[i]->backend);
+    pool_want_rebuild(pool);
+}
+
+bool lb_pool_is_dirty(const struct lb_pool *pool)
+{
+    return pool->rebuild || pool->marked || pool->ramp_due || pool->snap->algo_stale;
 }
 
 static void pool_ramp_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_pool *pool = lb_container_of(w, struct lb_pool, ramp_timer);
 
-    lb_pool_publish(pool);
+    pool->ramp_due = true;
+    lb_registry_schedule_publish(pool->registry);
 }
 
-int lb_pool_publish(struct lb_pool *pool)
+/* Keeps the ramp timer running exactly while some entry is in slow start. */
+static void pool_update_ramp_timer(struct lb_pool *pool)
 {
     struct ev_loop *loop = pool->registry ? pool->registry->loop : NULL;
-    ev_tstamp now = loop ? ev_now(loop) : 0;
-    struct lb_snapshot *next = calloc(1, sizeof(*next));
-    size_t n = 0, n_candidates = 0, n_healthy = 0;
-    bool ramping = false, panic;
-    int rc = -ENOMEM;
 
-    if (!next)
-        goto fail;
-    next->algo = lb_algo_for(pool->policy.algorithm);
-    for (size_t i = 0; i < pool->n_members; i++)
-        n += pool->members[i]->backend != NULL;
-    next->backends = calloc(n ? n : 1, sizeof(*next->backends));
-    next->eligible = calloc(n ? n : 1, sizeof(*next->eligible));
-    if (!next->backends || !next->eligible)
-        goto fail;
-    for (size_t i = 0; i < pool->n_members; i++) {
-        struct lb_member *m = pool->members[i];
-        struct lb_backend *b = m->backend;
+    if (!loop)
+        return;
+    if (pool->snap->n_ramping && !ev_is_active(&pool->ramp_timer)) {
+        double tick = (double)pool->policy.slow_start_ms / 20000.;
 
-        if (!b)
-            continue;
-        member_resolve(m);
-        b->panic_included = false;
-        lb_backend_ref(b);
-        next->backends[next->n_backends++] = b;
-        if (!lb_backend_is_candidate(b))
-            continue;
-        n_candidates++;
-        n_healthy += lb_backend_is_healthy(b);
-        ramping |= apply_slow_start(pool, b, now);
+        tick = tick < 0.1 ? 0.1 : tick > 1.0 ? 1.0 : tick;
+        ev_timer_set(&pool->ramp_timer, tick, tick);
+        ev_timer_start(loop, &pool->ramp_timer);
+    } else if (!pool->snap->n_ramping) {
+        ev_timer_stop(loop, &pool->ramp_timer);
     }
-    /*
-     * Panic (Envoy's panic threshold): when fewer than panic_threshold% of the
-     * candidates are healthy, send traffic to all of them rather than pile it
-     * on the few; checks may be wrong, an overloaded survivor is certain.
-     */
-    panic = n_candidates > 0 && n_healthy * 100 < (size_t)pool->policy.panic_threshold * n_candidates;
-    for (size_t i = 0; i < next->n_backends; i++) {
-        struct lb_backend *b = next->backends[i];
+}
 
-        if (!lb_backend_is_candidate(b))
-            continue;
-        if (!lb_backend_is_healthy(b)) {
-            if (!panic)
-                continue;
-            b->panic_included = true;
+/* b's index in s, or SIZE_MAX when s does not list it. */
+static size_t snapshot_index_of(const struct lb_snapshot *s, const struct lb_backend *b)
+{
+    size_t i = b->snap_index;
+
+    return i < s->n_entries && s->entries[i].backend == b ? i : SIZE_MAX;
+}
+
+/* Re-evaluates the marked backends in place (no allocation, cannot fail). */
+static void snapshot_update(struct lb_pool *pool, ev_tstamp now)
+{
+    struct lb_snapshot *s = pool->snap;
+    bool panic;
+
+    for (struct lb_backend *b = pool->marked; b; b = b->mark_next) {
+        size_t i = snapshot_index_of(s, b);
+
+        if (i != SIZE_MAX)
+            entry_refresh_flags(s, &s->entries[i]);
+    }
+    panic = snapshot_wants_panic(pool, s);
+    if (panic != s->panic || pool->ramp_due) {
+        if (panic != s->panic) {
+            s->panic = panic;
+            log_panic(pool, s);
         }
-        next->eligible[next->n_eligible++] = b;
-    }
-    rc = next->algo->init(next, pool->snap);
-    if (rc < 0) {
-        next->algo = NULL; /* nothing to destroy */
-        goto fail;
-    }
-    if (panic != pool->panic)
-        LB_WARN("pool", "msg=\"%s\" pool=%s healthy=%zu of=%zu panic_threshold=%d", 
-                panic ? "panic: too few healthy backends, spreading over all of them"
-                      : "panic over: enough healthy backends again",
-                pool->name, n_healthy, n_candidates, pool->policy.panic_threshold);
-    pool->panic = panic;
-    pool->n_healthy = n_healthy;
-    snapshot_free(pool->snap);
-    pool->snap = next;
-    pool->dirty = false;
-    if (loop) {
-        if (ramping && !ev_is_active(&pool->ramp_timer)) {
-            double tick = (double)pool->policy.slow_start_ms / 20000.;
+        for (size_t i = 0; i < s->n_entries; i++)
+            entry_refresh_weight(pool, s, i, now);
+    } else {
+        for (struct lb_backend *b = pool->marked; b; b = b->mark_next) {
+            size_t i = snapshot_index_of(s, b);
 
-            tick = tick < 0.1 ? 0.1 : tick > 1.0 ? 1.0 : tick;
-            ev_timer_init(&pool->ramp_timer, pool_ramp_cb, tick, tick);
-            ev_timer_start(loop, &pool->ramp_timer);
-        } else if (!ramping && ev_is_active(&pool->ramp_timer)) {
-            ev_timer_stop(loop, &pool->ramp_timer);
+            if (i != SIZE_MAX)
+                entry_refresh_weight(pool, s, i, now);
         }
     }
-    return 0;
-fail:
-    snapshot_free(next);
-    LB_ERROR("pool", "msg=\"out of memory publishing pool, keeping the previous one\" pool=%s",
-             pool->name);
+    pool->updates++;
+}
+
+int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
+{
+    ev_tstamp now = pool_now(pool), t0 = ev_time();
+    int rc = 0;
+
+    if (pool->rebuild) {
+        rc = snapshot_rebuild(pool, now);
+        pool->rebuild_seconds += ev_time() - t0;
+        if (rc == 0) {
+            pool->rebuild = false;
+            pool->ramp_due = false;
+            pool_drop_marks(pool);
+            for (size_t i = 0; visit && i < pool->snap->n_entries; i++)
+                visit(ud, pool->snap->entries[i].backend);
+            pool_update_ramp_timer(pool);
+            return 0;
+        }
+        LB_ERROR("pool",
+                 "msg=\"out of memory publishing pool, keeping the previous one\" "
+                 "pool=%s",
+                 pool->name);
+    }
+    t0 = ev_time();
+    snapshot_update(pool, now);
+    pool->ramp_due = false;
+    while (pool->marked) {
+        struct lb_backend *b = pool->marked;
+
+        pool->marked = b->mark_next;
+        b->mark_next = NULL;
+        b->marked = false;
+        if (visit && !b->removed)
+            visit(ud, b);
+        lb_backend_unref(b);
+    }
+    if (pool->snap->algo_stale)
+        snapshot_refresh_algo(pool->snap);
+    pool_update_ramp_timer(pool);
+    pool->update_seconds += ev_time() - t0;
     return rc;
 }
 
 size_t lb_pool_eligible(const struct lb_pool *pool)
 {
     return pool->snap->n_eligible;
+}
+
+bool lb_pool_in_panic(const struct lb_pool *pool)
+{
+    return pool->snap->panic;
+}
+
+const struct lb_snap_entry *lb_pool_entry_of(const struct lb_backend *b)
+{
+    const struct lb_snapshot *s = b->pool->snap;
+    size_t i;
+
+    if (!s)
+        return NULL;
+    i = snapshot_index_of(s, b);
+    return i == SIZE_MAX ? NULL : &s->entries[i];
 }

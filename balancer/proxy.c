@@ -57,11 +57,19 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         int fd;
 
         if (proxy->active >= proxy->max_conns) {
-            /* At the cap: leave clients in the kernel's backlog until one closes. */
+            /* At the cap: leave clients in the kernel's backlog until one closes.
+             * Under steady load this pauses at every close: log once a second. */
             if (!proxy->accept_paused) {
                 proxy->cap_pauses++;
-                LB_WARN("proxy", "msg=\"connection cap reached, accepting paused\" max_conns=%llu",
-                        (unsigned long long)proxy->max_conns);
+                if (ev_now(loop) - proxy->cap_logged_at >= 1.0) {
+                    LB_WARN("proxy",
+                            "msg=\"connection cap reached, accepting paused\" "
+                            "max_conns=%llu pauses_since_last_line=%llu",
+                            (unsigned long long)proxy->max_conns,
+                            (unsigned long long)(proxy->cap_pauses - proxy->cap_pauses_logged));
+                    proxy->cap_logged_at = ev_now(loop);
+                    proxy->cap_pauses_logged = proxy->cap_pauses;
+                }
             }
             proxy_pause_accept(proxy);
             return;
@@ -74,7 +82,8 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             proxy->accept_errors++;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                LB_ERROR("proxy", "msg=\"cannot accept, pausing 100ms (raise the open-files "
+                LB_ERROR("proxy",
+                         "msg=\"cannot accept, pausing 100ms (raise the open-files "
                          "limit or lower --max-conns)\" pool=%s error=\"%s\"",
                          l->pool->name, strerror(errno));
                 proxy_pause_accept(proxy);
@@ -117,7 +126,7 @@ static int listener_open(struct lb_listener *l, const char *text, char **err)
     }
     if (lb_addr_to_sockaddr(&hp, &ss, &len) < 0) {
         lb_error_set(err, 0, "--pool %s=%s: listen address must be an IP address, not a name",
-                            l->pool->name, text);
+                     l->pool->name, text);
         return -EINVAL;
     }
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -132,8 +141,8 @@ static int listener_open(struct lb_listener *l, const char *text, char **err)
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
         int e = errno;
 
-        lb_error_set(err, 0, "--pool %s=%s: cannot listen: %s%s", l->pool->name, text,
-                            strerror(e), e == EADDRINUSE ? " (another process has this port)" : "");
+        lb_error_set(err, 0, "--pool %s=%s: cannot listen: %s%s", l->pool->name, text, strerror(e),
+                     e == EADDRINUSE ? " (another process has this port)" : "");
         close(fd);
         return -e;
     }

@@ -33,21 +33,23 @@ struct lb_proxy {
     struct lb_registry *registry;
     struct lb_listener *listeners; /* one per pool, same order */
     size_t n_listeners;
-    bool listening;     /* listeners bound (for /readyz) */
+    bool listening;      /* listeners bound (for /readyz) */
     bool accept_enabled; /* after the first etcd sync */
-    bool accept_paused; /* not accepting: before sync, at the cap, after EMFILE */
+    bool accept_paused;  /* not accepting: before sync, at the cap, after EMFILE */
     bool shutting_down;
     uint64_t max_conns;
-    uint64_t active;          /* client connections open now */
-    uint64_t accepted;        /* since start */
-    uint64_t accept_errors;   /* EMFILE and friends */
-    uint64_t cap_pauses;      /* times the cap paused accepting */
-    struct lb_session *live;  /* every open session (doubly linked) */
+    uint64_t active;            /* client connections open now */
+    uint64_t accepted;          /* since start */
+    uint64_t accept_errors;     /* EMFILE and friends */
+    uint64_t cap_pauses;        /* times the cap paused accepting */
+    uint64_t cap_pauses_logged; /* cap_pauses at the last log line */
+    ev_tstamp cap_logged_at;
+    struct lb_session *live; /* every open session (doubly linked) */
     struct lb_session *graveyard;
     ev_check reaper;
-    ev_timer accept_retry;    /* resumes accepting after EMFILE */
+    ev_timer accept_retry;                   /* resumes accepting after EMFILE */
     void (*on_idle)(struct lb_proxy *proxy); /* shutting down and no session left */
-    char scratch[16384];      /* read buffer shared by all sessions */
+    char scratch[16384];                     /* read buffer shared by all sessions */
 };
 
 /*

@@ -1,16 +1,19 @@
 /*
- * Registry: applies discovery updates and operator changes to pools.
+ * Registry: applies discovery updates and operator changes to pools, and
+ * publishes them (see registry.h).
  *
  * Updates arrive one by one and only mark pools dirty; commit() publishes
  * each dirty pool once, so a listing of 10,000 backends builds one snapshot,
- * not 10,000.  Operator changes publish at once: `lbctl drain` has taken
- * effect when it returns.
+ * not 10,000.  Health and DNS changes publish once per loop iteration, in
+ * place.  Operator changes publish at once: `lbctl drain` has taken effect
+ * when it returns.
  */
 #include "registry.h"
-#include "dns.h"
+#include "addr_policy.h"
 #include "drain.h"
-#include "health.h"
+#include "lb_addr.h"
 #include "lb_log.h"
+#include "lb_util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -25,13 +28,23 @@ struct lb_subscription {
     bool dead; /* unsubscribed while notifying; freed afterwards */
 };
 
-static const char *const algorithm_names[] = {"wrr", "leastconn", "p2c", "maglev"};
+/* An event waiting for the publish that makes it true. */
+struct lb_queued_event {
+    enum lb_event_type type;
+    struct lb_pool *pool;
+    struct lb_backend *backend; /* one reference; NULL for policy events */
+    const char *detail;         /* static */
+    int64_t unix_ms;
+};
+
+static void registry_publisher_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 
 int lb_registry_init(struct lb_registry *r, struct ev_loop *loop, size_t n_pools,
                      const char *const *names, const char *const *listens)
 {
     memset(r, 0, sizeof(*r));
     r->loop = loop;
+    ev_prepare_init(&r->publisher, registry_publisher_cb);
     r->pools = calloc(n_pools ? n_pools : 1, sizeof(*r->pools));
     if (!r->pools)
         return -ENOMEM;
@@ -48,6 +61,14 @@ int lb_registry_init(struct lb_registry *r, struct ev_loop *loop, size_t n_pools
 
 void lb_registry_destroy(struct lb_registry *r)
 {
+    if (r->loop)
+        ev_prepare_stop(r->loop, &r->publisher);
+    for (size_t i = 0; i < r->n_events; i++)
+        if (r->events[i].backend)
+            lb_backend_unref(r->events[i].backend);
+    free(r->events);
+    r->events = NULL;
+    r->n_events = r->cap_events = 0;
     for (size_t i = 0; i < r->n_pools; i++)
         lb_pool_destroy(&r->pools[i]);
     free(r->pools);
@@ -84,24 +105,50 @@ static int64_t now_unix_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Queues an event for the next publish (nothing when no one listens). */
 static void notify(struct lb_registry *r, enum lb_event_type type, struct lb_pool *pool,
-                   struct lb_backend *b, const char *id, const char *detail)
+                   struct lb_backend *b, const char *detail)
 {
-    struct lb_backend_info info;
-    struct lb_event ev = {
-        .type = type,
-        .pool = pool->name,
-        .id = id,
-        .backend = NULL,
-        .unix_ms = now_unix_ms(),
-        .detail = detail ? detail : "",
-    };
-    struct lb_subscription **pp;
+    struct lb_queued_event *q;
 
     if (!r->subs)
         return;
-    if (b) {
-        lb_backend_info(b, &info);
+    if (r->n_events == r->cap_events) {
+        size_t cap = r->cap_events ? r->cap_events * 2 : 16;
+        struct lb_queued_event *v = realloc(r->events, cap * sizeof(*v));
+
+        if (!v) {
+            r->events_dropped++;
+            return;
+        }
+        r->events = v;
+        r->cap_events = cap;
+    }
+    q = &r->events[r->n_events++];
+    q->type = type;
+    q->pool = pool;
+    q->backend = b;
+    q->detail = detail ? detail : "";
+    q->unix_ms = now_unix_ms();
+    if (b)
+        lb_backend_ref(b);
+    lb_registry_schedule_publish(r);
+}
+
+static void deliver(struct lb_registry *r, const struct lb_queued_event *q)
+{
+    struct lb_backend_info info;
+    struct lb_event ev = {
+        .type = q->type,
+        .pool = q->pool->name,
+        .id = q->backend ? q->backend->id : NULL,
+        .backend = NULL,
+        .unix_ms = q->unix_ms,
+        .detail = q->detail,
+    };
+
+    if (q->backend) {
+        lb_backend_info(q->backend, &info);
         ev.backend = &info;
     }
     r->notifying++;
@@ -109,6 +156,26 @@ static void notify(struct lb_registry *r, enum lb_event_type type, struct lb_poo
         if (!s->dead)
             s->cb(s->ud, &ev);
     r->notifying--;
+}
+
+/* Delivers the queued events in order; subscribers may queue more meanwhile. */
+static void deliver_events(struct lb_registry *r)
+{
+    struct lb_subscription **pp;
+
+    while (r->n_events) {
+        struct lb_queued_event *batch = r->events;
+        size_t n = r->n_events;
+
+        r->events = NULL;
+        r->n_events = r->cap_events = 0;
+        for (size_t i = 0; i < n; i++) {
+            deliver(r, &batch[i]);
+            if (batch[i].backend)
+                lb_backend_unref(batch[i].backend);
+        }
+        free(batch);
+    }
     if (r->notifying)
         return;
     for (pp = &r->subs; *pp;) {
@@ -155,30 +222,56 @@ void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s)
     }
 }
 
-/* Reports backends of `pool` whose drain just completed. */
-static void report_drained(struct lb_registry *r, struct lb_pool *pool)
-{
-    for (size_t i = 0; i < pool->snap->n_backends; i++) {
-        struct lb_backend *b = pool->snap->backends[i];
+/* ----------------------------------------------------------- publish -- */
 
-        if (b->drain && b->active == 0 && !b->drained_reported) {
-            b->drained_reported = true;
-            LB_INFO("pool", "msg=\"backend drained\" pool=%s backend=%s", pool->name, b->id);
-            notify(r, LB_EVENT_DRAINED, pool, b, b->id, "no active connections left");
-        }
+/* Reports b if its drain just completed. */
+static void report_drained(struct lb_registry *r, struct lb_backend *b)
+{
+    if (b->drain && b->active == 0 && !b->drained_reported && !b->removed) {
+        b->drained_reported = true;
+        LB_INFO("pool", "msg=\"backend drained\" pool=%s backend=%s", b->pool->name, b->id);
+        notify(r, LB_EVENT_DRAINED, b->pool, b, "no active connections left");
     }
 }
 
-static int publish(struct lb_registry *r, struct lb_pool *pool)
+/* After a publish, for each backend it re-evaluated. */
+static void published_backend(void *ud, struct lb_backend *b)
 {
-    int rc = lb_pool_publish(pool);
+    struct lb_registry *r = ud;
 
-    if (rc == 0) {
-        for (size_t i = 0; i < pool->snap->n_backends; i++)
-            lb_drain_update(pool->snap->backends[i], r->loop);
-        report_drained(r, pool);
+    lb_drain_update(b);
+    report_drained(r, b);
+}
+
+void lb_registry_publish(struct lb_registry *r)
+{
+    bool dirty = false;
+
+    if (r->loop)
+        ev_prepare_stop(r->loop, &r->publisher);
+    for (size_t i = 0; i < r->n_pools; i++) {
+        struct lb_pool *pool = &r->pools[i];
+
+        if (lb_pool_is_dirty(pool))
+            lb_pool_publish(pool, published_backend, r);
+        dirty |= lb_pool_is_dirty(pool); /* a rebuild that ran out of memory */
     }
-    return rc;
+    deliver_events(r);
+    if (dirty)
+        lb_registry_schedule_publish(r);
+}
+
+void lb_registry_schedule_publish(struct lb_registry *r)
+{
+    if (r->loop && !ev_is_active(&r->publisher))
+        ev_prepare_start(r->loop, &r->publisher);
+}
+
+static void registry_publisher_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct lb_registry *r = lb_container_of(w, struct lb_registry, publisher);
+
+    lb_registry_publish(r);
 }
 
 void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
@@ -186,17 +279,35 @@ void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
 {
     if (b->removed)
         return;
-    publish(r, b->pool);
-    notify(r, type, b->pool, b, b->id, detail);
+    lb_pool_mark(b->pool, b);
+    notify(r, type, b->pool, b, detail);
 }
 
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b)
 {
-    if (b->drain && b->active == 0 && !b->drained_reported && !b->removed) {
-        b->drained_reported = true;
-        LB_INFO("pool", "msg=\"backend drained\" pool=%s backend=%s", b->pool->name, b->id);
-        notify(r, LB_EVENT_DRAINED, b->pool, b, b->id, "no active connections left");
+    if (b->drain && b->active == 0)
+        report_drained(r, b);
+}
+
+void lb_registry_check_address(struct lb_registry *r, struct lb_backend *b)
+{
+    char addr[64];
+    const char *why;
+
+    if (!b->resolved || !r->addr_policy) {
+        b->refused = false;
+        return;
     }
+    why = lb_addr_policy_refuses(r->addr_policy, (const struct sockaddr *)&b->sa);
+    if (why && !b->refused) {
+        r->backends_refused++;
+        LB_WARN("pool",
+                "msg=\"backend address refused, no traffic will be sent to it\" pool=%s "
+                "backend=%s addr=%s address=%s reason=\"%s\"",
+                b->pool->name, b->id, b->spec.addr,
+                lb_addr_format((const struct sockaddr *)&b->sa, addr, sizeof(addr)), why);
+    }
+    b->refused = why != NULL;
 }
 
 /* ----------------------------------------------------------- updates -- */
@@ -209,39 +320,30 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
     char qaddr[LB_ADDR_MAX + 8];
 
     if (!m) {
-        LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s",
-                 pool->name, id);
+        LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s", pool->name,
+                 id);
         return;
     }
     lb_log_quote(qaddr, sizeof(qaddr), spec->addr);
     if (m->backend && strcmp(m->backend->spec.addr, spec->addr) == 0) {
         /* Same address: update in place, open connections keep counting here. */
         m->backend->spec = *spec;
-        pool->dirty = true;
+        lb_pool_member_changed(pool, m);
         LB_INFO("pool", "msg=\"backend changed\" pool=%s backend=%s addr=%s weight=%d", pool->name,
                 id, qaddr, spec->weight);
-        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, id, "registration changed");
+        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, "registration changed");
         return;
     }
-    b = lb_backend_new(pool, id, spec);
+    b = lb_pool_attach_backend(pool, m, spec);
     if (!b) {
-        LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s",
-                 pool->name, id);
+        LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s", pool->name,
+                 id);
         lb_pool_forget_if_empty(pool, m);
         return;
     }
-    /* New address: the old backend finishes its connections on its own. */
-    lb_pool_retire_backend(m);
-    m->backend = b;
-    if (r->loop) {
-        b->ramp_start = ev_now(r->loop);
-        lb_health_start(b, r->loop);
-    }
-    lb_dns_start(b);
-    pool->dirty = true;
     LB_INFO("pool", "msg=\"backend added\" pool=%s backend=%s addr=%s weight=%d", pool->name, id,
             qaddr, spec->weight);
-    notify(r, LB_EVENT_BACKEND_ADDED, pool, b, id, "registered");
+    notify(r, LB_EVENT_BACKEND_ADDED, pool, b, "registered");
 }
 
 static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, const char *id)
@@ -252,12 +354,10 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     if (!m || !m->backend)
         return;
     b = m->backend;
-    b->removed = true;
-    pool->dirty = true;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
-    notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, id, "deregistered or lease expired");
-    lb_pool_retire_backend(m);
+    notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, "deregistered or lease expired");
+    lb_pool_retire_backend(pool, m);
     lb_pool_forget_if_empty(pool, m);
 }
 
@@ -269,20 +369,31 @@ static void apply_override(struct lb_registry *r, struct lb_pool *pool, const ch
     if (!m)
         return;
     if (ov) {
+        char weight[16];
+
         m->has_cluster_override = true;
         m->cluster_override = *ov;
+        if (ov->has_weight)
+            snprintf(weight, sizeof(weight), "%d", ov->weight);
+        else
+            snprintf(weight, sizeof(weight), "registered");
+        LB_INFO("pool", "msg=\"override set\" pool=%s backend=%s drain=%s weight=%s health=%s",
+                pool->name, id, ov->drain ? "true" : "false", weight,
+                ov->health == LB_HEALTH_FORCE_UP     ? "up"
+                : ov->health == LB_HEALTH_FORCE_DOWN ? "down"
+                                                     : "auto");
     } else {
         m->has_cluster_override = false;
         memset(&m->cluster_override, 0, sizeof(m->cluster_override));
+        LB_INFO("pool", "msg=\"override cleared\" pool=%s backend=%s", pool->name, id);
     }
-    pool->dirty = true;
-    LB_INFO("pool", "msg=\"override %s\" pool=%s backend=%s drain=%s weight=%d health=%d",
-            ov ? "set" : "cleared", pool->name, id, ov && ov->drain ? "true" : "false",
-            ov && ov->has_weight ? ov->weight : -1, ov ? (int)ov->health : 0);
-    if (m->backend)
-        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, id, "cluster override");
-    else
+    if (m->backend) {
+        lb_pool_member_changed(pool, m);
+        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
+               ov ? "cluster override set" : "cluster override cleared");
+    } else {
         lb_pool_forget_if_empty(pool, m);
+    }
 }
 
 static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
@@ -295,15 +406,13 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
         policy = &def;
     }
     pool->policy = *policy;
-    pool->dirty = true;
-    for (size_t i = 0; i < pool->n_members; i++)
-        if (pool->members[i]->backend)
-            lb_health_restart(pool->members[i]->backend, r->loop);
-    LB_INFO("pool", "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
-            "idle_timeout_ms=%lld retries=%d", pool->name, algorithm_names[policy->algorithm],
-            (long long)policy->connect_timeout_ms, (long long)policy->idle_timeout_ms,
-            policy->retries);
-    notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, NULL, "policy changed");
+    lb_pool_policy_changed(pool);
+    LB_INFO("pool",
+            "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
+            "idle_timeout_ms=%lld retries=%d",
+            pool->name, lb_algo_name(policy->algorithm), (long long)policy->connect_timeout_ms,
+            (long long)policy->idle_timeout_ms, policy->retries);
+    notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, "policy changed");
 }
 
 static void sink_apply(void *ctx, const struct lb_update *u)
@@ -342,11 +451,7 @@ static void sink_apply(void *ctx, const struct lb_update *u)
 
 static void sink_commit(void *ctx)
 {
-    struct lb_registry *r = ctx;
-
-    for (size_t i = 0; i < r->n_pools; i++)
-        if (r->pools[i].dirty)
-            publish(r, &r->pools[i]);
+    lb_registry_publish(ctx);
 }
 
 struct lb_update_sink lb_registry_sink(struct lb_registry *r)
@@ -366,7 +471,7 @@ void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud)
             .name = p->name,
             .listen = p->listen,
             .algorithm = p->snap->algo->name,
-            .backends = (uint32_t)p->snap->n_backends,
+            .backends = (uint32_t)p->snap->n_entries,
             .eligible = (uint32_t)p->snap->n_eligible,
             .active = p->active,
             .total = p->total,
@@ -378,10 +483,10 @@ void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud)
 
 static void list_pool_backends(struct lb_pool *p, lb_backend_info_cb cb, void *ud)
 {
-    for (size_t i = 0; i < p->snap->n_backends; i++) {
+    for (size_t i = 0; i < p->snap->n_entries; i++) {
         struct lb_backend_info info;
 
-        lb_backend_info(p->snap->backends[i], &info);
+        lb_backend_info(p->snap->entries[i].backend, &info);
         cb(ud, &info);
     }
 }
@@ -524,10 +629,12 @@ static void cluster_change_done(void *arg, int status, const char *message)
         change_clear_local(m, &cc->change);
         m->has_cluster_override = !cc->empty;
         m->cluster_override = cc->ov;
-        publish(cc->registry, pool);
-        if (m->backend)
-            notify(cc->registry, LB_EVENT_BACKEND_CHANGED, pool, m->backend, m->id,
-                   "cluster override");
+        if (m->backend) {
+            lb_pool_member_changed(pool, m);
+            notify(cc->registry, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
+                   "cluster override set");
+        }
+        lb_registry_publish(cc->registry);
     }
     cc->done(cc->ud, status, message);
     free(cc);
@@ -549,10 +656,10 @@ int lb_control_change(struct lb_registry *r, const char *pool, const char *id,
         return rc;
     if (scope == LB_SCOPE_LOCAL) {
         change_apply_local(m, change);
-        rc = publish(r, p);
-        if (rc == 0)
-            notify(r, LB_EVENT_BACKEND_CHANGED, p, m->backend, id, "local override");
-        return rc;
+        lb_pool_member_changed(p, m);
+        notify(r, LB_EVENT_BACKEND_CHANGED, p, m->backend, "local override");
+        lb_registry_publish(r);
+        return 0;
     }
     if (!r->store.put_override)
         return -ENOTCONN;

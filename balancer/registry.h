@@ -1,8 +1,17 @@
 /*
  * The registry: every pool of this lbd, fed by typed updates from discovery
- * (lb_update_sink) and steered through control.h.  It owns the pools, turns
- * updates into member changes, publishes dirty pools on commit and tells
- * subscribers what changed.
+ * (lb_update_sink) and steered through control.h.  It owns the pools and
+ * turns updates into member changes.
+ *
+ * It is also the one publisher: whatever changed a pool (a watcher commit,
+ * a health check, DNS, slow start, an operator) only marks it, and
+ * lb_registry_publish() applies every pending change of every pool, then
+ * tells subscribers what changed, in order.  It runs once per loop
+ * iteration (an ev_prepare watcher, started when something is pending), and
+ * at once at the end of a watcher commit and of an operator's change, so
+ * that `lbctl drain` has taken effect when it returns.  Events wait in a
+ * queue until the publish that made them true, so a subscriber never sees
+ * an event with the state from before it.
  */
 #ifndef LB_REGISTRY_H
 #define LB_REGISTRY_H
@@ -16,17 +25,25 @@
 
 struct lb_subscription;
 struct lb_resolver;
+struct lb_addr_policy;
+struct lb_queued_event;
 
 struct lb_registry {
     struct ev_loop *loop;
     struct lb_pool *pools;
     size_t n_pools;
-    struct lb_store store; /* cluster-scope writes; put_override NULL when none */
-    struct lb_resolver *resolver; /* DNS names of backends; NULL: names stay unresolved */
+    struct lb_store store;              /* cluster-scope writes; put_override NULL when none */
+    struct lb_resolver *resolver;       /* DNS names of backends; NULL: names stay unresolved */
+    struct lb_addr_policy *addr_policy; /* where backends may point; NULL: anywhere */
     struct lb_subscription *subs;
-    unsigned notifying; /* > 0 while subscribers are being called */
+    unsigned notifying;             /* > 0 while subscribers are being called */
+    ev_prepare publisher;           /* runs lb_registry_publish() once per iteration */
+    struct lb_queued_event *events; /* waiting for the next publish */
+    size_t n_events, cap_events;
+    uint64_t events_dropped; /* not queued for lack of memory */
     uint64_t updates_applied;
-    uint64_t updates_ignored; /* for pools this lbd does not serve */
+    uint64_t updates_ignored;  /* for pools this lbd does not serve */
+    uint64_t backends_refused; /* registrations pointing where lbd must not route */
 };
 
 /*
@@ -51,10 +68,24 @@ struct lb_pool *lb_registry_find_pool(struct lb_registry *r, const char *name);
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b);
 
 /*
- * Called when health checks or ejection changed a backend: republishes its
- * pool and tells subscribers.  Ignored for removed backends.
+ * Called when health checks, ejection or DNS changed a backend: marks it
+ * for the next publish and queues an event for subscribers (`detail` must
+ * be a static string).  Ignored for removed backends.
  */
 void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
                                  enum lb_event_type type, const char *detail);
+
+/* Something is pending: publish before the loop next blocks. */
+void lb_registry_schedule_publish(struct lb_registry *r);
+
+/* Applies every pending change of every pool, then delivers queued events. */
+void lb_registry_publish(struct lb_registry *r);
+
+/*
+ * Checks b's resolved address against the address policy (lbd's own
+ * listeners, --backend-networks): sets b->refused, logs and counts a
+ * refusal once per address.  The caller marks b when it was already live.
+ */
+void lb_registry_check_address(struct lb_registry *r, struct lb_backend *b);
 
 #endif

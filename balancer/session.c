@@ -18,10 +18,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-
-
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
 #define PENDING_MAX  16384 /* == scratch size: at most one read is ever pending */
+#define PROBE_S      1.0   /* how often a peer we stopped reading is looked at */
+#define FIN_STALL_S  10.0  /* client gone and backend not reading for this long: end */
 
 enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
 
@@ -31,8 +31,9 @@ struct half {
     ev_io to_w;    /* write watcher on the destination socket */
     char *pending; /* bytes `to` could not take yet (PENDING_MAX), lazily allocated */
     size_t off, len;
-    bool eof;      /* read 0 from `from` */
-    bool shut;     /* forwarded as shutdown(to, SHUT_WR) */
+    bool eof;              /* read 0 from `from` */
+    bool shut;             /* forwarded as shutdown(to, SHUT_WR) */
+    ev_tstamp progress_at; /* `to` last took bytes, or pending began */
 };
 
 struct lb_session {
@@ -40,14 +41,15 @@ struct lb_session {
     struct lb_pool *pool;
     struct lb_backend *backend; /* referenced while connecting and proxying */
     enum session_state state;
+    bool reset; /* end with RST on both sockets, not FIN */
     int client_fd;
     int server_fd;
-    ev_io connect_w;            /* server socket writable = connect finished */
-    ev_timer timer;             /* connect timeout, then idle timeout */
+    ev_io connect_w; /* server socket writable = connect finished */
+    ev_timer timer;  /* connect timeout, then idle timeout and peer probes */
     ev_tstamp last_activity;
-    ev_tstamp idle_timeout;     /* seconds, 0 = none */
-    struct half up;             /* client -> backend */
-    struct half down;           /* backend -> client */
+    ev_tstamp idle_timeout; /* seconds, 0 = none */
+    struct half up;         /* client -> backend */
+    struct half down;       /* backend -> client */
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
@@ -59,6 +61,8 @@ struct lb_session {
 static void session_connect_next(struct lb_session *s);
 static void session_connect_failed(struct lb_session *s, const char *why);
 static void session_finalize(struct lb_session *s, const char *why);
+static void session_abort_reset(struct lb_session *s, const char *why);
+static void session_arm_timer(struct lb_session *s);
 
 struct lb_session *lb_session_next(struct lb_session *s)
 {
@@ -92,6 +96,7 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
         }
         h->off += (size_t)w;
         h->len -= (size_t)w;
+        h->progress_at = ev_now(s->proxy->loop);
         if (h == &s->up)
             s->backend->bytes_in += (uint64_t)w;
         else
@@ -137,7 +142,8 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
-            session_finalize(s, "read error");
+            session_abort_reset(s, h == &s->up ? "client reset the connection"
+                                               : "backend reset the connection");
             return;
         }
         if (n == 0) {
@@ -157,7 +163,8 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
                     continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                     break;
-                session_finalize(s, "write error");
+                session_abort_reset(s, h == &s->up ? "backend reset the connection"
+                                                   : "client reset the connection");
                 return;
             }
             w += k;
@@ -175,8 +182,10 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             memcpy(h->pending, buf + w, (size_t)(n - w));
             h->off = 0;
             h->len = (size_t)(n - w);
+            h->progress_at = ev_now(s->proxy->loop);
             ev_io_stop(s->proxy->loop, &h->from_r);
             ev_io_start(s->proxy->loop, &h->to_w);
+            session_arm_timer(s); /* watch the peer we stopped reading */
             return;
         }
         if ((size_t)n < sizeof(s->proxy->scratch))
@@ -193,8 +202,7 @@ static void session_client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static void session_server_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct lb_session *s =
-        lb_container_of(w, struct lb_session, down.from_r);
+    struct lb_session *s = lb_container_of(w, struct lb_session, down.from_r);
 
     half_read(s, &s->down, s->server_fd, s->client_fd);
 }
@@ -204,7 +212,8 @@ static void half_writable(struct lb_session *s, struct half *h, int to)
     int rc = half_flush(s, h, to);
 
     if (rc < 0) {
-        session_finalize(s, "write error");
+        session_abort_reset(s, h == &s->up ? "backend reset the connection"
+                                           : "client reset the connection");
         return;
     }
     if (rc > 0)
@@ -228,30 +237,113 @@ static void session_server_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static void session_client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct lb_session *s =
-        lb_container_of(w, struct lb_session, down.to_w);
+    struct lb_session *s = lb_container_of(w, struct lb_session, down.to_w);
 
     half_writable(s, &s->down, s->client_fd);
 }
 
 /* ------------------------------------------------------------ timers -- */
 
+/* True when h stopped reading its source because its destination is full. */
+static bool half_is_paused(const struct half *h)
+{
+    return h->len > 0 && !h->eof;
+}
+
+/*
+ * While proxying, one timer serves the idle timeout and, while a direction
+ * is paused, a probe of the peer lbd stopped reading: nothing else would
+ * notice that peer going away.
+ */
+static void session_arm_timer(struct lb_session *s)
+{
+    struct ev_loop *loop = s->proxy->loop;
+    ev_tstamp after = -1.;
+
+    if (s->state != SESSION_PROXYING)
+        return;
+    if (s->idle_timeout > 0)
+        after = s->last_activity + s->idle_timeout - ev_now(loop);
+    if ((half_is_paused(&s->up) || half_is_paused(&s->down)) && (after < 0 || after > PROBE_S))
+        after = PROBE_S;
+    if (after < 0 && s->idle_timeout <= 0) {
+        ev_timer_stop(loop, &s->timer);
+        return;
+    }
+    if (after < 0.001)
+        after = 0.001;
+    ev_timer_stop(loop, &s->timer);
+    ev_timer_set(&s->timer, after, 0.);
+    ev_timer_start(loop, &s->timer);
+}
+
+enum peer_state { PEER_THERE, PEER_FINISHED, PEER_RESET };
+
+/* What the kernel knows of the peer of fd, without reading from it. */
+static enum peer_state peer_state(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    int err = 0;
+    socklen_t elen = sizeof(err);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err)
+        return PEER_RESET;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+        return PEER_THERE;
+    if (ti.tcpi_state == TCP_CLOSE)
+        return PEER_RESET;
+    if (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_LAST_ACK)
+        return PEER_FINISHED;
+    return PEER_THERE;
+}
+
+/*
+ * A direction is paused: its source is not read until its destination
+ * takes the pending bytes.  A source that reset is gone for good: end the
+ * session (RST both ways) rather than hold it until the idle timeout.  A
+ * client that finished sending while the backend has taken nothing for
+ * FIN_STALL_S is gone too: its bytes can only reach a backend that stopped
+ * reading.  A backend that finished while a slow client reads is normal.
+ * Returns true when the session ended.
+ */
+static bool session_probe_paused(struct lb_session *s, ev_tstamp now)
+{
+    if (half_is_paused(&s->up)) {
+        enum peer_state st = peer_state(s->client_fd);
+
+        if (st == PEER_RESET) {
+            session_abort_reset(s, "client reset while the backend was not reading");
+            return true;
+        }
+        if (st == PEER_FINISHED && now - s->up.progress_at >= FIN_STALL_S) {
+            session_abort_reset(s, "client closed and the backend stopped reading");
+            return true;
+        }
+    }
+    if (half_is_paused(&s->down) && peer_state(s->server_fd) == PEER_RESET) {
+        session_abort_reset(s, "backend reset while the client was not reading");
+        return true;
+    }
+    return false;
+}
+
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_session *s = lb_container_of(w, struct lb_session, timer);
-    ev_tstamp left;
+    ev_tstamp now = ev_now(loop);
 
     if (s->state == SESSION_CONNECTING) {
         session_connect_failed(s, "connect timed out");
         return;
     }
-    left = s->last_activity + s->idle_timeout - ev_now(loop);
-    if (left > 0.001) {
-        ev_timer_set(w, left, 0.);
-        ev_timer_start(loop, w);
+    if (session_probe_paused(s, now))
+        return;
+    if (s->idle_timeout > 0 && s->last_activity + s->idle_timeout - now <= 0.001) {
+        session_finalize(s, "idle timeout");
         return;
     }
-    session_finalize(s, "idle timeout");
+    session_arm_timer(s);
 }
 
 /* ----------------------------------------------------------- connect -- */
@@ -295,9 +387,8 @@ static int session_send_proxy_header(struct lb_session *s)
         session_finalize(s, "out of memory");
         return -1;
     }
-    n = lb_proxy_protocol_build(s->pool->policy.proxy_protocol,
-                                (struct sockaddr *)&s->client_addr, (struct sockaddr *)&local,
-                                s->up.pending, PENDING_MAX);
+    n = lb_proxy_protocol_build(s->pool->policy.proxy_protocol, (struct sockaddr *)&s->client_addr,
+                                (struct sockaddr *)&local, s->up.pending, PENDING_MAX);
     if (n < 0) {
         session_finalize(s, "cannot build PROXY header");
         return -1;
@@ -319,7 +410,7 @@ static void session_connected(struct lb_session *s)
     ev_timer_stop(loop, &s->timer);
     s->state = SESSION_PROXYING;
     s->backend->total++;
-    lb_health_connect_result(s->backend, loop, true);
+    lb_health_connect_result(s->backend, true);
     set_nodelay(s->server_fd);
     ev_io_init(&s->up.from_r, session_client_read_cb, s->client_fd, EV_READ);
     ev_io_init(&s->up.to_w, session_server_write_cb, s->server_fd, EV_WRITE);
@@ -331,16 +422,12 @@ static void session_connected(struct lb_session *s)
     if (!s->up.len)
         ev_io_start(loop, &s->up.from_r);
     s->last_activity = ev_now(loop);
-    if (s->idle_timeout > 0) {
-        ev_timer_set(&s->timer, s->idle_timeout, 0.);
-        ev_timer_start(loop, &s->timer);
-    }
+    session_arm_timer(s);
 }
 
 static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    struct lb_session *s =
-        lb_container_of(w, struct lb_session, connect_w);
+    struct lb_session *s = lb_container_of(w, struct lb_session, connect_w);
     int err = 0;
     socklen_t len = sizeof(err);
 
@@ -365,7 +452,8 @@ static void session_connect_failed(struct lb_session *s, const char *why)
 
     b->connect_failures++;
     if (now - b->fail_logged_at >= 1.0) {
-        LB_WARN("proxy", "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
+        LB_WARN("proxy",
+                "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
                 "error=\"%s\" unlogged_failures=%llu",
                 s->pool->name, b->id, b->spec.addr, why, (unsigned long long)b->fail_unlogged);
         b->fail_logged_at = now;
@@ -373,7 +461,7 @@ static void session_connect_failed(struct lb_session *s, const char *why)
     } else {
         b->fail_unlogged++;
     }
-    lb_health_connect_result(b, s->proxy->loop, false);
+    lb_health_connect_result(b, false);
     if (s->n_tried <= (size_t)s->pool->policy.retries) {
         s->pool->retries++;
         b->retries++;
@@ -413,7 +501,7 @@ static void session_connect_next(struct lb_session *s)
         session_finalize(s, "connect failed on every attempt");
         return;
     }
-    b = pool->snap->algo->pick(pool->snap, &pick);
+    b = lb_pool_pick(pool, &pick);
     if (!b) {
         pool->no_backend++;
         session_finalize(s, s->n_tried ? "no backend left to retry"
@@ -513,6 +601,15 @@ static void session_finalize(struct lb_session *s, const char *why)
     ev_io_stop(loop, &s->up.to_w);
     ev_io_stop(loop, &s->down.from_r);
     ev_io_stop(loop, &s->down.to_w);
+    if (s->reset) {
+        /* An L4 proxy passes an abort on as an abort: the other side must
+         * not mistake a truncated stream for a complete one. */
+        struct linger abort_now = {.l_onoff = 1, .l_linger = 0};
+
+        setsockopt(s->client_fd, SOL_SOCKET, SO_LINGER, &abort_now, sizeof(abort_now));
+        if (s->server_fd >= 0)
+            setsockopt(s->server_fd, SOL_SOCKET, SO_LINGER, &abort_now, sizeof(abort_now));
+    }
     close(s->client_fd);
     if (s->server_fd >= 0)
         close(s->server_fd);
@@ -531,6 +628,13 @@ static void session_finalize(struct lb_session *s, const char *why)
     s->next = proxy->graveyard;
     proxy->graveyard = s;
     lb_proxy_session_finished(proxy);
+}
+
+/* Ends the session with an RST to both peers (one of them already reset). */
+static void session_abort_reset(struct lb_session *s, const char *why)
+{
+    s->reset = true;
+    session_finalize(s, why);
 }
 
 void lb_session_abort(struct lb_session *s)

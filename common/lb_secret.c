@@ -1,6 +1,8 @@
 /*
- * Reading a secret file: one bounded read, the first line trimmed, a
- * character check, and no copy left behind in memory we free.
+ * Reading a secret file: a regular file opened without blocking, one
+ * bounded read, the first line trimmed, a character check, and no copy
+ * left behind in memory we free.  lb_secret_open() is the one check of
+ * what a credentials file may be, for the admin token and etcd's user.
  */
 #include "lb_secret.h"
 
@@ -25,26 +27,69 @@ static int fail(char **err, int rc, const char *what, const char *path, const ch
     return rc;
 }
 
-int lb_secret_read_file(const char *path, const char *what, char **out, char **err)
+static const char *file_kind(mode_t mode)
 {
-    char buf[LB_SECRET_MAX + 2]; /* the line, its newline, and one byte to see it is longer */
-    size_t len = 0, start = 0, end;
-    struct stat st;
-    int fd, rc = 0;
+    if (S_ISDIR(mode))
+        return "is a directory, not a regular file";
+    if (S_ISFIFO(mode))
+        return "is a FIFO, not a regular file";
+    if (S_ISSOCK(mode))
+        return "is a socket, not a regular file";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "is a device, not a regular file";
+    return "is not a regular file";
+}
 
-    *out = NULL;
-    *err = NULL;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+int lb_secret_open(const char *path, const char *what, bool *shared, char **err)
+{
+    struct stat st;
+    int fd, rc;
+
+    *shared = false;
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         rc = -errno;
         if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
             *err = NULL;
         return rc;
     }
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
         close(fd);
-        return fail(err, -EISDIR, what, path, "is a directory, not a file");
+        if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
+            *err = NULL;
+        return rc;
     }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, -EINVAL, what, path, file_kind(st.st_mode));
+    }
+    *shared = (st.st_mode & S_IRWXO) != 0;
+    return fd;
+}
+
+int lb_secret_read_file(const char *path, const char *what, char **out, char **err)
+{
+    return lb_secret_read(path, what, out, NULL, err);
+}
+
+int lb_secret_read(const char *path, const char *what, char **out, bool *shared, char **err)
+{
+    char buf[LB_SECRET_MAX + 2]; /* the line, its newline, and one byte to see it is longer */
+    size_t len = 0, start = 0, end;
+    bool everyone;
+    int fd, rc = 0;
+
+    *out = NULL;
+    *err = NULL;
+    if (shared)
+        *shared = false;
+    fd = lb_secret_open(path, what, &everyone, err);
+    if (fd < 0)
+        return fd;
+    if (shared)
+        *shared = everyone;
     while (len < sizeof(buf)) {
         ssize_t n = read(fd, buf + len, sizeof(buf) - len);
 

@@ -698,12 +698,19 @@ static int client_open(struct ctl *ctl)
     int rc;
 
     if (ctl->opts.admin_token_file) {
-        rc = lb_secret_read_file(ctl->opts.admin_token_file, "admin token file", &token, &err);
+        bool shared = false;
+
+        rc = lb_secret_read(ctl->opts.admin_token_file, "admin token file", &token, &shared,
+                            &err);
         if (rc < 0) {
             fprintf(stderr, "lbctl: %s\n", err ? err : strerror(-rc));
             free(err);
             return EXIT_RUNTIME;
         }
+        if (shared)
+            fprintf(stderr, "lbctl: warning: admin token file %s is readable by every user; "
+                            "chmod o-rwx it\n",
+                    ctl->opts.admin_token_file);
     }
     if (ctl->opts.admin_ca) {
         FILE *f = fopen(ctl->opts.admin_ca, "r");

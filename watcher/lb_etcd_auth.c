@@ -6,6 +6,7 @@
 #include "lb_etcd_auth.h"
 #include "lb_error.h"
 #include "lb_etcd_json.h"
+#include "lb_secret.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,24 +70,21 @@ int lb_etcd_creds_parse(const char *text, size_t len, struct lb_etcd_creds *out,
 int lb_etcd_creds_load(const char *path, struct lb_etcd_creds *out, bool *shared, char **err)
 {
     char buf[LB_ETCD_CREDS_FILE_MAX + 1];
-    struct stat st;
     size_t len = 0;
     char *why = NULL;
     int fd, rc = 0;
 
     memset(out, 0, sizeof(*out));
-    *shared = false;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return lb_error_set(err, -errno, "cannot read --etcd-user-file %s: %s", path,
-                            strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        rc = lb_error_set(err, -EINVAL, "--etcd-user-file %s is not a regular file", path);
-        goto out;
+    /* A regular file, opened without blocking; tells who may read it (lb_secret.h). */
+    fd = lb_secret_open(path, "--etcd-user-file", shared, &why);
+    if (fd < 0) {
+        if (fd == -EINVAL && why) /* not a regular file: why says what it is */
+            rc = lb_error_set(err, fd, "%s", why);
+        else
+            rc = lb_error_set(err, fd, "cannot read --etcd-user-file %s: %s", path, strerror(-fd));
+        free(why);
+        return rc;
     }
-    /* Group access is how Kubernetes secrets reach a non-root user (fsGroup): only
-     * access for everyone is worth a warning. */
-    *shared = (st.st_mode & S_IRWXO) != 0;
     while (len < sizeof(buf)) {
         ssize_t n = read(fd, buf + len, sizeof(buf) - len);
 

@@ -3,6 +3,13 @@
  * request/response bodies the watcher and lbctl register use.  Readers are
  * strict about types (a "revision" that is an object is an error, not 0) and
  * lenient about presence (etcd omits zero values, so absent means 0).
+ *
+ * Two ways to read a kv.  The strict one (lb_etcd_json_parse_kv) fails on
+ * anything unexpected; lbctl register reads its own key with it.  The
+ * lenient one (lb_etcd_json_read_kv) is for what anyone may have written
+ * under the watched prefix: it flags what it cannot use and goes on, and
+ * sizes a key or value from its base64 text before decoding anything, so
+ * a 1.5 MiB value costs no copy at all.
  */
 #include "lb_etcd_json.h"
 #include "lb_error.h"
@@ -12,6 +19,9 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x)  STRINGIFY_(x)
 
 int lb_etcd_base64_encode(const void *data, size_t len, char **out)
 {
@@ -37,18 +47,16 @@ static bool is_base64_char(unsigned char c)
            c == '/';
 }
 
-int lb_etcd_base64_decode(const char *text, size_t text_len, size_t max, char **out,
-                          size_t *out_len)
+/*
+ * The size `text` decodes to, when it is canonical padded base64 (only the
+ * alphabet, '=' only as the last one or two characters, a whole number of
+ * quads); -EINVAL otherwise.  EVP_DecodeBlock() skips white space and
+ * ignores padding in its length, so this check comes first.
+ */
+static int base64_decoded_size(const char *text, size_t text_len, size_t *out)
 {
-    size_t pad = 0, decoded_len;
-    unsigned char *buf;
-    int n;
+    size_t pad = 0;
 
-    *out = NULL;
-    *out_len = 0;
-    /* EVP_DecodeBlock() skips white space and ignores padding in its length,
-     * so the text is checked here first: only the alphabet, '=' only as the
-     * last one or two characters, a whole number of quads. */
     if (text_len % 4 != 0 || text_len > (size_t)INT_MAX)
         return -EINVAL;
     if (text_len >= 1 && text[text_len - 1] == '=')
@@ -60,7 +68,21 @@ int lb_etcd_base64_decode(const char *text, size_t text_len, size_t max, char **
     for (size_t i = 0; i < text_len - pad; i++)
         if (!is_base64_char((unsigned char)text[i]))
             return -EINVAL;
-    decoded_len = text_len / 4 * 3 - pad;
+    *out = text_len / 4 * 3 - pad;
+    return 0;
+}
+
+int lb_etcd_base64_decode(const char *text, size_t text_len, size_t max, char **out,
+                          size_t *out_len)
+{
+    size_t decoded_len;
+    unsigned char *buf;
+    int n;
+
+    *out = NULL;
+    *out_len = 0;
+    if (base64_decoded_size(text, text_len, &decoded_len) < 0)
+        return -EINVAL;
     if (decoded_len > max)
         return -E2BIG;
     buf = malloc(text_len / 4 * 3 + 1);
@@ -214,6 +236,113 @@ int lb_etcd_json_parse_kv(json_object *obj, struct lb_etcd_kv *out, char **err)
     return rc;
 }
 
+/* Marks *out flawed; its key stays as it is (set key_whole for a key that is). */
+static void set_flaw(struct lb_etcd_kv *out, enum lb_etcd_flaw flaw, const char *why)
+{
+    if (out->flaw == LB_ETCD_FLAW_NONE) {
+        out->flaw = flaw;
+        out->flaw_why = why;
+    }
+}
+
+/* The first bytes of a key too long to keep, for the log: a whole number of quads. */
+static int read_key_start(const char *text, size_t text_len, struct lb_etcd_kv *out)
+{
+    size_t take = (LB_ETCD_KEY_SHOWN + 2) / 3 * 4;
+    size_t shown;
+
+    if (take > text_len)
+        take = text_len;
+    if (take > 0 && text[take - 1] == '=')
+        take = take >= 4 ? take - 4 : 0; /* a padded quad is the last one: keep it whole */
+    free(out->key);
+    out->key = NULL;
+    if (take == 0 || lb_etcd_base64_decode(text, take, LB_ETCD_KEY_MAX, &out->key, &shown) < 0) {
+        out->key = strdup("");
+        shown = 0;
+    }
+    out->key_len = shown;
+    return out->key ? 0 : -ENOMEM;
+}
+
+int lb_etcd_json_read_kv(json_object *obj, size_t value_max, struct lb_etcd_kv *out)
+{
+    json_object *k = NULL, *v = NULL;
+    const char *text;
+    size_t text_len, size;
+    bool bad_numbers;
+
+    memset(out, 0, sizeof(*out));
+    out->flaw_why = "";
+    out->key = strdup("");
+    out->value = strdup("");
+    if (!out->key || !out->value)
+        goto nomem;
+    if (!obj || !json_object_is_type(obj, json_type_object)) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "a kv is not an object");
+        return 0;
+    }
+    /* the revisions first: even a kv skipped for its key moves the watch past it */
+    bad_numbers = lb_etcd_json_get_int64(obj, "create_revision", &out->create_revision) < 0 ||
+                  lb_etcd_json_get_int64(obj, "mod_revision", &out->mod_revision) < 0 ||
+                  lb_etcd_json_get_int64(obj, "version", &out->version) < 0 ||
+                  lb_etcd_json_get_int64(obj, "lease", &out->lease) < 0;
+    if (!json_object_object_get_ex(obj, "key", &k) || !k ||
+        !json_object_is_type(k, json_type_string)) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "a kv has no key, or one that is not a string");
+        return 0;
+    }
+    text = json_object_get_string(k);
+    text_len = (size_t)json_object_get_string_len(k);
+    if (base64_decoded_size(text, text_len, &size) < 0) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the key is not valid base64");
+        return 0;
+    }
+    out->key_size = size;
+    if (size > LB_ETCD_KEY_MAX) {
+        set_flaw(out, LB_ETCD_FLAW_KEY_TOO_LONG,
+                 "the key is longer than " STRINGIFY(LB_ETCD_KEY_MAX) " bytes");
+        if (read_key_start(text, text_len, out) < 0)
+            goto nomem;
+        return 0;
+    }
+    free(out->key);
+    out->key = NULL;
+    if (lb_etcd_base64_decode(text, text_len, LB_ETCD_KEY_MAX, &out->key, &out->key_len) < 0)
+        goto nomem; /* checked above: only memory can fail here */
+    out->key_whole = true;
+    if (bad_numbers) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED,
+                 "a revision, version or lease of the kv is not a number");
+        return 0;
+    }
+    if (!json_object_object_get_ex(obj, "value", &v) || !v)
+        return 0; /* an empty value */
+    if (!json_object_is_type(v, json_type_string)) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the value is not a string");
+        return 0;
+    }
+    text = json_object_get_string(v);
+    text_len = (size_t)json_object_get_string_len(v);
+    if (base64_decoded_size(text, text_len, &size) < 0) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the value is not valid base64");
+        return 0;
+    }
+    out->value_size = size;
+    if (size > value_max) {
+        set_flaw(out, LB_ETCD_FLAW_VALUE_TOO_LARGE, "the value is larger than lbd reads");
+        return 0;
+    }
+    free(out->value);
+    out->value = NULL;
+    if (lb_etcd_base64_decode(text, text_len, value_max, &out->value, &out->value_len) < 0)
+        goto nomem;
+    return 0;
+nomem:
+    lb_etcd_kv_free(out);
+    return -ENOMEM;
+}
+
 int lb_etcd_json_parse(const char *text, size_t len, json_object **out, char **err)
 {
     struct json_tokener *tok;
@@ -319,6 +448,108 @@ out:
     return rc;
 }
 
+/* The whole key of a range page's last kv, however long; -EINVAL when it cannot be read. */
+static int read_last_key(json_object *kv, const struct lb_etcd_kv *read, char **out, size_t *len)
+{
+    json_object *k = NULL;
+
+    *out = NULL;
+    *len = 0;
+    if (read->flaw == LB_ETCD_FLAW_NONE || read->key_whole) {
+        *out = malloc(read->key_len + 1);
+        if (!*out)
+            return -ENOMEM;
+        memcpy(*out, read->key, read->key_len + 1);
+        *len = read->key_len;
+        return 0;
+    }
+    if (read->flaw != LB_ETCD_FLAW_KEY_TOO_LONG || !json_object_object_get_ex(kv, "key", &k))
+        return -EINVAL;
+    /* bounded by the body it came in, itself bounded by the caller */
+    return lb_etcd_base64_decode(json_object_get_string(k), (size_t)json_object_get_string_len(k),
+                                 SIZE_MAX, out, len);
+}
+
+int lb_etcd_json_parse_range_page(const char *body, size_t len, size_t value_max,
+                                  struct lb_etcd_range *out, char **last_key, size_t *last_key_len,
+                                  char **err)
+{
+    json_object *root = NULL, *header = NULL, *kvs = NULL, *more, *last = NULL;
+    size_t n;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    *last_key = NULL;
+    *last_key_len = 0;
+    rc = lb_etcd_json_parse(body, len, &root, err);
+    if (rc)
+        return rc;
+    if (!json_object_is_type(root, json_type_object)) {
+        rc = lb_error_set(err, -EINVAL, "range response is not a JSON object");
+        goto out;
+    }
+    json_object_object_get_ex(root, "header", &header);
+    if (!header) {
+        rc = lb_error_set(err, -EINVAL, "range response has no header");
+        goto out;
+    }
+    rc = lb_etcd_json_parse_header(header, &out->header, err);
+    if (rc)
+        goto out;
+    if (lb_etcd_json_get_int64(root, "count", &out->count) < 0) {
+        rc = lb_error_set(err, -EINVAL, "range response count is not a number");
+        goto out;
+    }
+    if (json_object_object_get_ex(root, "more", &more) && more) {
+        if (!json_object_is_type(more, json_type_boolean)) {
+            rc = lb_error_set(err, -EINVAL, "range response \"more\" is not a boolean");
+            goto out;
+        }
+        out->more = json_object_get_boolean(more);
+    }
+    if (!json_object_object_get_ex(root, "kvs", &kvs) || !kvs)
+        goto out; /* no keys in range */
+    if (!json_object_is_type(kvs, json_type_array)) {
+        rc = lb_error_set(err, -EINVAL, "range response \"kvs\" is not an array");
+        goto out;
+    }
+    n = json_object_array_length(kvs);
+    out->kvs = calloc(n ? n : 1, sizeof(*out->kvs));
+    if (!out->kvs) {
+        rc = lb_error_set(err, -ENOMEM, "out of memory reading a range response");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        last = json_object_array_get_idx(kvs, i);
+        rc = lb_etcd_json_read_kv(last, value_max, &out->kvs[i]);
+        if (rc) {
+            lb_error_set(err, rc, "out of memory reading a range response");
+            goto out;
+        }
+        out->n_kvs++;
+    }
+    if (n > 0) {
+        rc = read_last_key(last, &out->kvs[n - 1], last_key, last_key_len);
+        if (rc == -ENOMEM) {
+            lb_error_set(err, rc, "out of memory reading a range response");
+        } else if (rc < 0 && out->more) {
+            lb_error_set(err, rc, "the last key of a range page cannot be read (%s)",
+                         out->kvs[n - 1].flaw_why);
+        } else {
+            rc = 0;
+        }
+    }
+out:
+    json_object_put(root);
+    if (rc) {
+        lb_etcd_range_free(out);
+        free(*last_key);
+        *last_key = NULL;
+        *last_key_len = 0;
+    }
+    return rc;
+}
+
 int lb_etcd_json_parse_error(const char *body, size_t len, int *grpc_code, char **message)
 {
     json_object *root = NULL, *e, *m = NULL;
@@ -415,8 +646,9 @@ static int add_bool(json_object *obj, const char *name)
     return 0;
 }
 
-int lb_etcd_json_range_request(const char *key, size_t key_len, const char *range_end,
-                               size_t range_end_len, int64_t revision, int64_t limit, char **out)
+static int range_request(const char *key, size_t key_len, const char *range_end,
+                         size_t range_end_len, int64_t revision, int64_t limit, bool keys_only,
+                         char **out)
 {
     json_object *req = json_object_new_object();
     int rc = req ? 0 : -ENOMEM;
@@ -430,11 +662,26 @@ int lb_etcd_json_range_request(const char *key, size_t key_len, const char *rang
         rc = add_int64(req, "revision", revision);
     if (!rc && limit > 0)
         rc = add_int64(req, "limit", limit);
+    if (!rc && keys_only)
+        rc = add_bool(req, "keys_only");
     if (rc) {
         json_object_put(req);
         return rc;
     }
     return lb_etcd_json_finish(req, out);
+}
+
+int lb_etcd_json_range_request(const char *key, size_t key_len, const char *range_end,
+                               size_t range_end_len, int64_t revision, int64_t limit, char **out)
+{
+    return range_request(key, key_len, range_end, range_end_len, revision, limit, false, out);
+}
+
+int lb_etcd_json_range_keys_request(const char *key, size_t key_len, const char *range_end,
+                                    size_t range_end_len, int64_t revision, int64_t limit,
+                                    char **out)
+{
+    return range_request(key, key_len, range_end, range_end_len, revision, limit, true, out);
 }
 
 int lb_etcd_json_put_request(const char *key, size_t key_len, const char *value, size_t value_len,

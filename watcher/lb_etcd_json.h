@@ -19,9 +19,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest key or value the watcher accepts (etcd's own default request limit is 1.5 MiB). */
+/*
+ * Largest key, and largest value, decoded.  etcd itself takes keys and
+ * values up to its request limit (--max-request-bytes, 1.5 MiB by
+ * default), so larger ones do arrive: the strict readers refuse them, the
+ * lenient ones (lb_etcd_json_read_kv()) flag them and go on.  No schema key
+ * comes near LB_ETCD_KEY_MAX (a prefix of at most 511 bytes and two names
+ * of at most 127).
+ */
 #define LB_ETCD_KEY_MAX   4096
 #define LB_ETCD_VALUE_MAX (2 * 1024 * 1024)
+/* Bytes of a key kept for a log line when the key itself is not kept. */
+#define LB_ETCD_KEY_SHOWN 96
 
 /* JSON nesting accepted from etcd and in values. */
 #define LB_ETCD_JSON_DEPTH 32
@@ -52,6 +61,17 @@ struct lb_etcd_header {
     int64_t revision;
 };
 
+/*
+ * What is wrong with a kv the lenient reader kept anyway.  The strict
+ * reader fails instead, so its kvs always have LB_ETCD_FLAW_NONE.
+ */
+enum lb_etcd_flaw {
+    LB_ETCD_FLAW_NONE = 0,
+    LB_ETCD_FLAW_KEY_TOO_LONG,    /* key above LB_ETCD_KEY_MAX: only its first bytes kept */
+    LB_ETCD_FLAW_VALUE_TOO_LARGE, /* value above the reader's bound: not decoded */
+    LB_ETCD_FLAW_MALFORMED,       /* something etcd would not write (see flaw_why) */
+};
+
 /* One key-value pair, decoded.  key and value are malloc'd and NUL-terminated. */
 struct lb_etcd_kv {
     char *key;
@@ -62,6 +82,20 @@ struct lb_etcd_kv {
     int64_t mod_revision;
     int64_t version;
     int64_t lease; /* 0 = none */
+    /*
+     * Lenient reader only.  With a flaw, value is "" and:
+     *   key_whole  key is the entry's whole key (else: its first bytes, or "")
+     *   key_size   the key's size in etcd (>= key_len)
+     *   value_size the value's size in etcd, when known
+     *   flaw_why   a static sentence for the log
+     * Without a flaw every field above is the entry's, key_whole aside
+     * (treat it as true).
+     */
+    enum lb_etcd_flaw flaw;
+    bool key_whole;
+    size_t key_size;
+    size_t value_size;
+    const char *flaw_why;
 };
 
 void lb_etcd_kv_free(struct lb_etcd_kv *kv);
@@ -78,6 +112,17 @@ int lb_etcd_json_parse_header(json_object *header, struct lb_etcd_header *out, c
 
 /* Decodes one "kv" object.  On failure *out holds nothing to free. */
 int lb_etcd_json_parse_kv(json_object *kv, struct lb_etcd_kv *out, char **err);
+
+/*
+ * The lenient reader, for listings and watch events: decodes one "kv"
+ * object whose value may be at most value_max bytes, and never refuses
+ * it: what it cannot use is flagged in out->flaw (a key too long keeps its
+ * first LB_ETCD_KEY_SHOWN bytes for the log; a value too large is not
+ * decoded; anything else etcd would not write is MALFORMED, keeping the
+ * key when it decoded).  Returns 0, or -ENOMEM (then *out holds nothing to
+ * free).  The caller frees *out with lb_etcd_kv_free().
+ */
+int lb_etcd_json_read_kv(json_object *kv, size_t value_max, struct lb_etcd_kv *out);
 
 /*
  * Parses a JSON document of exactly `len` bytes (trailing whitespace
@@ -97,6 +142,19 @@ struct lb_etcd_range {
 
 /* Parses a range response body.  On failure *out holds nothing to free. */
 int lb_etcd_json_parse_range(const char *body, size_t len, struct lb_etcd_range *out, char **err);
+
+/*
+ * Parses one page of a listing, leniently: each kv is read with
+ * lb_etcd_json_read_kv() (values above value_max are flagged, not
+ * decoded), so one bad entry never fails the page.  *last_key (malloc'd,
+ * *last_key_len bytes, NULL when the page holds no kv) is the whole key of
+ * the page's last entry, however long, to continue the listing after it.
+ * Fails (-EINVAL with *err) only when the body is not a range response or
+ * that last key cannot be read, since the listing could not go on; -ENOMEM.
+ */
+int lb_etcd_json_parse_range_page(const char *body, size_t len, size_t value_max,
+                                  struct lb_etcd_range *out, char **last_key, size_t *last_key_len,
+                                  char **err);
 void lb_etcd_range_free(struct lb_etcd_range *r);
 
 /*
@@ -114,6 +172,10 @@ int lb_etcd_json_parse_error(const char *body, size_t len, int *grpc_code, char 
 /* revision 0 = latest; limit 0 = no limit; range_end NULL = the single key. */
 int lb_etcd_json_range_request(const char *key, size_t key_len, const char *range_end,
                                size_t range_end_len, int64_t revision, int64_t limit, char **out);
+/* The same with "keys_only": the answer names the keys, without their values. */
+int lb_etcd_json_range_keys_request(const char *key, size_t key_len, const char *range_end,
+                                    size_t range_end_len, int64_t revision, int64_t limit,
+                                    char **out);
 /* lease 0 = none. */
 int lb_etcd_json_put_request(const char *key, size_t key_len, const char *value, size_t value_len,
                              int64_t lease, char **out);

@@ -1,9 +1,15 @@
 /*
- * The mirror is a chained hash table keyed by the raw etcd key.  Each entry
- * remembers the raw bytes of the last value seen (good or bad), which is
- * all the diff needs: same bytes, no update, no log line.  The typed value
- * is not kept; the sink owns that.  A re-list stamps every key it puts with
- * the current generation; relist_end() sweeps the unstamped ones.
+ * The mirror is a chained hash table keyed by the raw etcd key, holding
+ * schema keys only.  Each entry remembers the raw bytes of the last value
+ * seen (good or bad), which is all the diff needs: same bytes, no update,
+ * no log line.  A value that could not be read at all (too large,
+ * malformed) is remembered by its mod_revision instead, for the same
+ * purpose.  The typed value is not kept; the sink owns that.  A re-list
+ * stamps every key it puts with the current generation; relist_end()
+ * sweeps the unstamped ones.
+ *
+ * Every refusal goes through one lb_skip_log, so its counters are the
+ * metrics and its limits bound the log however many keys are bad.
  */
 #include "lb_mirror.h"
 #include "lb_error.h"
@@ -12,6 +18,7 @@
 #include "lb_value.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,13 +28,15 @@ struct mirror_entry {
     char *key;
     size_t key_len;
     struct lb_key parsed;
-    bool key_valid; /* false: schema shape, bad name; never delivered */
     bool delivered; /* the sink holds a value for this key */
-    char *raw;      /* last value seen, NUL-terminated */
+    char *raw;      /* last value seen, NUL-terminated; NULL when it could not be read */
     size_t raw_len;
+    enum lb_skip_reason unread; /* why the value could not be read; LB_SKIP_REASONS: it could */
     int64_t mod_revision;
     uint64_t generation; /* last re-list that put this key */
 };
+
+#define NOT_OF_THE_SCHEMA "not <prefix>pools/<pool>/config, .../backends/<id> or .../overrides/<id>"
 
 struct lb_mirror {
     char prefix[LB_PREFIX_MAX];
@@ -38,6 +47,7 @@ struct lb_mirror {
     uint64_t generation;
     uint64_t updates;
     uint64_t bad_values;
+    struct lb_skip_log log;
 };
 
 static uint64_t hash_key(const char *key, size_t len)
@@ -69,6 +79,7 @@ int lb_mirror_new(const char *prefix, const struct lb_update_sink *sink, struct 
     }
     strcpy(m->prefix, prefix);
     m->sink = *sink;
+    lb_skip_log_init(&m->log);
     *out = m;
     return 0;
 }
@@ -140,63 +151,86 @@ static void deliver(struct lb_mirror *m, struct lb_update *u, const struct mirro
     m->updates++;
 }
 
-/* Parses e->raw by key kind into u; 0 or -EINVAL with *err. */
-static int parse_value(const struct mirror_entry *e, struct lb_update *u, char **err)
+/* Parses `value` by the entry's key kind into u; 0 or -EINVAL with *err. */
+static int parse_value(const struct mirror_entry *e, const char *value, size_t len,
+                       struct lb_update *u, struct lb_value_notes *notes, char **err)
 {
     memset(u, 0, sizeof(*u));
     switch (e->parsed.kind) {
     case LB_KEY_BACKEND:
         u->kind = LB_UPDATE_BACKEND_PUT;
-        return lb_value_parse_backend(e->raw, e->raw_len, &u->u.backend, err);
+        return lb_value_parse_backend_noted(value, len, &u->u.backend, notes, err);
     case LB_KEY_CONFIG:
         u->kind = LB_UPDATE_POLICY_PUT;
-        return lb_value_parse_policy(e->raw, e->raw_len, &u->u.policy, err);
+        return lb_value_parse_policy_noted(value, len, &u->u.policy, notes, err);
     case LB_KEY_OVERRIDE:
         u->kind = LB_UPDATE_OVERRIDE_PUT;
-        return lb_value_parse_override(e->raw, e->raw_len, &u->u.override, err);
+        return lb_value_parse_override_noted(value, len, &u->u.override, notes, err);
     }
     return -EINVAL;
 }
 
-static void log_refused(const char *msg, const struct mirror_entry *e, const char *err)
+void lb_mirror_skip(struct lb_mirror *m, enum lb_skip_reason reason, const char *key,
+                    size_t key_len, size_t key_size, const char *why)
 {
-    char qkey[256], qerr[512];
+    static const char *const msgs[LB_SKIP_REASONS] = {
+        [LB_SKIP_KEY_TOO_LONG] = "key too long, skipped",
+        [LB_SKIP_VALUE_TOO_LARGE] = "value too large, skipped",
+        [LB_SKIP_MALFORMED] = "malformed etcd entry, skipped",
+        [LB_SKIP_BAD_KEY] = "key outside the schema, skipped",
+        [LB_SKIP_BAD_VALUE] = "bad value, skipped",
+        [LB_SKIP_TOO_MANY_KEYS] = "too many keys, skipped",
+    };
 
-    LB_WARN("watcher", "msg=\"%s\" key=%s error=%s", msg, lb_log_quote(qkey, sizeof(qkey), e->key),
-            lb_log_quote(qerr, sizeof(qerr), err ? err : "out of memory"));
+    if ((unsigned)reason < LB_SKIP_REASONS)
+        lb_skip_note(&m->log, reason, msgs[reason], key, key_len, key_size, why);
 }
 
+/* The skip reason of a flawed kv. */
+static enum lb_skip_reason flaw_reason(const struct lb_etcd_kv *kv)
+{
+    switch (kv->flaw) {
+    case LB_ETCD_FLAW_KEY_TOO_LONG:
+        return LB_SKIP_KEY_TOO_LONG;
+    case LB_ETCD_FLAW_VALUE_TOO_LARGE:
+        return LB_SKIP_VALUE_TOO_LARGE;
+    default:
+        return LB_SKIP_MALFORMED;
+    }
+}
+
+static void skip_kv(struct lb_mirror *m, const struct lb_etcd_kv *kv)
+{
+    lb_mirror_skip(m, flaw_reason(kv), kv->key ? kv->key : "", kv->key ? kv->key_len : 0,
+                   kv->key_size, kv->flaw_why);
+}
+
+/* The entry of a key, or NULL with the key skipped and counted when it is not of the schema. */
 static int new_entry(struct lb_mirror *m, const char *key, size_t key_len, uint64_t hash,
                      struct mirror_entry **out)
 {
     struct mirror_entry *e;
+    struct lb_key parsed;
     char *err = NULL;
     int rc;
 
     *out = NULL;
-    e = calloc(1, sizeof(*e));
-    if (!e)
-        return -ENOMEM;
-    rc = lb_key_parse(m->prefix, key, key_len, &e->parsed, &err);
-    if (rc == -ENOENT) {
-        if (lb_log_enabled(LB_LOG_DEBUG)) {
-            char qkey[256], *copy = strndup(key, key_len);
-
-            LB_DEBUG("watcher", "msg=\"key outside the schema, ignored\" key=%s",
-                     copy ? lb_log_quote(qkey, sizeof(qkey), copy) : "?");
-            free(copy);
-        }
-        free(e);
+    rc = lb_key_parse(m->prefix, key, key_len, &parsed, &err);
+    if (rc) {
+        lb_mirror_skip(m, LB_SKIP_BAD_KEY, key, key_len, key_len, err ? err : NOT_OF_THE_SCHEMA);
+        free(err);
         return 0;
     }
     if (m->n_entries >= LB_MIRROR_MAX_KEYS) {
-        free(err);
-        free(e);
-        return -E2BIG;
+        lb_mirror_skip(m, LB_SKIP_TOO_MANY_KEYS, key, key_len, key_len,
+                       "lbd tracks at most 1048576 schema keys");
+        return 0;
     }
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
     e->key = malloc(key_len + 1);
     if (!e->key) {
-        free(err);
         free(e);
         return -ENOMEM;
     }
@@ -204,12 +238,8 @@ static int new_entry(struct lb_mirror *m, const char *key, size_t key_len, uint6
     e->key[key_len] = '\0';
     e->key_len = key_len;
     e->hash = hash;
-    e->key_valid = rc == 0;
-    if (rc) {
-        log_refused("bad key, skipped", e, err);
-        m->bad_values++;
-    }
-    free(err);
+    e->parsed = parsed;
+    e->unread = LB_SKIP_REASONS;
     maybe_grow(m);
     *find_slot(m, key, key_len, hash) = e;
     m->n_entries++;
@@ -217,24 +247,31 @@ static int new_entry(struct lb_mirror *m, const char *key, size_t key_len, uint6
     return 0;
 }
 
+/* The entry of a key, made when new; NULL (and 0) when the key was skipped. */
+static int entry_of(struct lb_mirror *m, const char *key, size_t key_len, struct mirror_entry **out)
+{
+    uint64_t hash = hash_key(key, key_len);
+
+    *out = *find_slot(m, key, key_len, hash);
+    return *out ? 0 : new_entry(m, key, key_len, hash, out);
+}
+
 int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const char *value,
                   size_t value_len, int64_t mod_revision)
 {
-    uint64_t hash = hash_key(key, key_len);
-    struct mirror_entry *e = *find_slot(m, key, key_len, hash);
+    struct lb_value_notes notes;
+    struct mirror_entry *e;
     struct lb_update u;
     char *err = NULL, *raw;
     int rc;
 
-    if (e && e->raw && e->raw_len == value_len && memcmp(e->raw, value, value_len) == 0) {
+    rc = entry_of(m, key, key_len, &e);
+    if (rc || !e)
+        return rc;
+    if (e->raw && e->raw_len == value_len && memcmp(e->raw, value, value_len) == 0) {
         e->mod_revision = mod_revision;
         e->generation = m->generation;
         return 0; /* unchanged */
-    }
-    if (!e) {
-        rc = new_entry(m, key, key_len, hash, &e);
-        if (rc || !e)
-            return rc;
     }
     raw = malloc(value_len + 1);
     if (!raw)
@@ -244,21 +281,90 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
     free(e->raw);
     e->raw = raw;
     e->raw_len = value_len;
+    e->unread = LB_SKIP_REASONS;
     e->mod_revision = mod_revision;
     e->generation = m->generation;
-    if (!e->key_valid)
-        return 0;
-    rc = parse_value(e, &u, &err);
+    notes.n = 0;
+    rc = parse_value(e, e->raw, e->raw_len, &u, &notes, &err);
     if (rc) {
-        log_refused(e->delivered ? "bad value, keeping the last good one" : "bad value, skipped", e,
-                    err);
         m->bad_values++;
+        lb_skip_note(&m->log, LB_SKIP_BAD_VALUE,
+                     e->delivered ? "bad value, keeping the last good one" : "bad value, skipped",
+                     e->key, e->key_len, e->key_len, err ? err : "out of memory");
         free(err);
         return 0;
     }
+    for (size_t i = 0; i < notes.n; i++)
+        lb_skip_note_clamped(&m->log, e->key, e->key_len, notes.note[i].field, notes.note[i].given,
+                             notes.note[i].used, notes.note[i].why);
     deliver(m, &u, e);
     e->delivered = true;
     return 1;
+}
+
+/*
+ * A schema key whose value could not be read (kv->flaw, key_whole): a bad
+ * value like any other, kept apart from good ones by its mod_revision.
+ */
+static int put_unread(struct lb_mirror *m, const struct lb_etcd_kv *kv)
+{
+    enum lb_skip_reason reason = flaw_reason(kv);
+    struct mirror_entry *e;
+    char msg[80], why[160];
+    int rc;
+
+    rc = entry_of(m, kv->key, kv->key_len, &e);
+    if (rc || !e)
+        return rc;
+    e->generation = m->generation;
+    if (e->unread == reason && e->mod_revision == kv->mod_revision)
+        return 0; /* the same unreadable value, seen before */
+    free(e->raw);
+    e->raw = NULL;
+    e->raw_len = 0;
+    e->unread = reason;
+    e->mod_revision = kv->mod_revision;
+    snprintf(msg, sizeof(msg), "%s, %s",
+             reason == LB_SKIP_VALUE_TOO_LARGE ? "value too large" : "malformed etcd entry",
+             e->delivered ? "keeping the last good one" : "skipped");
+    if (reason == LB_SKIP_VALUE_TOO_LARGE && kv->value_size > 0)
+        snprintf(why, sizeof(why), "%s (%zu bytes; lbd reads values up to %d)", kv->flaw_why,
+                 kv->value_size, LB_VALUE_MAX);
+    else
+        snprintf(why, sizeof(why), "%s", kv->flaw_why ? kv->flaw_why : "");
+    lb_skip_note(&m->log, reason, msg, e->key, e->key_len, e->key_len, why);
+    return 0;
+}
+
+int lb_mirror_put_kv(struct lb_mirror *m, const struct lb_etcd_kv *kv)
+{
+    if (kv->flaw == LB_ETCD_FLAW_NONE)
+        return lb_mirror_put(m, kv->key, kv->key_len, kv->value, kv->value_len, kv->mod_revision);
+    if (kv->flaw != LB_ETCD_FLAW_KEY_TOO_LONG && kv->key_whole)
+        return put_unread(m, kv);
+    skip_kv(m, kv);
+    return 0;
+}
+
+bool lb_mirror_screen(struct lb_mirror *m, const struct lb_etcd_kv *kv)
+{
+    struct lb_key parsed;
+    char *err = NULL;
+
+    if (kv->flaw != LB_ETCD_FLAW_NONE &&
+        (kv->flaw == LB_ETCD_FLAW_KEY_TOO_LONG || !kv->key_whole)) {
+        skip_kv(m, kv);
+        return false;
+    }
+    if (*find_slot(m, kv->key, kv->key_len, hash_key(kv->key, kv->key_len)))
+        return true;
+    if (lb_key_parse(m->prefix, kv->key, kv->key_len, &parsed, &err) < 0) {
+        lb_mirror_skip(m, LB_SKIP_BAD_KEY, kv->key, kv->key_len, kv->key_len,
+                       err ? err : NOT_OF_THE_SCHEMA);
+        free(err);
+        return false;
+    }
+    return true;
 }
 
 /* Unlinks e (found at *slot) and tells the sink when it knew the key. */
@@ -294,12 +400,17 @@ int lb_mirror_apply_events(struct lb_mirror *m, const struct lb_watch_msg *msg)
     int total = 0, rc;
 
     for (size_t i = 0; i < msg->n_events; i++) {
-        const struct lb_etcd_kv *kv = &msg->events[i].kv;
+        const struct lb_watch_event *ev = &msg->events[i];
+        const struct lb_etcd_kv *kv = &ev->kv;
 
-        if (msg->events[i].deleted)
+        if (kv->flaw != LB_ETCD_FLAW_NONE && ev->deleted) {
+            skip_kv(m, kv); /* a delete lbd cannot read: nothing it knows can be meant */
+            continue;
+        }
+        if (ev->deleted)
             rc = lb_mirror_delete(m, kv->key, kv->key_len);
         else
-            rc = lb_mirror_put(m, kv->key, kv->key_len, kv->value, kv->value_len, kv->mod_revision);
+            rc = lb_mirror_put_kv(m, kv);
         if (rc < 0)
             return rc;
         total += rc;
@@ -329,9 +440,21 @@ int lb_mirror_relist_end(struct lb_mirror *m)
     return total;
 }
 
+double lb_mirror_flush_log(struct lb_mirror *m)
+{
+    return lb_skip_log_flush(&m->log);
+}
+
+void lb_mirror_set_clock(struct lb_mirror *m, double (*clock)(void))
+{
+    m->log.clock = clock;
+}
+
 void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
 {
     out->keys = m->n_entries;
     out->updates = m->updates;
     out->bad_values = m->bad_values;
+    memcpy(out->skipped, m->log.skipped, sizeof(out->skipped));
+    out->clamped = m->log.clamped;
 }

@@ -2,8 +2,12 @@
  * Value parsers over json-c.  Each parser fills a local struct and copies
  * it to *out only when the whole value is good, so a bad value never
  * half-updates anything.  Field helpers share one shape: absent or null
- * leaves the default, a wrong type or a value out of bounds is an error
- * naming the field as the user wrote it ("health.rise").
+ * leaves the default, a wrong type or a text that does not parse is an
+ * error naming the field as the user wrote it ("health.rise"), and a
+ * number or duration out of its range is clamped to the nearest bound with
+ * a note (lb_value.h lists the ranges and why).  Clamping, not refusing:
+ * a policy with one field out of range still applies its other fields, and
+ * the operator reads which field lbd changed and to what.
  */
 #include "lb_value.h"
 #include "lb_addr.h"
@@ -12,6 +16,7 @@
 #include "lb_etcd_json.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,10 +102,30 @@ static json_object *member(json_object *obj, const char *name)
     return v;
 }
 
+/* Adds a note (dropped past LB_VALUE_NOTES_MAX; the clamp happens all the same). */
+static void add_note(struct lb_value_notes *notes, const char *field, const char *given,
+                     const char *used, const char *why)
+{
+    struct lb_value_note *n;
+
+    if (!notes || notes->n >= LB_VALUE_NOTES_MAX)
+        return;
+    n = &notes->note[notes->n++];
+    snprintf(n->field, sizeof(n->field), "%s", field);
+    snprintf(n->given, sizeof(n->given), "%s", given);
+    snprintf(n->used, sizeof(n->used), "%s", used);
+    n->why = why;
+}
+
+/*
+ * A whole number in [min, max]; out of range is clamped with a note.  A
+ * number json-c cannot hold in 64 bits saturates, which clamps the same way.
+ */
 static int get_int(json_object *obj, const char *name, const char *label, int64_t min, int64_t max,
-                   int *out, char **err)
+                   int *out, struct lb_value_notes *notes, char **err)
 {
     json_object *v = member(obj, name);
+    char given[24], used[24];
     int64_t n;
 
     if (!v)
@@ -108,11 +133,13 @@ static int get_int(json_object *obj, const char *name, const char *label, int64_
     if (!json_object_is_type(v, json_type_int))
         return lb_error_set(err, -EINVAL, "%s must be a whole number %lld..%lld", label,
                             (long long)min, (long long)max);
-    errno = 0;
     n = json_object_get_int64(v);
-    if (errno || n < min || n > max)
-        return lb_error_set(err, -EINVAL, "%s must be a whole number %lld..%lld", label,
-                            (long long)min, (long long)max);
+    if (n < min || n > max) {
+        snprintf(given, sizeof(given), "%lld", (long long)n);
+        n = n < min ? min : max;
+        snprintf(used, sizeof(used), "%lld", (long long)n);
+        add_note(notes, label, given, used, n == min ? "below the minimum" : "above the maximum");
+    }
     *out = (int)n;
     return 0;
 }
@@ -187,21 +214,88 @@ static int get_choice(json_object *obj, const char *name, const char *label, con
     return 0;
 }
 
-static int get_duration(json_object *obj, const char *name, const char *label, int64_t *out,
-                        char **err)
+/*
+ * True when `text` is written as a duration (numbers with units) whatever
+ * its size: lb_duration_parse() refusing such a text means it was too large.
+ */
+static bool duration_is_well_formed(const char *text)
 {
-    char text[64];
-    const char *why = NULL;
+    const char *p = text;
+
+    if (!*p)
+        return false;
+    while (*p) {
+        size_t digits = strspn(p, "0123456789");
+
+        p += digits;
+        if (*p == '.') {
+            size_t frac = strspn(p + 1, "0123456789");
+
+            p += 1 + frac;
+            digits += frac;
+        }
+        if (!digits)
+            return false;
+        if (strncmp(p, "ms", 2) == 0)
+            p += 2;
+        else if (*p == 's' || *p == 'm' || *p == 'h')
+            p++;
+        else
+            return false;
+    }
+    return true;
+}
+
+/* How a duration field reads 0. */
+enum zero_means {
+    ZERO_OFF,     /* 0 turns the feature off (DESIGN.md: "0 means off") */
+    ZERO_DEFAULT, /* 0 cannot mean off: the field keeps its default, with a note */
+};
+
+/*
+ * A duration string in [min_ms, max_ms], or 0 as `zero` says.  Out of range
+ * (including texts too large for lb_duration_parse()) is clamped with a
+ * note; a text that is not a duration is an error.  *given (64 bytes) gets
+ * the text when the member is present, "" otherwise.
+ */
+static int get_duration(json_object *obj, const char *name, const char *label, int64_t min_ms,
+                        int64_t max_ms, enum zero_means zero, int64_t *out, char given[64],
+                        struct lb_value_notes *notes, char **err)
+{
+    char used[32];
+    const char *why = NULL, *note = NULL;
     bool present;
+    int64_t ms;
     int rc;
 
-    rc = get_string(obj, name, label, text, sizeof(text), &present, err);
-    if (rc || !present)
+    given[0] = '\0';
+    rc = get_string(obj, name, label, given, 64, &present, err);
+    if (rc || !present) {
+        given[0] = '\0';
         return rc == -EINVAL
                    ? lb_error_set(err, rc, "%s must be a duration string like \"3s\"", label)
                    : rc;
-    if (lb_duration_parse(text, out, &why) < 0)
-        return lb_error_set(err, -EINVAL, "%s \"%s\": %s", label, text, why);
+    }
+    if (lb_duration_parse(given, &ms, &why) < 0) {
+        if (!duration_is_well_formed(given))
+            return lb_error_set(err, -EINVAL, "%s \"%s\": %s", label, given, why);
+        ms = max_ms; /* well formed, too large to parse */
+        note = "above the maximum";
+    } else if (ms == 0 && zero == ZERO_DEFAULT) {
+        ms = *out;
+        note = "0 is not a valid value, using the default";
+    } else if (ms == 0) {
+        /* off */
+    } else if (ms < min_ms) {
+        ms = min_ms;
+        note = "below the minimum";
+    } else if (ms > max_ms) {
+        ms = max_ms;
+        note = "above the maximum";
+    }
+    if (note)
+        add_note(notes, label, given, lb_duration_format(ms, used, sizeof(used)), note);
+    *out = ms;
     return 0;
 }
 
@@ -240,7 +334,8 @@ static bool zone_is_valid(const char *zone)
 
 /* --- values ---------------------------------------------------------------------------- */
 
-int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err)
+int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend_spec *out,
+                                 struct lb_value_notes *notes, char **err)
 {
     struct lb_backend_spec spec;
     json_object *root;
@@ -261,7 +356,7 @@ int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec 
         free(why);
     }
     if (!rc)
-        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &spec.weight, err);
+        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &spec.weight, notes, err);
     if (!rc)
         rc = get_string(root, "zone", "zone", spec.zone, sizeof(spec.zone), NULL, err);
     if (!rc && !zone_is_valid(spec.zone))
@@ -272,7 +367,8 @@ int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec 
     return rc;
 }
 
-int lb_value_parse_override(const char *json, size_t len, struct lb_override *out, char **err)
+int lb_value_parse_override_noted(const char *json, size_t len, struct lb_override *out,
+                                  struct lb_value_notes *notes, char **err)
 {
     struct lb_override ov;
     json_object *root;
@@ -284,7 +380,7 @@ int lb_value_parse_override(const char *json, size_t len, struct lb_override *ou
         return rc;
     rc = get_bool(root, "drain", &ov.drain, err);
     if (!rc && member(root, "weight")) {
-        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &ov.weight, err);
+        rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &ov.weight, notes, err);
         ov.has_weight = rc == 0;
     }
     if (!rc) {
@@ -298,8 +394,11 @@ int lb_value_parse_override(const char *json, size_t len, struct lb_override *ou
     return rc;
 }
 
-static int parse_health(json_object *h, struct lb_pool_policy *p, char **err)
+static int parse_health(json_object *h, struct lb_pool_policy *p, struct lb_value_notes *notes,
+                        char **err)
 {
+    char interval_text[64], timeout_text[64], used[32];
+    int64_t interval_default = p->health.interval_ms;
     bool present;
     int type = (int)p->health.type, rc;
 
@@ -320,20 +419,43 @@ static int parse_health(json_object *h, struct lb_pool_policy *p, char **err)
                                     "health.path must not hold spaces or control characters");
     }
     if (!rc)
-        rc = get_duration(h, "interval", "health.interval", &p->health.interval_ms, err);
+        rc = get_duration(h, "interval", "health.interval", LB_POLICY_INTERVAL_MIN_MS,
+                          LB_POLICY_INTERVAL_MAX_MS, ZERO_OFF, &p->health.interval_ms,
+                          interval_text, notes, err);
     if (!rc)
-        rc = get_duration(h, "timeout", "health.timeout", &p->health.timeout_ms, err);
+        rc = get_duration(h, "timeout", "health.timeout", LB_POLICY_TIMEOUT_MIN_MS,
+                          LB_POLICY_INTERVAL_MAX_MS, ZERO_DEFAULT, &p->health.timeout_ms,
+                          timeout_text, notes, err);
     if (!rc)
-        rc = get_int(h, "rise", "health.rise", 1, 100, &p->health.rise, err);
+        rc = get_int(h, "rise", "health.rise", 1, LB_POLICY_RISE_FALL_MAX, &p->health.rise, notes,
+                     err);
     if (!rc)
-        rc = get_int(h, "fall", "health.fall", 1, 100, &p->health.fall, err);
-    return rc;
+        rc = get_int(h, "fall", "health.fall", 1, LB_POLICY_RISE_FALL_MAX, &p->health.fall, notes,
+                     err);
+    if (rc)
+        return rc;
+    if (p->health.interval_ms == 0) {
+        /* "0 means off": no checks, the same as "type":"none" */
+        p->health.type = LB_CHECK_NONE;
+        p->health.interval_ms = interval_default;
+    }
+    if (p->health.timeout_ms > p->health.interval_ms) {
+        /* a check must end before the next one is due; say so only if the user set it */
+        if (timeout_text[0])
+            add_note(notes, "health.timeout", timeout_text,
+                     lb_duration_format(p->health.interval_ms, used, sizeof(used)),
+                     "above health.interval");
+        p->health.timeout_ms = p->health.interval_ms;
+    }
+    return 0;
 }
 
-int lb_value_parse_policy(const char *json, size_t len, struct lb_pool_policy *out, char **err)
+int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_policy *out,
+                                struct lb_value_notes *notes, char **err)
 {
     struct lb_pool_policy p;
     json_object *root, *h;
+    char text[64];
     int algorithm, proxy, rc;
 
     lb_pool_policy_defaults(&p);
@@ -346,34 +468,54 @@ int lb_value_parse_policy(const char *json, size_t len, struct lb_pool_policy *o
     rc = get_choice(root, "algorithm", "algorithm", "wrr|leastconn|p2c|maglev", &algorithm, err);
     p.algorithm = (enum lb_algorithm)algorithm;
     if (!rc && (h = member(root, "health")))
-        rc = parse_health(h, &p, err);
+        rc = parse_health(h, &p, notes, err);
     if (!rc)
-        rc = get_duration(root, "connect_timeout", "connect_timeout", &p.connect_timeout_ms, err);
+        rc = get_duration(root, "connect_timeout", "connect_timeout",
+                          LB_POLICY_CONNECT_TIMEOUT_MIN_MS, LB_POLICY_CONNECT_TIMEOUT_MAX_MS,
+                          ZERO_OFF, &p.connect_timeout_ms, text, notes, err);
     if (!rc)
-        rc = get_duration(root, "idle_timeout", "idle_timeout", &p.idle_timeout_ms, err);
+        rc = get_duration(root, "idle_timeout", "idle_timeout", LB_POLICY_IDLE_TIMEOUT_MIN_MS,
+                          LB_POLICY_IDLE_TIMEOUT_MAX_MS, ZERO_OFF, &p.idle_timeout_ms, text, notes,
+                          err);
     if (!rc)
-        rc = get_int(root, "retries", "retries", 0, 10, &p.retries, err);
+        rc = get_int(root, "retries", "retries", 0, LB_POLICY_RETRIES_MAX, &p.retries, notes, err);
     if (!rc)
-        rc = get_int(root, "max_conns", "max_conns", 0, 10000000, &p.max_conns, err);
+        rc = get_int(root, "max_conns", "max_conns", 0, LB_POLICY_MAX_CONNS_MAX, &p.max_conns,
+                     notes, err);
     if (!rc)
-        rc = get_duration(root, "slow_start", "slow_start", &p.slow_start_ms, err);
+        rc =
+            get_duration(root, "slow_start", "slow_start", LB_POLICY_SLOW_START_MIN_MS,
+                         LB_POLICY_SLOW_START_MAX_MS, ZERO_OFF, &p.slow_start_ms, text, notes, err);
     if (!rc)
-        rc = get_duration(root, "drain_timeout", "drain_timeout", &p.drain_timeout_ms, err);
+        rc = get_duration(root, "drain_timeout", "drain_timeout", LB_POLICY_DRAIN_TIMEOUT_MIN_MS,
+                          LB_POLICY_DRAIN_TIMEOUT_MAX_MS, ZERO_OFF, &p.drain_timeout_ms, text,
+                          notes, err);
     if (!rc) {
         rc = get_choice(root, "proxy_protocol", "proxy_protocol", "none|v1|v2", &proxy, err);
         p.proxy_protocol = (enum lb_proxy_protocol)proxy;
     }
     if (!rc)
-        rc = get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold, err);
-    if (!rc && p.health.type != LB_CHECK_NONE &&
-        (p.health.interval_ms == 0 || p.health.timeout_ms == 0))
-        rc = lb_error_set(err, -EINVAL,
-                          "health.interval and health.timeout must be above 0 (use "
-                          "health.type \"none\" to turn checks off)");
+        rc = get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold, notes,
+                     err);
     if (!rc)
         *out = p;
     json_object_put(root);
     return rc;
+}
+
+int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err)
+{
+    return lb_value_parse_backend_noted(json, len, out, NULL, err);
+}
+
+int lb_value_parse_override(const char *json, size_t len, struct lb_override *out, char **err)
+{
+    return lb_value_parse_override_noted(json, len, out, NULL, err);
+}
+
+int lb_value_parse_policy(const char *json, size_t len, struct lb_pool_policy *out, char **err)
+{
+    return lb_value_parse_policy_noted(json, len, out, NULL, err);
 }
 
 bool lb_value_override_is_default(const struct lb_override *ov)

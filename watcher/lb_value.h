@@ -4,9 +4,39 @@
  *
  * Reading is strict about what is there and lenient about what is not:
  * every field is optional except a backend's "addr", unknown fields are
- * ignored, a field of the wrong type or out of bounds fails the whole value
- * with a sentence naming the field.  Values longer than LB_VALUE_MAX bytes
- * are refused before parsing.
+ * ignored, a field of the wrong type or a text that does not parse fails
+ * the whole value with a sentence naming the field.  Values longer than
+ * LB_VALUE_MAX bytes are refused before parsing.
+ *
+ * Numbers and durations out of their range do not fail the value: they are
+ * clamped to the nearest bound, and each clamp is reported as a note (the
+ * watcher logs it with the key and field).  The ranges, and why:
+ *
+ *   field            default  range             0 means
+ *   health.interval  2s       100ms .. 1h       checks off (as "type":"none")
+ *   health.timeout   1s       10ms .. interval  (nothing: the default, 1s, capped at interval)
+ *   health.rise/fall 2 / 3    1 .. 100
+ *   connect_timeout  3s       100ms .. 5m       no timeout of lbd's own
+ *   idle_timeout     1h       1s .. 7d          never idle out
+ *   retries          2        0 .. 10
+ *   max_conns        0        0 .. 10,000,000   no limit
+ *   slow_start       0s       1s .. 1h          off
+ *   drain_timeout    0s       1s .. 24h         wait for connections to end
+ *   panic_threshold  50       0 .. 100 (%)      panic mode off
+ *   weight           100      0 .. 1000         no new connections
+ *
+ * Every lbd replica checks every backend of its pools: a pool of 10,000
+ * backends at the default 2s is 5,000 checks a second per replica, and each
+ * backend sees (replicas / interval) checks a second.  The 100 ms floor is
+ * twenty times under the default (HAProxy's "inter" default too) and still
+ * leaves a check a round trip across a data centre; below it checks become
+ * load (1ms on 1,000 backends is a million connections a second).  A check that times out
+ * after the next one is due makes no sense, hence timeout <= interval;
+ * under 10ms (100ms for connect_timeout) a healthy backend on another host
+ * fails.  A slow start under 1s cannot ramp (the pool re-weighs every 100
+ * ms at most); an idle timeout or drain deadline under 1s closes
+ * connections that are working.  The upper bounds are the points past
+ * which a value behaves like "off" anyway; 0 says that directly.
  */
 #ifndef LB_VALUE_H
 #define LB_VALUE_H
@@ -25,13 +55,56 @@
  */
 int lb_value_check_addr(const char *addr, char **err);
 
+/* Policy bounds (see above); durations in ms. */
+#define LB_POLICY_INTERVAL_MIN_MS        100
+#define LB_POLICY_INTERVAL_MAX_MS        (3600LL * 1000)
+#define LB_POLICY_TIMEOUT_MIN_MS         10
+#define LB_POLICY_RISE_FALL_MAX          100
+#define LB_POLICY_CONNECT_TIMEOUT_MIN_MS 100
+#define LB_POLICY_CONNECT_TIMEOUT_MAX_MS (5LL * 60 * 1000)
+#define LB_POLICY_IDLE_TIMEOUT_MIN_MS    1000
+#define LB_POLICY_IDLE_TIMEOUT_MAX_MS    (7LL * 24 * 3600 * 1000)
+#define LB_POLICY_RETRIES_MAX            10
+#define LB_POLICY_MAX_CONNS_MAX          10000000
+#define LB_POLICY_SLOW_START_MIN_MS      1000
+#define LB_POLICY_SLOW_START_MAX_MS      (3600LL * 1000)
+#define LB_POLICY_DRAIN_TIMEOUT_MIN_MS   1000
+#define LB_POLICY_DRAIN_TIMEOUT_MAX_MS   (24LL * 3600 * 1000)
+
+/* One field clamped into its range. */
+struct lb_value_note {
+    char field[32];  /* as users write it: "health.interval" */
+    char given[40];  /* what the value said: "1ms", "5000" (cut if long) */
+    char used[40];   /* what lbd uses instead: "100ms", "1000" */
+    const char *why; /* static: "below the minimum", ... */
+};
+
+#define LB_VALUE_NOTES_MAX 16
+
+struct lb_value_notes {
+    struct lb_value_note note[LB_VALUE_NOTES_MAX];
+    size_t n; /* notes past the array are dropped; the value is clamped all the same */
+};
+
+/*
+ * The readers.  Each returns 0 with *out filled (out-of-range fields
+ * clamped, one note each in *notes when notes is not NULL), or -EINVAL
+ * with *err naming the field when the value does not parse; then *out is
+ * untouched.
+ */
 /* {"addr":"10.0.0.5:8080","weight":100,"zone":"a","meta":{...}} */
-int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err);
-
+int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend_spec *out,
+                                 struct lb_value_notes *notes, char **err);
 /* {"drain":true,"weight":50,"health":"up|down|auto"} */
-int lb_value_parse_override(const char *json, size_t len, struct lb_override *out, char **err);
-
+int lb_value_parse_override_noted(const char *json, size_t len, struct lb_override *out,
+                                  struct lb_value_notes *notes, char **err);
 /* Pool policy per DESIGN.md; absent fields keep lb_pool_policy_defaults(). */
+int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_policy *out,
+                                struct lb_value_notes *notes, char **err);
+
+/* The same, clamping without notes. */
+int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err);
+int lb_value_parse_override(const char *json, size_t len, struct lb_override *out, char **err);
 int lb_value_parse_policy(const char *json, size_t len, struct lb_pool_policy *out, char **err);
 
 /* True when the override changes nothing (no drain, no weight, health auto). */

@@ -4,9 +4,16 @@
  * lines that straddle two slices, so a stream costs one copy of its partial
  * line at most.  The decoder keeps one message; fragments append their
  * events to it until the closing line arrives.
+ *
+ * Events are read leniently (lb_etcd_json_read_kv()): values are decoded
+ * only up to LB_VALUE_MAX, the largest value lbd parses, and an event with
+ * a key too long, a value too large or anything malformed stays in the
+ * message, flagged, for the mirror to skip and count.  A line fails as a
+ * whole only when it is not a watch message at all.
  */
 #include "lb_watch_decode.h"
 #include "lb_error.h"
+#include "lb_value.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -147,14 +154,37 @@ static int reserve_events(struct lb_watch_decoder *d, size_t more, char **err)
     return 0;
 }
 
+/* Marks an event's kv flawed (keeping its first flaw); a flawed kv holds no value. */
+static void event_flaw(struct lb_watch_event *ev, const char *why)
+{
+    if (ev->kv.flaw == LB_ETCD_FLAW_NONE) {
+        ev->kv.flaw = LB_ETCD_FLAW_MALFORMED;
+        ev->kv.flaw_why = why;
+    }
+    if (ev->kv.value_len > 0) {
+        ev->kv.value_size = ev->kv.value_len;
+        ev->kv.value_len = 0;
+        ev->kv.value[0] = '\0';
+    }
+}
+
+/*
+ * Decodes one event leniently: an event that cannot be used is kept with
+ * its kv flagged (lb_etcd_json_read_kv()), so the other events of the
+ * response still apply.  Returns 0, or -ENOMEM with *err.
+ */
 static int decode_event(json_object *e, struct lb_watch_event *out, char **err)
 {
     json_object *type = NULL, *kv = NULL, *prev = NULL;
-    int rc;
+    const char *bad_type = NULL, *bad_prev = NULL;
 
     memset(out, 0, sizeof(*out));
-    if (!json_object_is_type(e, json_type_object))
-        return lb_error_set(err, -EINVAL, "a watch event is not an object");
+    if (!json_object_is_type(e, json_type_object)) {
+        if (lb_etcd_json_read_kv(NULL, LB_VALUE_MAX, &out->kv) < 0)
+            return lb_error_set(err, -ENOMEM, "out of memory decoding a watch event");
+        event_flaw(out, "a watch event is not an object");
+        return 0;
+    }
     if (json_object_object_get_ex(e, "type", &type) && type) {
         const char *t =
             json_object_is_type(type, json_type_string) ? json_object_get_string(type) : "";
@@ -162,22 +192,24 @@ static int decode_event(json_object *e, struct lb_watch_event *out, char **err)
         if (strcmp(t, "DELETE") == 0)
             out->deleted = true;
         else if (strcmp(t, "PUT") != 0)
-            return lb_error_set(err, -EINVAL, "a watch event has an unknown type");
+            bad_type = "a watch event has an unknown type";
     }
-    if (!json_object_object_get_ex(e, "kv", &kv) || !kv)
-        return lb_error_set(err, -EINVAL, "a watch event has no kv");
     if (json_object_object_get_ex(e, "prev_kv", &prev) && prev) {
         if (!json_object_is_type(prev, json_type_object) ||
             lb_etcd_json_get_int64(prev, "lease", &out->prev_lease) < 0)
-            return lb_error_set(err, -EINVAL, "a watch event has a bad prev_kv");
+            bad_prev = "a watch event has a bad prev_kv";
     }
-    rc = lb_etcd_json_parse_kv(kv, &out->kv, err);
-    if (rc)
-        return rc;
-    if (out->deleted && out->kv.value_len > 0) {
-        lb_etcd_kv_free(&out->kv);
-        return lb_error_set(err, -EINVAL, "a DELETE event carries a value");
-    }
+    json_object_object_get_ex(e, "kv", &kv);
+    if (lb_etcd_json_read_kv(kv, LB_VALUE_MAX, &out->kv) < 0)
+        return lb_error_set(err, -ENOMEM, "out of memory decoding a watch event");
+    if (!kv)
+        event_flaw(out, "a watch event has no kv");
+    if (bad_type)
+        event_flaw(out, bad_type);
+    if (bad_prev)
+        event_flaw(out, bad_prev);
+    if (out->deleted && out->kv.flaw == LB_ETCD_FLAW_NONE && out->kv.value_len > 0)
+        event_flaw(out, "a DELETE event carries a value");
     return 0;
 }
 

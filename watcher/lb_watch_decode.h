@@ -52,6 +52,13 @@ void lb_watch_lines_free(struct lb_watch_lines *s);
 
 /* --- message decoder ------------------------------------------------------------------- */
 
+/*
+ * One event.  An event lbd cannot use (a key too long, a value too large,
+ * a kv or type etcd would not write) is kept with kv.flaw set, so that the
+ * events around it still apply and it is skipped and counted by whoever
+ * applies them (lb_mirror_apply_events()); its kv.mod_revision still
+ * counts for the resume revision when it could be read.
+ */
 struct lb_watch_event {
     bool deleted;         /* "type":"DELETE"; absent type is a PUT */
     struct lb_etcd_kv kv; /* a DELETE's kv has only key and mod_revision */
@@ -84,7 +91,8 @@ void lb_watch_decoder_init(struct lb_watch_decoder *d);
  * (owned by the decoder, valid until the next call), 0 when the line was a
  * fragment held for merging (nothing to act on yet), or a negative errno
  * with *err (malloc'd) when the line is not a watch message; pending
- * fragments are dropped then, and the next line starts afresh.
+ * fragments are dropped then, and the next line starts afresh.  A bad
+ * event does not fail its line: it is flagged (struct lb_watch_event).
  */
 int lb_watch_decoder_line(struct lb_watch_decoder *d, const char *line, size_t len,
                           const struct lb_watch_msg **out, char **err);

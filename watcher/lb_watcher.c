@@ -18,9 +18,17 @@
  * delivered (lb_watch_msg_resume_revision()), so resuming at revision + 1
  * neither skips nor repeats an event.
  *
- * A listing is staged in memory and applied to the mirror only when its
- * last page has arrived, so the sink sees one consistent batch per listing
- * and a listing that fails half way changes nothing.
+ * A listing is staged in memory (lb_listing.h) and applied to the mirror
+ * only when its last page has arrived, so the sink sees one consistent
+ * batch per listing and a listing that fails half way changes nothing.
+ * An answer larger than LB_LISTING_RESPONSE_MAX is not a failure: the
+ * listing asks for the same page again, smaller (lb_listing_too_large()),
+ * at once and without counting a reconnect.
+ *
+ * No single key stops discovery: keys and values that cannot be used are
+ * skipped and counted by the mirror, in listings and watch events alike,
+ * and the rest is applied.  Their log lines are rate limited; `log_timer`
+ * writes the count of the lines held back once the limit allows.
  */
 #include "lb_watcher.h"
 #include "lb_duration.h"
@@ -29,6 +37,7 @@
 #include "lb_etcd_http.h"
 #include "lb_etcd_json.h"
 #include "lb_key.h"
+#include "lb_listing.h"
 #include "lb_log.h"
 #include "lb_mirror.h"
 #include "lb_outage.h"
@@ -47,8 +56,6 @@
 #define DEFAULT_REQUEST_TIMEOUT_MS 10000
 #define DEFAULT_PAGE_SIZE          500
 #define MAX_PAGE_SIZE              100000
-#define RANGE_RESPONSE_MAX         (64 * 1024 * 1024)
-#define LISTING_BYTES_MAX          ((size_t)512 * 1024 * 1024)
 #define HEALTHY_WATCH_S            30.0 /* a watch up this long resets the back-off */
 
 /* What the end of the current watch stream leads to. */
@@ -57,14 +64,6 @@ enum after_stream {
     AFTER_RELIST,       /* re-list now (compaction) */
     AFTER_RETRY_RELIST, /* back off, then re-list (lost line, changed cluster) */
     AFTER_LOGIN,        /* etcd refused the token: log in and watch again at once */
-};
-
-struct staged_kv {
-    char *key;
-    size_t key_len;
-    char *value;
-    size_t value_len;
-    int64_t mod_revision;
 };
 
 struct lb_watcher {
@@ -99,11 +98,7 @@ struct lb_watcher {
     struct lb_etcd_call *call; /* range page or watch in flight */
 
     /* listing */
-    int64_t list_revision;
-    struct staged_kv *staged;
-    size_t n_staged;
-    size_t staged_cap;
-    size_t staged_bytes;
+    struct lb_listing listing;
 
     /* watch */
     struct lb_watch_lines lines;
@@ -117,7 +112,8 @@ struct lb_watcher {
 
     ev_timer retry_timer;
     ev_timer stall_timer;
-    unsigned attempt; /* failures since the last watch that held */
+    ev_timer log_timer; /* writes the counts of skip lines held back */
+    unsigned attempt;   /* failures since the last watch that held */
     uint64_t rng;
     ev_tstamp last_contact; /* 0 = never */
     ev_tstamp started_at;
@@ -255,71 +251,38 @@ static void retry_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* --- listing --------------------------------------------------------------------------- */
 
-static void staged_clear(struct lb_watcher *w)
+/* Skip lines held back by the rate limit: write their counts when it allows. */
+static void log_flush_arm(struct lb_watcher *w)
 {
-    for (size_t i = 0; i < w->n_staged; i++) {
-        free(w->staged[i].key);
-        free(w->staged[i].value);
-    }
-    free(w->staged);
-    w->staged = NULL;
-    w->n_staged = 0;
-    w->staged_cap = 0;
-    w->staged_bytes = 0;
+    double due = lb_mirror_flush_log(w->mirror);
+
+    if (due < 0 || ev_is_active(&w->log_timer))
+        return;
+    ev_timer_set(&w->log_timer, due + 0.01, 0.);
+    ev_timer_start(w->loop, &w->log_timer);
 }
 
-/* Moves the kvs of a page into the staging area (the range keeps nothing to free). */
-static int stage_page(struct lb_watcher *w, struct lb_etcd_range *page)
+static void log_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    if (w->n_staged + page->n_kvs > LB_MIRROR_MAX_KEYS)
-        return -E2BIG;
-    if (w->n_staged + page->n_kvs > w->staged_cap) {
-        size_t cap = w->staged_cap ? w->staged_cap : 256;
-        struct staged_kv *s;
-
-        while (cap < w->n_staged + page->n_kvs)
-            cap *= 2;
-        s = realloc(w->staged, cap * sizeof(*s));
-        if (!s)
-            return -ENOMEM;
-        w->staged = s;
-        w->staged_cap = cap;
-    }
-    for (size_t i = 0; i < page->n_kvs; i++) {
-        struct lb_etcd_kv *kv = &page->kvs[i];
-        struct staged_kv *s = &w->staged[w->n_staged];
-
-        w->staged_bytes += kv->key_len + kv->value_len;
-        if (w->staged_bytes > LISTING_BYTES_MAX)
-            return -E2BIG;
-        s->key = kv->key;
-        s->key_len = kv->key_len;
-        s->value = kv->value;
-        s->value_len = kv->value_len;
-        s->mod_revision = kv->mod_revision;
-        kv->key = kv->value = NULL;
-        w->n_staged++;
-    }
-    return 0;
+    log_flush_arm(t->data);
 }
 
 static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply);
 
-static void list_request_page(struct lb_watcher *w, const char *key, size_t key_len)
+static void list_request(struct lb_watcher *w)
 {
     struct lb_etcd_request req = {
         .endpoint = w->endpoints[w->endpoint],
         .path = "/v3/kv/range",
         .timeout_ms = w->request_timeout_ms,
-        .max_response = RANGE_RESPONSE_MAX,
+        .max_response = LB_LISTING_RESPONSE_MAX,
         .on_done = list_page_done_cb,
         .ud = w,
     };
     char *body = NULL;
     int rc;
 
-    rc = lb_etcd_json_range_request(key, key_len, w->range_end, w->range_end_len, w->list_revision,
-                                    w->page_size, &body);
+    rc = lb_listing_request(&w->listing, &body);
     if (!rc) {
         req.body = body;
         rc = lb_etcd_http_start(w->http, &req, &w->call);
@@ -333,29 +296,13 @@ static void list_request_page(struct lb_watcher *w, const char *key, size_t key_
 static void list_finish(struct lb_watcher *w)
 {
     struct lb_mirror_stats ms;
-    int64_t updates = 0;
-    size_t refused = 0;
+    int64_t list_revision = w->listing.revision;
+    int updates;
     bool first;
-    int rc = 0;
 
-    lb_mirror_relist_begin(w->mirror);
-    for (size_t i = 0; i < w->n_staged; i++) {
-        struct staged_kv *s = &w->staged[i];
-
-        rc = lb_mirror_put(w->mirror, s->key, s->key_len, s->value, s->value_len, s->mod_revision);
-        if (rc == -E2BIG) {
-            refused++; /* mirror full: the key stays unknown, nothing else changes */
-            rc = 0;
-        }
-        if (rc < 0)
-            break;
-        updates += rc;
-    }
-    if (rc >= 0)
-        updates += lb_mirror_relist_end(w->mirror);
-    staged_clear(w);
+    updates = lb_listing_apply(&w->listing);
     first = !w->synced;
-    if (rc >= 0) {
+    if (updates >= 0) {
         /* Synced before the commit, so the sink sees lb_watcher_has_synced(). */
         if (w->synced)
             w->relists++;
@@ -363,98 +310,85 @@ static void list_finish(struct lb_watcher *w)
     }
     if (updates > 0 || first)
         w->sink.commit(w->sink.ctx);
-    if (rc >= 0) {
-        w->fresh_at = ev_now(w->loop);
-        w->last_list_ms = (int64_t)((ev_time() - w->list_started) * 1000.0);
-    }
-    if (refused)
-        LB_ERROR("watcher", "msg=\"too many keys, some ignored\" ignored=%zu max=%d", refused,
-                 LB_MIRROR_MAX_KEYS);
-    if (rc < 0) {
+    log_flush_arm(w);
+    if (updates < 0) {
         /* out of memory half way: what was delivered is true; try the rest again */
         w->need_relist = true;
-        schedule_retry(w, "listing", strerror(-rc));
+        schedule_retry(w, "listing", strerror(-updates));
         return;
     }
+    w->fresh_at = ev_now(w->loop);
+    w->last_list_ms = (int64_t)((ev_time() - w->list_started) * 1000.0);
     w->need_relist = false;
-    w->revision = w->list_revision;
+    w->revision = list_revision;
     lb_mirror_get_stats(w->mirror, &ms);
     LB_INFO("watcher",
-            "msg=\"%s\" endpoint=%s revision=%lld keys=%zu updates=%lld duration_ms=%lld",
+            "msg=\"%s\" endpoint=%s revision=%lld keys=%zu updates=%d duration_ms=%lld pages=%zu",
             first ? "synced" : "re-listed", w->endpoints[w->endpoint], (long long)w->revision,
-            ms.keys, (long long)updates, (long long)w->last_list_ms);
+            ms.keys, updates, (long long)w->last_list_ms, w->listing.pages);
     watch_begin(w);
 }
 
 static void list_page_done_cb(void *ud, const struct lb_etcd_reply *reply)
 {
     struct lb_watcher *w = ud;
-    struct lb_etcd_range page;
     char *err = NULL;
     int rc;
 
     w->call = NULL;
+    if (reply->status == -E2BIG && lb_listing_too_large(&w->listing) == 0) {
+        /* a few huge values: the same page again, smaller, at once (lb_listing.h) */
+        w->last_contact = ev_now(w->loop);
+        LB_DEBUG("watcher",
+                 "msg=\"range page larger than its bound, asking for fewer keys\" endpoint=%s "
+                 "limit=%lld keys_only=%d",
+                 w->endpoints[w->endpoint], (long long)w->listing.limit, w->listing.keys_only);
+        list_request(w);
+        return;
+    }
     if (reply->status) {
-        if (reply->status == -E2BIG && w->page_size > 1)
-            w->page_size /= 2; /* huge values: ask for fewer keys per page */
         schedule_retry(w, "range", reply->message);
         return;
     }
     w->last_contact = ev_now(w->loop);
-    rc =
-        reply->body ? lb_etcd_json_parse_range(reply->body, reply->body_len, &page, &err) : -ENOMEM;
-    if (rc) {
+    rc = reply->body ? lb_listing_page(&w->listing, reply->body, reply->body_len, &err) : -ENOMEM;
+    if (rc < 0) {
         w->decode_errors++;
-        schedule_retry(w, "range", err ? err : "out of memory");
+        schedule_retry(w, "range", err ? err : strerror(-rc));
         free(err);
         return;
     }
-    if (w->list_revision == 0) {
-        w->list_revision = page.header.revision;
-        if (w->cluster_id && page.header.cluster_id && page.header.cluster_id != w->cluster_id)
+    if (w->listing.pages == 1) {
+        if (w->cluster_id && w->listing.cluster_id && w->listing.cluster_id != w->cluster_id)
             LB_WARN("watcher", "msg=\"etcd cluster id changed\" endpoint=%s",
                     w->endpoints[w->endpoint]);
-        if (page.header.cluster_id)
-            w->cluster_id = page.header.cluster_id;
+        if (w->listing.cluster_id)
+            w->cluster_id = w->listing.cluster_id;
     }
-    LB_DEBUG("watcher", "msg=\"range page\" endpoint=%s revision=%lld keys=%zu more=%d",
-             w->endpoints[w->endpoint], (long long)w->list_revision, page.n_kvs, page.more);
-    rc = stage_page(w, &page);
-    if (rc) {
-        lb_etcd_range_free(&page);
-        schedule_retry(w, "range",
-                       rc == -E2BIG ? "listing larger than the watcher accepts" : strerror(-rc));
-        return;
-    }
-    if (page.more && w->n_staged > 0) {
-        /* next page: from just after the last key, at the same revision */
-        struct staged_kv *last = &w->staged[w->n_staged - 1];
-        char *next = malloc(last->key_len + 1);
-
-        lb_etcd_range_free(&page);
-        if (!next) {
-            schedule_retry(w, "range", "out of memory");
-            return;
-        }
-        memcpy(next, last->key, last->key_len);
-        next[last->key_len] = '\0';
-        list_request_page(w, next, last->key_len + 1);
-        free(next);
-        return;
-    }
-    lb_etcd_range_free(&page);
-    list_finish(w);
+    LB_DEBUG("watcher", "msg=\"range page\" endpoint=%s revision=%lld staged=%zu more=%d",
+             w->endpoints[w->endpoint], (long long)w->listing.revision, w->listing.n_staged,
+             rc == 1);
+    if (rc == 1)
+        list_request(w);
+    else
+        list_finish(w);
 }
 
 static void list_begin(struct lb_watcher *w)
 {
+    int rc;
+
     ev_timer_stop(w->loop, &w->retry_timer);
     w->need_relist = true; /* until a listing completes, retries list again */
-    staged_clear(w);
     w->state = LB_WATCHER_LISTING;
-    w->list_revision = 0;
     w->list_started = ev_time();
-    list_request_page(w, w->range_key, w->range_key_len);
+    rc = lb_listing_begin(&w->listing, w->range_key, w->range_key_len, w->range_end,
+                          w->range_end_len);
+    if (rc) {
+        schedule_retry(w, "range", strerror(-rc));
+        return;
+    }
+    list_request(w);
 }
 
 /* --- watching -------------------------------------------------------------------------- */
@@ -551,6 +485,7 @@ static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
             w->sink.commit(w->sink.ctx);
             record_lag(w, ev_time() - w->data_arrived);
         }
+        log_flush_arm(w);
     }
     high = lb_watch_msg_resume_revision(msg);
     if (high > w->revision)
@@ -786,6 +721,8 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
     w->retry_timer.data = w;
     ev_timer_init(&w->stall_timer, stall_cb, 0., 0.);
     w->stall_timer.data = w;
+    ev_timer_init(&w->log_timer, log_timer_cb, 0., 0.);
+    w->log_timer.data = w;
     w->last_list_ms = -1;
     lb_outage_init(&w->outage, LB_OUTAGE_INTERVAL_S);
     w->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)w;
@@ -820,6 +757,8 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
     if (rc)
         goto out;
     rc = lb_mirror_new(w->prefix, sink, &w->mirror);
+    if (!rc)
+        lb_listing_init(&w->listing, w->mirror, w->page_size);
     if (!rc) {
         store_cfg = (struct lb_override_store_config){
             .http = w->http,
@@ -873,6 +812,8 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
     out->updates_applied = ms.updates;
     out->decode_errors = w->decode_errors;
     out->bad_values = ms.bad_values;
+    memcpy(out->skipped, ms.skipped, sizeof(out->skipped));
+    out->clamped = ms.clamped;
     out->keys = ms.keys;
     out->ms_since_contact =
         w->last_contact > 0 ? (int64_t)((ev_time() - w->last_contact) * 1000.0) : -1;
@@ -909,13 +850,14 @@ void lb_watcher_free(struct lb_watcher *w)
     if (w->loop) {
         ev_timer_stop(w->loop, &w->retry_timer);
         ev_timer_stop(w->loop, &w->stall_timer);
+        ev_timer_stop(w->loop, &w->log_timer);
     }
     lb_override_store_free(w->store); /* before the http object its writes live in */
     if (w->call)
         lb_etcd_http_cancel(w->call);
     lb_etcd_http_free(w->http);
+    lb_listing_clear(&w->listing);
     lb_mirror_free(w->mirror);
-    staged_clear(w);
     lb_watch_lines_free(&w->lines);
     lb_watch_decoder_free(&w->decoder);
     for (size_t i = 0; i < w->n_endpoints; i++)

@@ -27,7 +27,12 @@
  * Values are parsed here (lb_value.h).  One that does not parse is logged
  * once with its key and skipped; if the key held a good value before, the
  * sink keeps that one until the key is fixed or deleted (lb_mirror.h).
- * Keys under the prefix that are not of the schema are ignored.
+ * Numbers and durations out of range are clamped and logged.  No key can
+ * stop discovery: keys under the prefix that are too long, not of the
+ * schema or malformed, and values too large to read, are skipped and
+ * counted by reason (lbd_etcd_skipped_keys_total) with a rate-limited log
+ * line each, and the rest of the listing or watch response is applied
+ * (lb_skip.h, lb_listing.h).
  *
  * Everything runs on the loop given to lb_watcher_new(), through libcurl's
  * multi interface; no call blocks.  The caller runs curl_global_init()
@@ -37,6 +42,7 @@
 #ifndef LB_WATCHER_H
 #define LB_WATCHER_H
 
+#include "lb_skip.h"
 #include "lb_update.h"
 
 #include <ev.h>
@@ -81,16 +87,18 @@ enum lb_watcher_state {
 
 struct lb_watcher_stats {
     enum lb_watcher_state state;
-    bool synced;              /* the first full listing was delivered */
-    int64_t revision;         /* last etcd revision applied */
-    uint64_t reconnects;      /* failed or ended listings and watches */
-    uint64_t relists;         /* listings after the first */
-    uint64_t events_received; /* watch events read */
-    uint64_t updates_applied; /* updates delivered to the sink */
-    uint64_t decode_errors;   /* responses or watch lines that did not decode */
-    uint64_t bad_values;      /* values or key names refused */
-    size_t keys;              /* schema keys known */
-    int64_t ms_since_contact; /* since the last bytes from etcd; -1 = never */
+    bool synced;                       /* the first full listing was delivered */
+    int64_t revision;                  /* last etcd revision applied */
+    uint64_t reconnects;               /* failed or ended listings and watches */
+    uint64_t relists;                  /* listings after the first */
+    uint64_t events_received;          /* watch events read */
+    uint64_t updates_applied;          /* updates delivered to the sink */
+    uint64_t decode_errors;            /* responses or watch lines that did not decode */
+    uint64_t bad_values;               /* values of schema keys that did not parse */
+    uint64_t skipped[LB_SKIP_REASONS]; /* keys skipped, by reason (lb_skip.h) */
+    uint64_t clamped;                  /* value fields clamped into their range */
+    size_t keys;                       /* schema keys known */
+    int64_t ms_since_contact;          /* since the last bytes from etcd; -1 = never */
     /* since the watcher last had a confirmed watch or a complete listing; 0 while watching */
     int64_t staleness_ms;
     int64_t last_list_ms; /* how long the last complete listing took; -1 = none yet */
@@ -137,7 +145,8 @@ struct lb_buf;
 /*
  * Appends the watcher's families in Prometheus text format (lbd_etcd_*:
  * state, synced, revision, reconnects, re-lists, events, updates, decode
- * errors, bad values, keys, seconds since the last contact, staleness,
+ * errors, bad values, skipped keys by reason, clamped fields, keys,
+ * seconds since the last contact, staleness,
  * update lag, last listing time, logins, endpoint).  Returns 0, or
  * -E2BIG / -ENOMEM from the buffer.
  */

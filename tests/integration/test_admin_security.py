@@ -108,6 +108,8 @@ class AdminSecurity(HarnessTestCase):
         cls.wrong_file = h.path("wrong.token")
         with open(cls.wrong_file, "w") as f:
             f.write("not-the-token\n")
+        for path in (cls.token_file, cls.wrong_file):
+            os.chmod(path, 0o600)  # as an operator keeps it: no "readable by everyone" warning
 
         cls.etcd = Etcd(h).start()
         cls.backend = Backend(h, "w1")

@@ -258,7 +258,7 @@ static void test_leastconn_uneven_lengths(void **state)
         open[n_open].ends_at = t + (b->id[0] == 'a' ? 300 : 30);
         n_open++;
         for (size_t i = 0; i < f->pool->snap->n_eligible; i++) {
-            uint64_t a = f->pool->snap->eligible[i]->active;
+            uint64_t a = lb_snapshot_eligible_backend(f->pool->snap, i)->active;
 
             lo = a < lo ? a : lo;
             hi = a > hi ? a : hi;
@@ -352,9 +352,9 @@ static void test_retry_skips_tried(void **state)
             assert_ptr_not_equal(b, tried[1]);
             {
                 /* every backend tried: nothing left */
-                struct lb_backend *all[3] = {f->pool->snap->eligible[0],
-                                             f->pool->snap->eligible[1],
-                                             f->pool->snap->eligible[2]};
+                struct lb_backend *all[3] = {lb_snapshot_eligible_backend(f->pool->snap, 0),
+                                             lb_snapshot_eligible_backend(f->pool->snap, 1),
+                                             lb_snapshot_eligible_backend(f->pool->snap, 2)};
                 struct lb_pick none = {.client = (struct sockaddr *)&sa, .tried = all,
                                        .n_tried = 3};
 
@@ -450,7 +450,7 @@ static void test_max_conns_skips_full_backends(void **state)
         f->sink.commit(f->sink.ctx);
         /* all but k057 are full */
         for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
-            f->pool->snap->eligible[i]->active = strcmp(f->pool->snap->eligible[i]->id, "k057")
+            lb_snapshot_eligible_backend(f->pool->snap, i)->active = strcmp(lb_snapshot_eligible_backend(f->pool->snap, i)->id, "k057")
                                                      ? 2 : 1;
         for (int i = 0; i < 50; i++) {
             struct lb_backend *b;
@@ -464,7 +464,7 @@ static void test_max_conns_skips_full_backends(void **state)
         lb_pool_find(f->pool, "k057")->backend->active = 2;
         assert_null(f->pool->snap->algo->pick(f->pool->snap, &p));
         for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
-            f->pool->snap->eligible[i]->active = 0;
+            lb_snapshot_eligible_backend(f->pool->snap, i)->active = 0;
     }
 }
 

@@ -118,7 +118,7 @@ static void test_removed_while_resolving(void **state)
         del("a");
     }
     run_for(0.3);
-    assert_int_equal(pool->snap->n_backends, 0);
+    assert_int_equal(pool->snap->n_entries, 0);
     /* and a numeric address needs no lookup at all */
     put("b", "127.0.0.1:9");
     assert_true(lb_pool_find(pool, "b")->backend->resolved);

@@ -119,6 +119,33 @@ static void test_creds_file(void **state)
     free(err);
 }
 
+/* A FIFO (or any non-regular file) is refused at once: open() must not wait for a writer. */
+static void test_creds_file_fifo_is_refused_without_blocking(void **state)
+{
+    char dir[] = "/tmp/lbtest-fifo-XXXXXX", path[64];
+    struct lb_etcd_creds c;
+    bool shared = true;
+    char *err = NULL;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/creds", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(5); /* a blocking open() ends the test here */
+    assert_int_equal(lb_etcd_creds_load(path, &c, &shared, &err), -EINVAL);
+    alarm(0);
+    assert_non_null(strstr(err, "--etcd-user-file"));
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "FIFO, not a regular file"));
+    assert_int_equal(c.user[0], 0);
+    free(err);
+    err = NULL;
+    assert_int_equal(lb_etcd_creds_load("/dev/null", &c, &shared, &err), -EINVAL);
+    assert_non_null(strstr(err, "device, not a regular file"));
+    free(err);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void test_login_body_and_token(void **state)
 {
     struct lb_etcd_creds c;
@@ -192,9 +219,13 @@ static void test_key_classify(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_creds_good),   cmocka_unit_test(test_creds_refused),
-        cmocka_unit_test(test_creds_file),   cmocka_unit_test(test_login_body_and_token),
-        cmocka_unit_test(test_token_errors), cmocka_unit_test(test_key_classify),
+        cmocka_unit_test(test_creds_good),
+        cmocka_unit_test(test_creds_refused),
+        cmocka_unit_test(test_creds_file),
+        cmocka_unit_test(test_creds_file_fifo_is_refused_without_blocking),
+        cmocka_unit_test(test_login_body_and_token),
+        cmocka_unit_test(test_token_errors),
+        cmocka_unit_test(test_key_classify),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

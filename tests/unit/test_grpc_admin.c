@@ -68,8 +68,8 @@ static int teardown(void **state)
 /* ---- calls through lbctl's client ---- */
 
 static int call(const char *path, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *type, int64_t timeout_ms,
-                ProtobufCMessage **resp, struct lb_admin_status *st)
+                const ProtobufCMessageDescriptor *type, int64_t timeout_ms, ProtobufCMessage **resp,
+                struct lb_admin_status *st)
 {
     ProtobufCMessage *dummy = NULL;
     int rc = lb_admin_client_call(client, path, req, type, timeout_ms, resp ? resp : &dummy, st);
@@ -79,8 +79,7 @@ static int call(const char *path, const ProtobufCMessage *req,
     return rc;
 }
 
-static void expect_status(int got, const struct lb_admin_status *st, int want,
-                          const char *needle)
+static void expect_status(int got, const struct lb_admin_status *st, int want, const char *needle)
 {
     if (got != want || (needle && !strstr(st->message, needle)))
         fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), st->message,
@@ -131,20 +130,20 @@ static void test_reads(void **state)
 
     gb.pool = "web";
     gb.id = "b9";
-    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
-              2000, NULL, &st);
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
+              NULL, &st);
     expect_status(rc, &st, LB_GRPC_NOT_FOUND, "backend web/b9 not found");
     gb.id = "";
-    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
-              2000, NULL, &st);
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
+              NULL, &st);
     expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "id is required");
     gb.id = "bad id";
-    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
-              2000, NULL, &st);
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
+              NULL, &st);
     expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not a valid name");
     gb.id = "b1";
-    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor,
-              2000, &m, &st);
+    rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
+              &m, &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_string_equal(((Lb__V1__GetBackendResponse *)m)->backend->addr, "10.0.0.1:8080");
     protobuf_c_message_free_unpacked(m, NULL);
@@ -288,8 +287,8 @@ static void test_drain_wait(void **state)
     sd.id = "b2"; /* 3 connections that finish one per drain step */
     sd.drain = true;
     sd.wait = true;
-    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000,
-              &m, &st);
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000, &m,
+              &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_true(((Lb__V1__SetDrainResponse *)m)->backend->drained);
     assert_int_equal(((Lb__V1__SetDrainResponse *)m)->backend->active_connections, 0);
@@ -305,15 +304,15 @@ static void test_drain_wait(void **state)
 
     /* the call's own deadline comes first */
     sd.wait_timeout_ms = 0;
-    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 100,
-              NULL, &st);
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 100, NULL,
+              &st);
     expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, "deadline");
     fx_wait_no_subscribers();
 
     sd.drain = false;
     sd.wait = false;
-    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000,
-              &m, &st);
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000, &m,
+              &st);
     expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_false(((Lb__V1__SetDrainResponse *)m)->backend->drain);
     protobuf_c_message_free_unpacked(m, NULL);
@@ -332,8 +331,8 @@ static void test_cancel_while_store_pending(void **state)
     sd.id = "d1";
     sd.drain = true;
     sd.wait = true;
-    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 50,
-              NULL, &st);
+    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 50, NULL,
+              &st);
     expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, NULL);
     usleep(400 * 1000);
     fx_wait_no_subscribers();
@@ -411,10 +410,10 @@ struct h2 {
     bool closed;
     uint32_t close_code;
     size_t data_bytes;
+    bool stall; /* the body is sent without END_STREAM, and then nothing more */
 };
 
-static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags,
-                          void *ud)
+static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
 {
     struct h2 *c = ud;
     ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
@@ -456,17 +455,19 @@ static int h2_close_cb(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
     return 0;
 }
 
-static ssize_t h2_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
-                          uint32_t *flags, nghttp2_data_source *src, void *ud)
+static ssize_t h2_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
+                          nghttp2_data_source *src, void *ud)
 {
     struct h2 *c = ud;
     size_t n = c->body_len - c->body_off;
 
     if (n > len)
         n = len;
+    if (n == 0 && c->stall)
+        return NGHTTP2_ERR_DEFERRED;
     memcpy(buf, c->body + c->body_off, n);
     c->body_off += n;
-    if (c->body_off == c->body_len)
+    if (c->body_off == c->body_len && !c->stall)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
 }
@@ -503,8 +504,8 @@ static void h2_open(struct h2 *c, uint32_t window)
     assert_int_equal(nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, 1), 0);
 }
 
-static void h2_request(struct h2 *c, const char *path, const char *content_type,
-                       const void *body, size_t len, bool end_stream)
+static void h2_request(struct h2 *c, const char *path, const char *content_type, const void *body,
+                       size_t len, bool end_stream)
 {
     nghttp2_nv nva[] = {
         {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
@@ -655,15 +656,15 @@ static void test_raw_slow_watcher(void **state)
 
 static void test_raw_reset_mid_call(void **state)
 {
-    static const uint8_t drain_db_d1[] = {0, 0, 0, 0, 14, 0x0a, 2, 'd', 'b', 0x12, 2,
-                                          'd', '1', 0x18, 1, 0x20, 0, 0x28, 1};
+    static const uint8_t drain_db_d1[] = {0, 0,   0,   0,    14, 0x0a, 2, 'd',  'b', 0x12,
+                                          2, 'd', '1', 0x18, 1,  0x20, 0, 0x28, 1};
     struct h2 c;
 
     /* RST_STREAM while the etcd write is in flight and a drain wait would follow. */
     fx_set_store(FX_STORE_OK, 200);
     h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", drain_db_d1,
-               sizeof(drain_db_d1), true);
+    h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", drain_db_d1, sizeof(drain_db_d1),
+               true);
     h2_pump(&c, 0.05);
     assert_false(c.closed);
     nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
@@ -736,8 +737,8 @@ static void test_garbage(void **state)
         memset(bad + 24, 0xee, sizeof(bad) - 24);
         expect_closed_after(bad, sizeof(bad));
     }
-    expect_status(call("/lb.v1.Admin/ListPools", &lp.base,
-                       &lb__v1__list_pools_response__descriptor, 2000, NULL, &st),
+    expect_status(call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor,
+                       2000, NULL, &st),
                   &st, LB_GRPC_OK, NULL);
 }
 
@@ -760,8 +761,8 @@ static void second_free(void)
 
 static void test_server_free_with_calls(void **state)
 {
-    static const uint8_t drain_b3_wait[] = {0, 0, 0, 0, 15, 0x0a, 3, 'w', 'e', 'b', 0x12, 2,
-                                            'b', '3', 0x18, 1, 0x20, 1, 0x28, 1};
+    static const uint8_t drain_b3_wait[] = {0,    0, 0,   0,   15,   0x0a, 3,    'w', 'e',  'b',
+                                            0x12, 2, 'b', '3', 0x18, 1,    0x20, 1,   0x28, 1};
     struct h2 watch, drain;
 
     /* A watch and a drain wait in flight when lbd frees its admin server. */
@@ -806,7 +807,6 @@ static void test_server_free_with_calls(void **state)
     }
 }
 
-
 /* True when the peer closed fd within `seconds`. */
 static bool closed_within(int fd, double seconds)
 {
@@ -822,11 +822,36 @@ static bool closed_within(int fd, double seconds)
     return false;
 }
 
-static void test_connection_limits(void **state)
+/* A TCP connection to the test server (or connect_port) from a loopback address of choice. */
+static int tcp_connect_from(const char *ip)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET}, src = {.sin_family = AF_INET};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(inet_pton(AF_INET, ip, &src.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
+    sa.sin_port = htons((uint16_t)(connect_port ? connect_port : lb_admin_server_port(fx.server)));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+static void h2_unary_ok(struct h2 *c)
+{
+    c->closed = false;
+    c->grpc_status = -1;
+    c->body_off = 0;
+    h2_request(c, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_pump(c, 2);
+    assert_int_equal(c->grpc_status, LB_GRPC_OK);
+}
+
+static void test_full_server_sheds_idle_connections_not_callers(void **state)
 {
     struct lb_admin_limits l;
     struct h2 a, b;
-    int third;
+    int idle, third;
 
     lb_admin_limits_defaults(&l);
     l.max_connections = 2;
@@ -834,20 +859,223 @@ static void test_connection_limits(void **state)
     second_new(&l);
     connect_port = lb_admin_server_port(second);
     h2_open(&a, 65535);
+    h2_unary_ok(&a); /* a is an operator's connection */
+    idle = tcp_connect();
+    usleep(50 * 1000);
+    /* full: the newcomer takes the idle connection's slot, a keeps working */
     h2_open(&b, 65535);
-    h2_pump(&a, 0.05);
-    h2_pump(&b, 0.05);
-    /* over the limit of 2: closed at once, the others keep working */
+    assert_true(closed_within(idle, 2));
+    close(idle);
+    h2_unary_ok(&b);
+    h2_unary_ok(&a);
+    /* every slot held by connections with calls: only now is a newcomer refused */
     third = tcp_connect();
     assert_true(closed_within(third, 2));
     close(third);
-    h2_request(&a, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\0", 5, true);
-    h2_pump(&a, 2);
-    assert_int_equal(a.grpc_status, LB_GRPC_OK);
+    h2_unary_ok(&a);
     /* idle for longer than 300 ms: GOAWAY and close */
     assert_true(closed_within(b.fd, 2));
     h2_close(&a);
     h2_close(&b);
+    connect_port = 0;
+    second_free();
+}
+
+/*
+ * 64 connections that send nothing used to refuse every further
+ * connection until the idle timeout (5 min): now each newcomer takes the
+ * slot of the oldest silent one, and silent ones are closed after the
+ * first-request deadline.
+ */
+static void test_silent_connections_do_not_lock_out_a_client(void **state)
+{
+    static const char *const ips[] = {"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"};
+    struct lb_admin_limits l;
+    struct lb_admin_client *c;
+    struct lb_admin_client_options co = {0};
+    Lb__V1__ListPoolsRequest lp = LB__V1__LIST_POOLS_REQUEST__INIT;
+    struct lb_admin_status st;
+    char addr[64], *err = NULL;
+    int fds[64];
+    double start;
+
+    lb_admin_limits_defaults(&l);
+    l.first_request_timeout_ms = 1000;
+    second_new(&l);
+    connect_port = lb_admin_server_port(second);
+    for (int i = 0; i < 64; i++)
+        fds[i] = tcp_connect_from(ips[i % 4]);
+    usleep(100 * 1000);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", connect_port);
+    co.addr = addr;
+    assert_int_equal(lb_admin_client_new(&co, &c, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        ProtobufCMessage *m = NULL;
+
+        expect_status(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
+                                           &lb__v1__list_pools_response__descriptor, 2000, &m, &st),
+                      &st, LB_GRPC_OK, NULL);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    lb_admin_client_free(c);
+    /* the silent ones are closed by the first-request deadline */
+    start = now_s();
+    for (int i = 0; i < 64; i++) {
+        assert_true(closed_within(fds[i], 3));
+        close(fds[i]);
+    }
+    assert_true(now_s() - start < 3);
+    connect_port = 0;
+    second_free();
+}
+
+static void test_per_peer_cap_sheds_that_peers_oldest_only(void **state)
+{
+    struct lb_admin_limits l;
+    int mine[5], other[3];
+
+    lb_admin_limits_defaults(&l);
+    l.max_per_peer = 4;
+    second_new(&l);
+    connect_port = lb_admin_server_port(second);
+    for (int i = 0; i < 3; i++)
+        other[i] = tcp_connect_from("127.0.0.3");
+    for (int i = 0; i < 4; i++) {
+        mine[i] = tcp_connect_from("127.0.0.2");
+        usleep(20 * 1000); /* accepted in this order */
+    }
+    /* a fifth from 127.0.0.2 costs 127.0.0.2's oldest its slot, nobody else's */
+    mine[4] = tcp_connect_from("127.0.0.2");
+    assert_true(closed_within(mine[0], 2));
+    for (int i = 1; i < 5; i++)
+        assert_false(closed_within(mine[i], 0.05));
+    for (int i = 0; i < 3; i++)
+        assert_false(closed_within(other[i], 0.05));
+    for (int i = 0; i < 5; i++)
+        close(mine[i]);
+    for (int i = 0; i < 3; i++)
+        close(other[i]);
+    connect_port = 0;
+    second_free();
+}
+
+struct metrics_job {
+    struct lb_admin_server *s;
+    char text[4096];
+};
+
+static void job_render(void *arg)
+{
+    struct metrics_job *j = arg;
+    struct lb_buf out;
+
+    lb_buf_init(&out, sizeof(j->text) - 1);
+    assert_int_equal(lb_admin_server_render_metrics(j->s, &out), 0);
+    snprintf(j->text, sizeof(j->text), "%s", out.data);
+    lb_buf_free(&out);
+}
+
+/* The value of a metric line starting with `name` (labels included) in the second server. */
+static long long second_metric(const char *name)
+{
+    struct metrics_job j = {.s = second};
+    char line[160];
+    const char *at;
+
+    fx_run(job_render, &j);
+    snprintf(line, sizeof(line), "\n%s ", name);
+    at = strstr(j.text, line);
+    assert_non_null(at);
+    return atoll(at + strlen(line));
+}
+
+/* A request message announced as `declared` bytes, of which `sent` follow. */
+static uint8_t *partial_message(uint32_t declared, size_t sent)
+{
+    uint8_t *m = calloc(1, LB_GRPC_FRAME_HEADER_LEN + sent);
+
+    assert_non_null(m);
+    lb_grpc_frame_header(m, declared);
+    memset(m + LB_GRPC_FRAME_HEADER_LEN, 0x0a, sent);
+    return m;
+}
+
+static void h2_stalled_request(struct h2 *c, const uint8_t *body, size_t len)
+{
+    h2_open(c, 65535);
+    c->stall = true;
+    h2_request(c, "/lb.v1.Admin/ListBackends", "application/grpc", body, len, true);
+    h2_pump(c, 0.05);
+}
+
+/*
+ * Half-sent messages used to be held forever: now the request deadline
+ * resets a stalled call with DEADLINE_EXCEEDED and frees its bytes, and the
+ * budgets refuse what would hold too much (RESOURCE_EXHAUSTED) while small
+ * calls from elsewhere still get in.
+ */
+static void test_stalled_and_oversized_requests_are_bounded_and_freed(void **state)
+{
+    struct lb_admin_limits l;
+    uint8_t *big = partial_message(600 * 1024, 100 * 1024);
+    uint8_t *huge = partial_message(900 * 1024, 10);
+    struct h2 s1, s2, s3, probe;
+    double start;
+
+    lb_admin_limits_defaults(&l);
+    l.max_message = 1024 * 1024;
+    l.conn_request_budget = 800 * 1024;
+    l.server_request_budget = 1024 * 1024;
+    l.conn_request_reserve = 64 * 1024;
+    l.request_timeout_ms = 800;
+    second_new(&l);
+    connect_port = lb_admin_server_port(second);
+
+    /* one connection's budget: 900 KiB announced is refused at once */
+    h2_stalled_request(&s1, huge, LB_GRPC_FRAME_HEADER_LEN + 10);
+    h2_pump(&s1, 2);
+    assert_int_equal(s1.grpc_status, LB_GRPC_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(s1.grpc_message, "this connection's unfinished requests"));
+    h2_close(&s1);
+
+    /* the server's budget: a second 600 KiB request elsewhere does not fit */
+    start = now_s();
+    h2_stalled_request(&s1, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
+    h2_pump(&s1, 0.2);
+    assert_int_equal(second_metric("lbd_admin_request_bytes"), 600 * 1024);
+    h2_stalled_request(&s2, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
+    h2_pump(&s2, 2);
+    assert_int_equal(s2.grpc_status, LB_GRPC_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(s2.grpc_message, "try again shortly"));
+    /* a small call still fits in its connection's reserve */
+    h2_open(&probe, 65535);
+    h2_unary_ok(&probe);
+    h2_close(&probe);
+    /* the stalled one is reset by the request deadline, and its bytes go back */
+    h2_pump(&s1, 3);
+    assert_true(s1.closed);
+    assert_int_equal(s1.grpc_status, LB_GRPC_DEADLINE_EXCEEDED);
+    assert_non_null(strstr(s1.grpc_message, "was not received within"));
+    assert_true(now_s() - start >= 0.7);
+    assert_int_equal(second_metric("lbd_admin_request_bytes"), 0);
+    /* and there is room again */
+    h2_stalled_request(&s3, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
+    h2_pump(&s3, 0.2);
+    assert_int_equal(second_metric("lbd_admin_request_bytes"), 600 * 1024);
+    h2_close(&s3); /* the client goes away: freed too */
+    {
+        double end = now_s() + 2;
+
+        while (second_metric("lbd_admin_request_bytes") != 0 && now_s() < end)
+            usleep(10 * 1000);
+    }
+    assert_int_equal(second_metric("lbd_admin_request_bytes"), 0);
+    assert_int_equal(second_metric("lbd_admin_calls_refused_total{reason=\"request_timeout\"}"), 1);
+    assert_int_equal(second_metric("lbd_admin_calls_refused_total{reason=\"request_budget\"}"), 2);
+    h2_close(&s1);
+    h2_close(&s2);
+    free(big);
+    free(huge);
     connect_port = 0;
     second_free();
 }
@@ -893,8 +1121,7 @@ static void test_client_errors(void **state)
     co.addr = addr;
     assert_int_equal(lb_admin_client_new(&co, &c, &err), 0);
     assert_int_equal(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
-                                          &lb__v1__list_pools_response__descriptor, 1000, &m,
-                                          &st),
+                                          &lb__v1__list_pools_response__descriptor, 1000, &m, &st),
                      LB_GRPC_UNAVAILABLE);
     assert_true(st.transport);
     assert_non_null(strstr(st.message, "connection refused (is lbd running with --admin"));
@@ -918,7 +1145,10 @@ int main(void)
         cmocka_unit_test(test_raw_reset_mid_call),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_server_free_with_calls),
-        cmocka_unit_test(test_connection_limits),
+        cmocka_unit_test(test_full_server_sheds_idle_connections_not_callers),
+        cmocka_unit_test(test_silent_connections_do_not_lock_out_a_client),
+        cmocka_unit_test(test_per_peer_cap_sheds_that_peers_oldest_only),
+        cmocka_unit_test(test_stalled_and_oversized_requests_are_bounded_and_freed),
         cmocka_unit_test(test_client_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -39,11 +39,12 @@
 #include "admin_fixture.h"
 #include "admin_server.h"
 #include "lb_grpc_frame.h"
+#include "lb_secret.h"
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "lb/v1/admin.pb-c.h"
 
-#define TOKEN "s3cret-t0ken"
+#define TOKEN                "s3cret-t0ken"
 #define HANDSHAKE_TIMEOUT_MS 300
 
 static char dir[64];
@@ -162,8 +163,9 @@ static void make_pki(void)
 }
 
 static const char *const files[] = {
-    "ca.pem",  "srv.pem", "srv.key", "other-ca.pem", "other.key", "named.pem", "named.key",
-    "token",   "wrong",   "empty",   "blank",        "spaced",    "long",      "garbage.pem",
+    "ca.pem",    "srv.pem",   "srv.key", "other-ca.pem", "other.key",
+    "named.pem", "named.key", "token",   "wrong",        "empty",
+    "blank",     "spaced",    "long",    "garbage.pem",  "fifo",
 };
 
 static int setup(void **state)
@@ -233,9 +235,9 @@ static int health_check(struct lb_admin_client *c, struct lb_admin_status *st)
 {
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     ProtobufCMessage *m = NULL;
-    int rc = lb_admin_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
-                                  &grpc__health__v1__health_check_response__descriptor, 3000, &m,
-                                  st);
+    int rc =
+        lb_admin_client_call(c, "/grpc.health.v1.Health/Check", &req.base,
+                             &grpc__health__v1__health_check_response__descriptor, 3000, &m, st);
 
     if (m) {
         assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
@@ -245,8 +247,7 @@ static int health_check(struct lb_admin_client *c, struct lb_admin_status *st)
     return rc;
 }
 
-static void expect_status(int got, const struct lb_admin_status *st, int want,
-                          const char *needle)
+static void expect_status(int got, const struct lb_admin_status *st, int want, const char *needle)
 {
     if (got != want || (needle && !strstr(st->message, needle)))
         fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), st->message,
@@ -269,9 +270,18 @@ static void test_auth_header_rules(void **state)
 {
     static const char *const yes[] = {"Bearer " TOKEN, "bearer " TOKEN, "BEARER \t " TOKEN " \t"};
     static const char *const no[] = {
-        "",           "Bearer",           "Bearer ",       "Bearer  \t ",       "Basic " TOKEN,
-        TOKEN,        "Bearer" TOKEN,     "Bearer s3cret", "Bearer " TOKEN "x", "Bearer x" TOKEN,
-        "Bearer " TOKEN " x", "Bearerx " TOKEN,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer  \t ",
+        "Basic " TOKEN,
+        TOKEN,
+        "Bearer" TOKEN,
+        "Bearer s3cret",
+        "Bearer " TOKEN "x",
+        "Bearer x" TOKEN,
+        "Bearer " TOKEN " x",
+        "Bearerx " TOKEN,
     };
     struct lb_admin_auth auth, open = {0};
 
@@ -322,6 +332,49 @@ static void test_token_files(void **state)
         assert_non_null(strstr(err, "is a directory"));
         free(err);
     }
+}
+
+/* A FIFO as the token file is one error at once, for lbd and lbctl alike (lb_secret). */
+static void test_token_file_fifo_is_refused_without_blocking(void **state)
+{
+    struct lb_admin_auth auth;
+    char *err = NULL, *token = NULL;
+
+    assert_int_equal(mkfifo(p("fifo"), 0600), 0);
+    alarm(5); /* a blocking open() ends the test here */
+    assert_int_equal(lb_admin_auth_load(&auth, p("fifo"), &err), -EINVAL);
+    assert_non_null(strstr(err, "admin token file"));
+    assert_non_null(strstr(err, "is a FIFO, not a regular file"));
+    free(err);
+    assert_int_equal(lb_secret_read_file(p("fifo"), "admin token file", &token, &err), -EINVAL);
+    alarm(0);
+    assert_null(token);
+    free(err);
+    unlink(p("fifo"));
+}
+
+/* Everyone may read the token file: flagged (lbd warns); owner and group only: not. */
+static void test_token_file_readable_by_everyone_is_flagged(void **state)
+{
+    static const struct {
+        mode_t mode;
+        bool shared;
+    } cases[] = {{0600, false}, {0640, false}, {0644, true}, {0604, true}};
+    struct lb_admin_auth auth;
+    char *err = NULL;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        bool shared = !cases[i].shared;
+        char *token = NULL;
+
+        assert_int_equal(chmod(p("token"), cases[i].mode), 0);
+        assert_int_equal(lb_admin_auth_load(&auth, p("token"), &err), 0);
+        assert_int_equal(auth.file_shared, cases[i].shared);
+        assert_int_equal(lb_secret_read(p("token"), "admin token file", &token, &shared, &err), 0);
+        assert_int_equal(shared, cases[i].shared);
+        lb_secret_free(token);
+    }
+    chmod(p("token"), 0600);
 }
 
 struct bad_config {
@@ -584,8 +637,8 @@ struct tls_h2 {
     SSL_CTX *ctx;
     SSL *ssl;
     nghttp2_session *session;
-    unsigned open;      /* streams not closed yet */
-    unsigned ok;        /* grpc-status 0 seen */
+    unsigned open; /* streams not closed yet */
+    unsigned ok;   /* grpc-status 0 seen */
     size_t data_bytes;
 };
 
@@ -629,9 +682,8 @@ static bool tls_h2_open(struct tls_h2 *c, const char *alpn, size_t alpn_len, int
     assert_non_null(c->ctx);
     assert_int_equal(SSL_CTX_load_verify_locations(c->ctx, p("ca.pem"), NULL), 1);
     SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-    assert_int_equal(SSL_CTX_set_alpn_protos(c->ctx, (const unsigned char *)alpn,
-                                             (unsigned)alpn_len),
-                     0);
+    assert_int_equal(
+        SSL_CTX_set_alpn_protos(c->ctx, (const unsigned char *)alpn, (unsigned)alpn_len), 0);
     c->ssl = SSL_new(c->ctx);
     SSL_set_fd(c->ssl, c->fd);
     SSL_set1_host(c->ssl, "127.0.0.1");
@@ -767,6 +819,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth_header_rules),
         cmocka_unit_test(test_token_files),
+        cmocka_unit_test(test_token_file_fifo_is_refused_without_blocking),
+        cmocka_unit_test(test_token_file_readable_by_everyone_is_flagged),
         cmocka_unit_test(test_server_config_errors),
         cmocka_unit_test(test_token_required),
         cmocka_unit_test(test_tls_calls),

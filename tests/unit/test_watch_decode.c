@@ -3,7 +3,9 @@
  * of slicing a stream, each message shape etcd 3.4 sends (as observed:
  * PUT without "type", DELETE with only key and mod_revision, lease expiry,
  * progress, compaction cancel after created, fragments), and bad input,
- * after which the decoder must go on decoding.
+ * after which the decoder must go on decoding.  Bad events (keys too long,
+ * values too large, anything malformed) are flagged, never fatal to the
+ * events around them.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lb_value.h"
 #include "lb_watch_decode.h"
 
 /* Watch lines as the gateway writes them (keys: /lb/pools/web/backends/b1 and b2). */
@@ -416,6 +419,7 @@ static void test_fragment_merge(void **state)
 
 static void test_garbage_then_recovers(void **state)
 {
+    /* lines that are not watch messages at all: the whole line fails */
     static const char *const bad[] = {
         "hello",
         "{\"result\":",
@@ -425,19 +429,6 @@ static void test_garbage_then_recovers(void **state)
         "{\"result\":null}",
         "{\"result\":7}",
         "{\"result\":{\"events\":7}}",
-        "{\"result\":{\"events\":[7]}}",
-        "{\"result\":{\"events\":[{}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"not base64!\"}}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ\"}}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\",\"value\":\"Q===\"}}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\",\"value\":7}}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\",\"mod_revision\":\"1x\"}}]}}",
-        ("{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\",\"mod_revision\":"
-         "\"99999999999999999999\"}}]}}"),
-        "{\"result\":{\"events\":[{\"type\":\"PATCH\",\"kv\":{\"key\":\"QQ==\"}}]}}",
-        "{\"result\":{\"events\":[{\"type\":\"DELETE\",\"kv\":{\"key\":\"QQ==\",\"value\":\"QQ==\"}"
-        "}]}}",
-        "{\"result\":{\"events\":[{\"kv\":{\"key\":\"QQ==\"},\"prev_kv\":3}]}}",
         "{\"result\":{\"header\":{\"revision\":{}}}}",
         "{\"result\":{\"header\":[]}}",
         "{\"result\":{\"header\":{\"revision\":\"-5\"}}}",
@@ -472,6 +463,186 @@ static void test_garbage_then_recovers(void **state)
     assert_non_null(strstr(err, "no leader"));
     free(err);
     lb_watch_decoder_free(&d);
+}
+
+/*
+ * Events etcd would not write do not fail their line: each is kept,
+ * flagged, so the good events of the same response still apply.
+ */
+static void test_bad_events_are_flagged_not_fatal(void **state)
+{
+    static const struct {
+        const char *events;
+        enum lb_etcd_flaw flaw;
+        bool key_whole;
+    } cases[] = {
+        {"[7]", LB_ETCD_FLAW_MALFORMED, false},
+        {"[{}]", LB_ETCD_FLAW_MALFORMED, false},
+        {"[{\"kv\":{\"key\":\"not base64!\"}}]", LB_ETCD_FLAW_MALFORMED, false},
+        {"[{\"kv\":{\"key\":\"QQ\"}}]", LB_ETCD_FLAW_MALFORMED, false},
+        {"[{\"kv\":{\"key\":7}}]", LB_ETCD_FLAW_MALFORMED, false},
+        {"[{\"kv\":{\"key\":\"QQ==\",\"value\":\"Q===\"}}]", LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"kv\":{\"key\":\"QQ==\",\"value\":7}}]", LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"kv\":{\"key\":\"QQ==\",\"mod_revision\":\"1x\"}}]", LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"kv\":{\"key\":\"QQ==\",\"mod_revision\":\"99999999999999999999\"}}]",
+         LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"type\":\"PATCH\",\"kv\":{\"key\":\"QQ==\"}}]", LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"type\":\"DELETE\",\"kv\":{\"key\":\"QQ==\",\"value\":\"QQ==\"}}]",
+         LB_ETCD_FLAW_MALFORMED, true},
+        {"[{\"kv\":{\"key\":\"QQ==\"},\"prev_kv\":3}]", LB_ETCD_FLAW_MALFORMED, true},
+    };
+    struct lb_watch_decoder d;
+    const struct lb_watch_msg *m;
+    char line[512], *err;
+
+    lb_watch_decoder_init(&d);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(line, sizeof(line), "{\"result\":{\"events\":%s}}", cases[i].events);
+        if (decode_one(&d, line, &m, &err) != 1)
+            fail_msg("line failed: %s (%s)", line, err ? err : "");
+        assert_int_equal(m->n_events, 1);
+        if (m->events[0].kv.flaw != cases[i].flaw ||
+            m->events[0].kv.key_whole != cases[i].key_whole)
+            fail_msg("%s: flaw %d key_whole %d", cases[i].events, m->events[0].kv.flaw,
+                     m->events[0].kv.key_whole);
+        assert_non_null(m->events[0].kv.key);
+        assert_non_null(m->events[0].kv.value);
+        assert_true(m->events[0].kv.flaw_why[0] != '\0');
+        if (cases[i].key_whole)
+            assert_string_equal(m->events[0].kv.key, "A");
+    }
+    lb_watch_decoder_free(&d);
+}
+
+/* A kv JSON object for key and value (any bytes), as the gateway writes it. */
+static char *kv_json(const char *key, size_t key_len, const char *value, size_t value_len,
+                     const char *rev)
+{
+    char *k64, *v64, *out;
+    size_t size;
+
+    assert_int_equal(lb_etcd_base64_encode(key, key_len, &k64), 0);
+    assert_int_equal(lb_etcd_base64_encode(value, value_len, &v64), 0);
+    size = strlen(k64) + strlen(v64) + 128;
+    out = malloc(size);
+    assert_non_null(out);
+    snprintf(out, size,
+             "{\"key\":\"%s\",\"create_revision\":\"%s\",\"mod_revision\":\"%s\","
+             "\"version\":\"1\",\"value\":\"%s\"}",
+             k64, rev, rev, v64);
+    free(k64);
+    free(v64);
+    return out;
+}
+
+static char *filled(size_t len, const char *start, char fill)
+{
+    char *s = malloc(len + 1);
+
+    assert_non_null(s);
+    memset(s, fill, len);
+    memcpy(s, start, strlen(start));
+    s[len] = '\0';
+    return s;
+}
+
+/*
+ * One response: a good PUT, a 5,000-byte key, a 1.5 MiB key, a 70 KiB
+ * value, a malformed event and a good DELETE.  All six arrive; the good
+ * ones are whole, the others flagged; the response resumes after all.
+ */
+static void test_huge_keys_and_values_among_good_events(void **state)
+{
+    static const char good_value[] = "{\"addr\":\"10.0.0.5:8080\"}";
+    char *long_key = filled(5000, "/lb/pools/other/", 'a');
+    char *huge_key = filled(1500 * 1024, "/lb/pools/other/", 'k');
+    char *big_value = filled(70 * 1024, "{\"addr\":\"10.0.0.6:80\",\"meta\":\"", 'v');
+    char *e_good = kv_json("/lb/pools/web/backends/b1", 25, good_value, strlen(good_value), "20");
+    char *e_long = kv_json(long_key, 5000, "x", 1, "21");
+    char *e_huge = kv_json(huge_key, 1500 * 1024, "x", 1, "22");
+    char *e_big = kv_json("/lb/pools/web/backends/b2", 25, big_value, 70 * 1024, "23");
+    size_t size = strlen(e_good) + strlen(e_long) + strlen(e_huge) + strlen(e_big) + 1024;
+    char *line = malloc(size), *err = NULL;
+    struct lb_watch_decoder d;
+    const struct lb_watch_msg *m;
+    const struct lb_etcd_kv *kv;
+
+    assert_non_null(line);
+    snprintf(line, size,
+             "{\"result\":{" HDR("25") ",\"events\":[{\"kv\":%s},{\"kv\":%s},{\"kv\":%s},"
+                                       "{\"kv\":%s},{\"kv\":{\"key\":\"@@@@\",\"mod_revision\":"
+                                       "\"24\"}},{\"type\":\"DELETE\",\"kv\":{\"key\":\"" KEY_B2
+                                       "\",\"mod_revision\":\"25\"}}]}}",
+             e_good, e_long, e_huge, e_big);
+    assert_true(strlen(line) < LB_WATCH_LINE_MAX);
+    lb_watch_decoder_init(&d);
+    assert_int_equal(decode_one(&d, line, &m, &err), 1);
+    assert_int_equal(m->n_events, 6);
+    /* the good PUT */
+    kv = &m->events[0].kv;
+    assert_int_equal(kv->flaw, LB_ETCD_FLAW_NONE);
+    assert_string_equal(kv->key, "/lb/pools/web/backends/b1");
+    assert_string_equal(kv->value, good_value);
+    /* the long keys: their first bytes kept for the log, their size told */
+    for (int i = 1; i <= 2; i++) {
+        kv = &m->events[i].kv;
+        assert_int_equal(kv->flaw, LB_ETCD_FLAW_KEY_TOO_LONG);
+        assert_false(kv->key_whole);
+        assert_true(kv->key_len > 0 && kv->key_len <= LB_ETCD_KEY_SHOWN);
+        assert_memory_equal(kv->key, "/lb/pools/other/", 16);
+        assert_int_equal(kv->key_size, i == 1 ? 5000 : 1500 * 1024);
+        assert_int_equal(kv->value_len, 0);
+    }
+    /* the large value: not decoded, its key whole */
+    kv = &m->events[3].kv;
+    assert_int_equal(kv->flaw, LB_ETCD_FLAW_VALUE_TOO_LARGE);
+    assert_true(kv->key_whole);
+    assert_string_equal(kv->key, "/lb/pools/web/backends/b2");
+    assert_int_equal(kv->value_len, 0);
+    assert_string_equal(kv->value, "");
+    assert_int_equal(kv->value_size, 70 * 1024);
+    assert_int_equal(kv->mod_revision, 23);
+    /* the malformed one, then the good DELETE */
+    assert_int_equal(m->events[4].kv.flaw, LB_ETCD_FLAW_MALFORMED);
+    assert_int_equal(m->events[5].kv.flaw, LB_ETCD_FLAW_NONE);
+    assert_true(m->events[5].deleted);
+    assert_int_equal(lb_watch_msg_resume_revision(m), 25);
+    lb_watch_decoder_free(&d);
+    free(line);
+    free(e_good);
+    free(e_long);
+    free(e_huge);
+    free(e_big);
+    free(long_key);
+    free(huge_key);
+    free(big_value);
+}
+
+/* A value of exactly LB_VALUE_MAX bytes is decoded; one byte more is not. */
+static void test_value_bound_is_exact(void **state)
+{
+    char *value = filled(LB_VALUE_MAX + 1, "x", 'y');
+    struct lb_watch_decoder d;
+    const struct lb_watch_msg *m;
+    char *err = NULL, *ev, *line;
+    size_t size;
+
+    lb_watch_decoder_init(&d);
+    for (size_t len = LB_VALUE_MAX; len <= LB_VALUE_MAX + 1; len++) {
+        ev = kv_json("/lb/pools/web/backends/b1", 25, value, len, "9");
+        size = strlen(ev) + 64;
+        line = malloc(size);
+        assert_non_null(line);
+        snprintf(line, size, "{\"result\":{\"events\":[{\"kv\":%s}]}}", ev);
+        assert_int_equal(decode_one(&d, line, &m, &err), 1);
+        assert_int_equal(m->events[0].kv.flaw,
+                         len == LB_VALUE_MAX ? LB_ETCD_FLAW_NONE : LB_ETCD_FLAW_VALUE_TOO_LARGE);
+        assert_int_equal(m->events[0].kv.value_len, len == LB_VALUE_MAX ? len : 0);
+        free(line);
+        free(ev);
+    }
+    lb_watch_decoder_free(&d);
+    free(value);
 }
 
 static void test_deep_nesting_refused(void **state)
@@ -531,6 +702,9 @@ int main(void)
         cmocka_unit_test(test_cancel_with_reason),
         cmocka_unit_test(test_fragment_merge),
         cmocka_unit_test(test_garbage_then_recovers),
+        cmocka_unit_test(test_bad_events_are_flagged_not_fatal),
+        cmocka_unit_test(test_huge_keys_and_values_among_good_events),
+        cmocka_unit_test(test_value_bound_is_exact),
         cmocka_unit_test(test_deep_nesting_refused),
         cmocka_unit_test(test_empty_value_put),
     };

@@ -2,7 +2,9 @@
  * The mirror: a re-list delivers only the difference against what the sink
  * was told (adds, changes, deletes; nothing for unchanged keys), bad values
  * are refused once and never take a good value away, and a DELETE reaches
- * the sink only for keys it knows.
+ * the sink only for keys it knows.  Keys that cannot be of the schema, or
+ * whose value cannot be read, are skipped and counted by reason, never
+ * stored; a flood of them writes a few log lines, not one per key.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lb_log.h"
 #include "lb_mirror.h"
@@ -206,12 +209,14 @@ static void test_bad_values(void **state)
     assert_int_equal(put(f, B3, "{}", 33), 0);
     assert_int_equal(del(f, B3), 0);
     take_log(f, "");
-    /* a bad key name is refused once, and never delivered */
+    /* a bad key name is skipped each time it is seen, never delivered, never stored */
     assert_int_equal(put(f, "/lb/pools/w b/backends/x", "{\"addr\":\"h:1\"}", 34), 0);
     assert_int_equal(put(f, "/lb/pools/w b/backends/x", "{\"addr\":\"h:1\"}", 35), 0);
     assert_int_equal(del(f, "/lb/pools/w b/backends/x"), 0);
     lb_mirror_get_stats(f->m, &st);
-    assert_int_equal(st.bad_values, 4);
+    assert_int_equal(st.bad_values, 3);
+    assert_int_equal(st.skipped[LB_SKIP_BAD_VALUE], 3);
+    assert_int_equal(st.skipped[LB_SKIP_BAD_KEY], 2);
     take_log(f, "");
 }
 
@@ -220,12 +225,34 @@ static void test_outside_schema(void **state)
     struct fixture *f = *state;
     struct lb_mirror_stats st;
 
-    assert_int_equal(put(f, "/lb/pools/web/notes", "hello", 2), 0);
-    assert_int_equal(put(f, "/lb/other", "{}", 3), 0);
+    /* keys under the prefix that do not fit the schema: skipped and counted, never kept */
+    static const char *const junk[] = {
+        "/lb/pools/web/notes",        "/lb/other", "/lb/pools/web",
+        "/lb/pools/web/backends/",    /* empty id */
+        "/lb/pools/web/backends/a/b", /* too deep */
+        "/lb/pools/web/overrides/",   /* empty id */
+        "/lb/pools//backends/x",      /* empty pool */
+        "/lb/pools/web/backends/..",  /* a name that is not one */
+        "/lb/pools/web/config/x",     /* too deep */
+        "/lb/pools/w\x01b/config",    /* control character */
+    };
+    char long_id[200];
+
+    for (size_t i = 0; i < sizeof(junk) / sizeof(junk[0]); i++)
+        assert_int_equal(put(f, junk[i], "{\"addr\":\"h:1\"}", (int64_t)i + 2), 0);
+    memset(long_id, 'i', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    {
+        char key[300];
+
+        snprintf(key, sizeof(key), "/lb/pools/web/backends/%s", long_id); /* id > 127 bytes */
+        assert_int_equal(put(f, key, "{\"addr\":\"h:1\"}", 50), 0);
+    }
     assert_int_equal(del(f, "/lb/pools/web/notes"), 0);
     lb_mirror_get_stats(f->m, &st);
     assert_int_equal(st.keys, 0);
     assert_int_equal(st.bad_values, 0);
+    assert_int_equal(st.skipped[LB_SKIP_BAD_KEY], sizeof(junk) / sizeof(junk[0]) + 1);
     take_log(f, "");
 }
 
@@ -251,6 +278,238 @@ static void test_apply_events(void **state)
     msg.n_events = 2;
     assert_int_equal(lb_mirror_apply_events(f->m, &msg), 2);
     take_log(f, "-backend web/b2;+backend web/b3 10.0.0.3:80 2;");
+}
+
+/* A flawed kv as lb_etcd_json_read_kv() leaves it. */
+static struct lb_etcd_kv flawed(const char *key, enum lb_etcd_flaw flaw, bool whole, size_t size,
+                                int64_t rev)
+{
+    struct lb_etcd_kv kv;
+
+    memset(&kv, 0, sizeof(kv));
+    kv.key = (char *)key;
+    kv.key_len = strlen(key);
+    kv.key_size = size ? size : kv.key_len;
+    kv.value = "";
+    kv.mod_revision = rev;
+    kv.flaw = flaw;
+    kv.key_whole = whole;
+    kv.flaw_why = "test";
+    return kv;
+}
+
+/*
+ * A schema key whose value could not be read (too large, malformed) is a
+ * bad value: the sink keeps the last good one, a re-list does not delete
+ * it nor count it again, a good value later is delivered.  A key that
+ * could not be read is skipped and never stored.
+ */
+static void test_flawed_kvs(void **state)
+{
+    struct fixture *f = *state;
+    struct lb_mirror_stats st;
+    struct lb_etcd_kv kv;
+
+    load_initial(f);
+    kv = flawed(B1, LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, 30);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    take_log(f, "");
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.skipped[LB_SKIP_VALUE_TOO_LARGE], 1);
+    assert_int_equal(st.keys, 4);
+    /* the same entry in a re-list: kept, not deleted, not counted again */
+    lb_mirror_relist_begin(f->m);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    put(f, B2, "{\"addr\":\"10.0.0.2:80\"}", 3);
+    put(f, CFG, "{\"retries\":3}", 4);
+    put(f, OV1, "{\"drain\":true}", 5);
+    assert_int_equal(lb_mirror_relist_end(f->m), 0);
+    take_log(f, "");
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.skipped[LB_SKIP_VALUE_TOO_LARGE], 1);
+    /* a good value again: delivered */
+    assert_int_equal(put(f, B1, "{\"addr\":\"10.0.0.1:80\"}", 31), 1);
+    take_log(f, "+backend web/b1 10.0.0.1:80 100;");
+    /* a malformed value with its key whole: the same */
+    kv = flawed(B2, LB_ETCD_FLAW_MALFORMED, true, 0, 32);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    take_log(f, "");
+    /* on a new key: nothing delivered, nothing to delete later */
+    kv = flawed(B3, LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, 33);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    assert_int_equal(del(f, B3), 0);
+    take_log(f, "");
+    /* keys that could not be read: skipped, counted, never stored */
+    kv = flawed("/lb/pools/other/aaaa", LB_ETCD_FLAW_KEY_TOO_LONG, false, 5000, 34);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    assert_false(lb_mirror_screen(f->m, &kv));
+    kv = flawed("", LB_ETCD_FLAW_MALFORMED, false, 0, 35);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    assert_false(lb_mirror_screen(f->m, &kv));
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.skipped[LB_SKIP_KEY_TOO_LONG], 2);
+    assert_int_equal(st.skipped[LB_SKIP_MALFORMED], 3);
+    assert_int_equal(st.keys, 4);
+    /* screening: schema keys pass (bad value or not), junk is counted there */
+    kv = flawed(B3, LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, 36);
+    assert_true(lb_mirror_screen(f->m, &kv));
+    kv = flawed("/lb/pools/web/backends/a/b", LB_ETCD_FLAW_NONE, false, 0, 37);
+    assert_false(lb_mirror_screen(f->m, &kv));
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.skipped[LB_SKIP_BAD_KEY], 1);
+    take_log(f, "");
+}
+
+/* One watch response with bad events among good ones: the good ones apply. */
+static void test_apply_events_skips_bad_ones(void **state)
+{
+    struct fixture *f = *state;
+    struct lb_watch_event ev[5];
+    struct lb_watch_msg msg;
+    struct lb_mirror_stats st;
+
+    load_initial(f);
+    memset(ev, 0, sizeof(ev));
+    memset(&msg, 0, sizeof(msg));
+    ev[0].kv = flawed("/lb/pools/other/xxxx", LB_ETCD_FLAW_KEY_TOO_LONG, false, 5000, 40);
+    ev[1].kv.key = B3;
+    ev[1].kv.key_len = strlen(B3);
+    ev[1].kv.value = "{\"addr\":\"10.0.0.3:80\"}";
+    ev[1].kv.value_len = strlen(ev[1].kv.value);
+    ev[1].kv.mod_revision = 40;
+    ev[2].kv = flawed(B1, LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, 40);
+    ev[3].kv = flawed(B2, LB_ETCD_FLAW_MALFORMED, true, 0, 40);
+    ev[3].deleted = true; /* a delete lbd cannot read: skipped, b2 stays */
+    ev[4].deleted = true;
+    ev[4].kv.key = OV1;
+    ev[4].kv.key_len = strlen(OV1);
+    ev[4].kv.value = "";
+    msg.events = ev;
+    msg.n_events = 5;
+    assert_int_equal(lb_mirror_apply_events(f->m, &msg), 2);
+    take_log(f, "+backend web/b3 10.0.0.3:80 100;-override web/b1;");
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.skipped[LB_SKIP_KEY_TOO_LONG], 1);
+    assert_int_equal(st.skipped[LB_SKIP_VALUE_TOO_LARGE], 1);
+    assert_int_equal(st.skipped[LB_SKIP_MALFORMED], 1);
+}
+
+/* Junk keys never take places in the table: 20,000 of them leave room for real ones. */
+static void test_junk_never_fills_the_table(void **state)
+{
+    struct fixture *f = *state;
+    struct lb_mirror_stats st;
+    char key[128];
+
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "/lb/pools/other/junk-%d/x", i);
+        assert_int_equal(put(f, key, "x", i + 2), 0);
+    }
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.keys, 0);
+    assert_int_equal(st.skipped[LB_SKIP_BAD_KEY], 20000);
+    assert_int_equal(put(f, B1, "{\"addr\":\"10.0.0.1:80\"}", 30000), 1);
+    take_log(f, "+backend web/b1 10.0.0.1:80 100;");
+}
+
+/* Clamped fields are delivered clamped, and counted. */
+static void test_clamped_values_delivered(void **state)
+{
+    struct fixture *f = *state;
+    struct lb_mirror_stats st;
+
+    assert_int_equal(put(f, CFG, "{\"retries\":99,\"health\":{\"interval\":\"1ms\"}}", 2), 1);
+    take_log(f, "+policy web 10;");
+    assert_int_equal(put(f, B1, "{\"addr\":\"10.0.0.1:80\",\"weight\":5000}", 3), 1);
+    take_log(f, "+backend web/b1 10.0.0.1:80 1000;");
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.clamped, 3);
+    assert_int_equal(st.bad_values, 0);
+}
+
+/* --- log lines under a flood ------------------------------------------------------------ */
+
+static double fake_now;
+
+static double fake_clock(void)
+{
+    return fake_now;
+}
+
+/* Runs fn with stderr going to a file; returns what it wrote (malloc'd). */
+static char *capture_stderr(void (*fn)(void *), void *arg)
+{
+    FILE *tmp = tmpfile();
+    int saved = dup(2);
+    char *text;
+    long n;
+
+    assert_non_null(tmp);
+    assert_true(saved >= 0);
+    fflush(stderr);
+    assert_true(dup2(fileno(tmp), 2) >= 0);
+    fn(arg);
+    fflush(stderr);
+    assert_true(dup2(saved, 2) >= 0);
+    close(saved);
+    n = (long)lseek(fileno(tmp), 0, SEEK_END);
+    assert_true(n >= 0);
+    text = calloc(1, (size_t)n + 1);
+    assert_non_null(text);
+    assert_int_equal(pread(fileno(tmp), text, (size_t)n, 0), n);
+    fclose(tmp);
+    return text;
+}
+
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+static void flood(void *arg)
+{
+    struct fixture *f = arg;
+    char key[128];
+
+    lb_log_set_level(LB_LOG_INFO);
+    /* 1,000 bad keys at once, then one a second for 3 seconds */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "/lb/pools/other/junk-%d/x", i);
+        put(f, key, "x", i + 2);
+    }
+    assert_true(lb_mirror_flush_log(f->m) > 0); /* lines held back, a flush due */
+    for (int s = 1; s <= 3; s++) {
+        fake_now += 1.0;
+        assert_true(lb_mirror_flush_log(f->m) < 0); /* the count of those held back */
+        snprintf(key, sizeof(key), "/lb/pools/other/late-%d/x", s);
+        put(f, key, "x", 2000 + s);
+    }
+    lb_log_set_level(LB_LOG_ERROR);
+}
+
+static void test_flood_of_bad_keys_logs_a_few_lines(void **state)
+{
+    struct fixture *f = *state;
+    char *text;
+
+    fake_now = 100.0;
+    lb_mirror_set_clock(f->m, fake_clock);
+    text = capture_stderr(flood, f);
+    /*
+     * a burst of LB_SKIP_LOG_BURST lines, then one a second: the summary of
+     * the 995 left out, then each late key's line held back and summed up
+     * by the next second's line (the last one is still held)
+     */
+    assert_int_equal(count_of(text, "reason=bad_key"), LB_SKIP_LOG_BURST + 3);
+    assert_int_equal(count_of(text, "suppressed=1 last_key="), 2);
+    assert_non_null(strstr(text, "msg=\"etcd keys skipped, log lines suppressed\" reason=bad_key "
+                                 "suppressed=995 last_key=\"/lb/pools/other/junk-999/x\""));
+    assert_non_null(strstr(text, "key=\"/lb/pools/other/junk-0/x\""));
+    free(text);
 }
 
 static void test_many_keys(void **state)
@@ -294,6 +553,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outside_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_apply_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flawed_kvs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_events_skips_bad_ones, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_junk_never_fills_the_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clamped_values_delivered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flood_of_bad_keys_logs_a_few_lines, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /*
  * The key schema and the JSON values under it: what parses, what it parses
- * to, the bounds, and that every refusal comes with a sentence.
+ * to, the bounds (out of range is clamped, with a note), and that every
+ * refusal comes with a sentence.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -196,13 +197,18 @@ static void test_backend_values(void **state)
     assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":null}", &b), 0);
     assert_int_equal(b.weight, LB_WEIGHT_DEFAULT);
 
+    /* out of range: clamped to the nearest bound (test_backend_weight_clamped) */
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":1001}", &b), 0);
+    assert_int_equal(b.weight, LB_WEIGHT_MAX);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":-1}", &b), 0);
+    assert_int_equal(b.weight, 0);
+    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":99999999999999999999}", &b), 0);
+    assert_int_equal(b.weight, LB_WEIGHT_MAX);
+
     memset(&b, 0x5a, sizeof(b));
-    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":1001}", &b), -EINVAL);
-    assert_int_equal(((unsigned char *)&b)[0], 0x5a); /* untouched on failure */
-    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":-1}", &b), -EINVAL);
     assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":\"50\"}", &b), -EINVAL);
+    assert_int_equal(((unsigned char *)&b)[0], 0x5a); /* untouched on failure */
     assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":50.5}", &b), -EINVAL);
-    assert_int_equal(backend("{\"addr\":\"h:1\",\"weight\":99999999999999999999}", &b), -EINVAL);
     assert_int_equal(backend("{\"weight\":5}", &b), -EINVAL);
     assert_int_equal(backend("{\"addr\":5}", &b), -EINVAL);
     assert_int_equal(backend("{\"addr\":\"nope\"}", &b), -EINVAL);
@@ -266,7 +272,9 @@ static void test_override_values(void **state)
 
     assert_int_equal(override("{\"drain\":\"yes\"}", &o), -EINVAL);
     assert_int_equal(override("{\"drain\":1}", &o), -EINVAL);
-    assert_int_equal(override("{\"weight\":1001}", &o), -EINVAL);
+    assert_int_equal(override("{\"weight\":1001}", &o), 0); /* clamped */
+    assert_int_equal(o.weight, LB_WEIGHT_MAX);
+    assert_int_equal(override("{\"weight\":\"1\"}", &o), -EINVAL);
     assert_int_equal(override("{\"health\":\"DOWN\"}", &o), -EINVAL);
     assert_int_equal(override("{\"health\":\"sideways\"}", &o), -EINVAL);
     assert_int_equal(override("{\"health\":false}", &o), -EINVAL);
@@ -383,6 +391,7 @@ static void test_policy_values(void **state)
 
 static void test_policy_bad_values(void **state)
 {
+    /* what does not parse refuses the whole value (out of range is clamped instead) */
     static const char *const bad[] = {
         "{\"algorithm\":\"random\"}",
         "{\"algorithm\":1}",
@@ -392,19 +401,17 @@ static void test_policy_bad_values(void **state)
         "{\"health\":{\"path\":\"/a b\"}}",
         "{\"health\":{\"interval\":\"2\"}}",
         "{\"health\":{\"interval\":2000}}",
-        "{\"health\":{\"interval\":\"0\"}}",
-        "{\"health\":{\"timeout\":\"0s\"}}",
-        "{\"health\":{\"rise\":0}}",
-        "{\"health\":{\"fall\":101}}",
+        "{\"health\":{\"interval\":\"2d\"}}",
+        "{\"health\":{\"rise\":\"2\"}}",
+        "{\"health\":{\"fall\":1.5}}",
         "{\"connect_timeout\":\"3 s\"}",
         "{\"connect_timeout\":\"-3s\"}",
-        "{\"idle_timeout\":\"9000h\"}",
-        "{\"retries\":11}",
-        "{\"retries\":-1}",
-        "{\"max_conns\":-1}",
+        "{\"idle_timeout\":\"\"}",
+        "{\"retries\":true}",
+        "{\"max_conns\":\"10\"}",
         "{\"slow_start\":true}",
         "{\"proxy_protocol\":\"v3\"}",
-        "{\"panic_threshold\":101}",
+        "{\"panic_threshold\":\"50%\"}",
         "[]",
         "null",
     };
@@ -415,11 +422,170 @@ static void test_policy_bad_values(void **state)
             fail_msg("accepted %s", bad[i]);
 }
 
+/* Parses a policy expecting success; returns the notes. */
+static struct lb_value_notes policy_noted(const char *json, struct lb_pool_policy *p)
+{
+    struct lb_value_notes notes;
+    char *err = NULL;
+
+    notes.n = 0;
+    if (lb_value_parse_policy_noted(json, strlen(json), p, &notes, &err) != 0)
+        fail_msg("refused %s: %s", json, err ? err : "");
+    free(err);
+    return notes;
+}
+
+/*
+ * Every number and duration of the policy has a range: a value out of it
+ * is clamped to the nearest bound, with one note naming the field, what was
+ * given and what is used.
+ */
+static void test_policy_out_of_range_is_clamped_with_a_note(void **state)
+{
+    static const struct {
+        const char *json;
+        const char *field;
+        const char *given, *used;
+    } cases[] = {
+        {"{\"health\":{\"interval\":\"1ms\"}}", "health.interval", "1ms", "100ms"},
+        {"{\"health\":{\"interval\":\"99ms\"}}", "health.interval", "99ms", "100ms"},
+        {"{\"health\":{\"interval\":\"2h\"}}", "health.interval", "2h", "1h"},
+        {"{\"health\":{\"interval\":\"99999999999999999h\"}}", "health.interval",
+         "99999999999999999h", "1h"},
+        {"{\"health\":{\"timeout\":\"1ms\"}}", "health.timeout", "1ms", "10ms"},
+        {"{\"health\":{\"timeout\":\"5s\"}}", "health.timeout", "5s", "2s"},
+        {"{\"health\":{\"timeout\":\"0\"}}", "health.timeout", "0", "1s"},
+        {"{\"health\":{\"rise\":0}}", "health.rise", "0", "1"},
+        {"{\"health\":{\"fall\":101}}", "health.fall", "101", "100"},
+        {"{\"connect_timeout\":\"1ms\"}", "connect_timeout", "1ms", "100ms"},
+        {"{\"connect_timeout\":\"1h\"}", "connect_timeout", "1h", "5m"},
+        {"{\"idle_timeout\":\"10ms\"}", "idle_timeout", "10ms", "1s"},
+        {"{\"idle_timeout\":\"9000h\"}", "idle_timeout", "9000h", "168h"},
+        {"{\"retries\":11}", "retries", "11", "10"},
+        {"{\"retries\":-1}", "retries", "-1", "0"},
+        {"{\"max_conns\":-1}", "max_conns", "-1", "0"},
+        {"{\"max_conns\":10000001}", "max_conns", "10000001", "10000000"},
+        {"{\"slow_start\":\"1ms\"}", "slow_start", "1ms", "1s"},
+        {"{\"slow_start\":\"2h\"}", "slow_start", "2h", "1h"},
+        {"{\"drain_timeout\":\"1ms\"}", "drain_timeout", "1ms", "1s"},
+        {"{\"drain_timeout\":\"48h\"}", "drain_timeout", "48h", "24h"},
+        {"{\"panic_threshold\":101}", "panic_threshold", "101", "100"},
+        {"{\"panic_threshold\":-5}", "panic_threshold", "-5", "0"},
+    };
+    struct lb_pool_policy p;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lb_value_notes notes = policy_noted(cases[i].json, &p);
+
+        if (notes.n != 1 || strcmp(notes.note[0].field, cases[i].field) != 0 ||
+            strcmp(notes.note[0].given, cases[i].given) != 0 ||
+            strcmp(notes.note[0].used, cases[i].used) != 0)
+            fail_msg("%s: %zu notes, first %s %s -> %s", cases[i].json, notes.n,
+                     notes.n ? notes.note[0].field : "-", notes.n ? notes.note[0].given : "-",
+                     notes.n ? notes.note[0].used : "-");
+        assert_non_null(notes.note[0].why);
+    }
+    /* the values themselves */
+    policy_noted("{\"health\":{\"interval\":\"1ms\",\"timeout\":\"1ms\"},\"retries\":99,"
+                 "\"panic_threshold\":1000,\"slow_start\":\"10ms\",\"drain_timeout\":\"100ms\","
+                 "\"connect_timeout\":\"1ms\",\"idle_timeout\":\"1ms\",\"max_conns\":-7}",
+                 &p);
+    assert_int_equal(p.health.interval_ms, LB_POLICY_INTERVAL_MIN_MS);
+    assert_int_equal(p.health.timeout_ms, LB_POLICY_TIMEOUT_MIN_MS);
+    assert_int_equal(p.retries, LB_POLICY_RETRIES_MAX);
+    assert_int_equal(p.panic_threshold, 100);
+    assert_int_equal(p.slow_start_ms, LB_POLICY_SLOW_START_MIN_MS);
+    assert_int_equal(p.drain_timeout_ms, LB_POLICY_DRAIN_TIMEOUT_MIN_MS);
+    assert_int_equal(p.connect_timeout_ms, LB_POLICY_CONNECT_TIMEOUT_MIN_MS);
+    assert_int_equal(p.idle_timeout_ms, LB_POLICY_IDLE_TIMEOUT_MIN_MS);
+    assert_int_equal(p.max_conns, 0);
+}
+
+/* health.timeout never exceeds health.interval, whoever set which. */
+static void test_health_timeout_capped_at_interval(void **state)
+{
+    struct lb_pool_policy p;
+    struct lb_value_notes notes;
+
+    /* the default timeout (1s) under a short interval: capped, no note (nobody wrote it) */
+    notes = policy_noted("{\"health\":{\"interval\":\"200ms\"}}", &p);
+    assert_int_equal(notes.n, 0);
+    assert_int_equal(p.health.interval_ms, 200);
+    assert_int_equal(p.health.timeout_ms, 200);
+    /* a written one above the interval: capped with a note */
+    notes = policy_noted("{\"health\":{\"interval\":\"300ms\",\"timeout\":\"2s\"}}", &p);
+    assert_int_equal(notes.n, 1);
+    assert_string_equal(notes.note[0].field, "health.timeout");
+    assert_string_equal(notes.note[0].used, "300ms");
+    assert_int_equal(p.health.timeout_ms, 300);
+    /* both clamped: interval to its floor, then timeout to the interval */
+    notes = policy_noted("{\"health\":{\"interval\":\"5ms\",\"timeout\":\"3s\"}}", &p);
+    assert_int_equal(notes.n, 2);
+    assert_int_equal(p.health.interval_ms, 100);
+    assert_int_equal(p.health.timeout_ms, 100);
+}
+
+/* "0 means off" (DESIGN.md) where off makes sense; in range values are left alone. */
+static void test_zero_means_off(void **state)
+{
+    struct lb_pool_policy p, def;
+    struct lb_value_notes notes;
+
+    lb_pool_policy_defaults(&def);
+    notes = policy_noted("{\"health\":{\"type\":\"tcp\",\"interval\":\"0\"},"
+                         "\"connect_timeout\":\"0\",\"idle_timeout\":\"0s\",\"slow_start\":\"0\","
+                         "\"drain_timeout\":\"0ms\",\"max_conns\":0,\"panic_threshold\":0,"
+                         "\"retries\":0}",
+                         &p);
+    assert_int_equal(notes.n, 0);
+    assert_int_equal(p.health.type, LB_CHECK_NONE); /* checks off */
+    assert_int_equal(p.health.interval_ms, def.health.interval_ms);
+    assert_int_equal(p.connect_timeout_ms, 0);
+    assert_int_equal(p.idle_timeout_ms, 0);
+    assert_int_equal(p.slow_start_ms, 0);
+    assert_int_equal(p.drain_timeout_ms, 0);
+    assert_int_equal(p.max_conns, 0);
+    assert_int_equal(p.panic_threshold, 0);
+    assert_int_equal(p.retries, 0);
+    /* the bounds themselves are in range */
+    notes = policy_noted("{\"health\":{\"interval\":\"100ms\",\"timeout\":\"10ms\",\"rise\":100,"
+                         "\"fall\":1},\"connect_timeout\":\"5m\",\"idle_timeout\":\"168h\","
+                         "\"slow_start\":\"1s\",\"drain_timeout\":\"24h\",\"retries\":10,"
+                         "\"max_conns\":10000000,\"panic_threshold\":100}",
+                         &p);
+    assert_int_equal(notes.n, 0);
+    /* the defaults are in range */
+    notes = policy_noted("{}", &p);
+    assert_int_equal(notes.n, 0);
+    assert_memory_equal(&p, &def, sizeof(p));
+}
+
+static void test_backend_weight_clamped(void **state)
+{
+    struct lb_backend_spec b;
+    struct lb_override o;
+    struct lb_value_notes notes = {.n = 0};
+    const char *json = "{\"addr\":\"h:1\",\"weight\":5000}";
+
+    assert_int_equal(lb_value_parse_backend_noted(json, strlen(json), &b, &notes, NULL), 0);
+    assert_int_equal(b.weight, LB_WEIGHT_MAX);
+    assert_int_equal(notes.n, 1);
+    assert_string_equal(notes.note[0].field, "weight");
+    assert_string_equal(notes.note[0].given, "5000");
+    assert_string_equal(notes.note[0].used, "1000");
+    json = "{\"weight\":-3,\"drain\":true}";
+    notes.n = 0;
+    assert_int_equal(lb_value_parse_override_noted(json, strlen(json), &o, &notes, NULL), 0);
+    assert_true(o.has_weight);
+    assert_int_equal(o.weight, 0);
+    assert_int_equal(notes.n, 1);
+}
+
 static void test_error_sentences_name_the_field(void **state)
 {
     struct lb_pool_policy p;
     struct lb_backend_spec b;
-    const char *json = "{\"health\":{\"rise\":0}}";
+    const char *json = "{\"health\":{\"rise\":\"0\"}}";
     char *err = NULL;
 
     assert_int_equal(lb_value_parse_policy(json, strlen(json), &p, &err), -EINVAL);
@@ -444,6 +610,10 @@ int main(void)
         cmocka_unit_test(test_backend_encode),
         cmocka_unit_test(test_policy_values),
         cmocka_unit_test(test_policy_bad_values),
+        cmocka_unit_test(test_policy_out_of_range_is_clamped_with_a_note),
+        cmocka_unit_test(test_health_timeout_capped_at_interval),
+        cmocka_unit_test(test_zero_means_off),
+        cmocka_unit_test(test_backend_weight_clamped),
         cmocka_unit_test(test_error_sentences_name_the_field),
     };
 

@@ -120,7 +120,7 @@ static void test_removed_and_drained_get_nothing(void **state)
     assert_int_equal(count[0], 0);
     assert_int_equal(count[1], 0);
     assert_int_equal(count[2], 300);
-    assert_int_equal(f->pool->snap->n_backends, 2);
+    assert_int_equal(f->pool->snap->n_entries, 2);
     assert_int_equal(f->pool->snap->n_eligible, 1);
     lb_backend_unref(a); /* the last reference frees it (ASan checks) */
 }
@@ -141,7 +141,7 @@ static void test_weight_zero_and_tried(void **state)
     for (int i = 0; i < 50; i++)
         assert_ptr_not_equal(f->pool->snap->algo->pick(f->pool->snap, &p), tried[0]);
     /* nothing left to try */
-    struct lb_backend *both[2] = {f->pool->snap->eligible[0], f->pool->snap->eligible[1]};
+    struct lb_backend *both[2] = {lb_snapshot_eligible_backend(f->pool->snap, 0), lb_snapshot_eligible_backend(f->pool->snap, 1)};
     struct lb_pick none = {.tried = both, .n_tried = 2};
     assert_null(f->pool->snap->algo->pick(f->pool->snap, &none));
 }
