@@ -39,6 +39,7 @@ exit 0 on SIGTERM, no leak report.
 import argparse
 import base64
 import collections
+import errno
 import hashlib
 import json
 import os
@@ -63,7 +64,10 @@ PREFIX = "/soak/"
 POOLS = ("web", "db")        # served: every invariant
 BULK = "bulk"                # served: bursts of backends; bounded clients only
 GHOST = "ghost"              # in etcd, not served by this lbd
-SERVED = POOLS + (BULK,)
+VOID = "void"                # served, never a key in etcd: no backend, no policy
+SERVED = POOLS + (BULK, VOID)
+WRITTEN = POOLS + (BULK, GHOST)  # pools whose policy the soak writes
+CLIENT_POOLS = {"web": 38, "db": 38, BULK: 18, VOID: 6}
 SLOTS = tuple("b%d" % i for i in range(6))
 REG_IDS = ("r0", "r1")       # ids used by `lbctl register`
 N_SERVERS = 8
@@ -135,6 +139,9 @@ class PolicyHistory:
         self._pending = []
         for p in SERVED:
             self.add(p, float("inf"), 3.0, 2)  # lbd's defaults until the first write
+        # Nothing to connect to, ever: lbd must close at once.
+        self._versions[VOID] = [{"written": now(), "superseded": None, "idle": 0.0,
+                                 "connect": 0.0, "retries": 0}]
 
     def add(self, pool, idle, connect, retries):
         if pool not in self._versions:
@@ -232,17 +239,24 @@ class Attempt:
         if elapsed > cap:
             raise ClientHung("allowed")
 
+    def _poll(self, read, write):
+        """(readable, writable) after at most one tick (poll: fds may be > 1024)."""
+        p = select.poll()
+        p.register(self.sock, (select.POLLIN if read else 0) | (select.POLLOUT if write else 0))
+        r = w = False
+        for _, ev in p.poll(self.TICK * 1000):
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                r = True
+            if ev & (select.POLLOUT | select.POLLHUP | select.POLLERR):
+                w = True
+        return r and read, w and write
+
     def _wait(self, want_write=False, limit=None):
         while True:
             self._check_time(limit)
-            if want_write:
-                _, w, _ = select.select([], [self.sock], [], self.TICK)
-                if w:
-                    return
-            else:
-                r, _, _ = select.select([self.sock], [], [], self.TICK)
-                if r:
-                    return
+            r, w = self._poll(not want_write, want_write)
+            if r or w:
+                return
 
     def _recv(self, n, limit=None):
         self._wait(limit=limit)
@@ -272,12 +286,15 @@ class Attempt:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         rc = self.sock.connect_ex(("127.0.0.1", port))
-        if rc not in (0, 115):  # EINPROGRESS
+        if rc not in (0, errno.EINPROGRESS):
             raise ConnectionRefusedError(rc, os.strerror(rc))
         self._wait(want_write=True)
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
+        if err == errno.ECONNREFUSED:
             raise ConnectionRefusedError(err, os.strerror(err))
+        if err:
+            # accepted, then reset before we looked: lbd passing on a reset
+            raise ConnectionResetError(err, os.strerror(err))
 
     def _hello(self, limit=None):
         """Sends the hello, returns the server id or None when lbd closed first."""
@@ -302,8 +319,7 @@ class Attempt:
         sent = 0
         while len(got) < len(payload):
             self._check_time(limit)
-            wl = [self.sock] if sent < len(payload) else []
-            r, w, _ = select.select([self.sock], wl, [], self.TICK)
+            r, w = self._poll(True, sent < len(payload))
             if w:
                 sent += self.sock.send(view[sent:sent + 65536])
             if r:
@@ -445,8 +461,10 @@ class ClientThreads:
     def _run(self, rng):
         kinds = list(CLIENT_KINDS)
         weights = [CLIENT_KINDS[k] for k in kinds]
+        pools = [p for p in CLIENT_POOLS if not (p == VOID and self.soak.no_void)]
+        pool_weights = [CLIENT_POOLS[p] for p in pools]
         while not self._stop.is_set():
-            pool = rng.choices(SERVED, weights=(40, 40, 20))[0]
+            pool = rng.choices(pools, weights=pool_weights)[0]
             kind = rng.choices(kinds, weights=weights)[0]
             try:
                 res = Attempt(self.soak, pool, kind, rng).run()
@@ -459,7 +477,7 @@ class ClientThreads:
             with self.lock:
                 self.counts["%s.%s" % (kind, res.outcome)] += 1
                 self.recent.append(res)
-                if res.outcome in ("hung", "corrupt", "lbd_refused"):
+                if res.outcome in ("hung", "corrupt", "lbd_refused", "harness_error"):
                     self.violations.append(res)
             self._stop.wait(rng.uniform(0.005, 0.04))
 
@@ -606,13 +624,20 @@ class Soak:
         self.quiet_reports = []
         self.excluded = set()
         self.hidden = False
+        self.final_counters = None
+        self.cutoff_deletes = {}          # (pool, id) -> revision, deletes while cut off
+        self.tombstone_at_compaction = {}  # (pool, id) -> revision compacted at that delete
         self.last_quiet_event = 0
         self.lbd = None
         self.clients = None
         self.probe = None
+        self.no_void = False
         for x in (args.exclude or "").split(","):
             x = x.strip()
-            if x:
+            if x == "void":
+                # no client of pool "void", every pool configured at the start
+                self.no_void = True
+            elif x:
                 self.excluded |= {k for k in EVENT_WEIGHTS if k == x or k.startswith(x + ".")
                                   or k.startswith(x)}
 
@@ -674,6 +699,15 @@ class Soak:
         obj = self.etcd._post("/v3/kv/put", body, timeout=15)
         return "prev_kv" in obj
 
+    def delete_backend(self, pool, bid):
+        """Deletes a backend key; remembers the revision of a delete made
+        while lbd is cut off (see ev_etcd_cutoff)."""
+        key = self.key_backend(pool, bid)
+        obj = self.etcd._post("/v3/kv/deleterange",
+                              {"key": base64.b64encode(key.encode()).decode()})
+        if self.hidden and int(obj.get("deleted", 0)):
+            self.cutoff_deletes[(pool, bid)] = int(obj["header"]["revision"])
+
     # --- invariants ---
 
     def check(self, where=""):
@@ -689,6 +723,8 @@ class Soak:
             raise SoakFailure(self.probe.violations[0])
         if self.clients is not None and self.clients.violations:
             r = self.clients.violations[0]
+            if r.outcome == "harness_error":
+                raise RuntimeError("client thread: %s" % r.detail)
             raise SoakFailure("client (%s, %s) started at %.1fs: %s %s"
                               % (r.pool, r.kind, r.t0 - self.t_start, r.outcome, r.detail))
         for e in getattr(self, "farm", None) and self.farm.errors[:1] or []:
@@ -732,11 +768,16 @@ class Soak:
             pass
         self.etcd = lbtest.Etcd(self.h, side_port=True).start()
         self.farm = BackendFarm(self.h, N_SERVERS)
-        # Sane policies first, so every pool has a known bound from the start.
-        for p in SERVED:
+        # Most pools start with a sane policy (a known bound from the
+        # start); the others, and pool "void", with nothing at all.
+        for p in POOLS + (BULK,):
             pol = self.gen_policy(p, sane=True)
-            self.put(self.key_config(p), json.dumps(pol))
-            self.history_add(p, pol)
+            if self.rng.random() < 0.6 or self.no_void:
+                self.put(self.key_config(p), json.dumps(pol))
+                self.history_add(p, pol)
+                self.record("start: policy %s %s" % (p, json.dumps(pol, sort_keys=True)))
+            else:
+                self.record("start: no policy for %s" % p)
         env = {}
         if self.args.asan:
             # A bounded quarantine (ASan's default is 256 MB) keeps the RSS
@@ -838,7 +879,7 @@ class Soak:
                 int(p.get("retries", 2)))
 
     def history_add(self, pool, pol, also_previous=False):
-        if pool not in SERVED:
+        if pool not in SERVED or pool == VOID:
             return
         idle, connect, retries = self.policy_figures(pol)
         if also_previous:
@@ -942,6 +983,7 @@ class Soak:
 
     def model_put(self, pool, bid, existed, good, spec=None, target=None, weight=None, lease=None):
         k = self.key_model(pool, bid)
+        self.tombstone_at_compaction.pop((pool, bid), None)
         if not existed:
             if k.last_good:
                 k.stale.add(k.last_good)
@@ -1077,7 +1119,7 @@ class Soak:
         pool = self.pick_pool()
         bid = self.rng.choice(SLOTS + REG_IDS)
         self.record("backend.delete %s/%s" % (pool, bid))
-        self.etcd.delete(self.key_backend(pool, bid))
+        self.delete_backend(pool, bid)
         if bid in REG_IDS:
             return  # lbctl register puts it back
         self.model_delete(pool, bid)
@@ -1101,7 +1143,7 @@ class Soak:
         pool = self.rng.choice(POOLS)
         self.record("pool.empty %s" % pool)
         for bid in SLOTS:
-            self.etcd.delete(self.key_backend(pool, bid))
+            self.delete_backend(pool, bid)
             self.model_delete(pool, bid)
 
     def ev_server_mode(self):
@@ -1112,14 +1154,14 @@ class Soak:
         self.farm.set_mode(sid, mode)
 
     def ev_policy_put(self):
-        pool = self.rng.choice(SERVED + (GHOST,))
+        pool = self.rng.choice(WRITTEN)
         pol = self.gen_policy(pool)
         self.record("policy.put %s %s" % (pool, json.dumps(pol, sort_keys=True)))
         self.put(self.key_config(pool), json.dumps(pol))
         self.history_add(pool, pol)
 
     def ev_policy_bad(self):
-        pool = self.rng.choice(SERVED + (GHOST,))
+        pool = self.rng.choice(WRITTEN)
         kind, val = self.gen_bad_policy(pool)
         self.record("policy.bad %s kind=%s" % (pool, kind))
         self.put(self.key_config(pool), val)
@@ -1130,7 +1172,7 @@ class Soak:
             self.history_add(pool, figures, also_previous=True)
 
     def ev_policy_delete(self):
-        pool = self.rng.choice(SERVED + (GHOST,))
+        pool = self.rng.choice(WRITTEN)
         self.record("policy.delete %s (lbd's defaults: idle 1h)" % pool)
         self.etcd.delete(self.key_config(pool))
         self.history_add(pool, {})
@@ -1181,17 +1223,26 @@ class Soak:
         x = self.rng.random()
         if x < 0.85:
             pool = self.rng.choice(POOLS)
-        elif x < 0.92:
+        elif x < 0.91:
             pool = BULK
-        elif x < 0.96:
+        elif x < 0.94:
             pool = GHOST
+        elif x < 0.97:
+            pool = VOID
         else:
             pool = "nopool"
+        x = self.rng.random()
         if pool == BULK:
             bid = "n%d" % self.rng.randrange(50)
+        elif x < 0.6:
+            # mostly ids the soak registered (they may have lapsed since)
+            live = [b for b in SLOTS if self.keys.get((pool, b)) and self.keys[(pool, b)].present]
+            live += [r for (p, r) in sorted(self.registrars) if p == pool]
+            bid = self.rng.choice(live) if live else self.rng.choice(SLOTS)
+        elif x < 0.92:
+            bid = self.rng.choice(SLOTS + REG_IDS)
         else:
-            x = self.rng.random()
-            bid = self.rng.choice(SLOTS + REG_IDS) if x < 0.9 else "gone-%d" % self.rng.randrange(9)
+            bid = "gone-%d" % self.rng.randrange(9)
         scope = "local" if self.rng.random() < 0.4 else "cluster"
         return pool, bid, scope
 
@@ -1206,9 +1257,15 @@ class Soak:
         if scope == "local":
             args = list(args) + ["--local"]
         rc, out, err = self.lbctl(*args)
-        self.counts["ctl.rc%d" % rc] += 1
         if rc != 0:
+            e = err.lower()
+            why = ("not_found" if "not found" in e else
+                   "usage" if rc == 2 else
+                   "unavailable" if "unavailable" in e or "etcd" in e else
+                   "unreachable" if "connect" in e or "timed out" in e or rc == 124 else "other")
+            self.counts["ctl.fail.%s" % why] += 1
             return rc
+        self.counts["ctl.ok"] += 1
         key = (pool, bid)
         if scope == "local":
             lo = self.local.setdefault(key, LocalOverride())
@@ -1384,7 +1441,11 @@ class Soak:
                                         "pool.empty"])
                 self.counts[kind] += 1
                 getattr(self, "ev_" + kind.replace(".", "_"))()
-            self.etcd.compact()
+            rev = self.etcd.compact()
+            for key, drev in self.cutoff_deletes.items():
+                if drev == rev:
+                    self.tombstone_at_compaction[key] = rev
+            self.cutoff_deletes = {}
             self.etcd.unhide()
         finally:
             self.hidden = False
@@ -1677,8 +1738,7 @@ class Soak:
                 raise SoakFailure("quiet phase: %s" % last)
             self.pause(0.3)
 
-    @staticmethod
-    def compare(got, exp):
+    def compare(self, got, exp):
         diff = []
         seen = collections.defaultdict(dict)
         for b in got:
@@ -1689,6 +1749,14 @@ class Soak:
                 options = want.get(bid)
                 if options is None:
                     diff.append("%s/%s listed by lbd (%s), not in etcd" % (pool, bid, b["addr"]))
+                    rev = self.tombstone_at_compaction.get((pool, bid))
+                    if rev is not None:
+                        diff.append(
+                            "  (deleted at revision %d while lbd was cut off from etcd, and etcd "
+                            "was compacted at that very revision: etcd before 3.4.33/3.5.15 drops "
+                            "that tombstone (etcd-io/etcd#18089) and a watch resumed at %d never "
+                            "sees the delete; resuming at the last revision seen instead of +1 "
+                            "would make etcd answer 'compacted' and lbd re-list)" % (rev, rev))
                     continue
                 wo = b.get("weight_override")
                 actual = (b["addr"], int(b["weight"]), bool(b["drain"]), wo, b["health_override"])
@@ -1767,8 +1835,6 @@ class Soak:
                 self.etcd.revoke(lid)
             except lbtest.EtcdError:
                 pass
-        for p in SERVED:
-            self.put(self.key_config(p), json.dumps({"health": {"type": "none"}}))
         base_fds, base_rss = self.baseline
         tol_fds = 6
         # Sessions still open end by their idle timeout at the latest.
@@ -1799,6 +1865,7 @@ class Soak:
             raise SoakFailure("end: RSS %.1f MB, %.1f MB at the start (limit %.1f MB)"
                               % (rss / 1024.0, base_rss / 1024.0, rss_limit / 1024.0))
         self.probe.stop()
+        self.final_counters = self.counters()
         t0 = now()
         rc, killed = self.lbd.proc.stop(timeout=lbtest.scaled(20))
         self.scan_log()
@@ -1809,6 +1876,22 @@ class Soak:
         if rc != 0:
             raise SoakFailure("lbd exited with %s on SIGTERM" % rc)
         self.say("lbd exited 0 %.1fs after SIGTERM" % (now() - t0))
+
+    def counters(self):
+        """lbd's counters that tell which states a run reached."""
+        out = collections.Counter()
+        try:
+            for name, labels, value in self.lbd.metrics():
+                if not name.endswith("_total") or not value:
+                    continue
+                if any(w in name for w in ("skipped", "clamped", "relists", "reconnects",
+                                           "no_backend", "retries", "refused", "closed",
+                                           "bad_values", "paused", "dropped")):
+                    reason = labels.get("reason")
+                    out[name[4:-6] + ("." + reason if reason else "")] += int(value)
+        except (AssertionError, OSError, ValueError) as exc:
+            out["metrics_error: %s" % exc] += 1
+        return dict(sorted(out.items()))
 
     def wait_fds(self, limit, timeout):
         deadline = now() + timeout
@@ -1842,6 +1925,7 @@ class Soak:
         lines.append("    other: %s" % extra)
         if self.clients:
             lines.append("clients: %s" % dict(sorted(self.clients.counts.items())))
+        lines.append("soak process: %d open fds" % len(os.listdir("/proc/self/fd")))
         if self.probe:
             lines.append("healthz: %d probes, %d single misses, worst %.3fs"
                          % (self.probe.probes, self.probe.slow, self.probe.worst))
@@ -1851,13 +1935,16 @@ class Soak:
             for name, needle in (("ejected", "ejected after consecutive"),
                                  ("back from ejection", "back from ejection"),
                                  ("check down", "backend is down"), ("check up", "backend is up"),
-                                 ("drained", "backend drained"), ("panic", "panic: too few"),
-                                 ("bad value", "bad value"), ("bad key", "bad key"),
-                                 ("policy applied", "policy applied"),
+                                 ("drained", "backend drained"), ("drain timeout", "drain timeout"),
+                                 ("panic", "panic: too few"), ("policy applied", "policy applied"),
+                                 ("clamped", "clamped"), ("skipped", "skipped"),
                                  ("connect failed", "connect to backend failed"),
-                                 ("etcd retries", "etcd"), ("removed", "backend removed")):
+                                 ("etcd failed", "failed, retrying"), ("re-listed", "re-listed"),
+                                 ("removed", "backend removed")):
                 states[name] = text.count(needle)
             lines.append("lbd states seen in its log: %s" % dict(states))
+        if self.final_counters:
+            lines.append("lbd counters at the end: %s" % self.final_counters)
         return "\n".join(lines)
 
     def failure_report(self, exc):
@@ -1877,6 +1964,8 @@ class Soak:
             out += ["", "earlier events of rarer kinds since the last quiet phase:"]
             out += ["    " + e[:200] for e in rare[-30:]]
         if self.lbd is not None:
+            if self.sanitizer_seen and self.lbd.proc.alive():
+                self.lbd.proc.wait(15)  # let the sanitizer finish its report
             text = self.lbd.proc.log_text()
             lines = text.splitlines()
             san = [i for i, line in enumerate(lines) if any(m in line for m in SANITIZER_MARKS)]
