@@ -48,6 +48,7 @@ import resource
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -79,6 +80,7 @@ CLIENT_CAP = 60.0            # a client waits at most this long, bound or not
 POLICY_LAG = 5.0             # a superseded policy may still be in force this long
 HEALTHZ_LIMIT = 1.0
 ASAN_QUARANTINE_MB = 64
+ABUSE_MAX = 150              # connections held on each of the admin and probe ports
 QUIET_TRIES = 8              # sequential clients per pool in a quiet phase
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
@@ -96,7 +98,7 @@ EVENT_WEIGHTS = {
     "reg.start": 2, "reg.stop": 1, "reg.kill": 1,
     "key.overlong": 1, "key.malformed": 2, "value.huge": 1, "junk.clear": 1,
     "etcd.restart": 1, "etcd.kill": 1, "etcd.cutoff": 1, "etcd.compact": 1,
-    "abuse.admin": 2, "abuse.http": 2, "abuse.close": 2,
+    "abuse.admin": 3, "abuse.http": 3, "abuse.close": 2,
     "bulk.burst": 1, "bulk.clear": 1, "bulk.policy": 1,
 }
 
@@ -632,6 +634,10 @@ class Soak:
         self.clients = None
         self.probe = None
         self.no_void = False
+        only = [x.strip() for x in (args.only or "").split(",") if x.strip()]
+        if only:
+            self.excluded = {k for k in EVENT_WEIGHTS
+                             if not any(k == o or k.startswith(o) for o in only)}
         for x in (args.exclude or "").split(","):
             x = x.strip()
             if x == "void":
@@ -1247,22 +1253,31 @@ class Soak:
         return pool, bid, scope
 
     def lbctl(self, *args):
+        """lbctl against lbd.  Its own deadline is 10 s per call (20 s for
+        a drain wait); one that does not return in 40 s means the admin API
+        stalled."""
         env = {"ASAN_OPTIONS": "detect_leaks=0"}
         try:
-            return lbtest.lbctl(*args, admin=self.lbd.admin, timeout=30, env=env)
-        except Exception as exc:  # noqa: BLE001 - subprocess timeout: admin stalled
-            return 124, "", "lbctl: %s" % exc
+            return lbtest.lbctl(*args, admin=self.lbd.admin, timeout=40, env=env)
+        except subprocess.TimeoutExpired:
+            self.check("lbctl %s" % " ".join(args))
+            raise SoakFailure("lbctl %s did not return within 40 s (its own deadline is 10 s): "
+                              "the admin API stalled" % " ".join(args))
 
     def ctl_change(self, pool, bid, scope, field, value, args):
         if scope == "local":
             args = list(args) + ["--local"]
         rc, out, err = self.lbctl(*args)
+        if rc != 0 and "--wait" in args and "still has" in err:
+            # The wait ran out (DEADLINE_EXCEEDED), the drain itself is in force.
+            self.counts["ctl.drain_wait_timed_out"] += 1
+            rc = 0
         if rc != 0:
             e = err.lower()
             why = ("not_found" if "not found" in e else
                    "usage" if rc == 2 else
                    "unavailable" if "unavailable" in e or "etcd" in e else
-                   "unreachable" if "connect" in e or "timed out" in e or rc == 124 else "other")
+                   "unreachable" if "connect" in e or "timed out" in e else "other")
             self.counts["ctl.fail.%s" % why] += 1
             return rc
         self.counts["ctl.ok"] += 1
@@ -1455,13 +1470,13 @@ class Soak:
 
     def abuse_conn(self, port_kind):
         held = self.abuse[port_kind]
-        n = self.rng.randint(1, 16)
+        n = self.rng.randint(1, 40)
         style = self.rng.choice(["idle", "halfopen", "partial", "trickle"])
         src = self.rng.randint(2, 40)
         self.record("abuse.%s %d x %s from 127.0.0.%d" % (port_kind, n, style, src))
         port = self.lbd.admin_port if port_kind == "admin" else self.lbd.http_port
         for _ in range(n):
-            if len(held) >= 90:
+            if len(held) >= ABUSE_MAX:
                 break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
@@ -1492,7 +1507,7 @@ class Soak:
     def ev_abuse_close(self):
         which = self.rng.choice(["admin", "http"])
         held = self.abuse[which]
-        k = self.rng.randint(0, 40)
+        k = self.rng.randint(0, 15)
         self.record("abuse.close %s %d oldest" % (which, k))
         for s, _, _ in held[:k]:
             s.close()
@@ -1954,7 +1969,8 @@ class Soak:
                "  replay: /usr/bin/python3 %s --bin-dir %s --seed %d --duration %g%s"
                % (os.path.relpath(os.path.abspath(__file__)), self.args.bin_dir or "build",
                   self.seed, self.args.duration,
-                  " --exclude %s" % self.args.exclude if self.args.exclude else ""),
+                  "".join(" --%s %s" % (o, getattr(self.args, o)) for o in ("exclude", "only")
+                          if getattr(self.args, o))),
                "", "last events:"]
         out += ["    " + e for e in self.events[-30:]]
         rare = [e for e in self.events[self.last_quiet_event:-30]
@@ -1995,6 +2011,8 @@ def main():
     ap.add_argument("--clients", type=int, default=3, help="client threads (at most 16)")
     ap.add_argument("--exclude", default="", help="event kinds (or prefixes) to leave out, "
                                                   "comma separated: e.g. key.overlong,etcd")
+    ap.add_argument("--only", default="", help="only these event kinds (or prefixes), comma "
+                                               "separated: e.g. abuse,backend.put,server.mode")
     ap.add_argument("--log-level", default="info", help="lbd's --log-level")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir with all logs")
     ap.add_argument("--verbose", action="store_true", help="print every event")
