@@ -229,6 +229,7 @@ class Attempt:
         self.rng = rng
         self.res = ClientResult(pool, kind, now())
         self.sock = None
+        self.stopping = None  # an Event: the churn is over, give up within the bound
 
     def _check_time(self, limit=None):
         t = now()
@@ -237,6 +238,8 @@ class Attempt:
         if b is not None and elapsed > b and (limit is None or b <= limit):
             raise ClientHung("no end after %.1fs (bound %.1fs from the policies in force)"
                              % (elapsed, b))
+        if self.stopping is not None and self.stopping.is_set():
+            raise ClientHung("stopped")
         cap = limit if limit is not None else CLIENT_CAP
         if elapsed > cap:
             raise ClientHung("allowed")
@@ -345,8 +348,8 @@ class Attempt:
                 return res
             getattr(self, "_kind_" + self.kind)()
         except ClientHung as exc:
-            if str(exc) == "allowed":
-                res.outcome = "hung_allowed"
+            if str(exc) in ("allowed", "stopped"):
+                res.outcome = "hung_allowed" if str(exc) == "allowed" else "stopped"
             else:
                 res.outcome = "hung"
                 res.detail = str(exc)
@@ -469,7 +472,9 @@ class ClientThreads:
             pool = rng.choices(pools, weights=pool_weights)[0]
             kind = rng.choices(kinds, weights=weights)[0]
             try:
-                res = Attempt(self.soak, pool, kind, rng).run()
+                attempt = Attempt(self.soak, pool, kind, rng)
+                attempt.stopping = self._stop
+                res = attempt.run()
             except Exception as exc:  # noqa: BLE001 - a bug here must show
                 res = ClientResult(pool, kind, now())
                 res.t1 = now()
@@ -1439,9 +1444,19 @@ class Soak:
         self.etcd.kill()
         self.etcd.restart()
 
+    def compact(self):
+        """Compacts at the current revision; None when that is done already."""
+        try:
+            return self.etcd.compact()
+        except lbtest.EtcdError as exc:
+            if "compacted" not in str(exc):
+                raise
+            self.counts["etcd.compact_again"] += 1
+            return None
+
     def ev_etcd_compact(self):
         self.record("etcd.compact")
-        self.etcd.compact()
+        self.compact()
 
     def ev_etcd_cutoff(self):
         n = self.rng.randint(1, 4)
@@ -1455,14 +1470,19 @@ class Soak:
                                         "backend.bad", "policy.put", "override.put",
                                         "pool.empty"])
                 self.counts[kind] += 1
-                getattr(self, "ev_" + kind.replace(".", "_"))()
-            rev = self.etcd.compact()
+                try:
+                    getattr(self, "ev_" + kind.replace(".", "_"))()
+                except lbtest.EtcdError as exc:
+                    self.counts["etcd.error"] += 1
+                    self.say("etcd refused %s while lbd was cut off: %s" % (kind, str(exc)[:200]))
+            rev = self.compact()
             for key, drev in self.cutoff_deletes.items():
                 if drev == rev:
                     self.tombstone_at_compaction[key] = rev
             self.cutoff_deletes = {}
-            self.etcd.unhide()
         finally:
+            if self.etcd.hidden:
+                self.etcd.unhide()
             self.hidden = False
             self.history.cut_off(False)
 

@@ -40,19 +40,19 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 HEAD_MAX = 4096          # PROXY header + hello or HTTP request head
 OUT_HIGH = 1 << 20       # echo: stop reading above this much unsent
 OUT_LOW = 256 << 10      # ... and read again below this
-TCP_CLOSE_WAIT = 8       # tcpi_state of a socket whose peer has closed
+TCP_ESTABLISHED = 1      # tcpi_state; anything else: the peer has closed or reset
 
 HTTP_OK = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
            b"Connection: close\r\n\r\nok\n")
 
 
 def _peer_closed(sock):
-    """True when the peer has sent FIN (TCP_INFO state CLOSE_WAIT) or the socket is dead."""
+    """True when the peer has closed (FIN: CLOSE_WAIT, reset: CLOSE): TCP_INFO's state."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
     except OSError:
         return True
-    return info[0] == TCP_CLOSE_WAIT
+    return info[0] != TCP_ESTABLISHED
 
 
 def _reset(sock):
