@@ -739,7 +739,7 @@ class Soak:
             raise SoakFailure("client (%s, %s) started at %.1fs: %s %s"
                               % (r.pool, r.kind, r.t0 - self.t_start, r.outcome, r.detail))
         for e in getattr(self, "farm", None) and self.farm.errors[:1] or []:
-            raise SoakFailure("soak backend loop error (a bug in the soak): %s" % e)
+            raise RuntimeError("soak backend loop: %s" % e)
 
     def scan_log(self):
         if self.lbd is None:

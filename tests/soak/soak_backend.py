@@ -151,6 +151,8 @@ class SoakServer:
         self.mode = mode
 
     def accept_ready(self):
+        if self.listener is None:
+            return  # closed by a command earlier in the same batch of events
         for _ in range(64):
             try:
                 sock, _ = self.listener.accept()
@@ -350,6 +352,8 @@ class BackendFarm:
             fn()
 
     def _conn_event(self, c, mask):
+        if c not in self._all_conns:
+            return  # dropped earlier in the same batch of events
         if mask & selectors.EVENT_WRITE:
             if not self._flush(c):
                 return
