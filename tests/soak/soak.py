@@ -1842,7 +1842,9 @@ class Soak:
             self.pause(self.rng.uniform(0.02, 0.25))
             if now() - last_report > 15:
                 last_report = now()
-                self.say("%d events, clients %s" % (self.index, self.client_summary()))
+                self.say("%d events, lbd fds %d rss %.1f MB, clients %s"
+                         % (self.index, self.proc_fds(), self.proc_rss_kb() / 1024.0,
+                            self.client_summary()))
 
     def client_summary(self):
         c = collections.Counter()
@@ -1882,8 +1884,14 @@ class Soak:
                 raise SoakFailure("end: every client left %.0fs ago (idle timeout %.0fs) but lbd "
                                   "still has %d fds (baseline %d)\n%s"
                                   % (wait_idle, idle, fds, base_fds, active))
-            self.say("end: %d fds after %.0fs (idle timeout %s); stopping the backends"
-                     % (fds, wait_idle, idle))
+            try:
+                sessions = int(self.lbd.metric("lbd_connections_active"))
+            except (AssertionError, OSError, ValueError):
+                sessions = -1
+            self.counts["end.sessions_outlived_clients"] = sessions
+            self.say("end: %d fds, %d connections still open %.0fs after the last client left "
+                     "(their idle timeout may be %s s: half-closed towards backends that do not "
+                     "read); stopping the backends" % (fds, sessions, wait_idle, idle))
         backend_conns = self.farm.open_conns()
         self.farm.stop()
         fds = self.wait_fds(base_fds + tol_fds, 10.0)
@@ -1892,7 +1900,7 @@ class Soak:
                               "backends all gone)\n%s\n%s"
                               % (fds, base_fds, self.fd_listing(), self.lbctl("pools")[1]))
         rss = self.proc_rss_kb()
-        rss_limit = base_rss * 1.5 + ((ASAN_QUARANTINE_MB + 48) if self.args.asan else 24) * 1024
+        rss_limit = base_rss * 1.5 + ((ASAN_QUARANTINE_MB + 64) if self.args.asan else 24) * 1024
         self.say("end: fds %d (start %d), rss %.1f MB (start %.1f MB, limit %.1f MB), "
                  "backend conns before stop %d" % (fds, base_fds, rss / 1024.0, base_rss / 1024.0,
                                                    rss_limit / 1024.0, backend_conns))
