@@ -2,6 +2,7 @@
  * Bearer token checks for the admin API (see admin_auth.h).
  */
 #include "admin_auth.h"
+#include "lb_error.h"
 #include "lb_secret.h"
 
 #include <errno.h>
@@ -42,10 +43,10 @@ int lb_admin_auth_load(struct lb_admin_auth *a, const char *path, char **err)
     rc = lb_admin_auth_set(a, token);
     lb_secret_free(token);
     a->file_shared = rc == 0 && shared;
-    if (rc < 0 &&
-        asprintf(err, "admin token file %s: cannot hash the token: %s", path, strerror(-rc)) < 0)
-        *err = NULL;
-    return rc;
+    if (rc < 0)
+        return lb_error_set(err, rc, "admin token file %s: cannot hash the token: %s", path,
+                            strerror(-rc));
+    return 0;
 }
 
 bool lb_admin_auth_accepts(const struct lb_admin_auth *a, const char *value, size_t len)

@@ -1,32 +1,28 @@
 /*
  * lbd's admin API transport: gRPC over HTTP/2, cleartext (prior knowledge)
  * or TLS with ALPN h2, one nghttp2 server session per accepted connection,
- * all on the lbd libev loop.  The server owns sockets, TLS, HTTP/2, gRPC
- * framing and the bearer token check; what a method does lives in
- * admin_service.c, which sees only the call API below.
+ * all on one libev loop.  The server owns sockets, TLS, HTTP/2, gRPC
+ * framing and the bearer token check; what a method does is given to it as
+ * a method table and an opaque context (admin_call.h), so the transport
+ * knows no service: lbd passes admin_service.c's table over its registry.
  *
- * A call is reference counted.  The open stream holds one reference; a
- * handler that answers later (an etcd write, a drain wait, an event stream)
- * takes its own.  When the client resets the stream, the deadline passes or
- * the connection goes away, the call is marked done and its cancel hook
- * runs, but its memory (and the handler state attached to it) is freed only
- * once the last reference is dropped, at the end of a loop iteration.  So a
- * completion that arrives after a cancel finds a valid, done call and simply
- * lets go of it.
+ * Layers, each in its own file, with an internal header that shows the
+ * others only what they use of it (admin_server_int.h, admin_conn.h,
+ * admin_h2.h, admin_call_int.h):
+ *   admin_server.c  listener, admission, TLS context and token set-up, metrics
+ *   admin_conn.c    a connection: socket or TLS I/O, handshake, timers
+ *   admin_h2.c      nghttp2 callbacks: streams become calls, requests dispatch
+ *   admin_call.c    calls and their response path (admin_call.h for handlers)
  */
 #ifndef LB_ADMIN_SERVER_H
 #define LB_ADMIN_SERVER_H
 
-#include <protobuf-c/protobuf-c.h>
-
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct ev_loop;
-struct lb_registry;
 struct lb_admin_server;
-struct lb_admin_call;
+struct lb_admin_method;
 
 struct lb_admin_limits {
     /*
@@ -66,11 +62,17 @@ struct lb_admin_limits {
 void lb_admin_limits_defaults(struct lb_admin_limits *l);
 
 struct lb_admin_options {
-    const char *listen; /* "127.0.0.1:9000", "[::1]:9000"; port 0 picks a free port */
+    const char *listen;      /* "127.0.0.1:9000", "[::1]:9000"; port 0 picks a free port */
+    const char *listen_flag; /* names the setting in errors ("--admin"); NULL: "admin address" */
+    /* What is served: methods[n_methods] (admin_call.h), each handler seeing `context`. */
+    const struct lb_admin_method *methods;
+    size_t n_methods;
+    void *context;
     /*
-     * NULL: no token.  Otherwise every call but grpc.health.v1.Health/Check
-     * must carry "authorization: Bearer <token>", the token being the
-     * file's first line; others end with UNAUTHENTICATED.  Read once, here.
+     * NULL: no token.  Otherwise every call but those of methods flagged
+     * LB_ADMIN_METHOD_NO_AUTH must carry "authorization: Bearer <token>",
+     * the token being the file's first line; others end with
+     * UNAUTHENTICATED.  Read once, here.
      */
     const char *token_file;
     /* Both or neither: PEM certificate chain and key; the listener then speaks TLS. */
@@ -81,11 +83,12 @@ struct lb_admin_options {
 /*
  * Reads the token and TLS files, binds opts->listen and starts accepting on
  * `loop`.  Returns 0 with *out set, or a negative errno with *err a
- * malloc'd sentence for the operator (the caller frees it).  `registry`
- * must outlive the server.
+ * malloc'd sentence for the operator (the caller frees it).  The method
+ * table and the context must outlive the server (and calls a handler still
+ * holds after it).
  */
 int lb_admin_server_new(struct ev_loop *loop, const struct lb_admin_options *opts,
-                        struct lb_registry *registry, struct lb_admin_server **out, char **err);
+                        struct lb_admin_server **out, char **err);
 
 /* Applies to connections and calls that start afterwards. */
 void lb_admin_server_set_limits(struct lb_admin_server *s, const struct lb_admin_limits *l);
@@ -109,47 +112,5 @@ int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_bu
  * of the server's own callbacks.  NULL is a no-op.
  */
 void lb_admin_server_free(struct lb_admin_server *s);
-
-/* ---- What a method handler sees (all on the loop) ---- */
-
-struct ev_loop *lb_admin_call_loop(const struct lb_admin_call *c);
-struct lb_registry *lb_admin_call_registry(const struct lb_admin_call *c);
-
-void lb_admin_call_ref(struct lb_admin_call *c);
-/* Drops a reference; the call is freed later, never inside this function's caller's stack. */
-void lb_admin_call_unref(struct lb_admin_call *c);
-
-/* True once the call is finished or cancelled: nothing more can be sent. */
-bool lb_admin_call_is_done(const struct lb_admin_call *c);
-
-/*
- * Hook run at most once when the call ends without the handler finishing it:
- * client RST_STREAM, deadline, connection closed, server freed.  It should
- * stop what feeds the call (unsubscribe, stop timers) and drop the
- * handler's reference; it must not free anything attached with
- * lb_admin_call_set_data() (the call does that).
- */
-void lb_admin_call_on_cancel(struct lb_admin_call *c, void (*cb)(void *ud), void *ud);
-
-/* Attaches handler state, released with `release` when the call is freed. */
-void lb_admin_call_set_data(struct lb_admin_call *c, void *data, void (*release)(void *data));
-
-/* Sends response headers now (streaming calls do, so the client sees the call start). */
-void lb_admin_call_begin(struct lb_admin_call *c);
-
-/*
- * Queues one response message.  Returns 0; -ECANCELED when the call is done;
- * -EMSGSIZE when the message is over the maximum; -ENOBUFS when the call's
- * queue is full (a slow client: finish with RESOURCE_EXHAUSTED); -ENOMEM.
- */
-int lb_admin_call_send(struct lb_admin_call *c, const ProtobufCMessage *msg);
-
-/*
- * Ends the call with a gRPC status and a readable message (printf format;
- * percent-encoded on the wire).  Queued messages still go out before the
- * trailers.  A no-op on a done call.
- */
-void lb_admin_call_finish(struct lb_admin_call *c, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 #endif

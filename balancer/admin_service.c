@@ -14,10 +14,13 @@
  *
  * Per-call handler state is attached to the call (lb_admin_call_set_data)
  * and freed with it, so no callback ever frees the object it runs for.
+ *
+ * The transport sees none of this: it is handed the table at the end of
+ * this file, with the registry as the calls' context.
  */
 #include "admin_service.h"
-#include "admin_server.h"
 #include "control.h"
+#include "lb_error.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
 #include "lb_log.h"
@@ -31,131 +34,111 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOG_SUB "admin"
+#define LOG_SUB               "admin"
 #define DRAIN_WAIT_DEFAULT_MS 30000
-#define DRAIN_WAIT_MAX_MS (24LL * 3600 * 1000)
+#define DRAIN_WAIT_MAX_MS     (24LL * 3600 * 1000)
+
+/* The registry lbd gave the server as the calls' context. */
+static struct lb_registry *registry_of(const struct lb_admin_call *call)
+{
+    return lb_admin_call_context(call);
+}
 
 /* ---- validation ---- */
 
-static bool name_is_valid(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n >= LB_NAME_MAX)
-        return false;
-    for (; *s; s++) {
-        char c = *s;
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 /* `required` false: "" is fine (every pool). */
-static int check_name(const char *what, const char *value, bool required, char *err,
-                      size_t size)
+static int check_name(const char *what, const char *value, bool required, char **err)
 {
     if (!value[0]) {
         if (!required)
             return LB_GRPC_OK;
-        snprintf(err, size, "%s is required", what);
-        return LB_GRPC_INVALID_ARGUMENT;
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "%s is required", what);
     }
-    if (!name_is_valid(value)) {
-        snprintf(err, size, "%s \"%.*s\" is not a valid name (1 to %d characters of "
-                            "A-Z a-z 0-9 . _ : -)", what, 64, value, LB_NAME_MAX - 1);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (!lb_name_is_valid(value, strlen(value)))
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "%s \"%.*s\" is not a valid name (1 to %d characters of "
+                            "A-Z a-z 0-9 . _ : -)",
+                            what, 64, value, LB_NAME_MAX - 1);
     return LB_GRPC_OK;
 }
 
-static int check_pool_id(const char *pool, const char *id, char *err, size_t size)
+static int check_pool_id(const char *pool, const char *id, char **err)
 {
-    int status = check_name("pool", pool, true, err, size);
+    int status = check_name("pool", pool, true, err);
 
-    return status ? status : check_name("id", id, true, err, size);
+    return status ? status : check_name("id", id, true, err);
 }
 
-static int check_scope(int scope, char *err, size_t size)
+static int check_scope(int scope, char **err)
 {
-    if (scope != LB__V1__SCOPE__SCOPE_CLUSTER && scope != LB__V1__SCOPE__SCOPE_LOCAL) {
-        snprintf(err, size, "scope %d is not CLUSTER (0) or LOCAL (1)", scope);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (scope != LB__V1__SCOPE__SCOPE_CLUSTER && scope != LB__V1__SCOPE__SCOPE_LOCAL)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "scope %d is not CLUSTER (0) or LOCAL (1)", scope);
     return LB_GRPC_OK;
 }
 
-static int validate_list_backends(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_list_backends(const ProtobufCMessage *m, char **err)
 {
-    return check_name("pool", ((const Lb__V1__ListBackendsRequest *)m)->pool, false, err, size);
+    return check_name("pool", ((const Lb__V1__ListBackendsRequest *)m)->pool, false, err);
 }
 
-static int validate_watch(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_watch(const ProtobufCMessage *m, char **err)
 {
-    return check_name("pool", ((const Lb__V1__WatchEventsRequest *)m)->pool, false, err, size);
+    return check_name("pool", ((const Lb__V1__WatchEventsRequest *)m)->pool, false, err);
 }
 
-static int validate_get_backend(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_get_backend(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__GetBackendRequest *r = (const void *)m;
 
-    return check_pool_id(r->pool, r->id, err, size);
+    return check_pool_id(r->pool, r->id, err);
 }
 
-static int validate_set_drain(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_drain(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetDrainRequest *r = (const void *)m;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
-    if (!status && r->wait_timeout_ms > DRAIN_WAIT_MAX_MS) {
-        snprintf(err, size, "wait_timeout_ms %u is above the maximum of 24h", r->wait_timeout_ms);
-        status = LB_GRPC_INVALID_ARGUMENT;
-    }
+        status = check_scope(r->scope, err);
+    if (!status && r->wait_timeout_ms > DRAIN_WAIT_MAX_MS)
+        status = lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                              "wait_timeout_ms %u is above the maximum of 24h", r->wait_timeout_ms);
     return status;
 }
 
-static int validate_set_weight(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_weight(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetWeightRequest *r = (const void *)m;
     bool has_weight = r->weight_opt_case == LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT_WEIGHT;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
+        status = check_scope(r->scope, err);
     if (status)
         return status;
-    if (has_weight && r->clear) {
-        snprintf(err, size, "give either weight or clear, not both");
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    if (!has_weight && !r->clear) {
-        snprintf(err, size, "weight or clear is required");
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    if (has_weight && r->weight > LB_WEIGHT_MAX) {
-        snprintf(err, size, "weight %u is out of range (0..%d)", r->weight, LB_WEIGHT_MAX);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
+    if (has_weight && r->clear)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "give either weight or clear, not both");
+    if (!has_weight && !r->clear)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "weight or clear is required");
+    if (has_weight && r->weight > LB_WEIGHT_MAX)
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT, "weight %u is out of range (0..%d)",
+                            r->weight, LB_WEIGHT_MAX);
     return LB_GRPC_OK;
 }
 
-static int validate_set_health(const ProtobufCMessage *m, char *err, size_t size)
+static int validate_set_health(const ProtobufCMessage *m, char **err)
 {
     const Lb__V1__SetHealthRequest *r = (const void *)m;
-    int status = check_pool_id(r->pool, r->id, err, size);
+    int status = check_pool_id(r->pool, r->id, err);
 
     if (!status)
-        status = check_scope(r->scope, err, size);
+        status = check_scope(r->scope, err);
     if (!status && (r->health < LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO ||
-                    r->health > LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN)) {
-        snprintf(err, size, "health %d is not AUTO (0), FORCE_UP (1) or FORCE_DOWN (2)",
-                 (int)r->health);
-        status = LB_GRPC_INVALID_ARGUMENT;
-    }
+                    r->health > LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN))
+        status = lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                              "health %d is not AUTO (0), FORCE_UP (1) or FORCE_DOWN (2)",
+                              (int)r->health);
     return status;
 }
 
@@ -198,7 +181,7 @@ static bool pool_exists(struct lb_registry *r, const char *pool)
 /* Ends the call for a negative errno from control.h. */
 static void finish_errno(struct lb_admin_call *call, int rc, const char *pool, const char *id)
 {
-    struct lb_registry *r = lb_admin_call_registry(call);
+    struct lb_registry *r = registry_of(call);
 
     switch (rc) {
     case -ENOENT:
@@ -275,8 +258,7 @@ static void reply_backend(struct lb_admin_call *call, const ProtobufCMessageDesc
                           const char *pool, const char *id)
 {
     struct backend_reply_ctx ctx = {call, desc};
-    int rc = lb_control_get_backend(lb_admin_call_registry(call), pool, id, send_backend_reply,
-                                    &ctx);
+    int rc = lb_control_get_backend(registry_of(call), pool, id, send_backend_reply, &ctx);
 
     if (rc < 0)
         finish_errno(call, rc, pool, id);
@@ -319,21 +301,30 @@ static void collect_pool(void *ud, const struct lb_pool_info *info)
     p->total_connections = info->total;
 }
 
+/*
+ * The repeated field of a list reply points at each of n items of `size`
+ * bytes: a malloc'd array of those pointers, or NULL when out of memory.
+ */
+static void **item_pointers(void *items, size_t n, size_t size)
+{
+    void **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+
+    for (size_t i = 0; ptrs && i < n; i++)
+        ptrs[i] = (char *)items + i * size;
+    return ptrs;
+}
+
 static void handle_list_pools(struct lb_admin_call *call, const ProtobufCMessage *request)
 {
     Lb__V1__ListPoolsResponse resp = LB__V1__LIST_POOLS_RESPONSE__INIT;
     struct pool_list l = {0};
     Lb__V1__Pool **ptrs = NULL;
 
-    lb_control_list_pools(lb_admin_call_registry(call), collect_pool, &l);
-    if (!l.oom && l.n && !(ptrs = calloc(l.n, sizeof(*ptrs))))
-        l.oom = true;
-    if (l.oom) {
+    lb_control_list_pools(registry_of(call), collect_pool, &l);
+    if (l.oom || !(ptrs = (Lb__V1__Pool **)item_pointers(l.items, l.n, sizeof(*l.items)))) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < l.n; i++)
-        ptrs[i] = &l.items[i];
     resp.n_pools = l.n;
     resp.pools = ptrs;
     reply(call, &resp.base);
@@ -376,19 +367,15 @@ static void handle_list_backends(struct lb_admin_call *call, const ProtobufCMess
     Lb__V1__Backend **ptrs = NULL;
     int rc;
 
-    rc = lb_control_list_backends(lb_admin_call_registry(call), req->pool, collect_backend, &l);
+    rc = lb_control_list_backends(registry_of(call), req->pool, collect_backend, &l);
     if (rc < 0) {
         finish_errno(call, rc, req->pool, NULL);
         goto out;
     }
-    if (!l.oom && l.n && !(ptrs = calloc(l.n, sizeof(*ptrs))))
-        l.oom = true;
-    if (l.oom) {
+    if (l.oom || !(ptrs = (Lb__V1__Backend **)item_pointers(l.items, l.n, sizeof(*l.items)))) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < l.n; i++)
-        ptrs[i] = &l.items[i];
     resp.n_backends = l.n;
     resp.backends = ptrs;
     reply(call, &resp.base);
@@ -411,7 +398,7 @@ struct mutation {
     char pool[LB_NAME_MAX];
     char id[LB_NAME_MAX];
     const ProtobufCMessageDescriptor *reply;
-    char what[48];   /* "drain", "weight=50", ... for the log */
+    char what[48]; /* "drain", "weight=50", ... for the log */
     enum lb_scope scope;
     bool drain_wait; /* SetDrain with drain and wait */
     int64_t wait_ms;
@@ -432,7 +419,7 @@ static void mutation_wait_end(struct mutation *m)
         return;
     m->waiting = false;
     if (m->sub) {
-        lb_control_unsubscribe(lb_admin_call_registry(m->call), m->sub);
+        lb_control_unsubscribe(registry_of(m->call), m->sub);
         m->sub = NULL;
     }
     ev_timer_stop(lb_admin_call_loop(m->call), &m->wait_timer);
@@ -462,8 +449,7 @@ static void read_drain_state(void *ud, const struct lb_backend_info *info)
 static void mutation_check_drained(struct mutation *m)
 {
     struct drain_state st = {0};
-    int rc = lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id,
-                                    read_drain_state, &st);
+    int rc = lb_control_get_backend(registry_of(m->call), m->pool, m->id, read_drain_state, &st);
 
     if (rc == -ENOENT)
         lb_admin_call_finish(m->call, LB_GRPC_NOT_FOUND,
@@ -473,8 +459,8 @@ static void mutation_check_drained(struct mutation *m)
         finish_errno(m->call, rc, m->pool, m->id);
     else if (!st.drain)
         lb_admin_call_finish(m->call, LB_GRPC_ABORTED,
-                             "backend %s/%s was undrained while waiting for it to drain",
-                             m->pool, m->id);
+                             "backend %s/%s was undrained while waiting for it to drain", m->pool,
+                             m->id);
     else if (st.drained)
         reply_backend(m->call, m->reply, m->pool, m->id);
     else
@@ -497,8 +483,7 @@ static void mutation_wait_timeout_cb(struct ev_loop *loop, ev_timer *w, int reve
     struct drain_state st = {0};
     char text[32];
 
-    lb_control_get_backend(lb_admin_call_registry(m->call), m->pool, m->id, read_drain_state,
-                           &st);
+    lb_control_get_backend(registry_of(m->call), m->pool, m->id, read_drain_state, &st);
     lb_admin_call_finish(m->call, LB_GRPC_DEADLINE_EXCEEDED,
                          "backend %s/%s still has %llu active connection%s after %s", m->pool,
                          m->id, (unsigned long long)st.active, st.active == 1 ? "" : "s",
@@ -511,13 +496,13 @@ static void mutation_applied(struct mutation *m)
 {
     struct lb_admin_call *call = m->call;
 
-    LB_INFO(LOG_SUB, "msg=\"operator change applied\" pool=%s id=%s change=%s scope=%s",
-            m->pool, m->id, m->what, m->scope == LB_SCOPE_LOCAL ? "local" : "cluster");
+    LB_INFO(LOG_SUB, "msg=\"operator change applied\" pool=%s id=%s change=%s scope=%s", m->pool,
+            m->id, m->what, m->scope == LB_SCOPE_LOCAL ? "local" : "cluster");
     if (!m->drain_wait) {
         reply_backend(call, m->reply, m->pool, m->id);
         return;
     }
-    m->sub = lb_control_subscribe(lb_admin_call_registry(call), mutation_on_event, m);
+    m->sub = lb_control_subscribe(registry_of(call), mutation_on_event, m);
     if (!m->sub) {
         lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
@@ -540,13 +525,15 @@ static void mutation_store_done(void *ud, int status, const char *message)
     if (!lb_admin_call_is_done(call)) {
         if (status < 0)
             lb_admin_call_finish(call, LB_GRPC_UNAVAILABLE,
-                                 "writing the override of %s/%s to etcd failed: %s", m->pool,
-                                 m->id, message && message[0] ? message : strerror(-status));
+                                 "writing the override of %s/%s to etcd failed: %s", m->pool, m->id,
+                                 message && message[0] ? message : strerror(-status));
         else
             mutation_applied(m);
     } else if (status == 0) {
-        LB_INFO(LOG_SUB, "msg=\"operator change applied after its client left\" pool=%s id=%s "
-                         "change=%s", m->pool, m->id, m->what);
+        LB_INFO(LOG_SUB,
+                "msg=\"operator change applied after its client left\" pool=%s id=%s "
+                "change=%s",
+                m->pool, m->id, m->what);
     }
     lb_admin_call_unref(call); /* the write's reference; may free m later */
 }
@@ -558,8 +545,8 @@ static void mutation_start(struct lb_admin_call *call, struct mutation *m,
 
     m->call = call;
     lb_admin_call_set_data(call, m, mutation_release);
-    rc = lb_control_change(lb_admin_call_registry(call), m->pool, m->id, change, m->scope,
-                           mutation_store_done, m);
+    rc = lb_control_change(registry_of(call), m->pool, m->id, change, m->scope, mutation_store_done,
+                           m);
     if (rc == LB_CONTROL_PENDING) {
         lb_admin_call_ref(call);
         return;
@@ -571,9 +558,8 @@ static void mutation_start(struct lb_admin_call *call, struct mutation *m,
     mutation_applied(m);
 }
 
-static struct mutation *mutation_new(struct lb_admin_call *call, const char *pool,
-                                     const char *id, int scope,
-                                     const ProtobufCMessageDescriptor *reply_desc)
+static struct mutation *mutation_new(struct lb_admin_call *call, const char *pool, const char *id,
+                                     int scope, const ProtobufCMessageDescriptor *reply_desc)
 {
     struct mutation *m = calloc(1, sizeof(*m));
 
@@ -592,8 +578,8 @@ static void handle_set_drain(struct lb_admin_call *call, const ProtobufCMessage 
 {
     const Lb__V1__SetDrainRequest *req = (const void *)request;
     struct lb_change change = {.kind = LB_CHANGE_DRAIN, .value.drain = req->drain};
-    struct mutation *m = mutation_new(call, req->pool, req->id, req->scope,
-                                      &lb__v1__set_drain_response__descriptor);
+    struct mutation *m =
+        mutation_new(call, req->pool, req->id, req->scope, &lb__v1__set_drain_response__descriptor);
 
     if (!m)
         return;
@@ -656,7 +642,7 @@ static void watch_stop(struct watch *w)
 {
     if (!w->sub)
         return;
-    lb_control_unsubscribe(lb_admin_call_registry(w->call), w->sub);
+    lb_control_unsubscribe(registry_of(w->call), w->sub);
     w->sub = NULL;
     lb_admin_call_unref(w->call);
 }
@@ -712,8 +698,7 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
                              "event stream fell too far behind (client reads too slowly); "
                              "reconnect and list again");
     } else if (rc != -ECANCELED) {
-        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s",
-                             strerror(-rc));
+        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s", strerror(-rc));
     }
     watch_stop(w);
 }
@@ -721,7 +706,7 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
 static void handle_watch_events(struct lb_admin_call *call, const ProtobufCMessage *request)
 {
     const Lb__V1__WatchEventsRequest *req = (const void *)request;
-    struct lb_registry *r = lb_admin_call_registry(call);
+    struct lb_registry *r = registry_of(call);
     struct watch *w;
 
     if (req->pool[0] && !pool_exists(r, req->pool)) {
@@ -763,50 +748,30 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
 
 /* ---- the table ---- */
 
-/* The last column: callable without the admin token. */
+#define STREAMING LB_ADMIN_METHOD_STREAMING
+#define NO_AUTH   LB_ADMIN_METHOD_NO_AUTH
+
 static const struct lb_admin_method methods[] = {
-    {"lb.v1.Admin", "ListPools", &lb__v1__list_pools_request__descriptor, false, NULL,
-     handle_list_pools, false},
-    {"lb.v1.Admin", "ListBackends", &lb__v1__list_backends_request__descriptor, false,
-     validate_list_backends, handle_list_backends, false},
-    {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, false,
-     validate_get_backend, handle_get_backend, false},
-    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, false,
-     validate_set_drain, handle_set_drain, false},
-    {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, false,
-     validate_set_weight, handle_set_weight, false},
-    {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, false,
-     validate_set_health, handle_set_health, false},
-    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, true,
-     validate_watch, handle_watch_events, false},
-    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor,
-     false, NULL, handle_health_check, true},
+    {"lb.v1.Admin", "ListPools", &lb__v1__list_pools_request__descriptor, NULL, handle_list_pools,
+     0},
+    {"lb.v1.Admin", "ListBackends", &lb__v1__list_backends_request__descriptor,
+     validate_list_backends, handle_list_backends, 0},
+    {"lb.v1.Admin", "GetBackend", &lb__v1__get_backend_request__descriptor, validate_get_backend,
+     handle_get_backend, 0},
+    {"lb.v1.Admin", "SetDrain", &lb__v1__set_drain_request__descriptor, validate_set_drain,
+     handle_set_drain, 0},
+    {"lb.v1.Admin", "SetWeight", &lb__v1__set_weight_request__descriptor, validate_set_weight,
+     handle_set_weight, 0},
+    {"lb.v1.Admin", "SetHealth", &lb__v1__set_health_request__descriptor, validate_set_health,
+     handle_set_health, 0},
+    {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, validate_watch,
+     handle_watch_events, STREAMING},
+    {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, NULL,
+     handle_health_check, NO_AUTH},
 };
 
-const struct lb_admin_method *lb_admin_service_find(const char *service, const char *method)
+const struct lb_admin_method *lb_admin_service_methods(size_t *n)
 {
-    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
-        if (strcmp(methods[i].service, service) == 0 && strcmp(methods[i].name, method) == 0)
-            return &methods[i];
-    return NULL;
-}
-
-int lb_admin_service_decode(const struct lb_admin_method *m, const uint8_t *data, size_t len,
-                            ProtobufCMessage **out, char *err, size_t size)
-{
-    ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
-    int status;
-
-    *out = NULL;
-    if (!msg) {
-        snprintf(err, size, "cannot decode %s: malformed protobuf message", m->request->name);
-        return LB_GRPC_INVALID_ARGUMENT;
-    }
-    status = m->validate ? m->validate(msg, err, size) : LB_GRPC_OK;
-    if (status != LB_GRPC_OK) {
-        protobuf_c_message_free_unpacked(msg, NULL);
-        return status;
-    }
-    *out = msg;
-    return LB_GRPC_OK;
+    *n = sizeof(methods) / sizeof(methods[0]);
+    return methods;
 }

@@ -15,8 +15,3 @@ const struct lb_algo_ops *lb_algo_for(enum lb_algorithm algorithm)
     }
     return &lb_algo_wrr;
 }
-
-const char *lb_algo_name(enum lb_algorithm algorithm)
-{
-    return lb_algo_for(algorithm)->name;
-}

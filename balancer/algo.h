@@ -80,7 +80,4 @@ extern const struct lb_algo_ops lb_algo_maglev;
 /* The ops for a policy's algorithm. */
 const struct lb_algo_ops *lb_algo_for(enum lb_algorithm algorithm);
 
-/* The algorithm's name as policies spell it ("wrr", ...). */
-const char *lb_algo_name(enum lb_algorithm algorithm);
-
 #endif

@@ -4,7 +4,7 @@
  * memory after the last session let go.
  */
 #include "backend.h"
-#include "dns.h"
+#include "backend_dns.h"
 #include "drain.h"
 #include "lb_addr.h"
 #include "pool.h"
@@ -32,8 +32,9 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
     b->health = LB_HEALTH_UNKNOWN;
     b->base_weight = spec->weight;
     b->snap_index = SIZE_MAX;
+    lb_list_init(&b->sessions);
     lb_health_init(b);
-    lb_dns_init(b);
+    lb_backend_dns_init(b);
     lb_drain_init(b);
     if (lb_addr_parse(spec->addr, false, &hp, &why) == 0 && lb_addr_is_numeric(&hp))
         b->resolved = lb_addr_to_sockaddr(&hp, &b->sa, &b->sa_len) == 0;
@@ -54,7 +55,7 @@ static void backend_assert_idle(const struct lb_backend *b)
     assert(!ev_is_active(&b->check.eject_timer) && !ev_is_pending(&b->check.eject_timer));
     assert(!ev_is_active(&b->dns_timer) && !ev_is_pending(&b->dns_timer));
     assert(!ev_is_active(&b->drain_timer) && !ev_is_pending(&b->drain_timer));
-    assert(b->check.fd < 0 && !b->dns_req && !b->sessions && !b->marked);
+    assert(b->check.fd < 0 && !b->dns_req && lb_list_is_empty(&b->sessions) && !b->marked);
     (void)b;
 }
 
@@ -74,7 +75,7 @@ void lb_backend_retire(struct lb_backend *b)
     b->removed = true;
     lb_health_stop(b);
     lb_drain_stop(b);
-    lb_dns_stop(b);
+    lb_backend_dns_stop(b);
 }
 
 bool lb_backend_is_candidate(const struct lb_backend *b)

@@ -26,6 +26,7 @@
 
 #include "control.h"
 #include "health.h"
+#include "lb_list.h"
 #include "lb_update.h"
 
 #include <ev.h>
@@ -66,8 +67,8 @@ struct lb_backend {
     enum lb_health_override health_override;
     bool has_weight_override;
     int weight_override;
-    ev_timer drain_timer;        /* drain_timeout: closes what is left */
-    struct lb_session *sessions; /* open sessions, for the drain deadline */
+    ev_timer drain_timer;    /* drain_timeout: closes what is left */
+    struct lb_list sessions; /* open sessions, newest first (drain deadline) */
 
     /* publish bookkeeping, owned by pool.c */
     size_t snap_index;            /* entry in the pool's current snapshot */

@@ -14,6 +14,7 @@
 void lb_conn_guard_init(struct lb_conn_guard *g, unsigned max_total, unsigned max_per_peer)
 {
     memset(g, 0, sizeof(*g));
+    lb_list_init(&g->entries);
     g->max_total = max_total;
     g->max_per_peer = max_per_peer;
 }
@@ -41,10 +42,15 @@ static bool same_peer(const struct lb_conn_peer *a, const struct lb_conn_peer *b
 
 unsigned lb_conn_guard_peer_count(const struct lb_conn_guard *g, const struct lb_conn_peer *peer)
 {
+    const struct lb_list *pos;
     unsigned n = 0;
 
-    for (const struct lb_conn_guard_entry *e = g->head; e; e = e->next)
+    lb_list_for_each(pos, &g->entries)
+    {
+        const struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
+
         n += !e->shed && same_peer(&e->peer, peer);
+    }
     return n;
 }
 
@@ -57,9 +63,15 @@ static bool is_candidate(const struct lb_conn_guard *g, const struct lb_conn_gua
 static struct lb_conn_guard_entry *oldest_of_peer(const struct lb_conn_guard *g,
                                                   const struct lb_conn_peer *peer)
 {
-    for (struct lb_conn_guard_entry *e = g->head; e; e = e->next)
+    struct lb_list *pos;
+
+    lb_list_for_each(pos, &g->entries)
+    {
+        struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
+
         if (is_candidate(g, e) && same_peer(&e->peer, peer))
             return e;
+    }
     return NULL;
 }
 
@@ -68,8 +80,11 @@ static struct lb_conn_guard_entry *oldest_of_heaviest(const struct lb_conn_guard
 {
     struct lb_conn_guard_entry *best = NULL;
     unsigned best_count = 0;
+    struct lb_list *pos;
 
-    for (struct lb_conn_guard_entry *e = g->head; e; e = e->next) {
+    lb_list_for_each(pos, &g->entries)
+    {
+        struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
         unsigned n;
 
         if (!is_candidate(g, e))
@@ -111,30 +126,6 @@ enum lb_conn_verdict lb_conn_guard_admit(struct lb_conn_guard *g, const struct l
     return LB_CONN_SHED;
 }
 
-static void unlink_entry(struct lb_conn_guard *g, struct lb_conn_guard_entry *e)
-{
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        g->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        g->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void append_entry(struct lb_conn_guard *g, struct lb_conn_guard_entry *e)
-{
-    e->prev = g->tail;
-    e->next = NULL;
-    if (g->tail)
-        g->tail->next = e;
-    else
-        g->head = e;
-    g->tail = e;
-}
-
 void lb_conn_guard_add(struct lb_conn_guard *g, struct lb_conn_guard_entry *e,
                        const struct lb_conn_peer *peer)
 {
@@ -142,7 +133,7 @@ void lb_conn_guard_add(struct lb_conn_guard *g, struct lb_conn_guard_entry *e,
     e->peer = *peer;
     e->linked = true;
     e->batch = g->batch;
-    append_entry(g, e);
+    lb_list_insert_tail(&g->entries, &e->link);
     g->count++;
 }
 
@@ -150,7 +141,7 @@ void lb_conn_guard_remove(struct lb_conn_guard *g, struct lb_conn_guard_entry *e
 {
     if (!e->linked)
         return;
-    unlink_entry(g, e);
+    lb_list_remove(&e->link);
     if (!e->shed)
         g->count--;
     e->linked = false;
@@ -162,8 +153,8 @@ void lb_conn_guard_set_proven(struct lb_conn_guard *g, struct lb_conn_guard_entr
         return;
     e->proven = proven;
     if (!proven) {
-        unlink_entry(g, e);
-        append_entry(g, e);
+        lb_list_remove(&e->link);
+        lb_list_insert_tail(&g->entries, &e->link);
     }
 }
 

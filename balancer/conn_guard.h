@@ -25,6 +25,8 @@
 #ifndef LB_CONN_GUARD_H
 #define LB_CONN_GUARD_H
 
+#include "lb_list.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -37,7 +39,7 @@ struct lb_conn_peer {
 };
 
 struct lb_conn_guard_entry {
-    struct lb_conn_guard_entry *prev, *next; /* oldest candidate first */
+    struct lb_list link; /* in the guard's list: oldest first */
     struct lb_conn_peer peer;
     bool proven; /* never shed */
     bool shed;   /* chosen to make room: no longer counted nor chosen */
@@ -46,11 +48,11 @@ struct lb_conn_guard_entry {
 };
 
 struct lb_conn_guard {
-    unsigned max_total;    /* connections at once (0: no cap) */
-    unsigned max_per_peer; /* connections at once from one address (0: no cap) */
-    struct lb_conn_guard_entry *head, *tail;
-    unsigned count;      /* entries not shed */
-    unsigned long batch; /* lb_conn_guard_next_batch() */
+    unsigned max_total;     /* connections at once (0: no cap) */
+    unsigned max_per_peer;  /* connections at once from one address (0: no cap) */
+    struct lb_list entries; /* oldest candidate first */
+    unsigned count;         /* entries not shed */
+    unsigned long batch;    /* lb_conn_guard_next_batch() */
 };
 
 enum lb_conn_verdict {

@@ -118,10 +118,10 @@ enum lb_event_type {
 struct lb_event {
     enum lb_event_type type;
     const char *pool;
-    const char *id;                       /* NULL for policy events */
+    const char *id;                        /* NULL for policy events */
     const struct lb_backend_info *backend; /* NULL for policy events */
     int64_t unix_ms;
-    const char *detail;                   /* short human text, may be "" */
+    const char *detail; /* short human text, may be "" */
 };
 
 typedef void (*lb_event_cb)(void *ud, const struct lb_event *ev);

@@ -1,3 +1,7 @@
+/*
+ * Drain deadlines (design in drain.h): one timer per backend, armed when a
+ * drained backend's pool has a drain_timeout, stopped on undrain or retire.
+ */
 #include "drain.h"
 #include "backend.h"
 #include "lb_log.h"
@@ -23,7 +27,7 @@ static double drain_window(const struct lb_backend *b)
 static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_backend *b = lb_container_of(w, struct lb_backend, drain_timer);
-    struct lb_session *oldest = b->sessions;
+    struct lb_session *oldest = lb_session_oldest_of(b);
 
     if (!oldest) {
         ev_timer_stop(loop, w);
@@ -39,10 +43,8 @@ static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         w->repeat = step > 0.001 ? step : 0.001;
         ev_timer_again(loop, w);
     }
-    while (lb_session_next_of_backend(oldest))
-        oldest = lb_session_next_of_backend(oldest);
     lb_session_abort_drained(oldest);
-    if (!b->sessions)
+    if (lb_list_is_empty(&b->sessions))
         ev_timer_stop(loop, w);
 }
 

@@ -1,3 +1,8 @@
+/*
+ * Active checks and passive ejection (design in health.h).  Every watcher
+ * is the backend's own and initialised once; the functions here only
+ * re-arm them, and refuse to on a retired backend.
+ */
 #include "health.h"
 #include "backend.h"
 #include "lb_log.h"

@@ -27,6 +27,7 @@
  * counted in /metrics.
  */
 #include "http_endpoint.h"
+#include "lb_listen.h"
 #include "conn_guard.h"
 #include "lb_addr.h"
 #include "lb_error.h"
@@ -79,6 +80,7 @@ struct lb_http {
     struct lb_conn_guard guard;
     struct lb_rate_log notes[NOTE_MAX];
     uint64_t refused, shed, header_timeouts;
+    int port; /* as bound */
 };
 
 /* ---- pressure: one line per second per kind, with a count ---- */
@@ -247,7 +249,11 @@ static void http_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct lb_http *h = lb_container_of(w, struct lb_http, sweep);
     double now = ev_now(loop);
 
-    for (struct lb_conn_guard_entry *e = h->guard.head; e; e = e->next) {
+    struct lb_list *pos, *tmp;
+
+    lb_list_for_each_safe(pos, tmp, &h->guard.entries)
+    {
+        struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
         struct http_conn *hc = lb_container_of(e, struct http_conn, guard);
 
         if (e->proven || hc->shut || now - hc->waiting_since < HEADER_DEADLINE_S)
@@ -392,45 +398,43 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const c
 int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct lb_http **out,
                   char **err)
 {
-    struct lb_hostport hp;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    const char *why;
+    char what[320];
+    struct lb_listen_options lo = {
+        .what = what, .backlog = LISTEN_BACKLOG, .allow_port_zero = true};
+    struct lb_listen_socket ls;
     const union MHD_DaemonInfo *info;
     struct lb_http *h;
     unsigned flags = MHD_USE_EPOLL;
+    int rc;
 
-    if (lb_addr_parse(cfg->listen, true, &hp, &why) < 0) {
-        lb_error_set(err, 0, "--http %s: %s", cfg->listen, why);
-        return -EINVAL;
-    }
-    if (lb_addr_to_sockaddr(&hp, &ss, &len) < 0) {
-        lb_error_set(err, 0, "--http %s: must be an IP address and port", cfg->listen);
-        return -EINVAL;
-    }
+    snprintf(what, sizeof(what), "--http %s", cfg->listen);
+    rc = lb_listen_open(cfg->listen, &lo, &ls, err);
+    if (rc < 0)
+        return rc;
     h = calloc(1, sizeof(*h));
     if (!h) {
-        lb_error_set(err, 0, "out of memory");
-        return -ENOMEM;
+        lb_listen_close(&ls);
+        return lb_error_set(err, -ENOMEM, "out of memory");
     }
+    h->port = lb_listen_port(&ls);
     h->loop = loop;
     h->cfg = *cfg;
     lb_conn_guard_init(&h->guard, MAX_CONNECTIONS, MAX_PER_PEER);
     for (int i = 0; i < NOTE_MAX; i++)
         lb_rate_log_init(&h->notes[i], NOTE_INTERVAL_S);
-    if (ss.ss_family == AF_INET6)
+    if (ls.addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* lbd binds (lb_listen: one way for every listener); MHD serves the socket and closes it. */
     h->daemon = MHD_start_daemon(
-        flags, 0, http_accept_cb, h, http_handler, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        flags, 0, http_accept_cb, h, http_handler, h, MHD_OPTION_LISTEN_SOCKET, ls.fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)MHD_CONNECTIONS, MHD_OPTION_NOTIFY_CONNECTION,
         http_connection_cb, h, MHD_OPTION_NOTIFY_COMPLETED, http_completed_cb, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)32768, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)LISTEN_BACKLOG, MHD_OPTION_END);
     if (!h->daemon) {
-        lb_error_set(err, 0, "--http %s: cannot listen (address in use or not local?)",
-                     cfg->listen);
+        lb_listen_close(&ls);
         free(h);
-        return -EADDRINUSE;
+        return lb_error_set(err, -ENOMEM, "--http %s: cannot start the HTTP server", cfg->listen);
     }
     info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_EPOLL_FD);
     ev_io_init(&h->io, http_io_cb, info->epoll_fd, EV_READ);
@@ -443,6 +447,11 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
     LB_INFO("http", "msg=\"serving /healthz /readyz /metrics\" addr=%s", cfg->listen);
     *out = h;
     return 0;
+}
+
+int lb_http_port(const struct lb_http *h)
+{
+    return h->port;
 }
 
 void lb_http_stop(struct lb_http *h)

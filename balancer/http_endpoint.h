@@ -29,6 +29,8 @@ struct lb_http;
 /* Returns 0, or a negative errno with *err set to a malloc'd message. */
 int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct lb_http **out,
                   char **err);
+/* The bound port (useful after asking for port 0). */
+int lb_http_port(const struct lb_http *h);
 void lb_http_stop(struct lb_http *h);
 
 #endif

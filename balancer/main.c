@@ -14,8 +14,10 @@
  */
 #include "addr_policy.h"
 #include "admin_server.h"
+#include "admin_service.h"
 #include "http_endpoint.h"
 #include "lb_addr.h"
+#include "lb_etcd_opts.h"
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
@@ -37,7 +39,7 @@
 #define FDS_RESERVED 256 /* etcd, admin (64), http (96 at most), checks, logs, slack */
 
 struct lbd_settings {
-    char *etcd;
+    struct lb_etcd_opts etcd;
     char *prefix;
     struct lb_strlist pools;
     char *admin;
@@ -49,10 +51,6 @@ struct lbd_settings {
     char *log_level;
     int64_t max_conns;
     char *config;
-    char *etcd_ca;
-    char *etcd_cert;
-    char *etcd_key;
-    char *etcd_user_file;
     char *backend_networks;
     int64_t etcd_backoff_initial_ms;
     int64_t etcd_backoff_max_ms;
@@ -63,20 +61,9 @@ struct lbd_settings {
 
 #define S(f) offsetof(struct lbd_settings, f)
 static const struct lb_setting lbd_table[] = {
-    {"etcd", 0, "LBD_ETCD", LB_SETTING_STRING, S(etcd), 0, 0, "http://127.0.0.1:2379", NULL,
-     "URL[,URL...]", "etcd endpoints (v3 HTTP/JSON gateway), tried in turn"},
+    LB_ETCD_SETTINGS("LBD_", struct lbd_settings, etcd),
     {"prefix", 0, "LBD_PREFIX", LB_SETTING_STRING, S(prefix), 0, 512, "/lb/", NULL, "PREFIX",
      "etcd key prefix of the pools"},
-    {"etcd-ca", 0, "LBD_ETCD_CA", LB_SETTING_STRING, S(etcd_ca), 0, 0, NULL, NULL, "FILE",
-     "CA bundle (PEM) that signs etcd's certificate, for https:// endpoints (default: the "
-     "system's)"},
-    {"etcd-cert", 0, "LBD_ETCD_CERT", LB_SETTING_STRING, S(etcd_cert), 0, 0, NULL, NULL, "FILE",
-     "client certificate (PEM) for an etcd started with --client-cert-auth"},
-    {"etcd-key", 0, "LBD_ETCD_KEY", LB_SETTING_STRING, S(etcd_key), 0, 0, NULL, NULL, "FILE",
-     "private key (PEM) of --etcd-cert"},
-    {"etcd-user-file", 0, "LBD_ETCD_USER_FILE", LB_SETTING_STRING, S(etcd_user_file), 0, 0, NULL,
-     NULL, "FILE",
-     "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
     {"etcd-backoff-initial", 0, "LBD_ETCD_BACKOFF_INITIAL", LB_SETTING_DURATION,
      S(etcd_backoff_initial_ms), 10, 60 * 1000, "100ms", NULL, "DURATION",
      "first delay before retrying etcd; it doubles per failure, with jitter"},
@@ -153,20 +140,6 @@ static void usage(FILE *f)
                "      --admin 127.0.0.1:9000 --http 127.0.0.1:9100\n");
 }
 
-static bool name_is_valid(const char *s, size_t len)
-{
-    if (len == 0 || len >= LB_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.' || c == ':'))
-            return false;
-    }
-    return true;
-}
-
 /* Splits each --pool NAME=ADDR:PORT.  Returns 0 or -EINVAL after printing why. */
 static int parse_pools(struct lbd *d)
 {
@@ -187,7 +160,7 @@ static int parse_pools(struct lbd *d)
         struct lb_hostport hp;
         const char *why = NULL;
 
-        if (!eq || !name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
+        if (!eq || !lb_name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
             fprintf(stderr,
                     "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
                     "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
@@ -368,12 +341,15 @@ static int lbd_admin_start(struct lbd *d, char **err)
 {
     struct lb_admin_options opts = {
         .listen = d->settings.admin,
+        .listen_flag = "--admin",
+        .context = &d->registry,
         .token_file = d->settings.admin_token_file,
         .tls_cert_file = d->settings.admin_tls_cert,
         .tls_key_file = d->settings.admin_tls_key,
     };
 
-    return lb_admin_server_new(d->loop, &opts, &d->registry, &d->admin, err);
+    opts.methods = lb_admin_service_methods(&opts.n_methods);
+    return lb_admin_server_new(d->loop, &opts, &d->admin, err);
 }
 
 /*
@@ -407,26 +383,7 @@ static int lbd_start(struct lbd *d)
     struct lb_update_sink sink;
     struct lb_store store;
     char *err = NULL;
-    char *endpoints[16];
-    size_t n_endpoints = 0;
-    char *etcd_copy = strdup(d->settings.etcd), *save = NULL;
     int rc;
-
-    if (!etcd_copy)
-        return -ENOMEM;
-    for (char *tok = strtok_r(etcd_copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n_endpoints == LB_ARRAY_SIZE(endpoints)) {
-            fprintf(stderr, "lbd: --etcd: at most %zu endpoints\n", LB_ARRAY_SIZE(endpoints));
-            rc = -EINVAL;
-            goto out;
-        }
-        endpoints[n_endpoints++] = tok;
-    }
-    if (n_endpoints == 0) {
-        fprintf(stderr, "lbd: --etcd: give at least one URL, e.g. http://127.0.0.1:2379\n");
-        rc = -EINVAL;
-        goto out;
-    }
 
     rc = lb_registry_init(&d->registry, d->loop, d->n_pools, (const char *const *)d->pool_names,
                           (const char *const *)d->pool_listens);
@@ -448,16 +405,11 @@ static int lbd_start(struct lbd *d)
         lbd_refuse_own(d, d->pool_listens[i], 0);
     d->registry.addr_policy = &d->addr_policy;
 
-    wc.endpoints = endpoints;
-    wc.n_endpoints = n_endpoints;
+    wc.etcd = &d->settings.etcd;
     wc.prefix = d->settings.prefix;
     wc.backoff_initial_ms = d->settings.etcd_backoff_initial_ms;
     wc.backoff_max_ms = d->settings.etcd_backoff_max_ms;
     wc.stall_timeout_ms = d->settings.etcd_stall_timeout_ms;
-    wc.ca_file = d->settings.etcd_ca;
-    wc.cert_file = d->settings.etcd_cert;
-    wc.key_file = d->settings.etcd_key;
-    wc.user_file = d->settings.etcd_user_file;
     d->registry_sink = lb_registry_sink(&d->registry);
     sink.apply = lbd_sink_apply;
     sink.commit = lbd_sink_commit;
@@ -478,22 +430,22 @@ static int lbd_start(struct lbd *d)
     rc = lbd_admin_start(d, &err);
     if (rc < 0)
         goto fail;
-    lbd_refuse_own(d, d->settings.http, 0);
+    lbd_refuse_own(d, d->settings.http, lb_http_port(d->http));
     lbd_refuse_own(d, d->settings.admin, lb_admin_server_port(d->admin));
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
         goto out;
     }
-    LB_INFO("lbd", "msg=\"started\" version=%s pools=%zu etcd=%s prefix=%s max_conns=%lld",
-            LB_VERSION, d->n_pools, d->settings.etcd, d->settings.prefix,
+    LB_INFO("lbd", "msg=\"started\" version=%s pools=%zu etcd=%s%s prefix=%s max_conns=%lld",
+            LB_VERSION, d->n_pools, d->settings.etcd.etcd.v[0],
+            d->settings.etcd.etcd.n > 1 ? ",..." : "", d->settings.prefix,
             (long long)d->settings.max_conns);
     goto out;
 fail:
     fprintf(stderr, "lbd: %s\n", err ? err : strerror(-rc));
 out:
     free(err);
-    free(etcd_copy);
     return rc;
 }
 
@@ -556,6 +508,17 @@ int main(int argc, char **argv)
     if (parse_pools(&d) < 0) {
         exit_code = 2;
         goto out;
+    }
+    {
+        struct lb_etcd_endpoints e;
+
+        if (lb_etcd_opts_endpoints(&d.settings.etcd, &e, &err) < 0) {
+            fprintf(stderr, "lbd: %s\n", err);
+            free(err);
+            exit_code = 2;
+            goto out;
+        }
+        lb_etcd_endpoints_free(&e);
     }
     if (lb_addr_policy_set_networks(&d.addr_policy, d.settings.backend_networks, &err) < 0) {
         fprintf(stderr, "lbd: %s\n", err);

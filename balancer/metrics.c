@@ -1,3 +1,8 @@
+/*
+ * /metrics in Prometheus text (contract in metrics.h): per backend from
+ * lb_backend_info through one table of families, per pool and process from
+ * the registry and the proxy; labels escaped once per backend per scrape.
+ */
 #include "metrics.h"
 #include "lb_update.h"
 
@@ -258,7 +263,7 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
              "--backend-networks).",
              r->backends_refused},
             {"lbd_events_dropped_total", "counter",
-             "Pool events not delivered to watchers for lack of memory.", r->events_dropped},
+             "Pool events not delivered to watchers for lack of memory.", r->events.dropped},
         };
 
         for (size_t i = 0; i < sizeof(process) / sizeof(process[0]) && !rc; i++) {

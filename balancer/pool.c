@@ -14,7 +14,7 @@
  * allocates, so a health flip cannot fail and costs O(log n).
  */
 #include "pool.h"
-#include "dns.h"
+#include "backend_dns.h"
 #include "drain.h"
 #include "lb_log.h"
 #include "lb_util.h"
@@ -129,8 +129,7 @@ static uint32_t entry_target(const struct lb_pool *pool, const struct lb_snapsho
     return ramp_weight(pool, e->backend, now, ramping);
 }
 
-/* Moves entry i to weight w: the eligible set and the algorithm follow. */
-static void entry_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
+void lb_snapshot_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
 {
     struct lb_snap_entry *e = &s->entries[i];
     uint32_t old = e->weight;
@@ -164,7 +163,7 @@ static void entry_refresh_weight(const struct lb_pool *pool, struct lb_snapshot 
             s->n_ramping--;
         e->ramping = ramping;
     }
-    entry_set_weight(s, i, w);
+    lb_snapshot_set_weight(s, i, w);
 }
 
 static void log_panic(const struct lb_pool *pool, const struct lb_snapshot *s)
@@ -402,7 +401,7 @@ struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member
     if (pool->registry)
         lb_registry_check_address(pool->registry, b);
     lb_health_start(b);
-    lb_dns_start(b);
+    lb_backend_dns_start(b);
     pool_want_rebuild(pool);
     return b;
 }

@@ -165,6 +165,14 @@ static inline struct lb_backend *lb_pool_pick(struct lb_pool *pool, const struct
     return pool->snap->algo->pick(pool->snap, p);
 }
 
+/*
+ * Moves entry i of s to weight w (0: not eligible): the eligible set and the
+ * algorithm (its set_weight hook) follow.  No allocation; cannot fail.  The
+ * publisher's one way to change an entry, also used by test fixtures that
+ * build snapshots directly.
+ */
+void lb_snapshot_set_weight(struct lb_snapshot *s, size_t i, uint32_t w);
+
 /* The k-th eligible backend of s (k < s->n_eligible), in no particular order. */
 static inline struct lb_backend *lb_snapshot_eligible_backend(const struct lb_snapshot *s, size_t k)
 {

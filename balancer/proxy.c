@@ -1,17 +1,21 @@
+/*
+ * The pools' listeners and the accounting of the sessions they accept (see
+ * proxy.h).  Binding, accept4() and the back-off after EMFILE and the like
+ * are common/lb_listen.c's, shared with the admin API; what is the data
+ * plane's own is the global cap: at --max-conns accepting pauses and
+ * clients wait in the kernel's queue until a session finishes.
+ */
 #include "proxy.h"
-#include "lb_addr.h"
 #include "lb_error.h"
+#include "lb_listen.h"
 #include "lb_log.h"
 #include "lb_util.h"
 #include "session.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,13 +42,24 @@ static void proxy_resume_accept(struct lb_proxy *proxy)
             ev_io_start(proxy->loop, &proxy->listeners[i].io);
 }
 
-static void proxy_accept_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+/* Back-off hooks (lb_listen.h): all listeners pause and resume together. */
+static void proxy_backoff_pause(void *ctx)
 {
-    struct lb_proxy *proxy = lb_container_of(w, struct lb_proxy, accept_retry);
+    proxy_pause_accept(ctx);
+}
+
+static void proxy_backoff_resume(void *ctx)
+{
+    struct lb_proxy *proxy = ctx;
 
     if (proxy->active < proxy->max_conns)
         proxy_resume_accept(proxy);
 }
+
+static const struct lb_accept_backoff_ops proxy_backoff_ops = {
+    .pause = proxy_backoff_pause,
+    .resume = proxy_backoff_resume,
+};
 
 static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -74,80 +89,50 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             proxy_pause_accept(proxy);
             return;
         }
-        fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+        fd = lb_listen_accept(l->fd, &ss, &len);
+        switch (lb_accept_backoff_check(&proxy->accept_backoff, fd)) {
+        case LB_ACCEPT_GO:
+            if (fd == -EAGAIN)
                 return;
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
-                continue;
+            break;
+        case LB_ACCEPT_PAUSED_NEW:
+            LB_ERROR("proxy",
+                     "msg=\"cannot accept, pausing 100ms (raise the open-files "
+                     "limit or lower --max-conns)\" pool=%s error=\"%s\"",
+                     l->pool->name, strerror(-fd));
+            /* fall through */
+        case LB_ACCEPT_PAUSED:
             proxy->accept_errors++;
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                LB_ERROR("proxy",
-                         "msg=\"cannot accept, pausing 100ms (raise the open-files "
-                         "limit or lower --max-conns)\" pool=%s error=\"%s\"",
-                         l->pool->name, strerror(errno));
-                proxy_pause_accept(proxy);
-                ev_timer_set(&proxy->accept_retry, EMFILE_PAUSE_S, 0.);
-                ev_timer_start(loop, &proxy->accept_retry);
-                return;
-            }
+            return;
+        case LB_ACCEPT_FAILED:
+            proxy->accept_errors++;
             LB_ERROR("proxy", "msg=\"accept failed\" pool=%s error=\"%s\"", l->pool->name,
-                     strerror(errno));
+                     strerror(-fd));
             return;
         }
         lb_session_start(proxy, l->pool, fd, (struct sockaddr *)&ss, len);
     }
 }
 
-/* Frees sessions that finished during the last loop iteration. */
-static void proxy_reaper_cb(struct ev_loop *loop, ev_check *w, int revents)
-{
-    struct lb_proxy *proxy = lb_container_of(w, struct lb_proxy, reaper);
-
-    while (proxy->graveyard) {
-        struct lb_session *s = proxy->graveyard;
-
-        proxy->graveyard = lb_session_next(s);
-        lb_session_free(s);
-    }
-}
-
 static int listener_open(struct lb_listener *l, const char *text, char **err)
 {
-    struct lb_hostport hp;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    const char *why;
-    int one = 1, fd;
+    char what[LB_NAME_MAX + 320];
+    const struct lb_listen_options o = {
+        .what = what,
+        .backlog = 4096,
+        /* Accepted sockets inherit TCP_NODELAY from the listener: one system
+         * call per listener instead of one per client. */
+        .nodelay = true,
+    };
+    struct lb_listen_socket sock;
+    int rc;
 
-    if (lb_addr_parse(text, false, &hp, &why) < 0) {
-        lb_error_set(err, 0, "--pool %s=%s: %s", l->pool->name, text, why);
-        return -EINVAL;
-    }
-    if (lb_addr_to_sockaddr(&hp, &ss, &len) < 0) {
-        lb_error_set(err, 0, "--pool %s=%s: listen address must be an IP address, not a name",
-                     l->pool->name, text);
-        return -EINVAL;
-    }
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        lb_error_set(err, 0, "--pool %s=%s: socket: %s", l->pool->name, text, strerror(errno));
-        return -errno;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    /* Accepted sockets inherit TCP_NODELAY from the listener: one system
-     * call per listener instead of one per client. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
-        int e = errno;
-
-        lb_error_set(err, 0, "--pool %s=%s: cannot listen: %s%s", l->pool->name, text, strerror(e),
-                     e == EADDRINUSE ? " (another process has this port)" : "");
-        close(fd);
-        return -e;
-    }
-    l->fd = fd;
-    ev_io_init(&l->io, listener_accept_cb, fd, EV_READ);
+    snprintf(what, sizeof(what), "--pool %s=%s", l->pool->name, text);
+    rc = lb_listen_open(text, &o, &sock, err);
+    if (rc < 0)
+        return rc;
+    l->fd = sock.fd;
+    ev_io_init(&l->io, listener_accept_cb, l->fd, EV_READ);
     return 0;
 }
 
@@ -160,9 +145,9 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     proxy->loop = loop;
     proxy->registry = registry;
     proxy->max_conns = max_conns;
-    ev_check_init(&proxy->reaper, proxy_reaper_cb);
-    ev_check_start(loop, &proxy->reaper);
-    ev_init(&proxy->accept_retry, proxy_accept_retry_cb);
+    lb_list_init(&proxy->live);
+    lb_reaper_init(&proxy->reaper, loop);
+    lb_accept_backoff_init(&proxy->accept_backoff, loop, EMFILE_PAUSE_S, &proxy_backoff_ops, proxy);
     proxy->listeners = calloc(registry->n_pools ? registry->n_pools : 1, sizeof(*proxy->listeners));
     if (!proxy->listeners) {
         lb_error_set(err, 0, "out of memory");
@@ -213,7 +198,7 @@ void lb_proxy_stop_listening(struct lb_proxy *proxy)
         close(l->fd);
         l->fd = -1;
     }
-    ev_timer_stop(proxy->loop, &proxy->accept_retry);
+    lb_accept_backoff_stop(&proxy->accept_backoff);
     proxy->listening = false;
 }
 
@@ -221,7 +206,7 @@ void lb_proxy_session_finished(struct lb_proxy *proxy)
 {
     proxy->active--;
     if (proxy->accept_paused && proxy->active < proxy->max_conns &&
-        !ev_is_active(&proxy->accept_retry))
+        !lb_accept_backoff_is_pending(&proxy->accept_backoff))
         proxy_resume_accept(proxy);
     if (proxy->shutting_down && proxy->active == 0 && proxy->on_idle) {
         void (*cb)(struct lb_proxy *) = proxy->on_idle;
@@ -257,16 +242,17 @@ void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *
 
 void lb_proxy_close_all(struct lb_proxy *proxy)
 {
-    while (proxy->live)
-        lb_session_abort(proxy->live);
+    struct lb_list *first;
+
+    while ((first = lb_list_first(&proxy->live)))
+        lb_session_abort(lb_session_of_link(first));
 }
 
 void lb_proxy_destroy(struct lb_proxy *proxy)
 {
     lb_proxy_close_all(proxy);
     lb_proxy_stop_listening(proxy);
-    ev_check_stop(proxy->loop, &proxy->reaper);
-    proxy_reaper_cb(proxy->loop, &proxy->reaper, 0);
+    lb_reaper_destroy(&proxy->reaper);
     for (size_t i = 0; i < proxy->n_listeners; i++)
         proxy->listeners[i].pool->listener = NULL;
     free(proxy->listeners);

@@ -11,8 +11,11 @@
 #ifndef LB_PROXY_H
 #define LB_PROXY_H
 
+#include "lb_listen.h"
 #include "pool.h"
 #include "registry.h"
+#include "lb_list.h"
+#include "lb_reaper.h"
 
 #include <ev.h>
 #include <stdbool.h>
@@ -44,10 +47,9 @@ struct lb_proxy {
     uint64_t cap_pauses;        /* times the cap paused accepting */
     uint64_t cap_pauses_logged; /* cap_pauses at the last log line */
     ev_tstamp cap_logged_at;
-    struct lb_session *live; /* every open session (doubly linked) */
-    struct lb_session *graveyard;
-    ev_check reaper;
-    ev_timer accept_retry;                   /* resumes accepting after EMFILE */
+    struct lb_list live;     /* every open session, newest first */
+    struct lb_reaper reaper; /* frees finished sessions after the current callbacks */
+    struct lb_accept_backoff accept_backoff; /* resumes accepting after EMFILE */
     void (*on_idle)(struct lb_proxy *proxy); /* shutting down and no session left */
     char scratch[16384];                     /* read buffer shared by all sessions */
 };

@@ -1,3 +1,7 @@
+/*
+ * PROXY protocol v1 and v2 headers towards backends (contract in
+ * proxy_protocol.h), built into a caller's buffer with no allocation.
+ */
 #include "proxy_protocol.h"
 
 #include <arpa/inet.h>

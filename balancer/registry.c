@@ -19,23 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-struct lb_subscription {
-    struct lb_subscription *next;
-    lb_event_cb cb;
-    void *ud;
-    bool dead; /* unsubscribed while notifying; freed afterwards */
-};
-
-/* An event waiting for the publish that makes it true. */
-struct lb_queued_event {
-    enum lb_event_type type;
-    struct lb_pool *pool;
-    struct lb_backend *backend; /* one reference; NULL for policy events */
-    const char *detail;         /* static */
-    int64_t unix_ms;
-};
 
 static void registry_publisher_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 
@@ -44,6 +27,8 @@ int lb_registry_init(struct lb_registry *r, struct ev_loop *loop, size_t n_pools
 {
     memset(r, 0, sizeof(*r));
     r->loop = loop;
+    lb_reaper_init(&r->reaper, loop);
+    lb_events_init(&r->events, &r->reaper);
     ev_prepare_init(&r->publisher, registry_publisher_cb);
     r->pools = calloc(n_pools ? n_pools : 1, sizeof(*r->pools));
     if (!r->pools)
@@ -63,23 +48,13 @@ void lb_registry_destroy(struct lb_registry *r)
 {
     if (r->loop)
         ev_prepare_stop(r->loop, &r->publisher);
-    for (size_t i = 0; i < r->n_events; i++)
-        if (r->events[i].backend)
-            lb_backend_unref(r->events[i].backend);
-    free(r->events);
-    r->events = NULL;
-    r->n_events = r->cap_events = 0;
+    lb_events_destroy(&r->events);
+    lb_reaper_destroy(&r->reaper);
     for (size_t i = 0; i < r->n_pools; i++)
         lb_pool_destroy(&r->pools[i]);
     free(r->pools);
     r->pools = NULL;
     r->n_pools = 0;
-    while (r->subs) {
-        struct lb_subscription *s = r->subs;
-
-        r->subs = s->next;
-        free(s);
-    }
 }
 
 void lb_registry_set_store(struct lb_registry *r, const struct lb_store *store)
@@ -95,134 +70,14 @@ struct lb_pool *lb_registry_find_pool(struct lb_registry *r, const char *name)
     return NULL;
 }
 
-/* ------------------------------------------------------------ events -- */
-
-static int64_t now_unix_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Queues an event for the next publish (nothing when no one listens). */
-static void notify(struct lb_registry *r, enum lb_event_type type, struct lb_pool *pool,
-                   struct lb_backend *b, const char *detail)
-{
-    struct lb_queued_event *q;
-
-    if (!r->subs)
-        return;
-    if (r->n_events == r->cap_events) {
-        size_t cap = r->cap_events ? r->cap_events * 2 : 16;
-        struct lb_queued_event *v = realloc(r->events, cap * sizeof(*v));
-
-        if (!v) {
-            r->events_dropped++;
-            return;
-        }
-        r->events = v;
-        r->cap_events = cap;
-    }
-    q = &r->events[r->n_events++];
-    q->type = type;
-    q->pool = pool;
-    q->backend = b;
-    q->detail = detail ? detail : "";
-    q->unix_ms = now_unix_ms();
-    if (b)
-        lb_backend_ref(b);
-    lb_registry_schedule_publish(r);
-}
-
-static void deliver(struct lb_registry *r, const struct lb_queued_event *q)
-{
-    struct lb_backend_info info;
-    struct lb_event ev = {
-        .type = q->type,
-        .pool = q->pool->name,
-        .id = q->backend ? q->backend->id : NULL,
-        .backend = NULL,
-        .unix_ms = q->unix_ms,
-        .detail = q->detail,
-    };
-
-    if (q->backend) {
-        lb_backend_info(q->backend, &info);
-        ev.backend = &info;
-    }
-    r->notifying++;
-    for (struct lb_subscription *s = r->subs; s; s = s->next)
-        if (!s->dead)
-            s->cb(s->ud, &ev);
-    r->notifying--;
-}
-
-/* Delivers the queued events in order; subscribers may queue more meanwhile. */
-static void deliver_events(struct lb_registry *r)
-{
-    struct lb_subscription **pp;
-
-    while (r->n_events) {
-        struct lb_queued_event *batch = r->events;
-        size_t n = r->n_events;
-
-        r->events = NULL;
-        r->n_events = r->cap_events = 0;
-        for (size_t i = 0; i < n; i++) {
-            deliver(r, &batch[i]);
-            if (batch[i].backend)
-                lb_backend_unref(batch[i].backend);
-        }
-        free(batch);
-    }
-    if (r->notifying)
-        return;
-    for (pp = &r->subs; *pp;) {
-        if ((*pp)->dead) {
-            struct lb_subscription *dead = *pp;
-
-            *pp = dead->next;
-            free(dead);
-        } else {
-            pp = &(*pp)->next;
-        }
-    }
-}
-
-struct lb_subscription *lb_control_subscribe(struct lb_registry *r, lb_event_cb cb, void *ud)
-{
-    struct lb_subscription *s = calloc(1, sizeof(*s));
-
-    if (!s)
-        return NULL;
-    s->cb = cb;
-    s->ud = ud;
-    s->next = r->subs;
-    r->subs = s;
-    return s;
-}
-
-void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s)
-{
-    struct lb_subscription **pp;
-
-    if (!s)
-        return;
-    if (r->notifying) {
-        s->dead = true;
-        return;
-    }
-    for (pp = &r->subs; *pp; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            free(s);
-            return;
-        }
-    }
-}
-
 /* ----------------------------------------------------------- publish -- */
+
+void lb_registry_notify(struct lb_registry *r, enum lb_event_type type, struct lb_pool *pool,
+                        struct lb_backend *b, const char *detail)
+{
+    if (lb_events_wanted(&r->events) && lb_events_queue(&r->events, type, pool, b, detail) == 0)
+        lb_registry_schedule_publish(r);
+}
 
 /* Reports b if its drain just completed. */
 static void report_drained(struct lb_registry *r, struct lb_backend *b)
@@ -230,7 +85,7 @@ static void report_drained(struct lb_registry *r, struct lb_backend *b)
     if (b->drain && b->active == 0 && !b->drained_reported && !b->removed) {
         b->drained_reported = true;
         LB_INFO("pool", "msg=\"backend drained\" pool=%s backend=%s", b->pool->name, b->id);
-        notify(r, LB_EVENT_DRAINED, b->pool, b, "no active connections left");
+        lb_registry_notify(r, LB_EVENT_DRAINED, b->pool, b, "no active connections left");
     }
 }
 
@@ -256,7 +111,7 @@ void lb_registry_publish(struct lb_registry *r)
             lb_pool_publish(pool, published_backend, r);
         dirty |= lb_pool_is_dirty(pool); /* a rebuild that ran out of memory */
     }
-    deliver_events(r);
+    lb_events_deliver(&r->events);
     if (dirty)
         lb_registry_schedule_publish(r);
 }
@@ -280,7 +135,7 @@ void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
     if (b->removed)
         return;
     lb_pool_mark(b->pool, b);
-    notify(r, type, b->pool, b, detail);
+    lb_registry_notify(r, type, b->pool, b, detail);
 }
 
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b)
@@ -331,7 +186,7 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
         lb_pool_member_changed(pool, m);
         LB_INFO("pool", "msg=\"backend changed\" pool=%s backend=%s addr=%s weight=%d", pool->name,
                 id, qaddr, spec->weight);
-        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, "registration changed");
+        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, "registration changed");
         return;
     }
     b = lb_pool_attach_backend(pool, m, spec);
@@ -343,7 +198,7 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
     }
     LB_INFO("pool", "msg=\"backend added\" pool=%s backend=%s addr=%s weight=%d", pool->name, id,
             qaddr, spec->weight);
-    notify(r, LB_EVENT_BACKEND_ADDED, pool, b, "registered");
+    lb_registry_notify(r, LB_EVENT_BACKEND_ADDED, pool, b, "registered");
 }
 
 static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, const char *id)
@@ -356,7 +211,7 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     b = m->backend;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
-    notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, "deregistered or lease expired");
+    lb_registry_notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, "deregistered or lease expired");
     lb_pool_retire_backend(pool, m);
     lb_pool_forget_if_empty(pool, m);
 }
@@ -389,8 +244,8 @@ static void apply_override(struct lb_registry *r, struct lb_pool *pool, const ch
     }
     if (m->backend) {
         lb_pool_member_changed(pool, m);
-        notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
-               ov ? "cluster override set" : "cluster override cleared");
+        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
+                           ov ? "cluster override set" : "cluster override cleared");
     } else {
         lb_pool_forget_if_empty(pool, m);
     }
@@ -410,9 +265,9 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
     LB_INFO("pool",
             "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
             "idle_timeout_ms=%lld retries=%d",
-            pool->name, lb_algo_name(policy->algorithm), (long long)policy->connect_timeout_ms,
+            pool->name, lb_algorithm_name(policy->algorithm), (long long)policy->connect_timeout_ms,
             (long long)policy->idle_timeout_ms, policy->retries);
-    notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, "policy changed");
+    lb_registry_notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, "policy changed");
 }
 
 static void sink_apply(void *ctx, const struct lb_update *u)
@@ -459,228 +314,4 @@ struct lb_update_sink lb_registry_sink(struct lb_registry *r)
     struct lb_update_sink sink = {.apply = sink_apply, .commit = sink_commit, .ctx = r};
 
     return sink;
-}
-
-/* ----------------------------------------------------------- control -- */
-
-void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud)
-{
-    for (size_t i = 0; i < r->n_pools; i++) {
-        struct lb_pool *p = &r->pools[i];
-        struct lb_pool_info info = {
-            .name = p->name,
-            .listen = p->listen,
-            .algorithm = p->snap->algo->name,
-            .backends = (uint32_t)p->snap->n_entries,
-            .eligible = (uint32_t)p->snap->n_eligible,
-            .active = p->active,
-            .total = p->total,
-        };
-
-        cb(ud, &info);
-    }
-}
-
-static void list_pool_backends(struct lb_pool *p, lb_backend_info_cb cb, void *ud)
-{
-    for (size_t i = 0; i < p->snap->n_entries; i++) {
-        struct lb_backend_info info;
-
-        lb_backend_info(p->snap->entries[i].backend, &info);
-        cb(ud, &info);
-    }
-}
-
-int lb_control_list_backends(struct lb_registry *r, const char *pool, lb_backend_info_cb cb,
-                             void *ud)
-{
-    struct lb_pool *p;
-
-    if (!pool || !*pool) {
-        for (size_t i = 0; i < r->n_pools; i++)
-            list_pool_backends(&r->pools[i], cb, ud);
-        return 0;
-    }
-    p = lb_registry_find_pool(r, pool);
-    if (!p)
-        return -ENOENT;
-    list_pool_backends(p, cb, ud);
-    return 0;
-}
-
-int lb_control_get_backend(struct lb_registry *r, const char *pool, const char *id,
-                           lb_backend_info_cb cb, void *ud)
-{
-    struct lb_pool *p = lb_registry_find_pool(r, pool);
-    struct lb_member *m = p ? lb_pool_find(p, id) : NULL;
-    struct lb_backend_info info;
-
-    if (!m || !m->backend)
-        return -ENOENT;
-    lb_backend_info(m->backend, &info);
-    cb(ud, &info);
-    return 0;
-}
-
-static int change_validate(const struct lb_change *c)
-{
-    switch (c->kind) {
-    case LB_CHANGE_DRAIN:
-    case LB_CHANGE_CLEAR_WEIGHT:
-        return 0;
-    case LB_CHANGE_WEIGHT:
-        return c->value.weight >= 0 && c->value.weight <= LB_WEIGHT_MAX ? 0 : -EINVAL;
-    case LB_CHANGE_HEALTH:
-        return c->value.health >= LB_HEALTH_AUTO && c->value.health <= LB_HEALTH_FORCE_DOWN
-                   ? 0
-                   : -EINVAL;
-    }
-    return -EINVAL;
-}
-
-static void change_apply_local(struct lb_member *m, const struct lb_change *c)
-{
-    struct lb_local_override *l = &m->local;
-
-    switch (c->kind) {
-    case LB_CHANGE_DRAIN:
-        l->has_drain = true;
-        l->drain = c->value.drain;
-        break;
-    case LB_CHANGE_WEIGHT:
-        l->has_weight = true;
-        l->clear_weight = false;
-        l->weight = c->value.weight;
-        break;
-    case LB_CHANGE_CLEAR_WEIGHT:
-        l->has_weight = false;
-        l->clear_weight = true;
-        break;
-    case LB_CHANGE_HEALTH:
-        l->has_health = true;
-        l->health = c->value.health;
-        break;
-    }
-}
-
-/* A cluster-wide decision replaces this process's local tweak of the same field. */
-static void change_clear_local(struct lb_member *m, const struct lb_change *c)
-{
-    switch (c->kind) {
-    case LB_CHANGE_DRAIN:
-        m->local.has_drain = false;
-        break;
-    case LB_CHANGE_WEIGHT:
-    case LB_CHANGE_CLEAR_WEIGHT:
-        m->local.has_weight = false;
-        m->local.clear_weight = false;
-        break;
-    case LB_CHANGE_HEALTH:
-        m->local.has_health = false;
-        break;
-    }
-}
-
-static void change_apply_override(struct lb_override *ov, const struct lb_change *c)
-{
-    switch (c->kind) {
-    case LB_CHANGE_DRAIN:
-        ov->drain = c->value.drain;
-        break;
-    case LB_CHANGE_WEIGHT:
-        ov->has_weight = true;
-        ov->weight = c->value.weight;
-        break;
-    case LB_CHANGE_CLEAR_WEIGHT:
-        ov->has_weight = false;
-        ov->weight = 0;
-        break;
-    case LB_CHANGE_HEALTH:
-        ov->health = c->value.health;
-        break;
-    }
-}
-
-static bool override_is_empty(const struct lb_override *ov)
-{
-    return !ov->drain && !ov->has_weight && ov->health == LB_HEALTH_AUTO;
-}
-
-struct cluster_change {
-    struct lb_registry *registry;
-    char pool[LB_NAME_MAX];
-    char id[LB_NAME_MAX];
-    struct lb_change change;
-    struct lb_override ov;
-    bool empty;
-    lb_store_done_cb done;
-    void *ud;
-};
-
-static void cluster_change_done(void *arg, int status, const char *message)
-{
-    struct cluster_change *cc = arg;
-    struct lb_pool *pool = lb_registry_find_pool(cc->registry, cc->pool);
-    struct lb_member *m = pool ? lb_pool_find(pool, cc->id) : NULL;
-
-    if (status == 0 && m) {
-        /* The watch brings the same value a moment later; apply it now so the
-         * change is in effect when the caller hears back. */
-        change_clear_local(m, &cc->change);
-        m->has_cluster_override = !cc->empty;
-        m->cluster_override = cc->ov;
-        if (m->backend) {
-            lb_pool_member_changed(pool, m);
-            notify(cc->registry, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
-                   "cluster override set");
-        }
-        lb_registry_publish(cc->registry);
-    }
-    cc->done(cc->ud, status, message);
-    free(cc);
-}
-
-int lb_control_change(struct lb_registry *r, const char *pool, const char *id,
-                      const struct lb_change *change, enum lb_scope scope, lb_store_done_cb done,
-                      void *ud)
-{
-    struct lb_pool *p = lb_registry_find_pool(r, pool);
-    struct lb_member *m = p ? lb_pool_find(p, id) : NULL;
-    struct cluster_change *cc;
-    int rc;
-
-    if (!m || !m->backend)
-        return -ENOENT;
-    rc = change_validate(change);
-    if (rc)
-        return rc;
-    if (scope == LB_SCOPE_LOCAL) {
-        change_apply_local(m, change);
-        lb_pool_member_changed(p, m);
-        notify(r, LB_EVENT_BACKEND_CHANGED, p, m->backend, "local override");
-        lb_registry_publish(r);
-        return 0;
-    }
-    if (!r->store.put_override)
-        return -ENOTCONN;
-    cc = calloc(1, sizeof(*cc));
-    if (!cc)
-        return -ENOMEM;
-    cc->registry = r;
-    snprintf(cc->pool, sizeof(cc->pool), "%s", pool);
-    snprintf(cc->id, sizeof(cc->id), "%s", id);
-    cc->change = *change;
-    if (m->has_cluster_override)
-        cc->ov = m->cluster_override;
-    change_apply_override(&cc->ov, change);
-    cc->empty = override_is_empty(&cc->ov);
-    cc->done = done;
-    cc->ud = ud;
-    rc = r->store.put_override(r->store.ctx, pool, id, cc->empty ? NULL : &cc->ov,
-                               cluster_change_done, cc);
-    if (rc < 0) {
-        free(cc);
-        return rc;
-    }
-    return LB_CONTROL_PENDING;
 }

@@ -17,16 +17,15 @@
 #define LB_REGISTRY_H
 
 #include "control.h"
+#include "events.h"
 #include "lb_update.h"
 #include "pool.h"
 
 #include <ev.h>
 #include <stddef.h>
 
-struct lb_subscription;
 struct lb_resolver;
 struct lb_addr_policy;
-struct lb_queued_event;
 
 struct lb_registry {
     struct ev_loop *loop;
@@ -35,12 +34,9 @@ struct lb_registry {
     struct lb_store store;              /* cluster-scope writes; put_override NULL when none */
     struct lb_resolver *resolver;       /* DNS names of backends; NULL: names stay unresolved */
     struct lb_addr_policy *addr_policy; /* where backends may point; NULL: anywhere */
-    struct lb_subscription *subs;
-    unsigned notifying;             /* > 0 while subscribers are being called */
-    ev_prepare publisher;           /* runs lb_registry_publish() once per iteration */
-    struct lb_queued_event *events; /* waiting for the next publish */
-    size_t n_events, cap_events;
-    uint64_t events_dropped; /* not queued for lack of memory */
+    struct lb_reaper reaper;            /* deferred frees (subscriptions) */
+    struct lb_events events;            /* waiting for the next publish, and who listens */
+    ev_prepare publisher;               /* runs lb_registry_publish() once per iteration */
     uint64_t updates_applied;
     uint64_t updates_ignored;  /* for pools this lbd does not serve */
     uint64_t backends_refused; /* registrations pointing where lbd must not route */
@@ -74,6 +70,13 @@ void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b);
  */
 void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
                                  enum lb_event_type type, const char *detail);
+
+/*
+ * Queues an event for subscribers, delivered after the next publish
+ * (`detail` must be a static string; b may be NULL for pool events).
+ */
+void lb_registry_notify(struct lb_registry *r, enum lb_event_type type, struct lb_pool *pool,
+                        struct lb_backend *b, const char *detail);
 
 /* Something is pending: publish before the loop next blocks. */
 void lb_registry_schedule_publish(struct lb_registry *r);

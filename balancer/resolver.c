@@ -1,3 +1,8 @@
+/*
+ * The getaddrinfo thread (design in resolver.h): a request queue under a
+ * mutex, one worker, answers handed back to the loop through an ev_async;
+ * a cancelled request is dropped by the loop, never touched by the worker.
+ */
 #include "resolver.h"
 #include "lb_util.h"
 

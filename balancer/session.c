@@ -1,3 +1,9 @@
+/*
+ * Proxied connections (state machine in session.h): connect with retries,
+ * relay through the proxy's scratch buffer, back-pressure by pausing the
+ * read side, RST passed on as RST, one finalize, frees deferred to the
+ * proxy's reaper.
+ */
 #include "session.h"
 #include "backend.h"
 #include "health.h"
@@ -53,20 +59,22 @@ struct lb_session {
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
-    struct lb_session *b_prev, *b_next; /* backend->sessions */
+    struct lb_list b_link; /* backend->sessions, newest first */
     struct sockaddr_storage client_addr;
-    struct lb_session *prev, *next; /* proxy->live, then proxy->graveyard */
+    struct lb_list link; /* proxy->live */
+    struct lb_reap reap; /* freed by the proxy's reaper */
 };
 
 static void session_connect_next(struct lb_session *s);
 static void session_connect_failed(struct lb_session *s, const char *why);
 static void session_finalize(struct lb_session *s, const char *why);
+static void session_free(struct lb_reap *r);
 static void session_abort_reset(struct lb_session *s, const char *why);
 static void session_arm_timer(struct lb_session *s);
 
-struct lb_session *lb_session_next(struct lb_session *s)
+struct lb_session *lb_session_of_link(struct lb_list *l)
 {
-    return s->next;
+    return lb_list_entry(l, struct lb_session, link);
 }
 
 static void set_nodelay(int fd)
@@ -354,13 +362,7 @@ static void session_release_backend(struct lb_session *s)
 
     if (!b)
         return;
-    if (s->b_prev)
-        s->b_prev->b_next = s->b_next;
-    else
-        b->sessions = s->b_next;
-    if (s->b_next)
-        s->b_next->b_prev = s->b_prev;
-    s->b_prev = s->b_next = NULL;
+    lb_list_remove(&s->b_link);
     s->backend = NULL;
     b->active--;
     lb_registry_connection_closed(s->proxy->registry, b);
@@ -512,11 +514,7 @@ static void session_connect_next(struct lb_session *s)
     lb_backend_ref(b);
     b->active++;
     s->backend = b;
-    s->b_prev = NULL;
-    s->b_next = b->sessions;
-    if (b->sessions)
-        b->sessions->b_prev = s;
-    b->sessions = s;
+    lb_list_insert_head(&b->sessions, &s->b_link);
     fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"", pool->name,
@@ -568,10 +566,8 @@ int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd
     ev_init(&s->down.from_r, session_server_read_cb);
     ev_init(&s->down.to_w, session_client_write_cb);
 
-    s->next = proxy->live;
-    if (proxy->live)
-        proxy->live->prev = s;
-    proxy->live = s;
+    lb_list_init(&s->b_link);
+    lb_list_insert_head(&proxy->live, &s->link);
     proxy->active++;
     proxy->accepted++;
     pool->active++;
@@ -617,16 +613,9 @@ static void session_finalize(struct lb_session *s, const char *why)
     session_release_backend(s);
     s->pool->active--;
 
-    /* live list -> graveyard; freed by the proxy's reaper after this iteration */
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        proxy->live = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->prev = NULL;
-    s->next = proxy->graveyard;
-    proxy->graveyard = s;
+    /* off the live list; freed by the proxy's reaper after the current callbacks */
+    lb_list_remove(&s->link);
+    lb_reaper_defer(&proxy->reaper, &s->reap, session_free);
     lb_proxy_session_finished(proxy);
 }
 
@@ -647,13 +636,17 @@ void lb_session_abort_drained(struct lb_session *s)
     session_finalize(s, "drain timeout");
 }
 
-struct lb_session *lb_session_next_of_backend(struct lb_session *s)
+struct lb_session *lb_session_oldest_of(struct lb_backend *b)
 {
-    return s->b_next;
+    struct lb_list *last = lb_list_last(&b->sessions);
+
+    return last ? lb_list_entry(last, struct lb_session, b_link) : NULL;
 }
 
-void lb_session_free(struct lb_session *s)
+static void session_free(struct lb_reap *r)
 {
+    struct lb_session *s = lb_container_of(r, struct lb_session, reap);
+
     free(s->up.pending);
     free(s->down.pending);
     free(s);

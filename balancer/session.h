@@ -14,13 +14,15 @@
  *
  * session_finalize() is the only exit: it stops the watchers, closes both
  * sockets, releases the backend and hands the session to the proxy's
- * graveyard, which frees it after the current loop iteration.
+ * reaper, which frees it after the current callbacks (lb_reaper.h).
  */
 #ifndef LB_SESSION_H
 #define LB_SESSION_H
 
 #include <sys/socket.h>
 
+struct lb_backend;
+struct lb_list;
 struct lb_proxy;
 struct lb_pool;
 struct lb_session;
@@ -39,13 +41,10 @@ void lb_session_abort(struct lb_session *s);
 /* Ends a session of a drained backend whose drain timeout passed. */
 void lb_session_abort_drained(struct lb_session *s);
 
-/* The next (older) session of the same backend, or NULL. */
-struct lb_session *lb_session_next_of_backend(struct lb_session *s);
+/* The oldest open session of b, or NULL. */
+struct lb_session *lb_session_oldest_of(struct lb_backend *b);
 
-/* Frees a finished session; only the proxy's reaper calls this. */
-void lb_session_free(struct lb_session *s);
-
-/* Links used by the proxy's lists. */
-struct lb_session *lb_session_next(struct lb_session *s);
+/* The session whose proxy->live link is l. */
+struct lb_session *lb_session_of_link(struct lb_list *l);
 
 #endif

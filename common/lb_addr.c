@@ -1,3 +1,7 @@
+/*
+ * host:port text to socket addresses and back (contract in lb_addr.h):
+ * IPv4, bracketed IPv6 and DNS names, no name service on these paths.
+ */
 #include "lb_addr.h"
 
 #include <arpa/inet.h>
@@ -9,12 +13,11 @@
 
 static bool host_char_ok(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_';
 }
 
-int lb_addr_parse(const char *text, bool allow_port_zero, struct lb_hostport *out,
-                  const char **err)
+int lb_addr_parse(const char *text, bool allow_port_zero, struct lb_hostport *out, const char **err)
 {
     const char *colon, *host = text;
     size_t hlen;
@@ -94,8 +97,7 @@ bool lb_addr_is_numeric(const struct lb_hostport *hp)
     return inet_pton(AF_INET, hp->host, &a4) == 1;
 }
 
-int lb_addr_to_sockaddr(const struct lb_hostport *hp, struct sockaddr_storage *ss,
-                        socklen_t *len)
+int lb_addr_to_sockaddr(const struct lb_hostport *hp, struct sockaddr_storage *ss, socklen_t *len)
 {
     memset(ss, 0, sizeof(*ss));
     if (hp->is_ipv6_literal) {

@@ -34,8 +34,7 @@ bool lb_addr_is_numeric(const struct lb_hostport *hp);
  * Fills *ss for a numeric host.  Returns 0, or -EINVAL when the host is not
  * a literal (it needs DNS).
  */
-int lb_addr_to_sockaddr(const struct lb_hostport *hp, struct sockaddr_storage *ss,
-                        socklen_t *len);
+int lb_addr_to_sockaddr(const struct lb_hostport *hp, struct sockaddr_storage *ss, socklen_t *len);
 
 /* Formats a socket address as "1.2.3.4:80" or "[::1]:80". */
 const char *lb_addr_format(const struct sockaddr *sa, char *buf, size_t size);

@@ -1,3 +1,7 @@
+/*
+ * A growable byte buffer with a hard maximum (contract in lb_buf.h): every
+ * append checks it, so a peer cannot grow one without bound.
+ */
 #include "lb_buf.h"
 
 #include <errno.h>

@@ -9,10 +9,10 @@
 #include <stddef.h>
 
 struct lb_buf {
-    char *data;    /* NUL-terminated after every append (not counted in len) */
+    char *data; /* NUL-terminated after every append (not counted in len) */
     size_t len;
     size_t cap;
-    size_t max;    /* appends that would pass this fail with -E2BIG */
+    size_t max; /* appends that would pass this fail with -E2BIG */
 };
 
 void lb_buf_init(struct lb_buf *b, size_t max);

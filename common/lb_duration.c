@@ -1,3 +1,7 @@
+/*
+ * Durations as written in flags and policies ("250ms", "2s", "1h"), to
+ * milliseconds and back (contract in lb_duration.h).
+ */
 #include "lb_duration.h"
 
 #include <errno.h>

@@ -1,3 +1,7 @@
+/*
+ * The one error convention (lb_error.h): a negative errno returned, and a
+ * malloc'd sentence for the operator in *err.
+ */
 #include "lb_error.h"
 
 #include <stdarg.h>

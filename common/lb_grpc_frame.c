@@ -209,8 +209,7 @@ size_t lb_grpc_percent_decode(const char *in, size_t in_len, char *out, size_t s
     for (size_t i = 0; i < in_len && o + 1 < size; i++) {
         char c = in[i];
 
-        if (c == '%' && i + 2 < in_len && hex_value(in[i + 1]) >= 0 &&
-            hex_value(in[i + 2]) >= 0) {
+        if (c == '%' && i + 2 < in_len && hex_value(in[i + 1]) >= 0 && hex_value(in[i + 2]) >= 0) {
             c = (char)(hex_value(in[i + 1]) << 4 | hex_value(in[i + 2]));
             i += 2;
         }

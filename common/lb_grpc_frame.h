@@ -18,9 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LB_GRPC_FRAME_HEADER_LEN 5
+#define LB_GRPC_FRAME_HEADER_LEN    5
 #define LB_GRPC_MAX_MESSAGE_DEFAULT (4u * 1024 * 1024) /* grpc's default: 4 MiB */
-#define LB_GRPC_MESSAGE_TEXT_MAX 1024                  /* grpc-message after decoding */
+#define LB_GRPC_MESSAGE_TEXT_MAX    1024               /* grpc-message after decoding */
 
 enum lb_grpc_status {
     LB_GRPC_OK = 0,

@@ -55,8 +55,8 @@ void lb_log(enum lb_log_level level, const char *sub, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);
     len = strftime(line, sizeof(line), "ts=%Y-%m-%dT%H:%M:%S", &tm);
-    n = snprintf(line + len, sizeof(line) - len, ".%03ldZ level=%s sub=%s ",
-                 now.tv_nsec / 1000000, level_names[level], sub);
+    n = snprintf(line + len, sizeof(line) - len, ".%03ldZ level=%s sub=%s ", now.tv_nsec / 1000000,
+                 level_names[level], sub);
     len += (size_t)n;
     va_start(ap, fmt);
     n = vsnprintf(line + len, sizeof(line) - len, fmt, ap);

@@ -32,8 +32,11 @@ void lb_log(enum lb_log_level level, const char *sub, const char *fmt, ...)
  */
 const char *lb_log_quote(char *buf, size_t size, const char *s);
 
-#define LB_DEBUG(sub, ...) \
-    do { if (lb_log_enabled(LB_LOG_DEBUG)) lb_log(LB_LOG_DEBUG, sub, __VA_ARGS__); } while (0)
+#define LB_DEBUG(sub, ...)                                                                         \
+    do {                                                                                           \
+        if (lb_log_enabled(LB_LOG_DEBUG))                                                          \
+            lb_log(LB_LOG_DEBUG, sub, __VA_ARGS__);                                                \
+    } while (0)
 #define LB_INFO(sub, ...)  lb_log(LB_LOG_INFO, sub, __VA_ARGS__)
 #define LB_WARN(sub, ...)  lb_log(LB_LOG_WARN, sub, __VA_ARGS__)
 #define LB_ERROR(sub, ...) lb_log(LB_LOG_ERROR, sub, __VA_ARGS__)

@@ -1,3 +1,7 @@
+/*
+ * Prometheus text exposition helpers shared by lbd's modules (contract in
+ * lb_metrics_text.h): families, label escaping, printf into an lb_buf.
+ */
 #include "lb_metrics_text.h"
 
 #include <errno.h>

@@ -14,7 +14,8 @@
 int lb_metrics_family(struct lb_buf *out, const char *name, const char *type, const char *help);
 
 /* Appends one formatted line (at most 1 KiB).  Returns 0 or -E2BIG/-ENOMEM. */
-int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Writes `value` with \, " and newlines escaped into buf (cut to fit).  Returns buf. */
 const char *lb_metrics_escape(const char *value, char *buf, size_t size);

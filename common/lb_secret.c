@@ -1,10 +1,11 @@
 /*
- * Reading a secret file: a regular file opened without blocking, one
- * bounded read, the first line trimmed, a character check, and no copy
- * left behind in memory we free.  lb_secret_open() is the one check of
- * what a credentials file may be, for the admin token and etcd's user.
+ * Reading a secret file: opened as every operator-named file is
+ * (lb_file.h), one bounded read, the first line trimmed, a character
+ * check, and no copy left behind in memory we free.
  */
 #include "lb_secret.h"
+#include "lb_error.h"
+#include "lb_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,51 +23,7 @@ static bool is_space(char c)
 
 static int fail(char **err, int rc, const char *what, const char *path, const char *why)
 {
-    if (asprintf(err, "%s %s: %s", what, path, why) < 0)
-        *err = NULL;
-    return rc;
-}
-
-static const char *file_kind(mode_t mode)
-{
-    if (S_ISDIR(mode))
-        return "is a directory, not a regular file";
-    if (S_ISFIFO(mode))
-        return "is a FIFO, not a regular file";
-    if (S_ISSOCK(mode))
-        return "is a socket, not a regular file";
-    if (S_ISCHR(mode) || S_ISBLK(mode))
-        return "is a device, not a regular file";
-    return "is not a regular file";
-}
-
-int lb_secret_open(const char *path, const char *what, bool *shared, char **err)
-{
-    struct stat st;
-    int fd, rc;
-
-    *shared = false;
-    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
-        rc = -errno;
-        if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-            *err = NULL;
-        return rc;
-    }
-    if (fstat(fd, &st) < 0) {
-        rc = -errno;
-        close(fd);
-        if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-            *err = NULL;
-        return rc;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, -EINVAL, what, path, file_kind(st.st_mode));
-    }
-    *shared = (st.st_mode & S_IRWXO) != 0;
-    return fd;
+    return lb_error_set(err, rc, "%s %s: %s", what, path, why);
 }
 
 int lb_secret_read_file(const char *path, const char *what, char **out, char **err)
@@ -85,7 +42,7 @@ int lb_secret_read(const char *path, const char *what, char **out, bool *shared,
     *err = NULL;
     if (shared)
         *shared = false;
-    fd = lb_secret_open(path, what, &everyone, err);
+    fd = lb_file_open(path, what, &everyone, err);
     if (fd < 0)
         return fd;
     if (shared)
@@ -99,9 +56,7 @@ int lb_secret_read(const char *path, const char *what, char **out, bool *shared,
             rc = -errno;
             close(fd);
             explicit_bzero(buf, sizeof(buf));
-            if (asprintf(err, "%s %s: cannot read: %s", what, path, strerror(-rc)) < 0)
-                *err = NULL;
-            return rc;
+            return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
         }
         if (n == 0)
             break;

@@ -27,8 +27,7 @@ static size_t max_len(const struct lb_setting *s)
     return s->max > 0 ? (size_t)s->max : 4096;
 }
 
-static const char *source_name(enum source src, const struct lb_setting *s, char *buf,
-                               size_t size)
+static const char *source_name(enum source src, const struct lb_setting *s, char *buf, size_t size)
 {
     switch (src) {
     case SRC_DEFAULT:
@@ -92,8 +91,8 @@ static void list_clear(struct lb_strlist *l)
  * Stores `value` (user syntax) into the setting.  `last_src` remembers which
  * source last wrote a list, so a higher source replaces instead of appending.
  */
-static int setting_assign(const struct lb_setting *s, void *out, const char *value,
-                          enum source src, enum source *last_src, char **err)
+static int setting_assign(const struct lb_setting *s, void *out, const char *value, enum source src,
+                          enum source *last_src, char **err)
 {
     char where[96];
     const char *why = NULL;
@@ -155,8 +154,8 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
             char lo[32], hi[32];
 
             lb_error_set(err, 0, "%s: %s is out of range (%s..%s)", where, value,
-                                lb_duration_format(s->min, lo, sizeof(lo)),
-                                lb_duration_format(s->max, hi, sizeof(hi)));
+                         lb_duration_format(s->min, lo, sizeof(lo)),
+                         lb_duration_format(s->max, hi, sizeof(hi)));
             return -EINVAL;
         }
         *(int64_t *)field(s, out) = ms;
@@ -174,7 +173,7 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         }
         if (v < s->min || v > s->max) {
             lb_error_set(err, 0, "%s: %lld is out of range (%lld..%lld)", where, v,
-                                (long long)s->min, (long long)s->max);
+                         (long long)s->min, (long long)s->max);
             return -EINVAL;
         }
         *(int64_t *)field(s, out) = v;
@@ -225,7 +224,7 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
 
     if (!root) {
         lb_error_set(err, 0, "--config %s: cannot read it as JSON (%s)", path,
-                            json_util_get_last_err() ? json_util_get_last_err() : "unknown error");
+                     json_util_get_last_err() ? json_util_get_last_err() : "unknown error");
         return -EINVAL;
     }
     if (!json_object_is_type(root, json_type_object)) {
@@ -244,15 +243,15 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
         if (json_object_is_type(val, json_type_array)) {
             if (s->type != LB_SETTING_LIST) {
                 lb_error_set(err, 0, "--config %s: \"%s\" takes a single value, not a list", path,
-                                    key);
+                             key);
                 rc = -EINVAL;
                 goto out;
             }
             for (size_t i = 0; i < json_object_array_length(val) && !rc; i++) {
                 json_object *item = json_object_array_get_idx(val, i);
 
-                rc = setting_assign(s, out, json_object_get_string(item), SRC_FILE, &last[idx],
-                                    err);
+                rc =
+                    setting_assign(s, out, json_object_get_string(item), SRC_FILE, &last[idx], err);
                 /* keep appending: only the first item of this source clears */
             }
         } else {
@@ -362,7 +361,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
         if (!value) {
             if (i + 1 >= argc) {
                 lb_error_set(err, 0, "--%s needs a value (%s)", s->name,
-                                    s->metavar ? s->metavar : "see --help");
+                             s->metavar ? s->metavar : "see --help");
                 rc = -EINVAL;
                 goto out;
             }

@@ -32,9 +32,9 @@ struct lb_strlist {
 };
 
 struct lb_setting {
-    const char *name;    /* long flag without "--"; also the config-file key */
-    char short_name;     /* 0 when none */
-    const char *env;     /* environment variable, or NULL */
+    const char *name; /* long flag without "--"; also the config-file key */
+    char short_name;  /* 0 when none */
+    const char *env;  /* environment variable, or NULL */
     enum lb_setting_type type;
     size_t offset;       /* offsetof() into the caller's settings struct */
     int64_t min, max;    /* INT/DURATION: value bounds; STRING/LIST: max length (0 = 4096) */
@@ -57,9 +57,8 @@ enum {
  * the flag or variable and what is expected.  On failure `out` may be
  * partly filled: release it with lb_settings_free() either way.
  */
-int lb_settings_parse(const struct lb_setting *table, size_t n, void *out, int argc,
-                      char **argv, unsigned flags, char ***positional, size_t *n_positional,
-                      char **err);
+int lb_settings_parse(const struct lb_setting *table, size_t n, void *out, int argc, char **argv,
+                      unsigned flags, char ***positional, size_t *n_positional, char **err);
 
 /* Frees the strings and lists the table owns inside `out`. */
 void lb_settings_free(const struct lb_setting *table, size_t n, void *out);

@@ -1,3 +1,8 @@
+/*
+ * The typed pool updates between discovery and the registry (lb_update.h):
+ * the pool policy's defaults, the algorithms' names and the name grammar,
+ * each written in one place.
+ */
 #include "lb_update.h"
 
 #include <string.h>
@@ -20,4 +25,36 @@ void lb_pool_policy_defaults(struct lb_pool_policy *p)
     p->drain_timeout_ms = 0;
     p->proxy_protocol = LB_PROXY_NONE;
     p->panic_threshold = 50;
+}
+
+const char *lb_algorithm_name(enum lb_algorithm algorithm)
+{
+    static const char *const names[] = {
+        [LB_ALGO_WRR] = "wrr",
+        [LB_ALGO_LEASTCONN] = "leastconn",
+        [LB_ALGO_P2C] = "p2c",
+        [LB_ALGO_MAGLEV] = "maglev",
+    };
+
+    if ((unsigned)algorithm < sizeof(names) / sizeof(names[0]))
+        return names[algorithm];
+    return "unknown";
+}
+
+static bool is_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-';
+}
+
+bool lb_name_is_valid(const char *name, size_t len)
+{
+    if (!name || len == 0 || len >= LB_NAME_MAX)
+        return false;
+    if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!is_name_char((unsigned char)name[i]))
+            return false;
+    return true;
 }

@@ -15,6 +15,7 @@
 #define LB_UPDATE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define LB_NAME_MAX 128 /* pool names and backend ids, with the NUL */
@@ -46,6 +47,21 @@ struct lb_override {
 };
 
 enum lb_algorithm { LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV };
+
+/* The algorithms' names in enum order: the one table policies, logs and the
+ * admin API use ("wrr" is LB_ALGO_WRR, ...). */
+#define LB_ALGORITHM_NAMES "wrr|leastconn|p2c|maglev"
+
+/* The name of an algorithm as policies spell it. */
+const char *lb_algorithm_name(enum lb_algorithm algorithm);
+
+/*
+ * True when name[0..len) is a valid pool name or backend id: 1 to
+ * LB_NAME_MAX - 1 bytes of A-Z a-z 0-9 . _ : - and neither "." nor "..",
+ * so it is safe in keys, log lines, metric labels and file names.  The one
+ * grammar for --pool, etcd keys, the admin API and lbctl.
+ */
+bool lb_name_is_valid(const char *name, size_t len);
 enum lb_health_type { LB_CHECK_TCP, LB_CHECK_HTTP, LB_CHECK_NONE };
 enum lb_proxy_protocol { LB_PROXY_NONE, LB_PROXY_V1, LB_PROXY_V2 };
 
@@ -118,8 +134,8 @@ struct lb_update_sink {
  */
 typedef void (*lb_store_done_cb)(void *ud, int status, const char *message);
 struct lb_store {
-    int (*put_override)(void *ctx, const char *pool, const char *id,
-                        const struct lb_override *ov, lb_store_done_cb done, void *ud);
+    int (*put_override)(void *ctx, const char *pool, const char *id, const struct lb_override *ov,
+                        lb_store_done_cb done, void *ud);
     void *ctx;
 };
 

@@ -8,6 +8,7 @@
  * is wiped from memory after each call.
  */
 #include "admin_client.h"
+#include "lb_error.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -17,9 +18,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define URL_MAX 512
+#define URL_MAX            512
 #define CONNECT_TIMEOUT_MS 5000
-#define TIMEOUT_GRACE_MS 1000 /* let the server's DEADLINE_EXCEEDED arrive before curl gives up */
+#define TIMEOUT_GRACE_MS   1000 /* let the server's DEADLINE_EXCEEDED arrive before curl gives up */
 
 struct lb_admin_client {
     CURL *curl;
@@ -59,8 +60,8 @@ static void wipe_free(char *s)
     }
 }
 
-int lb_admin_client_new(const struct lb_admin_client_options *opts,
-                        struct lb_admin_client **out, char **err)
+int lb_admin_client_new(const struct lb_admin_client_options *opts, struct lb_admin_client **out,
+                        char **err)
 {
     struct lb_admin_client *c;
     const char *addr = opts->addr;
@@ -79,19 +80,18 @@ int lb_admin_client_new(const struct lb_admin_client_options *opts,
     for (const char *p = addr; ok && *p; p++)
         ok = !isspace((unsigned char)*p) && *p != '/' && *p != '@';
     if (!ok) {
-        if (asprintf(err, "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
-                          "[::1]:9000", addr) < 0)
-            *err = NULL;
-        return -EINVAL;
+        return lb_error_set(err, -EINVAL,
+                            "admin address \"%s\": expected HOST:PORT, e.g. 127.0.0.1:9000 or "
+                            "[::1]:9000",
+                            addr);
     }
     if (opts->token) {
         ok = opts->token[0] != '\0';
         for (const char *p = opts->token; ok && *p; p++)
             ok = *p > 0x20 && *p < 0x7f;
         if (!ok) {
-            if (asprintf(err, "the admin token must be printable ASCII without spaces") < 0)
-                *err = NULL;
-            return -EINVAL;
+            return lb_error_set(err, -EINVAL,
+                                "the admin token must be printable ASCII without spaces");
         }
     }
     if (!global_init_done) {
@@ -108,8 +108,7 @@ int lb_admin_client_new(const struct lb_admin_client_options *opts,
         return -ENOMEM;
     }
     snprintf(c->addr, sizeof(c->addr), "%s", addr);
-    snprintf(c->base_url, sizeof(c->base_url), "%s://%s", opts->ca_file ? "https" : "http",
-             addr);
+    snprintf(c->base_url, sizeof(c->base_url), "%s://%s", opts->ca_file ? "https" : "http", addr);
     if ((opts->token && asprintf(&c->auth_header, "Authorization: Bearer %s", opts->token) < 0) ||
         (opts->ca_file && !(c->ca_file = strdup(opts->ca_file)))) {
         c->auth_header = NULL;
@@ -181,8 +180,8 @@ static int on_message(void *ud, const uint8_t *data, size_t len, bool compressed
 
     if (!msg) {
         ctx->local_status = LB_GRPC_INTERNAL;
-        snprintf(ctx->local_message, sizeof(ctx->local_message),
-                 "cannot decode the %s lbd sent", ctx->type->name);
+        snprintf(ctx->local_message, sizeof(ctx->local_message), "cannot decode the %s lbd sent",
+                 ctx->type->name);
         return -EBADMSG;
     }
     ctx->messages++;
@@ -286,8 +285,7 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
     snprintf(why, sizeof(why), "%s", curl_err[0] ? curl_err : curl_easy_strerror(cc));
     lower_first(why);
     if (cc == CURLE_SSL_CACERT_BADFILE) {
-        snprintf(st->message, sizeof(st->message), "cannot use --admin-ca %s: %s", c->ca_file,
-                 why);
+        snprintf(st->message, sizeof(st->message), "cannot use --admin-ca %s: %s", c->ca_file, why);
         return;
     }
     if (cc == CURLE_PEER_FAILED_VERIFICATION) {
@@ -306,12 +304,12 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
     }
     if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST) {
         snprintf(why, sizeof(why), "%s",
-                 os_errno ? strerror((int)os_errno) : (curl_err[0] ? curl_err
-                                                                  : curl_easy_strerror(cc)));
+                 os_errno ? strerror((int)os_errno)
+                          : (curl_err[0] ? curl_err : curl_easy_strerror(cc)));
         lower_first(why);
         snprintf(st->message, sizeof(st->message),
-                 "cannot reach lbd admin API at %s: %s (is lbd running with --admin %s?)",
-                 c->addr, why, c->addr);
+                 "cannot reach lbd admin API at %s: %s (is lbd running with --admin %s?)", c->addr,
+                 why, c->addr);
         return;
     }
     snprintf(st->message, sizeof(st->message),
@@ -320,8 +318,8 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
 }
 
 static int client_perform(struct lb_admin_client *c, const char *path,
-                          const ProtobufCMessage *request, int64_t timeout_ms,
-                          struct call_ctx *ctx, struct lb_admin_status *st)
+                          const ProtobufCMessage *request, int64_t timeout_ms, struct call_ctx *ctx,
+                          struct lb_admin_status *st)
 {
     CURL *h = c->curl;
     struct curl_slist *hdrs = NULL, *tmp;
@@ -336,8 +334,8 @@ static int client_perform(struct lb_admin_client *c, const char *path,
     lb_buf_init(&body, LB_GRPC_MAX_MESSAGE_DEFAULT + LB_GRPC_FRAME_HEADER_LEN);
     size = protobuf_c_message_get_packed_size(request);
     packed = malloc(size ? size : 1);
-    if (!packed || (protobuf_c_message_pack(request, packed),
-                    lb_grpc_frame_encode(&body, packed, size) < 0)) {
+    if (!packed ||
+        (protobuf_c_message_pack(request, packed), lb_grpc_frame_encode(&body, packed, size) < 0)) {
         st->code = LB_GRPC_RESOURCE_EXHAUSTED;
         snprintf(st->message, sizeof(st->message), "cannot build the request (out of memory)");
         rc = st->code;
@@ -398,8 +396,8 @@ static int client_perform(struct lb_admin_client *c, const char *path,
      */
     curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
     /* Every option is set on every call: the handle is reused. */
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? (long)(timeout_ms + TIMEOUT_GRACE_MS)
-                                                           : 0L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
+                     timeout_ms > 0 ? (long)(timeout_ms + TIMEOUT_GRACE_MS) : 0L);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, ctx->stop ? 0L : 1L);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, ctx);

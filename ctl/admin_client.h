@@ -38,8 +38,8 @@ struct lb_admin_client_options {
  * Returns 0, -EINVAL with *err a malloc'd sentence (bad address, a token
  * that cannot be a header value), or -ENOMEM.
  */
-int lb_admin_client_new(const struct lb_admin_client_options *opts,
-                        struct lb_admin_client **out, char **err);
+int lb_admin_client_new(const struct lb_admin_client_options *opts, struct lb_admin_client **out,
+                        char **err);
 /* Wipes the token copy too.  NULL is a no-op. */
 void lb_admin_client_free(struct lb_admin_client *c);
 

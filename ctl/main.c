@@ -14,6 +14,7 @@
 #include "admin_client.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
+#include "lb_file.h"
 #include "lb_secret.h"
 #include "lb_settings.h"
 
@@ -33,9 +34,9 @@
 #include <string.h>
 #include <time.h>
 
-#define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
-#define MAX_FLAGS 20
+#define EXIT_RUNTIME  1
+#define EXIT_USAGE    2
+#define MAX_FLAGS     20
 #define WAIT_GRACE_MS 5000 /* the call's deadline beyond --timeout of drain --wait */
 
 struct ctl_opts {
@@ -54,9 +55,11 @@ struct ctl_opts {
     bool clear;
 };
 
-#define ROW_HELP                                                                                  \
-    {"help", 'h', NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, help), 0, 0, NULL, NULL, NULL, \
-     "show help and exit"}
+#define ROW_HELP                                                                                   \
+    {                                                                                              \
+        "help", 'h', NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, help), 0, 0, NULL, NULL,     \
+            NULL, "show help and exit"                                                             \
+    }
 
 static const struct lb_setting global_rows[] = {
     {"admin", 0, "LBCTL_ADMIN", LB_SETTING_STRING, offsetof(struct ctl_opts, admin), 0, 255,
@@ -78,16 +81,43 @@ static const struct lb_setting global_rows[] = {
 #define N_GLOBAL (sizeof(global_rows) / sizeof(global_rows[0]))
 
 static const struct lb_setting row_wait = {
-    "wait", 0, NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, wait), 0, 0, NULL, NULL, NULL,
+    "wait",
+    0,
+    NULL,
+    LB_SETTING_BOOL,
+    offsetof(struct ctl_opts, wait),
+    0,
+    0,
+    NULL,
+    NULL,
+    NULL,
     "return once the backend has no active connections left"};
 static const struct lb_setting row_timeout = {
-    "timeout", 0, NULL, LB_SETTING_DURATION, offsetof(struct ctl_opts, timeout_ms), 1,
-    24LL * 3600 * 1000, "30s", NULL, "DURATION", "with --wait: give up after this long"};
+    "timeout",          0,     NULL, LB_SETTING_DURATION, offsetof(struct ctl_opts, timeout_ms), 1,
+    24LL * 3600 * 1000, "30s", NULL, "DURATION",          "with --wait: give up after this long"};
 static const struct lb_setting row_local = {
-    "local", 0, NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, local), 0, 0, NULL, NULL, NULL,
+    "local",
+    0,
+    NULL,
+    LB_SETTING_BOOL,
+    offsetof(struct ctl_opts, local),
+    0,
+    0,
+    NULL,
+    NULL,
+    NULL,
     "change this lbd only (default: every replica, through etcd)"};
 static const struct lb_setting row_clear = {
-    "clear", 0, NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, clear), 0, 0, NULL, NULL, NULL,
+    "clear",
+    0,
+    NULL,
+    LB_SETTING_BOOL,
+    offsetof(struct ctl_opts, clear),
+    0,
+    0,
+    NULL,
+    NULL,
+    NULL,
     "remove the weight override (back to the registered weight)"};
 static const struct lb_setting row_help = ROW_HELP;
 
@@ -99,7 +129,7 @@ struct ctl {
 
 struct command {
     const char *name;
-    const char *args;    /* usage after the name */
+    const char *args; /* usage after the name */
     const char *summary;
     size_t min_args, max_args;
     const struct lb_setting *flags[4];
@@ -115,24 +145,44 @@ static int cmd_health(struct ctl *ctl, char **args, size_t n);
 static int cmd_watch(struct ctl *ctl, char **args, size_t n);
 
 static const struct command commands[] = {
-    {"pools", "", "list pools with their listeners and connection counts", 0, 0, {NULL},
-     cmd_pools},
-    {"backends", "[POOL]", "list backends (of every pool, or of POOL)", 0, 1, {NULL},
-     cmd_backends},
-    {"drain", "POOL ID [--wait [--timeout 30s]] [--local]",
-     "stop sending new connections to a backend", 2, 2,
-     {&row_wait, &row_timeout, &row_local, NULL}, cmd_drain},
-    {"undrain", "POOL ID [--local]", "let a drained backend take new connections again", 2, 2,
-     {&row_local, NULL}, cmd_undrain},
-    {"weight", "POOL ID N|--clear [--local]", "override a backend's weight (0..1000)", 2, 3,
-     {&row_clear, &row_local, NULL}, cmd_weight},
-    {"health", "POOL ID up|down|auto [--local]", "force a backend's health, or give it back to the checks",
-     3, 3, {&row_local, NULL}, cmd_health},
-    {"watch", "[POOL]", "print pool events as they happen, until Ctrl-C", 0, 1, {NULL},
-     cmd_watch},
-    {"register", "--etcd URL --pool P --id ID --addr HOST:PORT ...",
-     "register this backend in etcd and keep it registered (see lbctl register --help)", 0, 0,
-     {NULL}, NULL},
+    {"pools", "", "list pools with their listeners and connection counts", 0, 0, {NULL}, cmd_pools},
+    {"backends", "[POOL]", "list backends (of every pool, or of POOL)", 0, 1, {NULL}, cmd_backends},
+    {"drain",
+     "POOL ID [--wait [--timeout 30s]] [--local]",
+     "stop sending new connections to a backend",
+     2,
+     2,
+     {&row_wait, &row_timeout, &row_local, NULL},
+     cmd_drain},
+    {"undrain",
+     "POOL ID [--local]",
+     "let a drained backend take new connections again",
+     2,
+     2,
+     {&row_local, NULL},
+     cmd_undrain},
+    {"weight",
+     "POOL ID N|--clear [--local]",
+     "override a backend's weight (0..1000)",
+     2,
+     3,
+     {&row_clear, &row_local, NULL},
+     cmd_weight},
+    {"health",
+     "POOL ID up|down|auto [--local]",
+     "force a backend's health, or give it back to the checks",
+     3,
+     3,
+     {&row_local, NULL},
+     cmd_health},
+    {"watch", "[POOL]", "print pool events as they happen, until Ctrl-C", 0, 1, {NULL}, cmd_watch},
+    {"register",
+     "--etcd URL --pool P --id ID --addr HOST:PORT ...",
+     "register this backend in etcd and keep it registered (see lbctl register --help)",
+     0,
+     0,
+     {NULL},
+     NULL},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -182,17 +232,19 @@ static int usage_error(const char *cmd, const char *fmt, ...)
 }
 
 /* Prints a failed call's status in one line; returns the exit code. */
-static int report_status(const struct ctl *ctl, const char *what,
-                         const struct lb_admin_status *st)
+static int report_status(const struct ctl *ctl, const char *what, const struct lb_admin_status *st)
 {
     if (st->code == LB_GRPC_UNAUTHENTICATED && !st->transport) {
         if (ctl->opts.admin_token_file)
-            fprintf(stderr, "lbctl: %s: lbd refused the admin token from %s (%s); pass "
-                            "--admin-token-file with the token lbd was started with\n",
+            fprintf(stderr,
+                    "lbctl: %s: lbd refused the admin token from %s (%s); pass "
+                    "--admin-token-file with the token lbd was started with\n",
                     what, ctl->opts.admin_token_file, st->message[0] ? st->message : "rejected");
         else
-            fprintf(stderr, "lbctl: %s: lbd requires an admin token: pass --admin-token-file FILE "
-                            "(or set LBCTL_ADMIN_TOKEN_FILE)\n", what);
+            fprintf(stderr,
+                    "lbctl: %s: lbd requires an admin token: pass --admin-token-file FILE "
+                    "(or set LBCTL_ADMIN_TOKEN_FILE)\n",
+                    what);
     } else if (st->transport)
         fprintf(stderr, "lbctl: %s\n", st->message);
     else if (st->message[0])
@@ -273,14 +325,14 @@ static const char *health_name(Lb__V1__HealthState h)
 {
     return h == LB__V1__HEALTH_STATE__HEALTH_STATE_UP     ? "up"
            : h == LB__V1__HEALTH_STATE__HEALTH_STATE_DOWN ? "down"
-                                                           : "unknown";
+                                                          : "unknown";
 }
 
 static const char *override_name(Lb__V1__HealthOverride o)
 {
     return o == LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_UP     ? "up"
            : o == LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN ? "down"
-                                                                       : "auto";
+                                                                      : "auto";
 }
 
 static const char *drain_name(const Lb__V1__Backend *b)
@@ -322,8 +374,8 @@ static json_object *backend_json(const Lb__V1__Backend *b)
     return o;
 }
 
-static const char *const backend_header[] = {"POOL",  "ID",     "ADDR",   "WEIGHT",
-                                             "OVR",   "EFF",    "DRAIN",  "HEALTH",
+static const char *const backend_header[] = {"POOL",   "ID",    "ADDR",  "WEIGHT",
+                                             "OVR",    "EFF",   "DRAIN", "HEALTH",
                                              "ACTIVE", "TOTAL", "FAILS", "ZONE"};
 #define BACKEND_COLS (sizeof(backend_header) / sizeof(backend_header[0]))
 
@@ -361,8 +413,7 @@ static void backend_row(struct table *t, const Lb__V1__Backend *b)
     table_add(t, row);
 }
 
-static void print_backends(struct ctl *ctl, Lb__V1__Backend *const *items, size_t n,
-                           bool as_list)
+static void print_backends(struct ctl *ctl, Lb__V1__Backend *const *items, size_t n, bool as_list)
 {
     struct table t;
 
@@ -389,9 +440,9 @@ static void print_backends(struct ctl *ctl, Lb__V1__Backend *const *items, size_
 
 /* ---- commands ---- */
 
-static int unary(struct ctl *ctl, const char *what, const char *path,
-                 const ProtobufCMessage *req, const ProtobufCMessageDescriptor *type,
-                 int64_t timeout_ms, ProtobufCMessage **resp)
+static int unary(struct ctl *ctl, const char *what, const char *path, const ProtobufCMessage *req,
+                 const ProtobufCMessageDescriptor *type, int64_t timeout_ms,
+                 ProtobufCMessage **resp)
 {
     struct lb_admin_status st;
 
@@ -638,13 +689,13 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
 
         gmtime_r(&secs, &tm);
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        printf("%s.%03dZ %-15s %s%s%s", ts, (int)(ev->unix_ms % 1000),
-               event_type_name(ev->type), ev->pool, ev->id[0] ? "/" : "", ev->id);
+        printf("%s.%03dZ %-15s %s%s%s", ts, (int)(ev->unix_ms % 1000), event_type_name(ev->type),
+               ev->pool, ev->id[0] ? "/" : "", ev->id);
         if (ev->backend) {
             const Lb__V1__Backend *b = ev->backend;
 
-            printf(" addr=%s eff=%u drain=%s health=%s active=%llu", b->addr,
-                   b->effective_weight, drain_name(b), health_name(b->health),
+            printf(" addr=%s eff=%u drain=%s health=%s active=%llu", b->addr, b->effective_weight,
+                   drain_name(b), health_name(b->health),
                    (unsigned long long)b->active_connections);
         }
         if (ev->detail[0])
@@ -669,8 +720,7 @@ static int cmd_watch(struct ctl *ctl, char **args, size_t n)
     if (n == 1)
         req.pool = args[0];
     rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req.base,
-                                &lb__v1__event__descriptor, 0, print_event, ctl, &interrupted,
-                                &st);
+                                &lb__v1__event__descriptor, 0, print_event, ctl, &interrupted, &st);
     if (interrupted)
         return 0; /* Ctrl-C is how a watch ends */
     if (rc == LB_GRPC_OK) {
@@ -700,28 +750,25 @@ static int client_open(struct ctl *ctl)
     if (ctl->opts.admin_token_file) {
         bool shared = false;
 
-        rc = lb_secret_read(ctl->opts.admin_token_file, "admin token file", &token, &shared,
-                            &err);
+        rc = lb_secret_read(ctl->opts.admin_token_file, "admin token file", &token, &shared, &err);
         if (rc < 0) {
             fprintf(stderr, "lbctl: %s\n", err ? err : strerror(-rc));
             free(err);
             return EXIT_RUNTIME;
         }
         if (shared)
-            fprintf(stderr, "lbctl: warning: admin token file %s is readable by every user; "
-                            "chmod o-rwx it\n",
+            fprintf(stderr,
+                    "lbctl: warning: admin token file %s is readable by every user; "
+                    "chmod o-rwx it\n",
                     ctl->opts.admin_token_file);
     }
     if (ctl->opts.admin_ca) {
-        FILE *f = fopen(ctl->opts.admin_ca, "r");
-
-        if (!f) {
-            fprintf(stderr, "lbctl: --admin-ca %s: cannot read: %s\n", ctl->opts.admin_ca,
-                    strerror(errno));
+        if (lb_file_check_readable(ctl->opts.admin_ca, "--admin-ca", &err) < 0) {
+            fprintf(stderr, "lbctl: %s\n", err ? err : "--admin-ca: cannot read");
+            free(err);
             lb_secret_free(token);
             return EXIT_RUNTIME;
         }
-        fclose(f);
     }
     co.token = token;
     rc = lb_admin_client_new(&co, &ctl->client, &err);

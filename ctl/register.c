@@ -29,6 +29,7 @@
 #include "lb_duration.h"
 #include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
+#include "lb_etcd_opts.h"
 #include "lb_key.h"
 #include "lb_lease.h"
 #include "lb_log.h"
@@ -51,29 +52,23 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 
-#define MAX_ENDPOINTS      16
 #define REQUEST_TIMEOUT_MS 5000
 #define REVOKE_TIMEOUT_MS  2000
 
 struct register_opts {
-    struct lb_strlist etcd;
+    struct lb_etcd_opts etcd;
     char *prefix;
     char *pool;
     char *id;
     char *addr;
     int64_t weight;
     int64_t ttl_ms;
-    char *etcd_ca;
-    char *etcd_cert;
-    char *etcd_key;
-    char *etcd_user_file;
     bool help;
 };
 
 #define O(f) offsetof(struct register_opts, f)
 static const struct lb_setting register_rows[] = {
-    {"etcd", 0, "LBCTL_ETCD", LB_SETTING_LIST, O(etcd), 0, 0, "http://127.0.0.1:2379", NULL,
-     "URL[,URL...]", "etcd endpoints (tried in turn)"},
+    LB_ETCD_SETTINGS("LBCTL_", struct register_opts, etcd),
     {"prefix", 0, "LBCTL_PREFIX", LB_SETTING_STRING, O(prefix), 0, LB_PREFIX_MAX - 2, "/lb/", NULL,
      "PREFIX", "key prefix"},
     {"pool", 0, "LBCTL_POOL", LB_SETTING_STRING, O(pool), 0, LB_NAME_MAX - 1, NULL, NULL, "POOL",
@@ -86,14 +81,6 @@ static const struct lb_setting register_rows[] = {
      "share of new connections, 0..1000 (0 = none)"},
     {"ttl", 0, "LBCTL_TTL", LB_SETTING_DURATION, O(ttl_ms), 2000, 3600 * 1000, "10s", NULL,
      "DURATION", "lease time to live; the key dies this long after us"},
-    {"etcd-ca", 0, "LBCTL_ETCD_CA", LB_SETTING_STRING, O(etcd_ca), 0, 0, NULL, NULL, "FILE",
-     "CA bundle (PEM) that signs etcd's certificate, for https:// endpoints"},
-    {"etcd-cert", 0, "LBCTL_ETCD_CERT", LB_SETTING_STRING, O(etcd_cert), 0, 0, NULL, NULL, "FILE",
-     "client certificate (PEM) for an etcd started with --client-cert-auth"},
-    {"etcd-key", 0, "LBCTL_ETCD_KEY", LB_SETTING_STRING, O(etcd_key), 0, 0, NULL, NULL, "FILE",
-     "private key (PEM) of --etcd-cert"},
-    {"etcd-user-file", 0, "LBCTL_ETCD_USER_FILE", LB_SETTING_STRING, O(etcd_user_file), 0, 0, NULL,
-     NULL, "FILE", "file holding USER:PASSWORD on one line, to log in to etcd (not readable by everyone)"},
     {"help", 'h', NULL, LB_SETTING_BOOL, O(help), 0, 0, NULL, NULL, NULL, "show this help"},
 };
 #undef O
@@ -101,8 +88,7 @@ static const struct lb_setting register_rows[] = {
 
 /* What the loop needs, checked and derived from the flags. */
 struct registration {
-    char *endpoints[MAX_ENDPOINTS];
-    size_t n_endpoints;
+    struct lb_etcd_endpoints etcd;
     size_t endpoint;
     char key[LB_PREFIX_MAX + 2 * LB_NAME_MAX + 32];
     char *value;
@@ -151,77 +137,6 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Splits every --etcd value on ',' and checks each URL. */
-static int take_endpoints(struct registration *r, const struct lb_strlist *list)
-{
-    for (size_t i = 0; i < list->n; i++) {
-        char *copy = strdup(list->v[i]), *save = NULL;
-
-        if (!copy)
-            return usage("out of memory");
-        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            size_t len = strlen(tok);
-
-            if (strncmp(tok, "http://", 7) != 0 && strncmp(tok, "https://", 8) != 0) {
-                int rc = usage("--etcd: \"%s\" is not an http:// or https:// URL", tok);
-
-                free(copy);
-                return rc;
-            }
-            if (r->n_endpoints == MAX_ENDPOINTS) {
-                free(copy);
-                return usage("--etcd: at most %d endpoints", MAX_ENDPOINTS);
-            }
-            while (len > 0 && tok[len - 1] == '/')
-                tok[--len] = '\0';
-            r->endpoints[r->n_endpoints] = strdup(tok);
-            if (!r->endpoints[r->n_endpoints]) {
-                free(copy);
-                return usage("out of memory");
-            }
-            r->n_endpoints++;
-        }
-        free(copy);
-    }
-    if (r->n_endpoints == 0)
-        return usage("--etcd: give at least one URL, e.g. http://127.0.0.1:2379");
-    return 0;
-}
-
-/* The etcd client: TLS files checked, credentials read.  0 or EXIT_USAGE (printed). */
-static int make_client(struct registration *r, const struct register_opts *o)
-{
-    struct lb_etcd_http_config hc = {
-        .ca_file = o->etcd_ca,
-        .cert_file = o->etcd_cert,
-        .key_file = o->etcd_key,
-    };
-    struct lb_etcd_creds creds;
-    bool shared = false;
-    char *err = NULL;
-    int rc = 0;
-
-    memset(&creds, 0, sizeof(creds));
-    if (o->etcd_user_file && o->etcd_user_file[0]) {
-        if (lb_etcd_creds_load(o->etcd_user_file, &creds, &shared, &err) < 0) {
-            rc = usage("%s", err ? err : "cannot read --etcd-user-file");
-            goto out;
-        }
-        if (shared)
-            LB_WARN("register",
-                    "msg=\"the etcd credentials file is readable by every user; "
-                    "chmod o-rwx it\" file=%s",
-                    o->etcd_user_file);
-        hc.creds = &creds;
-    }
-    if (lb_etcd_http_new(NULL, &hc, &r->http, &err) < 0)
-        rc = usage("%s", err ? err : "cannot set up the etcd client");
-out:
-    lb_etcd_creds_wipe(&creds);
-    free(err);
-    return rc;
-}
-
 /* Checks the flags and fills r.  Returns 0 or EXIT_USAGE (message printed). */
 static int prepare(struct registration *r, const struct register_opts *o)
 {
@@ -248,9 +163,11 @@ static int prepare(struct registration *r, const struct register_opts *o)
         free(err);
         return rc;
     }
-    rc = take_endpoints(r, &o->etcd);
-    if (rc)
+    if (lb_etcd_opts_endpoints(&o->etcd, &r->etcd, &err) < 0) {
+        rc = usage("%s", err);
+        free(err);
         return rc;
+    }
     if (lb_key_format(prefix, LB_KEY_BACKEND, o->pool, o->id, r->key, sizeof(r->key)) < 0)
         return usage("--prefix, --pool and --id make a key that is too long");
     memset(&spec, 0, sizeof(spec));
@@ -264,7 +181,12 @@ static int prepare(struct registration *r, const struct register_opts *o)
     r->ttl_s = (o->ttl_ms + 999) / 1000;
     /* a request may not eat the margin a keepalive has before the lease ends */
     r->timeout_ms = (long)(o->ttl_ms / 3 < REQUEST_TIMEOUT_MS ? o->ttl_ms / 3 : REQUEST_TIMEOUT_MS);
-    return make_client(r, o);
+    if (lb_etcd_opts_client(&o->etcd, &r->etcd, NULL, "register", &r->http, &err) < 0) {
+        rc = usage("%s", err ? err : "cannot set up the etcd client");
+        free(err);
+        return rc;
+    }
+    return 0;
 }
 
 /*
@@ -335,7 +257,7 @@ static void note_failure(struct registration *r, const char *step, const char *e
                          int64_t retry_ms)
 {
     char qerr[512], delay[32], left[32], down[32];
-    const char *endpoint = r->endpoints[r->endpoint];
+    const char *endpoint = r->etcd.v[r->endpoint];
 
     lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown");
     lb_duration_format(retry_ms, delay, sizeof(delay));
@@ -376,14 +298,14 @@ static void note_success(struct registration *r, const char *what)
         LB_INFO("register",
                 "msg=\"etcd reachable again after %.1fs, %s\" pool=%s id=%s "
                 "lease=%lld endpoint=%s failures=%llu",
-                down_s, what, r->pool, r->id, (long long)r->lease, r->endpoints[r->endpoint],
+                down_s, what, r->pool, r->id, (long long)r->lease, r->etcd.v[r->endpoint],
                 (unsigned long long)failures);
 }
 
 /* Grants a lease (unless we hold one) and puts the key with it.  0 or a negative errno. */
 static int register_once(struct registration *r, const char **step, char **err)
 {
-    const char *endpoint = r->endpoints[r->endpoint];
+    const char *endpoint = r->etcd.v[r->endpoint];
     char ttl_text[32];
     int64_t granted = 0;
     int rc;
@@ -416,7 +338,7 @@ static int register_once(struct registration *r, const char **step, char **err)
  */
 static int keep_registered(struct registration *r, const char **step, char **err)
 {
-    const char *endpoint = r->endpoints[r->endpoint];
+    const char *endpoint = r->etcd.v[r->endpoint];
     enum lb_lease_key_state state;
     int64_t ttl = 0, holder = 0;
     int rc;
@@ -459,16 +381,16 @@ static int deregister(struct registration *r, int sig)
                 r->id, signame);
         return EXIT_OK;
     }
-    for (size_t i = 0; i < r->n_endpoints; i++) {
+    for (size_t i = 0; i < r->etcd.n; i++) {
         free(err);
         err = NULL;
-        rc = lb_lease_revoke(r->http, r->endpoints[r->endpoint], r->lease, REVOKE_TIMEOUT_MS, &err);
+        rc = lb_lease_revoke(r->http, r->etcd.v[r->endpoint], r->lease, REVOKE_TIMEOUT_MS, &err);
         if (rc == 0 || rc == -ENOENT)
             break; /* -ENOENT: the lease is already gone, and the key with it */
         LB_WARN("register", "msg=\"cannot revoke the lease\" pool=%s id=%s endpoint=%s error=%s",
-                r->pool, r->id, r->endpoints[r->endpoint],
+                r->pool, r->id, r->etcd.v[r->endpoint],
                 lb_log_quote(qerr, sizeof(qerr), err ? err : "unknown"));
-        r->endpoint = (r->endpoint + 1) % r->n_endpoints;
+        r->endpoint = (r->endpoint + 1) % r->etcd.n;
     }
     if (rc == 0 || rc == -ENOENT) {
         LB_INFO("register", "msg=\"deregistered\" pool=%s id=%s lease=%lld signal=%s", r->pool,
@@ -526,7 +448,7 @@ static int run(struct registration *r)
         } else {
             delay = retry_delay_ms(r, failures++);
             note_failure(r, step, err, delay);
-            r->endpoint = (r->endpoint + 1) % r->n_endpoints;
+            r->endpoint = (r->endpoint + 1) % r->etcd.n;
             sig = wait_ms(r, delay);
         }
         free(err);
@@ -582,8 +504,7 @@ int lbctl_register_main(int argc, char **argv)
     lb_etcd_http_free(r.http);
     curl_global_cleanup();
 out:
-    for (size_t i = 0; i < r.n_endpoints; i++)
-        free(r.endpoints[i]);
+    lb_etcd_endpoints_free(&r.etcd);
     free(r.value);
     free(err);
     free(pos);

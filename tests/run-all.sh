@@ -5,6 +5,7 @@
 #
 # Stages (each prints one progress line, all are summed up at the end):
 #   deps        deploy/install-deps.sh (apt only for what is missing)
+#   format      clang-format --dry-run --Werror on every tracked C file (.clang-format)
 #   build       build/       -Werror, RelWithDebInfo
 #   test        ctest in build/ (unit, fuzz corpus replay, integration)
 #   asan-build  build-asan/  -DLB_SANITIZE=ON (AddressSanitizer + UBSan)
@@ -90,6 +91,21 @@ if [[ -n "${LB_SKIP_DEPS:-}" ]]; then
 else
     run_stage deps bash deploy/install-deps.sh
 fi
+
+# Formatting: the pinned .clang-format (clang-format 14, Debian 12) over every
+# tracked C file; a file that differs fails the stage with the diff's place.
+check_format() {
+    local files
+    mapfile -t files < <(git -C "$ROOT" ls-files '*.c' '*.h' 2>/dev/null ||
+                         find "$ROOT"/{common,proto,watcher,balancer,ctl,tests} -name '*.[ch]')
+    if ((${#files[@]} == 0)); then
+        echo "no C files found"
+        return 1
+    fi
+    (cd "$ROOT" && clang-format --dry-run --Werror "${files[@]}") &&
+        echo "format: ${#files[@]} files match .clang-format"
+}
+run_stage format check_format
 
 run_stage build configure_and_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if stage_ok build; then

@@ -6,6 +6,7 @@
 #include "lb_etcd_auth.h"
 #include "lb_error.h"
 #include "lb_etcd_json.h"
+#include "lb_file.h"
 #include "lb_secret.h"
 
 #include <errno.h>
@@ -76,7 +77,7 @@ int lb_etcd_creds_load(const char *path, struct lb_etcd_creds *out, bool *shared
 
     memset(out, 0, sizeof(*out));
     /* A regular file, opened without blocking; tells who may read it (lb_secret.h). */
-    fd = lb_secret_open(path, "--etcd-user-file", shared, &why);
+    fd = lb_file_open(path, "--etcd-user-file", shared, &why);
     if (fd < 0) {
         if (fd == -EINVAL && why) /* not a regular file: why says what it is */
             rc = lb_error_set(err, fd, "%s", why);

@@ -390,51 +390,62 @@ void lb_etcd_range_free(struct lb_etcd_range *r)
     memset(r, 0, sizeof(*r));
 }
 
+/*
+ * Reads a range response's envelope (header, count, more) into out and
+ * finds its kvs array: *kvs is NULL when there are no keys, otherwise
+ * out->kvs has room for *n entries.  *root is the parsed document (put it
+ * when done).  Returns 0 or a negative errno with *err.
+ */
+static int range_open(const char *body, size_t len, struct lb_etcd_range *out, json_object **root,
+                      json_object **kvs, size_t *n, char **err)
+{
+    json_object *header = NULL, *more;
+    int rc;
+
+    *root = NULL;
+    *kvs = NULL;
+    *n = 0;
+    rc = lb_etcd_json_parse(body, len, root, err);
+    if (rc)
+        return rc;
+    if (!json_object_is_type(*root, json_type_object))
+        return lb_error_set(err, -EINVAL, "range response is not a JSON object");
+    json_object_object_get_ex(*root, "header", &header);
+    if (!header)
+        return lb_error_set(err, -EINVAL, "range response has no header");
+    rc = lb_etcd_json_parse_header(header, &out->header, err);
+    if (rc)
+        return rc;
+    if (lb_etcd_json_get_int64(*root, "count", &out->count) < 0)
+        return lb_error_set(err, -EINVAL, "range response count is not a number");
+    if (json_object_object_get_ex(*root, "more", &more) && more) {
+        if (!json_object_is_type(more, json_type_boolean))
+            return lb_error_set(err, -EINVAL, "range response \"more\" is not a boolean");
+        out->more = json_object_get_boolean(more);
+    }
+    if (!json_object_object_get_ex(*root, "kvs", kvs) || !*kvs) {
+        *kvs = NULL;
+        return 0; /* no keys in range */
+    }
+    if (!json_object_is_type(*kvs, json_type_array))
+        return lb_error_set(err, -EINVAL, "range response \"kvs\" is not an array");
+    *n = json_object_array_length(*kvs);
+    out->kvs = calloc(*n ? *n : 1, sizeof(*out->kvs));
+    if (!out->kvs)
+        return lb_error_set(err, -ENOMEM, "out of memory reading a range response");
+    return 0;
+}
+
 int lb_etcd_json_parse_range(const char *body, size_t len, struct lb_etcd_range *out, char **err)
 {
-    json_object *root = NULL, *header = NULL, *kvs = NULL, *more;
+    json_object *root = NULL, *kvs = NULL;
     size_t n;
     int rc;
 
     memset(out, 0, sizeof(*out));
-    rc = lb_etcd_json_parse(body, len, &root, err);
-    if (rc)
-        return rc;
-    if (!json_object_is_type(root, json_type_object)) {
-        rc = lb_error_set(err, -EINVAL, "range response is not a JSON object");
+    rc = range_open(body, len, out, &root, &kvs, &n, err);
+    if (rc || !kvs)
         goto out;
-    }
-    json_object_object_get_ex(root, "header", &header);
-    if (!header) {
-        rc = lb_error_set(err, -EINVAL, "range response has no header");
-        goto out;
-    }
-    rc = lb_etcd_json_parse_header(header, &out->header, err);
-    if (rc)
-        goto out;
-    if (lb_etcd_json_get_int64(root, "count", &out->count) < 0) {
-        rc = lb_error_set(err, -EINVAL, "range response count is not a number");
-        goto out;
-    }
-    if (json_object_object_get_ex(root, "more", &more) && more) {
-        if (!json_object_is_type(more, json_type_boolean)) {
-            rc = lb_error_set(err, -EINVAL, "range response \"more\" is not a boolean");
-            goto out;
-        }
-        out->more = json_object_get_boolean(more);
-    }
-    if (!json_object_object_get_ex(root, "kvs", &kvs) || !kvs)
-        goto out; /* no keys in range */
-    if (!json_object_is_type(kvs, json_type_array)) {
-        rc = lb_error_set(err, -EINVAL, "range response \"kvs\" is not an array");
-        goto out;
-    }
-    n = json_object_array_length(kvs);
-    out->kvs = calloc(n ? n : 1, sizeof(*out->kvs));
-    if (!out->kvs) {
-        rc = lb_error_set(err, -ENOMEM, "out of memory reading a range response");
-        goto out;
-    }
     for (size_t i = 0; i < n; i++) {
         rc = lb_etcd_json_parse_kv(json_object_array_get_idx(kvs, i), &out->kvs[i], err);
         if (rc)
@@ -474,51 +485,16 @@ int lb_etcd_json_parse_range_page(const char *body, size_t len, size_t value_max
                                   struct lb_etcd_range *out, char **last_key, size_t *last_key_len,
                                   char **err)
 {
-    json_object *root = NULL, *header = NULL, *kvs = NULL, *more, *last = NULL;
+    json_object *root = NULL, *kvs = NULL, *last = NULL;
     size_t n;
     int rc;
 
     memset(out, 0, sizeof(*out));
     *last_key = NULL;
     *last_key_len = 0;
-    rc = lb_etcd_json_parse(body, len, &root, err);
-    if (rc)
-        return rc;
-    if (!json_object_is_type(root, json_type_object)) {
-        rc = lb_error_set(err, -EINVAL, "range response is not a JSON object");
+    rc = range_open(body, len, out, &root, &kvs, &n, err);
+    if (rc || !kvs)
         goto out;
-    }
-    json_object_object_get_ex(root, "header", &header);
-    if (!header) {
-        rc = lb_error_set(err, -EINVAL, "range response has no header");
-        goto out;
-    }
-    rc = lb_etcd_json_parse_header(header, &out->header, err);
-    if (rc)
-        goto out;
-    if (lb_etcd_json_get_int64(root, "count", &out->count) < 0) {
-        rc = lb_error_set(err, -EINVAL, "range response count is not a number");
-        goto out;
-    }
-    if (json_object_object_get_ex(root, "more", &more) && more) {
-        if (!json_object_is_type(more, json_type_boolean)) {
-            rc = lb_error_set(err, -EINVAL, "range response \"more\" is not a boolean");
-            goto out;
-        }
-        out->more = json_object_get_boolean(more);
-    }
-    if (!json_object_object_get_ex(root, "kvs", &kvs) || !kvs)
-        goto out; /* no keys in range */
-    if (!json_object_is_type(kvs, json_type_array)) {
-        rc = lb_error_set(err, -EINVAL, "range response \"kvs\" is not an array");
-        goto out;
-    }
-    n = json_object_array_length(kvs);
-    out->kvs = calloc(n ? n : 1, sizeof(*out->kvs));
-    if (!out->kvs) {
-        rc = lb_error_set(err, -ENOMEM, "out of memory reading a range response");
-        goto out;
-    }
     for (size_t i = 0; i < n; i++) {
         last = json_object_array_get_idx(kvs, i);
         rc = lb_etcd_json_read_kv(last, value_max, &out->kvs[i]);

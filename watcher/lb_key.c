@@ -10,27 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static bool is_name_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-}
-
-static bool name_is_valid(const char *name, size_t len)
-{
-    if (len == 0 || len >= LB_NAME_MAX)
-        return false;
-    if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (!is_name_char((unsigned char)name[i]))
-            return false;
-    return true;
-}
-
 bool lb_key_name_is_valid(const char *name)
 {
-    return name && name_is_valid(name, strlen(name));
+    return name && lb_name_is_valid(name, strlen(name));
 }
 
 int lb_key_prefix_normalize(const char *prefix, char out[LB_PREFIX_MAX], char **err)
@@ -55,7 +37,7 @@ int lb_key_prefix_normalize(const char *prefix, char out[LB_PREFIX_MAX], char **
 /* Copies a name of len bytes into dst (LB_NAME_MAX) if it is valid. */
 static int take_name(const char *what, const char *name, size_t len, char *dst, char **err)
 {
-    if (!name_is_valid(name, len))
+    if (!lb_name_is_valid(name, len))
         return lb_error_set(err, -EINVAL,
                             "%s name is empty, longer than %d bytes or not made of "
                             "[A-Za-z0-9._:-]",

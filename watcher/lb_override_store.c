@@ -5,6 +5,7 @@
  * an answer from etcd (even an error) is final.
  */
 #include "lb_override_store.h"
+#include "lb_list.h"
 #include "lb_etcd_json.h"
 #include "lb_key.h"
 #include "lb_value.h"
@@ -19,11 +20,11 @@
 struct lb_override_store {
     struct lb_override_store_config cfg;
     char prefix[LB_PREFIX_MAX];
-    struct store_write *writes;
+    struct lb_list writes; /* in flight */
 };
 
 struct store_write {
-    struct store_write *prev, *next;
+    struct lb_list link; /* store->writes */
     struct lb_override_store *store;
     struct lb_etcd_call *call;
     const char *path; /* "/v3/kv/put" or "/v3/kv/deleterange" */
@@ -37,14 +38,7 @@ struct store_write {
 
 static void write_free(struct store_write *w)
 {
-    struct lb_override_store *s = w->store;
-
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        s->writes = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    lb_list_remove(&w->link);
     free(w->body);
     free(w);
 }
@@ -110,6 +104,7 @@ static int store_put_override(void *ctx, const char *pool, const char *id,
     w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
+    lb_list_init(&w->link);
     len = lb_key_format(s->prefix, LB_KEY_OVERRIDE, pool, id, w->key, sizeof(w->key));
     if (len < 0) {
         rc = -EINVAL;
@@ -130,10 +125,7 @@ static int store_put_override(void *ctx, const char *pool, const char *id,
     w->done = done;
     w->ud = ud;
     w->endpoint = *s->cfg.current_endpoint % s->cfg.n_endpoints;
-    w->next = s->writes;
-    if (s->writes)
-        s->writes->prev = w;
-    s->writes = w;
+    lb_list_insert_head(&s->writes, &w->link);
     rc = write_send(w);
     if (rc)
         write_free(w); /* unlinks and frees; done is not called */
@@ -158,6 +150,7 @@ int lb_override_store_new(const struct lb_override_store_config *cfg,
     s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    lb_list_init(&s->writes);
     s->cfg = *cfg;
     strcpy(s->prefix, cfg->prefix);
     s->cfg.prefix = s->prefix;
@@ -167,10 +160,12 @@ int lb_override_store_new(const struct lb_override_store_config *cfg,
 
 void lb_override_store_free(struct lb_override_store *s)
 {
+    struct lb_list *pos;
+
     if (!s)
         return;
-    while (s->writes) {
-        struct store_write *w = s->writes;
+    while ((pos = lb_list_first(&s->writes))) {
+        struct store_write *w = lb_list_entry(pos, struct store_write, link);
         lb_store_done_cb done = w->done;
         void *ud = w->ud;
 

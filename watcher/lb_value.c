@@ -465,7 +465,7 @@ int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_pol
     if (rc)
         return rc;
     /* index order matches enum lb_algorithm and enum lb_proxy_protocol */
-    rc = get_choice(root, "algorithm", "algorithm", "wrr|leastconn|p2c|maglev", &algorithm, err);
+    rc = get_choice(root, "algorithm", "algorithm", LB_ALGORITHM_NAMES, &algorithm, err);
     p.algorithm = (enum lb_algorithm)algorithm;
     if (!rc && (h = member(root, "health")))
         rc = parse_health(h, &p, notes, err);

@@ -35,6 +35,7 @@
 #include "lb_error.h"
 #include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
+#include "lb_etcd_opts.h"
 #include "lb_etcd_json.h"
 #include "lb_key.h"
 #include "lb_listing.h"
@@ -620,70 +621,25 @@ static void watch_begin(struct lb_watcher *w)
 
 /* --- public ---------------------------------------------------------------------------- */
 
+/* The endpoints of cfg->etcd, checked once (lb_etcd_opts.h), copied into w. */
 static int copy_endpoints(struct lb_watcher *w, const struct lb_watcher_config *cfg, char **err)
 {
-    if (cfg->n_endpoints == 0 || !cfg->endpoints)
+    struct lb_etcd_endpoints e;
+    int rc;
+
+    if (!cfg->etcd)
         return lb_error_set(err, -EINVAL, "no etcd endpoint given");
-    w->endpoints = calloc(cfg->n_endpoints, sizeof(*w->endpoints));
-    if (!w->endpoints)
-        return lb_error_set(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < cfg->n_endpoints; i++) {
-        const char *url = cfg->endpoints[i];
-        size_t len = url ? strlen(url) : 0;
-
-        if (len == 0 || len > 512 ||
-            (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
-            return lb_error_set(err, -EINVAL,
-                                "etcd endpoint \"%s\" must be an http:// or https:// URL",
-                                url ? url : "");
-        while (len > 0 && url[len - 1] == '/')
-            len--; /* paths are appended to it */
-        w->endpoints[i] = strndup(url, len);
-        if (!w->endpoints[i])
-            return lb_error_set(err, -ENOMEM, "out of memory");
-        w->n_endpoints++;
-    }
-    return 0;
-}
-
-/*
- * The etcd client: TLS files checked, credentials read from their file
- * (and wiped from this stack frame once copied into the client).
- */
-static int make_client(struct lb_watcher *w, const struct lb_watcher_config *cfg, char **err)
-{
-    struct lb_etcd_http_config hc = {
-        .ca_file = cfg->ca_file,
-        .cert_file = cfg->cert_file,
-        .key_file = cfg->key_file,
-    };
-    struct lb_etcd_creds creds;
-    bool shared = false, any_https = false;
-    int rc = 0;
-
-    memset(&creds, 0, sizeof(creds));
-    if (cfg->user_file && cfg->user_file[0]) {
-        rc = lb_etcd_creds_load(cfg->user_file, &creds, &shared, err);
-        if (rc)
-            goto out;
-        if (shared)
-            LB_WARN("watcher",
-                    "msg=\"the etcd credentials file is readable by every user; "
-                    "chmod o-rwx it\" file=%s",
-                    cfg->user_file);
-        hc.creds = &creds;
-    }
-    rc = lb_etcd_http_new(w->loop, &hc, &w->http, err);
+    rc = lb_etcd_opts_endpoints(cfg->etcd, &e, err);
     if (rc)
-        goto out;
-    for (size_t i = 0; i < w->n_endpoints; i++)
-        any_https |= strncmp(w->endpoints[i], "https://", 8) == 0;
-    if (!any_https && (cfg->ca_file || cfg->cert_file))
-        LB_WARN("watcher", "msg=\"TLS files given but no etcd endpoint is https://; they are "
-                           "not used\"");
-out:
-    lb_etcd_creds_wipe(&creds);
-    return rc;
+        return rc;
+    w->endpoints = calloc(e.n, sizeof(*w->endpoints));
+    if (!w->endpoints) {
+        lb_etcd_endpoints_free(&e);
+        return lb_error_set(err, -ENOMEM, "out of memory");
+    }
+    memcpy(w->endpoints, e.v, e.n * sizeof(*e.v)); /* ownership moves to w */
+    w->n_endpoints = e.n;
+    return 0;
 }
 
 static int check_positive(int64_t *v, int64_t def, int64_t max, const char *name, char **err)
@@ -753,7 +709,12 @@ int lb_watcher_new(struct ev_loop *loop, const struct lb_watcher_config *cfg,
 
     w->range_key_len = (size_t)snprintf(w->range_key, sizeof(w->range_key), "%spools/", w->prefix);
     w->range_end_len = lb_etcd_prefix_end(w->range_key, w->range_key_len, w->range_end);
-    rc = make_client(w, cfg, err);
+    {
+        struct lb_etcd_endpoints e = {.n = w->n_endpoints};
+
+        memcpy(e.v, w->endpoints, w->n_endpoints * sizeof(*e.v));
+        rc = lb_etcd_opts_client(cfg->etcd, &e, w->loop, "watcher", &w->http, err);
+    }
     if (rc)
         goto out;
     rc = lb_mirror_new(w->prefix, sink, &w->mirror);

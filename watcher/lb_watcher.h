@@ -61,20 +61,16 @@
  */
 #define LB_WATCHER_STALL_TIMEOUT_MS (25LL * 60 * 1000)
 
+struct lb_etcd_opts;
+
 struct lb_watcher_config {
-    char **endpoints;           /* "http://127.0.0.1:2379", ...; copied */
-    size_t n_endpoints;         /* at least 1 */
-    const char *prefix;         /* "/lb/"; a missing trailing '/' is added */
-    int64_t backoff_initial_ms; /* 0 = 100ms */
-    int64_t backoff_max_ms;     /* 0 = 1s */
-    int64_t stall_timeout_ms;   /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
-    int64_t request_timeout_ms; /* range pages, override writes, watch set-up; 0 = 10s */
-    int64_t page_size;          /* keys per range page; 0 = 500 */
-    /* TLS and etcd users (lb_etcd_http.h, lb_etcd_auth.h); NULL = not used */
-    const char *ca_file;   /* CA bundle (PEM) that signs etcd's certificate */
-    const char *cert_file; /* client certificate (PEM), for etcd's --client-cert-auth */
-    const char *key_file;  /* its private key (PEM) */
-    const char *user_file; /* "user:password" on one line; read once, at lb_watcher_new() */
+    const struct lb_etcd_opts *etcd; /* endpoints, TLS files, user (lb_etcd_opts.h) */
+    const char *prefix;              /* "/lb/"; a missing trailing '/' is added */
+    int64_t backoff_initial_ms;      /* 0 = 100ms */
+    int64_t backoff_max_ms;          /* 0 = 1s */
+    int64_t stall_timeout_ms;        /* 0 = LB_WATCHER_STALL_TIMEOUT_MS */
+    int64_t request_timeout_ms;      /* range pages, override writes, watch set-up; 0 = 10s */
+    int64_t page_size;               /* keys per range page; 0 = 500 */
 };
 
 enum lb_watcher_state {

@@ -5,7 +5,7 @@ registered backends and their health checks.
     echo_fleet.py ID=127.0.0.1:PORT [ID=127.0.0.1:PORT ...]
 
 Each listener says "<ID>\\n" on every accepted connection, then echoes what
-it reads, like lbtest.Backend, but from one thread with a selector, so ten
+it reads, like lbtest's Backend, but from one thread with a selector, so ten
 thousand health checks a second cost little.  SIGUSR1 closes every listener
 (connects are refused: every backend fails its checks), SIGUSR2 opens them
 again on the same ports; SIGTERM exits.  One line "ready" on stdout once

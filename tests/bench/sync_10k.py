@@ -4,7 +4,7 @@ while lbd re-lists all of them.
 
     /usr/bin/python3 tests/bench/sync_10k.py [--keys 10000] [--cycles 3] [--bin-dir build]
 
-What it does, on free loopback ports (the integration harness, lbtest.py):
+What it does, on free loopback ports (the integration harness, tests/integration/lbtest/):
 
   1. one etcd; N backend keys in one pool, put 128 to a transaction
      (etcd's --max-txn-ops), all pointing at 4 listeners of one

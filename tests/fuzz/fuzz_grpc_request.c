@@ -1,6 +1,7 @@
 /*
  * Fuzzes the admin API's request path up to the handler: gRPC framing,
- * protobuf decoding and the per-method validation of outside bytes.
+ * protobuf decoding and the per-method validation of outside bytes, through
+ * the server's own lookup and decoder (admin_call.h) over lbd's table.
  *
  * Input: byte 0 picks the method, the rest is the request body as it
  * would arrive in DATA frames (5-byte prefix + message).  Every decoded
@@ -16,9 +17,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const names[][2] = {
-    {"lb.v1.Admin", "ListPools"},  {"lb.v1.Admin", "ListBackends"},
-    {"lb.v1.Admin", "GetBackend"}, {"lb.v1.Admin", "SetDrain"},
-    {"lb.v1.Admin", "SetWeight"},  {"lb.v1.Admin", "SetHealth"},
+    {"lb.v1.Admin", "ListPools"},   {"lb.v1.Admin", "ListBackends"},
+    {"lb.v1.Admin", "GetBackend"},  {"lb.v1.Admin", "SetDrain"},
+    {"lb.v1.Admin", "SetWeight"},   {"lb.v1.Admin", "SetHealth"},
     {"lb.v1.Admin", "WatchEvents"}, {"grpc.health.v1.Health", "Check"},
 };
 #define N_NAMES (sizeof(names) / sizeof(names[0]))
@@ -32,11 +33,11 @@ static int on_message(void *ud, const uint8_t *msg, size_t len, bool compressed)
 {
     struct request *r = ud;
     ProtobufCMessage *decoded = NULL;
-    char err[LB_GRPC_MESSAGE_TEXT_MAX];
+    char *err = NULL;
     int status;
 
     r->messages++;
-    status = lb_admin_service_decode(r->method, msg, len, &decoded, err, sizeof(err));
+    status = lb_admin_method_decode(r->method, msg, len, &decoded, &err);
     if (status == 0) {
         size_t packed_len = protobuf_c_message_get_packed_size(decoded);
         uint8_t *packed = malloc(packed_len ? packed_len : 1);
@@ -45,9 +46,10 @@ static int on_message(void *ud, const uint8_t *msg, size_t len, bool compressed)
             abort();
         free(packed);
         protobuf_c_message_free_unpacked(decoded, NULL);
-    } else if (decoded || err[0] == '\0' || strlen(err) >= sizeof(err)) {
+    } else if (decoded || !err || err[0] == '\0') {
         abort(); /* a failure always explains itself and hands nothing back */
     }
+    free(err);
     return 0;
 }
 
@@ -55,10 +57,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct lb_grpc_decoder d;
     struct request r = {0};
+    const struct lb_admin_method *table;
+    size_t n;
 
     if (size < 1)
         return 0;
-    r.method = lb_admin_service_find(names[data[0] % N_NAMES][0], names[data[0] % N_NAMES][1]);
+    table = lb_admin_service_methods(&n);
+    r.method =
+        lb_admin_method_find(table, n, names[data[0] % N_NAMES][0], names[data[0] % N_NAMES][1]);
     if (!r.method)
         abort();
     lb_grpc_decoder_init(&d, 64 * 1024, false);

@@ -12,32 +12,22 @@ these checks come before lbd talks to anyone.
 import os
 import stat
 import sys
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import Lbd, free_port, lbctl_binary, lbd_binary, run, scaled, wait_until  # noqa: E402
+from lbtest import (HarnessTestCase, Lbd, free_port, lbctl_binary, lbd_binary, run,  # noqa: E402
+                    scaled, wait_until)
 
 TOKEN = "lbtest-credfiles-token"
 # A FIFO must be refused at once; "at once" with room for a loaded machine.
 PROMPT_S = 10
 
 
-class CredentialFiles(unittest.TestCase):
+class CredentialFiles(HarnessTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.h = lbtest.Harness("credfiles")
+    def setUpWorld(cls):
         cls.fifo = cls.h.path("creds.fifo")
         os.mkfifo(cls.fifo, 0o600)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.h.cleanup()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        if outcome is not None and not getattr(outcome, "success", True):
-            self.h.dump_logs()
 
     def secret(self, name, text, mode):
         path = self.h.path(name)

@@ -49,9 +49,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Etcd, HarnessTestCase, Lbd, ask, ask_many, echo, free_port,  # noqa: E402
-                    open_conn, scaled, wait_until)
-from dataplane_backends import EchoBackend, ProxyHeaderBackend  # noqa: E402
+from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many, echo,  # noqa: E402
+                    free_port, open_conn, scaled, wait_until)
 
 PREFIX = "/dplane/"
 TERM_PREFIX = "/dplane-term/"
@@ -259,10 +258,10 @@ class DataPlane(HarnessTestCase):
         self.etcd.put(lbtest.backend_key(prefix, pool, backend_id),
                       json.dumps({"addr": addr, "weight": weight}))
 
-    def add_backends(self, pool, ids, cls=EchoBackend, lbd=None, prefix=PREFIX):
+    def add_backends(self, pool, ids, lbd=None, prefix=PREFIX, proxy_header=False):
         """Starts one backend per id, registers them, waits until lbd lists them."""
         lbd = lbd or self.lbd
-        backends = {i: cls(self.h, i) for i in ids}
+        backends = {i: Backend(self.h, i, proxy_header=proxy_header) for i in ids}
         for i, b in backends.items():
             self.put_backend(pool, i, b.addr, prefix=prefix)
         wait_until(lambda: set(ids) <= set(lbd.backends(pool)), scaled(10),
@@ -343,7 +342,7 @@ class DataPlane(HarnessTestCase):
             self.assertGreaterEqual(counts[i], 60, "the survivors share e3's load: %r" % counts)
 
         t_back = time.monotonic()
-        backends["e3"] = EchoBackend(self.h, "e3", port=victim.port)
+        victim.restart()
         t_up = wait_until(lambda: self.metric("lbd_backend_healthy", pool=pool, backend="e3") == 1
                           and time.monotonic(), scaled(5), "e3 up again")
         wait_until(lambda: self.metric("lbd_pool_healthy_backends", pool=pool) == 3, scaled(5),
@@ -362,7 +361,7 @@ class DataPlane(HarnessTestCase):
     def test_2_refusing_backend_costs_clients_nothing(self):
         pool = "retry"
         port = self.lbd.pool_port(pool)
-        backends = {i: EchoBackend(self.h, i) for i in ("r1", "r2")}
+        backends = {i: Backend(self.h, i) for i in ("r1", "r2")}
         dead_port = free_port()  # nothing listens here: connects are refused
         for i, b in backends.items():
             self.put_backend(pool, i, b.addr)
@@ -410,7 +409,7 @@ class DataPlane(HarnessTestCase):
     def proxy_header_round_trips(self, pool, version):
         port = self.lbd.pool_port(pool)
         backend_id = "pp-%s" % version
-        self.add_backends(pool, [backend_id], cls=ProxyHeaderBackend)
+        self.add_backends(pool, [backend_id], proxy_header=True)
 
         def answers():
             with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
@@ -548,7 +547,7 @@ class DataPlane(HarnessTestCase):
     def test_5_sigterm_lets_open_connections_finish_then_exits_0(self):
         ids = ["t1", "t2"]
         self.etcd.put(config_key(TERM_PREFIX, "term"), json.dumps({"health": NO_CHECKS}))
-        backends = {i: EchoBackend(self.h, i) for i in ids}
+        backends = {i: Backend(self.h, i) for i in ids}
         for i, b in backends.items():
             self.put_backend("term", i, b.addr, prefix=TERM_PREFIX)
 
@@ -712,13 +711,13 @@ class DataPlane(HarnessTestCase):
         held = self.open_held(port, 4)
         self.assertEqual(collections.Counter(bid for _, bid in held), {"c1": 2, "c2": 2})
 
-        accepted = {i: b.count() for i, b in backends.items()}
+        accepted = {i: b.accepted for i, b in backends.items()}
         no_backend = self.metric("lbd_pool_no_backend_total", pool=pool)
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             how, t_closed = wait_closed(s, 5.0)
         figure("max_conns: 5th client closed by lbd after", "%.3f (%s)" % (t_closed - t0, how), "s")
-        self.assertEqual({i: b.count() for i, b in backends.items()}, accepted,
+        self.assertEqual({i: b.accepted for i, b in backends.items()}, accepted,
                          "the 5th connection reached a backend")
         wait_until(lambda: self.metric("lbd_pool_no_backend_total", pool=pool) == no_backend + 1,
                    scaled(3), "lbd_pool_no_backend_total to count the 5th client")

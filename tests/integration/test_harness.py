@@ -6,8 +6,8 @@ tells a broken harness or a broken machine from a broken lbd."""
 import json
 import os
 import socket
+import struct
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,8 +64,126 @@ class Backends(unittest.TestCase):
         b.stop()
         self.assertFalse(lbtest.port_is_open(b.port))
 
+    def test_kill_refuses_at_once_and_restart_serves_on_the_same_port(self):
+        b = Backend(self.h, "b-two")
+        port = b.port
+        held, bid = open_conn(port)
+        with held:
+            self.assertEqual(bid, "b-two")
+            b.kill()
+            self.assertFalse(lbtest.port_is_open(port), "the port still accepts after kill()")
+            held.settimeout(5)
+            self.assertEqual(held.recv(64), b"", "an open connection outlived kill()")
+        b.restart()
+        self.assertEqual(b.port, port)
+        self.assertEqual(ask(port), "b-two")
+        self.assertEqual(b.count(), 2, "counts carry on across a restart")
+        b.restart()  # while up: a crash and a restart
+        self.assertEqual(ask(port), "b-two")
+        self.assertEqual(b.count(), 3)
+
+    def test_proxy_header_mode_reports_the_header_then_echoes(self):
+        b = Backend(self.h, "pp", proxy_header=True)
+        v1 = b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 8080\r\n"
+        v2 = (lbtest.PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+              + socket.inet_aton("127.0.0.9") + socket.inet_aton("127.0.0.1")
+              + struct.pack("!HH", 40000, 8080))
+        for header, version in ((v1, 1), (v2, 2)):
+            with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+                s.sendall(header + b"after the header\n")
+                info = json.loads(lbtest.read_line(s, limit=4096))
+                self.assertEqual((info["id"], info["version"], info["family"]),
+                                 ("pp", version, "TCP4"))
+                self.assertEqual(info["src"], ["127.0.0.9", 40000])
+                self.assertEqual(info["dst"], ["127.0.0.1", 8080])
+                self.assertEqual(lbtest.read_line(s), "after the header")
+        with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            info = json.loads(lbtest.read_line(s, limit=4096))
+            self.assertIn("error", info)
+            try:
+                rest = s.recv(64)
+            except ConnectionResetError:  # closed with the request unread
+                rest = b""
+            self.assertEqual(rest, b"", "a connection without a header is closed")
+
     def test_refusing_backend_is_a_free_port(self):
         self.assertFalse(lbtest.port_is_open(lbtest.free_port()))
+
+
+# A test script whose tests fail in every way unittest knows, each after
+# starting a process that printed a marker: its log must show on stderr.
+FAILING_SCRIPT = """
+import os, sys
+sys.path.insert(0, %(path)r)
+import lbtest
+
+def talker(h, marker):
+    # The log's first line holds the command: what it printed is "said-<marker>".
+    p = h.spawn(marker, ["/bin/sh", "-c", "echo said-$0; exec sleep 60", marker])
+    lbtest.wait_until(lambda: "said-" + marker in p.log_text(), 10, "the marker in the log")
+
+class ClassHarness(lbtest.HarnessTestCase):
+    def test_a_fails(self):
+        talker(self.h, "marker-a-fails")
+        self.fail("on purpose")
+
+    def test_b_raises(self):
+        talker(self.h, "marker-b-raises")
+        raise RuntimeError("on purpose")
+
+    def test_c_passes(self):
+        talker(self.h, "marker-c-passes")
+
+    def test_d_fails_in_a_subtest(self):
+        talker(self.h, "marker-d-subtest")
+        with self.subTest(n=1):
+            self.fail("on purpose")
+
+class TestHarness(lbtest.HarnessTestCase):
+    def setUp(self):
+        self.h = lbtest.Harness("own")
+        self.addCleanup(self.h.cleanup)
+
+    def test_e_fails_with_a_harness_of_its_own(self):
+        talker(self.h, "marker-e-own")
+        self.fail("on purpose")
+
+    def test_f_passes_with_a_harness_of_its_own(self):
+        talker(self.h, "marker-f-own")
+
+if __name__ == "__main__":
+    lbtest.main()
+"""
+
+
+class FailureLogs(unittest.TestCase):
+    """The logs of what a failed test started reach stderr (the CI log)."""
+
+    def test_failed_tests_print_the_logs_of_what_they_started(self):
+        h = Harness("failing")
+        self.addCleanup(h.cleanup)
+        script = h.path("failing_test.py")
+        with open(script, "w") as f:
+            f.write(FAILING_SCRIPT % {"path": os.path.dirname(os.path.abspath(__file__))})
+        rc, out, err = lbtest.run([sys.executable, script], timeout=120,
+                                  env={"PYTHONDONTWRITEBYTECODE": "1"})
+        self.assertEqual(rc, 1, err)
+
+        def dumped(test):
+            return "===== __main__.%s failed: logs =====" % test
+
+        for test, marker in (("ClassHarness.test_a_fails", "marker-a-fails"),
+                             ("ClassHarness.test_b_raises", "marker-b-raises"),
+                             ("ClassHarness.test_d_fails_in_a_subtest", "marker-d-subtest"),
+                             ("TestHarness.test_e_fails_with_a_harness_of_its_own",
+                              "marker-e-own")):
+            self.assertIn(dumped(test), err, "no logs printed for the failed %s" % test)
+            after = err.split(dumped(test), 1)[1]
+            self.assertIn("\nsaid-%s\n" % marker, after, "%s's log is missing" % test)
+        for test in ("ClassHarness.test_c_passes",
+                     "TestHarness.test_f_passes_with_a_harness_of_its_own"):
+            self.assertNotIn(dumped(test), err, "logs printed for %s, which passed" % test)
 
 
 class SingleEtcd(unittest.TestCase):

@@ -1,8 +1,10 @@
 /*
- * Every balancing algorithm through the real pool model: distribution for
- * weights 1,2,3,4, leastconn under uneven connection lengths, the Maglev
- * disruption bound.  Deterministic: a fixed-seed generator drives the
- * simulated clients.
+ * Every balancing algorithm on snapshots built directly (snapshot_fixture.h):
+ * distribution for weights 1,2,3,4, leastconn under uneven connection
+ * lengths, the Maglev disruption bound, retries and max_conns, and weight
+ * and eligibility changes in place through set_weight.  Deterministic but
+ * for p2c's own generator: a fixed-seed generator drives the simulated
+ * clients.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -17,7 +19,7 @@
 #include <string.h>
 
 #include "lb_log.h"
-#include "registry.h"
+#include "snapshot_fixture.h"
 
 #define PICKS 100000
 
@@ -31,65 +33,31 @@ static uint64_t rnd(void)
     return rng_state * 0x2545F4914F6CDD1DULL;
 }
 
-struct fixture {
-    struct lb_registry registry;
-    struct lb_update_sink sink;
-    struct lb_pool *pool;
-};
+static const enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C,
+                                          LB_ALGO_MAGLEV};
+#define N_ALGOS (sizeof(algos) / sizeof(algos[0]))
 
 static int setup(void **state)
 {
-    static struct fixture f;
-    const char *names[] = {"p"}, *listens[] = {"127.0.0.1:1"};
+    static struct snap_fixture f;
 
-    memset(&f, 0, sizeof(f));
     rng_state = 0x1234567887654321ULL;
-    assert_int_equal(lb_registry_init(&f.registry, NULL, 1, names, listens), 0);
-    f.sink = lb_registry_sink(&f.registry);
-    f.pool = lb_registry_find_pool(&f.registry, "p");
+    snap_fixture_init(&f, LB_ALGO_WRR);
     *state = &f;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fixture *f = *state;
-
-    lb_registry_destroy(&f->registry);
+    snap_fixture_free(*state);
     return 0;
 }
 
-static void set_algorithm(struct fixture *f, enum lb_algorithm a)
-{
-    struct lb_update u = {.kind = LB_UPDATE_POLICY_PUT, .pool = "p"};
-
-    lb_pool_policy_defaults(&u.u.policy);
-    u.u.policy.algorithm = a;
-    f->sink.apply(f->sink.ctx, &u);
-}
-
-static void put(struct fixture *f, const char *id, int weight)
-{
-    struct lb_update u = {.kind = LB_UPDATE_BACKEND_PUT, .pool = "p", .id = id};
-
-    snprintf(u.u.backend.addr, sizeof(u.u.backend.addr), "127.0.0.1:%d",
-             1000 + (int)(strlen(id) * 31 + (unsigned char)id[strlen(id) - 1]));
-    u.u.backend.weight = weight;
-    f->sink.apply(f->sink.ctx, &u);
-}
-
-static void del(struct fixture *f, const char *id)
-{
-    struct lb_update u = {.kind = LB_UPDATE_BACKEND_DELETE, .pool = "p", .id = id};
-
-    f->sink.apply(f->sink.ctx, &u);
-}
-
-static struct lb_backend *pick_for(struct fixture *f, const struct sockaddr *client)
+static struct lb_backend *pick_for(struct snap_fixture *f, const struct sockaddr *client)
 {
     struct lb_pick p = {.client = client};
 
-    return f->pool->snap->algo->pick(f->pool->snap, &p);
+    return snap_fixture_pick(f, &p);
 }
 
 static void random_client(struct sockaddr_in *sa)
@@ -105,7 +73,7 @@ static void random_client(struct sockaddr_in *sa)
  * step closes a random open connection first (0 = connections close at
  * once).  Returns the share of picks per backend index (by id order).
  */
-static void simulate_n(struct fixture *f, int picks, size_t concurrency, double share[4])
+static void simulate_n(struct snap_fixture *f, int picks, size_t concurrency, double share[4])
 {
     struct lb_backend **open = calloc(concurrency ? concurrency : 1, sizeof(*open));
     size_t n_open = 0;
@@ -138,7 +106,7 @@ static void simulate_n(struct fixture *f, int picks, size_t concurrency, double 
         share[i] = (double)count[i] / picks;
 }
 
-static void simulate(struct fixture *f, size_t concurrency, double share[4])
+static void simulate(struct snap_fixture *f, size_t concurrency, double share[4])
 {
     simulate_n(f, PICKS, concurrency, share);
 }
@@ -159,45 +127,45 @@ static void assert_weighted_1234(const char *algo, const double share[4])
     }
 }
 
-static void load_1234(struct fixture *f, enum lb_algorithm a)
+static void load_1234(struct snap_fixture *f, enum lb_algorithm a)
 {
-    set_algorithm(f, a);
-    put(f, "a", 1);
-    put(f, "b", 2);
-    put(f, "c", 3);
-    put(f, "d", 4);
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_set_algorithm(f, a);
+    snap_fixture_add(f, "a", 1);
+    snap_fixture_add(f, "b", 2);
+    snap_fixture_add(f, "c", 3);
+    snap_fixture_add(f, "d", 4);
+    snap_fixture_build(f);
 }
 
 static void test_wrr_weights(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     double share[4];
 
     load_1234(f, LB_ALGO_WRR);
-    assert_string_equal(f->pool->snap->algo->name, "wrr");
+    assert_string_equal(f->snap->algo->name, "wrr");
     simulate(f, 0, share);
     assert_weighted_1234("wrr", share);
 }
 
 static void test_leastconn_weights(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     double share[4];
 
     load_1234(f, LB_ALGO_LEASTCONN);
-    assert_string_equal(f->pool->snap->algo->name, "leastconn");
+    assert_string_equal(f->snap->algo->name, "leastconn");
     simulate(f, 1000, share);
     assert_weighted_1234("leastconn", share);
 }
 
 static void test_p2c_weights(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     double share[4];
 
     load_1234(f, LB_ALGO_P2C);
-    assert_string_equal(f->pool->snap->algo->name, "p2c");
+    assert_string_equal(f->snap->algo->name, "p2c");
     /* p2c draws from a randomly seeded generator: 1M picks keep the
      * sampling error (about 0.03 points) far inside the 2% bound. */
     simulate_n(f, 10 * PICKS, 1000, share);
@@ -208,11 +176,11 @@ static void test_p2c_weights(void **state)
 
 static void test_maglev_weights(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     double share[4];
 
     load_1234(f, LB_ALGO_MAGLEV);
-    assert_string_equal(f->pool->snap->algo->name, "maglev");
+    assert_string_equal(f->snap->algo->name, "maglev");
     simulate(f, 0, share);
     assert_weighted_1234("maglev", share);
 }
@@ -225,7 +193,7 @@ static void test_maglev_weights(void **state)
  */
 static void test_leastconn_uneven_lengths(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     struct {
         struct lb_backend *b;
         int ends_at;
@@ -233,11 +201,11 @@ static void test_leastconn_uneven_lengths(void **state)
     size_t n_open = 0;
     int count[3] = {0};
 
-    set_algorithm(f, LB_ALGO_LEASTCONN);
-    put(f, "a", 100);
-    put(f, "b", 100);
-    put(f, "c", 100);
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_set_algorithm(f, LB_ALGO_LEASTCONN);
+    snap_fixture_add(f, "a", 100);
+    snap_fixture_add(f, "b", 100);
+    snap_fixture_add(f, "c", 100);
+    snap_fixture_build(f);
     for (int t = 0; t < 30000; t++) {
         struct lb_backend *b;
         uint64_t lo = UINT64_MAX, hi = 0;
@@ -257,8 +225,8 @@ static void test_leastconn_uneven_lengths(void **state)
         open[n_open].b = b;
         open[n_open].ends_at = t + (b->id[0] == 'a' ? 300 : 30);
         n_open++;
-        for (size_t i = 0; i < f->pool->snap->n_eligible; i++) {
-            uint64_t a = lb_snapshot_eligible_backend(f->pool->snap, i)->active;
+        for (size_t i = 0; i < f->snap->n_eligible; i++) {
+            uint64_t a = lb_snapshot_eligible_backend(f->snap, i)->active;
 
             lo = a < lo ? a : lo;
             hi = a > hi ? a : hi;
@@ -276,18 +244,18 @@ static void test_leastconn_uneven_lengths(void **state)
 /* Removing one of N backends moves about 1/N of the clients, not more. */
 static void test_maglev_disruption(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     enum { N = 10, CLIENTS = 50000 };
     static char before[CLIENTS];
     char id[8];
     int moved = 0, on_removed = 0;
 
-    set_algorithm(f, LB_ALGO_MAGLEV);
+    snap_fixture_set_algorithm(f, LB_ALGO_MAGLEV);
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof(id), "%c%d", 'a' + i, i);
-        put(f, id, 100);
+        snap_fixture_add(f, id, 100);
     }
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_build(f);
     rng_state = 42;
     for (int c = 0; c < CLIENTS; c++) {
         struct sockaddr_in sa;
@@ -295,8 +263,8 @@ static void test_maglev_disruption(void **state)
         random_client(&sa);
         before[c] = pick_for(f, (struct sockaddr *)&sa)->id[0];
     }
-    del(f, "d3");
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_remove(f, "d3");
+    snap_fixture_build(f);
     rng_state = 42;
     for (int c = 0; c < CLIENTS; c++) {
         struct sockaddr_in sa;
@@ -323,42 +291,41 @@ static void test_maglev_disruption(void **state)
 
 static void test_retry_skips_tried(void **state)
 {
-    struct fixture *f = *state;
-    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
+    struct snap_fixture *f = *state;
 
-    put(f, "a", 1);
-    put(f, "b", 1000);
-    put(f, "c", 1);
-    for (size_t k = 0; k < sizeof(algos) / sizeof(algos[0]); k++) {
+    snap_fixture_add(f, "a", 1);
+    snap_fixture_add(f, "b", 1000);
+    snap_fixture_add(f, "c", 1);
+    for (size_t k = 0; k < N_ALGOS; k++) {
         struct sockaddr_in sa;
         struct lb_backend *tried[2];
         struct lb_pick p = {.client = (struct sockaddr *)&sa, .tried = tried};
 
-        set_algorithm(f, algos[k]);
-        f->sink.commit(f->sink.ctx);
+        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_build(f);
         for (int i = 0; i < 200; i++) {
             struct lb_backend *b;
 
             random_client(&sa);
             p.n_tried = 0;
-            tried[p.n_tried++] = f->pool->snap->algo->pick(f->pool->snap, &p);
-            b = f->pool->snap->algo->pick(f->pool->snap, &p);
+            tried[p.n_tried++] = snap_fixture_pick(f, &p);
+            b = snap_fixture_pick(f, &p);
             assert_non_null(b);
             assert_ptr_not_equal(b, tried[0]);
             tried[p.n_tried++] = b;
-            b = f->pool->snap->algo->pick(f->pool->snap, &p);
+            b = snap_fixture_pick(f, &p);
             assert_non_null(b);
             assert_ptr_not_equal(b, tried[0]);
             assert_ptr_not_equal(b, tried[1]);
             {
                 /* every backend tried: nothing left */
-                struct lb_backend *all[3] = {lb_snapshot_eligible_backend(f->pool->snap, 0),
-                                             lb_snapshot_eligible_backend(f->pool->snap, 1),
-                                             lb_snapshot_eligible_backend(f->pool->snap, 2)};
-                struct lb_pick none = {.client = (struct sockaddr *)&sa, .tried = all,
-                                       .n_tried = 3};
+                struct lb_backend *all[3] = {lb_snapshot_eligible_backend(f->snap, 0),
+                                             lb_snapshot_eligible_backend(f->snap, 1),
+                                             lb_snapshot_eligible_backend(f->snap, 2)};
+                struct lb_pick none = {
+                    .client = (struct sockaddr *)&sa, .tried = all, .n_tried = 3};
 
-                assert_null(f->pool->snap->algo->pick(f->pool->snap, &none));
+                assert_null(snap_fixture_pick(f, &none));
             }
         }
     }
@@ -370,7 +337,7 @@ static void test_retry_skips_tried(void **state)
  */
 static void test_wrr_large_pool(void **state)
 {
-    struct fixture *f = *state;
+    struct snap_fixture *f = *state;
     enum { N = 1000 };
     static int count[N];
     int per_weight[5] = {0};
@@ -379,10 +346,10 @@ static void test_wrr_large_pool(void **state)
     memset(count, 0, sizeof(count));
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof(id), "n%04d", i);
-        put(f, id, 1 + i % 4);
+        snap_fixture_add(f, id, 1 + i % 4);
     }
-    f->sink.commit(f->sink.ctx);
-    assert_int_equal(f->pool->snap->n_eligible, N);
+    snap_fixture_build(f);
+    assert_int_equal(f->snap->n_eligible, N);
     /* 2500 weight units: 100 full rounds give every backend exactly its weight each round */
     for (int r = 0; r < 100; r++) {
         for (int k = 0; k < 2500; k++) {
@@ -399,8 +366,8 @@ static void test_wrr_large_pool(void **state)
                   per_weight[2], per_weight[3], per_weight[4]);
 
     /* removing one backend neither restarts the cycle nor bursts */
-    del(f, "n0003");
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_remove(f, "n0003");
+    snap_fixture_build(f);
     memset(count, 0, sizeof(count));
     for (int k = 0; k < 2496; k++)
         count[atoi(pick_for(f, NULL)->id + 1)]++;
@@ -408,8 +375,8 @@ static void test_wrr_large_pool(void **state)
         assert_in_range(count[i], i == 3 ? 0 : (1 + i % 4) - 1, i == 3 ? 0 : (1 + i % 4) + 1);
 
     /* a new backend takes its share from now on, without a catch-up burst */
-    put(f, "n0003", 4);
-    f->sink.commit(f->sink.ctx);
+    snap_fixture_add(f, "n0003", 4);
+    snap_fixture_build(f);
     memset(count, 0, sizeof(count));
     for (int k = 0; k < 2500; k++)
         count[atoi(pick_for(f, NULL)->id + 1)]++;
@@ -421,11 +388,11 @@ static void test_wrr_large_pool(void **state)
         struct lb_pick p = {.tried = tried, .n_tried = 1};
 
         tried[0] = pick_for(f, NULL);
-        tried[1] = f->pool->snap->algo->pick(f->pool->snap, &p);
+        tried[1] = snap_fixture_pick(f, &p);
         assert_non_null(tried[1]);
         assert_ptr_not_equal(tried[1], tried[0]);
         p.n_tried = 2;
-        struct lb_backend *third = f->pool->snap->algo->pick(f->pool->snap, &p);
+        struct lb_backend *third = snap_fixture_pick(f, &p);
         assert_ptr_not_equal(third, tried[0]);
         assert_ptr_not_equal(third, tried[1]);
     }
@@ -434,48 +401,124 @@ static void test_wrr_large_pool(void **state)
 /* Every algorithm passes over backends at the pool's max_conns. */
 static void test_max_conns_skips_full_backends(void **state)
 {
-    struct fixture *f = *state;
-    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
+    struct snap_fixture *f = *state;
     char id[16];
 
     for (int i = 0; i < 100; i++) { /* 100 backends: wrr on its heap too */
         snprintf(id, sizeof(id), "k%03d", i);
-        put(f, id, 1 + i % 3);
+        snap_fixture_add(f, id, 1 + i % 3);
     }
-    for (size_t k = 0; k < sizeof(algos) / sizeof(algos[0]); k++) {
+    for (size_t k = 0; k < N_ALGOS; k++) {
         struct lb_pick p = {.max_conns = 2};
         struct sockaddr_in sa;
 
-        set_algorithm(f, algos[k]);
-        f->sink.commit(f->sink.ctx);
+        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_build(f);
         /* all but k057 are full */
-        for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
-            lb_snapshot_eligible_backend(f->pool->snap, i)->active = strcmp(lb_snapshot_eligible_backend(f->pool->snap, i)->id, "k057")
-                                                     ? 2 : 1;
+        for (size_t i = 0; i < f->snap->n_eligible; i++)
+            lb_snapshot_eligible_backend(f->snap, i)->active =
+                strcmp(lb_snapshot_eligible_backend(f->snap, i)->id, "k057") ? 2 : 1;
         for (int i = 0; i < 50; i++) {
             struct lb_backend *b;
 
             random_client(&sa);
             p.client = (struct sockaddr *)&sa;
-            b = f->pool->snap->algo->pick(f->pool->snap, &p);
+            b = snap_fixture_pick(f, &p);
             assert_non_null(b);
             assert_string_equal(b->id, "k057");
         }
-        lb_pool_find(f->pool, "k057")->backend->active = 2;
-        assert_null(f->pool->snap->algo->pick(f->pool->snap, &p));
-        for (size_t i = 0; i < f->pool->snap->n_eligible; i++)
-            lb_snapshot_eligible_backend(f->pool->snap, i)->active = 0;
+        snap_fixture_backend(f, "k057")->active = 2;
+        assert_null(snap_fixture_pick(f, &p));
+        for (size_t i = 0; i < f->snap->n_eligible; i++)
+            lb_snapshot_eligible_backend(f->snap, i)->active = 0;
     }
 }
 
 static void test_empty_pool(void **state)
 {
-    struct fixture *f = *state;
-    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
+    struct snap_fixture *f = *state;
 
-    for (size_t k = 0; k < sizeof(algos) / sizeof(algos[0]); k++) {
-        set_algorithm(f, algos[k]);
-        f->sink.commit(f->sink.ctx);
+    for (size_t k = 0; k < N_ALGOS; k++) {
+        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_build(f);
+        assert_null(pick_for(f, NULL));
+    }
+}
+
+/*
+ * Weights changed in place (an operator's weight, slow start), through
+ * set_weight on the live snapshot: the shares follow without a rebuild
+ * (maglev asks for one, which the next publish does).
+ */
+static void test_weights_changed_in_place(void **state)
+{
+    struct snap_fixture *f = *state;
+    double share[4];
+
+    for (size_t k = 0; k < N_ALGOS; k++) {
+        const char *name = lb_algo_for(algos[k])->name;
+
+        snap_fixture_free(f);
+        snap_fixture_init(f, algos[k]);
+        snap_fixture_add(f, "a", 4);
+        snap_fixture_add(f, "b", 3);
+        snap_fixture_add(f, "c", 2);
+        snap_fixture_add(f, "d", 1);
+        snap_fixture_build(f);
+        simulate_n(f, PICKS / 10, 1000, share);
+        snap_fixture_set_weight(f, "a", 1);
+        snap_fixture_set_weight(f, "b", 2);
+        snap_fixture_set_weight(f, "c", 3);
+        snap_fixture_set_weight(f, "d", 4);
+        simulate_n(f, algos[k] == LB_ALGO_P2C ? 10 * PICKS : PICKS, 1000, share);
+        assert_weighted_1234(name, share);
+    }
+}
+
+/*
+ * Entries that are not eligible (down, drained) are never picked, by any
+ * algorithm, on a snapshot built with them and after flips in place; an
+ * entry that becomes eligible again is picked again.
+ */
+static void test_ineligible_entries_are_never_picked(void **state)
+{
+    struct snap_fixture *f = *state;
+
+    for (size_t k = 0; k < N_ALGOS; k++) {
+        struct sockaddr_in sa;
+        int count[3];
+
+        snap_fixture_free(f);
+        snap_fixture_init(f, algos[k]);
+        snap_fixture_add(f, "a", 100);
+        snap_fixture_add_ineligible(f, "b", 500);
+        snap_fixture_add(f, "c", 100);
+        snap_fixture_build(f);
+        assert_int_equal(f->snap->n_eligible, 2);
+        memset(count, 0, sizeof(count));
+        for (int i = 0; i < 3000; i++) {
+            random_client(&sa);
+            count[pick_for(f, (struct sockaddr *)&sa)->id[0] - 'a']++;
+        }
+        assert_int_equal(count[1], 0);
+        assert_true(count[0] > 0 && count[2] > 0);
+
+        snap_fixture_set_eligible(f, "b", true);
+        snap_fixture_set_eligible(f, "a", false);
+        assert_int_equal(f->snap->n_eligible, 2);
+        memset(count, 0, sizeof(count));
+        for (int i = 0; i < 3000; i++) {
+            random_client(&sa);
+            count[pick_for(f, (struct sockaddr *)&sa)->id[0] - 'a']++;
+        }
+        print_message("%s: after the flips a=%d b=%d c=%d\n", lb_algo_for(algos[k])->name, count[0],
+                      count[1], count[2]);
+        assert_int_equal(count[0], 0);
+        assert_true(count[1] > count[2]); /* weight 500 against 100 */
+
+        snap_fixture_set_eligible(f, "b", false);
+        snap_fixture_set_eligible(f, "c", false);
+        assert_int_equal(f->snap->n_eligible, 0);
         assert_null(pick_for(f, NULL));
     }
 }
@@ -494,6 +537,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wrr_large_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_conns_skips_full_backends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_weights_changed_in_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ineligible_entries_are_never_picked, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

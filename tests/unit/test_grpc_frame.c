@@ -349,12 +349,12 @@ static void test_status_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_arbitrary_chunks),
-        cmocka_unit_test(test_truncated),       cmocka_unit_test(test_oversized),
-        cmocka_unit_test(test_zero_length),     cmocka_unit_test(test_compressed_flag),
-        cmocka_unit_test(test_callback_stops),  cmocka_unit_test(test_encode_bounded),
-        cmocka_unit_test(test_percent),         cmocka_unit_test(test_timeout),
-        cmocka_unit_test(test_content_type),    cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_arbitrary_chunks),
+        cmocka_unit_test(test_truncated),      cmocka_unit_test(test_oversized),
+        cmocka_unit_test(test_zero_length),    cmocka_unit_test(test_compressed_flag),
+        cmocka_unit_test(test_callback_stops), cmocka_unit_test(test_encode_bounded),
+        cmocka_unit_test(test_percent),        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_content_type),   cmocka_unit_test(test_status_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,8 +49,7 @@ static void http_conn_cb(struct ev_loop *loop, ev_io *w, int revents)
     ssize_t n = recv(w->fd, buf, sizeof(buf), 0);
 
     (void)n;
-    snprintf(reply, sizeof(reply), "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n",
-             fx.http_status);
+    snprintf(reply, sizeof(reply), "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n", fx.http_status);
     if (send(w->fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
         fail_msg("send failed");
     ev_io_stop(loop, w);
@@ -80,7 +79,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 static int open_listener(int port)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
                              .sin_port = htons((uint16_t)port)};
     socklen_t len = sizeof(sa);
     int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -85,9 +85,9 @@ static void test_v2(void **state)
     n = lb_proxy_protocol_build(LB_PROXY_V2, (void *)&c, (void *)&l6, (char *)buf, sizeof(buf));
     assert_int_equal(n, 16);
     assert_int_equal(buf[12], 0x20);
-    assert_int_equal(lb_proxy_protocol_build(LB_PROXY_NONE, (void *)&c, (void *)&l, (char *)buf,
-                                             sizeof(buf)),
-                     -EINVAL);
+    assert_int_equal(
+        lb_proxy_protocol_build(LB_PROXY_NONE, (void *)&c, (void *)&l, (char *)buf, sizeof(buf)),
+        -EINVAL);
 }
 
 int main(void)

@@ -27,8 +27,8 @@ static const struct lb_setting table[] = {
      "http://127.0.0.1:2379", NULL, "URL", "etcd endpoints"},
     {"pool", 'p', "T_POOL", LB_SETTING_LIST, offsetof(struct cfg, pools), 0, 0, NULL, NULL,
      "NAME=ADDR", "pool listener"},
-    {"grace", 0, "T_GRACE", LB_SETTING_DURATION, offsetof(struct cfg, grace_ms), 0,
-     3600 * 1000, "30s", NULL, "DURATION", "shutdown grace"},
+    {"grace", 0, "T_GRACE", LB_SETTING_DURATION, offsetof(struct cfg, grace_ms), 0, 3600 * 1000,
+     "30s", NULL, "DURATION", "shutdown grace"},
     {"workers", 0, NULL, LB_SETTING_INT, offsetof(struct cfg, workers), 1, 64, "1", NULL, "N",
      "workers"},
     {"verbose", 'v', NULL, LB_SETTING_BOOL, offsetof(struct cfg, verbose), 0, 0, NULL, NULL, NULL,
@@ -70,8 +70,8 @@ static void test_defaults(void **state)
 static void test_flags_env_precedence(void **state)
 {
     struct cfg c;
-    char *argv[] = {"prog", "--pool", "web=1", "cmd", "-p", "db=2", "--grace=1m30s", "-v",
-                    "x", NULL};
+    char *argv[] = {"prog", "--pool",        "web=1", "cmd", "-p",
+                    "db=2", "--grace=1m30s", "-v",    "x",   NULL};
     char **pos, *err;
     size_t npos;
 
@@ -209,9 +209,9 @@ static void test_durations(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),          cmocka_unit_test(test_flags_env_precedence),
+        cmocka_unit_test(test_defaults),           cmocka_unit_test(test_flags_env_precedence),
         cmocka_unit_test(test_stop_at_positional), cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_config_file),       cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_config_file),        cmocka_unit_test(test_durations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -364,9 +364,18 @@ static void test_wrr_shares_after_in_place_changes(void **state)
     }
 }
 
+/* Each algorithm's ops carry the name the one table gives it. */
+static void test_algorithm_names_are_one_table(void **state)
+{
+    for (size_t k = 0; k < N_ALGOS; k++)
+        assert_string_equal(lb_algo_for(algos[k])->name, lb_algorithm_name(algos[k]));
+    assert_string_equal(LB_ALGORITHM_NAMES, "wrr|leastconn|p2c|maglev");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_algorithm_names_are_one_table),
         cmocka_unit_test_setup_teardown(test_no_backend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_backend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_65_backends, setup, teardown),

@@ -1,6 +1,9 @@
 /*
- * Smooth weighted round robin through the real pool model: updates go in
- * through the registry's sink, picks come out of the published snapshot.
+ * Smooth weighted round robin.  The algorithm itself (order, shares,
+ * weight 0, retries) on snapshots built directly (snapshot_fixture.h);
+ * what the pool model adds (a backend deleted while a session holds it, a
+ * drain override, position carried over across publishes) through the
+ * registry's sink, as the watcher feeds it.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -13,6 +16,105 @@
 
 #include "lb_log.h"
 #include "registry.h"
+#include "snapshot_fixture.h"
+
+/* ------------------------------------------------------ on snapshots -- */
+
+static int snap_setup(void **state)
+{
+    static struct snap_fixture f;
+
+    snap_fixture_init(&f, LB_ALGO_WRR);
+    *state = &f;
+    return 0;
+}
+
+static int snap_teardown(void **state)
+{
+    snap_fixture_free(*state);
+    return 0;
+}
+
+static void test_sequence_5_1_1(void **state)
+{
+    struct snap_fixture *f = *state;
+    const char *expect = "aabacaa";
+    char got[8] = {0};
+
+    snap_fixture_add(f, "a", 5);
+    snap_fixture_add(f, "b", 1);
+    snap_fixture_add(f, "c", 1);
+    snap_fixture_build(f);
+    for (int i = 0; i < 7; i++)
+        got[i] = snap_fixture_pick(f, NULL)->id[0];
+    assert_string_equal(got, expect);
+}
+
+static void test_shares_over_7000(void **state)
+{
+    struct snap_fixture *f = *state;
+    int count[3] = {0};
+
+    snap_fixture_add(f, "a", 5);
+    snap_fixture_add(f, "b", 1);
+    snap_fixture_add(f, "c", 1);
+    snap_fixture_build(f);
+    for (int i = 0; i < 7000; i++)
+        count[snap_fixture_pick(f, NULL)->id[0] - 'a']++;
+    assert_int_equal(count[0], 5000);
+    assert_int_equal(count[1], 1000);
+    assert_int_equal(count[2], 1000);
+}
+
+static void test_weight_zero_and_tried(void **state)
+{
+    struct snap_fixture *f = *state;
+    struct lb_backend *tried[1];
+    struct lb_pick p = {.tried = tried, .n_tried = 1};
+
+    snap_fixture_add(f, "a", 0);
+    snap_fixture_add(f, "b", 3);
+    snap_fixture_add(f, "c", 1);
+    snap_fixture_build(f);
+    for (int i = 0; i < 100; i++)
+        assert_int_not_equal(snap_fixture_pick(f, NULL)->id[0], 'a');
+    tried[0] = snap_fixture_pick(f, NULL);
+    for (int i = 0; i < 50; i++)
+        assert_ptr_not_equal(snap_fixture_pick(f, &p), tried[0]);
+    /* nothing left to try */
+    struct lb_backend *both[2] = {lb_snapshot_eligible_backend(f->snap, 0),
+                                  lb_snapshot_eligible_backend(f->snap, 1)};
+    struct lb_pick none = {.tried = both, .n_tried = 2};
+    assert_null(snap_fixture_pick(f, &none));
+}
+
+/*
+ * A drain (or a backend going down) in place: the entry leaves the
+ * rotation at once and the others keep their order; back in, it takes its
+ * turns again without a burst.
+ */
+static void test_ineligible_in_place(void **state)
+{
+    struct snap_fixture *f = *state;
+    char got[16] = {0};
+
+    snap_fixture_add(f, "a", 5);
+    snap_fixture_add(f, "b", 1);
+    snap_fixture_add(f, "c", 1);
+    snap_fixture_build(f);
+    got[0] = snap_fixture_pick(f, NULL)->id[0];
+    snap_fixture_set_eligible(f, "a", false);
+    for (int i = 1; i < 5; i++)
+        got[i] = snap_fixture_pick(f, NULL)->id[0];
+    assert_string_equal(got, "abcbc");
+    snap_fixture_set_eligible(f, "a", true);
+    for (int i = 0; i < 14; i++)
+        got[i] = snap_fixture_pick(f, NULL)->id[0];
+    got[14] = '\0';
+    assert_string_equal(got, "aabacaaaabacaa");
+}
+
+/* ------------------------------------------------ through the registry -- */
 
 struct fixture {
     struct lb_registry registry;
@@ -64,37 +166,6 @@ static struct lb_backend *pick(struct fixture *f)
     return f->pool->snap->algo->pick(f->pool->snap, &p);
 }
 
-static void test_sequence_5_1_1(void **state)
-{
-    struct fixture *f = *state;
-    const char *expect = "aabacaa";
-    char got[8] = {0};
-
-    put(f, "a", 1001, 5);
-    put(f, "b", 1002, 1);
-    put(f, "c", 1003, 1);
-    f->sink.commit(f->sink.ctx);
-    for (int i = 0; i < 7; i++)
-        got[i] = pick(f)->id[0];
-    assert_string_equal(got, expect);
-}
-
-static void test_shares_over_7000(void **state)
-{
-    struct fixture *f = *state;
-    int count[3] = {0};
-
-    put(f, "a", 1001, 5);
-    put(f, "b", 1002, 1);
-    put(f, "c", 1003, 1);
-    f->sink.commit(f->sink.ctx);
-    for (int i = 0; i < 7000; i++)
-        count[pick(f)->id[0] - 'a']++;
-    assert_int_equal(count[0], 5000);
-    assert_int_equal(count[1], 1000);
-    assert_int_equal(count[2], 1000);
-}
-
 static void test_removed_and_drained_get_nothing(void **state)
 {
     struct fixture *f = *state;
@@ -125,27 +196,6 @@ static void test_removed_and_drained_get_nothing(void **state)
     lb_backend_unref(a); /* the last reference frees it (ASan checks) */
 }
 
-static void test_weight_zero_and_tried(void **state)
-{
-    struct fixture *f = *state;
-    struct lb_backend *tried[1];
-    struct lb_pick p = {.tried = tried, .n_tried = 1};
-
-    put(f, "a", 1001, 0);
-    put(f, "b", 1002, 3);
-    put(f, "c", 1003, 1);
-    f->sink.commit(f->sink.ctx);
-    for (int i = 0; i < 100; i++)
-        assert_int_not_equal(pick(f)->id[0], 'a');
-    tried[0] = pick(f);
-    for (int i = 0; i < 50; i++)
-        assert_ptr_not_equal(f->pool->snap->algo->pick(f->pool->snap, &p), tried[0]);
-    /* nothing left to try */
-    struct lb_backend *both[2] = {lb_snapshot_eligible_backend(f->pool->snap, 0), lb_snapshot_eligible_backend(f->pool->snap, 1)};
-    struct lb_pick none = {.tried = both, .n_tried = 2};
-    assert_null(f->pool->snap->algo->pick(f->pool->snap, &none));
-}
-
 static void test_state_carried_over(void **state)
 {
     struct fixture *f = *state;
@@ -174,10 +224,11 @@ int main(void)
 {
     lb_log_set_level(LB_LOG_WARN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_sequence_5_1_1, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_shares_over_7000, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sequence_5_1_1, snap_setup, snap_teardown),
+        cmocka_unit_test_setup_teardown(test_shares_over_7000, snap_setup, snap_teardown),
+        cmocka_unit_test_setup_teardown(test_weight_zero_and_tried, snap_setup, snap_teardown),
+        cmocka_unit_test_setup_teardown(test_ineligible_in_place, snap_setup, snap_teardown),
         cmocka_unit_test_setup_teardown(test_removed_and_drained_get_nothing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_weight_zero_and_tried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_carried_over, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

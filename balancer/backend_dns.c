@@ -1,4 +1,9 @@
-#include "dns.h"
+/*
+ * Following a backend's DNS name (design in backend_dns.h): lookups go to
+ * the resolver thread, answers come back on the loop, and the refresh timer
+ * lives in the backend, so the backend's retire cancels both.
+ */
+#include "backend_dns.h"
 #include "backend.h"
 #include "lb_addr.h"
 #include "lb_log.h"
@@ -75,12 +80,12 @@ static void dns_lookup(struct lb_backend *b)
     }
 }
 
-void lb_dns_init(struct lb_backend *b)
+void lb_backend_dns_init(struct lb_backend *b)
 {
     ev_init(&b->dns_timer, dns_timer_cb);
 }
 
-void lb_dns_start(struct lb_backend *b)
+void lb_backend_dns_start(struct lb_backend *b)
 {
     struct lb_registry *r = b->pool->registry;
 
@@ -90,7 +95,7 @@ void lb_dns_start(struct lb_backend *b)
     dns_lookup(b);
 }
 
-void lb_dns_stop(struct lb_backend *b)
+void lb_backend_dns_stop(struct lb_backend *b)
 {
     if (!b->dns_started)
         return;

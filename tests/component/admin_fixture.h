@@ -22,11 +22,14 @@
  *   db  (leastconn, 0.0.0.0:5433): d1 10.0.1.1:5432 w100
  *
  * The test thread touches the loop's objects only through fx_run() (or the
- * helpers below, which use it), so nothing is shared without a lock.
+ * helpers below, which use it), so nothing is shared without a lock.  Tests
+ * wait for what the loop does with fx_wait_until(): a condition checked
+ * against a deadline, never a fixed sleep.
  */
 #ifndef LB_TEST_ADMIN_FIXTURE_H
 #define LB_TEST_ADMIN_FIXTURE_H
 
+#include "admin_client.h"
 #include "admin_server.h"
 #include "registry.h"
 
@@ -72,13 +75,31 @@ void fx_set_ticker(double interval_ms);
 /* Registers n backends bulk-00000.. in `pool` (10.1.x.y:80). */
 void fx_add_backends(const char *pool, unsigned n);
 
+/*
+ * Polls cond(arg) on the test thread every few milliseconds until it holds
+ * or `seconds` pass; returns its last answer.  cond may use fx_run().
+ */
+bool fx_wait_until(bool (*cond)(void *arg), void *arg, double seconds);
+
 /* True while any registry subscription exists. */
 bool fx_has_subscribers(void);
 /* Waits (3 s at most) until no subscription is left; fails the test otherwise. */
 void fx_wait_no_subscribers(void);
+/* Fails the test unless a call ended with `want` and a message containing `needle` (if any). */
+void fx_expect_status(int got, const struct lb_admin_status *st, int want, const char *needle);
+
+/* Store writes not completed yet. */
+unsigned fx_store_pending(void);
+/* Waits (3 s at most) until every store write has completed; fails the test otherwise. */
+void fx_wait_store_idle(void);
 /* The effective drain flag of pool/id (false when unknown). */
 bool fx_backend_drain(const char *pool, const char *id);
 
-double fx_now(void);
+/* The value of the metric line starting with `name` (labels included) of server s. */
+long long fx_server_metric(struct lb_admin_server *s, const char *name);
+/* Waits (3 s at most) until fx_server_metric(s, name) == want; fails the test otherwise. */
+void fx_wait_metric(struct lb_admin_server *s, const char *name, long long want);
+/* True when a connection of s has output the socket would not take (it waits to write). */
+bool fx_server_waits_to_write(struct lb_admin_server *s);
 
 #endif

@@ -1,6 +1,8 @@
 /*
  * The admin tests' fixture (see admin_fixture.h): the real registry, a
  * loop thread, a store that completes on the loop, counted connections.
+ * It looks inside the admin server only to tell a test that a connection
+ * waits for its socket (admin_conn.h), which no client can see for sure.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,7 +10,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "admin_conn.h"
 #include "admin_fixture.h"
+#include "admin_server_int.h"
+#include "admin_service.h"
+#include "h2_client.h"
+#include "lb_buf.h"
+#include "lb_grpc_frame.h"
 #include "lb_log.h"
 #include "pool.h"
 
@@ -22,7 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STEP_S 0.02
+#define STEP_S    0.02
 #define MAX_CONNS 64
 
 struct fx fx;
@@ -64,14 +72,6 @@ static struct {
     ev_timer step;
     ev_timer ticker;
 } st;
-
-double fx_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- the loop thread ---- */
 
@@ -345,7 +345,9 @@ static void job_server_new(void *arg)
     struct lb_admin_options o = *j->opts;
 
     o.listen = "127.0.0.1:0";
-    j->rc = lb_admin_server_new(fx.loop, &o, &fx.registry, j->out, j->err);
+    o.methods = lb_admin_service_methods(&o.n_methods);
+    o.context = &fx.registry;
+    j->rc = lb_admin_server_new(fx.loop, &o, j->out, j->err);
     if (j->rc == 0 && j->limits)
         lb_admin_server_set_limits(*j->out, j->limits);
 }
@@ -426,8 +428,7 @@ static void job_add_backends(void *arg)
 
         snprintf(id, sizeof(id), "bulk-%05u", i);
         u.id = id;
-        snprintf(u.u.backend.addr, sizeof(u.u.backend.addr), "10.1.%u.%u:80", i / 250,
-                 i % 250 + 1);
+        snprintf(u.u.backend.addr, sizeof(u.u.backend.addr), "10.1.%u.%u:80", i / 250, i % 250 + 1);
         u.u.backend.weight = 100;
         st.sink.apply(st.sink.ctx, &u);
     }
@@ -443,7 +444,7 @@ void fx_add_backends(const char *pool, unsigned n)
 
 static void job_has_subscribers(void *arg)
 {
-    *(bool *)arg = fx.registry.subs != NULL;
+    *(bool *)arg = lb_events_wanted(&fx.registry.events);
 }
 
 bool fx_has_subscribers(void)
@@ -454,13 +455,61 @@ bool fx_has_subscribers(void)
     return yes;
 }
 
+void fx_expect_status(int got, const struct lb_admin_status *status, int want, const char *needle)
+{
+    if (got != want || (needle && !strstr(status->message, needle)))
+        fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), status->message,
+                 lb_grpc_status_name(want), needle ? needle : "");
+}
+
+bool fx_wait_until(bool (*cond)(void *arg), void *arg, double seconds)
+{
+    double end = h2_now() + seconds;
+    bool ok;
+
+    while (!(ok = cond(arg)) && h2_now() < end) {
+        struct timespec poll_interval = {0, 5 * 1000 * 1000};
+
+        nanosleep(&poll_interval, NULL);
+    }
+    return ok;
+}
+
+static bool no_subscribers(void *arg)
+{
+    return !fx_has_subscribers();
+}
+
 void fx_wait_no_subscribers(void)
 {
-    double end = fx_now() + 3;
+    assert_true(fx_wait_until(no_subscribers, NULL, 3));
+}
 
-    while (fx_has_subscribers() && fx_now() < end)
-        usleep(5000);
-    assert_false(fx_has_subscribers());
+static void job_store_pending(void *arg)
+{
+    unsigned n = 0;
+
+    for (struct store_write *w = st.writes; w; w = w->next)
+        n++;
+    *(unsigned *)arg = n;
+}
+
+unsigned fx_store_pending(void)
+{
+    unsigned n;
+
+    fx_run(job_store_pending, &n);
+    return n;
+}
+
+static bool store_idle(void *arg)
+{
+    return fx_store_pending() == 0;
+}
+
+void fx_wait_store_idle(void)
+{
+    assert_true(fx_wait_until(store_idle, NULL, 3));
 }
 
 struct drain_query {
@@ -482,4 +531,83 @@ bool fx_backend_drain(const char *pool, const char *id)
 
     fx_run(job_backend_drain, &q);
     return q.drain;
+}
+
+struct metrics_job {
+    struct lb_admin_server *s;
+    char text[4096];
+};
+
+static void job_render(void *arg)
+{
+    struct metrics_job *j = arg;
+    struct lb_buf out;
+
+    lb_buf_init(&out, sizeof(j->text) - 1);
+    assert_int_equal(lb_admin_server_render_metrics(j->s, &out), 0);
+    snprintf(j->text, sizeof(j->text), "%s", out.data);
+    lb_buf_free(&out);
+}
+
+long long fx_server_metric(struct lb_admin_server *s, const char *name)
+{
+    struct metrics_job j = {.s = s};
+    char line[160];
+    const char *at;
+
+    fx_run(job_render, &j);
+    snprintf(line, sizeof(line), "\n%s ", name);
+    at = strstr(j.text, line);
+    assert_non_null(at);
+    return atoll(at + strlen(line));
+}
+
+struct metric_wait {
+    struct lb_admin_server *s;
+    const char *name;
+    long long want;
+};
+
+static bool metric_is(void *arg)
+{
+    const struct metric_wait *w = arg;
+
+    return fx_server_metric(w->s, w->name) == w->want;
+}
+
+void fx_wait_metric(struct lb_admin_server *s, const char *name, long long want)
+{
+    struct metric_wait w = {s, name, want};
+
+    if (!fx_wait_until(metric_is, &w, 3))
+        fail_msg("%s is %lld, not %lld", name, fx_server_metric(s, name), want);
+}
+
+struct write_wait {
+    struct lb_admin_server *s;
+    bool waits;
+};
+
+static void job_waits_to_write(void *arg)
+{
+    struct write_wait *w = arg;
+
+    w->waits = false;
+    const struct lb_list *pos;
+
+    lb_list_for_each(pos, &w->s->conns)
+    {
+        const struct admin_conn *c = lb_list_entry(pos, struct admin_conn, link);
+
+        if (ev_is_active(&c->write_watcher) && c->woff < c->wbuf.len)
+            w->waits = true;
+    }
+}
+
+bool fx_server_waits_to_write(struct lb_admin_server *s)
+{
+    struct write_wait w = {s, false};
+
+    fx_run(job_waits_to_write, &w);
+    return w.waits;
 }

@@ -5,16 +5,16 @@
  * keeps the last good address.  New connections use the latest address;
  * open ones keep theirs.
  */
-#ifndef LB_DNS_H
-#define LB_DNS_H
+#ifndef LB_BACKEND_DNS_H
+#define LB_BACKEND_DNS_H
 
 struct lb_backend;
 
 /* Initialises b's refresh timer (none started); from lb_backend_new(). */
-void lb_dns_init(struct lb_backend *b);
+void lb_backend_dns_init(struct lb_backend *b);
 /* Starts resolving b if its address is a name and the registry has a resolver. */
-void lb_dns_start(struct lb_backend *b);
+void lb_backend_dns_start(struct lb_backend *b);
 /* Cancels lookups and timers of b; safe to call twice or for numeric backends. */
-void lb_dns_stop(struct lb_backend *b);
+void lb_backend_dns_stop(struct lb_backend *b);
 
 #endif

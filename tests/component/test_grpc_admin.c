@@ -1,9 +1,9 @@
 /*
  * The admin server over real loopback sockets, against lbd's real registry
- * (admin_fixture.h): lbctl's client library for ordinary calls, and a raw
- * nghttp2 client for what a well-behaved client never does (wrong
- * content-type, truncated frames, a closed flow-control window, resets,
- * garbage).
+ * (admin_fixture.h): lbctl's client library for ordinary calls, and the raw
+ * HTTP/2 client (h2_client.h) for what a well-behaved client never does
+ * (wrong content-type, truncated frames, a closed flow-control window,
+ * resets, garbage).
  *
  * The server's loop runs in a thread of its own; the test thread touches
  * the server and the registry only through fx_run(), so nothing is shared
@@ -17,10 +17,8 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
-#include <ev.h>
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +28,7 @@
 #include "admin_client.h"
 #include "admin_fixture.h"
 #include "admin_server.h"
+#include "h2_client.h"
 #include "lb_grpc_frame.h"
 
 #include "grpc/health/v1/health.pb-c.h"
@@ -39,7 +38,7 @@ static struct lb_admin_client *client;
 
 static double now_s(void)
 {
-    return fx_now();
+    return h2_now();
 }
 
 static int setup(void **state)
@@ -79,11 +78,18 @@ static int call(const char *path, const ProtobufCMessage *req,
     return rc;
 }
 
-static void expect_status(int got, const struct lb_admin_status *st, int want, const char *needle)
+/* Undrains pool/id in this lbd only, and expects OK. */
+static void undrain_local(const char *pool, const char *id)
 {
-    if (got != want || (needle && !strstr(st->message, needle)))
-        fail_msg("got %s \"%s\", want %s \"%s\"", lb_grpc_status_name(got), st->message,
-                 lb_grpc_status_name(want), needle ? needle : "");
+    Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
+    struct lb_admin_status st;
+
+    sd.pool = (char *)pool;
+    sd.id = (char *)id;
+    sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
+    fx_expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
+                          &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
+                     &st, LB_GRPC_OK, NULL);
 }
 
 static void test_reads(void **state)
@@ -97,7 +103,7 @@ static void test_reads(void **state)
 
     rc = call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
               &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     {
         Lb__V1__ListPoolsResponse *r = (void *)m;
 
@@ -112,7 +118,7 @@ static void test_reads(void **state)
     lb.pool = "web";
     rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
               2000, &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     {
         Lb__V1__ListBackendsResponse *r = (void *)m;
 
@@ -126,25 +132,25 @@ static void test_reads(void **state)
     lb.pool = "nope";
     rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
               2000, NULL, &st);
-    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
+    fx_expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
 
     gb.pool = "web";
     gb.id = "b9";
     rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "backend web/b9 not found");
+    fx_expect_status(rc, &st, LB_GRPC_NOT_FOUND, "backend web/b9 not found");
     gb.id = "";
     rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "id is required");
+    fx_expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "id is required");
     gb.id = "bad id";
     rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not a valid name");
+    fx_expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not a valid name");
     gb.id = "b1";
     rc = call("/lb.v1.Admin/GetBackend", &gb.base, &lb__v1__get_backend_response__descriptor, 2000,
               &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_string_equal(((Lb__V1__GetBackendResponse *)m)->backend->addr, "10.0.0.1:8080");
     protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -159,24 +165,24 @@ static void test_health_and_unknown(void **state)
 
     rc = call("/grpc.health.v1.Health/Check", &hc.base,
               &grpc__health__v1__health_check_response__descriptor, 2000, &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
                      GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
     protobuf_c_message_free_unpacked(m, NULL);
     hc.service = "nope.Svc";
     rc = call("/grpc.health.v1.Health/Check", &hc.base,
               &grpc__health__v1__health_check_response__descriptor, 2000, NULL, &st);
-    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "unknown service nope.Svc");
+    fx_expect_status(rc, &st, LB_GRPC_NOT_FOUND, "unknown service nope.Svc");
 
     rc = call("/lb.v1.Admin/Nope", &lp.base, &lb__v1__list_pools_response__descriptor, 2000, NULL,
               &st);
-    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "unknown method Nope for service lb.v1.Admin");
+    fx_expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "unknown method Nope for service lb.v1.Admin");
     rc = call("/other.v1.Svc/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED,
-                  "unknown method ListPools for service other.v1.Svc");
+    fx_expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED,
+                     "unknown method ListPools for service other.v1.Svc");
     rc = call("/nopath", &lp.base, &lb__v1__list_pools_response__descriptor, 2000, NULL, &st);
-    expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "malformed method name");
+    fx_expect_status(rc, &st, LB_GRPC_UNIMPLEMENTED, "malformed method name");
 }
 
 static void test_oversized_request(void **state)
@@ -193,7 +199,7 @@ static void test_oversized_request(void **state)
     lb.pool = pool;
     rc = call("/lb.v1.Admin/ListBackends", &lb.base, &lb__v1__list_backends_response__descriptor,
               5000, NULL, &st);
-    expect_status(rc, &st, LB_GRPC_RESOURCE_EXHAUSTED, "larger than the maximum");
+    fx_expect_status(rc, &st, LB_GRPC_RESOURCE_EXHAUSTED, "larger than the maximum");
     free(pool);
 }
 
@@ -212,7 +218,7 @@ static void test_mutations(void **state)
     sw.weight = 50;
     rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
               &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     {
         Lb__V1__Backend *b = ((Lb__V1__SetWeightResponse *)m)->backend;
 
@@ -226,18 +232,18 @@ static void test_mutations(void **state)
     sw.clear = true;
     rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not both");
+    fx_expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "not both");
     sw.clear = false;
     sw.weight = 1001;
     rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "out of range");
+    fx_expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "out of range");
     sw.weight_opt_case = LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT__NOT_SET;
     sw.clear = true;
     sw.scope = LB__V1__SCOPE__SCOPE_CLUSTER;
     rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 2000,
               &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_int_equal(((Lb__V1__SetWeightResponse *)m)->backend->weight_override_opt_case,
                      LB__V1__BACKEND__WEIGHT_OVERRIDE_OPT__NOT_SET);
     protobuf_c_message_free_unpacked(m, NULL);
@@ -247,7 +253,7 @@ static void test_mutations(void **state)
     sh.health = LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN;
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               &m, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     {
         Lb__V1__Backend *b = ((Lb__V1__SetHealthResponse *)m)->backend;
 
@@ -258,21 +264,21 @@ static void test_mutations(void **state)
     sh.health = 7;
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "health 7");
+    fx_expect_status(rc, &st, LB_GRPC_INVALID_ARGUMENT, "health 7");
     sh.health = LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_AUTO;
 
     fx_set_store(FX_STORE_FAIL, 5);
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "etcd failed: etcd: connection refused");
+    fx_expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "etcd failed: etcd: connection refused");
     fx_set_store(FX_STORE_NONE, 5);
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "cluster scope needs etcd");
+    fx_expect_status(rc, &st, LB_GRPC_UNAVAILABLE, "cluster scope needs etcd");
     sh.scope = LB__V1__SCOPE__SCOPE_LOCAL;
     rc = call("/lb.v1.Admin/SetHealth", &sh.base, &lb__v1__set_health_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     fx_set_store(FX_STORE_OK, 5);
 }
 
@@ -289,7 +295,7 @@ static void test_drain_wait(void **state)
     sd.wait = true;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000, &m,
               &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_true(((Lb__V1__SetDrainResponse *)m)->backend->drained);
     assert_int_equal(((Lb__V1__SetDrainResponse *)m)->backend->active_connections, 0);
     protobuf_c_message_free_unpacked(m, NULL);
@@ -298,22 +304,22 @@ static void test_drain_wait(void **state)
     sd.wait_timeout_ms = 150;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 5000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED,
-                  "backend web/b3 still has 2 active connections after 150ms");
+    fx_expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED,
+                     "backend web/b3 still has 2 active connections after 150ms");
     fx_wait_no_subscribers();
 
     /* the call's own deadline comes first */
     sd.wait_timeout_ms = 0;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 100, NULL,
               &st);
-    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, "deadline");
+    fx_expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, "deadline");
     fx_wait_no_subscribers();
 
     sd.drain = false;
     sd.wait = false;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000, &m,
               &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     assert_false(((Lb__V1__SetDrainResponse *)m)->backend->drain);
     protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -333,19 +339,14 @@ static void test_cancel_while_store_pending(void **state)
     sd.wait = true;
     rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 50, NULL,
               &st);
-    expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, NULL);
-    usleep(400 * 1000);
+    fx_expect_status(rc, &st, LB_GRPC_DEADLINE_EXCEEDED, NULL);
+    fx_wait_store_idle(); /* the write completes for a call that is gone */
     fx_wait_no_subscribers();
     rc = call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor, 2000,
               NULL, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
     fx_set_store(FX_STORE_OK, 5);
-    sd.drain = false;
-    sd.wait = false;
-    sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
-    rc = call("/lb.v1.Admin/SetDrain", &sd.base, &lb__v1__set_drain_response__descriptor, 2000,
-              NULL, &st);
-    expect_status(rc, &st, LB_GRPC_OK, NULL);
+    undrain_local("db", "d1");
 }
 
 struct watch_count {
@@ -381,7 +382,7 @@ static void test_watch(void **state)
     req.pool = "nope";
     rc = lb_admin_client_stream(client, "/lb.v1.Admin/WatchEvents", &req.base,
                                 &lb__v1__event__descriptor, 5000, count_events, &w, NULL, &st);
-    expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
+    fx_expect_status(rc, &st, LB_GRPC_NOT_FOUND, "pool nope not found");
 
     /* a deadline ends a stream that is under way */
     w.seen = 0;
@@ -396,177 +397,50 @@ static void test_watch(void **state)
     fx_set_ticker(0);
 }
 
-/* ---- a raw HTTP/2 client ---- */
-
-struct h2 {
-    int fd;
-    nghttp2_session *session;
-    int32_t stream;
-    const uint8_t *body;
-    size_t body_len, body_off;
-    int http_status;
-    int grpc_status;
-    char grpc_message[256];
-    bool closed;
-    uint32_t close_code;
-    size_t data_bytes;
-    bool stall; /* the body is sent without END_STREAM, and then nothing more */
-};
-
-static ssize_t h2_send_cb(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
-{
-    struct h2 *c = ud;
-    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-
-    return n < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : n;
-}
-
-static int h2_header_cb(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
-                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                        void *ud)
-{
-    struct h2 *c = ud;
-
-    if (namelen == 7 && memcmp(name, ":status", 7) == 0)
-        c->http_status = atoi((const char *)value);
-    else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
-        c->grpc_status = atoi((const char *)value);
-    else if (namelen == 12 && memcmp(name, "grpc-message", 12) == 0)
-        lb_grpc_percent_decode((const char *)value, valuelen, c->grpc_message,
-                               sizeof(c->grpc_message));
-    return 0;
-}
-
-static int h2_data_cb(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
-                      size_t len, void *ud)
-{
-    ((struct h2 *)ud)->data_bytes += len;
-    return 0;
-}
-
-static int h2_close_cb(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
-{
-    struct h2 *c = ud;
-
-    if (id == c->stream) {
-        c->closed = true;
-        c->close_code = code;
-    }
-    return 0;
-}
-
-static ssize_t h2_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
-                          nghttp2_data_source *src, void *ud)
-{
-    struct h2 *c = ud;
-    size_t n = c->body_len - c->body_off;
-
-    if (n > len)
-        n = len;
-    if (n == 0 && c->stall)
-        return NGHTTP2_ERR_DEFERRED;
-    memcpy(buf, c->body + c->body_off, n);
-    c->body_off += n;
-    if (c->body_off == c->body_len && !c->stall)
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-    return (ssize_t)n;
-}
+/* ---- the raw HTTP/2 client ---- */
 
 static int connect_port = 0; /* 0: the test server */
 
+static int server_port(void)
+{
+    return connect_port ? connect_port : lb_admin_server_port(fx.server);
+}
+
+/* A raw HTTP/2 connection to the test server (or connect_port). */
+static void raw_open(struct h2 *c, uint32_t window)
+{
+    h2_open(c, server_port(), window);
+}
+
+/* A TCP connection to the test server (or connect_port), from a loopback address of choice. */
+static int tcp_connect_from(const char *ip)
+{
+    return h2_tcp_connect(ip, server_port(), 0);
+}
+
 static int tcp_connect(void)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    sa.sin_port = htons((uint16_t)(connect_port ? connect_port : lb_admin_server_port(fx.server)));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    return fd;
+    return tcp_connect_from(NULL);
 }
 
-static void h2_open(struct h2 *c, uint32_t window)
+/* True when the peer closed fd within `seconds`. */
+static bool closed_within(int fd, double seconds)
 {
-    nghttp2_session_callbacks *cb;
-    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window}};
-
-    memset(c, 0, sizeof(*c));
-    c->grpc_status = -1;
-    c->fd = tcp_connect();
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_send_callback(cb, h2_send_cb);
-    nghttp2_session_callbacks_set_on_header_callback(cb, h2_header_cb);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_data_cb);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_close_cb);
-    assert_int_equal(nghttp2_session_client_new(&c->session, cb, c), 0);
-    nghttp2_session_callbacks_del(cb);
-    assert_int_equal(nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, iv, 1), 0);
+    return h2_closed_after(fd, seconds) >= 0;
 }
 
-static void h2_request(struct h2 *c, const char *path, const char *content_type, const void *body,
-                       size_t len, bool end_stream)
+static bool got_headers(struct h2 *c, void *arg)
 {
-    nghttp2_nv nva[] = {
-        {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
-        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
-        {(uint8_t *)":authority", (uint8_t *)"lbd", 10, 3, 0},
-        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), 0},
-        {(uint8_t *)"content-type", (uint8_t *)content_type, 12, strlen(content_type), 0},
-        {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, 0},
-    };
-    nghttp2_data_provider dp = {.read_callback = h2_body_cb};
-
-    c->body = body;
-    c->body_len = len;
-    c->stream = nghttp2_submit_request(c->session, NULL, nva, 6, end_stream ? &dp : NULL, NULL);
-    assert_true(c->stream > 0);
+    return c->http_status != 0;
 }
 
-/* Sends what is pending and reads until the stream closes or `seconds` pass. */
-static void h2_pump(struct h2 *c, double seconds)
+static bool got_data(struct h2 *c, void *arg)
 {
-    double end = now_s() + seconds;
-
-    while (!c->closed && now_s() < end) {
-        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-        uint8_t buf[16384];
-        ssize_t n;
-
-        assert_int_equal(nghttp2_session_send(c->session), 0);
-        if (poll(&pfd, 1, 20) <= 0)
-            continue;
-        n = recv(c->fd, buf, sizeof(buf), 0);
-        if (n <= 0)
-            break;
-        assert_true(nghttp2_session_mem_recv(c->session, buf, (size_t)n) >= 0);
-    }
-    nghttp2_session_send(c->session);
-}
-
-static void h2_close(struct h2 *c)
-{
-    nghttp2_session_del(c->session);
-    close(c->fd);
-}
-
-static ssize_t h2_endless_body_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
-                                  uint32_t *flags, nghttp2_data_source *src, void *ud)
-{
-    return NGHTTP2_ERR_DEFERRED; /* the request never ends */
+    return c->data_bytes > 0;
 }
 
 static void test_raw_rejected_call_waits_for_request_end(void **state)
 {
-    nghttp2_nv nva[] = {
-        {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
-        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
-        {(uint8_t *)":authority", (uint8_t *)"lbd", 10, 3, 0},
-        {(uint8_t *)":path", (uint8_t *)"/lb.v1.Admin/Nope", 5, 17, 0},
-        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0},
-        {(uint8_t *)"te", (uint8_t *)"trailers", 2, 8, 0},
-    };
-    nghttp2_data_provider dp = {.read_callback = h2_endless_body_cb};
     double start = now_s();
     struct h2 c;
 
@@ -574,9 +448,9 @@ static void test_raw_rejected_call_waits_for_request_end(void **state)
      * An error known from the headers waits for the request's end, so a
      * client still uploading is not answered under its feet...
      */
-    h2_open(&c, 65535);
-    c.stream = nghttp2_submit_request(c.session, NULL, nva, 6, &dp, NULL);
-    assert_true(c.stream > 0);
+    raw_open(&c, 65535);
+    c.stall = true; /* the request never ends */
+    h2_request(&c, "/lb.v1.Admin/Nope", "application/grpc", NULL, "", 0);
     h2_pump(&c, 1);
     assert_false(c.closed);
     assert_int_equal(c.grpc_status, -1);
@@ -589,43 +463,40 @@ static void test_raw_rejected_call_waits_for_request_end(void **state)
     h2_close(&c);
 }
 
+/* One request with a whole body on a connection of its own; the answer stays in *c. */
+static void raw_unary(struct h2 *c, const char *content_type, const void *body, size_t len)
+{
+    raw_open(c, 65535);
+    h2_request(c, "/lb.v1.Admin/ListPools", content_type, NULL, body, len);
+    h2_pump(c, 2);
+    h2_close(c);
+}
+
 static void test_raw_content_type(void **state)
 {
     struct h2 c;
 
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/ListPools", "application/json", "\0\0\0\0\0", 5, true);
-    h2_pump(&c, 2);
+    raw_unary(&c, "application/json", "\0\0\0\0\0", 5);
     assert_true(c.closed);
     assert_int_equal(c.http_status, 415);
-    h2_close(&c);
 }
 
 static void test_raw_truncated_and_compressed(void **state)
 {
     struct h2 c;
 
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\5ab", 7, true);
-    h2_pump(&c, 2);
+    raw_unary(&c, "application/grpc", "\0\0\0\0\5ab", 7);
     assert_int_equal(c.http_status, 200);
     assert_int_equal(c.grpc_status, LB_GRPC_INVALID_ARGUMENT);
     assert_non_null(strstr(c.grpc_message, "truncated"));
-    h2_close(&c);
 
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc+proto", "\1\0\0\0\0", 5, true);
-    h2_pump(&c, 2);
+    raw_unary(&c, "application/grpc+proto", "\1\0\0\0\0", 5);
     assert_int_equal(c.grpc_status, LB_GRPC_INTERNAL);
     assert_non_null(strstr(c.grpc_message, "compressed"));
-    h2_close(&c);
 
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/ListPools", "application/grpc", "", 0, false);
-    h2_pump(&c, 2);
+    raw_unary(&c, "application/grpc", NULL, 0); /* HEADERS with END_STREAM: no message */
     assert_int_equal(c.grpc_status, LB_GRPC_INVALID_ARGUMENT);
     assert_non_null(strstr(c.grpc_message, "exactly one request message, got 0"));
-    h2_close(&c);
 }
 
 static void test_raw_slow_watcher(void **state)
@@ -639,9 +510,9 @@ static void test_raw_slow_watcher(void **state)
      * and none of the dropped events.
      */
     fx_set_ticker(1);
-    h2_open(&c, 0);
-    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
-    h2_pump(&c, 0.1);
+    raw_open(&c, 0);
+    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", NULL, "\0\0\0\0\0", 5);
+    assert_true(h2_pump_until(&c, got_headers, NULL, 3)); /* subscribed */
     assert_false(c.closed);
     fx_wait_no_subscribers();
     nghttp2_submit_window_update(c.session, NGHTTP2_FLAG_NONE, c.stream, 1 << 20);
@@ -654,6 +525,11 @@ static void test_raw_slow_watcher(void **state)
     fx_set_ticker(0);
 }
 
+static bool store_busy(void *arg)
+{
+    return fx_store_pending() > 0;
+}
+
 static void test_raw_reset_mid_call(void **state)
 {
     static const uint8_t drain_db_d1[] = {0, 0,   0,   0,    14, 0x0a, 2, 'd',  'b', 0x12,
@@ -662,60 +538,40 @@ static void test_raw_reset_mid_call(void **state)
 
     /* RST_STREAM while the etcd write is in flight and a drain wait would follow. */
     fx_set_store(FX_STORE_OK, 200);
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", drain_db_d1, sizeof(drain_db_d1),
-               true);
-    h2_pump(&c, 0.05);
+    raw_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/SetDrain", "application/grpc", NULL, drain_db_d1,
+               sizeof(drain_db_d1));
+    assert_true(fx_wait_until(store_busy, NULL, 3));
     assert_false(c.closed);
     nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
-    h2_pump(&c, 0.05);
+    h2_pump_once(&c);
     h2_close(&c);
-    usleep(300 * 1000); /* the write completes for a call that is gone */
+    fx_wait_store_idle(); /* the write completes for a call that is gone */
     fx_wait_no_subscribers();
 
     /* A watch reset by its client. */
     fx_set_ticker(5);
-    h2_open(&c, 65535);
-    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
-    h2_pump(&c, 0.1);
-    assert_true(c.data_bytes > 0);
+    raw_open(&c, 65535);
+    h2_request(&c, "/lb.v1.Admin/WatchEvents", "application/grpc", NULL, "\0\0\0\0\0", 5);
+    assert_true(h2_pump_until(&c, got_data, NULL, 3));
     nghttp2_submit_rst_stream(c.session, NGHTTP2_FLAG_NONE, c.stream, NGHTTP2_CANCEL);
-    h2_pump(&c, 0.05);
+    h2_pump_once(&c);
     fx_wait_no_subscribers();
     h2_close(&c);
     fx_set_ticker(0);
     fx_set_store(FX_STORE_OK, 5);
 
-    {
-        Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
-        struct lb_admin_status st;
-
-        sd.pool = "db";
-        sd.id = "d1";
-        sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
-        expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
-                           &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
-                      &st, LB_GRPC_OK, NULL);
-    }
+    undrain_local("db", "d1");
 }
 
 /* Sends bytes on a fresh connection and expects the server to close it. */
 static void expect_closed_after(const void *data, size_t len)
 {
     int fd = tcp_connect();
-    double end = now_s() + 3;
-    bool closed = false;
 
     assert_int_equal(send(fd, data, len, MSG_NOSIGNAL), (ssize_t)len);
-    while (!closed && now_s() < end) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        uint8_t buf[4096];
-
-        if (poll(&pfd, 1, 50) > 0)
-            closed = recv(fd, buf, sizeof(buf), 0) <= 0;
-    }
+    assert_true(closed_within(fd, 3));
     close(fd);
-    assert_true(closed);
 }
 
 static void test_garbage(void **state)
@@ -737,9 +593,9 @@ static void test_garbage(void **state)
         memset(bad + 24, 0xee, sizeof(bad) - 24);
         expect_closed_after(bad, sizeof(bad));
     }
-    expect_status(call("/lb.v1.Admin/ListPools", &lp.base, &lb__v1__list_pools_response__descriptor,
-                       2000, NULL, &st),
-                  &st, LB_GRPC_OK, NULL);
+    fx_expect_status(call("/lb.v1.Admin/ListPools", &lp.base,
+                          &lb__v1__list_pools_response__descriptor, 2000, NULL, &st),
+                     &st, LB_GRPC_OK, NULL);
 }
 
 static struct lb_admin_server *second;
@@ -759,6 +615,11 @@ static void second_free(void)
     second = NULL;
 }
 
+static bool b3_drains(void *arg)
+{
+    return fx_backend_drain("web", "b3");
+}
+
 static void test_server_free_with_calls(void **state)
 {
     static const uint8_t drain_b3_wait[] = {0,    0, 0,   0,   15,   0x0a, 3,    'w', 'e',  'b',
@@ -768,23 +629,16 @@ static void test_server_free_with_calls(void **state)
     /* A watch and a drain wait in flight when lbd frees its admin server. */
     second_new(NULL);
     connect_port = lb_admin_server_port(second);
-    h2_open(&watch, 65535);
-    h2_request(&watch, "/lb.v1.Admin/WatchEvents", "application/grpc", "\0\0\0\0\0", 5, true);
-    h2_pump(&watch, 0.05);
-    h2_open(&drain, 65535);
-    h2_request(&drain, "/lb.v1.Admin/SetDrain", "application/grpc", drain_b3_wait,
-               sizeof(drain_b3_wait), true);
-    h2_pump(&drain, 0.05);
+    raw_open(&watch, 65535);
+    h2_request(&watch, "/lb.v1.Admin/WatchEvents", "application/grpc", NULL, "\0\0\0\0\0", 5);
+    raw_open(&drain, 65535);
+    h2_request(&drain, "/lb.v1.Admin/SetDrain", "application/grpc", NULL, drain_b3_wait,
+               sizeof(drain_b3_wait));
     connect_port = 0;
     /* Both subscribed: the watch has answered its headers, the drain has begun. */
-    {
-        double end = now_s() + 3;
-
-        while ((watch.http_status != 200 || !fx_backend_drain("web", "b3")) && now_s() < end)
-            h2_pump(&watch, 0.02);
-        assert_int_equal(watch.http_status, 200);
-        assert_true(fx_backend_drain("web", "b3"));
-    }
+    assert_true(h2_pump_until(&watch, got_headers, NULL, 3));
+    assert_int_equal(watch.http_status, 200);
+    assert_true(fx_wait_until(b3_drains, NULL, 3));
     second_free();
     h2_pump(&watch, 2);
     h2_pump(&drain, 2);
@@ -794,55 +648,12 @@ static void test_server_free_with_calls(void **state)
     h2_close(&watch);
     h2_close(&drain);
     assert_false(fx_has_subscribers());
-    {
-        Lb__V1__SetDrainRequest sd = LB__V1__SET_DRAIN_REQUEST__INIT;
-        struct lb_admin_status st;
-
-        sd.pool = "web";
-        sd.id = "b3";
-        sd.scope = LB__V1__SCOPE__SCOPE_LOCAL;
-        expect_status(call("/lb.v1.Admin/SetDrain", &sd.base,
-                           &lb__v1__set_drain_response__descriptor, 2000, NULL, &st),
-                      &st, LB_GRPC_OK, NULL);
-    }
-}
-
-/* True when the peer closed fd within `seconds`. */
-static bool closed_within(int fd, double seconds)
-{
-    double end = now_s() + seconds;
-
-    while (now_s() < end) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        uint8_t buf[4096];
-
-        if (poll(&pfd, 1, 20) > 0 && recv(fd, buf, sizeof(buf), 0) <= 0)
-            return true;
-    }
-    return false;
-}
-
-/* A TCP connection to the test server (or connect_port) from a loopback address of choice. */
-static int tcp_connect_from(const char *ip)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET}, src = {.sin_family = AF_INET};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    assert_int_equal(inet_pton(AF_INET, ip, &src.sin_addr), 1);
-    assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
-    sa.sin_port = htons((uint16_t)(connect_port ? connect_port : lb_admin_server_port(fx.server)));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    return fd;
+    undrain_local("web", "b3");
 }
 
 static void h2_unary_ok(struct h2 *c)
 {
-    c->closed = false;
-    c->grpc_status = -1;
-    c->body_off = 0;
-    h2_request(c, "/lb.v1.Admin/ListPools", "application/grpc", "\0\0\0\0\0", 5, true);
+    h2_request(c, "/lb.v1.Admin/ListPools", "application/grpc", NULL, "\0\0\0\0\0", 5);
     h2_pump(c, 2);
     assert_int_equal(c->grpc_status, LB_GRPC_OK);
 }
@@ -858,12 +669,12 @@ static void test_full_server_sheds_idle_connections_not_callers(void **state)
     l.idle_timeout_ms = 300;
     second_new(&l);
     connect_port = lb_admin_server_port(second);
-    h2_open(&a, 65535);
+    raw_open(&a, 65535);
     h2_unary_ok(&a); /* a is an operator's connection */
     idle = tcp_connect();
-    usleep(50 * 1000);
+    fx_wait_metric(second, "lbd_admin_connections", 2);
     /* full: the newcomer takes the idle connection's slot, a keeps working */
-    h2_open(&b, 65535);
+    raw_open(&b, 65535);
     assert_true(closed_within(idle, 2));
     close(idle);
     h2_unary_ok(&b);
@@ -905,16 +716,17 @@ static void test_silent_connections_do_not_lock_out_a_client(void **state)
     connect_port = lb_admin_server_port(second);
     for (int i = 0; i < 64; i++)
         fds[i] = tcp_connect_from(ips[i % 4]);
-    usleep(100 * 1000);
+    fx_wait_metric(second, "lbd_admin_connections", 64);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", connect_port);
     co.addr = addr;
     assert_int_equal(lb_admin_client_new(&co, &c, &err), 0);
     for (int i = 0; i < 3; i++) {
         ProtobufCMessage *m = NULL;
 
-        expect_status(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
-                                           &lb__v1__list_pools_response__descriptor, 2000, &m, &st),
-                      &st, LB_GRPC_OK, NULL);
+        fx_expect_status(lb_admin_client_call(c, "/lb.v1.Admin/ListPools", &lp.base,
+                                              &lb__v1__list_pools_response__descriptor, 2000, &m,
+                                              &st),
+                         &st, LB_GRPC_OK, NULL);
         protobuf_c_message_free_unpacked(m, NULL);
     }
     lb_admin_client_free(c);
@@ -942,7 +754,7 @@ static void test_per_peer_cap_sheds_that_peers_oldest_only(void **state)
         other[i] = tcp_connect_from("127.0.0.3");
     for (int i = 0; i < 4; i++) {
         mine[i] = tcp_connect_from("127.0.0.2");
-        usleep(20 * 1000); /* accepted in this order */
+        fx_wait_metric(second, "lbd_admin_connections", 3 + i + 1); /* accepted in this order */
     }
     /* a fifth from 127.0.0.2 costs 127.0.0.2's oldest its slot, nobody else's */
     mine[4] = tcp_connect_from("127.0.0.2");
@@ -959,36 +771,6 @@ static void test_per_peer_cap_sheds_that_peers_oldest_only(void **state)
     second_free();
 }
 
-struct metrics_job {
-    struct lb_admin_server *s;
-    char text[4096];
-};
-
-static void job_render(void *arg)
-{
-    struct metrics_job *j = arg;
-    struct lb_buf out;
-
-    lb_buf_init(&out, sizeof(j->text) - 1);
-    assert_int_equal(lb_admin_server_render_metrics(j->s, &out), 0);
-    snprintf(j->text, sizeof(j->text), "%s", out.data);
-    lb_buf_free(&out);
-}
-
-/* The value of a metric line starting with `name` (labels included) in the second server. */
-static long long second_metric(const char *name)
-{
-    struct metrics_job j = {.s = second};
-    char line[160];
-    const char *at;
-
-    fx_run(job_render, &j);
-    snprintf(line, sizeof(line), "\n%s ", name);
-    at = strstr(j.text, line);
-    assert_non_null(at);
-    return atoll(at + strlen(line));
-}
-
 /* A request message announced as `declared` bytes, of which `sent` follow. */
 static uint8_t *partial_message(uint32_t declared, size_t sent)
 {
@@ -1002,10 +784,9 @@ static uint8_t *partial_message(uint32_t declared, size_t sent)
 
 static void h2_stalled_request(struct h2 *c, const uint8_t *body, size_t len)
 {
-    h2_open(c, 65535);
+    raw_open(c, 65535);
     c->stall = true;
-    h2_request(c, "/lb.v1.Admin/ListBackends", "application/grpc", body, len, true);
-    h2_pump(c, 0.05);
+    h2_request(c, "/lb.v1.Admin/ListBackends", "application/grpc", NULL, body, len);
 }
 
 /*
@@ -1041,14 +822,13 @@ static void test_stalled_and_oversized_requests_are_bounded_and_freed(void **sta
     /* the server's budget: a second 600 KiB request elsewhere does not fit */
     start = now_s();
     h2_stalled_request(&s1, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
-    h2_pump(&s1, 0.2);
-    assert_int_equal(second_metric("lbd_admin_request_bytes"), 600 * 1024);
+    fx_wait_metric(second, "lbd_admin_request_bytes", 600 * 1024);
     h2_stalled_request(&s2, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
     h2_pump(&s2, 2);
     assert_int_equal(s2.grpc_status, LB_GRPC_RESOURCE_EXHAUSTED);
     assert_non_null(strstr(s2.grpc_message, "try again shortly"));
     /* a small call still fits in its connection's reserve */
-    h2_open(&probe, 65535);
+    raw_open(&probe, 65535);
     h2_unary_ok(&probe);
     h2_close(&probe);
     /* the stalled one is reset by the request deadline, and its bytes go back */
@@ -1057,21 +837,16 @@ static void test_stalled_and_oversized_requests_are_bounded_and_freed(void **sta
     assert_int_equal(s1.grpc_status, LB_GRPC_DEADLINE_EXCEEDED);
     assert_non_null(strstr(s1.grpc_message, "was not received within"));
     assert_true(now_s() - start >= 0.7);
-    assert_int_equal(second_metric("lbd_admin_request_bytes"), 0);
+    assert_int_equal(fx_server_metric(second, "lbd_admin_request_bytes"), 0);
     /* and there is room again */
     h2_stalled_request(&s3, big, LB_GRPC_FRAME_HEADER_LEN + 100 * 1024);
-    h2_pump(&s3, 0.2);
-    assert_int_equal(second_metric("lbd_admin_request_bytes"), 600 * 1024);
+    fx_wait_metric(second, "lbd_admin_request_bytes", 600 * 1024);
     h2_close(&s3); /* the client goes away: freed too */
-    {
-        double end = now_s() + 2;
-
-        while (second_metric("lbd_admin_request_bytes") != 0 && now_s() < end)
-            usleep(10 * 1000);
-    }
-    assert_int_equal(second_metric("lbd_admin_request_bytes"), 0);
-    assert_int_equal(second_metric("lbd_admin_calls_refused_total{reason=\"request_timeout\"}"), 1);
-    assert_int_equal(second_metric("lbd_admin_calls_refused_total{reason=\"request_budget\"}"), 2);
+    fx_wait_metric(second, "lbd_admin_request_bytes", 0);
+    assert_int_equal(
+        fx_server_metric(second, "lbd_admin_calls_refused_total{reason=\"request_timeout\"}"), 1);
+    assert_int_equal(
+        fx_server_metric(second, "lbd_admin_calls_refused_total{reason=\"request_budget\"}"), 2);
     h2_close(&s1);
     h2_close(&s2);
     free(big);

@@ -1,0 +1,61 @@
+/*
+ * Opening operator-named files (lb_file.h).
+ */
+#include "lb_file.h"
+#include "lb_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "is a directory, not a regular file";
+    if (S_ISFIFO(mode))
+        return "is a FIFO, not a regular file";
+    if (S_ISSOCK(mode))
+        return "is a socket, not a regular file";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "is a device, not a regular file";
+    return "is not a regular file";
+}
+
+int lb_file_open(const char *path, const char *what, bool *shared, char **err)
+{
+    struct stat st;
+    int fd, rc;
+
+    if (shared)
+        *shared = false;
+    /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        rc = -errno;
+        return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
+    }
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        close(fd);
+        return lb_error_set(err, rc, "%s %s: cannot read: %s", what, path, strerror(-rc));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return lb_error_set(err, -EINVAL, "%s %s: %s", what, path, file_kind(st.st_mode));
+    }
+    if (shared)
+        *shared = (st.st_mode & S_IRWXO) != 0;
+    return fd;
+}
+
+int lb_file_check_readable(const char *path, const char *what, char **err)
+{
+    int fd = lb_file_open(path, what, NULL, err);
+
+    if (fd < 0)
+        return fd;
+    close(fd);
+    return 0;
+}

@@ -1,0 +1,68 @@
+"""Harness for lbd's integration tests: real etcd, real backends, real binaries.
+
+Every test starts what it needs on free 127.0.0.1 ports and stops it again,
+by PID, even when it fails:
+
+    h = Harness("e2e")                       # temp dir + process registry
+    etcd = Etcd(h).start()                   # Debian's etcd, temp data dir
+    b1 = Backend(h, "b1")                    # answers "b1\\n", then echoes
+    reg = Registrar(h, etcd, "/lbtest/", "web", "b1", b1.addr)
+    lbd = Lbd(h, etcd.url, "/lbtest/", ["web"]).start()
+    assert ask(lbd.pool_port("web")) == "b1"
+    h.cleanup()                              # SIGTERM -> deadline -> SIGKILL
+
+One module per concern; this package re-exports every name, so tests
+write `import lbtest` or `from lbtest import X`:
+
+    procs      processes and waiting: Proc, Harness, run, wait_until,
+               free_port, port_is_open, scaled, the binaries
+    etcd       Etcd, EtcdCluster, EtcdClient, EtcdError
+    tls        TlsFiles
+    backends   Backend (id line then echo; kill, restart; PROXY header mode)
+    lbd        Lbd, lbctl, Registrar, the key schema, parse_prometheus
+    clients    ask, ask_many, open_conn, echo, ClientLoop, percentile,
+               http_request
+    testcase   HarnessTestCase, main
+
+Waiting is always on a condition with a deadline (wait_until), never a
+fixed sleep.  Start-up deadlines are multiplied by LBTEST_TIMEOUT_SCALE
+(the sanitizer build sets it); behavioural deadlines a test asserts are not.
+
+Binaries are found under --bin-dir, or $LB_BUILD_DIR, or build/ at the
+repository root: <dir>/balancer/lbd and <dir>/ctl/lbctl.
+
+Only the standard library and grpc (Debian's python3-grpcio, used by the
+interop test) are needed: run the tests with /usr/bin/python3.
+"""
+
+from .backends import HELLO, PROXY_V2_SIGNATURE, Backend, parse_proxy_v1, parse_proxy_v2
+from .clients import (ClientLoop, ask, ask_many, echo, http_request, open_conn, percentile,
+                      read_line)
+from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
+from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
+                  lbctl, lbd_pool, override_key, parse_prometheus)
+from .procs import (REPO_ROOT, TIMEOUT_SCALE, Harness, Proc, WaitTimeout, bin_dir, free_port,
+                    lbctl_binary, lbd_binary, port_is_open, reserve_port, run, scaled,
+                    wait_until)
+from .testcase import HarnessTestCase, case_failed, main
+from .tls import TlsFiles
+
+__all__ = [
+    # procs
+    "REPO_ROOT", "TIMEOUT_SCALE", "Harness", "Proc", "WaitTimeout", "bin_dir", "free_port",
+    "lbctl_binary", "lbd_binary", "port_is_open", "reserve_port", "run", "scaled", "wait_until",
+    # etcd
+    "Etcd", "EtcdClient", "EtcdCluster", "EtcdError", "prefix_range_end",
+    # tls
+    "TlsFiles",
+    # backends
+    "HELLO", "PROXY_V2_SIGNATURE", "Backend", "parse_proxy_v1", "parse_proxy_v2",
+    # lbd
+    "Lbd", "Registrar", "backend_key", "backend_value", "backends_from_json", "etcd_pool",
+    "lbctl", "lbd_pool", "override_key", "parse_prometheus",
+    # clients
+    "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
+    "read_line",
+    # testcase
+    "HarnessTestCase", "case_failed", "main",
+]

@@ -1,0 +1,326 @@
+"""Processes and waiting: the binaries under test, free loopback ports,
+child processes tracked by PID with their output in log files, the Harness
+that owns them, and wait_until(), the only way a test waits.
+
+Every child dies with the test process (PR_SET_PDEATHSIG), and everything
+still running is stopped at exit and on SIGTERM (how ctest ends a test that
+ran out of time), so no etcd or lbd outlives its test.
+"""
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# tests/integration/lbtest/procs.py -> the repository root
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+# Start-up deadlines stretch on slow builds (sanitizers) and busy machines.
+TIMEOUT_SCALE = float(os.environ.get("LBTEST_TIMEOUT_SCALE", "1") or "1")
+
+
+def scaled(seconds):
+    return seconds * TIMEOUT_SCALE
+
+
+# ---------------------------------------------------------------------------
+# Binaries
+
+
+def bin_dir():
+    return os.environ.get("LB_BUILD_DIR") or os.path.join(REPO_ROOT, "build")
+
+
+def _find_binary(name, subdir):
+    base = bin_dir()
+    for cand in (os.path.join(base, subdir, name), os.path.join(base, name)):
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise AssertionError("%s not found under %s (looked in %s/ and ./); build it first "
+                         "or pass --bin-dir" % (name, base, subdir))
+
+
+def lbd_binary():
+    return _find_binary("lbd", "balancer")
+
+
+def lbctl_binary():
+    return _find_binary("lbctl", "ctl")
+
+
+# ---------------------------------------------------------------------------
+# Waiting
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_until(predicate, timeout, what, interval=0.05):
+    """Polls predicate() until it returns something truthy; returns that value.
+
+    Exceptions raised by the predicate count as "not yet" (a port that does
+    not answer yet, a key not written yet); the last one is reported if the
+    deadline passes.  Fails with an AssertionError naming `what`.
+    """
+    deadline = time.monotonic() + timeout
+    last_value, last_exc = None, None
+    while True:
+        try:
+            last_value = predicate()
+            if last_value:
+                return last_value
+            last_exc = None
+        except Exception as exc:  # noqa: BLE001 - reported below
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            detail = "last value %r" % (last_value,)
+            if last_exc is not None:
+                detail = "last error %s: %s" % (type(last_exc).__name__, last_exc)
+            raise WaitTimeout("timed out after %.1fs waiting for %s (%s)" % (timeout, what, detail))
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------
+# Ports
+
+_ports_lock = threading.Lock()
+_ports_handed_out = set()
+
+
+def reserve_port(port):
+    """Notes a port this process listens on, so free_port() never hands it out."""
+    with _ports_lock:
+        _ports_handed_out.add(port)
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago.
+
+    Bind to port 0, note the port, close.  A port is never handed out twice
+    by this process; a race with another process on the machine is still
+    possible, so the starters retry on "address already in use".
+    """
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        with _ports_lock:
+            if port in _ports_handed_out:
+                continue
+            _ports_handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port found")
+
+
+def port_is_open(port, host="127.0.0.1", timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def addr_in_use(text):
+    """True when a process log says its bind failed on a taken port."""
+    t = text.lower()
+    return "address already in use" in t or "eaddrinuse" in t or "addrinuse" in t
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - non-glibc
+    _libc = None
+
+
+def _child_setup():
+    # A test runner killed by a timeout must not leave etcd or lbd behind.
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_all_procs = []
+_all_procs_lock = threading.Lock()
+
+
+class Proc:
+    """A child process with its output in a log file, tracked by PID."""
+
+    def __init__(self, name, argv, log_path, env=None, cwd=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self._log.write(("### %s: %s\n" % (name, " ".join(self.argv))).encode())
+        self._log.flush()
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                                      preexec_fn=_child_setup)
+        self.pid = self.popen.pid
+        self.returncode = None
+        with _all_procs_lock:
+            _all_procs.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        """Returns the exit code, or None if still running at the deadline."""
+        try:
+            self.returncode = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.returncode
+
+    def stop(self, timeout=10.0, sig=signal.SIGTERM):
+        """sig, wait up to `timeout`, then SIGKILL.
+
+        Returns (exit code, killed) where killed tells whether SIGKILL was
+        needed.  Exit codes follow Popen: -N for death by signal N.
+        """
+        killed = False
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if self.wait(timeout) is None:
+                killed = True
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait()
+        self.returncode = self.popen.returncode
+        self._close_log()
+        return self.returncode, killed
+
+    def kill(self):
+        return self.stop(timeout=0, sig=signal.SIGKILL)[0]
+
+    def _close_log(self):
+        if not self._log.closed:
+            self._log.close()
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=80):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def _stop_all_procs():
+    with _all_procs_lock:
+        procs = list(_all_procs)
+    for p in reversed(procs):
+        try:
+            p.stop(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(_stop_all_procs)
+
+
+def _on_sigterm(signum, frame):
+    # ctest and CI stop tests with SIGTERM: clean up, then die of it.
+    _stop_all_procs()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class Harness:
+    """Owns a temp dir and everything one test (or test class) starts:
+    processes (spawn) and in-process servers (servers, each with stop())."""
+
+    def __init__(self, name="lbtest"):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="lbtest-%s-" % name)
+        self.procs = []
+        self.servers = []
+        self._cleaned = False
+        self._seq = 0
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def unique(self, stem):
+        self._seq += 1
+        return "%s-%d-%d" % (stem, os.getpid(), self._seq)
+
+    def spawn(self, name, argv, env=None):
+        log = self.path("%s.log" % name)
+        p = Proc(name, argv, log, env=env)
+        self.procs.append(p)
+        return p
+
+    def dump_logs(self, stream=None, lines=80):
+        stream = stream or sys.stderr
+        for p in self.procs:
+            stream.write("\n----- %s (pid %d, %s) last %d lines of %s -----\n"
+                         % (p.name, p.pid, "running" if p.alive() else "exit %s" % p.returncode,
+                            lines, p.log_path))
+            stream.write(p.log_tail(lines) + "\n")
+        stream.flush()
+
+    def cleanup(self):
+        if self._cleaned:
+            return
+        self._cleaned = True
+        errors = []
+        for p in reversed(self.procs):
+            try:
+                p.stop(timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        for s in reversed(self.servers):
+            try:
+                s.stop()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        if os.environ.get("LBTEST_KEEP"):
+            sys.stderr.write("lbtest: keeping %s\n" % self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+
+def run(argv, timeout=30, env=None, input_bytes=None):
+    """Runs a command to completion; returns (rc, stdout, stderr) as text."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    p = subprocess.run([str(a) for a in argv], input=input_bytes, capture_output=True,
+                       timeout=timeout, env=full_env, preexec_fn=_child_setup)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
