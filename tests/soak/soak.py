@@ -625,7 +625,15 @@ class Soak:
         self.junk = set()         # junk keys (bytes) put under the prefix
         self.bulk_ids = set()
         self.abuse = {"admin": [], "http": []}   # [socket, kind, next_trickle]
-        self.closed_ports = [lbtest.free_port() for _ in range(N_CLOSED)]
+        # Ports bound but not listening: connects are refused, and nothing
+        # else (a backend server, a restarted etcd) can take them.
+        self.closed_socks = []
+        for _ in range(N_CLOSED):
+            cs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            cs.bind(("127.0.0.1", 0))
+            lbtest.reserve_port(cs.getsockname()[1])
+            self.closed_socks.append(cs)
+        self.closed_ports = [cs.getsockname()[1] for cs in self.closed_socks]
         self.log_offset = 0
         self.sanitizer_seen = None
         self.quiet_reports = []
@@ -779,6 +787,8 @@ class Soak:
             pass
         self.etcd = lbtest.Etcd(self.h, side_port=True).start()
         self.farm = BackendFarm(self.h, N_SERVERS)
+        for srv in self.farm.servers.values():
+            lbtest.reserve_port(srv.port)
         # Most pools start with a sane policy (a known bound from the
         # start); the others, and pool "void", with nothing at all.
         for p in POOLS + (BULK,):
