@@ -164,7 +164,7 @@ class PolicyHistory:
                 vs.pop(0)
 
     def max_idle_since(self, pool, t0):
-        """The longest idle timeout a session opened after t0 may have."""
+        """The longest idle timeout a connection opened after t0 may have."""
         with self._lock:
             return max(v["idle"] for v in self._versions[pool]
                        if v["superseded"] is None or v["superseded"] + POLICY_LAG >= t0)
@@ -696,7 +696,7 @@ class Soak:
             return "closed:%d" % target[1]
         return "nohost"
 
-    # --- etcd helpers ---
+    # --- etcd calls ---
 
     def key_backend(self, pool, bid):
         return "%spools/%s/backends/%s" % (PREFIX, pool, bid)
@@ -1799,7 +1799,7 @@ class Soak:
                         diff.append(
                             "  (deleted at revision %d while lbd was cut off from etcd, and etcd "
                             "was compacted at that very revision: etcd before 3.4.33/3.5.15 drops "
-                            "that tombstone (etcd-io/etcd#18089) and a watch resumed at %d never "
+                            "that tombstone and a watch resumed at %d never "
                             "sees the delete; resuming at the last revision seen instead of +1 "
                             "would make etcd answer 'compacted' and lbd re-list)" % (rev, rev))
                     continue
@@ -1884,7 +1884,7 @@ class Soak:
                 pass
         base_fds, base_rss = self.baseline
         tol_fds = 6
-        # Sessions still open end by their idle timeout at the latest.
+        # Connections still open end by their idle timeout at the latest.
         idle = max(self.history.max_idle_since(p, self.t_churn_end - CLIENT_CAP) for p in SERVED)
         wait_idle = min(idle, 30.0) + SLACK
         fds = self.wait_fds(base_fds + tol_fds, wait_idle)
@@ -1895,13 +1895,13 @@ class Soak:
                                   "still has %d fds (baseline %d)\n%s"
                                   % (wait_idle, idle, fds, base_fds, active))
             try:
-                sessions = int(self.lbd.metric("lbd_connections_active"))
+                open_conns = int(self.lbd.metric("lbd_connections_active"))
             except (AssertionError, OSError, ValueError):
-                sessions = -1
-            self.counts["end.sessions_outlived_clients"] = sessions
+                open_conns = -1
+            self.counts["end.connections_outlived_clients"] = open_conns
             self.say("end: %d fds, %d connections still open %.0fs after the last client left "
                      "(their idle timeout may be %s s: half-closed towards backends that do not "
-                     "read); stopping the backends" % (fds, sessions, wait_idle, idle))
+                     "read); stopping the backends" % (fds, open_conns, wait_idle, idle))
         backend_conns = self.farm.open_conns()
         self.farm.stop()
         fds = self.wait_fds(base_fds + tol_fds, 10.0)

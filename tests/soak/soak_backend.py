@@ -202,7 +202,7 @@ class BackendFarm:
         if h is not None:
             h.servers.append(self)
 
-    # --- selector helpers (loop thread) ---
+    # --- the selector (loop thread) ---
 
     def _registered(self, sock):
         try:
