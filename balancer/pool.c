@@ -29,7 +29,7 @@ static void pool_ramp_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* --------------------------------------------------------- snapshots -- */
 
-static void snapshot_free(struct lb_snapshot *s)
+void lb_snapshot_free(struct lb_snapshot *s)
 {
     if (!s)
         return;
@@ -215,7 +215,7 @@ static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
     rc = next->algo->init(next, prev, &next->algo_state);
     if (rc < 0) {
         next->algo_state = NULL;
-        snapshot_free(next);
+        lb_snapshot_free(next);
         return rc;
     }
     if (prev && next->panic != prev->panic)
@@ -223,7 +223,7 @@ static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
     for (size_t i = 0; i < next->n_entries; i++)
         next->entries[i].backend->snap_index = i;
     pool->snap = next;
-    snapshot_free(prev);
+    lb_snapshot_free(prev);
     pool->rebuilds++;
     return 0;
 }
@@ -282,7 +282,7 @@ void lb_pool_destroy(struct lb_pool *pool)
     pool->members = NULL;
     pool->n_members = 0;
     pool_drop_marks(pool);
-    snapshot_free(pool->snap);
+    lb_snapshot_free(pool->snap);
     pool->snap = NULL;
 }
 

@@ -165,6 +165,9 @@ static inline struct lb_backend *lb_pool_pick(struct lb_pool *pool, const struct
     return pool->snap->algo->pick(pool->snap, p);
 }
 
+/* Frees a snapshot: the algorithm's state and the entries' references.  NULL is a no-op. */
+void lb_snapshot_free(struct lb_snapshot *s);
+
 /*
  * Moves entry i of s to weight w (0: not eligible): the eligible set and the
  * algorithm (its set_weight hook) follow.  No allocation; cannot fail.  The

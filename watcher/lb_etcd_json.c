@@ -265,9 +265,41 @@ static int read_key_start(const char *text, size_t text_len, struct lb_etcd_kv *
     return out->key ? 0 : -ENOMEM;
 }
 
+/*
+ * The base64 text of kv member `name` ("key" or "value"): 1 with *text,
+ * *len and the decoded *size; 0 when the member is absent (a flaw for the
+ * key; an empty value is fine); -1 when it is not a base64 string (the kv
+ * is flawed as malformed).
+ */
+static int kv_b64_member(json_object *obj, const char *name, struct lb_etcd_kv *out,
+                         const char **text, size_t *len, size_t *size)
+{
+    bool is_key = strcmp(name, "key") == 0;
+    json_object *m = NULL;
+
+    if (!json_object_object_get_ex(obj, name, &m) || !m) {
+        if (is_key)
+            set_flaw(out, LB_ETCD_FLAW_MALFORMED, "a kv has no key, or one that is not a string");
+        return 0;
+    }
+    if (!json_object_is_type(m, json_type_string)) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED,
+                 is_key ? "a kv has no key, or one that is not a string"
+                        : "the value is not a string");
+        return -1;
+    }
+    *text = json_object_get_string(m);
+    *len = (size_t)json_object_get_string_len(m);
+    if (base64_decoded_size(*text, *len, size) < 0) {
+        set_flaw(out, LB_ETCD_FLAW_MALFORMED,
+                 is_key ? "the key is not valid base64" : "the value is not valid base64");
+        return -1;
+    }
+    return 1;
+}
+
 int lb_etcd_json_read_kv(json_object *obj, size_t value_max, struct lb_etcd_kv *out)
 {
-    json_object *k = NULL, *v = NULL;
     const char *text;
     size_t text_len, size;
     bool bad_numbers;
@@ -287,17 +319,8 @@ int lb_etcd_json_read_kv(json_object *obj, size_t value_max, struct lb_etcd_kv *
                   lb_etcd_json_get_int64(obj, "mod_revision", &out->mod_revision) < 0 ||
                   lb_etcd_json_get_int64(obj, "version", &out->version) < 0 ||
                   lb_etcd_json_get_int64(obj, "lease", &out->lease) < 0;
-    if (!json_object_object_get_ex(obj, "key", &k) || !k ||
-        !json_object_is_type(k, json_type_string)) {
-        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "a kv has no key, or one that is not a string");
-        return 0;
-    }
-    text = json_object_get_string(k);
-    text_len = (size_t)json_object_get_string_len(k);
-    if (base64_decoded_size(text, text_len, &size) < 0) {
-        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the key is not valid base64");
-        return 0;
-    }
+    if (kv_b64_member(obj, "key", out, &text, &text_len, &size) <= 0)
+        return 0; /* flawed, and a kv without a key is flawed */
     out->key_size = size;
     if (size > LB_ETCD_KEY_MAX) {
         set_flaw(out, LB_ETCD_FLAW_KEY_TOO_LONG,
@@ -316,18 +339,8 @@ int lb_etcd_json_read_kv(json_object *obj, size_t value_max, struct lb_etcd_kv *
                  "a revision, version or lease of the kv is not a number");
         return 0;
     }
-    if (!json_object_object_get_ex(obj, "value", &v) || !v)
-        return 0; /* an empty value */
-    if (!json_object_is_type(v, json_type_string)) {
-        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the value is not a string");
-        return 0;
-    }
-    text = json_object_get_string(v);
-    text_len = (size_t)json_object_get_string_len(v);
-    if (base64_decoded_size(text, text_len, &size) < 0) {
-        set_flaw(out, LB_ETCD_FLAW_MALFORMED, "the value is not valid base64");
-        return 0;
-    }
+    if (kv_b64_member(obj, "value", out, &text, &text_len, &size) <= 0)
+        return 0; /* flawed, or an empty value */
     out->value_size = size;
     if (size > value_max) {
         set_flaw(out, LB_ETCD_FLAW_VALUE_TOO_LARGE, "the value is larger than lbd reads");

@@ -17,19 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void snapshot_free(struct lb_snapshot *s)
-{
-    if (!s)
-        return;
-    if (s->algo_state)
-        s->algo->destroy(s->algo_state);
-    for (size_t i = 0; i < s->n_entries; i++)
-        lb_backend_unref(s->entries[i].backend);
-    free(s->entries);
-    free(s->eligible);
-    free(s);
-}
-
 void snap_fixture_init(struct snap_fixture *f, enum lb_algorithm algorithm)
 {
     memset(f, 0, sizeof(*f));
@@ -42,7 +29,7 @@ void snap_fixture_init(struct snap_fixture *f, enum lb_algorithm algorithm)
 
 void snap_fixture_free(struct snap_fixture *f)
 {
-    snapshot_free(f->snap);
+    lb_snapshot_free(f->snap);
     f->snap = f->pool.snap = NULL;
     for (size_t i = 0; i < f->n_members; i++) {
         lb_backend_retire(f->members[i].backend);
@@ -179,7 +166,7 @@ struct lb_snapshot *snap_fixture_build(struct snap_fixture *f)
     for (size_t i = 0; i < n; i++)
         s->entries[i].backend->snap_index = i;
     f->snap = f->pool.snap = s;
-    snapshot_free(prev);
+    lb_snapshot_free(prev);
     return s;
 }
 
