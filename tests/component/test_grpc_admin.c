@@ -8,6 +8,9 @@
  * The server's loop runs in a thread of its own; the test thread touches
  * the server and the registry only through fx_run(), so nothing is shared
  * without a lock.  Waits poll a condition against a deadline.
+ *
+ * Long because it is one test per admin behaviour (each method, each way a
+ * client can misbehave); they share the fixture and nothing else.
  */
 #include <errno.h>
 #include <setjmp.h>

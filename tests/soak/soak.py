@@ -34,6 +34,10 @@ and in quiet phases (churn paused, state settled):
     backend serves every client;
 and at the end: lbd's open fds and RSS back near their starting values,
 exit 0 on SIGTERM, no leak report.
+
+One file on purpose, though long: the event generators, the model of what
+lbd must show and the invariant checks share one state and one random
+stream, and splitting them would scatter what a replayed seed does.
 """
 
 import argparse
