@@ -24,7 +24,15 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
 
     if (!b)
         return NULL;
-    b->refs = 1;
+    b->n_ws = pool->registry && pool->registry->n_workers ? pool->registry->n_workers : 1;
+    b->ws = calloc(b->n_ws, sizeof(*b->ws));
+    if (!b->ws) {
+        free(b);
+        return NULL;
+    }
+    for (unsigned w = 0; w < b->n_ws; w++)
+        lb_list_init(&b->ws[w].list);
+    atomic_init(&b->refs, 1);
     b->pool = pool;
     b->loop = pool->registry ? pool->registry->loop : NULL;
     snprintf(b->id, sizeof(b->id), "%s", id);
@@ -32,7 +40,6 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
     b->health = LB_HEALTH_UNKNOWN;
     b->base_weight = spec->weight;
     b->snap_index = SIZE_MAX;
-    lb_list_init(&b->sessions);
     lb_health_init(b);
     lb_backend_dns_init(b);
     lb_drain_init(b);
@@ -43,7 +50,7 @@ struct lb_backend *lb_backend_new(struct lb_pool *pool, const char *id,
 
 void lb_backend_ref(struct lb_backend *b)
 {
-    b->refs++;
+    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
 }
 
 /* Nothing the backend embeds may still be active or pending when it is freed. */
@@ -55,16 +62,22 @@ static void backend_assert_idle(const struct lb_backend *b)
     assert(!ev_is_active(&b->check.eject_timer) && !ev_is_pending(&b->check.eject_timer));
     assert(!ev_is_active(&b->dns_timer) && !ev_is_pending(&b->dns_timer));
     assert(!ev_is_active(&b->drain_timer) && !ev_is_pending(&b->drain_timer));
-    assert(b->check.fd < 0 && !b->dns_req && lb_list_is_empty(&b->sessions) && !b->marked);
+    assert(b->check.fd < 0 && !b->dns_req && !b->marked && b->active == 0);
+    for (unsigned w = 0; w < b->n_ws; w++)
+        assert(lb_list_is_empty(&b->ws[w].list));
     (void)b;
 }
 
 void lb_backend_unref(struct lb_backend *b)
 {
-    assert(b->refs > 0);
-    if (--b->refs)
+    /* The last release may come from any worker: acquire what the others wrote. */
+    unsigned before = atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel);
+
+    assert(before > 0);
+    if (before != 1)
         return;
     backend_assert_idle(b);
+    free(b->ws);
     free(b);
 }
 
@@ -73,6 +86,7 @@ void lb_backend_retire(struct lb_backend *b)
     if (b->removed)
         return;
     b->removed = true;
+    atomic_store(&b->notify_zero, true);
     lb_health_stop(b);
     lb_drain_stop(b);
     lb_backend_dns_stop(b);
@@ -103,6 +117,7 @@ bool lb_backend_is_eligible(const struct lb_backend *b)
 void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
 {
     const struct lb_snap_entry *e = lb_pool_entry_of(b);
+    struct lb_backend_totals t;
 
     memset(out, 0, sizeof(*out));
     out->pool = b->pool->name;
@@ -114,16 +129,31 @@ void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
     out->has_weight_override = b->has_weight_override;
     out->weight_override = (uint32_t)b->weight_override;
     out->drain = b->drain;
-    out->drained = b->drain && b->active == 0;
+    out->drained = b->drain && atomic_load(&b->active) == 0;
     if (b->ejected && b->health != LB_HEALTH_DOWN)
         out->health = LB_HEALTH_DOWN;
     else
         out->health = b->health;
     out->health_override = b->health_override;
-    out->active = b->active;
-    out->total = b->total;
-    out->connect_failures = b->connect_failures;
-    out->retries = b->retries;
-    out->bytes_in = b->bytes_in;
-    out->bytes_out = b->bytes_out;
+    out->active = atomic_load_explicit(&b->active, memory_order_relaxed);
+    lb_backend_totals(b, &t);
+    out->total = t.total;
+    out->connect_failures = t.connect_failures;
+    out->retries = t.retries;
+    out->bytes_in = t.bytes_in;
+    out->bytes_out = t.bytes_out;
+}
+
+void lb_backend_totals(const struct lb_backend *b, struct lb_backend_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (unsigned w = 0; w < b->n_ws; w++) {
+        const struct lb_backend_wstats *s = &b->ws[w];
+
+        out->total += atomic_load_explicit(&s->total, memory_order_relaxed);
+        out->connect_failures += atomic_load_explicit(&s->connect_failures, memory_order_relaxed);
+        out->retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
+        out->bytes_in += atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+        out->bytes_out += atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+    }
 }

@@ -11,15 +11,22 @@
  * runs on a retired backend.  A debug build asserts, when the memory is
  * released, that no watcher is still active or pending.
  *
- * Backends are reference-counted: the pool's member holds one reference,
- * each snapshot that lists it one, every session connected (or connecting)
- * to it one.  A retired backend is dropped from the next snapshot but lives
+ * Backends are reference-counted (atomically: workers hold them too): the
+ * pool's member holds one reference, each snapshot that lists it one (the
+ * control loop's and each worker's), every session connected (or
+ * connecting) to it one.  A retired backend is dropped from the next snapshot but lives
  * on until its last session ends (nginx's zombie peers), so an open
  * connection never loses its counters or its address under it.
  *
  * The backend holds what was said about it (registration, health, the
  * operator's overrides folded by the pool); what follows from it for new
  * connections (effective weight, eligibility) lives in the pool snapshot.
+ *
+ * Threads.  Everything but the fields marked otherwise belongs to the
+ * control loop.  Workers read only what never changes after the backend
+ * is published (id, spec.addr, sa: an address change is a new backend),
+ * and touch only the atomics (refs, active, connect_failures,
+ * notify_zero) and their own slot of `ws`.
  */
 #ifndef LB_BACKEND_H
 #define LB_BACKEND_H
@@ -30,6 +37,7 @@
 #include "lb_update.h"
 
 #include <ev.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -37,8 +45,21 @@
 struct lb_pool;
 struct lb_resolve_req;
 
+/* A worker's own counters of one backend, summed on read (one cache line each). */
+struct lb_backend_wstats {
+    _Atomic uint64_t sessions; /* this worker's sessions to it now */
+    _Atomic uint64_t total;
+    _Atomic uint64_t connect_failures;
+    _Atomic uint64_t retries;   /* failed connects here that were retried on another backend */
+    _Atomic uint64_t bytes_in;  /* client -> backend */
+    _Atomic uint64_t bytes_out; /* backend -> client */
+    struct lb_list list;        /* this worker's sessions, newest first (drain deadline) */
+    ev_tstamp fail_logged_at;   /* connect failures are logged once a second per worker */
+    uint64_t fail_unlogged;
+} __attribute__((aligned(64)));
+
 struct lb_backend {
-    unsigned refs;
+    _Atomic unsigned refs;
     struct lb_pool *pool; /* pools live as long as the process */
     struct ev_loop *loop; /* the pool's loop; NULL in loop-less tests */
     char id[LB_NAME_MAX];
@@ -67,23 +88,19 @@ struct lb_backend {
     enum lb_health_override health_override;
     bool has_weight_override;
     int weight_override;
-    ev_timer drain_timer;    /* drain_timeout: closes what is left */
-    struct lb_list sessions; /* open sessions, newest first (drain deadline) */
+    ev_timer drain_timer; /* drain_timeout: closes what is left */
 
     /* publish bookkeeping, owned by pool.c */
     size_t snap_index;            /* entry in the pool's current snapshot */
     struct lb_backend *mark_next; /* pool->marked list */
     bool marked;
 
-    /* counters */
-    uint64_t active;
-    uint64_t total;
-    uint64_t connect_failures;
-    uint64_t retries;         /* failed connects here that were retried on another backend */
-    uint64_t bytes_in;        /* client -> backend */
-    uint64_t bytes_out;       /* backend -> client */
-    ev_tstamp fail_logged_at; /* connect failures are logged once a second */
-    uint64_t fail_unlogged;
+    /* shared with the workers */
+    _Atomic uint64_t active;          /* client connections, every worker (reserved at pick) */
+    _Atomic int connect_failures_run; /* consecutive failed connects (passive ejection) */
+    _Atomic bool notify_zero;         /* drained or retired: tell the control loop at 0 active */
+    struct lb_backend_wstats *ws;     /* one per worker */
+    unsigned n_ws;
 };
 
 /*
@@ -111,6 +128,12 @@ bool lb_backend_is_healthy(const struct lb_backend *b);
 
 /* True when it is eligible in its pool's current snapshot. */
 bool lb_backend_is_eligible(const struct lb_backend *b);
+
+/* The sums over workers of b's counters. */
+struct lb_backend_totals {
+    uint64_t total, connect_failures, retries, bytes_in, bytes_out;
+};
+void lb_backend_totals(const struct lb_backend *b, struct lb_backend_totals *out);
 
 /* Fills an info record for the admin API and metrics (strings point into b). */
 void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out);

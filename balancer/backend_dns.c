@@ -55,11 +55,23 @@ static void dns_done_cb(void *ud, int status, const struct sockaddr *sa, socklen
     dns_schedule(b, DNS_REFRESH_S);
     if (b->resolved && b->sa_len == len && memcmp(&b->sa, sa, len) == 0)
         return;
-    memcpy(&b->sa, sa, len);
-    b->sa_len = len;
-    b->resolved = true;
     LB_INFO("dns", "msg=\"backend address resolved\" pool=%s backend=%s name=%s address=%s",
             b->pool->name, b->id, b->spec.addr, lb_addr_format(sa, addr, sizeof(addr)));
+    if (b->resolved) {
+        /* Workers may be connecting to the old address right now: a new
+         * address is a new backend, the old one is retired. */
+        struct lb_backend *next = lb_pool_readdress(b->pool, b, sa, len);
+
+        if (!next)
+            return; /* keeps the last address; the next refresh tries again */
+        dns_schedule(next, DNS_REFRESH_S);
+        b = next;
+    } else {
+        /* Not published as eligible yet: no worker reads it before the next publish. */
+        memcpy(&b->sa, sa, len);
+        b->sa_len = len;
+        b->resolved = true;
+    }
     lb_registry_check_address(b->pool->registry, b);
     lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_BACKEND_CHANGED, "address resolved");
 }

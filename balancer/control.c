@@ -11,6 +11,7 @@
  * write leaves nothing applied.
  */
 #include "control.h"
+#include "proxy.h"
 #include "registry.h"
 
 #include <errno.h>
@@ -32,16 +33,18 @@ void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud)
 {
     for (size_t i = 0; i < r->n_pools; i++) {
         struct lb_pool *p = &r->pools[i];
+        struct lb_pool_counters c;
         struct lb_pool_info info = {
             .name = p->name,
             .listen = p->listen,
             .algorithm = p->snap->algo->name,
             .backends = (uint32_t)p->snap->n_entries,
             .eligible = (uint32_t)p->snap->n_eligible,
-            .active = p->active,
-            .total = p->total,
         };
 
+        lb_proxy_pool_counters(r->proxy, i, &c);
+        info.active = c.active;
+        info.total = c.total;
         cb(ud, &info);
     }
 }

@@ -7,8 +7,8 @@
 #include "lb_log.h"
 #include "lb_util.h"
 #include "pool.h"
+#include "proxy.h"
 #include "registry.h"
-#include "session.h"
 
 #define WINDOW_MIN_S 1.0
 #define WINDOW_MAX_S 60.0
@@ -22,30 +22,31 @@ static double drain_window(const struct lb_backend *b)
 
 /*
  * Phase 1: the timer fires once at drain_timeout.  Phase 2: it repeats
- * every window / (connections left), closing the oldest each time.
+ * every window / (connections left at phase 1), closing one each time.
  */
 static void drain_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_backend *b = lb_container_of(w, struct lb_backend, drain_timer);
-    struct lb_session *oldest = lb_session_oldest_of(b);
+    uint64_t active = atomic_load(&b->active);
+    struct lb_proxy *proxy = b->pool->registry ? b->pool->registry->proxy : NULL;
 
-    if (!oldest) {
+    if (!active || !proxy) {
         ev_timer_stop(loop, w);
         return;
     }
     if (w->repeat == 0.) {
-        double step = drain_window(b) / (double)b->active;
+        double step = drain_window(b) / (double)active;
 
         LB_INFO("drain",
                 "msg=\"drain timeout passed, closing remaining connections\" pool=%s "
                 "backend=%s connections=%llu window_s=%.1f",
-                b->pool->name, b->id, (unsigned long long)b->active, drain_window(b));
+                b->pool->name, b->id, (unsigned long long)active, drain_window(b));
         w->repeat = step > 0.001 ? step : 0.001;
         ev_timer_again(loop, w);
     }
-    lb_session_abort_drained(oldest);
-    if (lb_list_is_empty(&b->sessions))
-        ev_timer_stop(loop, w);
+    /* The worker holding most of b's sessions closes its oldest; the timer
+     * stops at the first tick that finds none left. */
+    lb_proxy_close_oldest(proxy, b);
 }
 
 void lb_drain_init(struct lb_backend *b)

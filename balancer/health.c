@@ -11,6 +11,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,26 +295,43 @@ void lb_health_restart(struct lb_backend *b)
     lb_health_start(b);
 }
 
-void lb_health_connect_result(struct lb_backend *b, bool ok)
+bool lb_health_connect_result(struct lb_backend *b, bool ok, int fall)
+{
+    int threshold = fall > 0 ? fall : 3;
+
+    if (ok) {
+        /* Read first: a busy backend's line is not written on every connect. */
+        if (atomic_load_explicit(&b->connect_failures_run, memory_order_relaxed))
+            atomic_store_explicit(&b->connect_failures_run, 0, memory_order_relaxed);
+        return false;
+    }
+    /* Every `threshold` failures in a row ask once; the control loop ignores
+     * the asks of a backend already ejected or retired. */
+    return (atomic_fetch_add_explicit(&b->connect_failures_run, 1, memory_order_relaxed) + 1) %
+               threshold ==
+           0;
+}
+
+void lb_health_note_connect(struct lb_backend *b, bool ok)
+{
+    if (lb_health_connect_result(b, ok, policy_of(b)->health.fall))
+        lb_health_eject(b);
+}
+
+void lb_health_eject(struct lb_backend *b)
 {
     struct lb_health_check *c = &b->check;
     int threshold = policy_of(b)->health.fall > 0 ? policy_of(b)->health.fall : 3;
     double period;
 
-    if (ok) {
-        c->connect_failures = 0;
-        return;
-    }
+    atomic_store_explicit(&b->connect_failures_run, 0, memory_order_relaxed);
     /* A retired backend is gone: nothing to eject, no timer may start on it. */
     if (!b->loop || b->removed || b->ejected)
-        return;
-    if (++c->connect_failures < threshold)
         return;
     period = EJECT_BASE_S * (double)(1u << (c->ejections < 6 ? c->ejections : 6));
     if (period > EJECT_MAX_S)
         period = EJECT_MAX_S;
     c->ejections++;
-    c->connect_failures = 0;
     b->ejected = true;
     ev_timer_stop(b->loop, &c->eject_timer);
     ev_timer_set(&c->eject_timer, period, 0.);

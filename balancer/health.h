@@ -44,8 +44,7 @@ struct lb_health_check {
 
     /* passive ejection */
     ev_timer eject_timer;
-    int connect_failures; /* consecutive failed connects from client traffic */
-    unsigned ejections;   /* times ejected; sets the next period */
+    unsigned ejections; /* times ejected; sets the next period */
 };
 
 /* Initialises the watchers of a new backend (none started). */
@@ -60,7 +59,18 @@ void lb_health_stop(struct lb_backend *b);
  */
 void lb_health_restart(struct lb_backend *b);
 
-/* Passive signal from a client connection's connect attempt (ignored once retired). */
-void lb_health_connect_result(struct lb_backend *b, bool ok);
+/*
+ * Passive signal from a client connection's connect attempt, on any
+ * worker: counts consecutive failures in the backend's atomic; returns
+ * true when this failure reached `fall` and the control loop should eject
+ * (lb_health_eject()).  Never touches a watcher.
+ */
+bool lb_health_connect_result(struct lb_backend *b, bool ok, int fall);
+
+/* Ejects b after consecutive connect failures; control loop only (ignored once retired). */
+void lb_health_eject(struct lb_backend *b);
+
+/* Both of the above on the control loop, with the pool's own policy (tests, tools). */
+void lb_health_note_connect(struct lb_backend *b, bool ok);
 
 #endif

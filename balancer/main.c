@@ -23,6 +23,7 @@
 #include "lb_util.h"
 #include "lb_watcher.h"
 #include "metrics.h"
+#include "lb_cpus.h"
 #include "proxy.h"
 #include "registry.h"
 #include "resolver.h"
@@ -50,6 +51,7 @@ struct lbd_settings {
     int64_t shutdown_grace_ms;
     char *log_level;
     int64_t max_conns;
+    int64_t workers;
     char *config;
     char *backend_networks;
     int64_t etcd_backoff_initial_ms;
@@ -95,6 +97,9 @@ static const struct lb_setting lbd_table[] = {
     {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
      24LL * 3600 * 1000, "30s", NULL, "DURATION",
      "on SIGTERM, how long open connections may finish"},
+    {"workers", 0, "LBD_WORKERS", LB_SETTING_INT, S(workers), 0, 256, "0", NULL, "N",
+     "worker threads, each with its own listener per pool and its own connections (0: the "
+     "CPUs this process may use: affinity mask and cgroup CPU quota)"},
     {"max-conns", 0, "LBD_MAX_CONNS", LB_SETTING_INT, S(max_conns), 0, 10000000, "0", NULL, "N",
      "cap on open client connections; accepting pauses at the cap (0: from the open-files "
      "limit)"},
@@ -302,7 +307,7 @@ static void lbd_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct lbd *d = lb_container_of(w, struct lbd, grace);
 
     LB_WARN("lbd", "msg=\"shutdown grace period over, closing remaining connections\" active=%llu",
-            (unsigned long long)d->proxy.active);
+            (unsigned long long)lb_proxy_active(&d->proxy));
     lb_proxy_close_all(&d->proxy);
 }
 
@@ -315,7 +320,7 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
         LB_WARN("lbd",
                 "msg=\"second stop signal, closing remaining connections now\" "
                 "active=%llu",
-                (unsigned long long)d->proxy.active);
+                (unsigned long long)lb_proxy_active(&d->proxy));
         lb_proxy_close_all(&d->proxy);
         return;
     }
@@ -323,7 +328,8 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
     LB_INFO("lbd",
             "msg=\"stop signal, no longer accepting; open connections may finish\" "
             "signal=%s active=%llu grace_ms=%lld",
-            w->signum == SIGTERM ? "SIGTERM" : "SIGINT", (unsigned long long)d->proxy.active,
+            w->signum == SIGTERM ? "SIGTERM" : "SIGINT",
+            (unsigned long long)lb_proxy_active(&d->proxy),
             (long long)d->settings.shutdown_grace_ms);
     ev_timer_init(&d->grace, lbd_grace_cb, (double)d->settings.shutdown_grace_ms / 1000., 0.);
     ev_timer_start(loop, &d->grace);
@@ -398,7 +404,12 @@ static int lbd_start(struct lbd *d)
         goto out;
     }
     d->registry.resolver = d->resolver;
-    rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns, &err);
+    d->registry.n_workers = (unsigned)d->settings.workers;
+    rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns,
+                       (unsigned)d->settings.workers, &err);
+    if (rc < 0)
+        goto fail;
+    rc = lb_proxy_start(&d->proxy, &err);
     if (rc < 0)
         goto fail;
     for (size_t i = 0; i < d->n_pools; i++)
@@ -437,10 +448,12 @@ static int lbd_start(struct lbd *d)
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
         goto out;
     }
-    LB_INFO("lbd", "msg=\"started\" version=%s pools=%zu etcd=%s%s prefix=%s max_conns=%lld",
+    LB_INFO("lbd",
+            "msg=\"started\" version=%s pools=%zu etcd=%s%s prefix=%s max_conns=%lld "
+            "workers=%lld",
             LB_VERSION, d->n_pools, d->settings.etcd.etcd.v[0],
             d->settings.etcd.etcd.n > 1 ? ",..." : "", d->settings.prefix,
-            (long long)d->settings.max_conns);
+            (long long)d->settings.max_conns, (long long)d->settings.workers);
     goto out;
 fail:
     fprintf(stderr, "lbd: %s\n", err ? err : strerror(-rc));
@@ -528,6 +541,8 @@ int main(int argc, char **argv)
     }
     if (check_fd_limit(&d.settings.max_conns) < 0)
         goto out;
+    if (d.settings.workers == 0)
+        d.settings.workers = lb_cpus_available();
 
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

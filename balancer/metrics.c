@@ -195,7 +195,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
             rc = lb_metrics_family(out, fam, type, help);                                          \
         for (size_t i = 0; i < r->n_pools && !rc; i++) {                                           \
             const struct lb_pool *p = &r->pools[i];                                                \
+            struct lb_pool_counters c;                                                             \
             char pn[LB_NAME_MAX * 2];                                                              \
+            lb_proxy_pool_counters(proxy, i, &c);                                                  \
             rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %llu\n", fam,                             \
                                    lb_metrics_escape(p->name, pn, sizeof(pn)),                     \
                                    (unsigned long long)(expr));                                    \
@@ -207,10 +209,10 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 "Backends that receive new connections (registered, undrained, not down, "
                 "weight > 0).",
                 p->snap->n_eligible);
-    POOL_FAMILY("lbd_pool_active_connections", "gauge", "Open client connections.", p->active);
-    POOL_FAMILY("lbd_pool_connections_total", "counter", "Client connections accepted.", p->total);
+    POOL_FAMILY("lbd_pool_active_connections", "gauge", "Open client connections.", c.active);
+    POOL_FAMILY("lbd_pool_connections_total", "counter", "Client connections accepted.", c.total);
     POOL_FAMILY("lbd_pool_no_backend_total", "counter",
-                "Client connections closed because no backend could take them.", p->no_backend);
+                "Client connections closed because no backend could take them.", c.no_backend);
     POOL_FAMILY("lbd_pool_healthy_backends", "gauge",
                 "Backends that may get traffic and pass health checks (or are forced up).",
                 p->snap->n_healthy);
@@ -224,7 +226,7 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
     POOL_FAMILY("lbd_pool_snapshot_updates_total", "counter",
                 "In-place publishes of health, weight and drain changes (no rebuild).", p->updates);
     POOL_FAMILY("lbd_pool_retries_total", "counter", "Failed connects retried on another backend.",
-                p->retries);
+                c.retries);
 #undef POOL_FAMILY
 
     for (int k = 0; k < 2 && !rc; k++) {
@@ -245,19 +247,31 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
         }
     }
 
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_worker_connections_total", "counter",
+                               "Client connections accepted, per worker thread.");
+    for (unsigned i = 0; i < proxy->n_workers && !rc; i++)
+        rc = lb_metrics_printf(out, "lbd_worker_connections_total{worker=\"%u\"} %llu\n", i,
+                               (unsigned long long)atomic_load_explicit(&proxy->workers[i].accepted,
+                                                                        memory_order_relaxed));
     {
+        uint64_t accepted, accept_errors, cap_pauses;
+
+        lb_proxy_totals(proxy, &accepted, &accept_errors, &cap_pauses);
         const struct {
             const char *name, *type, *help;
             uint64_t value;
         } process[] = {
             {"lbd_connections_active", "gauge", "Open client connections, all pools.",
-             proxy->active},
+             lb_proxy_active(proxy)},
+            {"lbd_workers", "gauge", "Worker threads serving the pools (--workers).",
+             proxy->n_workers},
             {"lbd_connections_max", "gauge",
              "Connection cap (--max-conns); accepting pauses at the cap.", proxy->max_conns},
             {"lbd_accept_errors_total", "counter", "accept() failures (EMFILE and the like).",
-             proxy->accept_errors},
+             accept_errors},
             {"lbd_accept_paused_total", "counter", "Times the connection cap paused accepting.",
-             proxy->cap_pauses},
+             cap_pauses},
             {"lbd_backends_refused_total", "counter",
              "Registrations whose address lbd refuses to route to (its own listeners, outside "
              "--backend-networks).",

@@ -16,6 +16,7 @@
 #include "pool.h"
 #include "backend_dns.h"
 #include "drain.h"
+#include "proxy.h"
 #include "lb_log.h"
 #include "lb_util.h"
 #include "registry.h"
@@ -149,7 +150,26 @@ void lb_snapshot_set_weight(struct lb_snapshot *s, size_t i, uint32_t w)
     s->algo->set_weight(s, i, old);
 }
 
-static void entry_refresh_weight(const struct lb_pool *pool, struct lb_snapshot *s, size_t i,
+/* Notes that entry i changed weight, for the workers' copies. */
+static void pool_record_change(struct lb_pool *pool, size_t i)
+{
+    if (pool->changed_lost)
+        return;
+    if (pool->n_changed == pool->cap_changed) {
+        size_t cap = pool->cap_changed ? pool->cap_changed * 2 : 64;
+        uint32_t *v = realloc(pool->changed, cap * sizeof(*v));
+
+        if (!v) {
+            pool->changed_lost = true;
+            return;
+        }
+        pool->changed = v;
+        pool->cap_changed = cap;
+    }
+    pool->changed[pool->n_changed++] = (uint32_t)i;
+}
+
+static void entry_refresh_weight(struct lb_pool *pool, struct lb_snapshot *s, size_t i,
                                  ev_tstamp now)
 {
     struct lb_snap_entry *e = &s->entries[i];
@@ -163,6 +183,8 @@ static void entry_refresh_weight(const struct lb_pool *pool, struct lb_snapshot 
             s->n_ramping--;
         e->ramping = ramping;
     }
+    if (e->weight != w && pool->registry && pool->registry->proxy)
+        pool_record_change(pool, i);
     lb_snapshot_set_weight(s, i, w);
 }
 
@@ -228,8 +250,38 @@ static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
     return 0;
 }
 
+struct lb_snapshot *lb_snapshot_copy(const struct lb_snap_entry *entries, size_t n,
+                                     const struct lb_algo_ops *algo, const struct lb_snapshot *prev)
+{
+    struct lb_snapshot *s = snapshot_alloc(n);
+
+    if (!s)
+        return NULL;
+    s->algo = algo;
+    for (size_t i = 0; i < n; i++) {
+        struct lb_snap_entry *e = &s->entries[i];
+
+        *e = entries[i];
+        lb_backend_ref(e->backend);
+        s->n_entries = i + 1;
+        s->n_candidates += e->candidate;
+        s->n_healthy += e->healthy;
+        s->n_ramping += e->ramping;
+        if (e->weight) {
+            e->eligible_pos = (uint32_t)s->n_eligible;
+            s->eligible[s->n_eligible++] = (uint32_t)i;
+        }
+    }
+    if (algo->init(s, prev, &s->algo_state) < 0) {
+        s->algo_state = NULL;
+        lb_snapshot_free(s);
+        return NULL;
+    }
+    return s;
+}
+
 /* The algorithm asked for a fresh state (maglev after many changes). */
-static void snapshot_refresh_algo(struct lb_snapshot *s)
+void lb_snapshot_refresh_algo(struct lb_snapshot *s)
 {
     void *state = NULL;
 
@@ -284,6 +336,8 @@ void lb_pool_destroy(struct lb_pool *pool)
     pool_drop_marks(pool);
     lb_snapshot_free(pool->snap);
     pool->snap = NULL;
+    free(pool->changed);
+    pool->changed = NULL;
 }
 
 /* Index of the first member with id >= `id`. */
@@ -383,7 +437,11 @@ static void member_resolve(struct lb_member *m)
     b->health_override = l->has_health ? l->health : (c ? c->health : LB_HEALTH_AUTO);
     if (!b->drain)
         b->drained_reported = false;
+    /* Before anyone reads `active` to decide drained: workers then tell at 0. */
+    atomic_store(&b->notify_zero, b->drain || b->removed);
 }
+
+static void pool_attach(struct lb_pool *pool, struct lb_member *m, struct lb_backend *b);
 
 struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member *m,
                                           const struct lb_backend_spec *spec)
@@ -392,6 +450,32 @@ struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member
 
     if (!b)
         return NULL;
+    pool_attach(pool, m, b);
+    return b;
+}
+
+struct lb_backend *lb_pool_readdress(struct lb_pool *pool, struct lb_backend *b,
+                                     const struct sockaddr *sa, socklen_t len)
+{
+    struct lb_member *m = lb_pool_find(pool, b->id);
+    struct lb_backend *next;
+
+    if (!m || m->backend != b || len > sizeof(next->sa))
+        return NULL;
+    next = lb_backend_new(pool, m->id, &b->spec);
+    if (!next)
+        return NULL;
+    memcpy(&next->sa, sa, len);
+    next->sa_len = len;
+    next->resolved = true;
+    next->dns_started = true;
+    pool_attach(pool, m, next);
+    return next;
+}
+
+/* Makes b m's backend: retires the one it replaces, starts checks and DNS. */
+static void pool_attach(struct lb_pool *pool, struct lb_member *m, struct lb_backend *b)
+{
     /* The old backend (another address) finishes its connections on its own. */
     lb_pool_retire_backend(pool, m);
     m->backend = b;
@@ -403,7 +487,6 @@ struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member
     lb_health_start(b);
     lb_backend_dns_start(b);
     pool_want_rebuild(pool);
-    return b;
 }
 
 void lb_pool_retire_backend(struct lb_pool *pool, struct lb_member *m)
@@ -516,6 +599,17 @@ static void snapshot_update(struct lb_pool *pool, ev_tstamp now)
     pool->updates++;
 }
 
+/* Posts what this publish changed to the workers' copies (proxy.h). */
+static void pool_replicate(struct lb_pool *pool, bool rebuilt)
+{
+    struct lb_proxy *proxy = pool->registry ? pool->registry->proxy : NULL;
+
+    if (proxy && (rebuilt || pool->n_changed || pool->changed_lost))
+        lb_proxy_pool_published(proxy, pool, rebuilt || pool->changed_lost);
+    pool->n_changed = 0;
+    pool->changed_lost = false;
+}
+
 int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
 {
     ev_tstamp now = pool_now(pool), t0 = ev_time();
@@ -528,6 +622,7 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
             pool->rebuild = false;
             pool->ramp_due = false;
             pool_drop_marks(pool);
+            pool_replicate(pool, true);
             for (size_t i = 0; visit && i < pool->snap->n_entries; i++)
                 visit(ud, pool->snap->entries[i].backend);
             pool_update_ramp_timer(pool);
@@ -552,7 +647,8 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
         lb_backend_unref(b);
     }
     if (pool->snap->algo_stale)
-        snapshot_refresh_algo(pool->snap);
+        lb_snapshot_refresh_algo(pool->snap);
+    pool_replicate(pool, false);
     pool_update_ramp_timer(pool);
     pool->update_seconds += ev_time() - t0;
     return rc;

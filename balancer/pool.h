@@ -95,10 +95,9 @@ struct lb_pool {
     struct lb_backend *marked;  /* backends to re-evaluate (each holds a reference) */
     struct lb_member **members; /* sorted by id */
     size_t n_members, cap_members;
-    uint64_t active; /* client connections */
-    uint64_t total;
-    uint64_t no_backend;    /* clients closed because no backend was available */
-    uint64_t retries;       /* connects retried on another backend */
+    uint32_t *changed; /* entries whose weight changed in this publish (for the workers) */
+    size_t n_changed, cap_changed;
+    bool changed_lost;      /* out of memory recording them: the workers get the whole snapshot */
     uint64_t rebuilds;      /* snapshots built (membership and policy changes) */
     uint64_t updates;       /* in-place publishes (health, weight, drain changes) */
     double rebuild_seconds; /* loop time spent building snapshots */
@@ -127,6 +126,17 @@ void lb_pool_forget_if_empty(struct lb_pool *pool, struct lb_member *m);
  */
 struct lb_backend *lb_pool_attach_backend(struct lb_pool *pool, struct lb_member *m,
                                           const struct lb_backend_spec *spec);
+/*
+ * b's DNS name now resolves to another address: b is replaced by a new
+ * backend at `sa` (an address never changes under a published backend:
+ * workers read it without a lock, as Envoy's hosts), and retired; its
+ * sessions finish on their own.  Returns the new backend (already
+ * resolved, its DNS marked started), or NULL (out of memory, or b is no
+ * longer its member's backend).
+ */
+struct lb_backend *lb_pool_readdress(struct lb_pool *pool, struct lb_backend *b,
+                                     const struct sockaddr *sa, socklen_t len);
+
 /*
  * Takes m's backend out of the pool: retires it (lb_backend_retire) and
  * drops the member's reference; asks for a rebuild.  No-op without one.
@@ -164,6 +174,18 @@ static inline struct lb_backend *lb_pool_pick(struct lb_pool *pool, const struct
 {
     return pool->snap->algo->pick(pool->snap, p);
 }
+
+/*
+ * A worker's copy of a snapshot: entries[0..n) (backends referenced anew,
+ * weights as given), the eligible set, and `algo` initialised with `prev`
+ * (the copy it replaces, may be NULL).  NULL when out of memory.
+ */
+struct lb_snapshot *lb_snapshot_copy(const struct lb_snap_entry *entries, size_t n,
+                                     const struct lb_algo_ops *algo,
+                                     const struct lb_snapshot *prev);
+
+/* The algorithm asked for a fresh state: rebuild it (stays stale when out of memory). */
+void lb_snapshot_refresh_algo(struct lb_snapshot *s);
 
 /* Frees a snapshot: the algorithm's state and the entries' references.  NULL is a no-op. */
 void lb_snapshot_free(struct lb_snapshot *s);

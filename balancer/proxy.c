@@ -1,11 +1,14 @@
 /*
- * The pools' listeners and the accounting of the sessions they accept (see
- * proxy.h).  Binding, accept4() and the back-off after EMFILE and the like
- * are common/lb_listen.c's, shared with the admin API; what is the data
- * plane's own is the global cap: at --max-conns accepting pauses and
- * clients wait in the kernel's queue until a session finishes.
+ * Workers and the messages between them and the control loop (design in
+ * proxy.h).  Binding, accept4() and the back-off after EMFILE are
+ * common/lb_listen.c's, shared with the admin API; the global cap is this
+ * file's: at --max-conns a worker pauses accepting, clients wait in the
+ * kernel's queues, and the worker whose session frees a slot wakes every
+ * worker paused at the cap.
  */
 #include "proxy.h"
+#include "health.h"
+#include "lb_addr.h"
 #include "lb_error.h"
 #include "lb_listen.h"
 #include "lb_log.h"
@@ -13,6 +16,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,75 +26,133 @@
 #define ACCEPTS_PER_WAKEUP 64
 #define EMFILE_PAUSE_S     0.1
 
-static void proxy_pause_accept(struct lb_proxy *proxy)
+static inline void counter_add(_Atomic uint64_t *c, uint64_t n)
 {
-    if (proxy->accept_paused)
+    /* single writer: a plain load and store, no locked instruction */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t counter_get(const _Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* ---------------------------------------------------------- accepting -- */
+
+static void worker_pause_accept(struct lb_worker *w)
+{
+    if (w->accept_paused)
         return;
-    proxy->accept_paused = true;
-    for (size_t i = 0; i < proxy->n_listeners; i++)
-        ev_io_stop(proxy->loop, &proxy->listeners[i].io);
+    w->accept_paused = true;
+    for (size_t i = 0; i < w->proxy->registry->n_pools; i++)
+        ev_io_stop(w->loop, &w->pools[i].io);
 }
 
-static void proxy_resume_accept(struct lb_proxy *proxy)
+static void worker_resume_accept(struct lb_worker *w)
 {
-    if (!proxy->accept_paused || !proxy->accept_enabled || proxy->shutting_down ||
-        !proxy->listening)
+    if (!w->accept_paused || !w->accepting || w->shutting_down)
         return;
-    proxy->accept_paused = false;
-    for (size_t i = 0; i < proxy->n_listeners; i++)
-        if (proxy->listeners[i].fd >= 0)
-            ev_io_start(proxy->loop, &proxy->listeners[i].io);
+    w->accept_paused = false;
+    for (size_t i = 0; i < w->proxy->registry->n_pools; i++)
+        if (w->pools[i].fd >= 0)
+            ev_io_start(w->loop, &w->pools[i].io);
 }
 
-/* Back-off hooks (lb_listen.h): all listeners pause and resume together. */
-static void proxy_backoff_pause(void *ctx)
+/* Leaves the cap pause when there is room (and no EMFILE back-off runs). */
+static void worker_leave_cap(struct lb_worker *w)
 {
-    proxy_pause_accept(ctx);
+    struct lb_proxy *proxy = w->proxy;
+
+    if (!w->at_cap || atomic_load(&proxy->active) >= proxy->max_conns)
+        return;
+    w->at_cap = false;
+    atomic_fetch_sub(&proxy->n_at_cap, 1);
+    if (!lb_accept_backoff_is_pending(&w->accept_backoff))
+        worker_resume_accept(w);
 }
 
-static void proxy_backoff_resume(void *ctx)
+static void worker_resume_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
-    struct lb_proxy *proxy = ctx;
-
-    if (proxy->active < proxy->max_conns)
-        proxy_resume_accept(proxy);
+    worker_leave_cap(lb_container_of(a, struct lb_worker, resume));
 }
 
-static const struct lb_accept_backoff_ops proxy_backoff_ops = {
-    .pause = proxy_backoff_pause,
-    .resume = proxy_backoff_resume,
+/* Back-off hooks (lb_listen.h): all of a worker's listeners pause and resume together. */
+static void worker_backoff_pause(void *ctx)
+{
+    worker_pause_accept(ctx);
+}
+
+static void worker_backoff_resume(void *ctx)
+{
+    struct lb_worker *w = ctx;
+
+    if (!w->at_cap)
+        worker_resume_accept(w);
+}
+
+static const struct lb_accept_backoff_ops worker_backoff_ops = {
+    .pause = worker_backoff_pause,
+    .resume = worker_backoff_resume,
 };
 
-static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+/*
+ * Takes one slot of the global cap, or pauses this worker at the cap.  The
+ * pause is announced (n_at_cap) before the cap is looked at again, and a
+ * finishing session frees its slot before it looks for paused workers:
+ * one of the two always sees the other, so no worker stays paused while
+ * there is room.
+ */
+static bool worker_reserve_slot(struct lb_worker *w)
 {
-    struct lb_listener *l = lb_container_of(w, struct lb_listener, io);
-    struct lb_proxy *proxy = l->proxy;
+    struct lb_proxy *proxy = w->proxy;
+
+    if (atomic_fetch_add(&proxy->active, 1) < proxy->max_conns)
+        return true;
+    atomic_fetch_sub(&proxy->active, 1);
+    if (!w->at_cap) {
+        uint64_t now_ms = (uint64_t)(ev_now(w->loop) * 1000.);
+        uint64_t last = atomic_load(&proxy->cap_logged_ms);
+
+        counter_add(&w->cap_pauses, 1);
+        /* Under steady load this pauses at every close: one line a second
+         * for the whole process, whichever worker gets to say it. */
+        if (now_ms - last >= 1000 &&
+            atomic_compare_exchange_strong(&proxy->cap_logged_ms, &last, now_ms)) {
+            uint64_t accepted, errors, pauses;
+
+            lb_proxy_totals(proxy, &accepted, &errors, &pauses);
+            LB_WARN(
+                "proxy",
+                "msg=\"connection cap reached, accepting paused\" max_conns=%llu "
+                "pauses_since_last_line=%llu",
+                (unsigned long long)proxy->max_conns,
+                (unsigned long long)(pauses - atomic_exchange(&proxy->cap_pauses_logged, pauses)));
+        }
+        w->at_cap = true;
+        atomic_fetch_add(&proxy->n_at_cap, 1);
+    }
+    worker_pause_accept(w);
+    worker_leave_cap(w);
+    return false;
+}
+
+static void listener_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct lb_wpool *wp = lb_container_of(io, struct lb_wpool, io);
+    struct lb_worker *w = wp->worker;
 
     for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         int fd;
 
-        if (proxy->active >= proxy->max_conns) {
-            /* At the cap: leave clients in the kernel's backlog until one closes.
-             * Under steady load this pauses at every close: log once a second. */
-            if (!proxy->accept_paused) {
-                proxy->cap_pauses++;
-                if (ev_now(loop) - proxy->cap_logged_at >= 1.0) {
-                    LB_WARN("proxy",
-                            "msg=\"connection cap reached, accepting paused\" "
-                            "max_conns=%llu pauses_since_last_line=%llu",
-                            (unsigned long long)proxy->max_conns,
-                            (unsigned long long)(proxy->cap_pauses - proxy->cap_pauses_logged));
-                    proxy->cap_logged_at = ev_now(loop);
-                    proxy->cap_pauses_logged = proxy->cap_pauses;
-                }
-            }
-            proxy_pause_accept(proxy);
+        if (!worker_reserve_slot(w))
             return;
-        }
-        fd = lb_listen_accept(l->fd, &ss, &len);
-        switch (lb_accept_backoff_check(&proxy->accept_backoff, fd)) {
+        fd = lb_listen_accept(wp->fd, &ss, &len);
+        if (fd < 0)
+            atomic_fetch_sub(&w->proxy->active, 1);
+        switch (lb_accept_backoff_check(&w->accept_backoff, fd)) {
         case LB_ACCEPT_GO:
             if (fd == -EAGAIN)
                 return;
@@ -99,45 +161,473 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             LB_ERROR("proxy",
                      "msg=\"cannot accept, pausing 100ms (raise the open-files "
                      "limit or lower --max-conns)\" pool=%s error=\"%s\"",
-                     l->pool->name, strerror(-fd));
+                     wp->pool->name, strerror(-fd));
             /* fall through */
         case LB_ACCEPT_PAUSED:
-            proxy->accept_errors++;
+            counter_add(&w->accept_errors, 1);
             return;
         case LB_ACCEPT_FAILED:
-            proxy->accept_errors++;
-            LB_ERROR("proxy", "msg=\"accept failed\" pool=%s error=\"%s\"", l->pool->name,
+            counter_add(&w->accept_errors, 1);
+            LB_ERROR("proxy", "msg=\"accept failed\" pool=%s error=\"%s\"", wp->pool->name,
                      strerror(-fd));
             return;
         }
-        lb_session_start(proxy, l->pool, fd, (struct sockaddr *)&ss, len);
+        w->active++;
+        counter_add(&w->accepted, 1);
+        lb_session_start(w, wp, fd, (struct sockaddr *)&ss, len);
     }
 }
 
-static int listener_open(struct lb_listener *l, const char *text, char **err)
+/* Takes in what is queued on every listener of w, then closes them. */
+static void worker_stop_listening(struct lb_worker *w)
+{
+    for (size_t i = 0; i < w->proxy->registry->n_pools; i++) {
+        struct lb_wpool *wp = &w->pools[i];
+        uint64_t before;
+
+        if (wp->fd < 0)
+            continue;
+        /* Clients already in the kernel's accept queue completed their
+         * handshake: closing the listener now would reset them. */
+        if (w->accepting && !w->accept_paused) {
+            do {
+                before = counter_get(&w->accepted);
+                listener_accept_cb(w->loop, &wp->io, EV_READ);
+            } while (counter_get(&w->accepted) - before == ACCEPTS_PER_WAKEUP);
+        }
+        ev_io_stop(w->loop, &wp->io);
+        close(wp->fd);
+        wp->fd = -1;
+    }
+    lb_accept_backoff_stop(&w->accept_backoff);
+}
+
+/* ----------------------------------------------------------- messages -- */
+
+/* The control loop's word to a worker. */
+enum worker_order { ORDER_ACCEPT, ORDER_SHUTDOWN, ORDER_CLOSE_ALL, ORDER_STOP };
+
+struct order_msg {
+    struct lb_msg msg;
+    enum worker_order order;
+};
+
+/* A pool change for every worker: shared, freed by the last worker done with it. */
+struct pool_change {
+    _Atomic unsigned refs;
+    size_t pool;
+    bool rebuild;
+    struct lb_pool_policy policy;   /* rebuild */
+    const struct lb_algo_ops *algo; /* rebuild */
+    struct lb_snap_entry *entries;  /* rebuild: backends referenced */
+    size_t n_entries;
+    struct {
+        uint32_t index, weight;
+    } * weights; /* in place */
+    size_t n_weights;
+};
+
+struct change_msg {
+    struct lb_msg msg;
+    struct pool_change *change;
+};
+
+/* A backend named in a message (referenced). */
+struct backend_msg {
+    struct lb_msg msg;
+    struct lb_backend *b;
+    unsigned worker;
+};
+
+static void pool_change_release(struct pool_change *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; i < c->n_entries; i++)
+        lb_backend_unref(c->entries[i].backend);
+    free(c->entries);
+    free(c->weights);
+    free(c);
+}
+
+static void worker_apply_change(struct lb_msg *m, void *ctx)
+{
+    struct change_msg *cm = lb_container_of(m, struct change_msg, msg);
+    struct pool_change *c = cm->change;
+    struct lb_worker *w = ctx;
+    struct lb_wpool *wp = &w->pools[c->pool];
+
+    if (c->rebuild) {
+        struct lb_snapshot *next = lb_snapshot_copy(c->entries, c->n_entries, c->algo, wp->snap);
+
+        if (next) {
+            lb_snapshot_free(wp->snap);
+            wp->snap = next;
+            wp->policy = c->policy;
+        } else {
+            LB_ERROR("proxy",
+                     "msg=\"out of memory copying a pool, worker keeps the previous "
+                     "one\" pool=%s worker=%u",
+                     wp->pool->name, w->index);
+        }
+    } else {
+        for (size_t i = 0; i < c->n_weights; i++)
+            if (c->weights[i].index < wp->snap->n_entries)
+                lb_snapshot_set_weight(wp->snap, c->weights[i].index, c->weights[i].weight);
+        if (wp->snap->algo_stale)
+            lb_snapshot_refresh_algo(wp->snap);
+    }
+    pool_change_release(c);
+    free(cm);
+}
+
+static void worker_report_idle(struct lb_worker *w);
+
+static void worker_apply_order(struct lb_msg *m, void *ctx)
+{
+    struct order_msg *om = lb_container_of(m, struct order_msg, msg);
+    struct lb_worker *w = ctx;
+    enum worker_order order = om->order;
+
+    free(om);
+    switch (order) {
+    case ORDER_ACCEPT:
+        if (w->shutting_down)
+            break;
+        w->accepting = true;
+        if (!w->at_cap)
+            worker_resume_accept(w);
+        break;
+    case ORDER_SHUTDOWN:
+        worker_stop_listening(w);
+        w->shutting_down = true;
+        w->accepting = false;
+        if (w->active == 0)
+            worker_report_idle(w);
+        break;
+    case ORDER_CLOSE_ALL: {
+        struct lb_list *first;
+
+        while ((first = lb_list_first(&w->live)))
+            lb_session_abort(lb_session_of_link(first));
+        break;
+    }
+    case ORDER_STOP:
+        ev_break(w->loop, EVBREAK_ALL);
+        break;
+    }
+}
+
+static void worker_close_oldest(struct lb_msg *m, void *ctx)
+{
+    struct backend_msg *bm = lb_container_of(m, struct backend_msg, msg);
+    struct lb_worker *w = ctx;
+    struct lb_session *s = lb_session_oldest_of(bm->b, w->index);
+
+    if (s)
+        lb_session_abort_drained(s);
+    lb_backend_unref(bm->b);
+    free(bm);
+}
+
+static int worker_order(struct lb_worker *w, enum worker_order order)
+{
+    struct order_msg *om = calloc(1, sizeof(*om));
+
+    if (!om)
+        return -ENOMEM;
+    om->order = order;
+    lb_mailbox_post(&w->inbox, &om->msg, worker_apply_order);
+    return 0;
+}
+
+/* Posts `order` to every worker; out of memory, runs it on the spot for none. */
+static void proxy_order_all(struct lb_proxy *proxy, enum worker_order order)
+{
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        if (worker_order(&proxy->workers[i], order) < 0)
+            LB_ERROR("proxy", "msg=\"out of memory telling a worker\" worker=%u", i);
+}
+
+/* -- worker -> control */
+
+static void control_eject(struct lb_msg *m, void *ctx)
+{
+    struct backend_msg *bm = lb_container_of(m, struct backend_msg, msg);
+
+    lb_health_eject(bm->b);
+    lb_backend_unref(bm->b);
+    free(bm);
+}
+
+static void control_zero(struct lb_msg *m, void *ctx)
+{
+    struct backend_msg *bm = lb_container_of(m, struct backend_msg, msg);
+    struct lb_proxy *proxy = ctx;
+
+    lb_registry_connection_closed(proxy->registry, bm->b);
+    lb_backend_unref(bm->b);
+    free(bm);
+}
+
+static void control_worker_idle(struct lb_msg *m, void *ctx)
+{
+    struct lb_proxy *proxy = ctx;
+
+    free(lb_container_of(m, struct backend_msg, msg));
+    if (++proxy->n_idle == proxy->n_workers && proxy->on_idle) {
+        void (*cb)(struct lb_proxy *) = proxy->on_idle;
+
+        proxy->on_idle = NULL;
+        cb(proxy);
+    }
+}
+
+static void post_backend(struct lb_mailbox *mb, struct lb_backend *b, unsigned worker,
+                         lb_msg_fn run)
+{
+    struct backend_msg *bm = calloc(1, sizeof(*bm));
+
+    if (!bm) {
+        LB_ERROR("proxy", "msg=\"out of memory passing a message between threads\"");
+        return;
+    }
+    if (b)
+        lb_backend_ref(b);
+    bm->b = b;
+    bm->worker = worker;
+    lb_mailbox_post(mb, &bm->msg, run);
+}
+
+void lb_worker_ask_eject(struct lb_worker *w, struct lb_backend *b)
+{
+    post_backend(&w->proxy->inbox, b, w->index, control_eject);
+}
+
+void lb_worker_tell_zero(struct lb_worker *w, struct lb_backend *b)
+{
+    post_backend(&w->proxy->inbox, b, w->index, control_zero);
+}
+
+static void worker_report_idle(struct lb_worker *w)
+{
+    if (w->idle_reported)
+        return;
+    w->idle_reported = true;
+    post_backend(&w->proxy->inbox, NULL, w->index, control_worker_idle);
+}
+
+void lb_worker_session_finished(struct lb_worker *w)
+{
+    struct lb_proxy *proxy = w->proxy;
+
+    w->active--;
+    atomic_fetch_sub(&proxy->active, 1);
+    if (atomic_load(&proxy->n_at_cap)) {
+        for (unsigned i = 0; i < proxy->n_workers; i++)
+            if (&proxy->workers[i] != w)
+                ev_async_send(proxy->workers[i].loop, &proxy->workers[i].resume);
+        worker_leave_cap(w);
+    }
+    if (w->shutting_down && w->active == 0)
+        worker_report_idle(w);
+}
+
+/* ------------------------------------------------------ control side -- */
+
+void lb_proxy_pool_published(struct lb_proxy *proxy, struct lb_pool *pool, bool rebuilt)
+{
+    const struct lb_snapshot *s = pool->snap;
+    struct pool_change *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        goto oom;
+    c->pool = (size_t)(pool - proxy->registry->pools);
+    c->rebuild = rebuilt;
+    if (rebuilt) {
+        c->policy = pool->policy;
+        c->algo = s->algo;
+        c->entries = malloc((s->n_entries ? s->n_entries : 1) * sizeof(*c->entries));
+        if (!c->entries)
+            goto oom;
+        memcpy(c->entries, s->entries, s->n_entries * sizeof(*c->entries));
+        for (size_t i = 0; i < s->n_entries; i++)
+            lb_backend_ref(c->entries[i].backend);
+        c->n_entries = s->n_entries;
+    } else {
+        c->weights = malloc((pool->n_changed ? pool->n_changed : 1) * sizeof(*c->weights));
+        if (!c->weights)
+            goto oom;
+        /* An entry may have changed twice: each pair carries the latest weight. */
+        for (size_t i = 0; i < pool->n_changed; i++) {
+            c->weights[i].index = pool->changed[i];
+            c->weights[i].weight = s->entries[pool->changed[i]].weight;
+        }
+        c->n_weights = pool->n_changed;
+    }
+    atomic_init(&c->refs, proxy->n_workers);
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct change_msg *cm = calloc(1, sizeof(*cm));
+
+        if (!cm) {
+            /* This worker misses the change: its copy stays as it was. */
+            LB_ERROR("proxy", "msg=\"out of memory posting a pool change\" pool=%s worker=%u",
+                     pool->name, i);
+            pool_change_release(c);
+            continue;
+        }
+        cm->change = c;
+        lb_mailbox_post(&proxy->workers[i].inbox, &cm->msg, worker_apply_change);
+    }
+    return;
+oom:
+    if (c) {
+        free(c->entries);
+        free(c->weights);
+        free(c);
+    }
+    LB_ERROR("proxy", "msg=\"out of memory posting a pool change to the workers\" pool=%s",
+             pool->name);
+}
+
+void lb_proxy_close_oldest(struct lb_proxy *proxy, struct lb_backend *b)
+{
+    unsigned best = 0;
+    uint64_t most = 0;
+
+    for (unsigned i = 0; i < b->n_ws && i < proxy->n_workers; i++) {
+        uint64_t n = counter_get(&b->ws[i].sessions);
+
+        if (n > most) {
+            most = n;
+            best = i;
+        }
+    }
+    if (most)
+        post_backend(&proxy->workers[best].inbox, b, best, worker_close_oldest);
+}
+
+uint64_t lb_proxy_active(const struct lb_proxy *proxy)
+{
+    return atomic_load(&proxy->active);
+}
+
+void lb_proxy_totals(const struct lb_proxy *proxy, uint64_t *accepted, uint64_t *accept_errors,
+                     uint64_t *cap_pauses)
+{
+    *accepted = *accept_errors = *cap_pauses = 0;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        *accepted += counter_get(&proxy->workers[i].accepted);
+        *accept_errors += counter_get(&proxy->workers[i].accept_errors);
+        *cap_pauses += counter_get(&proxy->workers[i].cap_pauses);
+    }
+}
+
+void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_pool_counters *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (unsigned k = 0; proxy && k < proxy->n_workers; k++) {
+        const struct lb_wpool *wp = &proxy->workers[k].pools[i];
+
+        out->active += counter_get(&wp->active);
+        out->total += counter_get(&wp->total);
+        out->no_backend += counter_get(&wp->no_backend);
+        out->retries += counter_get(&wp->retries);
+    }
+}
+
+/* ----------------------------------------------------------- lifetime -- */
+
+static int listener_open(struct lb_wpool *wp, const char *text, struct lb_listen_socket *sock,
+                         char **err)
 {
     char what[LB_NAME_MAX + 320];
     const struct lb_listen_options o = {
         .what = what,
         .backlog = 4096,
+        .reuse_port = true,
         /* Accepted sockets inherit TCP_NODELAY from the listener: one system
          * call per listener instead of one per client. */
         .nodelay = true,
     };
-    struct lb_listen_socket sock;
     int rc;
 
-    snprintf(what, sizeof(what), "--pool %s=%s", l->pool->name, text);
-    rc = lb_listen_open(text, &o, &sock, err);
+    snprintf(what, sizeof(what), "--pool %s=%s", wp->pool->name, wp->pool->listen);
+    rc = lb_listen_open(text, &o, sock, err);
     if (rc < 0)
         return rc;
-    l->fd = sock.fd;
-    ev_io_init(&l->io, listener_accept_cb, l->fd, EV_READ);
+    wp->fd = sock->fd;
+    ev_io_init(&wp->io, listener_accept_cb, wp->fd, EV_READ);
+    return 0;
+}
+
+static void worker_free(struct lb_worker *w)
+{
+    struct lb_list *first;
+
+    if (!w->loop)
+        return;
+    while ((first = lb_list_first(&w->live)))
+        lb_session_abort(lb_session_of_link(first));
+    for (size_t i = 0; w->pools && i < w->proxy->registry->n_pools; i++) {
+        struct lb_wpool *wp = &w->pools[i];
+
+        if (wp->fd >= 0) {
+            ev_io_stop(w->loop, &wp->io);
+            close(wp->fd);
+        }
+        lb_snapshot_free(wp->snap);
+    }
+    lb_accept_backoff_stop(&w->accept_backoff);
+    lb_reaper_destroy(&w->reaper);
+    lb_mailbox_destroy(&w->inbox);
+    ev_async_stop(w->loop, &w->resume);
+    free(w->pools);
+    ev_loop_destroy(w->loop);
+    w->loop = NULL;
+}
+
+static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned index)
+{
+    struct lb_registry *r = proxy->registry;
+
+    w->index = index;
+    w->proxy = proxy;
+    w->accept_paused = true;
+    lb_list_init(&w->live);
+    w->pools = calloc(r->n_pools ? r->n_pools : 1, sizeof(*w->pools));
+    w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+    if (!w->pools || !w->loop) {
+        if (w->loop)
+            ev_loop_destroy(w->loop);
+        w->loop = NULL;
+        free(w->pools);
+        w->pools = NULL;
+        return -ENOMEM;
+    }
+    lb_mailbox_init(&w->inbox, w->loop, w);
+    ev_async_init(&w->resume, worker_resume_cb);
+    ev_async_start(w->loop, &w->resume);
+    lb_reaper_init(&w->reaper, w->loop);
+    lb_accept_backoff_init(&w->accept_backoff, w->loop, EMFILE_PAUSE_S, &worker_backoff_ops, w);
+    for (size_t i = 0; i < r->n_pools; i++)
+        w->pools[i].fd = -1;
+    for (size_t i = 0; i < r->n_pools; i++) {
+        struct lb_wpool *wp = &w->pools[i];
+        const struct lb_snapshot *s = r->pools[i].snap;
+
+        wp->pool = &r->pools[i];
+        wp->worker = w;
+        wp->policy = r->pools[i].policy;
+        wp->snap = lb_snapshot_copy(s->entries, s->n_entries, s->algo, NULL);
+        if (!wp->snap)
+            return -ENOMEM;
+    }
     return 0;
 }
 
 int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_registry *registry,
-                  uint64_t max_conns, char **err)
+                  uint64_t max_conns, unsigned n_workers, char **err)
 {
     int rc = 0;
 
@@ -145,37 +635,72 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     proxy->loop = loop;
     proxy->registry = registry;
     proxy->max_conns = max_conns;
-    lb_list_init(&proxy->live);
-    lb_reaper_init(&proxy->reaper, loop);
-    lb_accept_backoff_init(&proxy->accept_backoff, loop, EMFILE_PAUSE_S, &proxy_backoff_ops, proxy);
-    proxy->listeners = calloc(registry->n_pools ? registry->n_pools : 1, sizeof(*proxy->listeners));
-    if (!proxy->listeners) {
-        lb_error_set(err, 0, "out of memory");
-        return -ENOMEM;
+    proxy->n_workers = n_workers ? n_workers : 1;
+    lb_mailbox_init(&proxy->inbox, loop, proxy);
+    proxy->workers = calloc(proxy->n_workers, sizeof(*proxy->workers));
+    if (!proxy->workers) {
+        rc = -ENOMEM;
+        goto fail;
     }
-    for (size_t i = 0; i < registry->n_pools; i++) {
-        struct lb_listener *l = &proxy->listeners[i];
+    for (unsigned i = 0; i < proxy->n_workers && rc == 0; i++)
+        rc = worker_init(proxy, &proxy->workers[i], i);
+    if (rc < 0)
+        goto fail;
+    for (size_t p = 0; p < registry->n_pools; p++) {
+        char bound[LB_ADDR_MAX + 8];
+        const char *addr = registry->pools[p].listen;
 
-        l->fd = -1;
-        l->pool = &registry->pools[i];
-        l->proxy = proxy;
-        registry->pools[i].listener = l;
-        rc = listener_open(l, registry->pools[i].listen, err);
-        if (rc < 0)
-            break;
-        proxy->n_listeners++;
+        for (unsigned i = 0; i < proxy->n_workers; i++) {
+            struct lb_wpool *wp = &proxy->workers[i].pools[p];
+            struct lb_listen_socket sock;
+
+            rc = listener_open(wp, addr, &sock, err);
+            if (rc < 0)
+                goto fail;
+            /* Port 0: the other workers join the port the kernel picked. */
+            if (i == 0)
+                addr = lb_addr_format((struct sockaddr *)&sock.addr, bound, sizeof(bound));
+        }
+        LB_INFO("proxy", "msg=\"listening\" pool=%s addr=%s workers=%u", registry->pools[p].name,
+                registry->pools[p].listen, proxy->n_workers);
     }
-    if (rc < 0) {
-        for (size_t i = 0; i < proxy->n_listeners; i++)
-            close(proxy->listeners[i].fd);
-        proxy->n_listeners = 0;
-        return rc;
-    }
-    for (size_t i = 0; i < proxy->n_listeners; i++)
-        LB_INFO("proxy", "msg=\"listening\" pool=%s addr=%s", proxy->listeners[i].pool->name,
-                proxy->listeners[i].pool->listen);
+    registry->proxy = proxy;
     proxy->listening = true;
-    proxy->accept_paused = true;
+    return 0;
+fail:
+    if (rc == -ENOMEM)
+        lb_error_set(err, 0, "out of memory");
+    for (unsigned i = 0; proxy->workers && i < proxy->n_workers; i++)
+        worker_free(&proxy->workers[i]);
+    free(proxy->workers);
+    proxy->workers = NULL;
+    lb_mailbox_destroy(&proxy->inbox);
+    proxy->loop = NULL;
+    return rc;
+}
+
+static void *worker_main(void *arg)
+{
+    struct lb_worker *w = arg;
+    sigset_t all;
+
+    /* Signals are the control loop's. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    ev_run(w->loop, 0);
+    return NULL;
+}
+
+int lb_proxy_start(struct lb_proxy *proxy, char **err)
+{
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct lb_worker *w = &proxy->workers[i];
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+
+        if (rc)
+            return lb_error_set(err, -rc, "cannot start worker thread %u: %s", i, strerror(rc));
+        w->running = true;
+    }
     return 0;
 }
 
@@ -184,78 +709,56 @@ void lb_proxy_enable_accept(struct lb_proxy *proxy)
     if (proxy->accept_enabled)
         return;
     proxy->accept_enabled = true;
-    proxy_resume_accept(proxy);
-}
-
-void lb_proxy_stop_listening(struct lb_proxy *proxy)
-{
-    for (size_t i = 0; i < proxy->n_listeners; i++) {
-        struct lb_listener *l = &proxy->listeners[i];
-
-        if (l->fd < 0)
-            continue;
-        ev_io_stop(proxy->loop, &l->io);
-        close(l->fd);
-        l->fd = -1;
-    }
-    lb_accept_backoff_stop(&proxy->accept_backoff);
-    proxy->listening = false;
-}
-
-void lb_proxy_session_finished(struct lb_proxy *proxy)
-{
-    proxy->active--;
-    if (proxy->accept_paused && proxy->active < proxy->max_conns &&
-        !lb_accept_backoff_is_pending(&proxy->accept_backoff))
-        proxy_resume_accept(proxy);
-    if (proxy->shutting_down && proxy->active == 0 && proxy->on_idle) {
-        void (*cb)(struct lb_proxy *) = proxy->on_idle;
-
-        proxy->on_idle = NULL;
-        cb(proxy);
-    }
+    proxy_order_all(proxy, ORDER_ACCEPT);
 }
 
 void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *proxy))
 {
-    /* Clients already in the kernel's accept queue completed their handshake:
-     * closing the listener now would reset them.  Take them in first. */
-    for (size_t i = 0; i < proxy->n_listeners; i++) {
-        struct lb_listener *l = &proxy->listeners[i];
-        uint64_t before;
-
-        if (l->fd < 0 || !proxy->accept_enabled)
-            continue;
-        do {
-            before = proxy->accepted;
-            listener_accept_cb(proxy->loop, &l->io, EV_READ);
-        } while (proxy->accepted - before == ACCEPTS_PER_WAKEUP);
-    }
     proxy->shutting_down = true;
-    lb_proxy_stop_listening(proxy);
-    if (proxy->active == 0) {
-        on_idle(proxy);
-        return;
-    }
+    proxy->listening = false;
     proxy->on_idle = on_idle;
+    proxy_order_all(proxy, ORDER_SHUTDOWN);
 }
 
 void lb_proxy_close_all(struct lb_proxy *proxy)
 {
-    struct lb_list *first;
-
-    while ((first = lb_list_first(&proxy->live)))
-        lb_session_abort(lb_session_of_link(first));
+    proxy_order_all(proxy, ORDER_CLOSE_ALL);
 }
 
 void lb_proxy_destroy(struct lb_proxy *proxy)
 {
-    lb_proxy_close_all(proxy);
-    lb_proxy_stop_listening(proxy);
-    lb_reaper_destroy(&proxy->reaper);
-    for (size_t i = 0; i < proxy->n_listeners; i++)
-        proxy->listeners[i].pool->listener = NULL;
-    free(proxy->listeners);
-    proxy->listeners = NULL;
-    proxy->n_listeners = 0;
+    if (!proxy->loop)
+        return;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct lb_worker *w = &proxy->workers[i];
+
+        if (!w->running)
+            continue;
+        if (worker_order(w, ORDER_STOP) < 0) {
+            /* Out of memory even for this: a wake-up with nothing queued
+             * cannot stop the loop, so the thread is left to exit with us. */
+            pthread_detach(w->thread);
+            w->running = false;
+            w->abandoned = true;
+            continue;
+        }
+        pthread_join(w->thread, NULL);
+        w->running = false;
+    }
+    /* The threads are gone: their loops are this thread's.  Every session
+     * ends before any loop goes (an ending session may wake another worker). */
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        struct lb_list *first;
+
+        while (proxy->workers[i].loop && (first = lb_list_first(&proxy->workers[i].live)))
+            lb_session_abort(lb_session_of_link(first));
+    }
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        if (!proxy->workers[i].abandoned)
+            worker_free(&proxy->workers[i]);
+    lb_mailbox_destroy(&proxy->inbox);
+    free(proxy->workers);
+    proxy->workers = NULL;
+    proxy->registry->proxy = NULL;
+    proxy->loop = NULL;
 }

@@ -1,91 +1,169 @@
 /*
- * The data plane: one listener per pool and the sessions it accepts, all on
- * one libev loop.
+ * The data plane: N workers, each a thread with its own libev loop, its
+ * own SO_REUSEPORT listener per pool and the sessions it accepts (nginx's
+ * workers with reuseport, Envoy's worker threads).  Nothing on a
+ * connection's path takes a lock.
  *
- * lb_proxy owns the process-wide connection accounting: a global cap
- * (--max-conns) at which accepting pauses instead of failing, a pause after
- * EMFILE, the list of live sessions (for shutdown), and the graveyard of
- * sessions that finished during this loop iteration and are freed from an
- * ev_check watcher once no callback can still be on the stack.
+ * What each worker sees of a pool is its own copy of the pool's snapshot
+ * and policy (struct lb_wpool).  The control loop, after each publish,
+ * posts the change to every worker's mailbox: a rebuild as the new entries
+ * (backends referenced, effective weights), an in-place publish as the
+ * list of (entry, weight) pairs that changed, which the worker applies
+ * through the same lb_snapshot_set_weight() as the control loop: O(log n)
+ * each, in order, within one loop iteration of the worker.
+ *
+ * Numbers that must hold over all workers are atomics: the global cap
+ * (--max-conns) is reserved per accept, a backend's open connections
+ * (max_conns, leastconn) per pick.  Counters are per worker, single
+ * writer, summed on read.  What only the control loop may do (eject a
+ * backend, report a drain done, learn that a worker is idle at shutdown)
+ * is posted to its mailbox.
+ *
+ * Lifetimes: lb_proxy_init() binds every listener on the calling (control)
+ * thread, so a bad address fails start-up; lb_proxy_start() starts the
+ * threads; lb_proxy_destroy() stops and joins them and frees everything.
  */
 #ifndef LB_PROXY_H
 #define LB_PROXY_H
 
+#include "lb_list.h"
 #include "lb_listen.h"
+#include "lb_mailbox.h"
+#include "lb_reaper.h"
 #include "pool.h"
 #include "registry.h"
-#include "lb_list.h"
-#include "lb_reaper.h"
 
 #include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct lb_session;
+struct lb_worker;
 
-struct lb_listener {
-    ev_io io;
+/* One pool as one worker sees it.  Owned by that worker. */
+struct lb_wpool {
+    struct lb_pool *pool; /* its name only: everything else belongs to the control loop */
+    struct lb_worker *worker;
+    struct lb_pool_policy policy; /* as of the last rebuild posted */
+    struct lb_snapshot *snap;     /* this worker's copy; never NULL */
+    ev_io io;                     /* the listener */
     int fd;
-    struct lb_pool *pool;
+    /* single writer (the worker), read by the control loop */
+    _Atomic uint64_t active;
+    _Atomic uint64_t total;
+    _Atomic uint64_t no_backend; /* clients closed because no backend was available */
+    _Atomic uint64_t retries;    /* connects retried on another backend */
+};
+
+struct lb_worker {
+    unsigned index;
     struct lb_proxy *proxy;
+    struct ev_loop *loop;
+    pthread_t thread;
+    bool running;
+    bool abandoned;          /* could not be stopped (out of memory): left to exit with lbd */
+    struct lb_mailbox inbox; /* what the control loop posts */
+    ev_async resume;         /* the global cap has room again */
+    struct lb_wpool *pools;  /* one per pool, same order as the registry's */
+    bool accepting;          /* enabled and not shut down */
+    bool accept_paused;      /* not accepting now: before sync, at the cap, after EMFILE */
+    bool at_cap;             /* paused for the global cap (counted in proxy->n_at_cap) */
+    bool shutting_down;
+    bool idle_reported;
+    uint64_t active; /* sessions open on this worker */
+    struct lb_list live;
+    struct lb_reaper reaper;
+    struct lb_accept_backoff accept_backoff;
+    /* single writer, read by the control loop */
+    _Atomic uint64_t accepted;
+    _Atomic uint64_t accept_errors;
+    _Atomic uint64_t cap_pauses;
+    char scratch[16384]; /* read buffer shared by this worker's sessions */
 };
 
 struct lb_proxy {
-    struct ev_loop *loop;
+    struct ev_loop *loop; /* the control loop */
     struct lb_registry *registry;
-    struct lb_listener *listeners; /* one per pool, same order */
-    size_t n_listeners;
+    struct lb_mailbox inbox; /* what workers post to the control loop */
+    struct lb_worker *workers;
+    unsigned n_workers;
     bool listening;      /* listeners bound (for /readyz) */
     bool accept_enabled; /* after the first etcd sync */
-    bool accept_paused;  /* not accepting: before sync, at the cap, after EMFILE */
     bool shutting_down;
+    unsigned n_idle; /* workers that reported no session left, at shutdown */
     uint64_t max_conns;
-    uint64_t active;            /* client connections open now */
-    uint64_t accepted;          /* since start */
-    uint64_t accept_errors;     /* EMFILE and friends */
-    uint64_t cap_pauses;        /* times the cap paused accepting */
-    uint64_t cap_pauses_logged; /* cap_pauses at the last log line */
-    ev_tstamp cap_logged_at;
-    struct lb_list live;     /* every open session, newest first */
-    struct lb_reaper reaper; /* frees finished sessions after the current callbacks */
-    struct lb_accept_backoff accept_backoff; /* resumes accepting after EMFILE */
+    _Atomic uint64_t active;                 /* client connections open now, every worker */
+    _Atomic unsigned n_at_cap;               /* workers paused at the cap */
+    _Atomic uint64_t cap_logged_ms;          /* the cap was last logged (loop time, ms) */
+    _Atomic uint64_t cap_pauses_logged;      /* pauses counted at that line */
     void (*on_idle)(struct lb_proxy *proxy); /* shutting down and no session left */
-    char scratch[16384];                     /* read buffer shared by all sessions */
+};
+
+/* What a pool served, summed over workers. */
+struct lb_pool_counters {
+    uint64_t active, total, no_backend, retries;
 };
 
 /*
- * Binds one listener per pool of the registry (pool->listen), without
- * accepting yet (see lb_proxy_enable_accept()).  Returns 0,
- * or a negative errno with *err set to a malloc'd message naming the pool
- * and the address.  Nothing is bound when it fails.
+ * Binds `n_workers` listeners per pool (SO_REUSEPORT) and prepares each
+ * worker's loop and pool copies, without starting threads or accepting.
+ * Returns 0, or a negative errno with *err set to a malloc'd message naming
+ * the pool and the address; nothing is left bound.
  */
 int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_registry *registry,
-                  uint64_t max_conns, char **err);
+                  uint64_t max_conns, unsigned n_workers, char **err);
+
+/* Starts the worker threads.  Returns 0 or a negative errno (*err set). */
+int lb_proxy_start(struct lb_proxy *proxy, char **err);
 
 /*
- * Starts accepting on the bound listeners.  Until then, clients wait in the
- * kernel's accept queue instead of being turned away for lack of backends:
- * lbd calls this once the first etcd listing is applied.
+ * Starts accepting on every worker.  Until then, clients wait in the
+ * kernel's accept queues instead of being turned away for lack of
+ * backends: lbd calls this once the first etcd listing is applied.
  */
 void lb_proxy_enable_accept(struct lb_proxy *proxy);
 
-/* Stops accepting, closes the listeners; sessions go on. */
-void lb_proxy_stop_listening(struct lb_proxy *proxy);
-
 /*
- * Enters shutdown: stops listening; calls on_idle once no session is left
- * (at once if none is open).
+ * Enters shutdown: every worker takes in what is queued and stops
+ * listening; on_idle runs on the control loop once no worker holds a
+ * session.
  */
 void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *proxy));
 
-/* Closes every open session now (end of the shutdown grace period). */
+/* Closes every open session on every worker (end of the shutdown grace period). */
 void lb_proxy_close_all(struct lb_proxy *proxy);
 
-/* Frees everything; sessions must be closed first. */
+/* Stops and joins the workers, closes what is left, frees everything. */
 void lb_proxy_destroy(struct lb_proxy *proxy);
 
+/* Open client connections, all workers. */
+uint64_t lb_proxy_active(const struct lb_proxy *proxy);
+
+/* Sums of the workers' counters. */
+void lb_proxy_totals(const struct lb_proxy *proxy, uint64_t *accepted, uint64_t *accept_errors,
+                     uint64_t *cap_pauses);
+
+/* What pool i served, summed over workers (zeros without workers). */
+void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_pool_counters *out);
+
+/*
+ * The control loop published pool i (registry.c's publisher): posts the
+ * change to every worker.  `rebuilt`: the snapshot is new; otherwise
+ * pool->changed lists the entries whose weight changed in place.
+ */
+void lb_proxy_pool_published(struct lb_proxy *proxy, struct lb_pool *pool, bool rebuilt);
+
+/* The drain deadline: asks the worker holding most sessions to b to close its oldest. */
+void lb_proxy_close_oldest(struct lb_proxy *proxy, struct lb_backend *b);
+
+/* From a worker: ask the control loop to eject b / to report that b has no connection left. */
+void lb_worker_ask_eject(struct lb_worker *w, struct lb_backend *b);
+void lb_worker_tell_zero(struct lb_worker *w, struct lb_backend *b);
+
 /* Called by a session after it left the live list (accounting, resume, idle). */
-void lb_proxy_session_finished(struct lb_proxy *proxy);
+void lb_worker_session_finished(struct lb_worker *w);
 
 #endif

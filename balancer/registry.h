@@ -26,6 +26,7 @@
 
 struct lb_resolver;
 struct lb_addr_policy;
+struct lb_proxy;
 
 struct lb_registry {
     struct ev_loop *loop;
@@ -34,6 +35,8 @@ struct lb_registry {
     struct lb_store store;              /* cluster-scope writes; put_override NULL when none */
     struct lb_resolver *resolver;       /* DNS names of backends; NULL: names stay unresolved */
     struct lb_addr_policy *addr_policy; /* where backends may point; NULL: anywhere */
+    struct lb_proxy *proxy;             /* the workers, told of every publish; NULL in tests */
+    unsigned n_workers;                 /* counter slots per backend; 0 means 1 */
     struct lb_reaper reaper;            /* deferred frees (subscriptions) */
     struct lb_events events;            /* waiting for the next publish, and who listens */
     ev_prepare publisher;               /* runs lb_registry_publish() once per iteration */

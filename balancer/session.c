@@ -1,8 +1,10 @@
 /*
  * Proxied connections (state machine in session.h): connect with retries,
- * relay through the proxy's scratch buffer, back-pressure by pausing the
+ * relay through the worker's scratch buffer, back-pressure by pausing the
  * read side, RST passed on as RST, one finalize, frees deferred to the
- * proxy's reaper.
+ * worker's reaper.  A session lives on one worker from accept to free;
+ * what it shares with other workers is atomic (the backend's open count,
+ * reserved at pick so max_conns holds across workers).
  */
 #include "session.h"
 #include "backend.h"
@@ -16,6 +18,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -43,8 +46,8 @@ struct half {
 };
 
 struct lb_session {
-    struct lb_proxy *proxy;
-    struct lb_pool *pool;
+    struct lb_worker *worker;
+    struct lb_wpool *pool;
     struct lb_backend *backend; /* referenced while connecting and proxying */
     enum session_state state;
     bool reset; /* end with RST on both sockets, not FIN */
@@ -59,10 +62,10 @@ struct lb_session {
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
-    struct lb_list b_link; /* backend->sessions, newest first */
+    struct lb_list b_link; /* backend->ws[worker].list, newest first */
     struct sockaddr_storage client_addr;
-    struct lb_list link; /* proxy->live */
-    struct lb_reap reap; /* freed by the proxy's reaper */
+    struct lb_list link; /* worker->live */
+    struct lb_reap reap; /* freed by the worker's reaper */
 };
 
 static void session_connect_next(struct lb_session *s);
@@ -86,6 +89,26 @@ static void set_nodelay(int fd)
 
 /* ------------------------------------------------------------- relay -- */
 
+/* This worker's counters of s's backend. */
+static struct lb_backend_wstats *session_stats(const struct lb_session *s)
+{
+    return &s->backend->ws[s->worker->index];
+}
+
+/* Adds to a counter only this worker writes: no locked instruction. */
+static void counter_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static void session_count_bytes(struct lb_session *s, const struct half *h, uint64_t n)
+{
+    struct lb_backend_wstats *st = session_stats(s);
+
+    counter_add(h == &s->up ? &st->bytes_in : &st->bytes_out, n);
+}
+
 /* Flushes pending bytes of h to `to`.  Returns 0 when all written, 1 when some
  * remain (write watcher started), -1 on a write error. */
 static int half_flush(struct lb_session *s, struct half *h, int to)
@@ -97,21 +120,18 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                ev_io_start(s->proxy->loop, &h->to_w);
+                ev_io_start(s->worker->loop, &h->to_w);
                 return 1;
             }
             return -1;
         }
         h->off += (size_t)w;
         h->len -= (size_t)w;
-        h->progress_at = ev_now(s->proxy->loop);
-        if (h == &s->up)
-            s->backend->bytes_in += (uint64_t)w;
-        else
-            s->backend->bytes_out += (uint64_t)w;
+        h->progress_at = ev_now(s->worker->loop);
+        session_count_bytes(s, h, (uint64_t)w);
     }
     h->off = 0;
-    ev_io_stop(s->proxy->loop, &h->to_w);
+    ev_io_stop(s->worker->loop, &h->to_w);
     return 0;
 }
 
@@ -138,13 +158,13 @@ static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 
 static void half_read(struct lb_session *s, struct half *h, int from, int to)
 {
-    char *buf = s->proxy->scratch;
+    char *buf = s->worker->scratch;
     ssize_t n;
 
     for (int round = 0; round < 4; round++) {
         ssize_t w = 0;
 
-        n = recv(from, buf, sizeof(s->proxy->scratch), 0);
+        n = recv(from, buf, sizeof(s->worker->scratch), 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -156,13 +176,13 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
         }
         if (n == 0) {
             h->eof = true;
-            ev_io_stop(s->proxy->loop, &h->from_r);
+            ev_io_stop(s->worker->loop, &h->from_r);
             half_forward_eof(s, h, to);
             if (session_is_done(s))
                 session_finalize(s, "closed by both sides");
             return;
         }
-        s->last_activity = ev_now(s->proxy->loop);
+        s->last_activity = ev_now(s->worker->loop);
         while (w < n) {
             ssize_t k = send(to, buf + w, (size_t)(n - w), MSG_NOSIGNAL);
 
@@ -177,10 +197,7 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             }
             w += k;
         }
-        if (h == &s->up)
-            s->backend->bytes_in += (uint64_t)w;
-        else
-            s->backend->bytes_out += (uint64_t)w;
+        session_count_bytes(s, h, (uint64_t)w);
         if (w < n) {
             /* The other side is full: keep the rest, stop reading until it drains. */
             if (!h->pending && !(h->pending = malloc(PENDING_MAX))) {
@@ -190,13 +207,13 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             memcpy(h->pending, buf + w, (size_t)(n - w));
             h->off = 0;
             h->len = (size_t)(n - w);
-            h->progress_at = ev_now(s->proxy->loop);
-            ev_io_stop(s->proxy->loop, &h->from_r);
-            ev_io_start(s->proxy->loop, &h->to_w);
+            h->progress_at = ev_now(s->worker->loop);
+            ev_io_stop(s->worker->loop, &h->from_r);
+            ev_io_start(s->worker->loop, &h->to_w);
             session_arm_timer(s); /* watch the peer we stopped reading */
             return;
         }
-        if ((size_t)n < sizeof(s->proxy->scratch))
+        if ((size_t)n < sizeof(s->worker->scratch))
             return;
     }
 }
@@ -226,14 +243,14 @@ static void half_writable(struct lb_session *s, struct half *h, int to)
     }
     if (rc > 0)
         return;
-    s->last_activity = ev_now(s->proxy->loop);
+    s->last_activity = ev_now(s->worker->loop);
     if (h->eof) {
         half_forward_eof(s, h, to);
         if (session_is_done(s))
             session_finalize(s, "closed by both sides");
         return;
     }
-    ev_io_start(s->proxy->loop, &h->from_r);
+    ev_io_start(s->worker->loop, &h->from_r);
 }
 
 static void session_server_write_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -265,7 +282,7 @@ static bool half_is_paused(const struct half *h)
  */
 static void session_arm_timer(struct lb_session *s)
 {
-    struct ev_loop *loop = s->proxy->loop;
+    struct ev_loop *loop = s->worker->loop;
     ev_tstamp after = -1.;
 
     if (s->state != SESSION_PROXYING)
@@ -363,9 +380,12 @@ static void session_release_backend(struct lb_session *s)
     if (!b)
         return;
     lb_list_remove(&s->b_link);
+    counter_add(&session_stats(s)->sessions, (uint64_t)-1);
     s->backend = NULL;
-    b->active--;
-    lb_registry_connection_closed(s->proxy->registry, b);
+    /* The last connection of a drained or retired backend: the control
+     * loop reports it (it set notify_zero before it last read `active`). */
+    if (atomic_fetch_sub(&b->active, 1) == 1 && atomic_load(&b->notify_zero))
+        lb_worker_tell_zero(s->worker, b);
     lb_backend_unref(b);
 }
 
@@ -406,13 +426,13 @@ static int session_send_proxy_header(struct lb_session *s)
 
 static void session_connected(struct lb_session *s)
 {
-    struct ev_loop *loop = s->proxy->loop;
+    struct ev_loop *loop = s->worker->loop;
 
     ev_io_stop(loop, &s->connect_w);
     ev_timer_stop(loop, &s->timer);
     s->state = SESSION_PROXYING;
-    s->backend->total++;
-    lb_health_connect_result(s->backend, true);
+    counter_add(&session_stats(s)->total, 1);
+    lb_health_connect_result(s->backend, true, s->pool->policy.health.fall);
     set_nodelay(s->server_fd);
     ev_io_init(&s->up.from_r, session_client_read_cb, s->client_fd, EV_READ);
     ev_io_init(&s->up.to_w, session_server_write_cb, s->server_fd, EV_WRITE);
@@ -450,25 +470,52 @@ static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void session_connect_failed(struct lb_session *s, const char *why)
 {
     struct lb_backend *b = s->backend;
-    ev_tstamp now = ev_now(s->proxy->loop);
+    struct lb_backend_wstats *st = session_stats(s);
+    ev_tstamp now = ev_now(s->worker->loop);
 
-    b->connect_failures++;
-    if (now - b->fail_logged_at >= 1.0) {
+    counter_add(&st->connect_failures, 1);
+    if (now - st->fail_logged_at >= 1.0) {
         LB_WARN("proxy",
                 "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
                 "error=\"%s\" unlogged_failures=%llu",
-                s->pool->name, b->id, b->spec.addr, why, (unsigned long long)b->fail_unlogged);
-        b->fail_logged_at = now;
-        b->fail_unlogged = 0;
+                s->pool->pool->name, b->id, b->spec.addr, why,
+                (unsigned long long)st->fail_unlogged);
+        st->fail_logged_at = now;
+        st->fail_unlogged = 0;
     } else {
-        b->fail_unlogged++;
+        st->fail_unlogged++;
     }
-    lb_health_connect_result(b, false);
+    if (lb_health_connect_result(b, false, s->pool->policy.health.fall))
+        lb_worker_ask_eject(s->worker, b);
     if (s->n_tried <= (size_t)s->pool->policy.retries) {
-        s->pool->retries++;
-        b->retries++;
+        counter_add(&s->pool->retries, 1);
+        counter_add(&st->retries, 1);
     }
     session_connect_next(s);
+}
+
+/*
+ * Picks from this worker's copy of the pool and reserves a connection on
+ * the backend (its `active`, shared by every worker).  A backend another
+ * worker filled to max_conns between the pick and the reservation is
+ * given back and the pick tried again: max_conns is never exceeded.
+ */
+static struct lb_backend *session_pick(struct lb_session *s, struct lb_pick *pick)
+{
+    for (int round = 0; round < 16; round++) {
+        struct lb_backend *b = s->pool->snap->algo->pick(s->pool->snap, pick);
+
+        if (!b)
+            return NULL;
+        if (!pick->max_conns) {
+            atomic_fetch_add(&b->active, 1);
+            return b;
+        }
+        if (atomic_fetch_add(&b->active, 1) < pick->max_conns)
+            return b;
+        atomic_fetch_sub(&b->active, 1);
+    }
+    return NULL;
 }
 
 /*
@@ -478,8 +525,8 @@ static void session_connect_failed(struct lb_session *s, const char *why)
  */
 static void session_connect_next(struct lb_session *s)
 {
-    struct ev_loop *loop = s->proxy->loop;
-    struct lb_pool *pool = s->pool;
+    struct ev_loop *loop = s->worker->loop;
+    struct lb_wpool *pool = s->pool;
     struct lb_pick pick = {
         .client = (struct sockaddr *)&s->client_addr,
         .tried = s->tried,
@@ -503,22 +550,22 @@ static void session_connect_next(struct lb_session *s)
         session_finalize(s, "connect failed on every attempt");
         return;
     }
-    b = lb_pool_pick(pool, &pick);
+    b = session_pick(s, &pick);
     if (!b) {
-        pool->no_backend++;
+        counter_add(&pool->no_backend, 1);
         session_finalize(s, s->n_tried ? "no backend left to retry"
                                        : "no backend available (none up, or all at max_conns)");
         return;
     }
     s->tried[s->n_tried++] = b;
     lb_backend_ref(b);
-    b->active++;
     s->backend = b;
-    lb_list_insert_head(&b->sessions, &s->b_link);
+    counter_add(&session_stats(s)->sessions, 1);
+    lb_list_insert_head(&session_stats(s)->list, &s->b_link);
     fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"", pool->name,
-                strerror(errno));
+        LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"",
+                pool->pool->name, strerror(errno));
         session_finalize(s, "no socket");
         return;
     }
@@ -542,16 +589,17 @@ static void session_connect_next(struct lb_session *s)
 
 /* --------------------------------------------------------- lifecycle -- */
 
-int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd,
+int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
                      const struct sockaddr *client, socklen_t client_len)
 {
     struct lb_session *s = calloc(1, sizeof(*s));
 
     if (!s) {
         close(client_fd);
+        lb_worker_session_finished(w);
         return -ENOMEM;
     }
-    s->proxy = proxy;
+    s->worker = w;
     s->pool = pool;
     s->state = SESSION_CONNECTING;
     s->client_fd = client_fd;
@@ -567,19 +615,17 @@ int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd
     ev_init(&s->down.to_w, session_client_write_cb);
 
     lb_list_init(&s->b_link);
-    lb_list_insert_head(&proxy->live, &s->link);
-    proxy->active++;
-    proxy->accepted++;
-    pool->active++;
-    pool->total++;
+    lb_list_insert_head(&w->live, &s->link);
+    counter_add(&pool->active, 1);
+    counter_add(&pool->total, 1);
     session_connect_next(s);
     return 0;
 }
 
 static void session_finalize(struct lb_session *s, const char *why)
 {
-    struct lb_proxy *proxy = s->proxy;
-    struct ev_loop *loop = proxy->loop;
+    struct lb_worker *w = s->worker;
+    struct ev_loop *loop = w->loop;
 
     if (s->state == SESSION_CLOSED)
         return;
@@ -588,7 +634,7 @@ static void session_finalize(struct lb_session *s, const char *why)
 
         lb_addr_format((struct sockaddr *)&s->client_addr, client, sizeof(client));
         LB_DEBUG("proxy", "msg=\"session closed\" pool=%s backend=%s client=%s reason=\"%s\"",
-                 s->pool->name, s->backend ? s->backend->id : "-", client, why);
+                 s->pool->pool->name, s->backend ? s->backend->id : "-", client, why);
     }
     s->state = SESSION_CLOSED;
     ev_io_stop(loop, &s->connect_w);
@@ -611,12 +657,12 @@ static void session_finalize(struct lb_session *s, const char *why)
         close(s->server_fd);
     s->client_fd = s->server_fd = -1;
     session_release_backend(s);
-    s->pool->active--;
+    counter_add(&s->pool->active, (uint64_t)-1);
 
-    /* off the live list; freed by the proxy's reaper after the current callbacks */
+    /* off the live list; freed by the worker's reaper after the current callbacks */
     lb_list_remove(&s->link);
-    lb_reaper_defer(&proxy->reaper, &s->reap, session_free);
-    lb_proxy_session_finished(proxy);
+    lb_reaper_defer(&w->reaper, &s->reap, session_free);
+    lb_worker_session_finished(w);
 }
 
 /* Ends the session with an RST to both peers (one of them already reset). */
@@ -636,9 +682,9 @@ void lb_session_abort_drained(struct lb_session *s)
     session_finalize(s, "drain timeout");
 }
 
-struct lb_session *lb_session_oldest_of(struct lb_backend *b)
+struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker)
 {
-    struct lb_list *last = lb_list_last(&b->sessions);
+    struct lb_list *last = worker < b->n_ws ? lb_list_last(&b->ws[worker].list) : NULL;
 
     return last ? lb_list_entry(last, struct lb_session, b_link) : NULL;
 }

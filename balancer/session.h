@@ -5,7 +5,7 @@
  *        |  connect failed or timed out: retry on a backend not yet tried
  *        +--------------------------------------------------------------> CLOSED
  *
- * Data is read into the proxy's shared scratch buffer and written to the
+ * Data is read into the worker's shared scratch buffer and written to the
  * other side at once; only bytes the other side cannot take yet are copied
  * into a per-direction buffer, allocated on first use.  While such bytes are
  * pending, that direction stops reading, so a slow peer applies back-pressure
@@ -13,7 +13,7 @@
  * shutdown(SHUT_WR) once pending bytes are flushed (half-close).
  *
  * session_finalize() is the only exit: it stops the watchers, closes both
- * sockets, releases the backend and hands the session to the proxy's
+ * sockets, releases the backend and hands the session to the worker's
  * reaper, which frees it after the current callbacks (lb_reaper.h).
  */
 #ifndef LB_SESSION_H
@@ -23,16 +23,16 @@
 
 struct lb_backend;
 struct lb_list;
-struct lb_proxy;
-struct lb_pool;
+struct lb_worker;
+struct lb_wpool;
 struct lb_session;
 
 /*
- * Takes ownership of an accepted, non-blocking client socket and starts
- * connecting it to a backend of `pool`.  Returns 0, or -ENOMEM (the socket
- * is closed).
+ * Takes ownership of an accepted, non-blocking client socket on worker w
+ * and starts connecting it to a backend of `pool` (w's copy).  Returns 0,
+ * or -ENOMEM (the socket is closed, the session counted as finished).
  */
-int lb_session_start(struct lb_proxy *proxy, struct lb_pool *pool, int client_fd,
+int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
                      const struct sockaddr *client, socklen_t client_len);
 
 /* Ends a session now (shutdown grace over). */
@@ -41,10 +41,10 @@ void lb_session_abort(struct lb_session *s);
 /* Ends a session of a drained backend whose drain timeout passed. */
 void lb_session_abort_drained(struct lb_session *s);
 
-/* The oldest open session of b, or NULL. */
-struct lb_session *lb_session_oldest_of(struct lb_backend *b);
+/* The oldest open session of b on worker `worker`, or NULL. */
+struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker);
 
-/* The session whose proxy->live link is l. */
+/* The session whose worker->live link is l. */
 struct lb_session *lb_session_of_link(struct lb_list *l);
 
 #endif

@@ -66,6 +66,18 @@ static inline void lb_list_remove(struct lb_list *e)
 }
 
 /* The first and last elements; NULL when empty. */
+/* Moves every element of `from` to the end of `head`; `from` is left empty. */
+static inline void lb_list_splice_tail(struct lb_list *head, struct lb_list *from)
+{
+    if (from->next == from)
+        return;
+    from->next->prev = head->prev;
+    head->prev->next = from->next;
+    from->prev->next = head;
+    head->prev = from->prev;
+    from->next = from->prev = from;
+}
+
 static inline struct lb_list *lb_list_first(const struct lb_list *head)
 {
     return lb_list_is_empty(head) ? NULL : head->next;

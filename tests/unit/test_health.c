@@ -283,14 +283,14 @@ static void test_passive_ejection(void **state)
     set_policy(LB_CHECK_NONE, 2, 3, 0, 0);
     b = put("a", 1, 100);
     put("b", 2, 100);
-    lb_health_connect_result(b, false);
-    lb_health_connect_result(b, false);
+    lb_health_note_connect(b, false);
+    lb_health_note_connect(b, false);
     assert_false(b->ejected);
-    lb_health_connect_result(b, true); /* a success resets the count */
-    lb_health_connect_result(b, false);
-    lb_health_connect_result(b, false);
+    lb_health_note_connect(b, true); /* a success resets the count */
+    lb_health_note_connect(b, false);
+    lb_health_note_connect(b, false);
     assert_false(b->ejected);
-    lb_health_connect_result(b, false);
+    lb_health_note_connect(b, false);
     assert_true(b->ejected);
     lb_registry_publish(&fx.registry); /* the loop would, before it next blocks */
     assert_false(lb_backend_is_eligible(b));
@@ -305,7 +305,7 @@ static void test_passive_ejection(void **state)
     assert_false(b->ejected);
     assert_true(lb_backend_is_eligible(b));
     for (int i = 0; i < 3; i++)
-        lb_health_connect_result(b, false);
+        lb_health_note_connect(b, false);
     assert_true(b->ejected);
     assert_true(ev_timer_remaining(fx.loop, &b->check.eject_timer) > 9.0);
 }

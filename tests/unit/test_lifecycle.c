@@ -119,7 +119,7 @@ static bool any_watcher_active(const struct lb_backend *b)
 static void eject(struct lb_backend *b)
 {
     for (int i = 0; i < 3; i++)
-        lb_health_connect_result(b, false);
+        lb_health_note_connect(b, false);
     assert_true(b->ejected);
     assert_true(ev_is_active(&b->check.eject_timer));
 }
@@ -187,7 +187,7 @@ static void test_removed_then_failed_connects_eject_nothing(void **state)
     lb_backend_ref(b);
     del("a");
     for (int i = 0; i < 5; i++)
-        lb_health_connect_result(b, false);
+        lb_health_note_connect(b, false);
     assert_false(b->ejected);
     assert_false(any_watcher_active(b));
     lb_backend_unref(b);
