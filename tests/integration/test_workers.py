@@ -731,7 +731,7 @@ class Workers(HarnessTestCase):
 
         # (b) grace 2 s: what is still open on any worker is closed at its end.
         lbd, port = self.start_term_lbd("2s")
-        held = self.held_on_every_worker(lbd, port, 12)
+        held = self.held_on_every_worker(lbd, port, 24)
         t_sig = time.monotonic()
         lbd.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: lbd.http_get("/readyz", timeout=1)[0] == 503, scaled(5),
