@@ -3,6 +3,8 @@ a pool's real backends, one class for every test:
 
     b = Backend(h, "b1")          # "b1\\n" on each connection, then echoes
     b.count(), b.accepted         # client connections / every connection
+    b.peak_active(), b.reset_peak()
+                                  # most connections open at once (checks included)
     b.kill()                      # like a crash: the port refuses at once
     b.restart()                   # back on the same port, counts carry on
     pp = Backend(h, "pp", proxy_header=True)
@@ -106,8 +108,11 @@ class Backend:
 
     accepted counts every connection (health checks included), count() and
     client_times() the client connections (those that sent HELLO), active()
-    those still open.  kill() and restart() take the listener away and
-    bring it back on the same port.
+    those still open, peak_active() the most open at once since the last
+    reset_peak().  A connection counts as open from accept() until the
+    backend reads its EOF, so with connections closing and opening at the
+    same time the peak may read one high, never low.  kill() and restart()
+    take the listener away and bring it back on the same port.
     """
 
     def __init__(self, h, backend_id, port=0, proxy_header=False):
@@ -117,6 +122,7 @@ class Backend:
         self.accepted = 0
         self._client_times = []
         self.conns = set()
+        self._peak = 0
         self._threads = []
         self.sock = None
         self._acceptor = None
@@ -160,6 +166,7 @@ class Backend:
                     return
                 self.accepted += 1
                 self.conns.add(conn)
+                self._peak = max(self._peak, len(self.conns))
                 t = threading.Thread(target=self._serve, args=(conn, peer, now), daemon=True)
                 self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
@@ -231,6 +238,16 @@ class Backend:
         """Connections open now, health checks included."""
         with self.lock:
             return len(self.conns)
+
+    def peak_active(self):
+        """Most connections open at once since the last reset_peak()."""
+        with self.lock:
+            return self._peak
+
+    def reset_peak(self):
+        """Starts a new peak from the connections open now."""
+        with self.lock:
+            self._peak = len(self.conns)
 
     def kill(self):
         """Like a crashed process: the port refuses at once, open connections end.
