@@ -46,6 +46,8 @@ int lb_registry_init(struct lb_registry *r, struct ev_loop *loop, size_t n_pools
 
 void lb_registry_destroy(struct lb_registry *r)
 {
+    if (!r->events.reaper)
+        return; /* never initialised (lbd --help, a usage error) */
     if (r->loop)
         ev_prepare_stop(r->loop, &r->publisher);
     lb_events_destroy(&r->events);
