@@ -7,9 +7,11 @@
 #   deps        deploy/install-deps.sh (apt only for what is missing)
 #   format      clang-format --dry-run --Werror on every tracked C file (.clang-format)
 #   build       build/       -Werror, RelWithDebInfo
-#   test        ctest in build/ (unit, fuzz corpus replay, integration)
+#   test        ctest in build/ (unit, fuzz corpus replay, integration), lbd's default workers
 #   asan-build  build-asan/  -DLB_SANITIZE=ON (AddressSanitizer + UBSan)
-#   asan-test   ctest in build-asan/ with leak detection on
+#   asan-test   ctest in build-asan/ with leak detection on, lbd with one worker
+#   tsan-build  build-tsan/  -DLB_TSAN=ON (ThreadSanitizer)
+#   tsan-test   unit tests and the multi-worker integration tests in build-tsan/
 #   fuzz-build  build-fuzz/  clang, -DLB_FUZZ=ON (libFuzzer + ASan + UBSan)
 #   fuzz        every fuzz_* target for FUZZ_SECONDS over tests/fuzz/corpus/<name>/
 #
@@ -84,6 +86,10 @@ run_ctest() { # dir
     ctest --test-dir "$1" --output-on-failure --no-tests=error -j "$JOBS"
 }
 
+run_ctest_one_worker() { # dir: every lbd started without --workers gets one (LBD_WORKERS)
+    LBD_WORKERS=1 run_ctest "$1"
+}
+
 # ---------------------------------------------------------------------------
 
 if [[ -n "${LB_SKIP_DEPS:-}" ]]; then
@@ -122,12 +128,31 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:detect_stack_
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 run_stage asan-build configure_and_build build-asan -DLB_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 if stage_ok asan-build; then
-    run_stage asan-test run_ctest build-asan
+    # The release stage runs lbd with its default workers (the CPUs here);
+    # this one with a single worker (LBD_WORKERS), so both shapes are tested.
+    run_stage asan-test run_ctest_one_worker build-asan
     count_ctest "$LOG_DIR/asan-test.log"
 elif skipped asan-test; then
     record asan-test SKIPPED 0
 else
     record asan-test "NOT RUN (build failed)" 0; TESTS_FAILED=$((TESTS_FAILED + 1))
+fi
+
+# ThreadSanitizer: the worker threads against the control loop.  lbd exits
+# 66 on a report, and every integration test asserts lbd's exit code.
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:second_deadlock_stack=1}
+run_tsan_ctest() {
+    ctest --test-dir build-tsan --output-on-failure --no-tests=error -j "$JOBS" \
+        -R '^(unit\.|integration\.(workers|data_plane|lifecycle|e2e)$)'
+}
+run_stage tsan-build configure_and_build build-tsan -DLB_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
+if stage_ok tsan-build; then
+    run_stage tsan-test run_tsan_ctest
+    count_ctest "$LOG_DIR/tsan-test.log"
+elif skipped tsan-test; then
+    record tsan-test SKIPPED 0
+else
+    record tsan-test "NOT RUN (build failed)" 0; TESTS_FAILED=$((TESTS_FAILED + 1))
 fi
 
 # libFuzzer: only the fuzz_* targets are built here (the rest is covered above).
