@@ -25,9 +25,8 @@
  *
  * Lifetimes: connections and calls are never freed where they fail.  A
  * closing connection goes on a list and a call whose last reference is
- * dropped goes on another; the ev_check watcher frees both after the
- * loop's callbacks have returned (an ev_idle keeps the loop from blocking
- * while the lists are non-empty).
+ * dropped is queued too; the server's reaper (lb_reaper.h) frees both
+ * after the loop's callbacks have returned.
  */
 #include "admin_server.h"
 #include "admin_call_int.h"

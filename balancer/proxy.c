@@ -23,8 +23,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define ACCEPTS_PER_WAKEUP 64
-#define EMFILE_PAUSE_S     0.1
+/*
+ * One accept per readiness of a listener, as nginx without multi_accept:
+ * accepting until EAGAIN costs a failed accept4() per connection when
+ * clients arrive one at a time, and epoll reports the listener again at
+ * once while more are queued.  Shutdown takes in the whole queue.
+ */
+#define ACCEPTS_PER_WAKEUP  1
+#define ACCEPTS_AT_SHUTDOWN 64
+#define EMFILE_PAUSE_S      0.1
 
 static inline void counter_add(_Atomic uint64_t *c, uint64_t n)
 {
@@ -96,6 +103,20 @@ static const struct lb_accept_backoff_ops worker_backoff_ops = {
     .resume = worker_backoff_resume,
 };
 
+/* Gives a slot of the global cap back and wakes the workers paused at the cap. */
+static void worker_release_slot(struct lb_worker *w)
+{
+    struct lb_proxy *proxy = w->proxy;
+
+    atomic_fetch_sub(&proxy->active, 1);
+    if (atomic_load(&proxy->n_at_cap)) {
+        for (unsigned i = 0; i < proxy->n_workers; i++)
+            if (&proxy->workers[i] != w)
+                ev_async_send(proxy->workers[i].loop, &proxy->workers[i].resume);
+        worker_leave_cap(w);
+    }
+}
+
 /*
  * Takes one slot of the global cap, or pauses this worker at the cap.  The
  * pause is announced (n_at_cap) before the cap is looked at again, and a
@@ -137,25 +158,26 @@ static bool worker_reserve_slot(struct lb_worker *w)
     return false;
 }
 
-static void listener_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+/* Accepts up to `max` clients on wp; returns how many. */
+static int worker_accept(struct lb_wpool *wp, int max)
 {
-    struct lb_wpool *wp = lb_container_of(io, struct lb_wpool, io);
     struct lb_worker *w = wp->worker;
+    int n = 0;
 
-    for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
+    for (; n < max; n++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         int fd;
 
         if (!worker_reserve_slot(w))
-            return;
+            return n;
         fd = lb_listen_accept(wp->fd, &ss, &len);
         if (fd < 0)
-            atomic_fetch_sub(&w->proxy->active, 1);
+            worker_release_slot(w);
         switch (lb_accept_backoff_check(&w->accept_backoff, fd)) {
         case LB_ACCEPT_GO:
             if (fd == -EAGAIN)
-                return;
+                return n;
             break;
         case LB_ACCEPT_PAUSED_NEW:
             LB_ERROR("proxy",
@@ -165,17 +187,23 @@ static void listener_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             /* fall through */
         case LB_ACCEPT_PAUSED:
             counter_add(&w->accept_errors, 1);
-            return;
+            return n;
         case LB_ACCEPT_FAILED:
             counter_add(&w->accept_errors, 1);
             LB_ERROR("proxy", "msg=\"accept failed\" pool=%s error=\"%s\"", wp->pool->name,
                      strerror(-fd));
-            return;
+            return n;
         }
         w->active++;
         counter_add(&w->accepted, 1);
         lb_session_start(w, wp, fd, (struct sockaddr *)&ss, len);
     }
+    return n;
+}
+
+static void listener_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    worker_accept(lb_container_of(io, struct lb_wpool, io), ACCEPTS_PER_WAKEUP);
 }
 
 /* Takes in what is queued on every listener of w, then closes them. */
@@ -183,18 +211,14 @@ static void worker_stop_listening(struct lb_worker *w)
 {
     for (size_t i = 0; i < w->proxy->registry->n_pools; i++) {
         struct lb_wpool *wp = &w->pools[i];
-        uint64_t before;
 
         if (wp->fd < 0)
             continue;
         /* Clients already in the kernel's accept queue completed their
          * handshake: closing the listener now would reset them. */
-        if (w->accepting && !w->accept_paused) {
-            do {
-                before = counter_get(&w->accepted);
-                listener_accept_cb(w->loop, &wp->io, EV_READ);
-            } while (counter_get(&w->accepted) - before == ACCEPTS_PER_WAKEUP);
-        }
+        if (w->accepting && !w->accept_paused)
+            while (worker_accept(wp, ACCEPTS_AT_SHUTDOWN) == ACCEPTS_AT_SHUTDOWN)
+                ;
         ev_io_stop(w->loop, &wp->io);
         close(wp->fd);
         wp->fd = -1;
@@ -419,16 +443,8 @@ static void worker_report_idle(struct lb_worker *w)
 
 void lb_worker_session_finished(struct lb_worker *w)
 {
-    struct lb_proxy *proxy = w->proxy;
-
     w->active--;
-    atomic_fetch_sub(&proxy->active, 1);
-    if (atomic_load(&proxy->n_at_cap)) {
-        for (unsigned i = 0; i < proxy->n_workers; i++)
-            if (&proxy->workers[i] != w)
-                ev_async_send(proxy->workers[i].loop, &proxy->workers[i].resume);
-        worker_leave_cap(w);
-    }
+    worker_release_slot(w);
     if (w->shutting_down && w->active == 0)
         worker_report_idle(w);
 }

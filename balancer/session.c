@@ -53,7 +53,7 @@ struct lb_session {
     bool reset; /* end with RST on both sockets, not FIN */
     int client_fd;
     int server_fd;
-    ev_io connect_w; /* server socket writable = connect finished */
+    ev_io connect_w; /* server socket writable = connect finished (readable too: error) */
     ev_timer timer;  /* connect timeout, then idle timeout and peer probes */
     ev_tstamp last_activity;
     ev_tstamp idle_timeout; /* seconds, 0 = none */
@@ -453,13 +453,22 @@ static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
     int err = 0;
     socklen_t len = sizeof(err);
 
-    if (getsockopt(s->server_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
-    if (err == 0) {
-        session_connected(s);
-        return;
+    /*
+     * Watched for reading too: a refused or reset connect raises EPOLLERR,
+     * which libev reports as readable and writable.  Writable alone is a
+     * connect that succeeded with nothing to read yet, the common case: no
+     * getsockopt() needed.  Both at once may be an error or a backend that
+     * spoke first: SO_ERROR tells.
+     */
+    if (revents & EV_READ) {
+        if (getsockopt(s->server_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err) {
+            session_connect_failed(s, strerror(err));
+            return;
+        }
     }
-    session_connect_failed(s, strerror(err));
+    session_connected(s);
 }
 
 /*
@@ -579,7 +588,7 @@ static void session_connect_next(struct lb_session *s)
         session_connect_failed(s, strerror(errno));
         return;
     }
-    ev_io_init(&s->connect_w, session_connect_cb, fd, EV_WRITE);
+    ev_io_init(&s->connect_w, session_connect_cb, fd, EV_READ | EV_WRITE);
     ev_io_start(loop, &s->connect_w);
     if (pool->policy.connect_timeout_ms > 0) {
         ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);

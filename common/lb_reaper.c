@@ -5,21 +5,15 @@
  */
 #include "lb_reaper.h"
 
-static void reaper_check_cb(struct ev_loop *loop, ev_check *w, int revents)
+static void reaper_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    lb_reaper_run(lb_container_of(w, struct lb_reaper, check));
-}
-
-static void reaper_kick_cb(struct ev_loop *loop, ev_idle *w, int revents)
-{
-    /* Nothing: being active keeps the loop from blocking until the check runs. */
+    lb_reaper_run(lb_container_of(w, struct lb_reaper, prepare));
 }
 
 void lb_reaper_init(struct lb_reaper *r, struct ev_loop *loop)
 {
     r->loop = loop;
-    ev_check_init(&r->check, reaper_check_cb);
-    ev_idle_init(&r->kick, reaper_kick_cb);
+    ev_prepare_init(&r->prepare, reaper_prepare_cb);
     lb_list_init(&r->queue);
 }
 
@@ -27,10 +21,8 @@ void lb_reaper_defer(struct lb_reaper *r, struct lb_reap *obj, void (*free_fn)(s
 {
     obj->free_fn = free_fn;
     lb_list_insert_tail(&r->queue, &obj->link);
-    if (r->loop && !ev_is_active(&r->check)) {
-        ev_check_start(r->loop, &r->check);
-        ev_idle_start(r->loop, &r->kick);
-    }
+    if (r->loop && !ev_is_active(&r->prepare))
+        ev_prepare_start(r->loop, &r->prepare);
 }
 
 void lb_reaper_run(struct lb_reaper *r)
@@ -43,10 +35,8 @@ void lb_reaper_run(struct lb_reaper *r)
         lb_list_remove(e);
         obj->free_fn(obj);
     }
-    if (r->loop) {
-        ev_check_stop(r->loop, &r->check);
-        ev_idle_stop(r->loop, &r->kick);
-    }
+    if (r->loop)
+        ev_prepare_stop(r->loop, &r->prepare);
 }
 
 void lb_reaper_destroy(struct lb_reaper *r)

@@ -3,8 +3,10 @@
  * events): an object that ends inside a callback must not be freed there,
  * because the code that called the callback may still touch it.  It is
  * queued instead, and freed once the loop's current callbacks have
- * returned: at the start of the next round of callbacks (an ev_check, run
- * first), with an ev_idle keeping the loop from blocking in between.  One
+ * returned: from an ev_prepare, which libev runs after the callbacks of an
+ * iteration and before it polls again.  (Not an ev_check plus an ev_idle
+ * to keep the loop from blocking: that costs every iteration that ends a
+ * session one more epoll_wait.)  One
  * reaper serves every kind of object (sessions, admin connections and
  * calls, subscriptions): each carries a struct lb_reap and names its free
  * function.  Objects are freed in the order they were queued; a free may
@@ -24,8 +26,7 @@ struct lb_reap {
 
 struct lb_reaper {
     struct ev_loop *loop; /* NULL: nothing is freed until lb_reaper_run() (loop-less tests) */
-    ev_check check;
-    ev_idle kick;
+    ev_prepare prepare;
     struct lb_list queue;
 };
 

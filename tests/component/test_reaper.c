@@ -58,7 +58,7 @@ static void test_frees_after_the_callbacks_in_order(void **state)
 
     n_freed = 0;
     lb_reaper_init(&reaper, loop);
-    assert_false(ev_is_active(&reaper.check));
+    assert_false(ev_is_active(&reaper.prepare));
     ev_timer_init(&t, queue_cb, 0.001, 0.);
     ev_timer_start(loop, &t);
     /* The timer fires, then the reaper runs before the loop would block:
@@ -68,8 +68,7 @@ static void test_frees_after_the_callbacks_in_order(void **state)
     assert_int_equal(freed[0], 1);
     assert_int_equal(freed[1], 2);
     assert_int_equal(freed[2], 3);
-    assert_false(ev_is_active(&reaper.check));
-    assert_false(ev_is_active(&reaper.kick));
+    assert_false(ev_is_active(&reaper.prepare));
     lb_reaper_destroy(&reaper);
     ev_loop_destroy(loop);
 }
