@@ -81,7 +81,7 @@ struct lb_worker {
     _Atomic uint64_t accepted;
     _Atomic uint64_t accept_errors;
     _Atomic uint64_t cap_pauses;
-    char scratch[16384]; /* read buffer shared by this worker's sessions */
+    char scratch[262144]; /* read buffer shared by this worker's sessions (big reads for bulk) */
 };
 
 struct lb_proxy {

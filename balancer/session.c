@@ -28,7 +28,8 @@
 #include <unistd.h>
 
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
-#define PENDING_MAX  16384 /* == scratch size: at most one read is ever pending */
+#define READ_SLOW    16384 /* read size towards a peer that could not keep up */
+#define SLOW_READS   8     /* reads sent whole before a slow direction reads big again */
 #define PROBE_S      1.0   /* how often a peer we stopped reading is looked at */
 #define FIN_STALL_S  10.0  /* client gone and backend not reading for this long: end */
 
@@ -38,8 +39,9 @@ enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
 struct half {
     ev_io from_r;  /* read watcher on the source socket */
     ev_io to_w;    /* write watcher on the destination socket */
-    char *pending; /* bytes `to` could not take yet (PENDING_MAX), lazily allocated */
+    char *pending; /* bytes `to` could not take yet: allocated then, freed once sent */
     size_t off, len;
+    unsigned slow;         /* `to` filled up lately: read READ_SLOW at a time for this many reads */
     bool eof;              /* read 0 from `from` */
     bool shut;             /* forwarded as shutdown(to, SHUT_WR) */
     ev_tstamp progress_at; /* `to` last took bytes, or pending began */
@@ -130,6 +132,9 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
         h->progress_at = ev_now(s->worker->loop);
         session_count_bytes(s, h, (uint64_t)w);
     }
+    /* Borrowed while bytes were in flight: an idle session holds no buffer. */
+    free(h->pending);
+    h->pending = NULL;
     h->off = 0;
     ev_io_stop(s->worker->loop, &h->to_w);
     return 0;
@@ -162,9 +167,13 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
     ssize_t n;
 
     for (int round = 0; round < 4; round++) {
+        /* Big reads halve the system calls of a bulk transfer per halving of
+         * their count; towards a peer that could not take the last one, small
+         * reads bound what must be kept when it cannot take this one either. */
+        size_t cap = h->slow ? READ_SLOW : sizeof(s->worker->scratch);
         ssize_t w = 0;
 
-        n = recv(from, buf, sizeof(s->worker->scratch), 0);
+        n = recv(from, buf, cap, 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -200,7 +209,8 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
         session_count_bytes(s, h, (uint64_t)w);
         if (w < n) {
             /* The other side is full: keep the rest, stop reading until it drains. */
-            if (!h->pending && !(h->pending = malloc(PENDING_MAX))) {
+            h->slow = SLOW_READS;
+            if (!(h->pending = malloc((size_t)(n - w)))) {
                 session_finalize(s, "out of memory");
                 return;
             }
@@ -213,7 +223,9 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             session_arm_timer(s); /* watch the peer we stopped reading */
             return;
         }
-        if ((size_t)n < sizeof(s->worker->scratch))
+        if (h->slow)
+            h->slow--;
+        if ((size_t)n < cap)
             return;
     }
 }
@@ -398,23 +410,25 @@ static int session_send_proxy_header(struct lb_session *s)
 {
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
+    char header[256]; /* v1 is at most 107 bytes, v2 with addresses 52 */
     int n;
 
     if (getsockname(s->client_fd, (struct sockaddr *)&local, &len) < 0) {
         session_finalize(s, "getsockname failed");
         return -1;
     }
-    s->up.pending = malloc(PENDING_MAX);
-    if (!s->up.pending) {
-        session_finalize(s, "out of memory");
-        return -1;
-    }
     n = lb_proxy_protocol_build(s->pool->policy.proxy_protocol, (struct sockaddr *)&s->client_addr,
-                                (struct sockaddr *)&local, s->up.pending, PENDING_MAX);
+                                (struct sockaddr *)&local, header, sizeof(header));
     if (n < 0) {
         session_finalize(s, "cannot build PROXY header");
         return -1;
     }
+    s->up.pending = malloc((size_t)n);
+    if (!s->up.pending) {
+        session_finalize(s, "out of memory");
+        return -1;
+    }
+    memcpy(s->up.pending, header, (size_t)n);
     s->up.off = 0;
     s->up.len = (size_t)n;
     if (half_flush(s, &s->up, s->server_fd) < 0) {

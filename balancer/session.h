@@ -5,11 +5,14 @@
  *        |  connect failed or timed out: retry on a backend not yet tried
  *        +--------------------------------------------------------------> CLOSED
  *
- * Data is read into the worker's shared scratch buffer and written to the
- * other side at once; only bytes the other side cannot take yet are copied
- * into a per-direction buffer, allocated on first use.  While such bytes are
- * pending, that direction stops reading, so a slow peer applies back-pressure
- * instead of growing memory.  A read of 0 (EOF) is forwarded as
+ * Data is read into the worker's shared scratch buffer (up to 256 KiB a
+ * read: a bulk transfer costs few system calls) and written to the other
+ * side at once; only bytes the other side cannot take yet are copied into a
+ * per-direction buffer of just their size, freed once they are sent, so an
+ * idle session holds no buffer.  While such bytes are pending, that
+ * direction stops reading, so a slow peer applies back-pressure instead of
+ * growing memory; and for its next reads it reads 16 KiB at a time, so a
+ * peer that stays slow costs at most that much each way.  A read of 0 (EOF) is forwarded as
  * shutdown(SHUT_WR) once pending bytes are flushed (half-close).
  *
  * session_finalize() is the only exit: it stops the watchers, closes both
