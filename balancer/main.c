@@ -188,10 +188,11 @@ static int parse_pools(struct lbd *d)
 
 /*
  * Makes sure the open-files limit covers max_conns (two sockets each) and
+ * `reserved` more (etcd, admin, HTTP, checks, the workers' listeners) and
  * derives max_conns from it when not given.  Returns 0 or -EMFILE after
  * printing what to do.
  */
-static int check_fd_limit(int64_t *max_conns)
+static int check_fd_limit(int64_t *max_conns, rlim_t reserved)
 {
     struct rlimit rl;
     rlim_t need;
@@ -201,24 +202,24 @@ static int check_fd_limit(int64_t *max_conns)
     if (*max_conns == 0) {
         rlim_t limit = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
 
-        if (limit < FDS_RESERVED + 2) {
+        if (limit < reserved + 2) {
             fprintf(stderr,
                     "lbd: the open-files hard limit (%llu) is too low to serve anything; "
                     "raise it (ulimit -Hn, LimitNOFILE=)\n",
                     (unsigned long long)limit);
             return -EMFILE;
         }
-        *max_conns = (int64_t)((limit - FDS_RESERVED) / 2);
+        *max_conns = (int64_t)((limit - reserved) / 2);
         if (*max_conns > 1000000)
             *max_conns = 1000000;
     }
-    need = (rlim_t)*max_conns * 2 + FDS_RESERVED;
+    need = (rlim_t)*max_conns * 2 + reserved;
     if (rl.rlim_max != RLIM_INFINITY && need > rl.rlim_max) {
         fprintf(stderr,
                 "lbd: --max-conns %lld needs %llu open files but the hard limit is %llu; raise "
                 "the limit (ulimit -Hn, systemd LimitNOFILE=) or lower --max-conns to %llu\n",
                 (long long)*max_conns, (unsigned long long)need, (unsigned long long)rl.rlim_max,
-                (unsigned long long)((rl.rlim_max - FDS_RESERVED) / 2));
+                (unsigned long long)((rl.rlim_max - reserved) / 2));
         return -EMFILE;
     }
     if (rl.rlim_cur < need) {
@@ -539,10 +540,12 @@ int main(int argc, char **argv)
         exit_code = 2;
         goto out;
     }
-    if (check_fd_limit(&d.settings.max_conns) < 0)
-        goto out;
     if (d.settings.workers == 0)
         d.settings.workers = lb_cpus_available();
+    /* Each worker: a listener per pool, its epoll and its wake-up fds. */
+    if (check_fd_limit(&d.settings.max_conns,
+                       (rlim_t)FDS_RESERVED + (rlim_t)d.settings.workers * (d.n_pools + 3)) < 0)
+        goto out;
 
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
