@@ -55,8 +55,7 @@ struct lb_session {
     bool reset; /* end with RST on both sockets, not FIN */
     int client_fd;
     int server_fd;
-    ev_io connect_w; /* server socket writable = connect finished (readable too: error) */
-    ev_timer timer;  /* connect timeout, then idle timeout and peer probes */
+    ev_timer timer; /* connect timeout, then idle timeout and peer probes */
     ev_tstamp last_activity;
     ev_tstamp idle_timeout; /* seconds, 0 = none */
     struct half up;         /* client -> backend */
@@ -71,6 +70,7 @@ struct lb_session {
 };
 
 static void session_connect_next(struct lb_session *s);
+static void session_confirm(struct lb_session *s);
 static void session_connect_failed(struct lb_session *s, const char *why);
 static void session_finalize(struct lb_session *s, const char *why);
 static void session_free(struct lb_reap *r);
@@ -131,6 +131,8 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
         h->len -= (size_t)w;
         h->progress_at = ev_now(s->worker->loop);
         session_count_bytes(s, h, (uint64_t)w);
+        if (s->state == SESSION_CONNECTING)
+            session_confirm(s); /* the backend took bytes: the connect is done */
     }
     /* Borrowed while bytes were in flight: an idle session holds no buffer. */
     free(h->pending);
@@ -154,11 +156,32 @@ static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 {
     const struct half *other = h == &s->up ? &s->down : &s->up;
 
+    if (h == &s->up && s->state == SESSION_CONNECTING)
+        return; /* shutdown() would abort the connect: forwarded once confirmed */
     if (h->eof && !h->len && !h->shut) {
         if (!other->shut)
             shutdown(to, SHUT_WR);
         h->shut = true;
     }
+}
+
+/*
+ * Keeps `len` bytes the destination of h could not take (h holds none
+ * yet) and stops reading h's source until they are sent.  Returns 0, or
+ * -1 after finalizing the session (out of memory).
+ */
+static int half_keep(struct lb_session *s, struct half *h, const char *bytes, size_t len)
+{
+    if (!(h->pending = malloc(len))) {
+        session_finalize(s, "out of memory");
+        return -1;
+    }
+    memcpy(h->pending, bytes, len);
+    h->off = 0;
+    h->len = len;
+    h->progress_at = ev_now(s->worker->loop);
+    ev_io_stop(s->worker->loop, &h->from_r);
+    return 0;
 }
 
 static void half_read(struct lb_session *s, struct half *h, int from, int to)
@@ -179,13 +202,24 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
+            if (h == &s->down && s->state == SESSION_CONNECTING) {
+                session_connect_failed(s, strerror(errno)); /* refused, unreachable */
+                return;
+            }
             session_abort_reset(s, h == &s->up ? "client reset the connection"
                                                : "backend reset the connection");
             return;
         }
+        if (h == &s->down && s->state == SESSION_CONNECTING)
+            session_confirm(s); /* the backend spoke (or closed): the connect is done */
         if (n == 0) {
             h->eof = true;
             ev_io_stop(s->worker->loop, &h->from_r);
+            if (h == &s->up && s->state == SESSION_CONNECTING && !h->len) {
+                /* Nothing to send to learn that the connect is done: writability tells. */
+                ev_io_start(s->worker->loop, &h->to_w);
+                return;
+            }
             half_forward_eof(s, h, to);
             if (session_is_done(s))
                 session_finalize(s, "closed by both sides");
@@ -200,25 +234,29 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
                     continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                     break;
+                if (h == &s->up && s->state == SESSION_CONNECTING) {
+                    /* Refused: the client's bytes go to the next backend. */
+                    int err = errno;
+
+                    if (half_keep(s, h, buf + w, (size_t)(n - w)) == 0)
+                        session_connect_failed(s, strerror(err));
+                    return;
+                }
                 session_abort_reset(s, h == &s->up ? "backend reset the connection"
                                                    : "client reset the connection");
                 return;
             }
             w += k;
+            if (h == &s->up && s->state == SESSION_CONNECTING)
+                session_confirm(s);
         }
         session_count_bytes(s, h, (uint64_t)w);
         if (w < n) {
-            /* The other side is full: keep the rest, stop reading until it drains. */
+            /* The other side is full (or still connecting): keep the rest,
+             * stop reading until it drains. */
             h->slow = SLOW_READS;
-            if (!(h->pending = malloc((size_t)(n - w)))) {
-                session_finalize(s, "out of memory");
+            if (half_keep(s, h, buf + w, (size_t)(n - w)) < 0)
                 return;
-            }
-            memcpy(h->pending, buf + w, (size_t)(n - w));
-            h->off = 0;
-            h->len = (size_t)(n - w);
-            h->progress_at = ev_now(s->worker->loop);
-            ev_io_stop(s->worker->loop, &h->from_r);
             ev_io_start(s->worker->loop, &h->to_w);
             session_arm_timer(s); /* watch the peer we stopped reading */
             return;
@@ -244,11 +282,39 @@ static void session_server_read_cb(struct ev_loop *loop, ev_io *w, int revents)
     half_read(s, &s->down, s->server_fd, s->client_fd);
 }
 
+/* The pending socket error of fd (0: none). */
+static int socket_error(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return errno;
+    return err;
+}
+
 static void half_writable(struct lb_session *s, struct half *h, int to)
 {
-    int rc = half_flush(s, h, to);
+    int rc;
 
+    if (h == &s->up && s->state == SESSION_CONNECTING && !h->len) {
+        /* Watched only to learn that the connect finished (the client
+         * closed without sending anything). */
+        int err = socket_error(s->server_fd);
+
+        ev_io_stop(s->worker->loop, &h->to_w);
+        if (err)
+            session_connect_failed(s, strerror(err));
+        else
+            session_confirm(s);
+        return;
+    }
+    rc = half_flush(s, h, to);
     if (rc < 0) {
+        if (h == &s->up && s->state == SESSION_CONNECTING) {
+            session_connect_failed(s, strerror(errno)); /* the bytes stay for the next one */
+            return;
+        }
         session_abort_reset(s, h == &s->up ? "backend reset the connection"
                                            : "client reset the connection");
         return;
@@ -365,13 +431,27 @@ static bool session_probe_paused(struct lb_session *s, ev_tstamp now)
     return false;
 }
 
+/* True when the kernel holds fd's connect as established. */
+static bool socket_is_established(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+           ti.tcpi_state == TCP_ESTABLISHED;
+}
+
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_session *s = lb_container_of(w, struct lb_session, timer);
     ev_tstamp now = ev_now(loop);
 
     if (s->state == SESSION_CONNECTING) {
-        session_connect_failed(s, "connect timed out");
+        /* Neither side spoke: ask the kernel whether the connect finished. */
+        if (socket_is_established(s->server_fd))
+            session_confirm(s);
+        else
+            session_connect_failed(s, "connect timed out");
         return;
     }
     if (session_probe_paused(s, now))
@@ -403,10 +483,11 @@ static void session_release_backend(struct lb_session *s)
 
 /*
  * Queues the PROXY protocol header as the first bytes towards the backend;
- * client bytes are read only once it is written.  Returns 0, or -1 after
+ * client bytes are read only once it is written.  On a retry the header,
+ * still unsent, goes to the next backend.  Returns 0, or -1 after
  * finalizing the session.
  */
-static int session_send_proxy_header(struct lb_session *s)
+static int session_queue_proxy_header(struct lb_session *s)
 {
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
@@ -423,66 +504,52 @@ static int session_send_proxy_header(struct lb_session *s)
         session_finalize(s, "cannot build PROXY header");
         return -1;
     }
-    s->up.pending = malloc((size_t)n);
-    if (!s->up.pending) {
-        session_finalize(s, "out of memory");
-        return -1;
-    }
-    memcpy(s->up.pending, header, (size_t)n);
-    s->up.off = 0;
-    s->up.len = (size_t)n;
-    if (half_flush(s, &s->up, s->server_fd) < 0) {
-        session_finalize(s, "write error");
-        return -1;
-    }
-    return 0;
+    return half_keep(s, &s->up, header, (size_t)n);
 }
 
-static void session_connected(struct lb_session *s)
+/*
+ * The connect to s->backend is done: the backend took bytes, sent some or
+ * closed, or the kernel says so.  Counted as a connection and a passive
+ * health success; an EOF of the client held back meanwhile goes on.
+ */
+static void session_confirm(struct lb_session *s)
 {
-    struct ev_loop *loop = s->worker->loop;
-
-    ev_io_stop(loop, &s->connect_w);
-    ev_timer_stop(loop, &s->timer);
+    if (s->state != SESSION_CONNECTING)
+        return;
+    ev_timer_stop(s->worker->loop, &s->timer);
     s->state = SESSION_PROXYING;
     counter_add(&session_stats(s)->total, 1);
     lb_health_connect_result(s->backend, true, s->pool->policy.health.fall);
-    set_nodelay(s->server_fd);
-    ev_io_init(&s->up.from_r, session_client_read_cb, s->client_fd, EV_READ);
-    ev_io_init(&s->up.to_w, session_server_write_cb, s->server_fd, EV_WRITE);
-    ev_io_init(&s->down.from_r, session_server_read_cb, s->server_fd, EV_READ);
-    ev_io_init(&s->down.to_w, session_client_write_cb, s->client_fd, EV_WRITE);
-    ev_io_start(loop, &s->down.from_r);
-    if (s->pool->policy.proxy_protocol != LB_PROXY_NONE && session_send_proxy_header(s) < 0)
-        return;
-    if (!s->up.len)
-        ev_io_start(loop, &s->up.from_r);
-    s->last_activity = ev_now(loop);
+    s->last_activity = ev_now(s->worker->loop);
+    half_forward_eof(s, &s->up, s->server_fd);
     session_arm_timer(s);
 }
 
-static void session_connect_cb(struct ev_loop *loop, ev_io *w, int revents)
+/*
+ * Connects without waiting to be told the connect finished (that costs an
+ * epoll round and two epoll_ctl per connection): the backend's socket is
+ * watched for reading (its first bytes, or the error of a refused
+ * connect), the client's bytes are forwarded as they come (a send during
+ * the handshake would block: they wait in the pending buffer, which is
+ * written once the socket turns writable), and the first success on
+ * either confirms the connect.  When neither comes, the connect timeout
+ * asks the kernel.
+ */
+static void session_watch_connect(struct lb_session *s)
 {
-    struct lb_session *s = lb_container_of(w, struct lb_session, connect_w);
-    int err = 0;
-    socklen_t len = sizeof(err);
+    struct ev_loop *loop = s->worker->loop;
 
-    /*
-     * Watched for reading too: a refused or reset connect raises EPOLLERR,
-     * which libev reports as readable and writable.  Writable alone is a
-     * connect that succeeded with nothing to read yet, the common case: no
-     * getsockopt() needed.  Both at once may be an error or a backend that
-     * spoke first: SO_ERROR tells.
-     */
-    if (revents & EV_READ) {
-        if (getsockopt(s->server_fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err) {
-            session_connect_failed(s, strerror(err));
-            return;
-        }
+    ev_io_set(&s->up.to_w, s->server_fd, EV_WRITE);
+    ev_io_set(&s->down.from_r, s->server_fd, EV_READ);
+    ev_io_start(loop, &s->down.from_r);
+    if (s->up.len || s->up.eof)
+        ev_io_start(loop, &s->up.to_w);
+    else
+        ev_io_start(loop, &s->up.from_r);
+    if (s->pool->policy.connect_timeout_ms > 0) {
+        ev_timer_set(&s->timer, (double)s->pool->policy.connect_timeout_ms / 1000., 0.);
+        ev_timer_start(loop, &s->timer);
     }
-    session_connected(s);
 }
 
 /*
@@ -562,7 +629,8 @@ static void session_connect_next(struct lb_session *s)
 
     if (max_attempts > MAX_ATTEMPTS)
         max_attempts = MAX_ATTEMPTS;
-    ev_io_stop(loop, &s->connect_w);
+    ev_io_stop(loop, &s->up.to_w);
+    ev_io_stop(loop, &s->down.from_r);
     ev_timer_stop(loop, &s->timer);
     if (s->server_fd >= 0) {
         close(s->server_fd);
@@ -593,21 +661,13 @@ static void session_connect_next(struct lb_session *s)
         return;
     }
     s->server_fd = fd;
-    if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) == 0) {
-        session_connected(s);
-        return;
-    }
-    if (errno != EINPROGRESS) {
+    set_nodelay(fd); /* before connect(): the connection inherits it */
+    if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) < 0 && errno != EINPROGRESS) {
         /* Retries through session_connect_next(): at most MAX_ATTEMPTS deep. */
         session_connect_failed(s, strerror(errno));
         return;
     }
-    ev_io_init(&s->connect_w, session_connect_cb, fd, EV_READ | EV_WRITE);
-    ev_io_start(loop, &s->connect_w);
-    if (pool->policy.connect_timeout_ms > 0) {
-        ev_timer_set(&s->timer, (double)pool->policy.connect_timeout_ms / 1000., 0.);
-        ev_timer_start(loop, &s->timer);
-    }
+    session_watch_connect(s);
 }
 
 /* --------------------------------------------------------- lifecycle -- */
@@ -630,17 +690,18 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
     s->idle_timeout = (double)pool->policy.idle_timeout_ms / 1000.;
     if (client_len <= sizeof(s->client_addr))
         memcpy(&s->client_addr, client, client_len);
-    ev_init(&s->connect_w, session_connect_cb);
     ev_init(&s->timer, session_timer_cb);
-    ev_init(&s->up.from_r, session_client_read_cb);
-    ev_init(&s->up.to_w, session_server_write_cb);
+    ev_io_init(&s->up.from_r, session_client_read_cb, client_fd, EV_READ);
+    ev_init(&s->up.to_w, session_server_write_cb); /* on each backend socket */
     ev_init(&s->down.from_r, session_server_read_cb);
-    ev_init(&s->down.to_w, session_client_write_cb);
+    ev_io_init(&s->down.to_w, session_client_write_cb, client_fd, EV_WRITE);
 
     lb_list_init(&s->b_link);
     lb_list_insert_head(&w->live, &s->link);
     counter_add(&pool->active, 1);
     counter_add(&pool->total, 1);
+    if (pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s) < 0)
+        return 0;
     session_connect_next(s);
     return 0;
 }
@@ -660,7 +721,6 @@ static void session_finalize(struct lb_session *s, const char *why)
                  s->pool->pool->name, s->backend ? s->backend->id : "-", client, why);
     }
     s->state = SESSION_CLOSED;
-    ev_io_stop(loop, &s->connect_w);
     ev_timer_stop(loop, &s->timer);
     ev_io_stop(loop, &s->up.from_r);
     ev_io_stop(loop, &s->up.to_w);
