@@ -1,9 +1,17 @@
 /*
  * One proxied client connection: a state machine with one exit.
  *
- *   CONNECTING --connected--> PROXYING --both sides done / error / idle--> CLOSED
+ *   CONNECTING --confirmed--> PROXYING --both sides done / error / idle--> CLOSED
  *        |  connect failed or timed out: retry on a backend not yet tried
  *        +--------------------------------------------------------------> CLOSED
+ *
+ * CONNECTING does not wait to be told the connect finished: both sockets
+ * are read from the start, client bytes are sent as they come (held while
+ * the handshake runs), and the connect is confirmed by the first proof:
+ * the backend took bytes, sent some, or closed; or, when both sides stay
+ * silent, the kernel says so at the connect timeout.  An error before that
+ * is a failed connect: the client's bytes (and the PROXY header) go to the
+ * next backend.  The client's EOF is held until the connect is confirmed.
  *
  * Data is read into the worker's shared scratch buffer (up to 256 KiB a
  * read: a bulk transfer costs few system calls) and written to the other

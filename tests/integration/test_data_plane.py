@@ -40,7 +40,6 @@ import collections
 import json
 import os
 import random
-import selectors
 import signal
 import socket
 import sys
@@ -50,7 +49,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
 from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many, echo,  # noqa: E402
-                    free_port, open_conn, scaled, wait_until)
+                    free_port, open_conn, scaled, wait_until, watch_closes)
 
 PREFIX = "/dplane/"
 TERM_PREFIX = "/dplane-term/"
@@ -488,27 +487,8 @@ class DataPlane(HarnessTestCase):
         for s in victims:  # drained, not closed: they still work
             self.assertEqual(echo(s, b"after drain\n"), b"after drain\n")
 
-        sel = selectors.DefaultSelector()
-        for s in victims:
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ)
-        closed = {}  # socket -> (seconds after t0, "eof" | "reset")
-        deadline = t0 + 8.0
-        while len(closed) < len(victims) and time.monotonic() < deadline:
-            for key, _ in sel.select(timeout=0.2):
-                s = key.fileobj
-                try:
-                    data = s.recv(4096)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
-                    data, how = b"", "reset"
-                else:
-                    how = "eof"
-                if not data:
-                    closed[s] = (time.monotonic() - t0, how)
-                    sel.unregister(s)
-        sel.close()
+        # socket -> (seconds after t0, "eof" | "reset")
+        closed = watch_closes(victims, t0, t0 + 8.0, poll=0.2)
         times = sorted(t for t, _ in closed.values())
         self.assertEqual(len(closed), 20, "connections on d1 closed by the drain deadline: %d of 20"
                          % len(closed))

@@ -57,7 +57,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
 from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, echo, open_conn,  # noqa: E402
-                    scaled, wait_until)
+                    scaled, wait_until, watch_closes)
 
 # The worker count under test (`lbd --workers WORKERS`).
 WORKERS = int(os.environ.get("LBTEST_WORKERS", "2"))
@@ -601,27 +601,8 @@ class Workers(HarnessTestCase):
         for s in victims:  # drained, not closed: they still work
             self.assertEqual(echo(s, b"after drain\n"), b"after drain\n")
 
-        sel = selectors.DefaultSelector()
-        for s in victims:
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ)
-        closed = {}
-        deadline = t_ret + DRAIN_TIMEOUT + DRAIN_WINDOW + 2.0
-        while len(closed) < len(victims) and time.monotonic() < deadline:
-            for key, _ in sel.select(timeout=0.1):
-                s = key.fileobj
-                try:
-                    data = s.recv(4096)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
-                    data, how = b"", "reset"
-                else:
-                    how = "eof"
-                if not data:
-                    closed[s] = (time.monotonic() - t0, how)
-                    sel.unregister(s)
-        sel.close()
+        # socket -> (seconds after t0, "eof" | "reset")
+        closed = watch_closes(victims, t0, t_ret + DRAIN_TIMEOUT + DRAIN_WINDOW + 2.0, poll=0.1)
         t_backend = wait_until(lambda: backends["d1"].active() == 0 and time.monotonic(),
                                max(0.1, t_ret + DRAIN_TIMEOUT + DRAIN_WINDOW + 0.5
                                    - time.monotonic()),

@@ -9,6 +9,7 @@ own TCP health checks connect and close, and are not counted).
 
 import collections
 import json
+import selectors
 import socket
 import threading
 import time
@@ -162,3 +163,31 @@ def percentile(values, p):
     v = sorted(values)
     k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
     return v[k]
+
+
+def watch_closes(socks, t0, deadline, poll=0.1):
+    """Waits until each socket of `socks` is closed by its peer, or the
+    `deadline` (time.monotonic()) passes.  Returns {socket: (seconds after
+    t0, "eof" | "reset")} for those that closed; the sockets are left
+    non-blocking."""
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    closed = {}
+    while len(closed) < len(socks) and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=poll):
+            s = key.fileobj
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                data, how = b"", "reset"
+            else:
+                how = "eof"
+            if not data:
+                closed[s] = (time.monotonic() - t0, how)
+                sel.unregister(s)
+    sel.close()
+    return closed
