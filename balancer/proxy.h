@@ -73,7 +73,8 @@ struct lb_worker {
     bool at_cap;             /* paused for the global cap (counted in proxy->n_at_cap) */
     bool shutting_down;
     bool idle_reported;
-    uint64_t active; /* sessions open on this worker */
+    uint64_t active;      /* sessions open on this worker */
+    size_t pending_bytes; /* held by its sessions for peers that could not take them yet */
     struct lb_list live;
     struct lb_reaper reaper;
     struct lb_accept_backoff accept_backoff;

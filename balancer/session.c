@@ -30,16 +30,20 @@
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
 #define READ_SLOW    16384 /* read size towards a peer that could not keep up */
 #define SLOW_READS   8     /* reads sent whole before a slow direction reads big again */
-#define PROBE_S      1.0   /* how often a peer we stopped reading is looked at */
-#define FIN_STALL_S  10.0  /* client gone and backend not reading for this long: end */
+/* Pending bytes a worker may hold before every read is a small one: bounds
+ * what peers that do not read can make lbd keep (16 KiB each beyond it). */
+#define PENDING_BUDGET (32u << 20)
+#define PROBE_S        1.0  /* how often a peer we stopped reading is looked at */
+#define FIN_STALL_S    10.0 /* client gone and backend not reading for this long: end */
 
 enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
 
 /* One direction: bytes read from `from` and written to `to`. */
 struct half {
-    ev_io from_r;  /* read watcher on the source socket */
-    ev_io to_w;    /* write watcher on the destination socket */
-    char *pending; /* bytes `to` could not take yet: allocated then, freed once sent */
+    ev_io from_r;        /* read watcher on the source socket */
+    ev_io to_w;          /* write watcher on the destination socket */
+    char *pending;       /* bytes `to` could not take yet: allocated then, freed once sent */
+    size_t pending_size; /* its size, counted in the worker's pending_bytes */
     size_t off, len;
     unsigned slow;         /* `to` filled up lately: read READ_SLOW at a time for this many reads */
     bool eof;              /* read 0 from `from` */
@@ -111,6 +115,15 @@ static void session_count_bytes(struct lb_session *s, const struct half *h, uint
     counter_add(h == &s->up ? &st->bytes_in : &st->bytes_out, n);
 }
 
+/* Gives h's pending buffer back (it is empty, or the session ends). */
+static void half_release(struct lb_session *s, struct half *h)
+{
+    s->worker->pending_bytes -= h->pending_size;
+    h->pending_size = 0;
+    free(h->pending);
+    h->pending = NULL;
+}
+
 /* Flushes pending bytes of h to `to`.  Returns 0 when all written, 1 when some
  * remain (write watcher started), -1 on a write error. */
 static int half_flush(struct lb_session *s, struct half *h, int to)
@@ -135,8 +148,7 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
             session_confirm(s); /* the backend took bytes: the connect is done */
     }
     /* Borrowed while bytes were in flight: an idle session holds no buffer. */
-    free(h->pending);
-    h->pending = NULL;
+    half_release(s, h);
     h->off = 0;
     ev_io_stop(s->worker->loop, &h->to_w);
     return 0;
@@ -177,6 +189,8 @@ static int half_keep(struct lb_session *s, struct half *h, const char *bytes, si
         return -1;
     }
     memcpy(h->pending, bytes, len);
+    h->pending_size = len;
+    s->worker->pending_bytes += len;
     h->off = 0;
     h->len = len;
     h->progress_at = ev_now(s->worker->loop);
@@ -193,7 +207,10 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
         /* Big reads halve the system calls of a bulk transfer per halving of
          * their count; towards a peer that could not take the last one, small
          * reads bound what must be kept when it cannot take this one either. */
-        size_t cap = h->slow ? READ_SLOW : sizeof(s->worker->scratch);
+        size_t cap =
+            h->slow || s->state == SESSION_CONNECTING || s->worker->pending_bytes > PENDING_BUDGET
+                ? READ_SLOW
+                : sizeof(s->worker->scratch);
         ssize_t w = 0;
 
         n = recv(from, buf, cap, 0);
@@ -776,7 +793,7 @@ static void session_free(struct lb_reap *r)
 {
     struct lb_session *s = lb_container_of(r, struct lb_session, reap);
 
-    free(s->up.pending);
-    free(s->down.pending);
+    half_release(s, &s->up);
+    half_release(s, &s->down);
     free(s);
 }

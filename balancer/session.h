@@ -20,7 +20,10 @@
  * idle session holds no buffer.  While such bytes are pending, that
  * direction stops reading, so a slow peer applies back-pressure instead of
  * growing memory; and for its next reads it reads 16 KiB at a time, so a
- * peer that stays slow costs at most that much each way.  A read of 0 (EOF) is forwarded as
+ * peer that stays slow costs at most that much each way.  Reads are small
+ * too while the connect runs, and for every session of a worker once its
+ * sessions hold 32 MiB of pending bytes: peers that do not read cannot
+ * make lbd hold more than that plus 16 KiB each.  A read of 0 (EOF) is forwarded as
  * shutdown(SHUT_WR) once pending bytes are flushed (half-close).
  *
  * session_finalize() is the only exit: it stops the watchers, closes both
