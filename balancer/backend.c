@@ -150,10 +150,10 @@ void lb_backend_totals(const struct lb_backend *b, struct lb_backend_totals *out
     for (unsigned w = 0; w < b->n_ws; w++) {
         const struct lb_backend_wstats *s = &b->ws[w];
 
-        out->total += atomic_load_explicit(&s->total, memory_order_relaxed);
-        out->connect_failures += atomic_load_explicit(&s->connect_failures, memory_order_relaxed);
-        out->retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
-        out->bytes_in += atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
-        out->bytes_out += atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+        out->total += lb_counter_get(&s->total);
+        out->connect_failures += lb_counter_get(&s->connect_failures);
+        out->retries += lb_counter_get(&s->retries);
+        out->bytes_in += lb_counter_get(&s->bytes_in);
+        out->bytes_out += lb_counter_get(&s->bytes_out);
     }
 }

@@ -45,6 +45,22 @@
 struct lb_pool;
 struct lb_resolve_req;
 
+/*
+ * Counters with one writer (a worker) and readers on other threads
+ * (/metrics, the admin API): a relaxed load and store, no locked
+ * instruction on the connection path.
+ */
+static inline void lb_counter_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t lb_counter_get(const _Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
 /* A worker's own counters of one backend, summed on read (one cache line each). */
 struct lb_backend_wstats {
     _Atomic uint64_t sessions; /* this worker's sessions to it now */

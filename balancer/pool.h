@@ -39,7 +39,6 @@
 #include <stdint.h>
 
 struct lb_registry;
-struct lb_listener;
 
 struct lb_snap_entry {
     struct lb_backend *backend; /* one reference */
@@ -87,7 +86,6 @@ struct lb_pool {
     char name[LB_NAME_MAX];
     char listen[LB_ADDR_MAX]; /* as given with --pool */
     struct lb_registry *registry;
-    struct lb_listener *listener;
     struct lb_pool_policy policy;
     struct lb_snapshot *snap;   /* never NULL after lb_pool_init() */
     bool rebuild;               /* membership or policy changed since the last publish */

@@ -33,18 +33,6 @@
 #define ACCEPTS_AT_SHUTDOWN 64
 #define EMFILE_PAUSE_S      0.1
 
-static inline void counter_add(_Atomic uint64_t *c, uint64_t n)
-{
-    /* single writer: a plain load and store, no locked instruction */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
-static inline uint64_t counter_get(const _Atomic uint64_t *c)
-{
-    return atomic_load_explicit(c, memory_order_relaxed);
-}
-
 /* ---------------------------------------------------------- accepting -- */
 
 static void worker_pause_accept(struct lb_worker *w)
@@ -135,7 +123,7 @@ static bool worker_reserve_slot(struct lb_worker *w)
         uint64_t now_ms = (uint64_t)(ev_now(w->loop) * 1000.);
         uint64_t last = atomic_load(&proxy->cap_logged_ms);
 
-        counter_add(&w->cap_pauses, 1);
+        lb_counter_add(&w->cap_pauses, 1);
         /* Under steady load this pauses at every close: one line a second
          * for the whole process, whichever worker gets to say it. */
         if (now_ms - last >= 1000 &&
@@ -186,16 +174,16 @@ static int worker_accept(struct lb_wpool *wp, int max)
                      wp->pool->name, strerror(-fd));
             /* fall through */
         case LB_ACCEPT_PAUSED:
-            counter_add(&w->accept_errors, 1);
+            lb_counter_add(&w->accept_errors, 1);
             return n;
         case LB_ACCEPT_FAILED:
-            counter_add(&w->accept_errors, 1);
+            lb_counter_add(&w->accept_errors, 1);
             LB_ERROR("proxy", "msg=\"accept failed\" pool=%s error=\"%s\"", wp->pool->name,
                      strerror(-fd));
             return n;
         }
         w->active++;
-        counter_add(&w->accepted, 1);
+        lb_counter_add(&w->accepted, 1);
         lb_session_start(w, wp, fd, (struct sockaddr *)&ss, len);
     }
     return n;
@@ -512,7 +500,7 @@ void lb_proxy_close_oldest(struct lb_proxy *proxy, struct lb_backend *b)
     uint64_t most = 0;
 
     for (unsigned i = 0; i < b->n_ws && i < proxy->n_workers; i++) {
-        uint64_t n = counter_get(&b->ws[i].sessions);
+        uint64_t n = lb_counter_get(&b->ws[i].sessions);
 
         if (n > most) {
             most = n;
@@ -533,9 +521,9 @@ void lb_proxy_totals(const struct lb_proxy *proxy, uint64_t *accepted, uint64_t 
 {
     *accepted = *accept_errors = *cap_pauses = 0;
     for (unsigned i = 0; i < proxy->n_workers; i++) {
-        *accepted += counter_get(&proxy->workers[i].accepted);
-        *accept_errors += counter_get(&proxy->workers[i].accept_errors);
-        *cap_pauses += counter_get(&proxy->workers[i].cap_pauses);
+        *accepted += lb_counter_get(&proxy->workers[i].accepted);
+        *accept_errors += lb_counter_get(&proxy->workers[i].accept_errors);
+        *cap_pauses += lb_counter_get(&proxy->workers[i].cap_pauses);
     }
 }
 
@@ -545,10 +533,10 @@ void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_po
     for (unsigned k = 0; proxy && k < proxy->n_workers; k++) {
         const struct lb_wpool *wp = &proxy->workers[k].pools[i];
 
-        out->active += counter_get(&wp->active);
-        out->total += counter_get(&wp->total);
-        out->no_backend += counter_get(&wp->no_backend);
-        out->retries += counter_get(&wp->retries);
+        out->active += lb_counter_get(&wp->active);
+        out->total += lb_counter_get(&wp->total);
+        out->no_backend += lb_counter_get(&wp->no_backend);
+        out->retries += lb_counter_get(&wp->retries);
     }
 }
 
@@ -577,14 +565,11 @@ static int listener_open(struct lb_wpool *wp, const char *text, struct lb_listen
     return 0;
 }
 
+/* Frees w once its thread is gone and its sessions are ended. */
 static void worker_free(struct lb_worker *w)
 {
-    struct lb_list *first;
-
     if (!w->loop)
         return;
-    while ((first = lb_list_first(&w->live)))
-        lb_session_abort(lb_session_of_link(first));
     for (size_t i = 0; w->pools && i < w->proxy->registry->n_pools; i++) {
         struct lb_wpool *wp = &w->pools[i];
 
@@ -766,7 +751,8 @@ void lb_proxy_destroy(struct lb_proxy *proxy)
     for (unsigned i = 0; i < proxy->n_workers; i++) {
         struct lb_list *first;
 
-        while (proxy->workers[i].loop && (first = lb_list_first(&proxy->workers[i].live)))
+        while (proxy->workers[i].loop && !proxy->workers[i].abandoned &&
+               (first = lb_list_first(&proxy->workers[i].live)))
             lb_session_abort(lb_session_of_link(first));
     }
     for (unsigned i = 0; i < proxy->n_workers; i++)

@@ -101,18 +101,11 @@ static struct lb_backend_wstats *session_stats(const struct lb_session *s)
     return &s->backend->ws[s->worker->index];
 }
 
-/* Adds to a counter only this worker writes: no locked instruction. */
-static void counter_add(_Atomic uint64_t *c, uint64_t n)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
 static void session_count_bytes(struct lb_session *s, const struct half *h, uint64_t n)
 {
     struct lb_backend_wstats *st = session_stats(s);
 
-    counter_add(h == &s->up ? &st->bytes_in : &st->bytes_out, n);
+    lb_counter_add(h == &s->up ? &st->bytes_in : &st->bytes_out, n);
 }
 
 /* Gives h's pending buffer back (it is empty, or the session ends). */
@@ -489,7 +482,7 @@ static void session_release_backend(struct lb_session *s)
     if (!b)
         return;
     lb_list_remove(&s->b_link);
-    counter_add(&session_stats(s)->sessions, (uint64_t)-1);
+    lb_counter_add(&session_stats(s)->sessions, (uint64_t)-1);
     s->backend = NULL;
     /* The last connection of a drained or retired backend: the control
      * loop reports it (it set notify_zero before it last read `active`). */
@@ -535,7 +528,7 @@ static void session_confirm(struct lb_session *s)
         return;
     ev_timer_stop(s->worker->loop, &s->timer);
     s->state = SESSION_PROXYING;
-    counter_add(&session_stats(s)->total, 1);
+    lb_counter_add(&session_stats(s)->total, 1);
     lb_health_connect_result(s->backend, true, s->pool->policy.health.fall);
     s->last_activity = ev_now(s->worker->loop);
     half_forward_eof(s, &s->up, s->server_fd);
@@ -580,7 +573,7 @@ static void session_connect_failed(struct lb_session *s, const char *why)
     struct lb_backend_wstats *st = session_stats(s);
     ev_tstamp now = ev_now(s->worker->loop);
 
-    counter_add(&st->connect_failures, 1);
+    lb_counter_add(&st->connect_failures, 1);
     if (now - st->fail_logged_at >= 1.0) {
         LB_WARN("proxy",
                 "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
@@ -595,8 +588,8 @@ static void session_connect_failed(struct lb_session *s, const char *why)
     if (lb_health_connect_result(b, false, s->pool->policy.health.fall))
         lb_worker_ask_eject(s->worker, b);
     if (s->n_tried <= (size_t)s->pool->policy.retries) {
-        counter_add(&s->pool->retries, 1);
-        counter_add(&st->retries, 1);
+        lb_counter_add(&s->pool->retries, 1);
+        lb_counter_add(&st->retries, 1);
     }
     session_connect_next(s);
 }
@@ -660,7 +653,7 @@ static void session_connect_next(struct lb_session *s)
     }
     b = session_pick(s, &pick);
     if (!b) {
-        counter_add(&pool->no_backend, 1);
+        lb_counter_add(&pool->no_backend, 1);
         session_finalize(s, s->n_tried ? "no backend left to retry"
                                        : "no backend available (none up, or all at max_conns)");
         return;
@@ -668,7 +661,7 @@ static void session_connect_next(struct lb_session *s)
     s->tried[s->n_tried++] = b;
     lb_backend_ref(b);
     s->backend = b;
-    counter_add(&session_stats(s)->sessions, 1);
+    lb_counter_add(&session_stats(s)->sessions, 1);
     lb_list_insert_head(&session_stats(s)->list, &s->b_link);
     fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -715,8 +708,8 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
 
     lb_list_init(&s->b_link);
     lb_list_insert_head(&w->live, &s->link);
-    counter_add(&pool->active, 1);
-    counter_add(&pool->total, 1);
+    lb_counter_add(&pool->active, 1);
+    lb_counter_add(&pool->total, 1);
     if (pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s) < 0)
         return 0;
     session_connect_next(s);
@@ -757,7 +750,7 @@ static void session_finalize(struct lb_session *s, const char *why)
         close(s->server_fd);
     s->client_fd = s->server_fd = -1;
     session_release_backend(s);
-    counter_add(&s->pool->active, (uint64_t)-1);
+    lb_counter_add(&s->pool->active, (uint64_t)-1);
 
     /* off the live list; freed by the worker's reaper after the current callbacks */
     lb_list_remove(&s->link);
