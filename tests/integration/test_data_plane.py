@@ -48,8 +48,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many, echo,  # noqa: E402
-                    free_port, open_conn, scaled, wait_until, watch_closes)
+from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many, close_all,  # noqa: E402
+                    echo, figure, free_port, open_conn, recv_line_bytes, scaled, wait_until,
+                    watch_closes)
 
 PREFIX = "/dplane/"
 TERM_PREFIX = "/dplane-term/"
@@ -75,27 +76,8 @@ POLICIES = {
 }
 
 
-def figure(name, value, unit=""):
-    """One measured figure on stderr, for the CI log."""
-    sys.stderr.write("figure: %-44s %s%s\n" % (name, value, (" " + unit) if unit else ""))
-    sys.stderr.flush()
-
-
 def config_key(prefix, pool):
     return "%spools/%s/config" % (prefix, pool)
-
-
-def recv_line(sock, limit=4096):
-    """Bytes up to and including the first newline (None on EOF first)."""
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return None
-        buf += chunk
-        if len(buf) > limit:
-            raise AssertionError("no newline in the first %d bytes: %r" % (limit, buf[:80]))
-    return buf
 
 
 def wait_closed(sock, timeout):
@@ -108,14 +90,6 @@ def wait_closed(sock, timeout):
                 return "eof", time.monotonic()
     except ConnectionResetError:
         return "reset", time.monotonic()
-
-
-def close_all(socks):
-    for s in socks:
-        try:
-            s.close()
-        except OSError:
-            pass
 
 
 class Traffic(threading.Thread):
@@ -412,7 +386,7 @@ class DataPlane(HarnessTestCase):
 
         def answers():
             with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-                line = recv_line(s)
+                line = recv_line_bytes(s)
                 return line and json.loads(line).get("id") == backend_id
 
         wait_until(answers, scaled(10), "%s to answer through pool %s" % (backend_id, pool))
@@ -425,7 +399,7 @@ class DataPlane(HarnessTestCase):
                 # come after the header, not before or inside it.
                 early = ("early %d from %s:%d\n" % (n, src[0], src[1])).encode() * 20
                 s.sendall(early)
-                line = recv_line(s)
+                line = recv_line_bytes(s)
                 self.assertIsNotNone(line, "the backend closed before answering")
                 info = json.loads(line)
                 self.assertNotIn("error", info, "the backend could not parse the header: %r" % info)

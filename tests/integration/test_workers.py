@@ -56,8 +56,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, echo, open_conn,  # noqa: E402
-                    scaled, wait_until, watch_closes)
+from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, close_all, echo,  # noqa: E402
+                    figure, open_conn, recv_line_bytes, scaled, wait_until, watch_closes)
 
 # The worker count under test (`lbd --workers WORKERS`).
 WORKERS = int(os.environ.get("LBTEST_WORKERS", "2"))
@@ -81,12 +81,6 @@ POLICIES = {
 }
 
 
-def figure(name, value, unit=""):
-    """One measured figure on stderr, for the CI log."""
-    sys.stderr.write("figure: %-50s %s%s\n" % (name, value, (" " + unit) if unit else ""))
-    sys.stderr.flush()
-
-
 def config_key(prefix, pool):
     return "%spools/%s/config" % (prefix, pool)
 
@@ -95,21 +89,11 @@ _workers_supported = None
 
 
 def workers_supported():
-    """True when this lbd takes --workers.
-
-    Asks `lbd --help` first.  lbd's help can be cut short when its stdout is
-    a pipe and it dies at exit before flushing, so an lbd that does not name
-    the flag is also asked to parse it: an unknown flag is one error line.
-    """
+    """True when this lbd takes --workers (its --help names it)."""
     global _workers_supported
     if _workers_supported is None:
         rc, out, err = lbtest.run([lbtest.lbd_binary(), "--help"], timeout=10)
-        if "--workers" in out + err:
-            _workers_supported = True
-        else:
-            rc, out, err = lbtest.run([lbtest.lbd_binary(), "--workers", str(WORKERS), "--help"],
-                                      timeout=10)
-            _workers_supported = "usage:" in out and "--workers" not in err
+        _workers_supported = rc == 0 and "--workers" in out
     return _workers_supported
 
 
@@ -134,19 +118,6 @@ def worker_delta(before, after):
 def sum_metric(samples, name, **labels):
     return sum(v for n, lab, v in samples
                if n == name and all(lab.get(k) == str(x) for k, x in labels.items()))
-
-
-def recv_line_bytes(sock, limit=4096):
-    """The raw bytes up to and including the first newline (None on EOF first)."""
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return None
-        buf += chunk
-        if len(buf) > limit:
-            raise AssertionError("no newline in the first %d bytes: %r" % (limit, buf[:80]))
-    return buf
 
 
 def connect_burst(port, n):
@@ -202,14 +173,6 @@ def first_lines(socks, timeout):
         s.settimeout(5)
         out.setdefault(s, (("hung",), time.monotonic() - t0))
     return out
-
-
-def close_all(socks):
-    for s in socks:
-        try:
-            s.close()
-        except OSError:
-            pass
 
 
 class MetricPeak(threading.Thread):
@@ -837,6 +800,26 @@ class Workers(HarnessTestCase):
                                     "worker %d served far less than its share: %s" % (w, delta))
         self.assertEqual(sum(delta.values()), k, "the workers' counts add up to the connections")
         self.assertEqual(self.lbd.metric("lbd_pool_connections_total") - pool_before, k)
+
+
+class WorkerFlagTest(unittest.TestCase):
+    """--workers on the command line: help, bounds, one error line, exit codes."""
+
+    def test_help_version_and_bad_counts(self):
+        lbd = lbtest.lbd_binary()
+        rc, out, err = lbtest.run([lbd, "--help"], timeout=10)
+        self.assertEqual(rc, 0, err)  # once exited on SIGSEGV after printing, cutting the help
+        self.assertIn("--workers", out)
+        self.assertIn("--admin 127.0.0.1:9000 --http 127.0.0.1:9100", out, "help cut short")
+        rc, out, err = lbtest.run([lbd, "--version"], timeout=10)
+        self.assertEqual(rc, 0, err)
+        for bad in ["999", "-1", "two"]:
+            rc, out, err = lbtest.run([lbd, "--workers", bad, "--pool", "a=127.0.0.1:1",
+                                       "--etcd", "http://127.0.0.1:1"], timeout=10)
+            self.assertEqual(rc, 2, "--workers %s: %r" % (bad, err))
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            self.assertEqual(len(lines), 1, err)
+            self.assertIn("--workers", lines[0])
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ interop test) are needed: run the tests with /usr/bin/python3.
 
 from .backends import HELLO, PROXY_V2_SIGNATURE, Backend, parse_proxy_v1, parse_proxy_v2
 from .clients import (ClientLoop, ask, ask_many, echo, http_request, open_conn, percentile,
-                      watch_closes,
+                      watch_closes, recv_line_bytes, close_all, figure,
                       read_line)
 from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
 from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
@@ -63,7 +63,7 @@ __all__ = [
     "lbctl", "lbd_pool", "override_key", "parse_prometheus",
     # clients
     "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
-    "read_line", "watch_closes",
+    "read_line", "watch_closes", "recv_line_bytes", "close_all", "figure",
     # testcase
     "HarnessTestCase", "case_failed", "main",
 ]

@@ -11,6 +11,7 @@ import collections
 import json
 import selectors
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -191,3 +192,31 @@ def watch_closes(socks, t0, deadline, poll=0.1):
                 sel.unregister(s)
     sel.close()
     return closed
+
+
+def recv_line_bytes(sock, limit=4096):
+    """The raw bytes up to and including the first newline (None on EOF first)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return None
+        buf += chunk
+        if len(buf) > limit:
+            raise AssertionError("no newline in the first %d bytes: %r" % (limit, buf[:80]))
+    return buf
+
+
+def close_all(socks):
+    """Closes every socket of socks, whatever state each is in."""
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def figure(name, value, unit=""):
+    """One measured figure on stderr, for the CI log."""
+    sys.stderr.write("figure: %-50s %s%s\n" % (name, value, (" " + unit) if unit else ""))
+    sys.stderr.flush()
