@@ -118,7 +118,8 @@ static bool worker_reserve_slot(struct lb_worker *w)
 
     if (atomic_fetch_add(&proxy->active, 1) < proxy->max_conns)
         return true;
-    atomic_fetch_sub(&proxy->active, 1);
+    /* Given back like any slot: a worker that saw this one and paused is woken. */
+    worker_release_slot(w);
     if (!w->at_cap) {
         uint64_t now_ms = (uint64_t)(ev_now(w->loop) * 1000.);
         uint64_t last = atomic_load(&proxy->cap_logged_ms);
