@@ -26,6 +26,64 @@ static void set_flag(int fd, int level, int name)
     (void)setsockopt(fd, level, name, &one, sizeof(one));
 }
 
+/* ---- sockets of the previous process ---- */
+
+#define INHERITED_MAX 1024
+
+static struct {
+    int fd;
+    struct sockaddr_storage addr;
+    socklen_t len;
+} inherited[INHERITED_MAX];
+static size_t n_inherited;
+
+int lb_listen_inherit(int fd)
+{
+    int type = 0, listening = 0;
+    socklen_t tl = sizeof(type), ll = sizeof(listening);
+
+    if (n_inherited == INHERITED_MAX) {
+        close(fd);
+        return -ENOSPC;
+    }
+    inherited[n_inherited].len = sizeof(inherited[n_inherited].addr);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_STREAM ||
+        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) < 0 || !listening ||
+        getsockname(fd, (struct sockaddr *)&inherited[n_inherited].addr,
+                    &inherited[n_inherited].len) < 0 ||
+        (inherited[n_inherited].addr.ss_family != AF_INET &&
+         inherited[n_inherited].addr.ss_family != AF_INET6)) {
+        close(fd);
+        return -EINVAL;
+    }
+    inherited[n_inherited++].fd = fd;
+    return 0;
+}
+
+int lb_listen_take_inherited(const struct sockaddr *addr, socklen_t len)
+{
+    for (size_t i = 0; i < n_inherited; i++) {
+        int fd = inherited[i].fd;
+
+        if (inherited[i].len != len || memcmp(&inherited[i].addr, addr, len) != 0)
+            continue;
+        inherited[i] = inherited[--n_inherited];
+        return fd;
+    }
+    return -1;
+}
+
+size_t lb_listen_close_inherited(void)
+{
+    size_t n = n_inherited;
+
+    while (n_inherited)
+        close(inherited[--n_inherited].fd);
+    return n;
+}
+
+/* ---- binding ---- */
+
 int lb_listen_open(const char *addr, const struct lb_listen_options *o,
                    struct lb_listen_socket *out, char **err)
 {
@@ -40,6 +98,12 @@ int lb_listen_open(const char *addr, const struct lb_listen_options *o,
     if (lb_addr_to_sockaddr(&hp, &out->addr, &out->addr_len) < 0)
         return lb_error_set(err, -EINVAL, "%s: listen address must be an IP address, not a name",
                             what);
+    if (hp.port != 0 &&
+        (fd = lb_listen_take_inherited((struct sockaddr *)&out->addr, out->addr_len)) >= 0) {
+        /* The previous process's socket: bound and listening, options set. */
+        out->fd = fd;
+        return 0;
+    }
     fd = socket(out->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return lb_error_set(err, -errno, "%s: socket: %s", what, strerror(errno));

@@ -55,6 +55,24 @@ struct lb_listen_socket {
 int lb_listen_open(const char *addr, const struct lb_listen_options *o,
                    struct lb_listen_socket *out, char **err);
 
+/*
+ * Sockets handed over by the previous lbd at an upgrade (balancer/upgrade.c).
+ * lb_listen_open() takes an inherited socket listening on the same address
+ * instead of binding a new one: the socket, its accept queue and its place
+ * in a SO_REUSEPORT group stay the same, so no client is refused while one
+ * process hands over to the next.  The table is the control thread's, used
+ * at start-up only.
+ *
+ * lb_listen_inherit() takes ownership of fd: 0, -EINVAL when it is not a
+ * listening TCP socket (closed), -ENOSPC when the table is full (closed).
+ * lb_listen_take_inherited() hands over one socket listening on `addr` (the
+ * caller owns it then), or returns -1.  lb_listen_close_inherited() closes
+ * what nothing took and returns how many.
+ */
+int lb_listen_inherit(int fd);
+int lb_listen_take_inherited(const struct sockaddr *addr, socklen_t len);
+size_t lb_listen_close_inherited(void);
+
 /* Closes the socket (idempotent). */
 void lb_listen_close(struct lb_listen_socket *s);
 
