@@ -32,6 +32,8 @@
 #define ACCEPTS_PER_WAKEUP  1
 #define ACCEPTS_AT_SHUTDOWN 64
 #define EMFILE_PAUSE_S      0.1
+#define OFFER_AGAIN_S       0.02 /* upgrade: look again at sessions that could not move yet */
+#define OFFER_WAIT_MAX_S    5.0  /* and give up on them after this long */
 
 /* ---------------------------------------------------------- accepting -- */
 
@@ -41,7 +43,8 @@ static void worker_pause_accept(struct lb_worker *w)
         return;
     w->accept_paused = true;
     for (size_t i = 0; i < w->proxy->registry->n_pools; i++)
-        ev_io_stop(w->loop, &w->pools[i].io);
+        for (size_t k = 0; k < w->pools[i].n_ls; k++)
+            ev_io_stop(w->loop, &w->pools[i].ls[k].io);
 }
 
 static void worker_resume_accept(struct lb_worker *w)
@@ -50,8 +53,9 @@ static void worker_resume_accept(struct lb_worker *w)
         return;
     w->accept_paused = false;
     for (size_t i = 0; i < w->proxy->registry->n_pools; i++)
-        if (w->pools[i].fd >= 0)
-            ev_io_start(w->loop, &w->pools[i].io);
+        for (size_t k = 0; k < w->pools[i].n_ls; k++)
+            if (w->pools[i].ls[k].fd >= 0)
+                ev_io_start(w->loop, &w->pools[i].ls[k].io);
 }
 
 /* Leaves the cap pause when there is room (and no EMFILE back-off runs). */
@@ -147,9 +151,10 @@ static bool worker_reserve_slot(struct lb_worker *w)
     return false;
 }
 
-/* Accepts up to `max` clients on wp; returns how many. */
-static int worker_accept(struct lb_wpool *wp, int max)
+/* Accepts up to `max` clients on listener l; returns how many. */
+static int worker_accept(struct lb_wlistener *l, int max)
 {
+    struct lb_wpool *wp = l->wp;
     struct lb_worker *w = wp->worker;
     int n = 0;
 
@@ -160,7 +165,7 @@ static int worker_accept(struct lb_wpool *wp, int max)
 
         if (!worker_reserve_slot(w))
             return n;
-        fd = lb_listen_accept(wp->fd, &ss, &len);
+        fd = lb_listen_accept(l->fd, &ss, &len);
         if (fd < 0)
             worker_release_slot(w);
         switch (lb_accept_backoff_check(&w->accept_backoff, fd)) {
@@ -192,25 +197,30 @@ static int worker_accept(struct lb_wpool *wp, int max)
 
 static void listener_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
-    worker_accept(lb_container_of(io, struct lb_wpool, io), ACCEPTS_PER_WAKEUP);
+    worker_accept(lb_container_of(io, struct lb_wlistener, io), ACCEPTS_PER_WAKEUP);
 }
 
 /* Takes in what is queued on every listener of w, then closes them. */
 static void worker_stop_listening(struct lb_worker *w)
 {
     for (size_t i = 0; i < w->proxy->registry->n_pools; i++) {
-        struct lb_wpool *wp = &w->pools[i];
+        for (size_t k = 0; k < w->pools[i].n_ls; k++) {
+            struct lb_wlistener *l = &w->pools[i].ls[k];
 
-        if (wp->fd < 0)
-            continue;
-        /* Clients already in the kernel's accept queue completed their
-         * handshake: closing the listener now would reset them. */
-        if (w->accepting && !w->accept_paused)
-            while (worker_accept(wp, ACCEPTS_AT_SHUTDOWN) == ACCEPTS_AT_SHUTDOWN)
-                ;
-        ev_io_stop(w->loop, &wp->io);
-        close(wp->fd);
-        wp->fd = -1;
+            if (l->fd < 0)
+                continue;
+            /* Clients already in the kernel's accept queue completed their
+             * handshake: closing the listener now would reset them.  (At an
+             * upgrade the next process holds the socket too: closing this
+             * copy resets nothing, and what is taken here moves with the
+             * other sessions.) */
+            if (w->accepting && !w->accept_paused)
+                while (worker_accept(l, ACCEPTS_AT_SHUTDOWN) == ACCEPTS_AT_SHUTDOWN)
+                    ;
+            ev_io_stop(w->loop, &l->io);
+            close(l->fd);
+            l->fd = -1;
+        }
     }
     lb_accept_backoff_stop(&w->accept_backoff);
 }
@@ -218,7 +228,7 @@ static void worker_stop_listening(struct lb_worker *w)
 /* ----------------------------------------------------------- messages -- */
 
 /* The control loop's word to a worker. */
-enum worker_order { ORDER_ACCEPT, ORDER_SHUTDOWN, ORDER_CLOSE_ALL, ORDER_STOP };
+enum worker_order { ORDER_ACCEPT, ORDER_SHUTDOWN, ORDER_CLOSE_ALL, ORDER_STOP, ORDER_OFFER };
 
 struct order_msg {
     struct lb_msg msg;
@@ -295,6 +305,7 @@ static void worker_apply_change(struct lb_msg *m, void *ctx)
 }
 
 static void worker_report_idle(struct lb_worker *w);
+static void worker_offer_pass(struct lb_worker *w);
 
 static void worker_apply_order(struct lb_msg *m, void *ctx)
 {
@@ -321,12 +332,20 @@ static void worker_apply_order(struct lb_msg *m, void *ctx)
     case ORDER_CLOSE_ALL: {
         struct lb_list *first;
 
+        w->closed_all = true;
         while ((first = lb_list_first(&w->live)))
             lb_session_abort(lb_session_of_link(first));
         break;
     }
     case ORDER_STOP:
         ev_break(w->loop, EVBREAK_ALL);
+        break;
+    case ORDER_OFFER:
+        if (w->offering)
+            break;
+        w->offering = true;
+        w->offering_since = ev_now(w->loop);
+        worker_offer_pass(w);
         break;
     }
 }
@@ -432,10 +451,217 @@ static void worker_report_idle(struct lb_worker *w)
 
 void lb_worker_session_finished(struct lb_worker *w)
 {
+    if (w->offering)
+        lb_counter_add(&w->ended_offering, 1);
     w->active--;
     worker_release_slot(w);
     if (w->shutting_down && w->active == 0)
         worker_report_idle(w);
+}
+
+void lb_worker_session_adopted(struct lb_worker *w)
+{
+    w->active++;
+    atomic_fetch_add(&w->proxy->active, 1);
+    lb_counter_add(&w->adopted, 1);
+}
+
+/* ------------------------------------------------------------ upgrade -- */
+
+static void control_offer(struct lb_msg *m, void *ctx)
+{
+    struct lb_offer *o = lb_container_of(m, struct lb_offer, msg);
+    struct lb_proxy *proxy = ctx;
+
+    proxy->offer_ops->offer(proxy->offer_ctx, o);
+}
+
+static void control_offers_done(struct lb_msg *m, void *ctx)
+{
+    struct lb_proxy *proxy = ctx;
+
+    free(lb_container_of(m, struct backend_msg, msg));
+    if (++proxy->n_offers_done == proxy->n_workers)
+        proxy->offer_ops->done(proxy->offer_ctx);
+}
+
+/*
+ * Offers every session of w that can move now; arms the tick while some
+ * cannot yet, and tells the control loop once none is left to offer.
+ */
+static void worker_offer_pass(struct lb_worker *w)
+{
+    struct lb_proxy *proxy = w->proxy;
+    struct lb_list *pos, *tmp;
+    bool later = false;
+
+    lb_list_for_each_safe(pos, tmp, &w->live)
+    {
+        struct lb_session *s = lb_session_of_link(pos);
+        struct lb_session_move m;
+        struct lb_offer *o;
+        int rc = lb_session_park(s, proxy->offer_pending_max, &m);
+
+        if (rc == -EAGAIN && ev_now(w->loop) - w->offering_since > OFFER_WAIT_MAX_S) {
+            /* Still connecting, or its peer reads nothing: it finishes here. */
+            lb_session_stay(s);
+            lb_counter_add(&w->given_up, 1);
+            continue;
+        }
+        if (rc == -EAGAIN)
+            later = true;
+        if (rc < 0)
+            continue;
+        o = calloc(1, sizeof(*o));
+        if (o) {
+            o->worker = w;
+            o->session = s;
+            o->id = ((uint64_t)w->index << 48) | ++w->offer_seq;
+            o->fds[0] = m.client_fd;
+            o->fds[1] = m.server_fd;
+            lb_buf_init(&o->rec, 0);
+        }
+        if (!o ||
+            proxy->offer_ops->encode(proxy->offer_ctx, (size_t)(lb_session_pool(s) - w->pools),
+                                     o->id, &m, &o->rec) < 0) {
+            /* Cannot be offered: it stays here. */
+            if (o)
+                lb_buf_free(&o->rec);
+            free(o);
+            lb_session_unpark(s);
+            continue;
+        }
+        lb_mailbox_post(&proxy->inbox, &o->msg, control_offer);
+    }
+    if (later) {
+        if (!ev_is_active(&w->offer_tick))
+            ev_timer_start(w->loop, &w->offer_tick);
+        return;
+    }
+    ev_timer_stop(w->loop, &w->offer_tick);
+    post_backend(&proxy->inbox, NULL, w->index, control_offers_done);
+}
+
+static void worker_offer_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    worker_offer_pass(lb_container_of(t, struct lb_worker, offer_tick));
+}
+
+static void worker_offer_answered(struct lb_msg *m, void *ctx)
+{
+    struct lb_offer *o = lb_container_of(m, struct lb_offer, msg);
+
+    if (o->taken) {
+        lb_counter_add(&o->worker->moved, 1);
+        lb_session_moved(o->session);
+    } else {
+        lb_session_unpark(o->session);
+        if (o->worker->closed_all) /* the grace period ended while it was offered */
+            lb_session_abort(o->session);
+    }
+    lb_buf_free(&o->rec);
+    free(o);
+}
+
+void lb_proxy_offer_sessions(struct lb_proxy *proxy, size_t pending_max,
+                             const struct lb_offer_ops *ops, void *ctx)
+{
+    proxy->offer_pending_max = pending_max;
+    proxy->offer_ops = ops;
+    proxy->offer_ctx = ctx;
+    proxy->n_offers_done = 0;
+    proxy_order_all(proxy, ORDER_OFFER);
+}
+
+void lb_proxy_offer_answer(struct lb_proxy *proxy, struct lb_offer *o, bool taken)
+{
+    o->taken = taken;
+    lb_buf_free(&o->rec); /* sent or not, the record is done with */
+    lb_mailbox_post(&o->worker->inbox, &o->msg, worker_offer_answered);
+}
+
+void lb_proxy_offer_totals(const struct lb_proxy *proxy, uint64_t *moved, uint64_t *kept)
+{
+    *moved = *kept = 0;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        uint64_t mv = lb_counter_get(&proxy->workers[i].moved);
+        uint64_t ended = lb_counter_get(&proxy->workers[i].ended_offering);
+
+        *moved += mv;
+        *kept += ended - mv;
+    }
+}
+
+/* A session of the previous process for one worker. */
+struct adopt_msg {
+    struct lb_msg msg;
+    size_t pool;
+    struct lb_backend *b;
+    struct lb_session_move m; /* pending bytes point into `bytes` */
+    char *bytes;
+};
+
+static void worker_adopt(struct lb_msg *msg, void *ctx)
+{
+    struct adopt_msg *am = lb_container_of(msg, struct adopt_msg, msg);
+    struct lb_worker *w = ctx;
+
+    if (lb_session_adopt(w, &w->pools[am->pool], am->b, &am->m) < 0)
+        LB_ERROR("proxy", "msg=\"out of memory taking over a session, closed\" pool=%s",
+                 w->pools[am->pool].pool->name);
+    free(am->bytes);
+    free(am);
+}
+
+int lb_proxy_adopt(struct lb_proxy *proxy, size_t pool, struct lb_backend *b,
+                   const struct lb_session_move *m)
+{
+    struct adopt_msg *am = calloc(1, sizeof(*am));
+    struct lb_worker *w;
+
+    if (!am || !(am->bytes = malloc(m->up_len + m->down_len + 1))) {
+        free(am);
+        return -ENOMEM;
+    }
+    memcpy(am->bytes, m->up_pending ? m->up_pending : "", m->up_len);
+    memcpy(am->bytes + m->up_len, m->down_pending ? m->down_pending : "", m->down_len);
+    am->pool = pool;
+    am->b = b;
+    am->m = *m;
+    am->m.up_pending = am->bytes;
+    am->m.down_pending = am->bytes + m->up_len;
+    am->m.backend_id = am->m.backend_addr = NULL; /* the caller's; not needed past here */
+    w = &proxy->workers[proxy->next_adopter++ % proxy->n_workers];
+    lb_mailbox_post(&w->inbox, &am->msg, worker_adopt);
+    return 0;
+}
+
+uint64_t lb_proxy_offers_given_up(const struct lb_proxy *proxy)
+{
+    uint64_t n = 0;
+
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        n += lb_counter_get(&proxy->workers[i].given_up);
+    return n;
+}
+
+uint64_t lb_proxy_adopted(const struct lb_proxy *proxy)
+{
+    uint64_t n = 0;
+
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        n += lb_counter_get(&proxy->workers[i].adopted);
+    return n;
+}
+
+void lb_proxy_each_listener(const struct lb_proxy *proxy,
+                            void (*fn)(void *ctx, size_t pool, int fd), void *ctx)
+{
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        for (size_t p = 0; p < proxy->registry->n_pools; p++)
+            for (size_t k = 0; k < proxy->workers[i].pools[p].n_ls; k++)
+                if (proxy->workers[i].pools[p].ls[k].fd >= 0)
+                    fn(ctx, p, proxy->workers[i].pools[p].ls[k].fd);
 }
 
 /* ------------------------------------------------------ control side -- */
@@ -543,6 +769,24 @@ void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_po
 
 /* ----------------------------------------------------------- lifetime -- */
 
+/* Adds fd (bound and listening) to wp's listeners. */
+static int listener_add(struct lb_wpool *wp, int fd)
+{
+    struct lb_wlistener *ls = realloc(wp->ls, (wp->n_ls + 1) * sizeof(*ls));
+
+    if (!ls)
+        return -ENOMEM;
+    wp->ls = ls;
+    /* The watchers moved with the array: set them again (none is started yet). */
+    for (size_t k = 0; k < wp->n_ls; k++)
+        ev_io_init(&ls[k].io, listener_accept_cb, ls[k].fd, EV_READ);
+    ls[wp->n_ls].fd = fd;
+    ls[wp->n_ls].wp = wp;
+    ev_io_init(&ls[wp->n_ls].io, listener_accept_cb, fd, EV_READ);
+    wp->n_ls++;
+    return 0;
+}
+
 static int listener_open(struct lb_wpool *wp, const char *text, struct lb_listen_socket *sock,
                          char **err)
 {
@@ -561,8 +805,10 @@ static int listener_open(struct lb_wpool *wp, const char *text, struct lb_listen
     rc = lb_listen_open(text, &o, sock, err);
     if (rc < 0)
         return rc;
-    wp->fd = sock->fd;
-    ev_io_init(&wp->io, listener_accept_cb, wp->fd, EV_READ);
+    if (listener_add(wp, sock->fd) < 0) {
+        lb_listen_close(sock);
+        return -ENOMEM;
+    }
     return 0;
 }
 
@@ -574,13 +820,17 @@ static void worker_free(struct lb_worker *w)
     for (size_t i = 0; w->pools && i < w->proxy->registry->n_pools; i++) {
         struct lb_wpool *wp = &w->pools[i];
 
-        if (wp->fd >= 0) {
-            ev_io_stop(w->loop, &wp->io);
-            close(wp->fd);
+        for (size_t k = 0; k < wp->n_ls; k++) {
+            if (wp->ls[k].fd < 0)
+                continue;
+            ev_io_stop(w->loop, &wp->ls[k].io);
+            close(wp->ls[k].fd);
         }
+        free(wp->ls);
         lb_snapshot_free(wp->snap);
     }
     lb_accept_backoff_stop(&w->accept_backoff);
+    ev_timer_stop(w->loop, &w->offer_tick);
     lb_reaper_destroy(&w->reaper);
     lb_mailbox_destroy(&w->inbox);
     ev_async_stop(w->loop, &w->resume);
@@ -597,6 +847,7 @@ static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned ind
     w->proxy = proxy;
     w->accept_paused = true;
     lb_list_init(&w->live);
+    lb_list_init(&w->parked);
     w->pools = calloc(r->n_pools ? r->n_pools : 1, sizeof(*w->pools));
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
     if (!w->pools || !w->loop) {
@@ -611,9 +862,8 @@ static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned ind
     ev_async_init(&w->resume, worker_resume_cb);
     ev_async_start(w->loop, &w->resume);
     lb_reaper_init(&w->reaper, w->loop);
+    ev_timer_init(&w->offer_tick, worker_offer_tick_cb, OFFER_AGAIN_S, OFFER_AGAIN_S);
     lb_accept_backoff_init(&w->accept_backoff, w->loop, EMFILE_PAUSE_S, &worker_backoff_ops, w);
-    for (size_t i = 0; i < r->n_pools; i++)
-        w->pools[i].fd = -1;
     for (size_t i = 0; i < r->n_pools; i++) {
         struct lb_wpool *wp = &w->pools[i];
         const struct lb_snapshot *s = r->pools[i].snap;
@@ -651,6 +901,8 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     for (size_t p = 0; p < registry->n_pools; p++) {
         char bound[LB_ADDR_MAX + 8];
         const char *addr = registry->pools[p].listen;
+        struct lb_listen_socket first = {.fd = -1};
+        int fd;
 
         for (unsigned i = 0; i < proxy->n_workers; i++) {
             struct lb_wpool *wp = &proxy->workers[i].pools[p];
@@ -660,8 +912,21 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
             if (rc < 0)
                 goto fail;
             /* Port 0: the other workers join the port the kernel picked. */
-            if (i == 0)
+            if (i == 0) {
                 addr = lb_addr_format((struct sockaddr *)&sock.addr, bound, sizeof(bound));
+                first = sock;
+            }
+        }
+        /* The previous process had more workers: its other sockets keep
+         * their queues, so they are served too, spread over the workers. */
+        for (unsigned i = 0;
+             (fd = lb_listen_take_inherited((struct sockaddr *)&first.addr, first.addr_len)) >= 0;
+             i++) {
+            if (listener_add(&proxy->workers[i % proxy->n_workers].pools[p], fd) < 0) {
+                close(fd);
+                rc = -ENOMEM;
+                goto fail;
+            }
         }
         LB_INFO("proxy", "msg=\"listening\" pool=%s addr=%s workers=%u", registry->pools[p].name,
                 registry->pools[p].listen, proxy->n_workers);
@@ -747,14 +1012,26 @@ void lb_proxy_destroy(struct lb_proxy *proxy)
         pthread_join(w->thread, NULL);
         w->running = false;
     }
-    /* The threads are gone: their loops are this thread's.  Every session
-     * ends before any loop goes (an ending session may wake another worker). */
+    /* The threads are gone: their loops are this thread's.  What the workers
+     * posted runs first (an upgrade's offers, answered at once), then what
+     * that posted back to them, so every session is found where it is. */
+    lb_mailbox_run(&proxy->inbox);
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        if (proxy->workers[i].loop && !proxy->workers[i].abandoned)
+            lb_mailbox_run(&proxy->workers[i].inbox);
+    /* Every session ends before any loop goes (an ending session may wake
+     * another worker). */
     for (unsigned i = 0; i < proxy->n_workers; i++) {
         struct lb_list *first;
 
         while (proxy->workers[i].loop && !proxy->workers[i].abandoned &&
                (first = lb_list_first(&proxy->workers[i].live)))
             lb_session_abort(lb_session_of_link(first));
+        /* Offered and not answered: this process's copies close, the
+         * connections stay with the next process if it took them. */
+        while (proxy->workers[i].loop && !proxy->workers[i].abandoned &&
+               (first = lb_list_first(&proxy->workers[i].parked)))
+            lb_session_moved(lb_session_of_link(first));
     }
     for (unsigned i = 0; i < proxy->n_workers; i++)
         if (!proxy->workers[i].abandoned)

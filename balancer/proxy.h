@@ -30,8 +30,10 @@
 #include "lb_listen.h"
 #include "lb_mailbox.h"
 #include "lb_reaper.h"
+#include "lb_buf.h"
 #include "pool.h"
 #include "registry.h"
+#include "session.h"
 
 #include <ev.h>
 #include <pthread.h>
@@ -43,14 +45,25 @@
 struct lb_session;
 struct lb_worker;
 
-/* One pool as one worker sees it.  Owned by that worker. */
+/* One listening socket of a worker. */
+struct lb_wlistener {
+    ev_io io;
+    int fd; /* set at init, read by the control loop at an upgrade; -1 once closed */
+    struct lb_wpool *wp;
+};
+
+/*
+ * One pool as one worker sees it.  Owned by that worker.  A worker has one
+ * listener per pool, and more when an upgrade handed this process more
+ * sockets than it has workers (each of them keeps its accept queue).
+ */
 struct lb_wpool {
     struct lb_pool *pool; /* its name only: everything else belongs to the control loop */
     struct lb_worker *worker;
     struct lb_pool_policy policy; /* as of the last rebuild posted */
     struct lb_snapshot *snap;     /* this worker's copy; never NULL */
-    ev_io io;                     /* the listener */
-    int fd;
+    struct lb_wlistener *ls;      /* its listeners */
+    size_t n_ls;
     /* single writer (the worker), read by the control loop */
     _Atomic uint64_t active;
     _Atomic uint64_t total;
@@ -76,9 +89,19 @@ struct lb_worker {
     uint64_t active;      /* sessions open on this worker */
     size_t pending_bytes; /* held by its sessions for peers that could not take them yet */
     struct lb_list live;
+    struct lb_list parked; /* sessions offered to the next process at an upgrade */
     struct lb_reaper reaper;
     struct lb_accept_backoff accept_backoff;
+    bool offering;       /* upgrade: offering sessions to the next process */
+    bool closed_all;     /* the shutdown grace period is over */
+    ev_timer offer_tick; /* looks again at sessions that could not move yet */
+    uint64_t offer_seq;
+    ev_tstamp offering_since;
     /* single writer, read by the control loop */
+    _Atomic uint64_t moved;          /* sessions the next process took */
+    _Atomic uint64_t ended_offering; /* sessions that ended here since offering began */
+    _Atomic uint64_t adopted;        /* sessions taken over from the previous process */
+    _Atomic uint64_t given_up;       /* sessions that could not move in time: finish here */
     _Atomic uint64_t accepted;
     _Atomic uint64_t accept_errors;
     _Atomic uint64_t cap_pauses;
@@ -101,6 +124,41 @@ struct lb_proxy {
     _Atomic uint64_t cap_logged_ms;          /* the cap was last logged (loop time, ms) */
     _Atomic uint64_t cap_pauses_logged;      /* pauses counted at that line */
     void (*on_idle)(struct lb_proxy *proxy); /* shutting down and no session left */
+    /* upgrade (lb_proxy_offer_sessions) */
+    const struct lb_offer_ops *offer_ops;
+    void *offer_ctx;
+    unsigned n_offers_done; /* workers with nothing left to offer */
+    size_t offer_pending_max;
+    unsigned next_adopter; /* the worker the next adopted session goes to */
+};
+
+/*
+ * At an upgrade, each worker parks the sessions that can move
+ * (lb_session_park), encodes each as a record with the control loop's
+ * `encode` (on the worker's thread), and posts it as an offer to the
+ * control loop, which sends it to the next process and answers it with
+ * lb_proxy_offer_answer().  Sessions that cannot move yet (connecting,
+ * much pending) are looked at again every 20 ms; `done` runs on the
+ * control loop once no worker has anything left to offer.
+ */
+struct lb_offer {
+    struct lb_msg msg;
+    struct lb_list link; /* the control loop's: sent, waiting for the answer */
+    struct lb_worker *worker;
+    struct lb_session *session;
+    uint64_t id; /* unique in this process */
+    int fds[2];  /* client, backend: the session's own, not duplicates */
+    struct lb_buf rec;
+    bool taken;
+};
+
+struct lb_offer_ops {
+    /* On a worker's thread: encodes m (pool index `pool`) as the record of offer `id`. */
+    int (*encode)(void *ctx, size_t pool, uint64_t id, const struct lb_session_move *m,
+                  struct lb_buf *out);
+    /* On the control loop: o is the control loop's until answered. */
+    void (*offer)(void *ctx, struct lb_offer *o);
+    void (*done)(void *ctx);
 };
 
 /* What a pool served, summed over workers. */
@@ -166,5 +224,38 @@ void lb_worker_tell_zero(struct lb_worker *w, struct lb_backend *b);
 
 /* Called by a session after it left the live list (accounting, resume, idle). */
 void lb_worker_session_finished(struct lb_worker *w);
+
+/* A session of the previous process joins w (upgrade): counted like an
+ * accepted one, over the cap if need be. */
+void lb_worker_session_adopted(struct lb_worker *w);
+
+/* Upgrade, old process: every worker starts offering its sessions (after lb_proxy_shutdown). */
+void lb_proxy_offer_sessions(struct lb_proxy *proxy, size_t pending_max,
+                             const struct lb_offer_ops *ops, void *ctx);
+
+/* The answer to offer o: taken (the session ends here) or not (it goes on here).  Owns o. */
+void lb_proxy_offer_answer(struct lb_proxy *proxy, struct lb_offer *o, bool taken);
+
+/* Sessions moved to the next process / ended here since offering began, all workers. */
+void lb_proxy_offer_totals(const struct lb_proxy *proxy, uint64_t *moved, uint64_t *kept);
+
+/*
+ * Upgrade, new process: gives a session of the previous process (its
+ * sockets in m, pending bytes copied) to the next worker in turn, with a
+ * reference to b.  Returns 0, or -ENOMEM (nothing taken: the caller still
+ * owns the sockets and its reference).
+ */
+int lb_proxy_adopt(struct lb_proxy *proxy, size_t pool, struct lb_backend *b,
+                   const struct lb_session_move *m);
+
+/* Sessions that could not be offered in time (still connecting, much pending), all workers. */
+uint64_t lb_proxy_offers_given_up(const struct lb_proxy *proxy);
+
+/* Sessions taken over from the previous process, all workers. */
+uint64_t lb_proxy_adopted(const struct lb_proxy *proxy);
+
+/* The listening sockets of every worker, for the next process: calls fn for each still open. */
+void lb_proxy_each_listener(const struct lb_proxy *proxy,
+                            void (*fn)(void *ctx, size_t pool, int fd), void *ctx);
 
 #endif

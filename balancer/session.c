@@ -36,7 +36,7 @@
 #define PROBE_S        1.0  /* how often a peer we stopped reading is looked at */
 #define FIN_STALL_S    10.0 /* client gone and backend not reading for this long: end */
 
-enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_CLOSED };
+enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_PARKED, SESSION_CLOSED };
 
 /* One direction: bytes read from `from` and written to `to`. */
 struct half {
@@ -56,20 +56,23 @@ struct lb_session {
     struct lb_wpool *pool;
     struct lb_backend *backend; /* referenced while connecting and proxying */
     enum session_state state;
-    bool reset; /* end with RST on both sockets, not FIN */
+    bool reset;   /* end with RST on both sockets, not FIN */
+    bool refused; /* offered to the next process at an upgrade, refused: stays here */
     int client_fd;
     int server_fd;
     ev_timer timer; /* connect timeout, then idle timeout and peer probes */
+    ev_tstamp started_at;
     ev_tstamp last_activity;
-    ev_tstamp idle_timeout; /* seconds, 0 = none */
-    struct half up;         /* client -> backend */
-    struct half down;       /* backend -> client */
+    uint64_t bytes_up, bytes_down; /* relayed so far, each way */
+    ev_tstamp idle_timeout;        /* seconds, 0 = none */
+    struct half up;                /* client -> backend */
+    struct half down;              /* backend -> client */
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
     struct lb_list b_link; /* backend->ws[worker].list, newest first */
     struct sockaddr_storage client_addr;
-    struct lb_list link; /* worker->live */
+    struct lb_list link; /* worker->live, or worker->parked */
     struct lb_reap reap; /* freed by the worker's reaper */
 };
 
@@ -84,6 +87,11 @@ static void session_arm_timer(struct lb_session *s);
 struct lb_session *lb_session_of_link(struct lb_list *l)
 {
     return lb_list_entry(l, struct lb_session, link);
+}
+
+struct lb_wpool *lb_session_pool(const struct lb_session *s)
+{
+    return s->pool;
 }
 
 static void set_nodelay(int fd)
@@ -106,6 +114,10 @@ static void session_count_bytes(struct lb_session *s, const struct half *h, uint
     struct lb_backend_wstats *st = session_stats(s);
 
     lb_counter_add(h == &s->up ? &st->bytes_in : &st->bytes_out, n);
+    if (h == &s->up)
+        s->bytes_up += n;
+    else
+        s->bytes_down += n;
 }
 
 /* Gives h's pending buffer back (it is empty, or the session ends). */
@@ -682,22 +694,26 @@ static void session_connect_next(struct lb_session *s)
 
 /* --------------------------------------------------------- lifecycle -- */
 
-int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
-                     const struct sockaddr *client, socklen_t client_len)
+/*
+ * A session of w on `pool` for client_fd (and server_fd, -1 until the
+ * connect), on the live list and counted in the pool; NULL when out of
+ * memory (nothing changed then).
+ */
+static struct lb_session *session_new(struct lb_worker *w, struct lb_wpool *pool,
+                                      enum session_state state, int client_fd, int server_fd,
+                                      const struct sockaddr *client, socklen_t client_len)
 {
     struct lb_session *s = calloc(1, sizeof(*s));
 
-    if (!s) {
-        close(client_fd);
-        lb_worker_session_finished(w);
-        return -ENOMEM;
-    }
+    if (!s)
+        return NULL;
     s->worker = w;
     s->pool = pool;
-    s->state = SESSION_CONNECTING;
+    s->state = state;
     s->client_fd = client_fd;
-    s->server_fd = -1;
+    s->server_fd = server_fd;
     s->idle_timeout = (double)pool->policy.idle_timeout_ms / 1000.;
+    s->started_at = s->last_activity = ev_now(w->loop);
     if (client_len <= sizeof(s->client_addr))
         memcpy(&s->client_addr, client, client_len);
     ev_init(&s->timer, session_timer_cb);
@@ -705,10 +721,27 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
     ev_init(&s->up.to_w, session_server_write_cb); /* on each backend socket */
     ev_init(&s->down.from_r, session_server_read_cb);
     ev_io_init(&s->down.to_w, session_client_write_cb, client_fd, EV_WRITE);
-
+    if (server_fd >= 0) {
+        ev_io_set(&s->up.to_w, server_fd, EV_WRITE);
+        ev_io_set(&s->down.from_r, server_fd, EV_READ);
+    }
     lb_list_init(&s->b_link);
     lb_list_insert_head(&w->live, &s->link);
     lb_counter_add(&pool->active, 1);
+    return s;
+}
+
+int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
+                     const struct sockaddr *client, socklen_t client_len)
+{
+    struct lb_session *s =
+        session_new(w, pool, SESSION_CONNECTING, client_fd, -1, client, client_len);
+
+    if (!s) {
+        close(client_fd);
+        lb_worker_session_finished(w);
+        return -ENOMEM;
+    }
     lb_counter_add(&pool->total, 1);
     if (pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s) < 0)
         return 0;
@@ -767,12 +800,14 @@ static void session_abort_reset(struct lb_session *s, const char *why)
 
 void lb_session_abort(struct lb_session *s)
 {
-    session_finalize(s, "shutdown grace period over");
+    if (s->state != SESSION_PARKED)
+        session_finalize(s, "shutdown grace period over");
 }
 
 void lb_session_abort_drained(struct lb_session *s)
 {
-    session_finalize(s, "drain timeout");
+    if (s->state != SESSION_PARKED)
+        session_finalize(s, "drain timeout");
 }
 
 struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker)
@@ -789,4 +824,154 @@ static void session_free(struct lb_reap *r)
     half_release(s, &s->up);
     half_release(s, &s->down);
     free(s);
+}
+
+/* ----------------------------------------------------------- upgrade -- */
+
+/*
+ * Starts what s waits for after a pause in its callbacks (adoption, or a
+ * move that did not happen): a direction with pending bytes flushes them
+ * (and reads again once they are out), an open one reads, a finished one
+ * forwards its EOF.
+ */
+static void session_resume_io(struct lb_session *s)
+{
+    struct ev_loop *loop = s->worker->loop;
+    struct half *halves[2] = {&s->up, &s->down};
+    int to[2] = {s->server_fd, s->client_fd};
+
+    for (int i = 0; i < 2; i++) {
+        struct half *h = halves[i];
+
+        if (h->len)
+            ev_io_start(loop, &h->to_w);
+        else if (!h->eof)
+            ev_io_start(loop, &h->from_r);
+        else
+            half_forward_eof(s, h, to[i]);
+    }
+    if (session_is_done(s)) {
+        session_finalize(s, "closed by both sides");
+        return;
+    }
+    session_arm_timer(s);
+}
+
+int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_move *m)
+{
+    struct ev_loop *loop = s->worker->loop;
+    ev_tstamp now = ev_now(loop);
+
+    if (s->refused)
+        return -EPERM;
+    if (s->state != SESSION_PROXYING || s->up.len > pending_max || s->down.len > pending_max)
+        return -EAGAIN;
+    ev_timer_stop(loop, &s->timer);
+    ev_io_stop(loop, &s->up.from_r);
+    ev_io_stop(loop, &s->up.to_w);
+    ev_io_stop(loop, &s->down.from_r);
+    ev_io_stop(loop, &s->down.to_w);
+    s->state = SESSION_PARKED;
+    lb_list_remove(&s->link);
+    lb_list_insert_tail(&s->worker->parked, &s->link);
+
+    memset(m, 0, sizeof(*m));
+    m->client_fd = s->client_fd;
+    m->server_fd = s->server_fd;
+    m->client = s->client_addr;
+    m->client_len = s->client_addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                         : sizeof(struct sockaddr_in);
+    m->backend_id = s->backend->id;
+    m->backend_addr = s->backend->spec.addr;
+    m->bytes_up = s->bytes_up;
+    m->bytes_down = s->bytes_down;
+    m->age_s = now - s->started_at;
+    m->idle_s = now - s->last_activity;
+    m->up_eof = s->up.eof;
+    m->up_shut = s->up.shut;
+    m->down_eof = s->down.eof;
+    m->down_shut = s->down.shut;
+    m->up_pending = s->up.len ? s->up.pending + s->up.off : NULL;
+    m->up_len = s->up.len;
+    m->down_pending = s->down.len ? s->down.pending + s->down.off : NULL;
+    m->down_len = s->down.len;
+    return 0;
+}
+
+void lb_session_stay(struct lb_session *s)
+{
+    s->refused = true;
+}
+
+void lb_session_moved(struct lb_session *s)
+{
+    if (s->state != SESSION_PARKED)
+        return;
+    /* Plain close(): the next process holds the same connections. */
+    s->reset = false;
+    session_finalize(s, "moved to the next process");
+}
+
+void lb_session_unpark(struct lb_session *s)
+{
+    if (s->state != SESSION_PARKED)
+        return;
+    s->refused = true;
+    s->state = SESSION_PROXYING;
+    lb_list_remove(&s->link);
+    lb_list_insert_head(&s->worker->live, &s->link);
+    session_resume_io(s);
+}
+
+/* Copies `len` pending bytes into h (adoption). */
+static int half_adopt(struct lb_session *s, struct half *h, const char *bytes, size_t len, bool eof,
+                      bool shut)
+{
+    h->eof = eof;
+    h->shut = shut;
+    h->progress_at = ev_now(s->worker->loop);
+    if (!len)
+        return 0;
+    if (!(h->pending = malloc(len)))
+        return -ENOMEM;
+    memcpy(h->pending, bytes, len);
+    h->pending_size = h->len = len;
+    s->worker->pending_bytes += len;
+    return 0;
+}
+
+int lb_session_adopt(struct lb_worker *w, struct lb_wpool *pool, struct lb_backend *b,
+                     const struct lb_session_move *m)
+{
+    struct lb_session *s = session_new(w, pool, SESSION_PROXYING, m->client_fd, m->server_fd,
+                                       (const struct sockaddr *)&m->client, m->client_len);
+    ev_tstamp now = ev_now(w->loop);
+
+    lb_worker_session_adopted(w);
+    atomic_fetch_add(&b->active, 1);
+    if (!s) {
+        close(m->client_fd);
+        close(m->server_fd);
+        if (atomic_fetch_sub(&b->active, 1) == 1 && atomic_load(&b->notify_zero))
+            lb_worker_tell_zero(w, b);
+        lb_backend_unref(b);
+        lb_worker_session_finished(w);
+        return -ENOMEM;
+    }
+    s->started_at = now - m->age_s;
+    s->last_activity = now - m->idle_s;
+    s->bytes_up = m->bytes_up;
+    s->bytes_down = m->bytes_down;
+    s->backend = b;
+    s->tried[s->n_tried++] = b;
+    lb_counter_add(&session_stats(s)->sessions, 1);
+    lb_list_insert_head(&session_stats(s)->list, &s->b_link);
+
+    if (half_adopt(s, &s->up, m->up_pending, m->up_len, m->up_eof, m->up_shut) < 0 ||
+        half_adopt(s, &s->down, m->down_pending, m->down_len, m->down_eof, m->down_shut) < 0) {
+        session_finalize(s, "out of memory taking the session over");
+        return -ENOMEM;
+    }
+    session_resume_io(s);
+    return 0;
 }

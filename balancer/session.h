@@ -29,10 +29,25 @@
  * session_finalize() is the only exit: it stops the watchers, closes both
  * sockets, releases the backend and hands the session to the worker's
  * reaper, which frees it after the current callbacks (lb_reaper.h).
+ *
+ * At an upgrade a session moves to the next lbd (balancer/upgrade.c):
+ *
+ *   PROXYING --park--> PARKED --moved (the next process took it)--> CLOSED
+ *                        |
+ *                        +--unpark (it could not)--> PROXYING, never offered again
+ *
+ * Parking happens between two callbacks of the session, so never in the
+ * middle of a write: what one side sent and the other has not taken yet is
+ * in the direction's pending buffer, and moves with the sockets.  A parked
+ * session has no watcher and no timer running and is off the worker's live
+ * list (on its parked list): nothing but moved/unpark ends it.
  */
 #ifndef LB_SESSION_H
 #define LB_SESSION_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct lb_backend;
@@ -58,7 +73,52 @@ void lb_session_abort_drained(struct lb_session *s);
 /* The oldest open session of b on worker `worker`, or NULL. */
 struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker);
 
-/* The session whose worker->live link is l. */
+/* The pool (its worker's copy) s belongs to. */
+struct lb_wpool *lb_session_pool(const struct lb_session *s);
+
+/* The session whose worker->live (or ->parked) link is l. */
 struct lb_session *lb_session_of_link(struct lb_list *l);
+
+/* What moves with a session to the next process at an upgrade. */
+struct lb_session_move {
+    int client_fd, server_fd;
+    struct sockaddr_storage client;
+    socklen_t client_len;
+    const char *backend_id, *backend_addr;
+    uint64_t bytes_up, bytes_down; /* client -> backend, backend -> client, so far */
+    double age_s, idle_s;          /* since accept, since the last byte relayed */
+    bool up_eof, up_shut, down_eof, down_shut;
+    const char *up_pending, *down_pending; /* read, not yet written */
+    size_t up_len, down_len;
+};
+
+/*
+ * Parks s for a move: stops its watchers and timer, moves it to the
+ * worker's parked list and fills *m (its pointers stay valid while parked).
+ * Returns 0; -EAGAIN when s cannot move yet (its connect runs, or more than
+ * `pending_max` bytes wait in a direction): try again later; -EPERM when it
+ * never will (it was offered and refused).
+ */
+int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_move *m);
+
+/* s will not be offered: it finishes here. */
+void lb_session_stay(struct lb_session *s);
+
+/* The next process took s: closes this process's copies of its sockets
+ * (the connections stay open) and ends it without a word to either peer. */
+void lb_session_moved(struct lb_session *s);
+
+/* The next process could not take s: it goes on here where it stopped. */
+void lb_session_unpark(struct lb_session *s);
+
+/*
+ * Takes over a session of the previous process on worker w: its sockets,
+ * pending bytes (copied), state and age; `b` is the backend it is connected
+ * to (a reference passed to the session).  It counts against max_conns and
+ * --max-conns like any other, even beyond them.  Returns 0, or -ENOMEM
+ * (the sockets are closed, the reference dropped).
+ */
+int lb_session_adopt(struct lb_worker *w, struct lb_wpool *pool, struct lb_backend *b,
+                     const struct lb_session_move *m);
 
 #endif
