@@ -502,6 +502,18 @@ int lb_admin_server_port(const struct lb_admin_server *s)
     return lb_listen_port(&s->listener);
 }
 
+int lb_admin_server_listen_fd(const struct lb_admin_server *s)
+{
+    return s->listener.fd;
+}
+
+void lb_admin_server_stop_listening(struct lb_admin_server *s)
+{
+    ev_io_stop(s->loop, &s->accept_watcher);
+    lb_accept_backoff_stop(&s->accept_backoff);
+    lb_listen_close(&s->listener);
+}
+
 void lb_admin_server_free(struct lb_admin_server *s)
 {
     struct lb_admin_call *call;

@@ -113,4 +113,10 @@ int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_bu
  */
 void lb_admin_server_free(struct lb_admin_server *s);
 
+/* The listening socket (handed to the next process at an upgrade), -1 once closed. */
+int lb_admin_server_listen_fd(const struct lb_admin_server *s);
+
+/* Stops accepting and closes the listener; open connections go on (upgrade). */
+void lb_admin_server_stop_listening(struct lb_admin_server *s);
+
 #endif

@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <microhttpd.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -80,7 +81,8 @@ struct lb_http {
     struct lb_conn_guard guard;
     struct lb_rate_log notes[NOTE_MAX];
     uint64_t refused, shed, header_timeouts;
-    int port; /* as bound */
+    int port;      /* as bound */
+    int listen_fd; /* MHD's until lb_http_stop_listening(); -1 then */
 };
 
 /* ---- pressure: one line per second per kind, with a count ---- */
@@ -417,6 +419,7 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
         return lb_error_set(err, -ENOMEM, "out of memory");
     }
     h->port = lb_listen_port(&ls);
+    h->listen_fd = ls.fd;
     h->loop = loop;
     h->cfg = *cfg;
     lb_conn_guard_init(&h->guard, MAX_CONNECTIONS, MAX_PER_PEER);
@@ -452,6 +455,23 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
 int lb_http_port(const struct lb_http *h)
 {
     return h->port;
+}
+
+int lb_http_listen_fd(const struct lb_http *h)
+{
+    return h->listen_fd;
+}
+
+void lb_http_stop_listening(struct lb_http *h)
+{
+    MHD_socket fd;
+
+    if (h->listen_fd < 0)
+        return;
+    fd = MHD_quiesce_daemon(h->daemon); /* MHD lets go of the socket: ours to close */
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    h->listen_fd = -1;
 }
 
 void lb_http_stop(struct lb_http *h)

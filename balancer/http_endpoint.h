@@ -33,4 +33,10 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
 int lb_http_port(const struct lb_http *h);
 void lb_http_stop(struct lb_http *h);
 
+/* The listening socket (handed to the next process at an upgrade), -1 once closed. */
+int lb_http_listen_fd(const struct lb_http *h);
+
+/* Stops accepting and closes the listener; requests in progress finish (upgrade). */
+void lb_http_stop_listening(struct lb_http *h);
+
 #endif

@@ -27,6 +27,9 @@
 #include "proxy.h"
 #include "registry.h"
 #include "resolver.h"
+#include "sd_notify.h"
+#include "upgrade.h"
+#include "lb_listen.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -54,6 +57,7 @@ struct lbd_settings {
     int64_t workers;
     char *config;
     char *backend_networks;
+    char *upgrade_socket;
     int64_t etcd_backoff_initial_ms;
     int64_t etcd_backoff_max_ms;
     int64_t etcd_stall_timeout_ms;
@@ -97,6 +101,10 @@ static const struct lb_setting lbd_table[] = {
     {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
      24LL * 3600 * 1000, "30s", NULL, "DURATION",
      "on SIGTERM, how long open connections may finish"},
+    {"upgrade-socket", 0, "LBD_UPGRADE_SOCKET", LB_SETTING_STRING, S(upgrade_socket), 0, 107, NULL,
+     NULL, "PATH",
+     "unix socket (mode 0600) for hitless upgrades: a new lbd started with the same flags takes "
+     "over the listeners and open connections of the one serving PATH; SIGUSR2 starts it"},
     {"workers", 0, "LBD_WORKERS", LB_SETTING_INT, S(workers), 0, 256, "0", NULL, "N",
      "worker threads, each with its own listener per pool and its own connections (0: the "
      "CPUs this process may use: affinity mask and cgroup CPU quota)"},
@@ -123,9 +131,12 @@ struct lbd {
     struct lb_resolver *resolver;
     struct lb_addr_policy addr_policy;
     struct lb_update_sink registry_sink;
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigusr2;
     ev_timer grace;
     bool stopping;
+    struct lb_upgrade *upgrade;
+    struct lb_takeover takeover; /* from the previous lbd, at start-up */
+    char **argv;                 /* as started: what SIGUSR2 runs again */
     char *pool_names[64];
     char *pool_listens[64];
     size_t n_pools;
@@ -288,8 +299,16 @@ static void lbd_sink_commit(void *ctx)
 
     d->registry_sink.commit(d->registry_sink.ctx);
     if (!d->proxy.accept_enabled && !d->stopping && lb_watcher_has_synced(d->watcher)) {
+        bool took_over = lb_upgrade_is_taking_over(d->upgrade);
+
         LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
         lb_proxy_enable_accept(&d->proxy);
+        /* Under systemd the new process of an upgrade becomes the service's
+         * main process, before the old one may exit (READY below). */
+        if (took_over)
+            lb_sd_notify_mainpid(getpid());
+        lb_sd_notify_ready();
+        lb_upgrade_ready(d->upgrade);
     }
 }
 
@@ -300,6 +319,7 @@ static void lbd_proxy_idle(struct lb_proxy *proxy)
     struct lbd *d = lb_container_of(proxy, struct lbd, proxy);
 
     LB_INFO("lbd", "msg=\"all connections finished, exiting\"");
+    lb_upgrade_summary(d->upgrade);
     ev_break(d->loop, EVBREAK_ALL);
 }
 
@@ -309,7 +329,17 @@ static void lbd_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
     LB_WARN("lbd", "msg=\"shutdown grace period over, closing remaining connections\" active=%llu",
             (unsigned long long)lb_proxy_active(&d->proxy));
+    lb_upgrade_abandon(d->upgrade);
     lb_proxy_close_all(&d->proxy);
+}
+
+/* Stops accepting, lets open connections finish within the grace period, then exits. */
+static void lbd_begin_shutdown(struct lbd *d)
+{
+    d->stopping = true;
+    ev_timer_init(&d->grace, lbd_grace_cb, (double)d->settings.shutdown_grace_ms / 1000., 0.);
+    ev_timer_start(d->loop, &d->grace);
+    lb_proxy_shutdown(&d->proxy, lbd_proxy_idle);
 }
 
 static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -325,16 +355,69 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
         lb_proxy_close_all(&d->proxy);
         return;
     }
-    d->stopping = true;
     LB_INFO("lbd",
             "msg=\"stop signal, no longer accepting; open connections may finish\" "
             "signal=%s active=%llu grace_ms=%lld",
             w->signum == SIGTERM ? "SIGTERM" : "SIGINT",
             (unsigned long long)lb_proxy_active(&d->proxy),
             (long long)d->settings.shutdown_grace_ms);
-    ev_timer_init(&d->grace, lbd_grace_cb, (double)d->settings.shutdown_grace_ms / 1000., 0.);
-    ev_timer_start(loop, &d->grace);
-    lb_proxy_shutdown(&d->proxy, lbd_proxy_idle);
+    lb_sd_notify_stopping();
+    lbd_begin_shutdown(d);
+}
+
+/* The next lbd is ready (upgrade): it accepts on the same sockets from now on. */
+static void lbd_upgrade_stop_accepting(void *ud)
+{
+    struct lbd *d = ud;
+
+    if (d->stopping)
+        return;
+    if (d->admin)
+        lb_admin_server_stop_listening(d->admin);
+    if (d->http)
+        lb_http_stop_listening(d->http);
+    lbd_begin_shutdown(d);
+}
+
+/* Lists the admin and HTTP listeners for the next lbd (the pools' are the proxy's). */
+static void lbd_upgrade_each_listener(void *ud, lb_upgrade_send_fn send, void *ctx)
+{
+    struct lbd *d = ud;
+
+    if (d->admin)
+        send(ctx, LB_HANDOVER_LISTENER_ADMIN, "", d->settings.admin,
+             lb_admin_server_listen_fd(d->admin));
+    if (d->http)
+        send(ctx, LB_HANDOVER_LISTENER_HTTP, "", d->settings.http, lb_http_listen_fd(d->http));
+}
+
+/* An upgrade started here failed before the new lbd was ready: this one goes on. */
+static void lbd_upgrade_failed(void *ud, const char *why)
+{
+    lb_sd_notify_status("upgrade failed: %s; still serving", why);
+    lb_sd_notify_ready(); /* ends systemd's "reloading" */
+}
+
+static void lbd_usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct lbd *d = lb_container_of(w, struct lbd, sigusr2);
+    pid_t pid;
+
+    if (!d->upgrade) {
+        LB_WARN("lbd", "msg=\"SIGUSR2: an upgrade needs --upgrade-socket PATH, ignored\"");
+        return;
+    }
+    if (d->stopping) {
+        LB_WARN("lbd", "msg=\"SIGUSR2: shutting down, no upgrade\"");
+        return;
+    }
+    lb_sd_notify_reloading();
+    pid = lb_upgrade_spawn(d->upgrade, d->argv);
+    if (pid < 0) {
+        LB_WARN("lbd", "msg=\"SIGUSR2: cannot start the new lbd\" error=\"%s\"",
+                pid == -EBUSY ? "an upgrade is already in progress" : strerror((int)-pid));
+        lb_sd_notify_ready(); /* the reload is over: this process goes on */
+    }
 }
 
 static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -406,6 +489,13 @@ static int lbd_start(struct lbd *d)
     }
     d->registry.resolver = d->resolver;
     d->registry.n_workers = (unsigned)d->settings.workers;
+    if (d->settings.upgrade_socket) {
+        /* Before anything binds: the running lbd's sockets are taken, not bound again. */
+        rc = lb_upgrade_takeover(d->settings.upgrade_socket, (unsigned)d->settings.workers,
+                                 &d->takeover, &err);
+        if (rc < 0)
+            goto fail;
+    }
     rc = lb_proxy_init(&d->proxy, d->loop, &d->registry, (uint64_t)d->settings.max_conns,
                        (unsigned)d->settings.workers, &err);
     if (rc < 0)
@@ -444,6 +534,31 @@ static int lbd_start(struct lbd *d)
         goto fail;
     lbd_refuse_own(d, d->settings.http, lb_http_port(d->http));
     lbd_refuse_own(d, d->settings.admin, lb_admin_server_port(d->admin));
+    {
+        size_t unused = lb_listen_close_inherited();
+
+        if (unused)
+            LB_WARN("upgrade",
+                    "msg=\"sockets of the previous lbd that these flags do not listen on, closed "
+                    "(clients queued on them when it stops are lost)\" count=%zu",
+                    unused);
+    }
+    if (d->settings.upgrade_socket) {
+        struct lb_upgrade_config uc = {
+            .path = d->settings.upgrade_socket,
+            .proxy = &d->proxy,
+            .registry = &d->registry,
+            .workers = (unsigned)d->settings.workers,
+            .ud = d,
+            .each_listener = lbd_upgrade_each_listener,
+            .stop_accepting = lbd_upgrade_stop_accepting,
+            .failed = lbd_upgrade_failed,
+        };
+
+        rc = lb_upgrade_start(d->loop, &uc, &d->takeover, &d->upgrade, &err);
+        if (rc < 0)
+            goto fail;
+    }
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
@@ -473,8 +588,15 @@ static void lbd_cleanup(struct lbd *d)
         lb_watcher_free(d->watcher);
     if (d->http)
         lb_http_stop(d->http);
+    lb_upgrade_close(d->upgrade);
     if (d->proxy.loop)
         lb_proxy_destroy(&d->proxy);
+    lb_upgrade_free(d->upgrade);
+    if (d->takeover.fd >= 0)
+        close(d->takeover.fd);
+    if (d->takeover.upgrade_listen_fd >= 0)
+        close(d->takeover.upgrade_listen_fd);
+    lb_listen_close_inherited();
     lb_registry_destroy(&d->registry);
     lb_resolver_free(d->resolver); /* after the registry: it cancels its lookups first */
     lb_addr_policy_free(&d->addr_policy);
@@ -494,6 +616,8 @@ int main(int argc, char **argv)
     int rc, exit_code = 1;
 
     memset(&d, 0, sizeof(d));
+    d.takeover.fd = d.takeover.upgrade_listen_fd = -1;
+    d.argv = argv;
     rc = lb_settings_parse(lbd_table, LB_ARRAY_SIZE(lbd_table), &d.settings, argc, argv, 0,
                            &positional, &n_positional, &err);
     if (rc < 0) {
@@ -562,6 +686,8 @@ int main(int argc, char **argv)
     ev_signal_init(&d.sigterm, lbd_stop_cb, SIGTERM);
     ev_signal_init(&d.sigint, lbd_stop_cb, SIGINT);
     ev_signal_init(&d.sighup, lbd_hup_cb, SIGHUP);
+    ev_signal_init(&d.sigusr2, lbd_usr2_cb, SIGUSR2);
+    ev_signal_start(d.loop, &d.sigusr2);
     ev_signal_start(d.loop, &d.sigterm);
     ev_signal_start(d.loop, &d.sigint);
     ev_signal_start(d.loop, &d.sighup);
