@@ -12,7 +12,8 @@
 set -euo pipefail
 
 BUILD_PKGS=(build-essential cmake pkg-config libev-dev libcurl4-openssl-dev libnghttp2-dev
-            libprotobuf-c-dev protobuf-c-compiler libjson-c-dev libmicrohttpd-dev libssl-dev)
+            libprotobuf-c-dev protobuf-c-compiler libjson-c-dev libmicrohttpd-dev libssl-dev
+            libsystemd-dev)
 TEST_PKGS=(libcmocka-dev etcd-server etcd-client python3 python3-grpcio
            python3-yaml clang clang-format libclang-rt-14-dev libfuzzer-14-dev)
 BENCH_PKGS=(haproxy nginx libnginx-mod-stream wrk)

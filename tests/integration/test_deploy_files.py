@@ -115,6 +115,23 @@ class SystemdUnits(unittest.TestCase):
         self.assertIn("LimitNOFILE", u["Service"])
         self.assertTrue(u["Service"]["ExecStart"][0].startswith("/usr/bin/lbd"))
 
+    def test_lbd_service_notify_and_reload_as_upgrade(self):
+        s = self.unit("lbd.service")["Service"]
+        # Readiness from lbd itself; MAINPID=/READY=1 from the upgraded child.
+        self.assertEqual(s["Type"], ["notify"])
+        self.assertEqual(s["NotifyAccess"], ["all"])
+        self.assertIn("TimeoutStartSec", s)
+        # reload = SIGUSR2 to the main process = upgrade through the socket
+        self.assertEqual(len(s["ExecReload"]), 1)
+        self.assertRegex(s["ExecReload"][0], r"^/bin/kill -(USR2|SIGUSR2) \$MAINPID$")
+        self.assertIn(s["KillMode"], (["mixed"], ["process"]))
+        self.assertEqual(s["RuntimeDirectory"], ["lbd"])
+        self.assertEqual(s["RuntimeDirectoryPreserve"], ["yes"])
+        sock = "LBD_UPGRADE_SOCKET=/run/lbd/upgrade.sock"
+        self.assertIn(sock, s.get("Environment", []))
+        env = read(DEPLOY, "systemd", "lbd.env.example")
+        self.assertRegex(env, r"(?m)^%s$" % re.escape(sock))
+
     def test_register_template(self):
         u = self.unit("lbd-register@.service")
         start = u["Service"]["ExecStart"][0]
@@ -137,7 +154,8 @@ class Scripts(unittest.TestCase):
         text = read(DEPLOY, "install-deps.sh")
         for pkg in ("build-essential", "cmake", "pkg-config", "libev-dev", "libcurl4-openssl-dev",
                     "libnghttp2-dev", "libprotobuf-c-dev", "protobuf-c-compiler", "libjson-c-dev",
-                    "libmicrohttpd-dev", "libssl-dev", "libcmocka-dev", "etcd-server",
+                    "libmicrohttpd-dev", "libssl-dev", "libsystemd-dev", "libcmocka-dev",
+                    "etcd-server",
                     "etcd-client", "python3-grpcio", "clang", "libclang-rt-14-dev",
                     "libfuzzer-14-dev", "haproxy", "nginx", "libnginx-mod-stream", "wrk"):
             self.assertRegex(text, r"(?<![\w-])%s(?![\w-])" % re.escape(pkg))
