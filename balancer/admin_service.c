@@ -746,6 +746,24 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
     reply(call, &resp.base);
 }
 
+static void handle_upgrade(struct lb_admin_call *call, const ProtobufCMessage *request)
+{
+    Lb__V1__UpgradeResponse resp = LB__V1__UPGRADE_RESPONSE__INIT;
+    const char *why = "this lbd cannot upgrade";
+    int pid = lb_control_upgrade(registry_of(call), &why);
+
+    if (pid < 0) {
+        lb_admin_call_finish(call,
+                             pid == -ENOTSUP ? LB_GRPC_FAILED_PRECONDITION
+                             : pid == -EBUSY ? LB_GRPC_UNAVAILABLE
+                                             : LB_GRPC_INTERNAL,
+                             "%s", why);
+        return;
+    }
+    resp.new_pid = pid;
+    reply(call, &resp.base);
+}
+
 /* ---- the table ---- */
 
 #define STREAMING LB_ADMIN_METHOD_STREAMING
@@ -766,6 +784,7 @@ static const struct lb_admin_method methods[] = {
      handle_set_health, 0},
     {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, validate_watch,
      handle_watch_events, STREAMING},
+    {"lb.v1.Admin", "Upgrade", &lb__v1__upgrade_request__descriptor, NULL, handle_upgrade, 0},
     {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, NULL,
      handle_health_check, NO_AUTH},
 };

@@ -252,3 +252,12 @@ int lb_control_change(struct lb_registry *r, const char *pool, const char *id,
     }
     return LB_CONTROL_PENDING;
 }
+
+int lb_control_upgrade(struct lb_registry *r, const char **why)
+{
+    if (!r->upgrade) {
+        *why = "an upgrade needs lbd started with --upgrade-socket PATH";
+        return -ENOTSUP;
+    }
+    return r->upgrade(r->upgrade_ud, why);
+}

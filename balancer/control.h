@@ -133,6 +133,14 @@ struct lb_subscription;
  * Returns NULL on allocation failure.  It is safe to unsubscribe from
  * inside the callback.
  */
+/*
+ * Starts a hitless upgrade (lbd's --upgrade-socket): returns the new
+ * process's pid, or -ENOTSUP (this lbd cannot), -EBUSY (one is in
+ * progress, or lbd is shutting down) or another negative errno, with *why
+ * a sentence for the operator.
+ */
+int lb_control_upgrade(struct lb_registry *r, const char **why);
+
 struct lb_subscription *lb_control_subscribe(struct lb_registry *r, lb_event_cb cb, void *ud);
 void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s);
 

@@ -398,26 +398,41 @@ static void lbd_upgrade_failed(void *ud, const char *why)
     lb_sd_notify_ready(); /* ends systemd's "reloading" */
 }
 
-static void lbd_usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
+/*
+ * Starts an upgrade (SIGUSR2, lbctl upgrade): the new pid, or a negative
+ * errno with *why a sentence for the operator.
+ */
+static int lbd_upgrade(void *ud, const char **why)
 {
-    struct lbd *d = lb_container_of(w, struct lbd, sigusr2);
+    struct lbd *d = ud;
     pid_t pid;
 
     if (!d->upgrade) {
-        LB_WARN("lbd", "msg=\"SIGUSR2: an upgrade needs --upgrade-socket PATH, ignored\"");
-        return;
+        *why = "an upgrade needs lbd started with --upgrade-socket PATH";
+        return -ENOTSUP;
     }
     if (d->stopping) {
-        LB_WARN("lbd", "msg=\"SIGUSR2: shutting down, no upgrade\"");
-        return;
+        *why = "lbd is shutting down";
+        return -EBUSY;
     }
     lb_sd_notify_reloading();
     pid = lb_upgrade_spawn(d->upgrade, d->argv);
     if (pid < 0) {
-        LB_WARN("lbd", "msg=\"SIGUSR2: cannot start the new lbd\" error=\"%s\"",
-                pid == -EBUSY ? "an upgrade is already in progress" : strerror((int)-pid));
+        *why = pid == -EBUSY ? "an upgrade is already in progress"
+                             : "cannot start the new lbd (fork failed)";
         lb_sd_notify_ready(); /* the reload is over: this process goes on */
+        return pid;
     }
+    return pid;
+}
+
+static void lbd_usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct lbd *d = lb_container_of(w, struct lbd, sigusr2);
+    const char *why;
+
+    if (lbd_upgrade(d, &why) < 0)
+        LB_WARN("lbd", "msg=\"SIGUSR2: no upgrade\" reason=\"%s\"", why);
 }
 
 static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -506,6 +521,8 @@ static int lbd_start(struct lbd *d)
     for (size_t i = 0; i < d->n_pools; i++)
         lbd_refuse_own(d, d->pool_listens[i], 0);
     d->registry.addr_policy = &d->addr_policy;
+    d->registry.upgrade = lbd_upgrade;
+    d->registry.upgrade_ud = d;
 
     wc.etcd = &d->settings.etcd;
     wc.prefix = d->settings.prefix;

@@ -36,6 +36,7 @@
 #define LOG_SUB         "upgrade"
 #define TAKEOVER_WAIT_S 10     /* the running lbd answers HELLO and sends its listeners */
 #define OFFER_PENDING   65536u /* unsent bytes per direction a moving session may carry */
+#define HELLO_WAIT_S    5.0    /* a peer of the upgrade socket says HELLO within this */
 
 enum link_state { LINK_NONE, LINK_HELLO, LINK_WAIT_READY, LINK_OFFERING, LINK_DONE };
 
@@ -53,6 +54,7 @@ struct lb_upgrade {
     enum link_state state;
     int peer_fd;
     ev_io peer_r, peer_w;
+    ev_timer hello_timer;
     bool sessions_move;     /* same session version */
     bool offers_done;       /* no worker has anything left to offer */
     bool link_failed;       /* answer every offer "not taken" from now on */
@@ -445,6 +447,7 @@ static void link_send_pending(struct lb_upgrade *u);
 
 static void link_close(struct lb_upgrade *u)
 {
+    ev_timer_stop(u->loop, &u->hello_timer);
     if (u->peer_fd < 0)
         return;
     ev_io_stop(u->loop, &u->peer_r);
@@ -656,6 +659,7 @@ static void link_hello(struct lb_upgrade *u, const struct lb_handover_hello *h)
     struct lb_handover_msg m;
     int fl = fcntl(u->peer_fd, F_GETFL);
 
+    ev_timer_stop(u->loop, &u->hello_timer);
     u->sessions_move = h->session_version == session_version();
     LB_INFO(LOG_SUB,
             "msg=\"upgrade: a new lbd is taking over\" new_pid=%u new_version=%s "
@@ -811,6 +815,14 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     ev_io_init(&u->peer_w, peer_write_cb, fd, EV_WRITE);
     u->peer_w.data = u;
     ev_io_start(loop, &u->peer_r);
+    ev_timer_start(loop, &u->hello_timer);
+}
+
+static void hello_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_upgrade *u = w->data;
+
+    link_fail(u, "no HELLO within 5 s", true);
 }
 
 /* Listens for the next upgrade (not while one runs, nor while taking over). */
@@ -940,6 +952,8 @@ int lb_upgrade_start(struct ev_loop *loop, const struct lb_upgrade_config *cfg,
     }
     ev_io_init(&u->accept_io, accept_cb, u->listen_fd, EV_READ);
     u->accept_io.data = u;
+    ev_timer_init(&u->hello_timer, hello_timer_cb, HELLO_WAIT_S, 0.);
+    u->hello_timer.data = u;
     if (t && t->fd >= 0) {
         u->prev_fd = t->fd;
         t->fd = -1;

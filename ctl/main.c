@@ -143,6 +143,7 @@ static int cmd_undrain(struct ctl *ctl, char **args, size_t n);
 static int cmd_weight(struct ctl *ctl, char **args, size_t n);
 static int cmd_health(struct ctl *ctl, char **args, size_t n);
 static int cmd_watch(struct ctl *ctl, char **args, size_t n);
+static int cmd_upgrade(struct ctl *ctl, char **args, size_t n);
 
 static const struct command commands[] = {
     {"pools", "", "list pools with their listeners and connection counts", 0, 0, {NULL}, cmd_pools},
@@ -176,6 +177,14 @@ static const struct command commands[] = {
      {&row_local, NULL},
      cmd_health},
     {"watch", "[POOL]", "print pool events as they happen, until Ctrl-C", 0, 1, {NULL}, cmd_watch},
+    {"upgrade",
+     "",
+     "start the lbd binary on disk, which takes over listeners and open connections "
+     "(needs lbd --upgrade-socket)",
+     0,
+     0,
+     {NULL},
+     cmd_upgrade},
     {"register",
      "--etcd URL --pool P --id ID --addr HOST:PORT ...",
      "register this backend in etcd and keep it registered (see lbctl register --help)",
@@ -502,6 +511,31 @@ static int cmd_pools(struct ctl *ctl, char **args, size_t n)
         table_print(&t, header);
     }
     protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
+static int cmd_upgrade(struct ctl *ctl, char **args, size_t n)
+{
+    Lb__V1__UpgradeRequest req = LB__V1__UPGRADE_REQUEST__INIT;
+    ProtobufCMessage *m;
+    int32_t pid;
+    int rc = unary(ctl, "upgrade", "/lb.v1.Admin/Upgrade", &req.base,
+                   &lb__v1__upgrade_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
+
+    if (rc)
+        return rc;
+    pid = ((Lb__V1__UpgradeResponse *)m)->new_pid;
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (ctl->json) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "new_pid", json_object_new_int(pid));
+        print_json(o);
+    } else {
+        printf("upgrade started: the new lbd is pid %d; it takes over once synced with etcd, "
+               "and the old one exits when its connections have moved\n",
+               (int)pid);
+    }
     return 0;
 }
 

@@ -1310,6 +1310,40 @@ class Upgrade(HarnessTestCase):
         if crc is not None:
             self.assertEqual(crc, 0, "the re-executed lbd's exit code")
 
+    # -- 5b --------------------------------------------------------------
+
+    def test_5b_lbctl_upgrade(self):
+        """`lbctl upgrade` starts the new binary as SIGUSR2 does and prints its pid;
+        on an lbd without --upgrade-socket it fails in one line, exit 1."""
+        self.assertTrue(set_subreaper(True), "prctl(PR_SET_CHILD_SUBREAPER)")
+        self.addCleanup(set_subreaper, False)
+        plain = Lbd(self.h, self.etcd.url, PREFIX, [POOL], name="t5b-plain")
+        plain.start()
+        rc, out, err = lbtest.lbctl("upgrade", admin=plain.admin)
+        figure("lbctl upgrade without --upgrade-socket", (rc, err.strip()))
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("--upgrade-socket", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertTrue(plain.up(), "lbd still serves")
+        plain.stop()
+
+        old = self.start_first("t5b", workers=1)
+        s = socket.create_connection(("127.0.0.1", old.port), timeout=5)
+        self.addCleanup(s.close)
+        self.assertEqual(lbtest.echo(s, b"before\n"), b"before\n")
+        rc, out, err = lbtest.lbctl("-o", "json", "upgrade", admin=old.admin)
+        self.assertEqual(rc, 0, out + err)
+        child = ForeignPid(json.loads(out)["new_pid"])
+        self.addCleanup(child.stop, 5)
+        old.wait_line(READY_MARK, scaled(30), "the lbd started by lbctl upgrade to be ready")
+        orc, _ = old.wait_exit(scaled(20), "the lbd started by lbctl upgrade logged ready")
+        self.assertEqual(orc, 0, old.proc.log_tail(30))
+        self.assertTrue(child.alive())
+        self.assertEqual(lbtest.echo(s, b"after\n"), b"after\n")
+        s.close()
+        crc, killed = child.stop(scaled(20))
+        self.assertFalse(killed, "the new lbd ignored SIGTERM")
+
     # -- 6 ---------------------------------------------------------------
 
     def test_6_stale_socket_file_and_missing_directory(self):
