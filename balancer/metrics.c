@@ -255,9 +255,10 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                                (unsigned long long)atomic_load_explicit(&proxy->workers[i].accepted,
                                                                         memory_order_relaxed));
     {
-        uint64_t accepted, accept_errors, cap_pauses;
+        uint64_t accepted, accept_errors, cap_pauses, moved, kept;
 
         lb_proxy_totals(proxy, &accepted, &accept_errors, &cap_pauses);
+        lb_proxy_offer_totals(proxy, &moved, &kept);
         const struct {
             const char *name, *type, *help;
             uint64_t value;
@@ -276,6 +277,11 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
              "Registrations whose address lbd refuses to route to (its own listeners, outside "
              "--backend-networks).",
              r->backends_refused},
+            {"lbd_upgrade_sessions_adopted_total", "counter",
+             "Open connections taken over from the previous lbd at an upgrade.",
+             lb_proxy_adopted(proxy)},
+            {"lbd_upgrade_sessions_moved_total", "counter",
+             "Open connections handed over to the next lbd at an upgrade.", moved},
             {"lbd_events_dropped_total", "counter",
              "Pool events not delivered to watchers for lack of memory.", r->events.dropped},
         };

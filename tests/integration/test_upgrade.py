@@ -1124,6 +1124,8 @@ class Upgrade(HarnessTestCase):
         self.assertEqual(kept, 0, "sessions the old lbd kept: " + hand_line)
         self.assertEqual(moved, n, "sessions the old lbd moved: " + hand_line)
         self.assertEqual(taken, n, "count= over the new lbd's %r lines" % TAKEN_MARK)
+        self.assertEqual(new.metric("lbd_upgrade_sessions_adopted_total"), n,
+                         "the new lbd's lbd_upgrade_sessions_adopted_total")
         self.assertLessEqual(ready_to_exit, READY_TO_EXIT_S,
                              "the old lbd exited %.3f s after %r (bound %.1f s)"
                              % (ready_to_exit, READY_MARK, READY_TO_EXIT_S))
