@@ -362,6 +362,7 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
             (unsigned long long)lb_proxy_active(&d->proxy),
             (long long)d->settings.shutdown_grace_ms);
     lb_sd_notify_stopping();
+    lb_upgrade_shutdown(d->upgrade);
     lbd_begin_shutdown(d);
 }
 

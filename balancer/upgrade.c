@@ -63,6 +63,7 @@ struct lb_upgrade {
     bool handed_over;       /* READY came: this process is on its way out */
     unsigned n_sent;        /* listeners sent */
     bool finished_logged;
+    bool shutting_down;            /* SIGTERM: no more upgrades */
     bool failure_told;             /* the spawned child's failure was reported by its link */
     uint64_t n_taken, n_not_taken; /* offers answered */
 
@@ -815,6 +816,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     ev_io_init(&u->peer_w, peer_write_cb, fd, EV_WRITE);
     u->peer_w.data = u;
     ev_io_start(loop, &u->peer_r);
+    /* Set again: a stopped libev timer keeps what was left of its last run. */
+    ev_timer_set(&u->hello_timer, HELLO_WAIT_S, 0.);
     ev_timer_start(loop, &u->hello_timer);
 }
 
@@ -828,7 +831,8 @@ static void hello_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 /* Listens for the next upgrade (not while one runs, nor while taking over). */
 static void accept_start(struct lb_upgrade *u)
 {
-    if (u->listen_fd >= 0 && !u->handed_over && u->prev_fd < 0 && !u->taking_over)
+    if (u->listen_fd >= 0 && !u->handed_over && !u->shutting_down && u->prev_fd < 0 &&
+        !u->taking_over)
         ev_io_start(u->loop, &u->accept_io);
 }
 
@@ -885,8 +889,8 @@ pid_t lb_upgrade_spawn(struct lb_upgrade *u, char *const argv[])
 {
     pid_t pid;
 
-    if (u->child > 0 || u->state != LINK_NONE || u->handed_over || u->taking_over ||
-        u->prev_fd >= 0)
+    if (u->child > 0 || u->state != LINK_NONE || u->handed_over || u->shutting_down ||
+        u->taking_over || u->prev_fd >= 0)
         return -EBUSY;
     pid = fork();
     if (pid < 0)
@@ -966,6 +970,20 @@ int lb_upgrade_start(struct ev_loop *loop, const struct lb_upgrade_config *cfg,
     LB_INFO(LOG_SUB, "msg=\"upgrade socket listening\" path=%s", u->path);
     *out = u;
     return 0;
+}
+
+void lb_upgrade_shutdown(struct lb_upgrade *u)
+{
+    if (!u || u->handed_over)
+        return;
+    u->shutting_down = true; /* no upgrade from now on: this process closes its listeners */
+    ev_io_stop(u->loop, &u->accept_io);
+    if (u->state == LINK_HELLO || u->state == LINK_WAIT_READY) {
+        LB_WARN(LOG_SUB, "msg=\"upgrade: shutting down, the new lbd connected meanwhile is turned "
+                         "away\"");
+        link_close(u);
+        u->state = LINK_NONE;
+    }
 }
 
 void lb_upgrade_abandon(struct lb_upgrade *u)

@@ -96,6 +96,9 @@ bool lb_upgrade_is_taking_over(const struct lb_upgrade *u);
  */
 pid_t lb_upgrade_spawn(struct lb_upgrade *u, char *const argv[]);
 
+/* SIGTERM: no upgrade from now on (the listeners close); one not yet ready is turned away. */
+void lb_upgrade_shutdown(struct lb_upgrade *u);
+
 /* Old process, shutdown grace over: sessions offered and not answered stay here. */
 void lb_upgrade_abandon(struct lb_upgrade *u);
 

@@ -64,6 +64,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -1345,6 +1346,63 @@ class Upgrade(HarnessTestCase):
         s.close()
         crc, killed = child.stop(scaled(20))
         self.assertFalse(killed, "the new lbd ignored SIGTERM")
+
+    # -- 5c --------------------------------------------------------------
+
+    def test_5c_hostile_peers_on_the_upgrade_socket(self):
+        """Garbage, silence, and a peer that takes the listeners and vanishes
+        before READY: lbd keeps serving through each, then a real upgrade works."""
+        old = self.start_first("t5c", workers=1)
+        path = old.sock_path
+
+        def peer():
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            c.settimeout(scaled(15))
+            c.connect(path)
+            return c
+
+        junk = peer()
+        junk.send(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(junk.recv(4096), b"", "lbd closes a peer that sends garbage")
+        junk.close()
+        self.assertEqual(self.echo_once(old.port), "ok")
+
+        t0 = time.monotonic()
+        silent = peer()
+        self.assertEqual(silent.recv(4096), b"", "lbd closes a silent peer")
+        figure("silent upgrade peer closed after", "%.1f" % (time.monotonic() - t0), "s")
+        silent.close()
+        self.assertEqual(self.echo_once(old.port), "ok")
+
+        # A well-formed HELLO, then away with the listeners before READY.
+        version = b"0.0-test"
+        payload = struct.pack("<III", 1, os.getpid(), 1) + struct.pack("<H", len(version)) + version
+        fake = peer()
+        fake.send(b"LBHO" + struct.pack("<HBBI", 1, 1, 0, len(payload)) + payload)
+        fds_seen = 0
+        while True:
+            msg, anc, _flags, _addr = fake.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for fd in struct.unpack("%di" % (len(data) // 4), data[:len(data) // 4 * 4]):
+                        os.close(fd)
+                        fds_seen += 1
+            if not msg or msg[6] == 3:  # LISTENERS_DONE
+                break
+        figure("listeners handed to a fake peer", fds_seen)
+        self.assertGreaterEqual(fds_seen, 4, "pool, admin, http and upgrade sockets")
+        fake.close()
+        old.wait_line(re.compile(r"went away before it was ready"), scaled(10),
+                      "lbd to notice the peer left before READY")
+        for i in range(20):
+            self.assertEqual(self.echo_once(old.port, b"still %d\n" % i), "ok")
+        self.assertEqual(old.http_get("/readyz")[0], 200)
+
+        new, _, _ = self.upgrade(old, "t5c-lbd2", workers=1)
+        rc, _ = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
+        self.assertEqual(rc, 0, old.proc.log_tail(30))
+        self.assertEqual(self.echo_once(old.port), "ok")
+        self.stop_final(new)
 
     # -- 6 ---------------------------------------------------------------
 
