@@ -738,11 +738,20 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
     const Grpc__Health__V1__HealthCheckRequest *req = (const void *)request;
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
 
-    if (req->service[0] && strcmp(req->service, "lb.v1.Admin") != 0) {
+    bool ready = lb_control_is_ready(registry_of(call));
+
+    /* "" and lb.v1.Admin follow /readyz (a readiness probe: NOT_SERVING from
+     * SIGTERM on, and until the first etcd sync); "liveness" is SERVING as
+     * long as lbd answers (a liveness probe must not restart lbd for an etcd
+     * outage at start-up). */
+    if (strcmp(req->service, "liveness") == 0)
+        ready = true;
+    else if (req->service[0] && strcmp(req->service, "lb.v1.Admin") != 0) {
         lb_admin_call_finish(call, LB_GRPC_NOT_FOUND, "unknown service %s", req->service);
         return;
     }
-    resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    resp.status = ready ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     reply(call, &resp.base);
 }
 

@@ -259,5 +259,10 @@ int lb_control_upgrade(struct lb_registry *r, const char **why)
         *why = "an upgrade needs lbd started with --upgrade-socket PATH";
         return -ENOTSUP;
     }
-    return r->upgrade(r->upgrade_ud, why);
+    return r->upgrade(r->host_ud, why);
+}
+
+bool lb_control_is_ready(struct lb_registry *r)
+{
+    return !r->is_ready || r->is_ready(r->host_ud);
 }

@@ -141,6 +141,9 @@ struct lb_subscription;
  */
 int lb_control_upgrade(struct lb_registry *r, const char **why);
 
+/* What /readyz says: listeners bound, first etcd sync done, not shutting down. */
+bool lb_control_is_ready(struct lb_registry *r);
+
 struct lb_subscription *lb_control_subscribe(struct lb_registry *r, lb_event_cb cb, void *ud);
 void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s);
 

@@ -52,6 +52,7 @@ struct lbd_settings {
     char *admin_tls_key;
     char *http;
     int64_t shutdown_grace_ms;
+    int64_t shutdown_delay_ms;
     char *log_level;
     int64_t max_conns;
     int64_t workers;
@@ -84,8 +85,10 @@ static const struct lb_setting lbd_table[] = {
      "any", NULL, "CIDR[,CIDR...]",
      "networks registered backends may point into (e.g. 10.0.0.0/8,fd00::/8); others are "
      "refused and logged. lbd never routes to its own listeners, whatever this says"},
-    {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL, "NAME=ADDR:PORT",
-     "serve pool NAME on a listener at ADDR:PORT"},
+    {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL,
+     "NAME=ADDR:PORT[,accept-proxy]",
+     "serve pool NAME on a listener at ADDR:PORT; accept-proxy: each client starts with a PROXY "
+     "protocol v1 or v2 header (from a load balancer in front), whose client address lbd uses"},
     {"admin", 0, "LBD_ADMIN", LB_SETTING_STRING, S(admin), 0, 300, "127.0.0.1:9000", NULL,
      "ADDR:PORT", "gRPC admin API (lbctl); keep it on loopback or a private network"},
     {"admin-token-file", 0, "LBD_ADMIN_TOKEN_FILE", LB_SETTING_STRING, S(admin_token_file), 0, 0,
@@ -98,6 +101,11 @@ static const struct lb_setting lbd_table[] = {
      "FILE", "PEM private key of --admin-tls-cert"},
     {"http", 0, "LBD_HTTP", LB_SETTING_STRING, S(http), 0, 300, "127.0.0.1:9100", NULL, "ADDR:PORT",
      "HTTP port for /healthz, /readyz and /metrics"},
+    {"shutdown-delay", 0, "LBD_SHUTDOWN_DELAY", LB_SETTING_DURATION, S(shutdown_delay_ms), 0,
+     3600 * 1000, "0s", NULL, "DURATION",
+     "on SIGTERM, how long to keep accepting after readiness turns off (/readyz 503, gRPC "
+     "health NOT_SERVING), while load balancers and Kubernetes endpoints stop sending; then "
+     "the listeners close and --shutdown-grace begins"},
     {"shutdown-grace", 0, "LBD_SHUTDOWN_GRACE", LB_SETTING_DURATION, S(shutdown_grace_ms), 0,
      24LL * 3600 * 1000, "30s", NULL, "DURATION",
      "on SIGTERM, how long open connections may finish"},
@@ -133,12 +141,14 @@ struct lbd {
     struct lb_update_sink registry_sink;
     ev_signal sigterm, sigint, sighup, sigusr2;
     ev_timer grace;
+    ev_timer delay; /* --shutdown-delay: still accepting, not ready */
     bool stopping;
     struct lb_upgrade *upgrade;
     struct lb_takeover takeover; /* from the previous lbd, at start-up */
     char **argv;                 /* as started: what SIGUSR2 runs again */
     char *pool_names[64];
     char *pool_listens[64];
+    bool pool_accept_proxy[64];
     size_t n_pools;
 };
 
@@ -183,13 +193,37 @@ static int parse_pools(struct lbd *d)
                     l->v[i]);
             return -EINVAL;
         }
-        if (lb_addr_parse(eq + 1, false, &hp, &why) < 0 || !lb_addr_is_numeric(&hp)) {
+        const char *comma = strchr(eq + 1, ',');
+        char *addr = strndup(eq + 1, comma ? (size_t)(comma - eq - 1) : strlen(eq + 1));
+
+        if (!addr)
+            return -ENOMEM;
+        if (lb_addr_parse(addr, false, &hp, &why) < 0 || !lb_addr_is_numeric(&hp)) {
             fprintf(stderr, "lbd: --pool %s: %s\n", l->v[i],
                     why ? why : "listen address must be an IP address and port");
+            free(addr);
+            return -EINVAL;
+        }
+        /* Options after the address: a property of the listener and of what
+         * stands in front of it, so a flag, not a policy anyone who writes
+         * to etcd could turn on (it lets clients choose their address). */
+        for (const char *opt = comma; opt; opt = strchr(opt + 1, ',')) {
+            const char *end = strchr(opt + 1, ',');
+            size_t n = end ? (size_t)(end - opt - 1) : strlen(opt + 1);
+
+            if (n == strlen("accept-proxy") && strncmp(opt + 1, "accept-proxy", n) == 0) {
+                d->pool_accept_proxy[i] = true;
+                continue;
+            }
+            fprintf(stderr,
+                    "lbd: --pool %s: unknown option \"%.*s\" (known: accept-proxy, to read a "
+                    "PROXY protocol header from each client)\n",
+                    l->v[i], (int)n, opt + 1);
+            free(addr);
             return -EINVAL;
         }
         d->pool_names[i] = strndup(l->v[i], (size_t)(eq - l->v[i]));
-        d->pool_listens[i] = strdup(eq + 1);
+        d->pool_listens[i] = addr;
         if (!d->pool_names[i] || !d->pool_listens[i])
             return -ENOMEM;
         d->n_pools++;
@@ -263,6 +297,13 @@ static bool lbd_is_ready(void *ud, const char **why)
         return false;
     }
     return true;
+}
+
+static bool lbd_ready(void *ud)
+{
+    const char *why;
+
+    return lbd_is_ready(ud, &why);
 }
 
 static int lbd_render_metrics(void *ud, struct lb_buf *out)
@@ -342,6 +383,18 @@ static void lbd_begin_shutdown(struct lbd *d)
     lb_proxy_shutdown(&d->proxy, lbd_proxy_idle);
 }
 
+static void lbd_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lbd *d = lb_container_of(w, struct lbd, delay);
+
+    LB_INFO("lbd",
+            "msg=\"shutdown delay over, no longer accepting; open connections may finish\" "
+            "active=%llu grace_ms=%lld",
+            (unsigned long long)lb_proxy_active(&d->proxy),
+            (long long)d->settings.shutdown_grace_ms);
+    lbd_begin_shutdown(d);
+}
+
 static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     struct lbd *d = w->signum == SIGTERM ? lb_container_of(w, struct lbd, sigterm)
@@ -352,7 +405,24 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 "msg=\"second stop signal, closing remaining connections now\" "
                 "active=%llu",
                 (unsigned long long)lb_proxy_active(&d->proxy));
+        if (ev_is_active(&d->delay)) {
+            ev_timer_stop(loop, &d->delay);
+            lbd_begin_shutdown(d);
+        }
         lb_proxy_close_all(&d->proxy);
+        return;
+    }
+    d->stopping = true; /* /readyz and the gRPC health check say so from now on */
+    lb_sd_notify_stopping();
+    lb_upgrade_shutdown(d->upgrade);
+    if (d->settings.shutdown_delay_ms > 0) {
+        LB_INFO("lbd",
+                "msg=\"stop signal, not ready any more; still accepting for the shutdown delay, "
+                "while load balancers stop sending\" signal=%s delay_ms=%lld grace_ms=%lld",
+                w->signum == SIGTERM ? "SIGTERM" : "SIGINT",
+                (long long)d->settings.shutdown_delay_ms, (long long)d->settings.shutdown_grace_ms);
+        ev_timer_init(&d->delay, lbd_delay_cb, (double)d->settings.shutdown_delay_ms / 1000., 0.);
+        ev_timer_start(loop, &d->delay);
         return;
     }
     LB_INFO("lbd",
@@ -361,8 +431,6 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
             w->signum == SIGTERM ? "SIGTERM" : "SIGINT",
             (unsigned long long)lb_proxy_active(&d->proxy),
             (long long)d->settings.shutdown_grace_ms);
-    lb_sd_notify_stopping();
-    lb_upgrade_shutdown(d->upgrade);
     lbd_begin_shutdown(d);
 }
 
@@ -498,6 +566,8 @@ static int lbd_start(struct lbd *d)
                 rc == -EINVAL ? "the same pool name is given twice" : "out of memory");
         goto out;
     }
+    for (size_t i = 0; i < d->n_pools; i++)
+        d->registry.pools[i].accept_proxy = d->pool_accept_proxy[i];
     rc = lb_resolver_new(d->loop, &d->resolver);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start the DNS resolver thread: %s\n", strerror(-rc));
@@ -523,7 +593,8 @@ static int lbd_start(struct lbd *d)
         lbd_refuse_own(d, d->pool_listens[i], 0);
     d->registry.addr_policy = &d->addr_policy;
     d->registry.upgrade = lbd_upgrade;
-    d->registry.upgrade_ud = d;
+    d->registry.is_ready = lbd_ready;
+    d->registry.host_ud = d;
 
     wc.etcd = &d->settings.etcd;
     wc.prefix = d->settings.prefix;

@@ -211,6 +211,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 p->snap->n_eligible);
     POOL_FAMILY("lbd_pool_active_connections", "gauge", "Open client connections.", c.active);
     POOL_FAMILY("lbd_pool_connections_total", "counter", "Client connections accepted.", c.total);
+    POOL_FAMILY("lbd_pool_proxy_header_errors_total", "counter",
+                "Clients of an accept-proxy pool closed for a missing, late or bad PROXY header.",
+                c.bad_proxy_headers);
     POOL_FAMILY("lbd_pool_no_backend_total", "counter",
                 "Client connections closed because no backend could take them.", c.no_backend);
     POOL_FAMILY("lbd_pool_healthy_backends", "gauge",

@@ -85,6 +85,7 @@ struct lb_member {
 struct lb_pool {
     char name[LB_NAME_MAX];
     char listen[LB_ADDR_MAX]; /* as given with --pool */
+    bool accept_proxy;        /* --pool ...,accept-proxy: clients start with a PROXY header */
     struct lb_registry *registry;
     struct lb_pool_policy policy;
     struct lb_snapshot *snap;   /* never NULL after lb_pool_init() */

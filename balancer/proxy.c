@@ -764,6 +764,7 @@ void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_po
         out->total += lb_counter_get(&wp->total);
         out->no_backend += lb_counter_get(&wp->no_backend);
         out->retries += lb_counter_get(&wp->retries);
+        out->bad_proxy_headers += lb_counter_get(&wp->bad_proxy_headers);
     }
 }
 

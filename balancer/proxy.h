@@ -67,8 +67,11 @@ struct lb_wpool {
     /* single writer (the worker), read by the control loop */
     _Atomic uint64_t active;
     _Atomic uint64_t total;
-    _Atomic uint64_t no_backend; /* clients closed because no backend was available */
-    _Atomic uint64_t retries;    /* connects retried on another backend */
+    _Atomic uint64_t no_backend;        /* clients closed because no backend was available */
+    _Atomic uint64_t retries;           /* connects retried on another backend */
+    _Atomic uint64_t bad_proxy_headers; /* accept-proxy: clients closed for a bad or late header */
+    ev_tstamp bad_header_logged_at;     /* the worker's own: one line a second */
+    uint64_t bad_header_unlogged;
 };
 
 struct lb_worker {
@@ -163,7 +166,7 @@ struct lb_offer_ops {
 
 /* What a pool served, summed over workers. */
 struct lb_pool_counters {
-    uint64_t active, total, no_backend, retries;
+    uint64_t active, total, no_backend, retries, bad_proxy_headers;
 };
 
 /*

@@ -43,9 +43,10 @@ struct lb_registry {
     uint64_t updates_applied;
     uint64_t updates_ignored;  /* for pools this lbd does not serve */
     uint64_t backends_refused; /* registrations pointing where lbd must not route */
-    /* Starts an upgrade (lbd's; NULL in tests): the new pid, or a negative errno with *why. */
-    int (*upgrade)(void *ud, const char **why);
-    void *upgrade_ud;
+    /* lbd's hooks (NULL in tests), called with host_ud: */
+    int (*upgrade)(void *ud, const char **why); /* starts an upgrade: the new pid, or -errno */
+    bool (*is_ready)(void *ud);                 /* what /readyz answers */
+    void *host_ud;
 };
 
 /*

@@ -35,8 +35,15 @@
 #define PENDING_BUDGET (32u << 20)
 #define PROBE_S        1.0  /* how often a peer we stopped reading is looked at */
 #define FIN_STALL_S    10.0 /* client gone and backend not reading for this long: end */
+#define HEADER_WAIT_S  5.0  /* accept-proxy: the PROXY header arrives within this */
 
-enum session_state { SESSION_CONNECTING, SESSION_PROXYING, SESSION_PARKED, SESSION_CLOSED };
+enum session_state {
+    SESSION_HEADER, /* accept-proxy: reading the client's PROXY header */
+    SESSION_CONNECTING,
+    SESSION_PROXYING,
+    SESSION_PARKED,
+    SESSION_CLOSED
+};
 
 /* One direction: bytes read from `from` and written to `to`. */
 struct half {
@@ -73,13 +80,22 @@ struct lb_session {
     struct lb_list b_link; /* backend->ws[worker].list, newest first */
     struct sockaddr_storage client_addr;
     struct lb_list link; /* worker->live, or worker->parked */
+    struct inbound *in;  /* accept-proxy: the header read so far; NULL once read */
     struct lb_reap reap; /* freed by the worker's reaper */
+};
+
+/* The PROXY header of an accept-proxy client, while it is read. */
+struct inbound {
+    size_t len;
+    uint8_t buf[LB_PROXY_HEADER_MAX];
 };
 
 static void session_connect_next(struct lb_session *s);
 static void session_confirm(struct lb_session *s);
 static void session_connect_failed(struct lb_session *s, const char *why);
 static void session_finalize(struct lb_session *s, const char *why);
+static void session_read_header(struct lb_session *s);
+static void session_bad_header(struct lb_session *s, const char *why);
 static void session_free(struct lb_reap *r);
 static void session_abort_reset(struct lb_session *s, const char *why);
 static void session_arm_timer(struct lb_session *s);
@@ -183,21 +199,28 @@ static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 }
 
 /*
- * Keeps `len` bytes the destination of h could not take (h holds none
- * yet) and stops reading h's source until they are sent.  Returns 0, or
- * -1 after finalizing the session (out of memory).
+ * Keeps `len` bytes the destination of h could not take (after those h
+ * holds already) and stops reading h's source until they are sent.
+ * Returns 0, or -1 after finalizing the session (out of memory).
  */
 static int half_keep(struct lb_session *s, struct half *h, const char *bytes, size_t len)
 {
-    if (!(h->pending = malloc(len))) {
+    size_t have = h->len;
+    char *p = malloc(have + len);
+
+    if (!p) {
         session_finalize(s, "out of memory");
         return -1;
     }
-    memcpy(h->pending, bytes, len);
-    h->pending_size = len;
-    s->worker->pending_bytes += len;
+    if (have)
+        memcpy(p, h->pending + h->off, have);
+    memcpy(p + have, bytes, len);
+    half_release(s, h);
+    h->pending = p;
+    h->pending_size = have + len;
+    s->worker->pending_bytes += have + len;
     h->off = 0;
-    h->len = len;
+    h->len = have + len;
     h->progress_at = ev_now(s->worker->loop);
     ev_io_stop(s->worker->loop, &h->from_r);
     return 0;
@@ -294,7 +317,10 @@ static void session_client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct lb_session *s = lb_container_of(w, struct lb_session, up.from_r);
 
-    half_read(s, &s->up, s->client_fd, s->server_fd);
+    if (s->state == SESSION_HEADER)
+        session_read_header(s);
+    else
+        half_read(s, &s->up, s->client_fd, s->server_fd);
 }
 
 static void session_server_read_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -468,6 +494,10 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct lb_session *s = lb_container_of(w, struct lb_session, timer);
     ev_tstamp now = ev_now(loop);
 
+    if (s->state == SESSION_HEADER) {
+        session_bad_header(s, "no PROXY header within 5 s");
+        return;
+    }
     if (s->state == SESSION_CONNECTING) {
         /* Neither side spoke: ask the kernel whether the connect finished. */
         if (socket_is_established(s->server_fd))
@@ -509,14 +539,16 @@ static void session_release_backend(struct lb_session *s)
  * still unsent, goes to the next backend.  Returns 0, or -1 after
  * finalizing the session.
  */
-static int session_queue_proxy_header(struct lb_session *s)
+static int session_queue_proxy_header(struct lb_session *s, const struct sockaddr_storage *to)
 {
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
     char header[256]; /* v1 is at most 107 bytes, v2 with addresses 52 */
     int n;
 
-    if (getsockname(s->client_fd, (struct sockaddr *)&local, &len) < 0) {
+    if (to && to->ss_family != AF_UNSPEC) {
+        local = *to; /* the address the client reached, per the balancer in front */
+    } else if (getsockname(s->client_fd, (struct sockaddr *)&local, &len) < 0) {
         session_finalize(s, "getsockname failed");
         return -1;
     }
@@ -743,10 +775,90 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
         return -ENOMEM;
     }
     lb_counter_add(&pool->total, 1);
-    if (pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s) < 0)
+    if (pool->pool->accept_proxy) {
+        /* The header first; the connect waits for the client's address. */
+        if (!(s->in = calloc(1, sizeof(*s->in)))) {
+            session_finalize(s, "out of memory");
+            return 0;
+        }
+        s->state = SESSION_HEADER;
+        ev_io_start(w->loop, &s->up.from_r);
+        ev_timer_set(&s->timer, HEADER_WAIT_S, 0.);
+        ev_timer_start(w->loop, &s->timer);
+        return 0;
+    }
+    if (pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s, NULL) < 0)
         return 0;
     session_connect_next(s);
     return 0;
+}
+
+/* A client of an accept-proxy pool sent no valid header: counted, logged once a second. */
+static void session_bad_header(struct lb_session *s, const char *why)
+{
+    struct lb_wpool *wp = s->pool;
+    ev_tstamp now = ev_now(s->worker->loop);
+
+    lb_counter_add(&wp->bad_proxy_headers, 1);
+    if (now - wp->bad_header_logged_at >= 1.0) {
+        char client[64];
+
+        lb_addr_format((struct sockaddr *)&s->client_addr, client, sizeof(client));
+        LB_WARN("proxy",
+                "msg=\"client closed: %s (this pool has accept-proxy: the load balancer in "
+                "front must send a PROXY v1 or v2 header)\" pool=%s client=%s unlogged=%llu",
+                why, wp->pool->name, client, (unsigned long long)wp->bad_header_unlogged);
+        wp->bad_header_logged_at = now;
+        wp->bad_header_unlogged = 0;
+    } else {
+        wp->bad_header_unlogged++;
+    }
+    session_finalize(s, why);
+}
+
+/*
+ * Reads the PROXY header of an accept-proxy client: its addresses replace
+ * the connection's, the bytes after it are the client's first, and the
+ * connect starts.
+ */
+static void session_read_header(struct lb_session *s)
+{
+    struct inbound *in = s->in;
+    struct sockaddr_storage src, dst;
+    ssize_t n = recv(s->client_fd, in->buf + in->len, sizeof(in->buf) - in->len, 0);
+    int hl;
+
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            session_finalize(s, "client reset before its PROXY header");
+        return;
+    }
+    if (n == 0) {
+        session_bad_header(s, "client closed before a complete PROXY header");
+        return;
+    }
+    in->len += (size_t)n;
+    hl = lb_proxy_protocol_parse(in->buf, in->len, &src, &dst);
+    if (hl == 0 && in->len < sizeof(in->buf))
+        return; /* more to come */
+    if (hl <= 0) {
+        session_bad_header(s, "not a valid PROXY header");
+        return;
+    }
+    ev_timer_stop(s->worker->loop, &s->timer);
+    ev_io_stop(s->worker->loop, &s->up.from_r);
+    s->state = SESSION_CONNECTING;
+    if (src.ss_family != AF_UNSPEC)
+        s->client_addr = src;
+    if (s->pool->policy.proxy_protocol != LB_PROXY_NONE && session_queue_proxy_header(s, &dst) < 0)
+        return;
+    /* What came after the header is the client's first bytes. */
+    if (in->len > (size_t)hl &&
+        half_keep(s, &s->up, (const char *)in->buf + hl, in->len - (size_t)hl) < 0)
+        return;
+    free(s->in);
+    s->in = NULL;
+    session_connect_next(s);
 }
 
 static void session_finalize(struct lb_session *s, const char *why)
@@ -823,6 +935,7 @@ static void session_free(struct lb_reap *r)
 
     half_release(s, &s->up);
     half_release(s, &s->down);
+    free(s->in);
     free(s);
 }
 
