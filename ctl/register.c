@@ -1,5 +1,5 @@
 /*
- * `lbctl register`, a small blocking loop in its own process:
+ * `lbctl register`, a small loop in its own process:
  *
  *   no lease   -> grant (ttl), then put the backend key with the lease
  *   registered -> sleep ttl/3, keepalive, then read the key back:
@@ -14,12 +14,22 @@
  * expired while etcd was out of reach (or that etcd lost with its data) is
  * replaced, and a key someone deleted is put back.
  *
- * The signals are blocked for the whole run and taken with sigtimedwait()
- * while sleeping, so a signal never interrupts a request half way and is
- * never lost.  Each request is bounded by a timeout, which bounds how long
- * a signal can wait.  The etcd client (TLS, login, token renewal), the
- * JSON, the key schema and the value encoding are the watcher's own
- * (lb_etcd_http.h, lb_lease.h, lb_key.h, lb_value.h).
+ * With --check (register_check.h) the key follows the backend's readiness:
+ * nothing is granted or put until the check has passed `rise` times in a
+ * row; after `fall` failures in a row the key is deleted while the lease
+ * is kept alive, and put again (under the same lease) once it rises.  All
+ * of the above -- putting the key back, registering again after a lost
+ * lease -- happens only while the check passes.  A transition asks etcd at
+ * once instead of at the next keepalive.
+ *
+ * etcd requests block, each bounded by a timeout (which bounds how long a
+ * signal or a check can wait).  Between them the loop sleeps in one place,
+ * wait_ms(): on the signal fd alone, or inside lbctl_check_wait(), which
+ * runs the check without blocking while it waits.  The signals are blocked
+ * for the whole run and read from a signalfd, so a signal never interrupts
+ * a request half way and is never lost.  The etcd client (TLS, login,
+ * token renewal), the JSON, the key schema and the value encoding are the
+ * watcher's own (lb_etcd_http.h, lb_lease.h, lb_key.h, lb_value.h).
  *
  * An etcd outage is logged like lbd logs it (lb_outage.h): its first
  * failure, then one line per 30 s with the count and how long the lease
@@ -27,8 +37,10 @@
  */
 #include "register.h"
 #include "lb_duration.h"
+#include "lb_error.h"
 #include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
+#include "lb_etcd_json.h"
 #include "lb_etcd_opts.h"
 #include "lb_key.h"
 #include "lb_lease.h"
@@ -36,15 +48,18 @@
 #include "lb_outage.h"
 #include "lb_settings.h"
 #include "lb_value.h"
+#include "register_check.h"
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,8 +67,12 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 
-#define REQUEST_TIMEOUT_MS 5000
-#define REVOKE_TIMEOUT_MS  2000
+#define REQUEST_TIMEOUT_MS   5000
+#define REVOKE_TIMEOUT_MS    2000
+#define DELETE_RESPONSE_MAX  (64 * 1024)
+#define CHECK_TIMEOUT_MAX_MS 2000 /* the default check timeout: the interval, at most this */
+#define PROGRESS_FIRST_S     10.0 /* "waiting for the check" lines: every 10 s for a minute, */
+#define PROGRESS_LATER_S     60.0 /* then every minute */
 
 struct register_opts {
     struct lb_etcd_opts etcd;
@@ -63,6 +82,11 @@ struct register_opts {
     char *addr;
     int64_t weight;
     int64_t ttl_ms;
+    char *check;
+    int64_t check_interval_ms;
+    int64_t check_timeout_ms;
+    int64_t rise;
+    int64_t fall;
     bool help;
 };
 
@@ -81,6 +105,18 @@ static const struct lb_setting register_rows[] = {
      "share of new connections, 0..1000 (0 = none)"},
     {"ttl", 0, "LBCTL_TTL", LB_SETTING_DURATION, O(ttl_ms), 2000, 3600 * 1000, "10s", NULL,
      "DURATION", "lease time to live; the key dies this long after us"},
+    {"check", 0, "LBCTL_CHECK", LB_SETTING_STRING, O(check), 0, 512, NULL, NULL, "CHECK",
+     "register only while this passes: tcp (connect to --addr), tcp://HOST:PORT, or "
+     "http://HOST:PORT/PATH (a 2xx or 3xx status passes); default: always registered"},
+    {"check-interval", 0, "LBCTL_CHECK_INTERVAL", LB_SETTING_DURATION, O(check_interval_ms), 100,
+     3600 * 1000, "2s", NULL, "DURATION", "time between the end of a check and the next"},
+    {"check-timeout", 0, "LBCTL_CHECK_TIMEOUT", LB_SETTING_DURATION, O(check_timeout_ms), 10,
+     60 * 1000, NULL, NULL, "DURATION",
+     "a check that has not passed by then fails (default: the interval, at most 2s)"},
+    {"rise", 0, "LBCTL_RISE", LB_SETTING_INT, O(rise), 1, 100, "2", NULL, "N",
+     "passes in a row before the key is put"},
+    {"fall", 0, "LBCTL_FALL", LB_SETTING_INT, O(fall), 1, 100, "3", NULL, "N",
+     "failures in a row before the key is deleted"},
     {"help", 'h', NULL, LB_SETTING_BOOL, O(help), 0, 0, NULL, NULL, NULL, "show this help"},
 };
 #undef O
@@ -100,6 +136,12 @@ struct registration {
     struct lb_outage outage;
     double lease_ok_at; /* when etcd last confirmed the lease (monotonic s) */
     sigset_t signals;
+    int sigfd;
+    struct lbctl_check *check; /* NULL without --check: always ready */
+    bool in_etcd;              /* our key is put, as far as etcd last told us */
+    bool rose;                 /* the check rose since the key was last put: say why */
+    double waiting_since;      /* when the check was last seen down (progress lines) */
+    double progress_at;        /* the next "waiting for the check" line */
 };
 
 static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -120,11 +162,16 @@ static void print_help(void)
 {
     printf("usage: lbctl register --etcd URL[,URL...] [--prefix /lb/] --pool POOL --id ID\n"
            "                      --addr HOST:PORT [--weight N] [--ttl 10s]\n"
+           "                      [--check tcp|tcp://HOST:PORT|http://HOST:PORT/PATH]\n"
+           "                      [--check-interval 2s] [--check-timeout 2s] [--rise 2] "
+           "[--fall 3]\n"
            "                      [--etcd-ca FILE] [--etcd-cert FILE --etcd-key FILE]\n"
            "                      [--etcd-user-file FILE]\n\n"
            "Registers this backend in etcd under a lease and keeps it registered until\n"
            "SIGTERM or SIGINT, which revoke the lease so it leaves the pool at once.\n"
-           "If the lease is lost or the key deleted, it registers again within one TTL.\n\n"
+           "If the lease is lost or the key deleted, it registers again within one TTL.\n"
+           "With --check, the key exists only while the backend's check passes: it is put\n"
+           "after --rise passes in a row and deleted after --fall failures in a row.\n\n"
            "Exit codes: 0 deregistered, 1 the lease could not be revoked, 2 usage error.\n\n");
     lb_settings_print_help(stdout, register_rows, N_ROWS);
 }
@@ -181,6 +228,27 @@ static int prepare(struct registration *r, const struct register_opts *o)
     r->ttl_s = (o->ttl_ms + 999) / 1000;
     /* a request may not eat the margin a keepalive has before the lease ends */
     r->timeout_ms = (long)(o->ttl_ms / 3 < REQUEST_TIMEOUT_MS ? o->ttl_ms / 3 : REQUEST_TIMEOUT_MS);
+    if (o->check) {
+        struct lbctl_check_spec check;
+
+        if (lbctl_check_parse(o->check, o->addr, &check, &err) < 0) {
+            rc = usage("%s", err ? err : "--check: invalid");
+            free(err);
+            return rc;
+        }
+        check.interval_ms = o->check_interval_ms;
+        check.timeout_ms = o->check_timeout_ms;
+        if (!check.timeout_ms)
+            check.timeout_ms = o->check_interval_ms < CHECK_TIMEOUT_MAX_MS ? o->check_interval_ms
+                                                                           : CHECK_TIMEOUT_MAX_MS;
+        check.rise = (int)o->rise;
+        check.fall = (int)o->fall;
+        if (lbctl_check_new(&check, &r->check, &err) < 0) {
+            fprintf(stderr, "lbctl register: %s\n", err ? err : "cannot set up the check");
+            free(err);
+            return EXIT_RUNTIME;
+        }
+    }
     if (lb_etcd_opts_client(&o->etcd, &r->etcd, NULL, "register", &r->http, &err) < 0) {
         rc = usage("%s", err ? err : "cannot set up the etcd client");
         free(err);
@@ -189,39 +257,55 @@ static int prepare(struct registration *r, const struct register_opts *o)
     return 0;
 }
 
-/*
- * Sleeps up to ms.  Returns the signal that ended the wait, or 0 when the
- * time ran out.
- */
-static int wait_ms(struct registration *r, int64_t ms)
+static int ms_until(double when)
 {
-    struct timespec deadline, now, left;
+    double ms = (when - monotonic_s()) * 1000.;
 
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += ms / 1000;
-    deadline.tv_nsec += (ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
+    if (ms <= 0)
+        return 0;
+    return ms > 3600e3 ? 3600 * 1000 : (int)ms + 1;
+}
+
+/* A signal waiting on the signal fd, or 0. */
+static int take_signal(struct registration *r)
+{
+    struct signalfd_siginfo si;
+
+    if (read(r->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        return (int)si.ssi_signo;
+    return 0;
+}
+
+/*
+ * Sleeps up to ms, running the check meanwhile.  Returns the signal that
+ * ended the wait, or 0 when the time ran out or the check changed state
+ * (then *changed is true).
+ */
+static int wait_ms(struct registration *r, int64_t ms, bool *changed)
+{
+    double end = monotonic_s() + (double)ms / 1000.;
+
+    *changed = false;
     for (;;) {
-        int sig;
+        int left = ms_until(end), rc = 0, sig;
+        bool ready = false;
 
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left.tv_sec = deadline.tv_sec - now.tv_sec;
-        left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
-        if (left.tv_nsec < 0) {
-            left.tv_sec--;
-            left.tv_nsec += 1000000000;
+        if (r->check) {
+            rc = lbctl_check_wait(r->check, r->sigfd, left, &ready);
+            if (rc > 0)
+                *changed = true;
+            else if (rc < 0)
+                left = left < 100 ? left : 100; /* cannot poll the check: do not spin */
         }
-        if (left.tv_sec < 0)
-            left.tv_sec = left.tv_nsec = 0;
-        sig = sigtimedwait(&r->signals, NULL, &left);
-        if (sig > 0)
+        if (!r->check || rc < 0) {
+            struct pollfd p = {.fd = r->sigfd, .events = POLLIN};
+
+            ready = poll(&p, 1, left) > 0 && (p.revents & POLLIN);
+        }
+        if (ready && (sig = take_signal(r)) > 0)
             return sig;
-        if (errno == EAGAIN)
+        if (*changed || monotonic_s() >= end)
             return 0;
-        /* EINTR: another signal; keep waiting */
     }
 }
 
@@ -306,7 +390,7 @@ static void note_success(struct registration *r, const char *what)
 static int register_once(struct registration *r, const char **step, char **err)
 {
     const char *endpoint = r->etcd.v[r->endpoint];
-    char ttl_text[32];
+    char ttl_text[32], reason[LBCTL_CHECK_URL_MAX + 300];
     int64_t granted = 0;
     int rc;
 
@@ -323,20 +407,70 @@ static int register_once(struct registration *r, const char **step, char **err)
             r->lease = 0; /* lease vanished between grant and put */
         return rc;
     }
-    LB_INFO("register",
-            "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
-            "endpoint=%s",
-            r->pool, r->id, r->addr, r->key, (long long)r->lease,
-            lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint);
+    if (r->check && r->rose)
+        LB_INFO("register",
+                "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+                "endpoint=%s reason=%s",
+                r->pool, r->id, r->addr, r->key, (long long)r->lease,
+                lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint,
+                lb_log_quote(reason, sizeof(reason), lbctl_check_reason(r->check)));
+    else
+        LB_INFO("register",
+                "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+                "endpoint=%s",
+                r->pool, r->id, r->addr, r->key, (long long)r->lease,
+                lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint);
+    r->rose = false;
     return 0;
 }
 
 /*
- * One keepalive round: renew the lease, then make sure the key is still
- * ours.  Returns 0, -ENOENT when the lease is gone, or another negative
- * errno (with *step and *err) when etcd could not be asked.
+ * The check fell: deletes the key and keeps the lease (the keepalives go
+ * on), so that the key can be put again as soon as the check rises.
+ * Returns 0 or a negative errno with *step and *err.
  */
-static int keep_registered(struct registration *r, const char **step, char **err)
+static int unregister_key(struct registration *r, const char **step, char **err)
+{
+    const char *endpoint = r->etcd.v[r->endpoint];
+    struct lb_etcd_reply reply = {0};
+    struct lb_etcd_request req = {
+        .endpoint = endpoint,
+        .path = "/v3/kv/deleterange",
+        .timeout_ms = r->timeout_ms,
+        .max_response = DELETE_RESPONSE_MAX,
+    };
+    char *body = NULL, why[LBCTL_CHECK_URL_MAX + 300], reason[sizeof(why) + 32];
+    int rc;
+
+    *step = "delete";
+    rc = lb_etcd_json_delete_request(r->key, strlen(r->key), &body);
+    if (rc) {
+        lb_error_set(err, rc, "out of memory");
+        goto out;
+    }
+    req.body = body;
+    rc = lb_etcd_http_post_sync(r->http, &req, &reply);
+    if (rc) {
+        lb_error_set(err, rc, "delete at %s: %s", endpoint, reply.message);
+        goto out;
+    }
+    snprintf(why, sizeof(why), "%s, key deleted", lbctl_check_reason(r->check));
+    LB_INFO("register", "msg=\"unregistered\" pool=%s id=%s addr=%s key=%s lease=%lld reason=%s",
+            r->pool, r->id, r->addr, r->key, (long long)r->lease,
+            lb_log_quote(reason, sizeof(reason), why));
+out:
+    free(body);
+    lb_etcd_reply_free(&reply);
+    return rc;
+}
+
+/*
+ * One keepalive round: renew the lease, then (when the key should be
+ * there) make sure the key is still ours.  Returns 0, -ENOENT when the
+ * lease is gone, or another negative errno (with *step and *err) when etcd
+ * could not be asked.
+ */
+static int keep_registered(struct registration *r, bool want_key, const char **step, char **err)
 {
     const char *endpoint = r->etcd.v[r->endpoint];
     enum lb_lease_key_state state;
@@ -345,7 +479,7 @@ static int keep_registered(struct registration *r, const char **step, char **err
 
     *step = "lease keepalive";
     rc = lb_lease_keepalive(r->http, endpoint, r->lease, r->timeout_ms, &ttl, err);
-    if (rc)
+    if (rc || !want_key)
         return rc;
     *step = "key check";
     rc = lb_lease_check_key(r->http, endpoint, r->key, r->value, r->lease, r->timeout_ms, &state,
@@ -406,52 +540,151 @@ static int deregister(struct registration *r, int sig)
     return EXIT_RUNTIME;
 }
 
+/* The lease is gone (keepalive or put said so): forget it and say what comes next. */
+static void lease_lost(struct registration *r, bool want_key)
+{
+    if (want_key)
+        LB_WARN("register",
+                "msg=\"lease lost (it expired while etcd was out of reach, "
+                "or etcd lost its data), registering again\" pool=%s id=%s lease=%lld",
+                r->pool, r->id, (long long)r->lease);
+    else
+        LB_WARN("register",
+                "msg=\"lease lost while the backend is not ready; a new one is granted when its "
+                "check passes\" pool=%s id=%s lease=%lld",
+                r->pool, r->id, (long long)r->lease);
+    r->lease = 0;
+    r->in_etcd = false;
+}
+
+/* The check changed state: note what etcd will not be asked about. */
+static void check_changed(struct registration *r, bool up)
+{
+    char reason[LBCTL_CHECK_URL_MAX + 300];
+    double now = monotonic_s();
+
+    lb_log_quote(reason, sizeof(reason), lbctl_check_reason(r->check));
+    if (up) {
+        r->rose = !r->in_etcd;
+        if (r->in_etcd) /* the delete has not got through: nothing to undo */
+            LB_INFO("register",
+                    "msg=\"backend ready again before its key could be deleted\" pool=%s id=%s "
+                    "reason=%s",
+                    r->pool, r->id, reason);
+        return;
+    }
+    r->waiting_since = now;
+    r->progress_at = now + PROGRESS_FIRST_S;
+    if (!r->in_etcd) /* never got in (etcd refused the put, or the lease was lost) */
+        LB_INFO("register",
+                "msg=\"backend not ready, its key was not registered\" pool=%s id=%s "
+                "reason=%s",
+                r->pool, r->id, reason);
+}
+
+/* While the check is down: a line now and then, so a silent registrar is not a mystery. */
+static void note_waiting(struct registration *r)
+{
+    const struct lbctl_check_spec *spec = lbctl_check_spec(r->check);
+    const struct lbctl_check_state *st = lbctl_check_state(r->check);
+    double now = monotonic_s(), waited = now - r->waiting_since;
+    char last[LBCTL_CHECK_URL_MAX + 200], for_text[32], target[LBCTL_CHECK_URL_MAX + 16];
+
+    if (now < r->progress_at)
+        return;
+    LB_INFO("register",
+            "msg=\"waiting for the backend's check to pass\" pool=%s id=%s check=%s for=%s "
+            "passes=%d rise=%d last=%s",
+            r->pool, r->id, lb_log_quote(target, sizeof(target), spec->target),
+            lb_duration_format((int64_t)waited * 1000, for_text, sizeof(for_text)), st->passes,
+            spec->rise,
+            lb_log_quote(last, sizeof(last),
+                         *lbctl_check_last(r->check) ? lbctl_check_last(r->check) : "none yet"));
+    r->progress_at = now + (waited < 60.0 ? PROGRESS_FIRST_S : PROGRESS_LATER_S);
+}
+
+/*
+ * One round with etcd towards what the check says: put the key, delete it,
+ * or keep the lease (and the key) alive.  Returns 0, a negative errno with
+ * *step and *err, or 1 when the lease was lost and the round should run
+ * again at once.
+ */
+static int sync_etcd(struct registration *r, bool want_key, const char **step, char **err)
+{
+    int rc;
+
+    if (want_key && !r->in_etcd) {
+        rc = register_once(r, step, err);
+        if (rc == 0) {
+            r->in_etcd = true;
+            note_success(r, "registered");
+        }
+        return rc;
+    }
+    if (!want_key && r->in_etcd) {
+        rc = unregister_key(r, step, err);
+        if (rc == 0) {
+            r->in_etcd = false;
+            note_success(r, "key deleted");
+        }
+        return rc;
+    }
+    if (!r->lease)
+        return 0; /* not ready, nothing granted: nothing to keep */
+    rc = keep_registered(r, want_key, step, err);
+    if (rc == -ENOENT) { /* from the keepalive, or the put that follows it */
+        lease_lost(r, want_key);
+        return 1;
+    }
+    if (rc == 0)
+        note_success(r, "lease kept");
+    return rc;
+}
+
 static int run(struct registration *r)
 {
     unsigned failures = 0;
-    bool registered = false;
+    double etcd_at = 0; /* when etcd is asked next */
     int sig = 0;
 
     lb_outage_init(&r->outage, LB_OUTAGE_INTERVAL_S);
+    r->waiting_since = monotonic_s();
+    r->progress_at = r->waiting_since + PROGRESS_FIRST_S;
     while (!sig) {
-        const char *step = "register";
-        char *err = NULL;
-        int64_t delay;
-        int rc;
+        bool want_key = !r->check || lbctl_check_is_up(r->check), changed;
+        double wake;
 
-        if (!registered) {
-            rc = register_once(r, &step, &err);
-            if (rc == 0) {
-                registered = true;
-                failures = 0;
-                note_success(r, "registered");
-            }
-        } else {
-            rc = keep_registered(r, &step, &err);
-            if (rc == -ENOENT) { /* from the keepalive, or the put that follows it */
-                LB_WARN("register",
-                        "msg=\"lease lost (it expired while etcd was out of reach, "
-                        "or etcd lost its data), registering again\" pool=%s id=%s lease=%lld",
-                        r->pool, r->id, (long long)r->lease);
-                r->lease = 0;
-                registered = false;
+        if (monotonic_s() >= etcd_at) {
+            const char *step = "register";
+            char *err = NULL;
+            int64_t delay;
+            int rc = sync_etcd(r, want_key, &step, &err);
+
+            if (rc == 1) {
                 free(err);
                 continue; /* at once: the backend is out of every pool until then */
             }
             if (rc == 0) {
                 failures = 0;
-                note_success(r, "lease kept");
+                delay = r->ttl_s * 1000 / 3;
+            } else {
+                delay = retry_delay_ms(r, failures++);
+                note_failure(r, step, err, delay);
+                r->endpoint = (r->endpoint + 1) % r->etcd.n;
             }
+            free(err);
+            etcd_at = monotonic_s() + (double)delay / 1000.;
         }
-        if (rc == 0) {
-            sig = wait_ms(r, r->ttl_s * 1000 / 3);
-        } else {
-            delay = retry_delay_ms(r, failures++);
-            note_failure(r, step, err, delay);
-            r->endpoint = (r->endpoint + 1) % r->etcd.n;
-            sig = wait_ms(r, delay);
+        wake = etcd_at;
+        if (!want_key) {
+            note_waiting(r);
+            wake = r->progress_at < wake ? r->progress_at : wake;
         }
-        free(err);
+        sig = wait_ms(r, ms_until(wake), &changed);
+        if (changed) {
+            check_changed(r, lbctl_check_is_up(r->check));
+            etcd_at = 0; /* tell etcd now, not at the next keepalive */
+        }
     }
     return deregister(r, sig);
 }
@@ -493,14 +726,24 @@ int lbctl_register_main(int argc, char **argv)
     }
     rc = prepare(&r, &opts);
     if (rc == 0) {
-        srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+        /* Blocked before anything starts a thread (curl's resolver, on the
+         * first request), so that every thread leaves them to the signal fd. */
         sigemptyset(&r.signals);
         sigaddset(&r.signals, SIGTERM);
         sigaddset(&r.signals, SIGINT);
         sigprocmask(SIG_BLOCK, &r.signals, &old);
-        rc = run(&r);
+        r.sigfd = signalfd(-1, &r.signals, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (r.sigfd < 0) {
+            fprintf(stderr, "lbctl register: cannot create a signal fd: %s\n", strerror(errno));
+            rc = EXIT_RUNTIME;
+        } else {
+            srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+            rc = run(&r);
+            close(r.sigfd);
+        }
         sigprocmask(SIG_SETMASK, &old, NULL);
     }
+    lbctl_check_free(r.check);
     lb_etcd_http_free(r.http);
     curl_global_cleanup();
 out:
