@@ -755,9 +755,11 @@ int main(int argc, char **argv)
     }
     if (d.settings.workers == 0)
         d.settings.workers = lb_cpus_available();
-    /* Each worker: a listener per pool, its epoll and its wake-up fds. */
+    /* Each worker: a listener per pool, its epoll, its wake-up fds and the
+     * pipes it may splice through (2 fds each). */
     if (check_fd_limit(&d.settings.max_conns,
-                       (rlim_t)FDS_RESERVED + (rlim_t)d.settings.workers * (d.n_pools + 3)) < 0)
+                       (rlim_t)FDS_RESERVED + (rlim_t)d.settings.workers *
+                                                  (d.n_pools + 3 + 2 * LB_PIPES_PER_WORKER)) < 0)
         goto out;
 
     signal(SIGPIPE, SIG_IGN);

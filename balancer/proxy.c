@@ -833,6 +833,7 @@ static void worker_free(struct lb_worker *w)
     lb_accept_backoff_stop(&w->accept_backoff);
     ev_timer_stop(w->loop, &w->offer_tick);
     lb_reaper_destroy(&w->reaper);
+    lb_pipe_pool_destroy(&w->pipes);
     lb_mailbox_destroy(&w->inbox);
     ev_async_stop(w->loop, &w->resume);
     free(w->pools);
@@ -849,6 +850,7 @@ static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned ind
     w->accept_paused = true;
     lb_list_init(&w->live);
     lb_list_init(&w->parked);
+    lb_pipe_pool_init(&w->pipes, LB_PIPES_PER_WORKER);
     w->pools = calloc(r->n_pools ? r->n_pools : 1, sizeof(*w->pools));
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
     if (!w->pools || !w->loop) {

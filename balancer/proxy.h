@@ -31,6 +31,7 @@
 #include "lb_mailbox.h"
 #include "lb_reaper.h"
 #include "lb_buf.h"
+#include "pipe_pool.h"
 #include "pool.h"
 #include "registry.h"
 #include "session.h"
@@ -89,8 +90,9 @@ struct lb_worker {
     bool at_cap;             /* paused for the global cap (counted in proxy->n_at_cap) */
     bool shutting_down;
     bool idle_reported;
-    uint64_t active;      /* sessions open on this worker */
-    size_t pending_bytes; /* held by its sessions for peers that could not take them yet */
+    uint64_t active;           /* sessions open on this worker */
+    size_t pending_bytes;      /* held by its sessions for peers that could not take them yet */
+    struct lb_pipe_pool pipes; /* for its sessions' splice(2) relaying */
     struct lb_list live;
     struct lb_list parked; /* sessions offered to the next process at an upgrade */
     struct lb_reaper reaper;
