@@ -1,6 +1,7 @@
 /*
  * Proxied connections (state machine in session.h): connect with retries,
- * relay through the worker's scratch buffer, back-pressure by pausing the
+ * relay through the worker's scratch buffer (or, for a direction that
+ * proved bulk, through a pipe with splice(2)), back-pressure by pausing the
  * read side, RST passed on as RST, one finalize, frees deferred to the
  * worker's reaper.  A session lives on one worker from accept to free;
  * what it shares with other workers is atomic (the backend's open count,
@@ -9,6 +10,7 @@
 #include "session.h"
 #include "backend.h"
 #include "health.h"
+#include "pipe_pool.h"
 #include "proxy_protocol.h"
 #include "lb_addr.h"
 #include "lb_log.h"
@@ -18,6 +20,7 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <netinet/in.h>
@@ -36,6 +39,15 @@
 #define PROBE_S        1.0  /* how often a peer we stopped reading is looked at */
 #define FIN_STALL_S    10.0 /* client gone and backend not reading for this long: end */
 #define HEADER_WAIT_S  5.0  /* accept-proxy: the PROXY header arrives within this */
+/* A direction that read this many bytes in a row, in reads of at least
+ * READ_SLOW each, relays the rest of that run with splice(2); a smaller
+ * read ends the run.  Small messages cost less through the scratch buffer
+ * (docs/performance.md, "Bulk relay: splice").  A build may override it
+ * to measure another threshold. */
+#ifndef SPLICE_AFTER
+#define SPLICE_AFTER (64u << 10)
+#endif
+#define SPLICE_FLAGS (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
 
 enum session_state {
     SESSION_HEADER, /* accept-proxy: reading the client's PROXY header */
@@ -52,6 +64,9 @@ struct half {
     char *pending;       /* bytes `to` could not take yet: allocated then, freed once sent */
     size_t pending_size; /* its size, counted in the worker's pending_bytes */
     size_t off, len;
+    struct lb_pipe pipe;   /* the worker's, held only while bytes for `to` are in it */
+    size_t piped;          /* bytes in the pipe, counted in the worker's pending_bytes */
+    size_t run;            /* bytes read in a row in big reads (up to SPLICE_AFTER) */
     unsigned slow;         /* `to` filled up lately: read READ_SLOW at a time for this many reads */
     bool eof;              /* read 0 from `from` */
     bool shut;             /* forwarded as shutdown(to, SHUT_WR) */
@@ -136,6 +151,12 @@ static void session_count_bytes(struct lb_session *s, const struct half *h, uint
         s->bytes_down += n;
 }
 
+/* Bytes h holds for its destination: in its buffer, or in its pipe. */
+static size_t half_pending(const struct half *h)
+{
+    return h->len + h->piped;
+}
+
 /* Gives h's pending buffer back (it is empty, or the session ends). */
 static void half_release(struct lb_session *s, struct half *h)
 {
@@ -145,8 +166,73 @@ static void half_release(struct lb_session *s, struct half *h)
     h->pending = NULL;
 }
 
-/* Flushes pending bytes of h to `to`.  Returns 0 when all written, 1 when some
- * remain (write watcher started), -1 on a write error. */
+/* Gives h's pipe back to the worker: kept for another session when empty,
+ * closed with its bytes when the session ends holding some. */
+static void half_release_pipe(struct lb_session *s, struct half *h)
+{
+    s->worker->pending_bytes -= h->piped;
+    if (h->piped)
+        lb_pipe_pool_drop(&s->worker->pipes, &h->pipe);
+    else
+        lb_pipe_pool_put(&s->worker->pipes, &h->pipe);
+    h->piped = 0;
+}
+
+/*
+ * Moves the bytes in h's pipe to the end of its pending buffer (after the
+ * bytes already there) and gives the pipe back, so that every byte h holds
+ * for its destination is in user space.  Used when a session must be
+ * serialised with its in-flight bytes (hot-upgrade hand-over); the write
+ * watcher, if running, then flushes the buffer as usual.  Returns 0 or
+ * -ENOMEM (nothing moved); -EIO if the pipe held fewer bytes than counted
+ * (cannot happen: what was read is kept, the rest stays in the pipe).
+ */
+static int half_unsplice(struct lb_session *s, struct half *h)
+{
+    size_t keep = h->len, got = 0;
+    char *buf;
+
+    if (!h->piped) {
+        half_release_pipe(s, h);
+        return 0;
+    }
+    if (!(buf = malloc(keep + h->piped)))
+        return -ENOMEM;
+    if (keep)
+        memcpy(buf, h->pending + h->off, keep);
+    while (got < h->piped) {
+        ssize_t r = read(h->pipe.rd, buf + keep + got, h->piped - got);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    half_release(s, h);
+    h->pending = buf;
+    h->pending_size = keep + h->piped; /* allocated size, whatever was read */
+    s->worker->pending_bytes += h->pending_size;
+    h->off = 0;
+    h->len = keep + got;
+    h->piped -= got;
+    s->worker->pending_bytes -= got;
+    if (h->piped)
+        return -EIO;
+    half_release_pipe(s, h);
+    return 0;
+}
+
+int lb_session_unsplice_all(struct lb_session *s)
+{
+    int rc = half_unsplice(s, &s->up);
+
+    return rc < 0 ? rc : half_unsplice(s, &s->down);
+}
+
+/* Flushes pending bytes of h to `to`, the buffer's then the pipe's.  Returns
+ * 0 when all written, 1 when some remain (write watcher started), -1 on a
+ * write error (errno set). */
 static int half_flush(struct lb_session *s, struct half *h, int to)
 {
     while (h->len) {
@@ -171,6 +257,27 @@ static int half_flush(struct lb_session *s, struct half *h, int to)
     /* Borrowed while bytes were in flight: an idle session holds no buffer. */
     half_release(s, h);
     h->off = 0;
+    while (h->piped) {
+        ssize_t w = splice(h->pipe.rd, NULL, to, NULL, h->piped, SPLICE_FLAGS);
+
+        if (w <= 0) {
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                ev_io_start(s->worker->loop, &h->to_w);
+                return 1;
+            }
+            if (w == 0)
+                errno = EPIPE; /* the pipe lost bytes it was counted to hold: cannot happen */
+            return -1;
+        }
+        h->piped -= (size_t)w;
+        s->worker->pending_bytes -= (size_t)w;
+        h->progress_at = ev_now(s->worker->loop);
+        session_count_bytes(s, h, (uint64_t)w);
+    }
+    /* Likewise the pipe: back to the worker the moment it is empty. */
+    lb_pipe_pool_put(&s->worker->pipes, &h->pipe);
     ev_io_stop(s->worker->loop, &h->to_w);
     return 0;
 }
@@ -191,7 +298,7 @@ static void half_forward_eof(struct lb_session *s, struct half *h, int to)
 
     if (h == &s->up && s->state == SESSION_CONNECTING)
         return; /* shutdown() would abort the connect: forwarded once confirmed */
-    if (h->eof && !h->len && !h->shut) {
+    if (h->eof && !half_pending(h) && !h->shut) {
         if (!other->shut)
             shutdown(to, SHUT_WR);
         h->shut = true;
@@ -226,22 +333,72 @@ static int half_keep(struct lb_session *s, struct half *h, const char *bytes, si
     return 0;
 }
 
+/* h read n bytes: a big read makes its run grow, a small one ends it. */
+static void half_note_run(struct half *h, size_t n)
+{
+    if (n < READ_SLOW)
+        h->run = 0;
+    else if (h->run < SPLICE_AFTER)
+        h->run += n;
+}
+
+/*
+ * True when h's next read goes through a pipe, taken here from the worker:
+ * h proved bulk (SPLICE_AFTER bytes in big reads in a row: a stream, not
+ * messages) and the connect is done
+ * (while it runs, the client's bytes must stay in user space, to be sent
+ * again to another backend; the PROXY header is sent before any read).
+ * When the worker has no pipe to spare, h reads into the buffer.
+ */
+static bool half_take_pipe(struct lb_session *s, struct half *h)
+{
+    if (h->pipe.rd >= 0)
+        return true;
+    if (s->state != SESSION_PROXYING || h->run < SPLICE_AFTER)
+        return false;
+    return lb_pipe_pool_get(&s->worker->pipes, &h->pipe) == 0;
+}
+
+/*
+ * Forwards what h's source has, up to 4 reads.  A read goes to the scratch
+ * buffer and is sent at once, or, once h proved bulk, is spliced into h's
+ * pipe and from there to `to`.  What `to` cannot take stays pending (kept
+ * in a buffer of its size, or left in the pipe) and h stops reading until
+ * half_writable() flushed it.  Nothing is pending when this runs.
+ */
 static void half_read(struct lb_session *s, struct half *h, int from, int to)
 {
     char *buf = s->worker->scratch;
     ssize_t n;
 
     for (int round = 0; round < 4; round++) {
-        /* Big reads halve the system calls of a bulk transfer per halving of
-         * their count; towards a peer that could not take the last one, small
-         * reads bound what must be kept when it cannot take this one either. */
-        size_t cap =
-            h->slow || s->state == SESSION_CONNECTING || s->worker->pending_bytes > PENDING_BUDGET
-                ? READ_SLOW
-                : sizeof(s->worker->scratch);
+        bool spliced = half_take_pipe(s, h);
+        size_t cap = sizeof(s->worker->scratch);
         ssize_t w = 0;
 
-        n = recv(from, buf, cap, 0);
+        /* Big reads halve the system calls of a bulk transfer per halving of
+         * their count; towards a peer that could not take the last one, small
+         * reads bound what must be kept when it cannot take this one either.
+         * A pipe takes what it can hold: the worker's pipes bound that. */
+        if (spliced)
+            cap = h->pipe.size;
+        else if (h->slow || s->state == SESSION_CONNECTING ||
+                 s->worker->pending_bytes > PENDING_BUDGET)
+            cap = READ_SLOW;
+
+        n = spliced ? splice(from, NULL, h->pipe.wr, NULL, cap, SPLICE_FLAGS)
+                    : recv(from, buf, cap, 0);
+        if (spliced && n <= 0) {
+            int err = errno;
+
+            lb_pipe_pool_put(&s->worker->pipes, &h->pipe); /* still empty */
+            errno = err;
+            if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+                /* This kernel cannot splice these: buffers from now on. */
+                s->worker->pipes.disabled = true;
+                continue;
+            }
+        }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -271,6 +428,32 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             return;
         }
         s->last_activity = ev_now(s->worker->loop);
+        half_note_run(h, (size_t)n);
+        if (spliced) {
+            int rc;
+
+            h->piped = (size_t)n;
+            s->worker->pending_bytes += (size_t)n;
+            rc = half_flush(s, h, to);
+            if (rc < 0) {
+                session_abort_reset(s, h == &s->up ? "backend reset the connection"
+                                                   : "client reset the connection");
+                return;
+            }
+            if (rc > 0) {
+                /* Left in the pipe: stop reading until it drains, as below. */
+                h->slow = SLOW_READS;
+                h->progress_at = ev_now(s->worker->loop);
+                ev_io_stop(s->worker->loop, &h->from_r);
+                session_arm_timer(s);
+                return;
+            }
+            if (h->slow)
+                h->slow--;
+            if ((size_t)n < cap)
+                return;
+            continue;
+        }
         while (w < n) {
             ssize_t k = send(to, buf + w, (size_t)(n - w), MSG_NOSIGNAL);
 
@@ -398,7 +581,7 @@ static void session_client_write_cb(struct ev_loop *loop, ev_io *w, int revents)
 /* True when h stopped reading its source because its destination is full. */
 static bool half_is_paused(const struct half *h)
 {
-    return h->len > 0 && !h->eof;
+    return half_pending(h) > 0 && !h->eof;
 }
 
 /*
@@ -748,6 +931,8 @@ static struct lb_session *session_new(struct lb_worker *w, struct lb_wpool *pool
     s->started_at = s->last_activity = ev_now(w->loop);
     if (client_len <= sizeof(s->client_addr))
         memcpy(&s->client_addr, client, client_len);
+    lb_pipe_reset(&s->up.pipe);
+    lb_pipe_reset(&s->down.pipe);
     ev_init(&s->timer, session_timer_cb);
     ev_io_init(&s->up.from_r, session_client_read_cb, client_fd, EV_READ);
     ev_init(&s->up.to_w, session_server_write_cb); /* on each backend socket */
@@ -881,6 +1066,8 @@ static void session_finalize(struct lb_session *s, const char *why)
     ev_io_stop(loop, &s->up.to_w);
     ev_io_stop(loop, &s->down.from_r);
     ev_io_stop(loop, &s->down.to_w);
+    half_release_pipe(s, &s->up); /* their bytes are lost with the sockets */
+    half_release_pipe(s, &s->down);
     if (s->reset) {
         /* An L4 proxy passes an abort on as an abort: the other side must
          * not mistake a truncated stream for a complete one. */
@@ -956,7 +1143,7 @@ static void session_resume_io(struct lb_session *s)
     for (int i = 0; i < 2; i++) {
         struct half *h = halves[i];
 
-        if (h->len)
+        if (half_pending(h))
             ev_io_start(loop, &h->to_w);
         else if (!h->eof)
             ev_io_start(loop, &h->from_r);
@@ -977,7 +1164,11 @@ int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_
 
     if (s->refused)
         return -EPERM;
-    if (s->state != SESSION_PROXYING || s->up.len > pending_max || s->down.len > pending_max)
+    if (s->state != SESSION_PROXYING || half_pending(&s->up) > pending_max ||
+        half_pending(&s->down) > pending_max)
+        return -EAGAIN;
+    /* Bytes in a pipe cannot move: into the pending buffers with them. */
+    if (lb_session_unsplice_all(s) < 0)
         return -EAGAIN;
     ev_timer_stop(loop, &s->timer);
     ev_io_stop(loop, &s->up.from_r);

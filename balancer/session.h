@@ -26,6 +26,16 @@
  * make lbd hold more than that plus 16 KiB each.  A read of 0 (EOF) is forwarded as
  * shutdown(SHUT_WR) once pending bytes are flushed (half-close).
  *
+ * A direction that proves bulk (64 KiB in a row in reads of 16 KiB or
+ * more; a smaller read ends the run) relays the rest of it with splice(2)
+ * through a kernel pipe instead (HAProxy's splice-auto): the bytes never
+ * reach user space.  Bytes its destination cannot take stay in the pipe and
+ * are pending like a buffer's: reading pauses, EOF waits for them, they
+ * count in the worker's pending bytes.  Never while connecting: the
+ * client's bytes stay in user space, to be sent again to another backend.
+ * The pipe is the worker's (pipe_pool.h), held only while bytes are in it,
+ * so an idle session holds no pipe.
+ *
  * session_finalize() is the only exit: it stops the watchers, closes both
  * sockets, releases the backend and hands the session to the worker's
  * reaper, which frees it after the current callbacks (lb_reaper.h).
@@ -38,7 +48,8 @@
  *
  * Parking happens between two callbacks of the session, so never in the
  * middle of a write: what one side sent and the other has not taken yet is
- * in the direction's pending buffer, and moves with the sockets.  A parked
+ * in the direction's pending buffer (bytes in a pipe are moved there
+ * first), and moves with the sockets.  A parked
  * session has no watcher and no timer running and is off the worker's live
  * list (on its parked list): nothing but moved/unpark ends it.
  */
@@ -100,6 +111,14 @@ struct lb_session_move {
  * never will (it was offered and refused).
  */
 int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_move *m);
+
+/*
+ * Moves the bytes s holds in pipes (splice) into its pending buffers, so
+ * that everything in flight is in user space, as a move needs: called by
+ * lb_session_park().  On s's worker thread.  Returns 0, or -ENOMEM (the
+ * bytes of one direction stay in its pipe; s goes on as before).
+ */
+int lb_session_unsplice_all(struct lb_session *s);
 
 /* s will not be offered: it finishes here. */
 void lb_session_stay(struct lb_session *s);

@@ -18,10 +18,18 @@ timeout ask the kernel.  What must hold on every path:
     is counted as a connect failure and a retry;
   - the same with the PROXY protocol: the next backend gets the header,
     then the bytes.
+
+And once connected, bulk relaying (splice(2) through pipes once a direction
+proved bulk): megabytes both ways at once, each side reading slowly for a
+while so bytes wait in lbd's pipes, the client half-closing in the middle
+of the download; every byte arrives, in order (sha256 at both ends), the
+byte counters are exact, and lbd kept pipes for the next bulk transfer.
 """
 
+import hashlib
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -95,13 +103,114 @@ class QuietBackend:
             pass
 
 
+def pattern(seed, n, chunk=65536):
+    """n pseudo-random bytes from seed, in chunks (the same for both ends)."""
+    rng = random.Random(seed)
+    while n > 0:
+        k = min(chunk, n)
+        yield rng.randbytes(k)
+        n -= k
+
+
+def slow_reader_buffer(sock):
+    """A small receive buffer (no autotuning): a slow reader makes lbd keep bytes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+
+
+class BulkBackend:
+    """Per connection: reads the upload to EOF (slowly for its first
+    `slow_bytes`) while sending `down_bytes` of pattern(seed) at once, then
+    closes.  Records (sha256 of the upload, its length, sha256 sent)."""
+
+    def __init__(self, h, down_bytes, seed, slow_bytes):
+        self.down_bytes, self.seed, self.slow_bytes = down_bytes, seed, slow_bytes
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        slow_reader_buffer(self.sock)  # inherited by accepted sockets
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.results = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        h.servers.append(self)
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        got = {}
+
+        def read_all():
+            h, n = hashlib.sha256(), 0
+            try:
+                while True:
+                    d = c.recv(16384 if n < self.slow_bytes else 262144)
+                    if not d:
+                        break
+                    h.update(d)
+                    n += len(d)
+                    if n < self.slow_bytes:
+                        time.sleep(0.002)
+            except OSError as exc:
+                got["error"] = repr(exc)
+            got["sha"], got["len"] = h.hexdigest(), n
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        sent = hashlib.sha256()
+        try:
+            for chunk in pattern(self.seed, self.down_bytes):
+                c.sendall(chunk)
+                sent.update(chunk)
+            reader.join(scaled(60))
+        except OSError as exc:
+            got["error"] = repr(exc)
+        finally:
+            c.close()
+        with self.lock:
+            self.results.append((got.get("sha"), got.get("len"), sent.hexdigest(),
+                                 got.get("error")))
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def pipe_fds(pid):
+    """How many pipes process pid holds open."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("pipe:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+UP_BYTES = 6 << 20
+DOWN_BYTES = 12 << 20
+
+
 class ConnectPathTest(HarnessTestCase):
     @classmethod
     def setUpWorld(cls):
         cls.etcd = Etcd(cls.h).start()
         policy = {"health": {"type": "none"}, "connect_timeout": "%gs" % CONNECT_TIMEOUT,
                   "retries": 1, "algorithm": "wrr"}
-        for pool in ["quiet", "eof", "refused", "proxy"]:
+        for pool in ["quiet", "eof", "refused", "proxy", "bulk"]:
             p = dict(policy)
             if pool == "proxy":
                 p["proxy_protocol"] = "v1"
@@ -119,8 +228,11 @@ class ConnectPathTest(HarnessTestCase):
         cls.put("refused", "b-good", cls.good.addr)
         cls.put("proxy", "a-dead", "127.0.0.1:%d" % cls.dead_port)
         cls.put("proxy", "b-good", cls.good_proxy.addr)
-        cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX, ["quiet", "eof", "refused", "proxy"]).start()
-        for pool, n in [("quiet", 1), ("eof", 1), ("refused", 2), ("proxy", 2)]:
+        cls.bulk = BulkBackend(cls.h, DOWN_BYTES, seed=2, slow_bytes=1 << 20)
+        cls.put("bulk", "k", cls.bulk.addr)
+        cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX,
+                      ["quiet", "eof", "refused", "proxy", "bulk"]).start()
+        for pool, n in [("quiet", 1), ("eof", 1), ("refused", 2), ("proxy", 2), ("bulk", 1)]:
             wait_until(lambda: len(cls.lbd.backends(pool)) == n, scaled(10),
                        "backends of %s" % pool)
 
@@ -200,6 +312,62 @@ class ConnectPathTest(HarnessTestCase):
             self.assertTrue(line.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), line)
             self.assertEqual(rest, b"after the header %d" % i)
             c.close()
+
+    def test_bulk_both_ways_with_slow_readers_and_a_half_close(self):
+        """Megabytes up and down at once through the splice path: every byte,
+        in order, counted exactly."""
+        pipes_before = pipe_fds(self.lbd.proc.pid)
+        bytes_in = self.lbd.metric("lbd_backend_bytes_in_total", pool="bulk", backend="k")
+        bytes_out = self.lbd.metric("lbd_backend_bytes_out_total", pool="bulk", backend="k")
+        c = socket.socket()
+        slow_reader_buffer(c)
+        c.settimeout(scaled(30))
+        c.connect(("127.0.0.1", self.lbd.pool_port("bulk")))
+        sent = hashlib.sha256()
+        send_error = []
+
+        def upload():
+            try:
+                for chunk in pattern(1, UP_BYTES):
+                    c.sendall(chunk)
+                    sent.update(chunk)
+                c.shutdown(socket.SHUT_WR)  # while the download is still running
+            except OSError as exc:
+                send_error.append(repr(exc))
+
+        uploader = threading.Thread(target=upload, daemon=True)
+        uploader.start()
+        got, n, half_closed_at = hashlib.sha256(), 0, None
+        while True:
+            d = c.recv(16384 if n < (2 << 20) else 262144)
+            if not d:
+                break
+            got.update(d)
+            n += len(d)
+            if n < (2 << 20):
+                time.sleep(0.003)  # slow for the first 2 MiB: lbd keeps bytes
+            if half_closed_at is None and not uploader.is_alive():
+                half_closed_at = n
+        uploader.join(scaled(30))
+        c.close()
+        self.assertEqual(send_error, [])
+        self.assertEqual(n, DOWN_BYTES)
+        self.assertIsNotNone(half_closed_at)
+        self.assertLess(half_closed_at, DOWN_BYTES, "the upload ended after the download")
+        wait_until(lambda: self.bulk.results, scaled(30), "the backend to finish")
+        up_sha, up_len, down_sha, error = self.bulk.results[-1]
+        self.assertIsNone(error)
+        self.assertEqual(up_len, UP_BYTES)
+        self.assertEqual(up_sha, sent.hexdigest(), "the upload arrived altered")
+        self.assertEqual(got.hexdigest(), down_sha, "the download arrived altered")
+        wait_until(lambda: self.lbd.metric("lbd_backend_bytes_out_total", pool="bulk",
+                                           backend="k") - bytes_out == DOWN_BYTES,
+                   scaled(5), "bytes_out to count the download")
+        self.assertEqual(self.lbd.metric("lbd_backend_bytes_in_total", pool="bulk",
+                                         backend="k") - bytes_in, UP_BYTES)
+        # Spliced: the worker keeps empty pipes for the next bulk transfer.
+        self.assertGreater(pipe_fds(self.lbd.proc.pid), pipes_before)
+
 
 
 if __name__ == "__main__":
