@@ -4,6 +4,7 @@
     /usr/bin/python3 tests/bench/compare.py [--threads 1,2] [-m keepalive,close,bulk]
                                             [-r ROUNDS] [-d DURATION] [--pin]
                                             [--syscalls [--syscall-conns 2000]]
+                                            [--bulk-syscalls SECS] [--baseline LBD]
                                             [--perf FILE] [--keep DIR]
 
 1. Throughput.  For each T in --threads, runs lb-compare (the shared
@@ -27,7 +28,15 @@
    one connection each, one after the other, detaches and prints system
    calls per connection by name, the three side by side.
 
-3. --perf FILE.  With the same set-up, `perf record -g` on lbd while wrk
+3. --bulk-syscalls SECS.  The same set-up; for each balancer in turn,
+   `strace -c -f -p` while `wrk -t1 -c64 -dSECS` fetches the backends'
+   1 MiB /big.bin through it; system calls per response (= per MiB).
+
+--baseline LBD: a second lbd binary (say, a build of main) measured in the
+same runs beside the first, as lb-compare candidate "lbd-base" (and in
+--syscalls/--bulk-syscalls): its rows in the table carry "base".
+
+4. --perf FILE.  With the same set-up, `perf record -g` on lbd while wrk
    runs close mode through it for --perf-seconds; read it with
    `perf report -i FILE`.
 
@@ -91,11 +100,15 @@ def candidate_command(etcd_url, lbd, workers):
 
 
 def run_lb_compare(args, threads, candidate, raw_path, out_path):
+    # -t: lb-compare's "direct" target (wrk straight to a backend) is not
+    # part of the table; skipping it saves a fifth of the run.
     argv = [args.lb_compare, "--lb-threads", str(threads), "-m", args.modes,
             "-r", str(args.rounds), "-d", args.duration, "--raw", raw_path,
-            "--candidate", candidate, "--candidate-name", "lbd"]
+            "-t", "haproxy,nginx", "--candidate", candidate, "--candidate-name", "lbd"]
     if args.pin:
         argv.append("--pin")
+    if args.baseline_candidate:
+        argv += ["--candidate", args.baseline_candidate, "--candidate-name", "lbd-base"]
     log("T=%d: %s" % (threads, " ".join(argv)))
     with open(out_path, "wb") as out:
         # Progress (stderr) goes through; the table (stdout) is kept.
@@ -145,8 +158,10 @@ def ratio(a, b):
     return "%.2f" % (a / b)
 
 
-def throughput_table(results, modes, workers):
-    cols = [("T", 2), ("mode", 9), ("lbd req/s", 10), ("rps/hap", 7), ("rps/ngx", 7),
+def throughput_table(results, modes, workers, lbds=("lbd",)):
+    """One row per T, mode and lbd build (lbds: candidate names; "lbd-base"
+    is shown as "base")."""
+    cols = [("T", 2), ("mode", 9 + (5 if len(lbds) > 1 else 0)), ("lbd req/s", 10), ("rps/hap", 7), ("rps/ngx", 7),
             ("lbd cpu-s", 9), ("cpu/hap", 7), ("cpu/ngx", 7), ("lbd p99", 8),
             ("p99/hap", 7), ("p99/ngx", 7), ("errors", 14), ("host%", 5)]
     lines = [" ".join("%*s" % (w, n) for n, w in cols),
@@ -154,13 +169,16 @@ def throughput_table(results, modes, workers):
                       zip(["", "", "median", "", "", "/100k req", "", "", "ms", "", "", "lbd/hap/ngx",
                            "busy"], [w for _, w in cols]))]
     for threads, runs in results:
-        for mode in modes:
-            s = {p: summarize(runs[(mode, p)]) for p in PROXIES if (mode, p) in runs}
-            if set(s) != set(PROXIES):
-                lines.append("%2d %9s  (missing results: %s)" % (threads, mode, sorted(s)))
+        for mode, name in ((m, n) for m in modes for n in lbds):
+            want = (name, "haproxy", "nginx")
+            s = {p: summarize(runs[(mode, p)]) for p in want if (mode, p) in runs}
+            label = mode if len(lbds) == 1 else "%s %s" % (mode, "base" if name == "lbd-base" else
+                                                            "new")
+            if set(s) != set(want):
+                lines.append("%2d %9s  (missing results: %s)" % (threads, label, sorted(s)))
                 continue
-            lbd, hap, ngx = s["lbd"], s["haproxy"], s["nginx"]
-            cells = [str(threads), mode, "%.0f" % lbd["rps"],
+            lbd, hap, ngx = s[name], s["haproxy"], s["nginx"]
+            cells = [str(threads), label, "%.0f" % lbd["rps"],
                      ratio(lbd["rps"], hap["rps"]), ratio(lbd["rps"], ngx["rps"]),
                      "%.3f" % lbd["cpu100k"] if lbd["cpu100k"] is not None else "-",
                      ratio(lbd["cpu100k"], hap["cpu100k"]), ratio(lbd["cpu100k"], ngx["cpu100k"]),
@@ -202,12 +220,20 @@ def nginx_stream_load():
 
 
 def start_backends(h, n):
-    """n nginx HTTP backends answering 'ok\\n', as lb-compare's."""
+    """n nginx HTTP backends answering 'ok\\n' and serving a 1 MiB /big.bin,
+    as lb-compare's."""
     ports = []
     for i in range(1, n + 1):
         port = free_port()
         d = h.path("backend%d" % i)
         os.makedirs(os.path.join(d, "tmp"))
+        os.makedirs(os.path.join(d, "www"))
+        with open(os.path.join(d, "www", "big.bin"), "wb") as f:
+            f.write(bytes(1048576))
+        # nginx workers drop to an unprivileged user: let them read the body.
+        for path in (h.path(), d, os.path.join(d, "www")):
+            os.chmod(path, 0o755)
+        os.chmod(os.path.join(d, "www", "big.bin"), 0o644)
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write("""daemon off;
 master_process on;
@@ -230,6 +256,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{ return 200 "ok\\n"; }}
+        location = /big.bin {{ root {d}/www; }}
     }}
 }}
 """.format(d=d, port=port))
@@ -313,7 +340,7 @@ def answers(port):
         return False
 
 
-def start_all(h, etcd, lbd):
+def start_all(h, etcd, lbd, baseline=None):
     backends = start_backends(h, 3)
     for b in backends:
         wait_until(lambda b=b: port_is_open(b), 10, "backend on %d" % b)
@@ -321,6 +348,8 @@ def start_all(h, etcd, lbd):
     procs["haproxy"] = start_haproxy(h, backends)
     procs["nginx"] = start_nginx_stream(h, backends)
     procs["lbd"] = start_lbd(h, etcd, lbd, backends)
+    if baseline:
+        procs["lbd-base"] = start_lbd(h, etcd, baseline, backends)
     for name, (proc, port) in procs.items():
         def up(proc=proc, port=port):
             if not proc.alive():
@@ -362,9 +391,9 @@ def parse_strace_summary(path):
     return out
 
 
-def count_syscalls(h, name, proc, port, n, warmup=50):
-    for _ in range(warmup):  # lazy set-up (first connections, pools) not counted
-        http_close(port)
+def attach_strace(h, name, proc):
+    """strace -c -f on every process and thread of balancer `name`:
+    (tracer, output path, threads traced)."""
     pids = worker_pids(name, proc)
     tids = [t for p in pids for t in threads_of(p)]
     out = h.path("strace.%s.txt" % name)
@@ -375,6 +404,13 @@ def count_syscalls(h, name, proc, port, n, warmup=50):
     # strace says "Process N attached [with T threads]" once per -p.
     wait_until(lambda: tracer.log_text().count("attached") >= len(pids), 10,
                "strace attached to %s" % name)
+    return tracer, out, len(tids)
+
+
+def count_syscalls(h, name, proc, port, n, warmup=50):
+    for _ in range(warmup):  # lazy set-up (first connections, pools) not counted
+        http_close(port)
+    tracer, out, ntid = attach_strace(h, name, proc)
     failed = 0
     t0 = time.monotonic()
     for _ in range(n):
@@ -386,23 +422,39 @@ def count_syscalls(h, name, proc, port, n, warmup=50):
     elapsed = time.monotonic() - t0
     time.sleep(0.3)  # the balancer's own closes after the client saw EOF
     tracer.stop(timeout=10, sig=signal.SIGINT)
-    return parse_strace_summary(out), failed, elapsed, len(tids)
+    return parse_strace_summary(out), failed, elapsed, ntid
 
 
-def syscall_table(counts, n, top):
-    calls = {p: {k: v[0] / n for k, v in counts[p].items()} for p in PROXIES}
-    errors = {p: sum(v[1] for v in counts[p].values()) / n for p in PROXIES}
-    names = sorted({k for p in PROXIES for k in calls[p]},
-                   key=lambda k: -max(calls[p].get(k, 0) for p in PROXIES))
-    shown = [k for k in names if max(calls[p].get(k, 0) for p in PROXIES) >= 0.05][:top]
-    lines = ["%-16s %8s %8s %8s" % (("per connection",) + PROXIES)]
-    lines.append("%-16s %8.1f %8.1f %8.1f" % (("total",) + tuple(sum(calls[p].values())
-                                                                  for p in PROXIES)))
-    lines.append("%-16s %8.1f %8.1f %8.1f" % (("(failed calls)",) + tuple(errors[p]
-                                                                          for p in PROXIES)))
+def count_bulk_syscalls(h, name, proc, port, secs):
+    """strace -c while wrk fetches 1 MiB responses through the balancer:
+    ({syscall: (calls, errors)}, responses)."""
+    tracer, out, _ = attach_strace(h, name, proc)
+    wrk = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % secs,
+                          "http://127.0.0.1:%d/big.bin" % port], capture_output=True, text=True)
+    tracer.stop(timeout=10, sig=signal.SIGINT)
+    m = re.search(r"(\d+) requests in", wrk.stdout)
+    if not m or int(m.group(1)) == 0:
+        raise RuntimeError("wrk through %s: no responses:\n%s%s" % (name, wrk.stdout, wrk.stderr))
+    return parse_strace_summary(out), int(m.group(1))
+
+
+def syscall_table(counts, n, top, what="per connection"):
+    """counts: {balancer: {syscall: (calls, errors)}}, in column order; n:
+    {balancer: divisor} or one divisor for all."""
+    names_p = list(counts)
+    div = n if isinstance(n, dict) else {p: n for p in names_p}
+    calls = {p: {k: v[0] / div[p] for k, v in counts[p].items()} for p in names_p}
+    errors = {p: sum(v[1] for v in counts[p].values()) / div[p] for p in names_p}
+    names = sorted({k for p in names_p for k in calls[p]},
+                   key=lambda k: -max(calls[p].get(k, 0) for p in names_p))
+    shown = [k for k in names if max(calls[p].get(k, 0) for p in names_p) >= 0.05][:top]
+    row = "%-16s" + " %8s" * len(names_p)
+    num = lambda fmt: "%-16s" + (" " + fmt) * len(names_p)  # noqa: E731
+    lines = [row % ((what,) + tuple(names_p))]
+    lines.append(num("%8.1f") % (("total",) + tuple(sum(calls[p].values()) for p in names_p)))
+    lines.append(num("%8.1f") % (("(failed calls)",) + tuple(errors[p] for p in names_p)))
     for k in shown:
-        lines.append("%-16s %8.2f %8.2f %8.2f" % ((k,) + tuple(calls[p].get(k, 0)
-                                                               for p in PROXIES)))
+        lines.append(num("%8.2f") % ((k,) + tuple(calls[p].get(k, 0) for p in names_p)))
     return "\n".join(lines)
 
 
@@ -437,6 +489,10 @@ def main():
                     help="count system calls per new connection under strace -c")
     ap.add_argument("--syscall-conns", type=int, default=2000)
     ap.add_argument("--syscall-top", type=int, default=20, help="rows of the syscall table")
+    ap.add_argument("--bulk-syscalls", type=int, metavar="SECS",
+                    help="count system calls per 1 MiB response under strace -c, wrk for SECS")
+    ap.add_argument("--baseline", metavar="LBD",
+                    help="a second lbd binary measured beside --lbd (rows marked base)")
     ap.add_argument("--perf", metavar="FILE", help="perf record -g lbd in close mode into FILE")
     ap.add_argument("--perf-seconds", type=int, default=5)
     ap.add_argument("--lbd", default=os.path.join(ROOT, "build", "balancer", "lbd"))
@@ -451,6 +507,10 @@ def main():
     if not args.no_throughput and not os.access(args.lb_compare, os.X_OK):
         ap.error("no lb-compare at %s (set LB_COMPARE or --lb-compare)" % args.lb_compare)
     lbd = os.path.abspath(args.lbd)
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
+    if baseline and not os.access(baseline, os.X_OK):
+        ap.error("no lbd at %s (--baseline)" % baseline)
+    lbds = ("lbd", "lbd-base") if baseline else ("lbd",)
     workers = lbd_has_workers(lbd)
     log("lbd %s --workers" % ("has" if workers else "has no"))
 
@@ -462,6 +522,8 @@ def main():
         if not args.no_throughput:
             results, header = [], []
             cand = candidate_command(etcd.url, lbd, workers)
+            args.baseline_candidate = candidate_command(
+                etcd.url, baseline, lbd_has_workers(baseline)) if baseline else None
             for t in threads:
                 raw = os.path.join(keep, "raw.T%d.tsv" % t)
                 run_lb_compare(args, t, cand, raw, os.path.join(keep, "lb-compare.T%d.txt" % t))
@@ -471,13 +533,13 @@ def main():
             print("\n".join(header))
             print("# lb-compare -m %s -r %d -d %s%s; T = --lb-threads"
                   % (args.modes, args.rounds, args.duration, " --pin" if args.pin else ""))
-            print(throughput_table(results, args.modes.split(","), workers))
+            print(throughput_table(results, args.modes.split(","), workers, lbds))
             sys.stdout.flush()
-        if args.syscalls or args.perf:
-            procs = start_all(h, etcd, lbd)
+        if args.syscalls or args.bulk_syscalls or args.perf:
+            procs = start_all(h, etcd, lbd, baseline)
             if args.syscalls:
                 counts = {}
-                for name in PROXIES:
+                for name in lbds + PROXIES[1:]:
                     proc, port = procs[name]
                     counts[name], failed, secs, ntid = count_syscalls(h, name, proc, port,
                                                                       args.syscall_conns)
@@ -488,6 +550,19 @@ def main():
                       " requests, one connection each, 3 nginx backends, 1 thread each;"
                       " strace -c -f -p <worker threads>" % args.syscall_conns)
                 print(syscall_table(counts, args.syscall_conns, args.syscall_top))
+            if args.bulk_syscalls:
+                counts, responses = {}, {}
+                for name in lbds + PROXIES[1:]:
+                    proc, port = procs[name]
+                    counts[name], responses[name] = count_bulk_syscalls(h, name, proc, port,
+                                                                        args.bulk_syscalls)
+                    log("%s: %d responses of 1 MiB in %d s under strace"
+                        % (name, responses[name], args.bulk_syscalls))
+                print()
+                print("# system calls per 1 MiB response: wrk -t1 -c64 -d%ds /big.bin, 3 nginx"
+                      " backends, 1 thread each; strace -c -f -p <worker threads>"
+                      % args.bulk_syscalls)
+                print(syscall_table(counts, responses, args.syscall_top, "per MiB"))
             if args.perf:
                 proc, port = procs["lbd"]
                 perf_record(h, proc, port, os.path.abspath(args.perf), args.perf_seconds)
