@@ -39,15 +39,17 @@
 #define PROBE_S        1.0  /* how often a peer we stopped reading is looked at */
 #define FIN_STALL_S    10.0 /* client gone and backend not reading for this long: end */
 #define HEADER_WAIT_S  5.0  /* accept-proxy: the PROXY header arrives within this */
-/* A direction that read this many bytes in a row, in reads of at least
- * READ_SLOW each, relays the rest of that run with splice(2); a smaller
- * read ends the run.  Small messages cost less through the scratch buffer
- * (docs/performance.md, "Bulk relay: splice").  A build may override it
- * to measure another threshold. */
+/* A direction that read this many bytes in reads of at least READ_SLOW
+ * relays the rest of that run with splice(2); SMALL_READS_END smaller reads
+ * in a row end the run (one alone is a message's header, or a stream's
+ * tail).  Small messages cost less through the scratch buffer
+ * (docs/performance.md, "Bulk relay: splice").  A build may override the
+ * threshold to measure another. */
 #ifndef SPLICE_AFTER
 #define SPLICE_AFTER (64u << 10)
 #endif
-#define SPLICE_FLAGS (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+#define SMALL_READS_END 3
+#define SPLICE_FLAGS    (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
 
 enum session_state {
     SESSION_HEADER, /* accept-proxy: reading the client's PROXY header */
@@ -66,7 +68,8 @@ struct half {
     size_t off, len;
     struct lb_pipe pipe;   /* the worker's, held only while bytes for `to` are in it */
     size_t piped;          /* bytes in the pipe, counted in the worker's pending_bytes */
-    size_t run;            /* bytes read in a row in big reads (up to SPLICE_AFTER) */
+    size_t run;            /* bytes of this run's big reads (up to SPLICE_AFTER) */
+    unsigned small_reads;  /* reads under READ_SLOW in a row */
     unsigned slow;         /* `to` filled up lately: read READ_SLOW at a time for this many reads */
     bool eof;              /* read 0 from `from` */
     bool shut;             /* forwarded as shutdown(to, SHUT_WR) */
@@ -333,12 +336,16 @@ static int half_keep(struct lb_session *s, struct half *h, const char *bytes, si
     return 0;
 }
 
-/* h read n bytes: a big read makes its run grow, a small one ends it. */
+/* h read n bytes: a big read makes its run grow, small ones end it. */
 static void half_note_run(struct half *h, size_t n)
 {
-    if (n < READ_SLOW)
-        h->run = 0;
-    else if (h->run < SPLICE_AFTER)
+    if (n < READ_SLOW) {
+        if (++h->small_reads >= SMALL_READS_END)
+            h->run = 0;
+        return;
+    }
+    h->small_reads = 0;
+    if (h->run < SPLICE_AFTER)
         h->run += n;
 }
 

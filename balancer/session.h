@@ -26,8 +26,8 @@
  * make lbd hold more than that plus 16 KiB each.  A read of 0 (EOF) is forwarded as
  * shutdown(SHUT_WR) once pending bytes are flushed (half-close).
  *
- * A direction that proves bulk (64 KiB in a row in reads of 16 KiB or
- * more; a smaller read ends the run) relays the rest of it with splice(2)
+ * A direction that proves bulk (64 KiB in reads of 16 KiB or more; three
+ * smaller reads in a row end the run) relays the rest of it with splice(2)
  * through a kernel pipe instead (HAProxy's splice-auto): the bytes never
  * reach user space.  Bytes its destination cannot take stay in the pipe and
  * are pending like a buffer's: reading pauses, EOF waits for them, they
