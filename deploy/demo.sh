@@ -3,19 +3,24 @@
 #
 #   bash deploy/demo.sh
 #
-# Installs what is missing, builds lbd and lbctl, starts a real etcd on free
-# loopback ports, three demo backends that register themselves with
+# Installs what is missing (`deploy/install-deps.sh --demo`: compiler, cmake,
+# the libraries, etcd, python3; nothing test-only), builds lbd and lbctl with
+# -DLB_TESTS=OFF in build-demo/ (never the tests' build/), starts a real etcd
+# on free loopback ports, three demo backends that register themselves with
 # `lbctl register`, and lbd in front of them.  Sends traffic, drains one
-# backend with `lbctl drain`, sends traffic again, then stops everything it
-# started.  Logs stay in the printed directory.
+# backend with `lbctl drain`, sends traffic again, lets one backend leave,
+# checks who answered each round, then stops everything it started (by PID,
+# on success, failure or Ctrl-C).  Only 127.0.0.1 is used.  Logs stay in the
+# printed directory.  The last line is "demo: OK ..." and the exit status 0
+# only if every round went as described.
 #
-# Environment: CONNECTIONS (default 300), BUILD_DIR (default build),
+# Environment: CONNECTIONS (default 300), BUILD_DIR (default build-demo),
 # LB_SKIP_DEPS=1 to never call apt, LB_PREBUILT=1 to use BUILD_DIR's binaries as they are.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-demo}
 CONNECTIONS=${CONNECTIONS:-300}
 PY=/usr/bin/python3
 PREFIX=/lb-demo/
@@ -28,14 +33,14 @@ info() { printf '    %s\n' "$*"; }
 # --- 1. packages and build -------------------------------------------------
 say "Checking packages (apt runs only for missing ones)"
 if [[ -z "${LB_SKIP_DEPS:-}" ]]; then
-    bash deploy/install-deps.sh --runtime
+    bash deploy/install-deps.sh --demo
 fi
 
 if [[ -n "${LB_PREBUILT:-}" ]]; then
     say "Using prebuilt lbd and lbctl from $BUILD_DIR"
 else
-    say "Building lbd and lbctl in $BUILD_DIR"
-    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    say "Building lbd and lbctl in $BUILD_DIR (tests off: -DLB_TESTS=OFF)"
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLB_TESTS=OFF >/dev/null
     cmake --build "$BUILD_DIR" -j "$(nproc)" --target lbd lbctl >/dev/null
 fi
 LBD=$BUILD_DIR/balancer/lbd
@@ -47,20 +52,43 @@ info "lbctl: $LBCTL"
 DEMO_DIR=$(mktemp -d /tmp/lbd-demo.XXXXXX)
 PIDS=()
 
+# Every process the demo starts is its own child, recorded in PIDS.  Only
+# those PIDs are signalled, and only while /proc says the PID is still a live
+# child of this shell (so a PID reused by a stranger is never touched); each
+# is reaped here, so none outlives the demo.
+ours() { # pid: a live (not zombie) child of this shell?
+    local stat rest state ppid
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    rest=${stat##*) }             # after "pid (comm) ": "state ppid ..."
+    read -r state ppid _ <<<"$rest"
+    [[ $state != Z && $ppid == "$$" ]]
+}
+
 cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
+    local rc=$? pid i alive
+    trap - EXIT INT TERM HUP
     if ((${#PIDS[@]})); then
         say "Stopping everything the demo started"
         for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
             pid=${PIDS[$i]}
-            kill -TERM "$pid" 2>/dev/null || true
+            if ours "$pid"; then kill -TERM "$pid" 2>/dev/null || true; fi
+        done
+        for _ in $(seq 50); do # up to 5 s for all of them together
+            alive=0
+            for pid in "${PIDS[@]}"; do
+                if ours "$pid"; then alive=1; fi
+            done
+            ((alive)) || break
+            sleep 0.1
         done
         for pid in "${PIDS[@]}"; do
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
+            if ours "$pid"; then
+                info "pid $pid did not stop on SIGTERM within 5 s: SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
             wait "$pid" 2>/dev/null || true
         done
+        PIDS=()
     fi
     rm -rf "$DEMO_DIR/etcd.data"
     printf '\nLogs: %s\n' "$DEMO_DIR"
@@ -68,7 +96,9 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 start() { # name cmd... : runs in the background, output to $DEMO_DIR/name.log
     local name=$1; shift
@@ -89,7 +119,8 @@ EOF
 
 wait_for() { # what timeout-seconds python-expression
     "$PY" - "$@" <<'EOF' || { echo "demo: timed out waiting for $1" >&2; exit 1; }
-import sys, time, urllib.request, subprocess, socket
+import signal, sys, time, urllib.request, subprocess, socket
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: stop quietly
 what, timeout, expr = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 def http_ok(url):
     try:
@@ -124,9 +155,11 @@ while True:
 EOF
 
 cat >"$DEMO_DIR/traffic.py" <<'EOF'
-# Opens N new connections to the pool and shows who answered.
-import collections, socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+# Opens N new connections to the pool and shows who answered.  Then checks:
+# every connection was answered by a backend, each +ID got some, no -ID any.
+import collections, signal, socket, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: stop quietly
+port, n, expect = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 seen = collections.Counter()
 for _ in range(n):
     try:
@@ -137,9 +170,15 @@ for _ in range(n):
         seen["(error: %s)" % e.strerror] += 1
 for who in sorted(seen):
     print("    %-12s %4d  %s" % (who, seen[who], "#" * (seen[who] * 50 // n)))
+bad = [who for who in seen if who.startswith("(")]
+bad += ["%s got none" % e[1:] for e in expect if e[0] == "+" and not seen[e[1:]]]
+bad += ["%s got %d" % (e[1:], seen[e[1:]]) for e in expect if e[0] == "-" and seen[e[1:]]]
+if bad:
+    sys.exit("demo: unexpected: " + "; ".join(bad))
 EOF
 
 mapfile -t PORTS < <(free_ports 9)
+((${#PORTS[@]} == 9)) || { echo "demo: could not find free loopback ports" >&2; exit 1; }
 ETCD_CLIENT=${PORTS[0]} ETCD_PEER=${PORTS[1]}
 POOL_PORT=${PORTS[2]} ADMIN_PORT=${PORTS[3]} HTTP_PORT=${PORTS[4]}
 BACKEND_PORTS=("${PORTS[5]}" "${PORTS[6]}" "${PORTS[7]}")
@@ -182,7 +221,7 @@ ctl backends "$POOL" | sed 's/^/    /'
 
 # --- 5. traffic ----------------------------------------------------------------
 say "Round 1: $CONNECTIONS new connections to 127.0.0.1:$POOL_PORT"
-"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" "$CONNECTIONS"
+"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" "$CONNECTIONS" +b1 +b2 +b3
 
 # --- 6. drain ------------------------------------------------------------------
 say "Draining b2: lbctl drain $POOL b2 (open connections would run to completion)"
@@ -191,16 +230,19 @@ say "lbctl backends $POOL"
 ctl backends "$POOL" | sed 's/^/    /'
 
 say "Round 2: $CONNECTIONS new connections; b2 should get none"
-"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" "$CONNECTIONS"
+"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" "$CONNECTIONS" +b1 -b2 +b3
 
 # --- 7. a backend leaves -------------------------------------------------------
 say "b3's registrar gets SIGTERM (its pod is going away): it revokes its lease"
 kill -TERM "$REGISTER_B3_PID"
-wait "$REGISTER_B3_PID" 2>/dev/null || true
+wait "$REGISTER_B3_PID" 2>/dev/null || true # reaped: no longer ours to signal
+for i in "${!PIDS[@]}"; do [[ ${PIDS[$i]} != "$REGISTER_B3_PID" ]] || unset 'PIDS[i]'; done
+PIDS=("${PIDS[@]}")
 wait_for "b3 to leave" 10 \
     "b'\"b3\"' not in subprocess.run(['$LBCTL','--admin','$ADMIN','-o','json','backends','$POOL'],capture_output=True).stdout"
 say "Round 3: only b1 is left to take new connections"
-"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" 30
+"$PY" "$DEMO_DIR/traffic.py" "$POOL_PORT" 30 +b1 -b2 -b3
 ctl backends "$POOL" | sed 's/^/    /'
 
 say "Done. Metrics: curl http://127.0.0.1:$HTTP_PORT/metrics while it runs; lbd's log is in $DEMO_DIR/lbd.log"
+echo "demo: OK: traffic reached b1, b2 and b3; drained b2 got no new connections; after b3 left, b1 took them all"

@@ -1,26 +1,69 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages lbd needs to build, test, fuzz and
-# benchmark -- only those missing; apt is not touched when all are there.
+# Installs the Debian 12 packages lbd needs -- only those missing; apt is not
+# touched when all are there.  Two sets, each complete on a fresh Debian 12:
 #
-#   deploy/install-deps.sh            # everything (build, tests, fuzz, bench)
-#   deploy/install-deps.sh --runtime  # only what running the demo needs
+#   deploy/install-deps.sh           # all: the demo's set + tests, fuzz, bench
+#   deploy/install-deps.sh --demo    # only the demo's set: build lbd and lbctl
+#                                    # (cmake -DLB_TESTS=OFF) and run the demo
+#   deploy/install-deps.sh --list [--demo]   # print the set, one a line; no apt
 #
-# Must run as root (or with sudo available).  Package post-install scripts
-# are not allowed to start services (etcd, nginx, haproxy): tests and the
-# demo start their own instances on free loopback ports, and a system etcd
-# listening on 2379 would only confuse someone reading a log.
+# (--runtime is the old name of --demo.)  Must run as root (or with sudo).
+# Package post-install scripts are not allowed to start services (etcd,
+# nginx, haproxy): tests and the demo start their own instances on free
+# loopback ports, and a system etcd on 2379 would only confuse a log reader.
+#
+# Keep DEMO_PKGS in step with every find_package/pkg_check_modules/
+# find_program outside tests/ and with what deploy/demo.sh runs;
+# tests/fresh/demo-fresh-root.sh proves it on a fresh Debian 12 root.
 set -euo pipefail
 
-BUILD_PKGS=(build-essential cmake pkg-config libev-dev libcurl4-openssl-dev libnghttp2-dev
-            libprotobuf-c-dev protobuf-c-compiler libjson-c-dev libmicrohttpd-dev libssl-dev
-            libsystemd-dev)
-TEST_PKGS=(libcmocka-dev etcd-server etcd-client python3 python3-grpcio
-           python3-yaml clang clang-format libclang-rt-14-dev libfuzzer-14-dev)
-BENCH_PKGS=(haproxy nginx libnginx-mod-stream wrk)
+# --- the demo: build lbd + lbctl with -DLB_TESTS=OFF, then run them -----------
+DEMO_PKGS=(
+    gcc libc6-dev make cmake pkg-config  # compiler, cmake, find_package(PkgConfig)
+    libev-dev                            # find_path(ev.h), find_library(ev)
+    libcurl4-openssl-dev                 # pkg_check_modules(libcurl)
+    libnghttp2-dev                       # pkg_check_modules(libnghttp2)
+    libprotobuf-c-dev                    # pkg_check_modules(libprotobuf-c)
+    protobuf-c-compiler                  # find_program(protoc-c)
+    libjson-c-dev                        # pkg_check_modules(json-c)
+    libmicrohttpd-dev                    # pkg_check_modules(libmicrohttpd)
+    libssl-dev                           # pkg_check_modules(libssl, libcrypto)
+    libsystemd-dev                       # balancer/: pkg_check_modules(libsystemd)
+    etcd-server                          # demo.sh runs etcd
+    python3                              # demo.sh's backends and traffic (/usr/bin/python3)
+)
+# --- what the tests, the fuzzers and the benchmarks add ------------------------
+TEST_PKGS=(
+    build-essential                      # the full toolchain a developer expects
+    libcmocka-dev                        # tests/unit, tests/component
+    etcd-client                          # etcdctl in the integration tests
+    python3-grpcio python3-yaml          # integration tests (interop, deploy files)
+    openssl                              # the TLS tests make certificates
+    clang clang-format libclang-rt-14-dev libfuzzer-14-dev   # format, fuzz stages
+    debootstrap                          # tests/fresh: the demo on a fresh Debian 12 root
+    golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev golang-gopkg-yaml.v3-dev
+                                         # tests/chart: Helm's template engine, built offline
+    python3-jsonschema python3-kubernetes curl   # tests/chart: schema, API models, the hook Job
+)
+BENCH_PKGS=(haproxy nginx libnginx-mod-stream wrk strace)
 
-pkgs=("${BUILD_PKGS[@]}" etcd-server etcd-client python3)
-if [[ "${1:-}" != "--runtime" ]]; then
-    pkgs=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}")
+set_name=all list=0
+for arg in "$@"; do
+    case "$arg" in
+        --demo | --runtime) set_name=demo ;;
+        --list) list=1 ;;
+        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "install-deps: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [[ $set_name == demo ]]; then
+    pkgs=("${DEMO_PKGS[@]}")
+else
+    pkgs=("${DEMO_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}")
+fi
+if ((list)); then
+    printf '%s\n' "${pkgs[@]}"
+    exit 0
 fi
 
 say() { printf '[install-deps] %s\n' "$*"; }
@@ -41,9 +84,9 @@ for p in "${pkgs[@]}"; do
 done
 
 if ((${#missing[@]} == 0)); then
-    say "all ${#pkgs[@]} packages present; apt not needed"
+    say "all ${#pkgs[@]} packages ($set_name) present; apt not needed"
 else
-    say "installing ${#missing[@]} missing package(s): ${missing[*]}"
+    say "installing ${#missing[@]} missing package(s) ($set_name): ${missing[*]}"
     # Keep postinst scripts from starting daemons while we install.
     policy=/usr/sbin/policy-rc.d
     made_policy=0
@@ -79,7 +122,7 @@ if is_installed etcd-server; then
 fi
 
 # The interpreter the tests use must have grpc.
-if [[ "${1:-}" != "--runtime" ]] && ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+if [[ $set_name == all ]] && ! /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
     echo "install-deps: /usr/bin/python3 cannot import grpc (python3-grpcio)" >&2
     exit 1
 fi

@@ -14,6 +14,7 @@
 #   tsan-test   unit tests, the mailbox, the multi-worker and upgrade integration tests in build-tsan/
 #   fuzz-build  build-fuzz/  clang, -DLB_FUZZ=ON (libFuzzer + ASan + UBSan)
 #   fuzz        every fuzz_* target for FUZZ_SECONDS over tests/fuzz/corpus/<name>/
+#   fresh-demo  deploy/demo.sh in a new debootstrapped Debian 12 root (tests/fresh/)
 #
 # Knobs (environment): JOBS (default: nproc), FUZZ_SECONDS (default 20),
 # SKIP_STAGES (e.g. "asan-build asan-test fuzz-build fuzz" for a quick run),
@@ -143,7 +144,7 @@ fi
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:second_deadlock_stack=1}
 run_tsan_ctest() {
     ctest --test-dir build-tsan --output-on-failure --no-tests=error -j "$JOBS" \
-        -R '^(unit\.|component\.test_mailbox$|integration\.(workers|data_plane|lifecycle|e2e|connect_path|upgrade)$)'
+        -R '^(unit\.|component\.test_mailbox$|integration\.(workers|data_plane|lifecycle|e2e|connect_path|upgrade|edge)$)'
 }
 run_stage tsan-build configure_and_build build-tsan -DLB_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
 if stage_ok tsan-build; then
@@ -217,6 +218,8 @@ elif skipped fuzz; then
 else
     record fuzz "NOT RUN (build failed)" 0; TESTS_FAILED=$((TESTS_FAILED + 1))
 fi
+
+run_stage fresh-demo bash tests/fresh/demo-fresh-root.sh
 
 # ---------------------------------------------------------------------------
 note "summary ($((SECONDS - START))s, logs in $LOG_DIR)"
