@@ -293,7 +293,8 @@ static const char *tls_reason(char *buf, size_t size)
 }
 
 /* Loads the certificate and key into a context that only speaks h2 over TLS 1.2+. */
-static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o, char **err)
+/* A TLS context from o's files into *out (NULL when TLS is off).  Returns 0 or -errno. */
+static int tls_context_new(const struct lb_admin_options *o, SSL_CTX **out, char **err)
 {
     /* HTTP/2 forbids TLS 1.2 ciphers without forward secrecy or AEAD (RFC 7540, 9.2.2). */
     static const char ciphers12[] = "ECDHE+AESGCM:ECDHE+CHACHA20";
@@ -365,12 +366,55 @@ static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_opti
                 "file=%s",
                 o->tls_cert_file);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
-    s->tls = ctx;
+    *out = ctx;
     return 0;
 fail:
     SSL_CTX_free(ctx);
     ERR_clear_error();
     return rc;
+}
+
+static int server_tls_init(struct lb_admin_server *s, const struct lb_admin_options *o, char **err)
+{
+    return tls_context_new(o, &s->tls, err);
+}
+
+int lb_admin_server_reload_token(struct lb_admin_server *s, const char *token_file, char **err)
+{
+    struct lb_admin_auth auth;
+    int rc;
+
+    if (!token_file)
+        return 0;
+    memset(&auth, 0, sizeof(auth));
+    rc = lb_admin_auth_load(&auth, token_file, err);
+    if (rc == 0) {
+        s->auth = auth; /* calls from now on; connections keep nothing of the old one */
+        if (auth.file_shared)
+            LB_WARN(LOG_SUB,
+                    "msg=\"the admin token file is readable by every user; chmod o-rwx it\" "
+                    "file=%s",
+                    token_file);
+    }
+    OPENSSL_cleanse(&auth, sizeof(auth));
+    return rc;
+}
+
+int lb_admin_server_reload_tls(struct lb_admin_server *s, const struct lb_admin_options *o,
+                               char **err)
+{
+    SSL_CTX *ctx = NULL;
+    int rc;
+
+    if (!s->tls)
+        return 0;
+    rc = tls_context_new(o, &ctx, err);
+    if (rc < 0)
+        return rc;
+    /* Open connections hold a reference to the old context: they go on with it. */
+    SSL_CTX_free(s->tls);
+    s->tls = ctx;
+    return 0;
 }
 
 /* Binds the listener; its errors name the setting and the address. */

@@ -113,6 +113,16 @@ int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_bu
  */
 void lb_admin_server_free(struct lb_admin_server *s);
 
+/*
+ * SIGHUP: reads the token file / the TLS certificate and key again.  New
+ * connections and calls use the new ones; open TLS connections go on with
+ * the certificate they were made with.  Returns 0 (also when not
+ * configured), or a negative errno with *err: the old one stays in use.
+ */
+int lb_admin_server_reload_token(struct lb_admin_server *s, const char *token_file, char **err);
+int lb_admin_server_reload_tls(struct lb_admin_server *s, const struct lb_admin_options *o,
+                               char **err);
+
 /* The listening socket (handed to the next process at an upgrade), -1 once closed. */
 int lb_admin_server_listen_fd(const struct lb_admin_server *s);
 

@@ -504,9 +504,55 @@ static void lbd_usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
         LB_WARN("lbd", "msg=\"SIGUSR2: no upgrade\" reason=\"%s\"", why);
 }
 
+/* Logs the outcome of re-reading one file at SIGHUP. */
+static int lbd_reloaded(const char *what, const char *file, int rc, char *err)
+{
+    if (!file)
+        return 0;
+    if (rc < 0)
+        LB_ERROR("lbd",
+                 "msg=\"SIGHUP: cannot use the new %s, keeping the one in use\" file=%s "
+                 "error=\"%s\"",
+                 what, file, err ? err : strerror(-rc));
+    else
+        LB_INFO("lbd", "msg=\"SIGHUP: %s reloaded\" file=%s", what, file);
+    free(err);
+    return rc < 0;
+}
+
+/*
+ * SIGHUP re-reads credentials and certificates: the admin token, the admin
+ * TLS certificate and key, the etcd user file and etcd TLS files.  A file
+ * that cannot be used keeps the old one in use.  Pools and policies follow
+ * etcd live and need nothing.
+ */
 static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-    LB_INFO("lbd", "msg=\"SIGHUP: nothing to reload, pools and policies follow etcd live\"");
+    struct lbd *d = lb_container_of(w, struct lbd, sighup);
+    const struct lb_admin_options tls = {
+        .tls_cert_file = d->settings.admin_tls_cert,
+        .tls_key_file = d->settings.admin_tls_key,
+    };
+    char *err = NULL;
+    int rc, failed = 0;
+
+    if (d->admin) {
+        rc = lb_admin_server_reload_token(d->admin, d->settings.admin_token_file, &err);
+        failed += lbd_reloaded("admin token", d->settings.admin_token_file, rc, err);
+        err = NULL;
+        rc = lb_admin_server_reload_tls(d->admin, &tls, &err);
+        failed +=
+            lbd_reloaded("admin TLS certificate and key", d->settings.admin_tls_cert, rc, err);
+        err = NULL;
+    }
+    if (d->watcher) {
+        rc = lb_etcd_opts_reload(&d->settings.etcd, lb_watcher_http(d->watcher), "lbd", &err);
+        failed += lbd_reloaded("etcd credentials", d->settings.etcd.user_file, rc, err);
+        if (!rc && (d->settings.etcd.ca_file || d->settings.etcd.cert_file))
+            LB_INFO("lbd", "msg=\"SIGHUP: etcd TLS files are read again for the next "
+                           "connection\"");
+    }
+    LB_INFO("lbd", "msg=\"SIGHUP handled\" failed=%d", failed);
 }
 
 /* -------------------------------------------------------------- main -- */

@@ -253,7 +253,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 static int setup_easy(struct lb_etcd_call *c, const struct lb_etcd_request *req)
 {
-    const struct lb_etcd_http *h = c->h;
+    struct lb_etcd_http *h = c->h;
     char url[1024];
     CURL *e = c->easy;
     int n = snprintf(url, sizeof(url), "%s%s", req->endpoint, req->path);
@@ -285,6 +285,15 @@ static int setup_easy(struct lb_etcd_call *c, const struct lb_etcd_request *req)
     SET(CURLOPT_WRITEFUNCTION, write_cb);
     SET(CURLOPT_WRITEDATA, c);
     SET(CURLOPT_PRIVATE, c);
+    if (h->fresh_connect) {
+        /* Rotated TLS files take effect on a new connection; the ones open go on. */
+        SET(CURLOPT_FRESH_CONNECT, 1L);
+        h->fresh_connect = false;
+    }
+#if LIBCURL_VERSION_NUM >= 0x075700
+    /* Read the CA file for each new connection, not once a day: it may be rotated. */
+    SET(CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
     if (h->ca_file)
         SET(CURLOPT_CAINFO, h->ca_file);
     if (h->cert_file)
@@ -537,4 +546,21 @@ int lb_etcd_http_post_sync(struct lb_etcd_http *h, const struct lb_etcd_request 
         lb_etcd_http_forget_token(h, gen);
         lb_etcd_reply_free(out);
     }
+}
+
+void lb_etcd_http_set_creds(struct lb_etcd_http *h, const struct lb_etcd_creds *creds)
+{
+    lb_etcd_creds_wipe(&h->creds);
+    h->has_creds = creds != NULL;
+    if (creds)
+        h->creds = *creds;
+    /* The token was for the old user or password: the next call logs in again. */
+    memset(h->token, 0, sizeof(h->token));
+    h->token_gen++;
+    h->login_off = false;
+}
+
+void lb_etcd_http_renew_tls(struct lb_etcd_http *h)
+{
+    h->fresh_connect = true;
 }

@@ -117,6 +117,16 @@ int lb_etcd_http_new(struct ev_loop *loop, const struct lb_etcd_http_config *cfg
 /* Cancels every call (no callbacks), wipes the credentials, frees everything. */
 void lb_etcd_http_free(struct lb_etcd_http *h);
 
+/*
+ * SIGHUP: new credentials (copied; NULL: none) replace the old ones and the
+ * token is dropped, so the next call logs in with them; calls in flight
+ * finish with the token they carry.
+ */
+void lb_etcd_http_set_creds(struct lb_etcd_http *h, const struct lb_etcd_creds *creds);
+
+/* SIGHUP: the TLS files may have changed: the next call opens a new connection. */
+void lb_etcd_http_renew_tls(struct lb_etcd_http *h);
+
 /* True when the config names etcd credentials. */
 bool lb_etcd_http_has_login(const struct lb_etcd_http *h);
 

@@ -69,6 +69,7 @@ struct lb_etcd_http {
     char token[LB_ETCD_TOKEN_MAX]; /* "" = none */
     uint64_t token_gen;            /* bumped for every new token */
     bool login_off;                /* etcd said authentication is not enabled */
+    bool fresh_connect;            /* TLS files re-read: the next call opens a new connection */
     struct lb_etcd_call *login_call;
     struct lb_etcd_http_stats stats;
 };

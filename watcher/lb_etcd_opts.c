@@ -106,3 +106,30 @@ out:
     lb_etcd_creds_wipe(&creds);
     return rc;
 }
+
+int lb_etcd_opts_reload(const struct lb_etcd_opts *o, struct lb_etcd_http *h, const char *log_sub,
+                        char **err)
+{
+    struct lb_etcd_creds creds;
+    bool shared = false;
+    int rc = 0;
+
+    memset(&creds, 0, sizeof(creds));
+    if (o->user_file && o->user_file[0]) {
+        /* A bad new file leaves the old credentials in place. */
+        rc = lb_etcd_creds_load(o->user_file, &creds, &shared, err);
+        if (rc)
+            goto out;
+        if (shared)
+            LB_WARN(log_sub,
+                    "msg=\"the etcd credentials file is readable by every user; "
+                    "chmod o-rwx it\" file=%s",
+                    o->user_file);
+        lb_etcd_http_set_creds(h, &creds);
+    }
+    if (o->ca_file || o->cert_file)
+        lb_etcd_http_renew_tls(h);
+out:
+    lb_etcd_creds_wipe(&creds);
+    return rc;
+}

@@ -106,4 +106,13 @@ int lb_etcd_opts_client(const struct lb_etcd_opts *o, const struct lb_etcd_endpo
                         struct ev_loop *loop, const char *log_sub, struct lb_etcd_http **out,
                         char **err);
 
+/*
+ * SIGHUP: reads o's credentials file again into h (the next call logs in
+ * with them) and has the next call open a new connection, so rotated TLS
+ * files take effect.  Returns 0, or a negative errno with *err when the new
+ * file is unusable: h keeps the credentials it had.
+ */
+int lb_etcd_opts_reload(const struct lb_etcd_opts *o, struct lb_etcd_http *h, const char *log_sub,
+                        char **err);
+
 #endif

@@ -837,3 +837,8 @@ void lb_watcher_free(struct lb_watcher *w)
     free(w->endpoints);
     free(w);
 }
+
+struct lb_etcd_http *lb_watcher_http(struct lb_watcher *w)
+{
+    return w->http;
+}

@@ -115,6 +115,7 @@ struct lb_watcher_stats {
 #define LB_WATCHER_LAG_BUCKETS 12
 
 struct lb_watcher;
+struct lb_etcd_http;
 
 /*
  * Creates a watcher; nothing is sent before lb_watcher_start().  The sink is
@@ -130,6 +131,9 @@ int lb_watcher_start(struct lb_watcher *w);
 
 /* True once the first full listing has been delivered (and committed). */
 bool lb_watcher_has_synced(const struct lb_watcher *w);
+
+/* The etcd client the watcher uses (for SIGHUP's lb_etcd_opts_reload()). */
+struct lb_etcd_http *lb_watcher_http(struct lb_watcher *w);
 
 void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *out);
 
