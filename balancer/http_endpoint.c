@@ -25,10 +25,26 @@
  * yet closed by MHD never stop it accepting.  What lbd refuses, sheds or
  * times out is logged at most once a second per kind, with a count, and
  * counted in /metrics.
+ *
+ * The status page (status_page.h) adds /, /status.json and /events.  An
+ * event stream is a response that never ends, read from a callback: when
+ * its queue is empty the callback suspends the connection
+ * (MHD_suspend_connection, MHD_ALLOW_SUSPEND_RESUME) and returns 0; when an
+ * event or a heartbeat is queued the stream's wake resumes it and runs MHD
+ * at once (a zero timer), and MHD calls the callback again.  A suspended
+ * connection is out of MHD's sight, so lbd watches its socket meanwhile: a
+ * client that closes it (or sends anything) ends the stream.  A stream is
+ * inside its request, so it is proven: never shed and exempt from the
+ * header deadline, while it still counts against both caps; streams have
+ * caps of their own (MAX_EVENT_STREAMS, and MAX_EVENT_STREAMS_PER_PEER so
+ * that one address keeps slots for its probes).  The stream, and the
+ * subscription behind it, is freed when MHD frees the response: when the
+ * connection closes.
  */
 #include "http_endpoint.h"
 #include "lb_listen.h"
 #include "conn_guard.h"
+#include "status_page.h"
 #include "lb_addr.h"
 #include "lb_error.h"
 #include "lb_log.h"
@@ -53,6 +69,25 @@
 #define SWEEP_INTERVAL_S  0.5
 #define NOTE_INTERVAL_S   1.0
 #define IDLE_TIMEOUT_S    10 /* MHD: silence on a connection */
+
+/* The status page: /status.json's bound, /events' caps (within the connection caps). */
+#define STATUS_JSON_MAX            (64u << 20)
+#define MAX_EVENT_STREAMS          16 /* /events clients at once */
+#define MAX_EVENT_STREAMS_PER_PEER 8  /* half of MAX_PER_PEER: room left for probes */
+#define EVENT_BLOCK                4096
+/*
+ * A stream's socket send buffer, fixed (no autotuning): with the stream's own
+ * queue, what a client that stopped reading costs before it is dropped.
+ */
+#define EVENT_SNDBUF (64 << 10)
+/*
+ * Every answer: no MIME sniffing, no framing, no referrer, and a policy that
+ * lets the page run only its own script and style (no inline code, no
+ * other origin) and talk only to this port.
+ */
+#define CSP                                                                                        \
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "                \
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 /*
  * Connections the kernel queues for accept: a flood fills a short queue and
  * a probe's SYN is dropped (and resent a second later); lbd accepts and
@@ -60,7 +95,7 @@
  */
 #define LISTEN_BACKLOG 1024
 
-enum http_note { NOTE_REFUSED, NOTE_SHED, NOTE_HEADER_TIMEOUT, NOTE_MAX };
+enum http_note { NOTE_REFUSED, NOTE_SHED, NOTE_HEADER_TIMEOUT, NOTE_STREAM_REFUSED, NOTE_MAX };
 
 /* One per MHD connection, its socket context. */
 struct http_conn {
@@ -70,17 +105,30 @@ struct http_conn {
     bool shut;            /* shut down by lbd; MHD closes it next */
 };
 
+/* One /events client: its connection, its stream, and its socket while suspended. */
+struct http_stream {
+    struct lb_list link; /* h->streams */
+    struct lb_http *h;
+    struct MHD_Connection *conn;
+    struct lb_status_stream *stream;
+    struct lb_conn_peer peer;
+    ev_io peer_watch; /* the socket while MHD does not look: the client leaving */
+    bool suspended;
+};
+
 struct lb_http {
     struct ev_loop *loop;
     struct MHD_Daemon *daemon;
     struct lb_http_config cfg;
-    ev_io io;       /* MHD's epoll fd */
-    ev_timer timer; /* MHD's own timeouts */
-    ev_timer sweep; /* the header deadline */
+    struct lb_status *status; /* NULL without a registry */
+    struct lb_list streams;   /* struct http_stream */
+    ev_io io;                 /* MHD's epoll fd */
+    ev_timer timer;           /* MHD's own timeouts; 0 to run MHD after a resume */
+    ev_timer sweep;           /* the header deadline */
     ev_timer note_timer;
     struct lb_conn_guard guard;
     struct lb_rate_log notes[NOTE_MAX];
-    uint64_t refused, shed, header_timeouts;
+    uint64_t refused, shed, header_timeouts, streams_refused;
     int port;      /* as bound */
     int listen_fd; /* MHD's until lb_http_stop_listening(); -1 then */
 };
@@ -108,6 +156,12 @@ static void http_note_log(enum http_note what, unsigned long count)
                 "msg=\"probe connections closed: no complete request within %.0fs\" "
                 "count=%lu",
                 HEADER_DEADLINE_S, count);
+        break;
+    case NOTE_STREAM_REFUSED:
+        LB_WARN("http",
+                "msg=\"event streams refused: too many open\" count=%lu max_streams=%u "
+                "max_streams_per_peer=%u",
+                count, MAX_EVENT_STREAMS, MAX_EVENT_STREAMS_PER_PEER);
         break;
     case NOTE_MAX:
         break;
@@ -286,6 +340,18 @@ static int http_render_own_metrics(struct lb_http *h, struct lb_buf *out)
                                "%llu\n",
                                (unsigned long long)h->refused, (unsigned long long)h->shed,
                                (unsigned long long)h->header_timeouts);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_http_event_streams", "gauge",
+                               "Status page event streams (/events) open.");
+    if (!rc)
+        rc = lb_metrics_printf(out, "lbd_http_event_streams %u\n",
+                               h->status ? lb_status_stream_count(h->status) : 0);
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_http_event_streams_refused_total", "counter",
+                               "Event streams refused: too many open, in all or from one address.");
+    if (!rc)
+        rc = lb_metrics_printf(out, "lbd_http_event_streams_refused_total %llu\n",
+                               (unsigned long long)h->streams_refused);
     return rc;
 }
 
@@ -318,6 +384,24 @@ static void http_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     http_schedule(h);
 }
 
+/* Runs MHD as soon as the loop is back: a resumed connection waits for MHD_run(). */
+static void http_kick(struct lb_http *h)
+{
+    ev_timer_stop(h->loop, &h->timer);
+    ev_timer_set(&h->timer, 0., 0.);
+    ev_timer_start(h->loop, &h->timer);
+}
+
+static void add_common_headers(struct MHD_Response *r, const char *type, const char *cache)
+{
+    MHD_add_response_header(r, "Content-Type", type);
+    MHD_add_response_header(r, "Cache-Control", cache);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Content-Security-Policy", CSP);
+    MHD_add_response_header(r, "X-Frame-Options", "DENY");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+}
+
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
                              const char *body, size_t len)
 {
@@ -327,8 +411,7 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 
     if (!r)
         return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", type);
-    MHD_add_response_header(r, "Cache-Control", "no-store");
+    add_common_headers(r, type, "no-store");
     rc = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return rc;
@@ -337,6 +420,224 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
 static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *text)
 {
     return reply(c, status, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+/* Hands a rendered buffer to MHD instead of copying megabytes of text. */
+static enum MHD_Result reply_buf(struct MHD_Connection *c, const char *type, struct lb_buf *out)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(out->len, out->data ? out->data : "",
+                                        out->data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result rc;
+
+    if (!r) {
+        lb_buf_free(out);
+        return MHD_NO;
+    }
+    add_common_headers(r, type, "no-store");
+    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+/* The page's files never change while lbd runs; "no-cache" lets an upgraded lbd serve its own. */
+static enum MHD_Result reply_asset(struct MHD_Connection *c, const struct lb_status_asset *a)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result rc;
+
+    if (!r)
+        return MHD_NO;
+    add_common_headers(r, a->content_type, "no-cache");
+    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+/* ---- /events: server-sent events ---- */
+
+static void http_stream_watch_stop(struct http_stream *st)
+{
+    ev_io_stop(st->h->loop, &st->peer_watch);
+}
+
+/* Lets MHD look at the connection again and run it at once. */
+static void http_stream_resume(struct http_stream *st)
+{
+    if (!st->suspended)
+        return;
+    st->suspended = false;
+    http_stream_watch_stop(st);
+    MHD_resume_connection(st->conn);
+    http_kick(st->h);
+}
+
+/*
+ * The stream has something after a read found nothing, or it has ended: a
+ * client that stopped reading overflowed its queue.  MHD may then be stuck
+ * writing to it, not asking the stream for more: shut the socket down so
+ * that MHD's next write fails and it closes the connection.
+ */
+static void http_stream_wake(void *ud)
+{
+    struct http_stream *st = ud;
+
+    if (st->suspended)
+        http_stream_resume(st);
+    else if (lb_status_stream_has_ended(st->stream) && st->peer_watch.fd >= 0)
+        shutdown(st->peer_watch.fd, SHUT_RDWR);
+}
+
+/* The client closed (or sent something) while suspended: end the stream, MHD closes it. */
+static void http_stream_peer_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct http_stream *st = lb_container_of(w, struct http_stream, peer_watch);
+
+    lb_status_stream_end(st->stream);
+    http_stream_resume(st);
+}
+
+/* MHD wants body bytes: what is queued, or a suspension until there is some. */
+static ssize_t http_stream_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct http_stream *st = cls;
+    ssize_t n = lb_status_stream_read(st->stream, buf, max);
+
+    if (n > 0)
+        return n;
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR; /* ended: the client reconnects */
+    MHD_suspend_connection(st->conn);
+    st->suspended = true;
+    if (st->peer_watch.fd >= 0)
+        ev_io_start(st->h->loop, &st->peer_watch);
+    return 0;
+}
+
+/* MHD frees the response: the connection is closing (or lbd is stopping). */
+static void http_stream_free_cb(void *cls)
+{
+    struct http_stream *st = cls;
+
+    http_stream_watch_stop(st);
+    lb_status_stream_close(st->stream);
+    lb_list_remove(&st->link);
+    free(st);
+}
+
+static unsigned http_streams_from(const struct lb_http *h, const struct lb_conn_peer *peer)
+{
+    const struct lb_list *pos;
+    unsigned n = 0;
+
+    lb_list_for_each(pos, &h->streams)
+    {
+        const struct http_stream *st = lb_list_entry(pos, struct http_stream, link);
+
+        n += st->peer.family == peer->family && memcmp(st->peer.addr, peer->addr, 16) == 0;
+    }
+    return n;
+}
+
+static enum MHD_Result http_events(struct lb_http *h, struct MHD_Connection *c, const char *method)
+{
+    const union MHD_ConnectionInfo *addr =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const union MHD_ConnectionInfo *fd =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct lb_conn_peer peer;
+    struct http_stream *st;
+    struct MHD_Response *r;
+    enum MHD_Result rc;
+
+    if (strcmp(method, "HEAD") == 0) {
+        r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (!r)
+            return MHD_NO;
+        add_common_headers(r, "text/event-stream; charset=utf-8", "no-store");
+        rc = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return rc;
+    }
+    lb_conn_peer_from_sockaddr(&peer, addr ? addr->client_addr : NULL);
+    if (lb_status_stream_count(h->status) >= MAX_EVENT_STREAMS ||
+        http_streams_from(h, &peer) >= MAX_EVENT_STREAMS_PER_PEER) {
+        h->streams_refused++;
+        http_note(h, NOTE_STREAM_REFUSED);
+        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          "too many event streams open; the page polls /status.json meanwhile\n");
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+    st->h = h;
+    st->conn = c;
+    st->peer = peer;
+    ev_io_init(&st->peer_watch, http_stream_peer_cb, fd ? fd->connect_fd : -1, EV_READ);
+    if (fd) {
+        int sndbuf = EVENT_SNDBUF;
+
+        setsockopt(fd->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    }
+    st->stream = lb_status_stream_open(h->status, http_stream_wake, st);
+    if (!st->stream) {
+        free(st);
+        return reply_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+    }
+    lb_list_insert_tail(&h->streams, &st->link);
+    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, EVENT_BLOCK, http_stream_read_cb, st,
+                                          http_stream_free_cb);
+    if (!r) {
+        http_stream_free_cb(st);
+        return MHD_NO;
+    }
+    add_common_headers(r, "text/event-stream; charset=utf-8", "no-store");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* a proxy in front: do not buffer */
+    rc = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r); /* the connection holds it; http_stream_free_cb follows its end */
+    return rc;
+}
+
+/* Ends every stream (lbd stops, or hands the port over): their clients reconnect. */
+static void http_streams_end(struct lb_http *h)
+{
+    struct lb_list *pos;
+
+    lb_list_for_each(pos, &h->streams)
+    {
+        struct http_stream *st = lb_list_entry(pos, struct http_stream, link);
+
+        lb_status_stream_end(st->stream);
+        http_stream_resume(st);
+    }
+}
+
+/* ---- routing ---- */
+
+static enum MHD_Result http_status_route(struct lb_http *h, struct MHD_Connection *c,
+                                         const char *url, const char *method, bool *routed)
+{
+    const struct lb_status_asset *a = lb_status_asset_find(url);
+
+    *routed = true;
+    if (a)
+        return reply_asset(c, a);
+    if (strcmp(url, "/status.json") == 0) {
+        struct lb_buf out;
+
+        lb_buf_init(&out, STATUS_JSON_MAX);
+        if (lb_status_render_json(h->cfg.registry, &out) < 0) {
+            lb_buf_free(&out);
+            LB_ERROR("http", "msg=\"status too large or out of memory\"");
+            return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render the status\n");
+        }
+        return reply_buf(c, "application/json", &out);
+    }
+    if (strcmp(url, "/events") == 0)
+        return http_events(h, c, method);
+    *routed = false;
+    return MHD_NO;
 }
 
 static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const char *url,
@@ -369,7 +670,6 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const c
     }
     if (strcmp(url, "/metrics") == 0) {
         struct lb_buf out;
-        enum MHD_Result rc;
 
         lb_buf_init(&out, METRICS_MAX);
         if (h->cfg.render_metrics(h->cfg.ud, &out) < 0 || http_render_own_metrics(h, &out) < 0) {
@@ -377,24 +677,19 @@ static enum MHD_Result http_handler(void *cls, struct MHD_Connection *c, const c
             LB_ERROR("http", "msg=\"metrics too large or out of memory\"");
             return reply_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics\n");
         }
-        {
-            /* Hand the buffer to MHD instead of copying megabytes of text. */
-            struct MHD_Response *r = MHD_create_response_from_buffer(
-                out.len, out.data ? out.data : "",
-                out.data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-
-            if (!r) {
-                lb_buf_free(&out);
-                return MHD_NO;
-            }
-            MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-            MHD_add_response_header(r, "Cache-Control", "no-store");
-            rc = MHD_queue_response(c, MHD_HTTP_OK, r);
-            MHD_destroy_response(r);
-            return rc;
-        }
+        return reply_buf(c, "text/plain; version=0.0.4; charset=utf-8", &out);
     }
-    return reply_text(c, MHD_HTTP_NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n");
+    if (h->status) {
+        bool routed;
+        enum MHD_Result rc = http_status_route(h, c, url, method, &routed);
+
+        if (routed)
+            return rc;
+    }
+    return reply_text(c, MHD_HTTP_NOT_FOUND,
+                      h->status ? "not found: try /, /status.json, /events, /healthz, /readyz or "
+                                  "/metrics\n"
+                                : "not found: try /healthz, /readyz or /metrics\n");
 }
 
 int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct lb_http **out,
@@ -406,7 +701,7 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
     struct lb_listen_socket ls;
     const union MHD_DaemonInfo *info;
     struct lb_http *h;
-    unsigned flags = MHD_USE_EPOLL;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     int rc;
 
     snprintf(what, sizeof(what), "--http %s", cfg->listen);
@@ -422,6 +717,12 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
     h->listen_fd = ls.fd;
     h->loop = loop;
     h->cfg = *cfg;
+    lb_list_init(&h->streams);
+    if (cfg->registry && lb_status_new(loop, cfg->registry, &h->status) < 0) {
+        lb_listen_close(&ls);
+        free(h);
+        return lb_error_set(err, -ENOMEM, "out of memory");
+    }
     lb_conn_guard_init(&h->guard, MAX_CONNECTIONS, MAX_PER_PEER);
     for (int i = 0; i < NOTE_MAX; i++)
         lb_rate_log_init(&h->notes[i], NOTE_INTERVAL_S);
@@ -436,6 +737,7 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
         (size_t)32768, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)LISTEN_BACKLOG, MHD_OPTION_END);
     if (!h->daemon) {
         lb_listen_close(&ls);
+        lb_status_free(h->status);
         free(h);
         return lb_error_set(err, -ENOMEM, "--http %s: cannot start the HTTP server", cfg->listen);
     }
@@ -447,7 +749,8 @@ int lb_http_start(struct ev_loop *loop, const struct lb_http_config *cfg, struct
     ev_timer_start(loop, &h->sweep);
     ev_init(&h->note_timer, http_note_timer_cb);
     http_schedule(h);
-    LB_INFO("http", "msg=\"serving /healthz /readyz /metrics\" addr=%s", cfg->listen);
+    LB_INFO("http", "msg=\"serving /healthz /readyz /metrics%s\" addr=%s",
+            h->status ? " and the status page (/, /status.json, /events)" : "", cfg->listen);
     *out = h;
     return 0;
 }
@@ -468,6 +771,7 @@ void lb_http_stop_listening(struct lb_http *h)
 
     if (h->listen_fd < 0)
         return;
+    http_streams_end(h);                /* their clients reconnect, to the next lbd */
     fd = MHD_quiesce_daemon(h->daemon); /* MHD lets go of the socket: ours to close */
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
@@ -478,10 +782,12 @@ void lb_http_stop(struct lb_http *h)
 {
     if (!h)
         return;
+    http_streams_end(h); /* MHD must not be stopped with a connection suspended */
     ev_io_stop(h->loop, &h->io);
     ev_timer_stop(h->loop, &h->timer);
     ev_timer_stop(h->loop, &h->sweep);
     ev_timer_stop(h->loop, &h->note_timer);
     MHD_stop_daemon(h->daemon); /* notifies every connection's close: frees their state */
+    lb_status_free(h->status);
     free(h);
 }

@@ -5,7 +5,9 @@
  * readable or when MHD's timeout expires.
  *
  * The endpoint knows nothing of pools: readiness and metrics come from the
- * callbacks in lb_http_config.
+ * callbacks in lb_http_config.  Given the registry, it also serves the
+ * read-only status page (status_page.h): GET / and /status, /status.json,
+ * and /events as server-sent events.
  */
 #ifndef LB_HTTP_ENDPOINT_H
 #define LB_HTTP_ENDPOINT_H
@@ -15,6 +17,8 @@
 #include <ev.h>
 #include <stdbool.h>
 
+struct lb_registry;
+
 struct lb_http_config {
     const char *listen; /* "127.0.0.1:9100" or "[::1]:9100" */
     /* True when /readyz should answer 200; otherwise *why says what is missing. */
@@ -22,6 +26,8 @@ struct lb_http_config {
     /* Appends the metrics text; returns 0 or a negative errno. */
     int (*render_metrics)(void *ud, struct lb_buf *out);
     void *ud;
+    /* The status page's data, read through control.h; NULL: no status page (404). */
+    struct lb_registry *registry;
 };
 
 struct lb_http;
