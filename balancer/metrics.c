@@ -2,15 +2,28 @@
  * /metrics in Prometheus text (contract in metrics.h): per backend from
  * lb_backend_info through one table of families, per pool and process from
  * the registry and the proxy; labels escaped once per backend per scrape.
+ *
+ * No sentinels: a gauge holds a quantity or 0/1, never -1 for "unknown";
+ * what is not known yet is a gauge of its own (lbd_backend_health_checked).
+ *
+ * The connect and duration histograms are per pool, not per backend: 14
+ * and 8 buckets per backend would make a 1,000-backend pool 22,000 series;
+ * the per-backend counters (connections, failures, bytes) say which
+ * backend to look at, the access log the rest.
  */
 #include "metrics.h"
 #include "lb_update.h"
+#include "session.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 enum backend_field {
     F_ACTIVE,
@@ -23,6 +36,7 @@ enum backend_field {
     F_EFFECTIVE,
     F_DRAIN,
     F_HEALTHY,
+    F_HEALTH_CHECKED,
 };
 
 static const struct {
@@ -45,10 +59,14 @@ static const struct {
                      "Weight used for new connections (0 when drained, down or removed)."},
     [F_DRAIN] = {"lbd_backend_drain", "gauge", "1 when the backend is drained by an operator."},
     [F_HEALTHY] = {"lbd_backend_healthy", "gauge",
-                   "1 up, 0 down, -1 not yet checked (after operator overrides)."},
+                   "1 when the backend may get traffic as far as health goes: checks pass or have "
+                   "not decided yet, not ejected, or forced up; 0 when down or forced down."},
+    [F_HEALTH_CHECKED] = {"lbd_backend_health_checked", "gauge",
+                          "1 once active checks (or a passive ejection) gave a verdict on the "
+                          "backend; 0 before the first check, or with checks off."},
 };
 
-static uint64_t backend_value(const struct lb_backend_info *b, enum backend_field f, int64_t *sv)
+static uint64_t backend_value(const struct lb_backend_info *b, enum backend_field f)
 {
     switch (f) {
     case F_ACTIVE:
@@ -70,13 +88,14 @@ static uint64_t backend_value(const struct lb_backend_info *b, enum backend_fiel
     case F_DRAIN:
         return b->drain;
     case F_HEALTHY:
+        /* lb_backend_is_healthy(): the override wins; not yet checked counts as up. */
         if (b->health_override == LB_HEALTH_FORCE_UP)
-            *sv = 1;
-        else if (b->health_override == LB_HEALTH_FORCE_DOWN)
-            *sv = 0;
-        else
-            *sv = b->health == LB_HEALTH_UP ? 1 : b->health == LB_HEALTH_DOWN ? 0 : -1;
-        return 0;
+            return 1;
+        if (b->health_override == LB_HEALTH_FORCE_DOWN)
+            return 0;
+        return b->health != LB_HEALTH_DOWN;
+    case F_HEALTH_CHECKED:
+        return b->health != LB_HEALTH_UNKNOWN; /* lb_backend_info folds ejection into DOWN */
     }
     return 0;
 }
@@ -133,19 +152,16 @@ static void collect_backend(void *ud, const struct lb_backend_info *b)
     c->n++;
 }
 
-/* Writes v in decimal (with a sign when negative) at buf; returns its length. */
-static size_t format_i64(char *buf, int64_t v)
+/* Writes v in decimal at buf; returns its length. */
+static size_t format_u64(char *buf, uint64_t v)
 {
     char tmp[24];
     size_t n = 0, o = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
 
     do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0)
-        buf[o++] = '-';
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
     while (n)
         buf[o++] = tmp[--n];
     return o;
@@ -167,21 +183,229 @@ static int render_backends(struct lb_buf *out, struct lb_registry *r)
         for (size_t i = 0; i < c.n && !rc; i++) {
             const struct backend_row *row = &c.rows[i];
             char line[64 + 2 * (LB_NAME_MAX * 2 + LB_ADDR_MAX * 2)];
-            int64_t sv = INT64_MIN;
-            uint64_t v = backend_value(&row->info, (enum backend_field)f, &sv);
+            uint64_t v = backend_value(&row->info, (enum backend_field)f);
             size_t o = 0;
 
             memcpy(line, name, name_len);
             o += name_len;
             memcpy(line + o, c.labels.data + row->labels_off, row->labels_len);
             o += row->labels_len;
-            o += format_i64(line + o, sv != INT64_MIN ? sv : (int64_t)(v & INT64_MAX));
+            o += format_u64(line + o, v);
             line[o++] = '\n';
             rc = lb_buf_append(out, line, o);
         }
     }
     free(c.rows);
     lb_buf_free(&c.labels);
+    return rc;
+}
+
+/* ------------------------------------------------------ histograms -- */
+
+/* One histogram family, a series per pool: cumulative buckets, sum, count. */
+static int render_histogram(struct lb_buf *out, struct lb_registry *r, struct lb_proxy *proxy,
+                            bool connect)
+{
+    static const double connect_bounds[LB_CONNECT_BUCKETS] = LB_CONNECT_BOUNDS;
+    static const double duration_bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS;
+    const char *fam = connect ? "lbd_backend_connect_seconds" : "lbd_session_duration_seconds";
+    const double *bounds = connect ? connect_bounds : duration_bounds;
+    size_t n = connect ? LB_CONNECT_BUCKETS : LB_DURATION_BUCKETS;
+    int rc = lb_metrics_family(
+        out, fam, "histogram",
+        connect ? "Time from connect() to a backend until the connect was confirmed, per pool "
+                  "(connects that failed are in lbd_backend_connect_failures_total)."
+                : "Client sessions from accept to close, per pool (sessions handed to the next "
+                  "lbd at an upgrade end there, not here).");
+
+    for (size_t i = 0; i < r->n_pools && !rc; i++) {
+        struct lb_session_histograms h;
+        const uint64_t *counts;
+        uint64_t cumulative = 0;
+        char pn[LB_NAME_MAX * 2];
+
+        lb_session_histograms(i, proxy->n_workers, &h);
+        counts = connect ? h.connect : h.duration;
+        lb_metrics_escape(r->pools[i].name, pn, sizeof(pn));
+        for (size_t b = 0; b <= n && !rc; b++) {
+            char le[32];
+
+            cumulative += counts[b];
+            if (b < n)
+                snprintf(le, sizeof(le), "%g", bounds[b]);
+            else
+                snprintf(le, sizeof(le), "+Inf");
+            rc = lb_metrics_printf(out, "%s_bucket{pool=\"%s\",le=\"%s\"} %llu\n", fam, pn, le,
+                                   (unsigned long long)cumulative);
+        }
+        if (!rc)
+            rc = lb_metrics_printf(out, "%s_sum{pool=\"%s\"} %.6f\n", fam, pn,
+                                   connect ? h.connect_sum : h.duration_sum);
+        if (!rc)
+            rc = lb_metrics_printf(out, "%s_count{pool=\"%s\"} %llu\n", fam, pn,
+                                   (unsigned long long)cumulative);
+    }
+    return rc;
+}
+
+/* --------------------------------------------------------- process -- */
+
+int lb_proc_stat_parse(const char *text, struct lb_proc_stat *out)
+{
+    /* "pid (comm) state ppid ...": comm may hold spaces and parentheses,
+     * so fields are counted from the last ')'; state is field 3. */
+    const char *p = strrchr(text, ')');
+    unsigned long long v[25] = {0};
+
+    if (!p)
+        return -EINVAL;
+    p++;
+    for (int field = 3; field <= 24; field++) {
+        char *end;
+
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            return -EINVAL;
+        if (field == 3) { /* the state letter */
+            p++;
+            continue;
+        }
+        errno = 0;
+        v[field] = strtoull(p, &end, 10);
+        if (end == p || errno)
+            return -EINVAL;
+        p = end;
+    }
+    out->utime = v[14];
+    out->stime = v[15];
+    out->starttime = v[22];
+    out->vsize = v[23];
+    out->rss = v[24];
+    return 0;
+}
+
+/* Reads a small file (/proc) whole into buf (NUL-terminated); returns 0 or a negative errno. */
+static int read_small_file(const char *path, char *buf, size_t size)
+{
+    size_t got = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return -errno;
+    while (got < size - 1) {
+        ssize_t n = read(fd, buf + got, size - 1 - got);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = '\0';
+    return got ? 0 : -EIO;
+}
+
+/* The boot time (seconds since the epoch), from /proc/stat's btime; 0 if unknown.  It
+ * never changes: read once (on the control loop, which renders /metrics). */
+static uint64_t boot_time(void)
+{
+    static uint64_t btime;
+    FILE *f;
+    char *line = NULL;
+    size_t cap = 0;
+
+    if (btime)
+        return btime;
+    if (!(f = fopen("/proc/stat", "re")))
+        return 0;
+    while (getline(&line, &cap, f) > 0) {
+        if (strncmp(line, "btime ", 6) == 0) {
+            btime = strtoull(line + 6, NULL, 10);
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    return btime;
+}
+
+/* File descriptors open now (the one that lists them not counted); -1 when unknown. */
+static long long open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    long long n = 0;
+
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d))
+            n++;
+    closedir(d);
+    return n;
+}
+
+/*
+ * The process_* families of Prometheus' client libraries, from /proc/self
+ * at each scrape.  A family whose source cannot be read is left out, never
+ * written as a made-up value.
+ */
+static int render_process(struct lb_buf *out)
+{
+    char text[1024];
+    struct lb_proc_stat st;
+    struct rlimit rl;
+    long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    long long fds = open_fds();
+    int rc = 0;
+
+    if (tick <= 0)
+        tick = 100;
+    if (page <= 0)
+        page = 4096;
+    if (read_small_file("/proc/self/stat", text, sizeof(text)) == 0 &&
+        lb_proc_stat_parse(text, &st) == 0) {
+        uint64_t btime = boot_time();
+
+        rc = lb_metrics_family(out, "process_cpu_seconds_total", "counter",
+                               "Total user and system CPU time spent in seconds.");
+        if (!rc)
+            rc = lb_metrics_printf(out, "process_cpu_seconds_total %.2f\n",
+                                   (double)(st.utime + st.stime) / (double)tick);
+        if (!rc)
+            rc = lb_metrics_family(out, "process_resident_memory_bytes", "gauge",
+                                   "Resident memory size in bytes.");
+        if (!rc)
+            rc = lb_metrics_printf(out, "process_resident_memory_bytes %llu\n",
+                                   (unsigned long long)st.rss * (unsigned long long)page);
+        if (!rc)
+            rc = lb_metrics_family(out, "process_virtual_memory_bytes", "gauge",
+                                   "Virtual memory size in bytes.");
+        if (!rc)
+            rc = lb_metrics_printf(out, "process_virtual_memory_bytes %llu\n",
+                                   (unsigned long long)st.vsize);
+        if (!rc && btime)
+            rc = lb_metrics_family(out, "process_start_time_seconds", "gauge",
+                                   "Start time of the process since unix epoch in seconds.");
+        if (!rc && btime)
+            rc = lb_metrics_printf(out, "process_start_time_seconds %.2f\n",
+                                   (double)btime + (double)st.starttime / (double)tick);
+    }
+    if (!rc && fds >= 0)
+        rc =
+            lb_metrics_family(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+    if (!rc && fds >= 0)
+        rc = lb_metrics_printf(out, "process_open_fds %lld\n", fds);
+    if (!rc && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rc = lb_metrics_family(out, "process_max_fds", "gauge",
+                               "Maximum number of open file descriptors.");
+        if (!rc && rl.rlim_cur == RLIM_INFINITY)
+            rc = lb_metrics_printf(out, "process_max_fds +Inf\n");
+        else if (!rc)
+            rc = lb_metrics_printf(out, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    }
     return rc;
 }
 
@@ -296,6 +520,12 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                                        (unsigned long long)process[i].value);
         }
     }
+    if (!rc)
+        rc = render_histogram(out, r, proxy, true);
+    if (!rc)
+        rc = render_histogram(out, r, proxy, false);
+    if (!rc)
+        rc = render_process(out);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_build_info", "gauge", "Version of this lbd.");
     if (!rc)

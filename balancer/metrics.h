@@ -12,7 +12,23 @@
 #include "proxy.h"
 #include "registry.h"
 
-/* Appends the data-plane families to out.  Returns 0 or -E2BIG/-ENOMEM. */
+/*
+ * Appends the data-plane families to out: per backend, per pool (counters
+ * and the connect and session-duration histograms), process-wide, and
+ * Prometheus' process_* families read from /proc/self.  On the control
+ * loop.  Returns 0 or -E2BIG/-ENOMEM.
+ */
 int lb_metrics_render(struct lb_buf *out, struct lb_registry *registry, struct lb_proxy *proxy);
+
+/* What process_* metrics take from /proc/<pid>/stat. */
+struct lb_proc_stat {
+    unsigned long long utime, stime; /* clock ticks */
+    unsigned long long starttime;    /* clock ticks after boot */
+    unsigned long long vsize;        /* bytes */
+    unsigned long long rss;          /* pages */
+};
+
+/* Parses the text of /proc/<pid>/stat.  Returns 0 or -EINVAL. */
+int lb_proc_stat_parse(const char *text, struct lb_proc_stat *out);
 
 #endif

@@ -25,9 +25,11 @@
 #include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_ATTEMPTS 8     /* first try + retries, whatever the policy says */
@@ -50,6 +52,11 @@
 #endif
 #define SMALL_READS_END 3
 #define SPLICE_FLAGS    (SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+
+/* Slots of the per-pool statistics: lbd's own bounds (--workers, --pool);
+ * a worker or pool beyond them (tests) goes uncounted. */
+#define STATS_WORKERS 256
+#define STATS_POOLS   64
 
 enum session_state {
     SESSION_HEADER, /* accept-proxy: reading the client's PROXY header */
@@ -81,17 +88,21 @@ struct lb_session {
     struct lb_wpool *pool;
     struct lb_backend *backend; /* referenced while connecting and proxying */
     enum session_state state;
-    bool reset;   /* end with RST on both sockets, not FIN */
-    bool refused; /* offered to the next process at an upgrade, refused: stays here */
+    bool reset;             /* end with RST on both sockets, not FIN */
+    bool refused;           /* offered to the next process at an upgrade, refused: stays here */
+    bool connect_timed_out; /* the last failed connect attempt ran out of time */
+    uint8_t closed_first;   /* CLOSED_BY_*: whose EOF came first */
+    uint16_t header_len;    /* lbd's PROXY header, counted in bytes_up */
     int client_fd;
     int server_fd;
     ev_timer timer; /* connect timeout, then idle timeout and peer probes */
     ev_tstamp started_at;
     ev_tstamp last_activity;
-    uint64_t bytes_up, bytes_down; /* relayed so far, each way */
-    ev_tstamp idle_timeout;        /* seconds, 0 = none */
-    struct half up;                /* client -> backend */
-    struct half down;              /* backend -> client */
+    double connect_at, connected_at; /* monotonic: connect() of the last attempt, confirmed */
+    uint64_t bytes_up, bytes_down;   /* relayed so far, each way */
+    ev_tstamp idle_timeout;          /* seconds, 0 = none */
+    struct half up;                  /* client -> backend */
+    struct half down;                /* backend -> client */
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
@@ -108,14 +119,18 @@ struct inbound {
     uint8_t buf[LB_PROXY_HEADER_MAX];
 };
 
+enum { CLOSED_BY_NONE, CLOSED_BY_CLIENT, CLOSED_BY_BACKEND };
+
 static void session_connect_next(struct lb_session *s);
 static void session_confirm(struct lb_session *s);
-static void session_connect_failed(struct lb_session *s, const char *why);
-static void session_finalize(struct lb_session *s, const char *why);
+static void session_confirm_at(struct lb_session *s, double connected_at);
+static void session_connect_failed(struct lb_session *s, int err, const char *why);
+static void session_finalize(struct lb_session *s, enum lb_session_end end, const char *why);
 static void session_read_header(struct lb_session *s);
 static void session_bad_header(struct lb_session *s, const char *why);
 static void session_free(struct lb_reap *r);
-static void session_abort_reset(struct lb_session *s, const char *why);
+static void session_abort_reset(struct lb_session *s, enum lb_session_end end, const char *why);
+static void session_abort_write_failed(struct lb_session *s, const struct half *h);
 static void session_arm_timer(struct lb_session *s);
 
 struct lb_session *lb_session_of_link(struct lb_list *l)
@@ -133,6 +148,179 @@ static void set_nodelay(int fd)
     int one = 1;
 
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* ------------------------------------------- access log, histograms -- */
+
+static const char *const end_names[LB_END_COUNT] = {
+    [LB_END_CLIENT_CLOSED] = "client_closed",
+    [LB_END_BACKEND_CLOSED] = "backend_closed",
+    [LB_END_CLIENT_RESET] = "client_reset",
+    [LB_END_BACKEND_RESET] = "backend_reset",
+    [LB_END_CONNECT_TIMEOUT] = "connect_timeout",
+    [LB_END_CONNECT_REFUSED] = "connect_refused",
+    [LB_END_NO_BACKEND] = "no_backend",
+    [LB_END_IDLE_TIMEOUT] = "idle_timeout",
+    [LB_END_DRAINED_PAST_DEADLINE] = "drained_past_deadline",
+    [LB_END_SHUTDOWN] = "shutdown",
+    [LB_END_MOVED] = "moved",
+    [LB_END_KILLED] = "killed",
+    [LB_END_BAD_PROXY_HEADER] = "bad_proxy_header",
+    [LB_END_OUT_OF_MEMORY] = "out_of_memory",
+};
+
+const char *lb_session_end_name(enum lb_session_end end)
+{
+    return (unsigned)end < LB_END_COUNT ? end_names[end] : "unknown";
+}
+
+bool lb_session_end_is_error(enum lb_session_end end)
+{
+    return end != LB_END_CLIENT_CLOSED && end != LB_END_BACKEND_CLOSED && end != LB_END_MOVED;
+}
+
+/* Set once before the workers start (lbd's --access-log, --access-log-sample). */
+static bool access_log_on = true;
+static uint64_t access_log_sample = 1;
+
+void lb_session_set_access_log(bool on, uint64_t sample)
+{
+    access_log_on = on;
+    access_log_sample = sample ? sample : 1;
+}
+
+static const double connect_bounds[LB_CONNECT_BUCKETS] = LB_CONNECT_BOUNDS;
+static const double duration_bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS;
+
+/*
+ * What one worker saw of one pool: written by that worker only (relaxed
+ * load and store, lb_counter_add), summed on read.  A static table: the
+ * pages of slots no worker uses are never touched, so cost no memory.
+ */
+struct pool_wstats {
+    _Atomic uint64_t connect[LB_CONNECT_BUCKETS + 1];
+    _Atomic uint64_t connect_ns;
+    _Atomic uint64_t duration[LB_DURATION_BUCKETS + 1];
+    _Atomic uint64_t duration_us;
+    uint64_t normal_ends; /* the worker's own: for --access-log-sample */
+} __attribute__((aligned(64)));
+
+static struct pool_wstats pool_wstats[STATS_WORKERS][STATS_POOLS];
+
+size_t lb_histogram_bucket(const double *bounds, size_t n, double v)
+{
+    size_t i = 0;
+
+    while (i < n && v > bounds[i])
+        i++;
+    return i;
+}
+
+/* s's slot, or NULL beyond the table. */
+static struct pool_wstats *session_wstats(const struct lb_session *s)
+{
+    size_t pool = (size_t)(s->pool - s->worker->pools);
+
+    if (s->worker->index >= STATS_WORKERS || pool >= STATS_POOLS)
+        return NULL;
+    return &pool_wstats[s->worker->index][pool];
+}
+
+void lb_session_histograms(size_t pool, unsigned n_workers, struct lb_session_histograms *out)
+{
+    uint64_t connect_ns = 0, duration_us = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (pool >= STATS_POOLS)
+        return;
+    for (unsigned w = 0; w < n_workers && w < STATS_WORKERS; w++) {
+        const struct pool_wstats *st = &pool_wstats[w][pool];
+
+        for (size_t i = 0; i <= LB_CONNECT_BUCKETS; i++)
+            out->connect[i] += lb_counter_get(&st->connect[i]);
+        for (size_t i = 0; i <= LB_DURATION_BUCKETS; i++)
+            out->duration[i] += lb_counter_get(&st->duration[i]);
+        connect_ns += lb_counter_get(&st->connect_ns);
+        duration_us += lb_counter_get(&st->duration_us);
+    }
+    out->connect_sum = (double)connect_ns / 1e9;
+    out->duration_sum = (double)duration_us / 1e6;
+}
+
+/* Seconds on the monotonic clock (the vDSO: no system call). */
+static double mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void observe_connect(struct lb_session *s, double seconds)
+{
+    struct pool_wstats *st = session_wstats(s);
+
+    if (!st)
+        return;
+    if (seconds < 0)
+        seconds = 0;
+    lb_counter_add(&st->connect[lb_histogram_bucket(connect_bounds, LB_CONNECT_BUCKETS, seconds)],
+                   1);
+    lb_counter_add(&st->connect_ns, (uint64_t)(seconds * 1e9));
+}
+
+static void observe_duration(struct lb_session *s, double seconds)
+{
+    struct pool_wstats *st = session_wstats(s);
+
+    if (!st)
+        return;
+    if (seconds < 0)
+        seconds = 0;
+    lb_counter_add(
+        &st->duration[lb_histogram_bucket(duration_bounds, LB_DURATION_BUCKETS, seconds)], 1);
+    lb_counter_add(&st->duration_us, (uint64_t)(seconds * 1e6));
+}
+
+/* True when this session's access line is written (formatting comes after). */
+static bool access_log_wanted(struct lb_session *s, enum lb_session_end end)
+{
+    struct pool_wstats *st;
+
+    if (!access_log_on || !lb_log_enabled(LB_LOG_INFO))
+        return false;
+    if (access_log_sample <= 1 || lb_session_end_is_error(end) || !(st = session_wstats(s)))
+        return true;
+    return st->normal_ends++ % access_log_sample == 0;
+}
+
+/* The access line of s, ending now after `duration` seconds (backend still held). */
+static void session_log_access(struct lb_session *s, enum lb_session_end end, double duration)
+{
+    char client[64], backend[LB_NAME_MAX + 16] = "", connect[40] = "";
+    uint64_t in = s->bytes_up;
+
+    if (!access_log_wanted(s, end))
+        return;
+    lb_addr_format((struct sockaddr *)&s->client_addr, client, sizeof(client));
+    if (s->backend)
+        snprintf(backend, sizeof(backend), " backend=%s", s->backend->id);
+    if (s->connected_at > 0)
+        snprintf(connect, sizeof(connect), " connect_ms=%.3f",
+                 (s->connected_at - s->connect_at) * 1e3);
+    in -= in < s->header_len ? in : s->header_len;
+    LB_INFO("access",
+            "pool=%s%s client=%s%s duration_ms=%.1f bytes_in=%llu bytes_out=%llu retries=%zu "
+            "end=%s",
+            s->pool->pool->name, backend, client, connect, duration * 1e3, (unsigned long long)in,
+            (unsigned long long)s->bytes_down, s->n_tried ? s->n_tried - 1 : 0,
+            lb_session_end_name(end));
+}
+
+/* How a session that both sides closed ended: whoever closed first. */
+static enum lb_session_end session_closed_end(const struct lb_session *s)
+{
+    return s->closed_first == CLOSED_BY_BACKEND ? LB_END_BACKEND_CLOSED : LB_END_CLIENT_CLOSED;
 }
 
 /* ------------------------------------------------------------- relay -- */
@@ -319,7 +507,7 @@ static int half_keep(struct lb_session *s, struct half *h, const char *bytes, si
     char *p = malloc(have + len);
 
     if (!p) {
-        session_finalize(s, "out of memory");
+        session_finalize(s, LB_END_OUT_OF_MEMORY, "out of memory");
         return -1;
     }
     if (have)
@@ -412,17 +600,21 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
             if (h == &s->down && s->state == SESSION_CONNECTING) {
-                session_connect_failed(s, strerror(errno)); /* refused, unreachable */
+                session_connect_failed(s, errno, strerror(errno)); /* refused, unreachable */
                 return;
             }
-            session_abort_reset(s, h == &s->up ? "client reset the connection"
-                                               : "backend reset the connection");
+            if (h == &s->up)
+                session_abort_reset(s, LB_END_CLIENT_RESET, "client reset the connection");
+            else
+                session_abort_reset(s, LB_END_BACKEND_RESET, "backend reset the connection");
             return;
         }
         if (h == &s->down && s->state == SESSION_CONNECTING)
             session_confirm(s); /* the backend spoke (or closed): the connect is done */
         if (n == 0) {
             h->eof = true;
+            if (s->closed_first == CLOSED_BY_NONE)
+                s->closed_first = h == &s->up ? CLOSED_BY_CLIENT : CLOSED_BY_BACKEND;
             ev_io_stop(s->worker->loop, &h->from_r);
             if (h == &s->up && s->state == SESSION_CONNECTING && !h->len) {
                 /* Nothing to send to learn that the connect is done: writability tells. */
@@ -431,7 +623,7 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             }
             half_forward_eof(s, h, to);
             if (session_is_done(s))
-                session_finalize(s, "closed by both sides");
+                session_finalize(s, session_closed_end(s), "closed by both sides");
             return;
         }
         s->last_activity = ev_now(s->worker->loop);
@@ -443,8 +635,7 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
             s->worker->pending_bytes += (size_t)n;
             rc = half_flush(s, h, to);
             if (rc < 0) {
-                session_abort_reset(s, h == &s->up ? "backend reset the connection"
-                                                   : "client reset the connection");
+                session_abort_write_failed(s, h);
                 return;
             }
             if (rc > 0) {
@@ -474,11 +665,10 @@ static void half_read(struct lb_session *s, struct half *h, int from, int to)
                     int err = errno;
 
                     if (half_keep(s, h, buf + w, (size_t)(n - w)) == 0)
-                        session_connect_failed(s, strerror(err));
+                        session_connect_failed(s, err, strerror(err));
                     return;
                 }
-                session_abort_reset(s, h == &s->up ? "backend reset the connection"
-                                                   : "client reset the connection");
+                session_abort_write_failed(s, h);
                 return;
             }
             w += k;
@@ -542,7 +732,7 @@ static void half_writable(struct lb_session *s, struct half *h, int to)
 
         ev_io_stop(s->worker->loop, &h->to_w);
         if (err)
-            session_connect_failed(s, strerror(err));
+            session_connect_failed(s, err, strerror(err));
         else
             session_confirm(s);
         return;
@@ -550,11 +740,12 @@ static void half_writable(struct lb_session *s, struct half *h, int to)
     rc = half_flush(s, h, to);
     if (rc < 0) {
         if (h == &s->up && s->state == SESSION_CONNECTING) {
-            session_connect_failed(s, strerror(errno)); /* the bytes stay for the next one */
+            int err = errno;
+
+            session_connect_failed(s, err, strerror(err)); /* the bytes stay for the next one */
             return;
         }
-        session_abort_reset(s, h == &s->up ? "backend reset the connection"
-                                           : "client reset the connection");
+        session_abort_write_failed(s, h);
         return;
     }
     if (rc > 0)
@@ -563,7 +754,7 @@ static void half_writable(struct lb_session *s, struct half *h, int to)
     if (h->eof) {
         half_forward_eof(s, h, to);
         if (session_is_done(s))
-            session_finalize(s, "closed by both sides");
+            session_finalize(s, session_closed_end(s), "closed by both sides");
         return;
     }
     ev_io_start(s->worker->loop, &h->from_r);
@@ -654,29 +845,38 @@ static bool session_probe_paused(struct lb_session *s, ev_tstamp now)
         enum peer_state st = peer_state(s->client_fd);
 
         if (st == PEER_RESET) {
-            session_abort_reset(s, "client reset while the backend was not reading");
+            session_abort_reset(s, LB_END_CLIENT_RESET,
+                                "client reset while the backend was not reading");
             return true;
         }
         if (st == PEER_FINISHED && now - s->up.progress_at >= FIN_STALL_S) {
-            session_abort_reset(s, "client closed and the backend stopped reading");
+            /* A stall: the backend took nothing for FIN_STALL_S. */
+            session_abort_reset(s, LB_END_IDLE_TIMEOUT,
+                                "client closed and the backend stopped reading");
             return true;
         }
     }
     if (half_is_paused(&s->down) && peer_state(s->server_fd) == PEER_RESET) {
-        session_abort_reset(s, "backend reset while the client was not reading");
+        session_abort_reset(s, LB_END_BACKEND_RESET,
+                            "backend reset while the client was not reading");
         return true;
     }
     return false;
 }
 
-/* True when the kernel holds fd's connect as established. */
-static bool socket_is_established(int fd)
+/*
+ * True when the kernel holds fd's connect as established; *rtt_s is then
+ * its smoothed round-trip time, which before any data is the handshake's.
+ */
+static bool socket_is_established(int fd, double *rtt_s)
 {
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
 
-    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
-           ti.tcpi_state == TCP_ESTABLISHED;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_state != TCP_ESTABLISHED)
+        return false;
+    *rtt_s = (double)ti.tcpi_rtt / 1e6;
+    return true;
 }
 
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -689,17 +889,20 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     if (s->state == SESSION_CONNECTING) {
-        /* Neither side spoke: ask the kernel whether the connect finished. */
-        if (socket_is_established(s->server_fd))
-            session_confirm(s);
+        /* Neither side spoke: ask the kernel whether the connect finished
+         * (and when, about: a timer is no measure of the handshake). */
+        double rtt;
+
+        if (socket_is_established(s->server_fd, &rtt))
+            session_confirm_at(s, s->connect_at + rtt);
         else
-            session_connect_failed(s, "connect timed out");
+            session_connect_failed(s, 0, "connect timed out");
         return;
     }
     if (session_probe_paused(s, now))
         return;
     if (s->idle_timeout > 0 && s->last_activity + s->idle_timeout - now <= 0.001) {
-        session_finalize(s, "idle timeout");
+        session_finalize(s, LB_END_IDLE_TIMEOUT, "idle timeout");
         return;
     }
     session_arm_timer(s);
@@ -739,34 +942,44 @@ static int session_queue_proxy_header(struct lb_session *s, const struct sockadd
     if (to && to->ss_family != AF_UNSPEC) {
         local = *to; /* the address the client reached, per the balancer in front */
     } else if (getsockname(s->client_fd, (struct sockaddr *)&local, &len) < 0) {
-        session_finalize(s, "getsockname failed");
+        session_finalize(s, LB_END_OUT_OF_MEMORY, "getsockname failed");
         return -1;
     }
     n = lb_proxy_protocol_build(s->pool->policy.proxy_protocol, (struct sockaddr *)&s->client_addr,
                                 (struct sockaddr *)&local, header, sizeof(header));
     if (n < 0) {
-        session_finalize(s, "cannot build PROXY header");
+        session_finalize(s, LB_END_OUT_OF_MEMORY, "cannot build PROXY header");
         return -1;
     }
+    s->header_len = (uint16_t)n;
     return half_keep(s, &s->up, header, (size_t)n);
 }
 
 /*
  * The connect to s->backend is done: the backend took bytes, sent some or
- * closed, or the kernel says so.  Counted as a connection and a passive
- * health success; an EOF of the client held back meanwhile goes on.
+ * closed, or the kernel says so (then at about `connected_at`, monotonic).
+ * Counted as a connection, a connect time and a passive health success;
+ * an EOF of the client held back meanwhile goes on.
  */
-static void session_confirm(struct lb_session *s)
+static void session_confirm_at(struct lb_session *s, double connected_at)
 {
     if (s->state != SESSION_CONNECTING)
         return;
     ev_timer_stop(s->worker->loop, &s->timer);
     s->state = SESSION_PROXYING;
+    s->connected_at = connected_at;
+    observe_connect(s, connected_at - s->connect_at);
     lb_counter_add(&session_stats(s)->total, 1);
     lb_health_connect_result(s->backend, true, s->pool->policy.health.fall);
     s->last_activity = ev_now(s->worker->loop);
     half_forward_eof(s, &s->up, s->server_fd);
     session_arm_timer(s);
+}
+
+static void session_confirm(struct lb_session *s)
+{
+    if (s->state == SESSION_CONNECTING)
+        session_confirm_at(s, mono_now());
 }
 
 /*
@@ -797,17 +1010,19 @@ static void session_watch_connect(struct lb_session *s)
 }
 
 /*
- * A connect attempt to s->backend failed: count it, tell passive health,
- * and log (at most once a second per backend, with the number of failures
- * not logged, so a dead backend under load does not flood the log).
+ * A connect attempt to s->backend failed (err: its errno, 0 for the
+ * connect timeout): count it, tell passive health, and log (at most once a
+ * second per backend, with the number of failures not logged, so a dead
+ * backend under load does not flood the log).
  */
-static void session_connect_failed(struct lb_session *s, const char *why)
+static void session_connect_failed(struct lb_session *s, int err, const char *why)
 {
     struct lb_backend *b = s->backend;
     struct lb_backend_wstats *st = session_stats(s);
     ev_tstamp now = ev_now(s->worker->loop);
 
     lb_counter_add(&st->connect_failures, 1);
+    s->connect_timed_out = err == 0 || err == ETIMEDOUT;
     if (now - st->fail_logged_at >= 1.0) {
         LB_WARN("proxy",
                 "msg=\"connect to backend failed\" pool=%s backend=%s addr=%s "
@@ -852,6 +1067,12 @@ static struct lb_backend *session_pick(struct lb_session *s, struct lb_pick *pic
     return NULL;
 }
 
+/* How a session ends whose every connect attempt failed: as the last one did. */
+static enum lb_session_end session_connect_end(const struct lb_session *s)
+{
+    return s->connect_timed_out ? LB_END_CONNECT_TIMEOUT : LB_END_CONNECT_REFUSED;
+}
+
 /*
  * Picks a backend not tried yet and below the pool's max_conns, and starts
  * connecting; when none is left, or the policy's retries are used up, the
@@ -882,14 +1103,17 @@ static void session_connect_next(struct lb_session *s)
     }
     session_release_backend(s);
     if (s->n_tried >= max_attempts) {
-        session_finalize(s, "connect failed on every attempt");
+        session_finalize(s, session_connect_end(s), "connect failed on every attempt");
         return;
     }
     b = session_pick(s, &pick);
     if (!b) {
         lb_counter_add(&pool->no_backend, 1);
-        session_finalize(s, s->n_tried ? "no backend left to retry"
-                                       : "no backend available (none up, or all at max_conns)");
+        if (s->n_tried)
+            session_finalize(s, session_connect_end(s), "no backend left to retry");
+        else
+            session_finalize(s, LB_END_NO_BACKEND,
+                             "no backend available (none up, or all at max_conns)");
         return;
     }
     s->tried[s->n_tried++] = b;
@@ -901,14 +1125,17 @@ static void session_connect_next(struct lb_session *s)
     if (fd < 0) {
         LB_WARN("proxy", "msg=\"cannot create backend socket\" pool=%s error=\"%s\"",
                 pool->pool->name, strerror(errno));
-        session_finalize(s, "no socket");
+        session_finalize(s, LB_END_OUT_OF_MEMORY, "no socket");
         return;
     }
     s->server_fd = fd;
     set_nodelay(fd); /* before connect(): the connection inherits it */
+    s->connect_at = mono_now();
     if (connect(fd, (struct sockaddr *)&b->sa, b->sa_len) < 0 && errno != EINPROGRESS) {
+        int err = errno;
+
         /* Retries through session_connect_next(): at most MAX_ATTEMPTS deep. */
-        session_connect_failed(s, strerror(errno));
+        session_connect_failed(s, err, strerror(err));
         return;
     }
     session_watch_connect(s);
@@ -955,6 +1182,22 @@ static struct lb_session *session_new(struct lb_worker *w, struct lb_wpool *pool
     return s;
 }
 
+/* The access line of a client turned away before it had a session (out of memory). */
+static void log_access_no_session(struct lb_wpool *pool, const struct sockaddr *client,
+                                  socklen_t client_len)
+{
+    struct sockaddr_storage ss = {0};
+    char text[64];
+
+    if (!access_log_on || !lb_log_enabled(LB_LOG_INFO))
+        return;
+    if (client_len <= sizeof(ss))
+        memcpy(&ss, client, client_len);
+    lb_addr_format((struct sockaddr *)&ss, text, sizeof(text));
+    LB_INFO("access", "pool=%s client=%s duration_ms=0.0 bytes_in=0 bytes_out=0 retries=0 end=%s",
+            pool->pool->name, text, lb_session_end_name(LB_END_OUT_OF_MEMORY));
+}
+
 int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
                      const struct sockaddr *client, socklen_t client_len)
 {
@@ -964,13 +1207,14 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
     if (!s) {
         close(client_fd);
         lb_worker_session_finished(w);
+        log_access_no_session(pool, client, client_len);
         return -ENOMEM;
     }
     lb_counter_add(&pool->total, 1);
     if (pool->pool->accept_proxy) {
         /* The header first; the connect waits for the client's address. */
         if (!(s->in = calloc(1, sizeof(*s->in)))) {
-            session_finalize(s, "out of memory");
+            session_finalize(s, LB_END_OUT_OF_MEMORY, "out of memory");
             return 0;
         }
         s->state = SESSION_HEADER;
@@ -1005,7 +1249,7 @@ static void session_bad_header(struct lb_session *s, const char *why)
     } else {
         wp->bad_header_unlogged++;
     }
-    session_finalize(s, why);
+    session_finalize(s, LB_END_BAD_PROXY_HEADER, why);
 }
 
 /*
@@ -1022,7 +1266,7 @@ static void session_read_header(struct lb_session *s)
 
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            session_finalize(s, "client reset before its PROXY header");
+            session_finalize(s, LB_END_CLIENT_RESET, "client reset before its PROXY header");
         return;
     }
     if (n == 0) {
@@ -1053,10 +1297,15 @@ static void session_read_header(struct lb_session *s)
     session_connect_next(s);
 }
 
-static void session_finalize(struct lb_session *s, const char *why)
+/*
+ * The one exit: `end` is what the access log and operators see, `why` the
+ * detail (debug log).
+ */
+static void session_finalize(struct lb_session *s, enum lb_session_end end, const char *why)
 {
     struct lb_worker *w = s->worker;
     struct ev_loop *loop = w->loop;
+    double duration = ev_now(loop) - s->started_at;
 
     if (s->state == SESSION_CLOSED)
         return;
@@ -1064,9 +1313,14 @@ static void session_finalize(struct lb_session *s, const char *why)
         char client[64];
 
         lb_addr_format((struct sockaddr *)&s->client_addr, client, sizeof(client));
-        LB_DEBUG("proxy", "msg=\"session closed\" pool=%s backend=%s client=%s reason=\"%s\"",
-                 s->pool->pool->name, s->backend ? s->backend->id : "-", client, why);
+        LB_DEBUG("proxy",
+                 "msg=\"session closed\" pool=%s backend=%s client=%s end=%s reason=\"%s\"",
+                 s->pool->pool->name, s->backend ? s->backend->id : "-", client,
+                 lb_session_end_name(end), why);
     }
+    session_log_access(s, end, duration);
+    if (end != LB_END_MOVED) /* a moved session goes on, and ends, in the next lbd */
+        observe_duration(s, duration);
     s->state = SESSION_CLOSED;
     ev_timer_stop(loop, &s->timer);
     ev_io_stop(loop, &s->up.from_r);
@@ -1098,22 +1352,31 @@ static void session_finalize(struct lb_session *s, const char *why)
 }
 
 /* Ends the session with an RST to both peers (one of them already reset). */
-static void session_abort_reset(struct lb_session *s, const char *why)
+static void session_abort_reset(struct lb_session *s, enum lb_session_end end, const char *why)
 {
     s->reset = true;
-    session_finalize(s, why);
+    session_finalize(s, end, why);
+}
+
+/* Writing h's bytes to its destination failed: that peer reset (or its socket broke). */
+static void session_abort_write_failed(struct lb_session *s, const struct half *h)
+{
+    if (h == &s->up)
+        session_abort_reset(s, LB_END_BACKEND_RESET, "backend reset the connection");
+    else
+        session_abort_reset(s, LB_END_CLIENT_RESET, "client reset the connection");
 }
 
 void lb_session_abort(struct lb_session *s)
 {
     if (s->state != SESSION_PARKED)
-        session_finalize(s, "shutdown grace period over");
+        session_finalize(s, LB_END_SHUTDOWN, "shutdown grace period over");
 }
 
 void lb_session_abort_drained(struct lb_session *s)
 {
     if (s->state != SESSION_PARKED)
-        session_finalize(s, "drain timeout");
+        session_finalize(s, LB_END_DRAINED_PAST_DEADLINE, "drain timeout");
 }
 
 struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker)
@@ -1158,7 +1421,7 @@ static void session_resume_io(struct lb_session *s)
             half_forward_eof(s, h, to[i]);
     }
     if (session_is_done(s)) {
-        session_finalize(s, "closed by both sides");
+        session_finalize(s, session_closed_end(s), "closed by both sides");
         return;
     }
     session_arm_timer(s);
@@ -1171,6 +1434,15 @@ int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_
 
     if (s->refused)
         return -EPERM;
+    /* A connect that neither side has spoken through yet: the kernel knows
+     * whether it is done (a client waiting for the server to speak first
+     * would otherwise stay here until its connect timeout). */
+    if (s->state == SESSION_CONNECTING && !half_pending(&s->up)) {
+        double rtt;
+
+        if (socket_is_established(s->server_fd, &rtt))
+            session_confirm_at(s, s->connect_at + rtt);
+    }
     if (s->state != SESSION_PROXYING || half_pending(&s->up) > pending_max ||
         half_pending(&s->down) > pending_max)
         return -EAGAIN;
@@ -1220,7 +1492,7 @@ void lb_session_moved(struct lb_session *s)
         return;
     /* Plain close(): the next process holds the same connections. */
     s->reset = false;
-    session_finalize(s, "moved to the next process");
+    session_finalize(s, LB_END_MOVED, "moved to the next process");
 }
 
 void lb_session_unpark(struct lb_session *s)
@@ -1273,6 +1545,10 @@ int lb_session_adopt(struct lb_worker *w, struct lb_wpool *pool, struct lb_backe
     s->last_activity = now - m->idle_s;
     s->bytes_up = m->bytes_up;
     s->bytes_down = m->bytes_down;
+    if (m->down_eof && !m->up_eof)
+        s->closed_first = CLOSED_BY_BACKEND;
+    else if (m->up_eof)
+        s->closed_first = CLOSED_BY_CLIENT;
     s->backend = b;
     s->tried[s->n_tried++] = b;
     lb_counter_add(&session_stats(s)->sessions, 1);
@@ -1280,7 +1556,7 @@ int lb_session_adopt(struct lb_worker *w, struct lb_wpool *pool, struct lb_backe
 
     if (half_adopt(s, &s->up, m->up_pending, m->up_len, m->up_eof, m->up_shut) < 0 ||
         half_adopt(s, &s->down, m->down_pending, m->down_len, m->down_eof, m->down_shut) < 0) {
-        session_finalize(s, "out of memory taking the session over");
+        session_finalize(s, LB_END_OUT_OF_MEMORY, "out of memory taking the session over");
         return -ENOMEM;
     }
     session_resume_io(s);

@@ -52,6 +52,22 @@
  * first), and moves with the sockets.  A parked
  * session has no watcher and no timer running and is off the worker's live
  * list (on its parked list): nothing but moved/unpark ends it.
+ *
+ * Every session ends with one reason from a small closed set
+ * (enum lb_session_end, HAProxy's termination states in spirit) and, when
+ * the access log is on, one logfmt line at info level (sub=access):
+ *
+ *   pool=web backend=b1 client=203.0.113.7:51234 connect_ms=0.412
+ *   duration_ms=1532.0 bytes_in=532 bytes_out=10241 retries=0 end=client_closed
+ *
+ * client is the address of an inbound PROXY header when there was one;
+ * backend and connect_ms are left out when no backend was reached
+ * (connect_ms: from connect() to the connect confirmed, last attempt);
+ * bytes_in is what reached the backend from the client (lbd's own PROXY
+ * header not counted), bytes_out what reached the client.  The line is
+ * formatted only when it is written.  Each worker also keeps, per pool,
+ * histograms of connect times and session durations (single writer,
+ * summed on read by /metrics).
  */
 #ifndef LB_SESSION_H
 #define LB_SESSION_H
@@ -66,6 +82,75 @@ struct lb_list;
 struct lb_worker;
 struct lb_wpool;
 struct lb_session;
+
+/*
+ * Why a session ended: the `end=` of its access log line.  The names are
+ * stable (operators alert on them); append, never renumber or rename.
+ */
+enum lb_session_end {
+    LB_END_CLIENT_CLOSED,         /* the client closed first, then the backend */
+    LB_END_BACKEND_CLOSED,        /* the backend closed first, then the client */
+    LB_END_CLIENT_RESET,          /* the client reset, or its socket failed */
+    LB_END_BACKEND_RESET,         /* the backend reset after the connect, or its socket failed */
+    LB_END_CONNECT_TIMEOUT,       /* every attempt failed, the last by the connect timeout */
+    LB_END_CONNECT_REFUSED,       /* every attempt failed, the last refused or unreachable */
+    LB_END_NO_BACKEND,            /* none eligible, or all at max_conns: nothing tried */
+    LB_END_IDLE_TIMEOUT,          /* nothing relayed for idle_timeout, or a peer stalled */
+    LB_END_DRAINED_PAST_DEADLINE, /* its backend was drained and drain_timeout passed */
+    LB_END_SHUTDOWN,              /* still open when the shutdown grace period ended */
+    LB_END_MOVED,                 /* handed to the next lbd at an upgrade: not an error */
+    LB_END_KILLED,                /* closed by an operator (reserved) */
+    LB_END_BAD_PROXY_HEADER,      /* accept-proxy: no valid PROXY header in time */
+    LB_END_OUT_OF_MEMORY,         /* lbd lacked memory or a socket for it */
+    LB_END_COUNT
+};
+
+/* The stable name of `end` ("client_closed", ...); "unknown" out of range. */
+const char *lb_session_end_name(enum lb_session_end end);
+
+/* False for the normal ends (client_closed, backend_closed, moved): those
+ * may be sampled out of the access log; errors never are. */
+bool lb_session_end_is_error(enum lb_session_end end);
+
+/*
+ * The access log, process-wide: on or off, and 1 line in `sample` for the
+ * sessions that end normally (0 or 1: every one).  Call before the workers
+ * start; lines are written at info level, so --log-level warn hides them.
+ */
+void lb_session_set_access_log(bool on, uint64_t sample);
+
+/* Histogram bounds (seconds), Prometheus' `le`; a last bucket is +Inf. */
+#define LB_CONNECT_BUCKETS 13
+#define LB_CONNECT_BOUNDS                                                                          \
+    {                                                                                              \
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5                 \
+    }
+#define LB_DURATION_BUCKETS 7
+#define LB_DURATION_BOUNDS                                                                         \
+    {                                                                                              \
+        0.01, 0.1, 1, 10, 60, 600, 3600                                                            \
+    }
+
+/* The histograms of one pool, summed over workers.  Counts per bucket (not
+ * cumulative), the last one beyond the largest bound. */
+struct lb_session_histograms {
+    uint64_t connect[LB_CONNECT_BUCKETS + 1];
+    double connect_sum; /* seconds */
+    uint64_t duration[LB_DURATION_BUCKETS + 1];
+    double duration_sum; /* seconds */
+};
+
+/* The bucket of `v` among n ascending bounds: the first bound >= v, or n. */
+size_t lb_histogram_bucket(const double *bounds, size_t n, double v);
+
+/*
+ * Sums the histograms of pool `pool` (the registry's index) over workers
+ * 0..n_workers-1.  Any thread: each worker writes its own slot (relaxed
+ * atomics), readers add them up.  Connect times are observed per connect
+ * confirmed; durations per session that ended in this process (a moved one
+ * goes on in the next).
+ */
+void lb_session_histograms(size_t pool, unsigned n_workers, struct lb_session_histograms *out);
 
 /*
  * Takes ownership of an accepted, non-blocking client socket on worker w

@@ -1,18 +1,23 @@
 /*
  * key=value logging.  Each line is formatted into one stack buffer and
  * written with a single write(2), so lines from lbd never interleave even
- * when stderr is a pipe shared with other processes.
+ * when stderr is a pipe shared with other processes: a line is at most
+ * 2 KiB, under PIPE_BUF (4 KiB), which POSIX makes atomic on a pipe, and a
+ * file opened O_APPEND takes each write whole.  Worker threads log
+ * concurrently (the access log): nothing here is shared but the level, an
+ * atomic, and the functions used are thread-safe (gmtime_r, vsnprintf).
  */
 #include "lb_log.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-static enum lb_log_level log_level = LB_LOG_INFO;
+static _Atomic int log_level = LB_LOG_INFO; /* set at start-up, read by every thread */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -33,12 +38,12 @@ int lb_log_level_parse(const char *name, enum lb_log_level *out)
 
 void lb_log_set_level(enum lb_log_level level)
 {
-    log_level = level;
+    atomic_store_explicit(&log_level, (int)level, memory_order_relaxed);
 }
 
 bool lb_log_enabled(enum lb_log_level level)
 {
-    return level >= log_level;
+    return (int)level >= atomic_load_explicit(&log_level, memory_order_relaxed);
 }
 
 void lb_log(enum lb_log_level level, const char *sub, const char *fmt, ...)
