@@ -8,7 +8,9 @@
  * call until the write's callback arrives, even if the client has gone by
  * then.  SetDrain with `wait` then subscribes to registry events and answers
  * when the backend has drained, was removed or undrained, or at its wait
- * timeout.  WatchEvents subscribes for as long as the client stays; the
+ * timeout.  WatchEvents subscribes for as long as the client stays (with
+ * initial_state it first sends every backend as it is, then SYNCED, in the
+ * same loop iteration as the subscription, so nothing falls between); the
  * call's bounded queue turns a client that cannot keep up into
  * RESOURCE_EXHAUSTED instead of memory.
  *
@@ -33,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define LOG_SUB               "admin"
 #define DRAIN_WAIT_DEFAULT_MS 30000
@@ -156,6 +159,7 @@ static void backend_to_proto(const struct lb_backend_info *in, Lb__V1__Backend *
     out->effective_weight = in->effective_weight;
     out->drain = in->drain;
     out->drained = in->drained;
+    out->state = (Lb__V1__BackendState)in->state;
     out->health = (Lb__V1__HealthState)in->health;
     out->health_override = (Lb__V1__HealthOverride)in->health_override;
     if (in->has_weight_override) {
@@ -630,6 +634,7 @@ struct watch {
     struct lb_admin_call *call;
     char pool[LB_NAME_MAX]; /* "" = every pool */
     struct lb_subscription *sub;
+    bool sending_initial; /* the current state is being queued */
 };
 
 static void watch_release(void *data)
@@ -650,6 +655,32 @@ static void watch_stop(struct watch *w)
 static void watch_cancel(void *ud)
 {
     watch_stop(ud);
+}
+
+/* Queues one event on the watch; on failure finishes the call and stops the watch. */
+static int watch_send(struct watch *w, Lb__V1__Event *msg)
+{
+    int rc = lb_admin_call_send(w->call, &msg->base);
+
+    if (rc == 0)
+        return 0;
+    if (rc == -ENOBUFS && w->sending_initial) {
+        LB_WARN(LOG_SUB, "msg=\"current state larger than an event stream may queue\" pool=%s",
+                w->pool[0] ? w->pool : "*");
+        lb_admin_call_finish(w->call, LB_GRPC_RESOURCE_EXHAUSTED,
+                             "the current state of %s is more than an event stream may queue; "
+                             "watch one pool, or ask for changes only (no initial_state)",
+                             w->pool[0] ? w->pool : "every pool");
+    } else if (rc == -ENOBUFS) {
+        LB_WARN(LOG_SUB, "msg=\"event watcher fell behind; ending its stream\"");
+        lb_admin_call_finish(w->call, LB_GRPC_RESOURCE_EXHAUSTED,
+                             "event stream fell too far behind (client reads too slowly); "
+                             "reconnect and list again");
+    } else if (rc != -ECANCELED) {
+        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s", strerror(-rc));
+    }
+    watch_stop(w);
+    return rc;
 }
 
 static Lb__V1__Event__Type event_type_to_proto(enum lb_event_type t)
@@ -676,7 +707,6 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
     struct watch *w = ud;
     Lb__V1__Event msg = LB__V1__EVENT__INIT;
     Lb__V1__Backend backend;
-    int rc;
 
     if (w->pool[0] && strcmp(w->pool, ev->pool) != 0)
         return;
@@ -689,18 +719,57 @@ static void watch_on_event(void *ud, const struct lb_event *ev)
     }
     msg.unix_ms = ev->unix_ms;
     msg.detail = (char *)(ev->detail ? ev->detail : "");
-    rc = lb_admin_call_send(w->call, &msg.base);
-    if (rc == 0)
+    watch_send(w, &msg);
+}
+
+struct watch_initial {
+    struct watch *w;
+    int64_t unix_ms;
+    bool failed;
+};
+
+static void send_current(void *ud, const struct lb_backend_info *info)
+{
+    struct watch_initial *wi = ud;
+    Lb__V1__Event msg = LB__V1__EVENT__INIT;
+    Lb__V1__Backend backend;
+
+    if (wi->failed)
         return;
-    if (rc == -ENOBUFS) {
-        LB_WARN(LOG_SUB, "msg=\"event watcher fell behind; ending its stream\"");
-        lb_admin_call_finish(w->call, LB_GRPC_RESOURCE_EXHAUSTED,
-                             "event stream fell too far behind (client reads too slowly); "
-                             "reconnect and list again");
-    } else if (rc != -ECANCELED) {
-        lb_admin_call_finish(w->call, LB_GRPC_INTERNAL, "cannot queue an event: %s", strerror(-rc));
-    }
-    watch_stop(w);
+    backend_to_proto(info, &backend);
+    msg.type = LB__V1__EVENT__TYPE__TYPE_CURRENT;
+    msg.pool = (char *)info->pool;
+    msg.id = (char *)info->id;
+    msg.backend = &backend;
+    msg.unix_ms = wi->unix_ms;
+    msg.detail = (char *)"";
+    wi->failed = watch_send(wi->w, &msg) < 0;
+}
+
+/*
+ * initial_state: every backend as it is now, then SYNCED.  Runs on the loop
+ * right after subscribing, so the next event delivered is a change after
+ * this state.
+ */
+static void watch_send_initial(struct watch *w)
+{
+    struct watch_initial wi = {.w = w};
+    Lb__V1__Event synced = LB__V1__EVENT__INIT;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    wi.unix_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    w->sending_initial = true;
+    lb_control_list_backends(registry_of(w->call), w->pool, send_current, &wi);
+    w->sending_initial = false;
+    if (wi.failed)
+        return;
+    synced.type = LB__V1__EVENT__TYPE__TYPE_SYNCED;
+    synced.pool = w->pool;
+    synced.id = (char *)"";
+    synced.unix_ms = wi.unix_ms;
+    synced.detail = (char *)"";
+    watch_send(w, &synced);
 }
 
 static void handle_watch_events(struct lb_admin_call *call, const ProtobufCMessage *request)
@@ -729,6 +798,8 @@ static void handle_watch_events(struct lb_admin_call *call, const ProtobufCMessa
     lb_admin_call_ref(call);
     lb_admin_call_on_cancel(call, watch_cancel, w);
     lb_admin_call_begin(call);
+    if (req->initial_state)
+        watch_send_initial(w);
 }
 
 /* ---- grpc.health.v1.Health/Check ---- */

@@ -114,6 +114,28 @@ bool lb_backend_is_eligible(const struct lb_backend *b)
     return e && e->weight > 0;
 }
 
+/* The one word for b (control.h): the first that applies. */
+static enum lb_backend_state backend_state(const struct lb_backend *b,
+                                           const struct lb_snap_entry *e, uint64_t active)
+{
+    if (b->removed)
+        return LB_BACKEND_REMOVED;
+    if (b->drain)
+        return active ? LB_BACKEND_DRAINING : LB_BACKEND_DRAINED;
+    if (!b->resolved)
+        return LB_BACKEND_UNRESOLVED;
+    if (b->refused)
+        return LB_BACKEND_REFUSED;
+    if (!lb_backend_is_healthy(b))
+        return b->ejected && b->health != LB_HEALTH_DOWN &&
+                       b->health_override != LB_HEALTH_FORCE_DOWN
+                   ? LB_BACKEND_EJECTED
+                   : LB_BACKEND_DOWN;
+    if (e && e->ramping)
+        return LB_BACKEND_SLOW_START;
+    return LB_BACKEND_UP;
+}
+
 void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
 {
     const struct lb_snap_entry *e = lb_pool_entry_of(b);
@@ -129,13 +151,14 @@ void lb_backend_info(const struct lb_backend *b, struct lb_backend_info *out)
     out->has_weight_override = b->has_weight_override;
     out->weight_override = (uint32_t)b->weight_override;
     out->drain = b->drain;
-    out->drained = b->drain && atomic_load(&b->active) == 0;
     if (b->ejected && b->health != LB_HEALTH_DOWN)
         out->health = LB_HEALTH_DOWN;
     else
         out->health = b->health;
     out->health_override = b->health_override;
     out->active = atomic_load_explicit(&b->active, memory_order_relaxed);
+    out->drained = b->drain && out->active == 0; /* the same reading as the state's */
+    out->state = backend_state(b, e, out->active);
     lb_backend_totals(b, &t);
     out->total = t.total;
     out->connect_failures = t.connect_failures;

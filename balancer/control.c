@@ -192,16 +192,14 @@ static void cluster_change_done(void *arg, int status, const char *message)
     struct lb_member *m = pool ? lb_pool_find(pool, cc->id) : NULL;
 
     if (status == 0 && m) {
-        /* The watch brings the same value a moment later; apply it now so the
-         * change is in effect when the caller hears back. */
+        /* The watch brings the same value a moment later (or brought it
+         * already); apply it now so the change is in effect when the caller
+         * hears back.  Whichever of the two comes second changes nothing,
+         * so subscribers hear of the change once. */
         change_clear_local(m, &cc->change);
         m->has_cluster_override = !cc->empty;
         m->cluster_override = cc->ov;
-        if (m->backend) {
-            lb_pool_member_changed(pool, m);
-            lb_registry_notify(cc->registry, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
-                               "cluster override set");
-        }
+        lb_registry_member_changed(cc->registry, pool, m, "cluster override");
         lb_registry_publish(cc->registry);
     }
     cc->done(cc->ud, status, message);
@@ -224,8 +222,7 @@ int lb_control_change(struct lb_registry *r, const char *pool, const char *id,
         return rc;
     if (scope == LB_SCOPE_LOCAL) {
         change_apply_local(m, change);
-        lb_pool_member_changed(p, m);
-        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, p, m->backend, "local override");
+        lb_registry_member_changed(r, p, m, "local override, this lbd only");
         lb_registry_publish(r);
         return 0;
     }
@@ -265,4 +262,13 @@ int lb_control_upgrade(struct lb_registry *r, const char **why)
 bool lb_control_is_ready(struct lb_registry *r)
 {
     return !r->is_ready || r->is_ready(r->host_ud);
+}
+
+/* ---- added for the status page (status_page.c) ---- */
+
+bool lb_control_pool_in_panic(struct lb_registry *r, const char *pool)
+{
+    struct lb_pool *p = lb_registry_find_pool(r, pool);
+
+    return p && p->snap->panic;
 }

@@ -25,6 +25,23 @@ enum lb_scope {
 
 enum lb_health_state { LB_HEALTH_UNKNOWN = 0, LB_HEALTH_UP = 1, LB_HEALTH_DOWN = 2 };
 
+/*
+ * A backend in one word (the admin API's BackendState, same numbers).  When
+ * several apply, the first of: removed, drained / draining, unresolved,
+ * refused, down, ejected, slow start, up.
+ */
+enum lb_backend_state {
+    LB_BACKEND_UP = 1,
+    LB_BACKEND_SLOW_START = 2,
+    LB_BACKEND_DOWN = 3,    /* checks fail, or forced down */
+    LB_BACKEND_EJECTED = 4, /* passive: consecutive failed connects */
+    LB_BACKEND_DRAINING = 5,
+    LB_BACKEND_DRAINED = 6,
+    LB_BACKEND_REMOVED = 7,
+    LB_BACKEND_UNRESOLVED = 8, /* a DNS name not resolved yet */
+    LB_BACKEND_REFUSED = 9,    /* an address lbd must not route to */
+};
+
 struct lb_pool_info {
     const char *name;
     const char *listen;    /* "0.0.0.0:8080" as given with --pool */
@@ -46,6 +63,7 @@ struct lb_backend_info {
     uint32_t weight_override;
     bool drain;   /* effective drain (cluster or local override) */
     bool drained; /* drain && active == 0 */
+    enum lb_backend_state state;
     enum lb_health_state health;
     enum lb_health_override health_override;
     uint64_t active;
@@ -146,5 +164,12 @@ bool lb_control_is_ready(struct lb_registry *r);
 
 struct lb_subscription *lb_control_subscribe(struct lb_registry *r, lb_event_cb cb, void *ud);
 void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s);
+
+/*
+ * Added for the status page (status_page.c): true when `pool` is in panic
+ * mode (too few healthy backends: new connections spread over all of them).
+ * False for an unknown pool.
+ */
+bool lb_control_pool_in_panic(struct lb_registry *r, const char *pool);
 
 #endif

@@ -9,6 +9,12 @@
  * unsubscribe, and queue new events, from inside their callback; new events
  * are delivered in the same round, in order, and a subscription is freed
  * by the reaper, never while the list is being walked.
+ *
+ * One event per backend per publish: what is queued for a backend that
+ * already has an event waiting joins that event (the stronger type wins,
+ * the details are joined with "; "), since both would carry the same state
+ * anyway -- a drain that finds no connection open is one DRAINED event,
+ * not a CHANGED and a DRAINED with the same state.
  */
 #ifndef LB_EVENTS_H
 #define LB_EVENTS_H
@@ -25,12 +31,15 @@ struct lb_pool;
 struct lb_backend;
 struct lb_queued_event;
 
+#define LB_EVENT_DETAIL_MAX 256 /* an event's detail text, with the NUL; longer is cut */
+
 struct lb_events {
     struct lb_list subs;      /* struct lb_subscription */
     struct lb_reaper *reaper; /* frees what unsubscribed, after the current callbacks */
     struct lb_queued_event *queue;
     size_t n, cap;
-    uint64_t dropped; /* not queued for lack of memory */
+    uint32_t *by_backend; /* open-addressing index of queue (entry + 1, 0 = free); 2 * cap slots */
+    uint64_t dropped;     /* not queued for lack of memory */
 };
 
 /* An empty queue, no subscriber; `reaper` frees subscriptions (it outlives e). */
@@ -43,8 +52,10 @@ void lb_events_destroy(struct lb_events *e);
 bool lb_events_wanted(const struct lb_events *e);
 
 /*
- * Queues an event (`detail` must be static; `b` may be NULL for pool
- * events).  Returns 0, or -ENOMEM after counting it in `dropped`.
+ * Queues an event, or joins it to the one already queued for `b` (see the
+ * top of this file).  `detail` is copied (NULL: none); `b` may be NULL for
+ * pool events, which are never joined.  Returns 0, or -ENOMEM after
+ * counting it in `dropped`.
  */
 int lb_events_queue(struct lb_events *e, enum lb_event_type type, struct lb_pool *pool,
                     struct lb_backend *b, const char *detail);

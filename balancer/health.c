@@ -62,6 +62,8 @@ static void schedule_next(struct lb_backend *b, double after)
 static void set_health(struct lb_backend *b, enum lb_health_state state, const char *why)
 {
     enum lb_health_state old = b->health;
+    char detail[160];
+    int n;
 
     if (old == state)
         return;
@@ -70,12 +72,18 @@ static void set_health(struct lb_backend *b, enum lb_health_state state, const c
         b->ramp_start = ev_now(b->loop);
     LB_INFO("health", "msg=\"backend is %s\" pool=%s backend=%s addr=%s reason=\"%s\"",
             state == LB_HEALTH_UP ? "up" : "down", b->pool->name, b->id, b->spec.addr, why);
-    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED,
-                                state == LB_HEALTH_UP ? "health check: up" : "health check: down");
+    /* "health down: 3 failed checks (Connection refused)" */
+    n = state == LB_HEALTH_UP ? b->check.successes : b->check.failures;
+    snprintf(detail, sizeof(detail), "health %s: %d %s check%s (%s)",
+             state == LB_HEALTH_UP ? "up" : "down", n, state == LB_HEALTH_UP ? "passed" : "failed",
+             n == 1 ? "" : "s", why);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, detail);
 }
 
 static void unject(struct lb_backend *b, const char *why)
 {
+    char detail[96];
+
     if (!b->ejected)
         return;
     b->ejected = false;
@@ -83,7 +91,8 @@ static void unject(struct lb_backend *b, const char *why)
     b->ramp_start = ev_now(b->loop);
     LB_INFO("health", "msg=\"backend back from ejection\" pool=%s backend=%s reason=\"%s\"",
             b->pool->name, b->id, why);
-    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, why);
+    snprintf(detail, sizeof(detail), "back from ejection: %s", why);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, detail);
 }
 
 static void check_done(struct lb_backend *b, bool ok, const char *why)
@@ -322,6 +331,7 @@ void lb_health_eject(struct lb_backend *b)
 {
     struct lb_health_check *c = &b->check;
     int threshold = policy_of(b)->health.fall > 0 ? policy_of(b)->health.fall : 3;
+    char detail[96];
     double period;
 
     atomic_store_explicit(&b->connect_failures_run, 0, memory_order_relaxed);
@@ -340,6 +350,7 @@ void lb_health_eject(struct lb_backend *b)
             "msg=\"backend ejected after consecutive connect failures\" pool=%s "
             "backend=%s addr=%s failures=%d seconds=%.0f",
             b->pool->name, b->id, b->spec.addr, threshold, period);
-    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED,
-                                "ejected after connect failures");
+    snprintf(detail, sizeof(detail), "ejected: %d connect failures in a row (for %.0fs)", threshold,
+             period);
+    lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, detail);
 }

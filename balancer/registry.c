@@ -16,6 +16,7 @@
 #include "lb_util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,7 +88,8 @@ static void report_drained(struct lb_registry *r, struct lb_backend *b)
     if (b->drain && b->active == 0 && !b->drained_reported && !b->removed) {
         b->drained_reported = true;
         LB_INFO("pool", "msg=\"backend drained\" pool=%s backend=%s", b->pool->name, b->id);
-        lb_registry_notify(r, LB_EVENT_DRAINED, b->pool, b, "no active connections left");
+        lb_registry_notify(r, LB_EVENT_DRAINED, b->pool, b,
+                           "drain complete: no active connections left");
     }
 }
 
@@ -140,6 +142,78 @@ void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
     lb_registry_notify(r, type, b->pool, b, detail);
 }
 
+/* What the operator's overrides make of a backend: what an event about them tells. */
+struct intent {
+    bool drain;
+    int weight; /* registered or overridden */
+    bool has_weight_override;
+    enum lb_health_override health;
+};
+
+static void intent_of(const struct lb_backend *b, struct intent *out)
+{
+    out->drain = b->drain;
+    out->weight = b->base_weight;
+    out->has_weight_override = b->has_weight_override;
+    out->health = b->health_override;
+}
+
+/* Appends ", text" (or text) to buf. */
+static void describe_add(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void describe_add(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t len = strlen(buf);
+    va_list ap;
+
+    if (len && len + 2 < size) {
+        memcpy(buf + len, ", ", 3);
+        len += 2;
+    }
+    va_start(ap, fmt);
+    vsnprintf(buf + len, size - len, fmt, ap);
+    va_end(ap);
+}
+
+/* "drained, weight 100 -> 50" into buf; false when the two say the same. */
+static bool intent_describe(const struct intent *was, const struct intent *now, char *buf,
+                            size_t size)
+{
+    buf[0] = '\0';
+    if (was->drain != now->drain)
+        describe_add(buf, size, "%s", now->drain ? "drained" : "undrained");
+    if (was->weight != now->weight)
+        describe_add(buf, size, "weight %d -> %d", was->weight, now->weight);
+    else if (was->has_weight_override != now->has_weight_override)
+        describe_add(buf, size, "weight override %s (weight %d)",
+                     now->has_weight_override ? "set" : "cleared", now->weight);
+    if (was->health != now->health)
+        describe_add(buf, size, "%s",
+                     now->health == LB_HEALTH_FORCE_UP     ? "health forced up"
+                     : now->health == LB_HEALTH_FORCE_DOWN ? "health forced down"
+                                                           : "health back to the checks");
+    return buf[0] != '\0';
+}
+
+void lb_registry_member_changed(struct lb_registry *r, struct lb_pool *pool, struct lb_member *m,
+                                const char *layer)
+{
+    struct intent was, now;
+    char what[160], detail[LB_EVENT_DETAIL_MAX];
+
+    if (!m->backend)
+        return;
+    intent_of(m->backend, &was);
+    lb_pool_member_changed(pool, m);
+    intent_of(m->backend, &now);
+    if (!intent_describe(&was, &now, what, sizeof(what)))
+        return; /* e.g. etcd echoing the override this lbd applied when its write was acknowledged
+                 */
+    snprintf(detail, sizeof(detail), "%s by operator (%s)", what, layer);
+    lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, detail);
+}
+
 void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b)
 {
     if (b->drain && b->active == 0)
@@ -174,7 +248,7 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
 {
     struct lb_member *m = lb_pool_get_member(pool, id);
     struct lb_backend *b;
-    char qaddr[LB_ADDR_MAX + 8];
+    char qaddr[LB_ADDR_MAX + 8], added[2 * LB_ADDR_MAX + 64]; /* cut to LB_EVENT_DETAIL_MAX */
 
     if (!m) {
         LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s", pool->name,
@@ -184,13 +258,31 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
     lb_log_quote(qaddr, sizeof(qaddr), spec->addr);
     if (m->backend && strcmp(m->backend->spec.addr, spec->addr) == 0) {
         /* Same address: update in place, open connections keep counting here. */
+        struct lb_backend_spec was = m->backend->spec;
+        char detail[LB_EVENT_DETAIL_MAX] = "";
+
+        if (was.weight == spec->weight && strcmp(was.zone, spec->zone) == 0) {
+            LB_DEBUG("pool", "msg=\"backend registered again, unchanged\" pool=%s backend=%s",
+                     pool->name, id);
+            return;
+        }
         m->backend->spec = *spec;
         lb_pool_member_changed(pool, m);
         LB_INFO("pool", "msg=\"backend changed\" pool=%s backend=%s addr=%s weight=%d", pool->name,
                 id, qaddr, spec->weight);
-        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, "registration changed");
+        if (was.weight != spec->weight)
+            describe_add(detail, sizeof(detail), "registered weight %d -> %d", was.weight,
+                         spec->weight);
+        if (strcmp(was.zone, spec->zone) != 0)
+            describe_add(detail, sizeof(detail), "zone \"%s\" -> \"%s\"", was.zone, spec->zone);
+        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend, detail);
         return;
     }
+    if (m->backend)
+        snprintf(added, sizeof(added), "registered again at a new address: %s -> %s",
+                 m->backend->spec.addr, spec->addr);
+    else
+        snprintf(added, sizeof(added), "registered at %s, weight %d", spec->addr, spec->weight);
     b = lb_pool_attach_backend(pool, m, spec);
     if (!b) {
         LB_ERROR("pool", "msg=\"out of memory, backend not added\" pool=%s backend=%s", pool->name,
@@ -200,7 +292,7 @@ static void apply_backend_put(struct lb_registry *r, struct lb_pool *pool, const
     }
     LB_INFO("pool", "msg=\"backend added\" pool=%s backend=%s addr=%s weight=%d", pool->name, id,
             qaddr, spec->weight);
-    lb_registry_notify(r, LB_EVENT_BACKEND_ADDED, pool, b, "registered");
+    lb_registry_notify(r, LB_EVENT_BACKEND_ADDED, pool, b, added);
 }
 
 static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, const char *id)
@@ -213,7 +305,8 @@ static void apply_backend_delete(struct lb_registry *r, struct lb_pool *pool, co
     b = m->backend;
     LB_INFO("pool", "msg=\"backend removed\" pool=%s backend=%s active=%llu", pool->name, id,
             (unsigned long long)b->active);
-    lb_registry_notify(r, LB_EVENT_BACKEND_REMOVED, pool, b, "deregistered or lease expired");
+    lb_registry_notify(r, LB_EVENT_BACKEND_REMOVED, pool, b,
+                       "removed: key deleted or lease expired");
     lb_pool_retire_backend(pool, m);
     lb_pool_forget_if_empty(pool, m);
 }
@@ -245,9 +338,7 @@ static void apply_override(struct lb_registry *r, struct lb_pool *pool, const ch
         LB_INFO("pool", "msg=\"override cleared\" pool=%s backend=%s", pool->name, id);
     }
     if (m->backend) {
-        lb_pool_member_changed(pool, m);
-        lb_registry_notify(r, LB_EVENT_BACKEND_CHANGED, pool, m->backend,
-                           ov ? "cluster override set" : "cluster override cleared");
+        lb_registry_member_changed(r, pool, m, "cluster override");
     } else {
         lb_pool_forget_if_empty(pool, m);
     }
@@ -257,6 +348,8 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
                          const struct lb_pool_policy *policy)
 {
     struct lb_pool_policy def;
+    enum lb_algorithm was = pool->policy.algorithm;
+    char detail[LB_EVENT_DETAIL_MAX];
 
     if (!policy) {
         lb_pool_policy_defaults(&def);
@@ -269,7 +362,12 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
             "idle_timeout_ms=%lld retries=%d",
             pool->name, lb_algorithm_name(policy->algorithm), (long long)policy->connect_timeout_ms,
             (long long)policy->idle_timeout_ms, policy->retries);
-    lb_registry_notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, "policy changed");
+    snprintf(detail, sizeof(detail), "%s",
+             policy == &def ? "policy deleted: defaults apply" : "policy changed");
+    if (was != policy->algorithm)
+        describe_add(detail, sizeof(detail), "algorithm %s -> %s", lb_algorithm_name(was),
+                     lb_algorithm_name(policy->algorithm));
+    lb_registry_notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, detail);
 }
 
 static void sink_apply(void *ctx, const struct lb_update *u)

@@ -72,18 +72,31 @@ void lb_registry_connection_closed(struct lb_registry *r, struct lb_backend *b);
 
 /*
  * Called when health checks, ejection or DNS changed a backend: marks it
- * for the next publish and queues an event for subscribers (`detail` must
- * be a static string).  Ignored for removed backends.
+ * for the next publish and queues an event for subscribers (`detail` says
+ * what changed and why; copied).  Ignored for removed backends.
  */
 void lb_registry_backend_changed(struct lb_registry *r, struct lb_backend *b,
                                  enum lb_event_type type, const char *detail);
 
 /*
  * Queues an event for subscribers, delivered after the next publish
- * (`detail` must be a static string; b may be NULL for pool events).
+ * (`detail` is copied; b may be NULL for pool events).  Events of one
+ * backend in one publish become one (events.h).
  */
 void lb_registry_notify(struct lb_registry *r, enum lb_event_type type, struct lb_pool *pool,
                         struct lb_backend *b, const char *detail);
+
+/*
+ * m's overrides changed (`layer`: "cluster override", ...): folds them into
+ * its backend (lb_pool_member_changed) and, when that changed what the
+ * operator asked of the backend (drain, weight, forced health), queues one
+ * BACKEND_CHANGED event that says what: "drained, weight 100 -> 50 by
+ * operator (cluster override)".  A change that changes nothing says
+ * nothing: etcd echoing back the override this lbd already applied when
+ * its write was acknowledged is not a second event.
+ */
+void lb_registry_member_changed(struct lb_registry *r, struct lb_pool *pool, struct lb_member *m,
+                                const char *layer);
 
 /* Something is pending: publish before the loop next blocks. */
 void lb_registry_schedule_publish(struct lb_registry *r);

@@ -122,6 +122,12 @@ static const struct lb_setting register_rows[] = {
 #undef O
 #define N_ROWS (sizeof(register_rows) / sizeof(register_rows[0]))
 
+const struct lb_setting *lbctl_register_settings(size_t *n)
+{
+    *n = N_ROWS;
+    return register_rows;
+}
+
 /* What the loop needs, checked and derived from the flags. */
 struct registration {
     struct lb_etcd_endpoints etcd;

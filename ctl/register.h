@@ -21,4 +21,11 @@
  */
 int lbctl_register_main(int argc, char **argv);
 
+#include "lb_settings.h"
+
+#include <stddef.h>
+
+/* register's flag rows (for `lbctl completion`): *n rows, valid for the process. */
+const struct lb_setting *lbctl_register_settings(size_t *n);
+
 #endif

@@ -182,7 +182,10 @@ static void step_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void ticker_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    put_backend("web", "b1", "10.0.0.1:8080", 100);
+    static bool flip;
+
+    flip = !flip;
+    put_backend("web", "b1", "10.0.0.1:8080", flip ? 99 : 100);
 }
 
 /* ---- the store: etcd's write path, completing on the loop ---- */
@@ -403,6 +406,8 @@ static void job_ticker(void *arg)
     if (ms > 0) {
         ev_timer_set(&st.ticker, ms / 1000.0, ms / 1000.0);
         ev_timer_start(fx.loop, &st.ticker);
+    } else {
+        put_backend("web", "b1", "10.0.0.1:8080", 100);
     }
 }
 

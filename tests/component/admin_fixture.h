@@ -70,7 +70,11 @@ int fx_server_new(const struct lb_admin_options *opts, const struct lb_admin_lim
 void fx_server_free(struct lb_admin_server *s);
 
 void fx_set_store(enum fx_store mode, double delay_ms);
-/* Re-registers web/b1 unchanged every interval_ms (a BACKEND_CHANGED event each); 0 stops. */
+/*
+ * Re-registers web/b1 every interval_ms with its weight flipped between 100
+ * and 99 (a BACKEND_CHANGED event each: an unchanged registration is none);
+ * 0 stops, and puts weight 100 back.
+ */
 void fx_set_ticker(double interval_ms);
 /* Registers n backends bulk-00000.. in `pool` (10.1.x.y:80). */
 void fx_add_backends(const char *pool, unsigned n);

@@ -483,7 +483,7 @@ class DataPlane(HarnessTestCase):
             self.assertEqual(echo(s, payload), payload, "a connection on d2 after d1's drain deadline")
         listed = self.lbd.backends(pool)
         self.assertTrue(listed["d1"]["drain"], listed["d1"])
-        wait_until(lambda: self.lbd.backends(pool)["d1"]["drained"], scaled(3),
+        wait_until(lambda: self.lbd.backends(pool)["d1"]["state"] == "drained", scaled(3),
                    "lbctl backends to show d1 drained")
         self.assertFalse(listed["d2"]["drain"], listed["d2"])
         self.assertEqual(self.lbd.backends(pool)["d2"]["active_connections"], len(others))

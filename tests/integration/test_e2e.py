@@ -152,10 +152,10 @@ class EndToEnd(HarnessTestCase):
         self.assertEqual(echo(held, b"still here after drain\n"), b"still here after drain\n")
         listed = self.lbd.backends(POOL)["b2"]
         self.assertTrue(listed.get("drain"), "lbctl -o json backends: %r" % listed)
-        self.assertFalse(listed.get("drained", False),
-                         "drained while a connection is still open: %r" % listed)
+        self.assertEqual(listed.get("state"), "draining",
+                         "draining while a connection is still open: %r" % listed)
         held.close()
-        wait_until(lambda: self.lbd.backends(POOL)["b2"].get("drained"), scaled(5),
+        wait_until(lambda: self.lbd.backends(POOL)["b2"].get("state") == "drained", scaled(5),
                    "b2 drained once its last connection closed")
 
     def test_4_etcdctl_put_of_a_new_backend_makes_it_receive_connections(self):
@@ -203,14 +203,14 @@ class EndToEnd(HarnessTestCase):
             self.assertEqual(len(rows), 1, "one table row for %s in:\n%s" % (i, out))
             self.assertIn(self.backends[i].addr, rows[0])
         self.assertFalse([ln for ln in lines if "b1" in ln.split()], "b1 still listed:\n" + out)
-        header = [ln for ln in lines if "DRAIN" in ln.upper().split()]
-        self.assertTrue(header, "a header with a DRAIN column in:\n" + out)
-        col = header[0].upper().split().index("DRAIN")
+        header = [ln for ln in lines if "STATE" in ln.upper().split()]
+        self.assertTrue(header, "a header with a STATE column in:\n" + out)
+        col = header[0].upper().split().index("STATE")
         for i in ("b2", "b3", "b4"):
             row = [ln for ln in lines if i in ln.split()][0].split()
             shown = row[col] if col < len(row) else ""
-            undrained = shown.lower() in ("-", "", "no", "false")
-            self.assertEqual(undrained, i != "b2", "DRAIN column of %s is %r in:\n%s" % (i, shown, out))
+            drained = shown.lower() in ("draining", "drained")
+            self.assertEqual(drained, i == "b2", "STATE column of %s is %r in:\n%s" % (i, shown, out))
 
         listed = self.lbd.backends(POOL)
         self.assertEqual(set(listed), {"b2", "b3", "b4"})

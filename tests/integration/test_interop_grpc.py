@@ -11,6 +11,8 @@ import os
 import socket
 import struct
 import sys
+import threading
+import time
 import unittest
 
 import grpc
@@ -93,8 +95,21 @@ BACKEND_FIELDS = {  # lb.v1.Backend
     6: ("effective_weight", int), 7: ("drain", bool), 8: ("drained", bool), 9: ("health", int),
     10: ("health_override", int), 11: ("weight_override", int), 12: ("active_connections", int),
     13: ("total_connections", int), 14: ("connect_failures", int), 15: ("bytes_in", int),
-    16: ("bytes_out", int),
+    16: ("bytes_out", int), 17: ("state", int),
 }
+
+# lb.v1.Event.Type and lb.v1.BackendState values the tests look for
+EVENT_BACKEND_CHANGED, EVENT_HEALTH_CHANGED, EVENT_DRAINED = 2, 5, 6
+EVENT_CURRENT, EVENT_SYNCED = 7, 8
+STATE_UP, STATE_DRAINED = 1, 6
+
+
+def decode_event(buf):
+    f = pb_decode(buf)
+    return {"type": f.get(1, [0])[-1], "pool": f.get(2, [b""])[-1].decode(),
+            "id": f.get(3, [b""])[-1].decode(),
+            "backend": decode_backend(f[4][-1]) if 4 in f else None,
+            "detail": f.get(6, [b""])[-1].decode()}
 
 
 def decode_backend(buf):
@@ -228,6 +243,65 @@ class AdminInterop(HarnessTestCase):
         stored = self.etcd.get(key)
         self.assertFalse(stored is not None and json.loads(stored).get("drain"),
                          "override still drains after undrain: %r" % stored)
+
+    def test_watch_events_one_per_change(self):
+        """WatchEvents with initial_state: d1 as it is, SYNCED, then exactly one
+        event per change (the etcd echo of a CLUSTER override is not a second
+        one), each carrying the state after it and saying what changed."""
+        stream = self.channel.unary_stream("/lb.v1.Admin/WatchEvents")(
+            pb_bytes(1, "db") + pb_uint(2, 1), timeout=60)
+        events, lock = [], threading.Lock()
+
+        def read():
+            try:
+                for msg in stream:
+                    with lock:
+                        events.append(decode_event(msg))
+            except grpc.RpcError:
+                pass  # cancelled at the end
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        self.addCleanup(stream.cancel)
+
+        def changes():  # health checks come and go on their own
+            with lock:
+                return [e for e in events if e["type"] not in (EVENT_CURRENT, EVENT_SYNCED,
+                                                               EVENT_HEALTH_CHANGED)]
+
+        wait_until(lambda: any(e["type"] == EVENT_SYNCED for e in list(events)), scaled(5),
+                   "the initial state and SYNCED")
+        with lock:
+            initial = list(events)
+        self.assertEqual([(e["type"], e["id"]) for e in initial],
+                         [(EVENT_CURRENT, "d1"), (EVENT_SYNCED, "")], initial)
+        self.assertEqual(initial[0]["backend"]["state"], STATE_UP, initial)
+
+        steps = [
+            (set_drain_request("db", "d1", True, SCOPE_CLUSTER), "/lb.v1.Admin/SetDrain",
+             STATE_DRAINED, "drained by operator (cluster override)"),
+            (set_drain_request("db", "d1", False, SCOPE_CLUSTER), "/lb.v1.Admin/SetDrain",
+             STATE_UP, "undrained by operator (cluster override)"),
+            (pb_bytes(1, "db") + pb_bytes(2, "d1") + pb_uint(3, 50), "/lb.v1.Admin/SetWeight",
+             STATE_UP, "weight 100 -> 50 by operator (cluster override)"),
+            (pb_bytes(1, "db") + pb_bytes(2, "d1") + pb_uint(4, 1), "/lb.v1.Admin/SetWeight",
+             STATE_UP, "weight 50 -> 100 by operator (cluster override)"),
+            (set_drain_request("db", "d1", True, SCOPE_LOCAL), "/lb.v1.Admin/SetDrain",
+             STATE_DRAINED, "drained by operator (local override, this lbd only)"),
+            (set_drain_request("db", "d1", False, SCOPE_LOCAL), "/lb.v1.Admin/SetDrain",
+             STATE_UP, "undrained by operator (local override, this lbd only)"),
+        ]
+        for n, (request, method, state, detail) in enumerate(steps, 1):
+            self.call(method, request)
+            wait_until(lambda: len(changes()) >= n, scaled(5), "an event for %s" % detail)
+            time.sleep(0.5)  # the etcd watch echoes a CLUSTER write within milliseconds
+            got = changes()
+            self.assertEqual(len(got), n, "one event per change, after %r: %r" % (detail, got))
+            self.assertEqual((got[-1]["id"], got[-1]["detail"], got[-1]["backend"]["state"]),
+                             ("d1", detail, state), got[-1])
+        self.assertEqual([e["type"] for e in changes()],
+                         [EVENT_DRAINED, EVENT_BACKEND_CHANGED, EVENT_BACKEND_CHANGED,
+                          EVENT_BACKEND_CHANGED, EVENT_DRAINED, EVENT_BACKEND_CHANGED])
 
     def test_unknown_method_is_unimplemented(self):
         self.assert_code(grpc.StatusCode.UNIMPLEMENTED, "/lb.v1.Admin/NoSuchMethod")

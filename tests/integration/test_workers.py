@@ -587,7 +587,7 @@ class Workers(HarnessTestCase):
         for n, s in enumerate(others):
             payload = b"d2 still here %d\n" % n
             self.assertEqual(echo(s, payload), payload, "a connection on d2 after d1's deadline")
-        wait_until(lambda: self.lbd.backends(pool)["d1"]["drained"], scaled(3),
+        wait_until(lambda: self.lbd.backends(pool)["d1"]["state"] == "drained", scaled(3),
                    "lbctl -o json backends to show d1 drained")
         listed = self.lbd.backends(pool)
         self.assertTrue(listed["d1"]["drain"], listed["d1"])
