@@ -9,11 +9,16 @@
 
 #include <errno.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum source { SRC_DEFAULT, SRC_FILE, SRC_ENV, SRC_FLAG };
+/*
+ * SRC_FILE_ITEM is one element of a JSON array in the config file: a whole
+ * list entry, like a repeated flag, never split on ','.
+ */
+enum source { SRC_DEFAULT, SRC_FILE, SRC_FILE_ITEM, SRC_ENV, SRC_FLAG };
 
 #define MAX_SETTINGS 128
 
@@ -27,14 +32,17 @@ static size_t max_len(const struct lb_setting *s)
     return s->max > 0 ? (size_t)s->max : 4096;
 }
 
-static const char *source_name(enum source src, const struct lb_setting *s, char *buf, size_t size)
+/* Where a value came from, for its error message; `file` is the config file's path. */
+static const char *source_name(enum source src, const struct lb_setting *s, const char *file,
+                               char *buf, size_t size)
 {
     switch (src) {
     case SRC_DEFAULT:
         snprintf(buf, size, "default of --%s", s->name);
         break;
     case SRC_FILE:
-        snprintf(buf, size, "config key \"%s\"", s->name);
+    case SRC_FILE_ITEM:
+        snprintf(buf, size, "--config %s: key \"%s\"", file ? file : "?", s->name);
         break;
     case SRC_ENV:
         snprintf(buf, size, "%s", s->env);
@@ -45,6 +53,147 @@ static const char *source_name(enum source src, const struct lb_setting *s, char
     }
     return buf;
 }
+
+/* --- suggestions ------------------------------------------------------------------------ */
+
+static char fold(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return (char)(c - 'A' + 'a');
+    return c == '_' ? '-' : c;
+}
+
+/* lb_settings_distance() over a[0..la) and b[0..lb): three rows of the OSA table. */
+static unsigned distance_n(const char *a, size_t la, const char *b, size_t lb)
+{
+    unsigned rows[3][LB_SETTINGS_NAME_MAX + 1];
+
+    if (la > LB_SETTINGS_NAME_MAX || lb > LB_SETTINGS_NAME_MAX)
+        return UINT_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        rows[0][j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        unsigned *cur = rows[i % 3], *prev = rows[(i - 1) % 3], *prev2 = rows[(i + 1) % 3];
+
+        cur[0] = (unsigned)i;
+        for (size_t j = 1; j <= lb; j++) {
+            unsigned cost = fold(a[i - 1]) != fold(b[j - 1]);
+            unsigned v = prev[j - 1] + cost;
+
+            if (prev[j] + 1 < v)
+                v = prev[j] + 1;
+            if (cur[j - 1] + 1 < v)
+                v = cur[j - 1] + 1;
+            if (i > 1 && j > 1 && fold(a[i - 1]) == fold(b[j - 2]) &&
+                fold(a[i - 2]) == fold(b[j - 1]) && prev2[j - 2] + 1 < v)
+                v = prev2[j - 2] + 1; /* two neighbours swapped */
+            cur[j] = v;
+        }
+    }
+    return rows[la % 3][lb];
+}
+
+unsigned lb_settings_distance(const char *a, const char *b)
+{
+    return distance_n(a, strlen(a), b, strlen(b));
+}
+
+/* How many edits a word of `len` characters may be from what it is taken for. */
+static unsigned suggest_limit(size_t len)
+{
+    return len <= 3 ? 1 : len <= 7 ? 2 : 3;
+}
+
+/* The nearest candidate seen so far. */
+/* The nearest candidate seen so far; `tied` when another was as near (then none is offered). */
+struct nearest {
+    const char *word;
+    size_t word_len;
+    const char *best;
+    size_t best_len;
+    size_t best_index;
+    unsigned distance;
+    bool tied;
+};
+
+static void nearest_init(struct nearest *n, const char *word, size_t len)
+{
+    memset(n, 0, sizeof(*n));
+    n->word = word;
+    n->word_len = len;
+    n->distance = UINT_MAX;
+}
+
+static void nearest_offer(struct nearest *n, const char *name, size_t len, size_t index)
+{
+    unsigned d = distance_n(n->word, n->word_len, name, len);
+
+    if (d > suggest_limit(n->word_len) || d > n->distance)
+        return;
+    if (d == n->distance) {
+        /* equally near: ambiguous, unless it is the same name spelled the same */
+        n->tied |= len != n->best_len || memcmp(name, n->best, len) != 0;
+        return;
+    }
+    n->best = name;
+    n->best_len = len;
+    n->best_index = index;
+    n->distance = d;
+    n->tied = false;
+}
+
+static bool nearest_found(const struct nearest *n)
+{
+    return n->best && !n->tied;
+}
+
+const char *lb_settings_nearest(const char *word, const char *const *names, size_t n)
+{
+    struct nearest near;
+
+    nearest_init(&near, word, strlen(word));
+    for (size_t i = 0; i < n; i++)
+        if (names[i])
+            nearest_offer(&near, names[i], strlen(names[i]), i);
+    return nearest_found(&near) ? near.best : NULL;
+}
+
+/* The row whose long flag name is nearest to name[0..len), or NULL. */
+static const struct lb_setting *nearest_row(const struct lb_setting *t, size_t n, const char *name,
+                                            size_t len)
+{
+    struct nearest near;
+
+    nearest_init(&near, name, len);
+    for (size_t i = 0; i < n; i++)
+        nearest_offer(&near, t[i].name, strlen(t[i].name), i);
+    return nearest_found(&near) ? &t[near.best_index] : NULL;
+}
+
+/* Writes " (did you mean X?)" for the choice of "a|b|c" nearest to value into buf, or "". */
+static const char *choice_hint(const char *choices, const char *value, char *buf, size_t size)
+{
+    struct nearest near;
+    const char *p = choices;
+
+    nearest_init(&near, value, strlen(value));
+    while (*p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+
+        nearest_offer(&near, p, len, 0);
+        if (!bar)
+            break;
+        p = bar + 1;
+    }
+    if (nearest_found(&near))
+        snprintf(buf, size, " (did you mean %.*s?)", (int)near.best_len, near.best);
+    else if (size)
+        buf[0] = '\0';
+    return buf;
+}
+
+/* --- assignment ------------------------------------------------------------------------- */
 
 static bool choice_ok(const char *choices, const char *value)
 {
@@ -92,12 +241,12 @@ static void list_clear(struct lb_strlist *l)
  * source last wrote a list, so a higher source replaces instead of appending.
  */
 static int setting_assign(const struct lb_setting *s, void *out, const char *value, enum source src,
-                          enum source *last_src, char **err)
+                          const char *file, enum source *last_src, char **err)
 {
-    char where[96];
+    char where[640];
     const char *why = NULL;
 
-    source_name(src, s, where, sizeof(where));
+    source_name(src, s, file, where, sizeof(where));
     switch (s->type) {
     case LB_SETTING_STRING:
     case LB_SETTING_CONFIG: {
@@ -108,7 +257,10 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
             return -EINVAL;
         }
         if (s->choices && !choice_ok(s->choices, value)) {
-            lb_error_set(err, 0, "%s: \"%s\" is not one of %s", where, value, s->choices);
+            char hint[LB_SETTINGS_NAME_MAX + 32];
+
+            lb_error_set(err, 0, "%s: \"%s\" is not one of %s%s", where, value, s->choices,
+                         choice_hint(s->choices, value, hint, sizeof(hint)));
             return -EINVAL;
         }
         free(*p);
@@ -120,7 +272,7 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
     case LB_SETTING_LIST: {
         struct lb_strlist *l = field(s, out);
         char *copy, *save = NULL, *tok;
-        bool split = src != SRC_FLAG;
+        bool split = src == SRC_ENV || src == SRC_FILE || src == SRC_DEFAULT;
         int rc = 0;
 
         if (*last_src != src)
@@ -214,8 +366,35 @@ static const struct lb_setting *find_short(const struct lb_setting *t, size_t n,
     return NULL;
 }
 
-/* Reads a JSON object whose keys are setting names; values are strings,
- * numbers, booleans, or arrays of strings for lists. */
+/*
+ * The text of a config value for setting_assign(): strings as they are,
+ * numbers and booleans as JSON writes them; NULL (and *err) for null,
+ * objects and nested arrays, which no setting takes.
+ */
+static const char *file_value_text(json_object *val, const char *path, const char *key, char **err)
+{
+    switch (json_object_get_type(val)) {
+    case json_type_string:
+    case json_type_int:
+    case json_type_double:
+    case json_type_boolean:
+        return json_object_get_string(val);
+    case json_type_null:
+        lb_error_set(err, 0, "--config %s: \"%s\" is null; give a value or leave the key out", path,
+                     key);
+        return NULL;
+    default:
+        lb_error_set(err, 0, "--config %s: \"%s\" must be a string, a number or true/false%s", path,
+                     key, json_object_is_type(val, json_type_object) ? ", not an object" : "");
+        return NULL;
+    }
+}
+
+/*
+ * Reads a JSON object whose keys are setting names; values are strings,
+ * numbers, booleans, or arrays of those for lists.  Every error names the
+ * file and the key; an unknown key names the nearest known one.
+ */
 static int load_file(const struct lb_setting *t, size_t n, void *out, const char *path,
                      enum source *last, char **err)
 {
@@ -235,10 +414,25 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
     json_object_object_foreach(root, key, val)
     {
         const struct lb_setting *s = find_long(t, n, key, strlen(key));
+        const char *text;
         size_t idx;
 
-        if (!s || s->type == LB_SETTING_CONFIG)
-            continue; /* unknown keys are ignored, like unknown JSON fields everywhere */
+        if (!s) {
+            const struct lb_setting *near = nearest_row(t, n, key, strlen(key));
+
+            if (near)
+                lb_error_set(err, 0, "--config %s: unknown key \"%s\" (did you mean %s?)", path,
+                             key, near->name);
+            else
+                lb_error_set(err, 0,
+                             "--config %s: unknown key \"%s\" (the keys are the long flag "
+                             "names, see --help)",
+                             path, key);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (s->type == LB_SETTING_CONFIG)
+            continue; /* the file naming a file: it is already being read */
         idx = (size_t)(s - t);
         if (json_object_is_type(val, json_type_array)) {
             if (s->type != LB_SETTING_LIST) {
@@ -248,14 +442,14 @@ static int load_file(const struct lb_setting *t, size_t n, void *out, const char
                 goto out;
             }
             for (size_t i = 0; i < json_object_array_length(val) && !rc; i++) {
-                json_object *item = json_object_array_get_idx(val, i);
-
-                rc =
-                    setting_assign(s, out, json_object_get_string(item), SRC_FILE, &last[idx], err);
+                text = file_value_text(json_object_array_get_idx(val, i), path, key, err);
                 /* keep appending: only the first item of this source clears */
+                rc = text ? setting_assign(s, out, text, SRC_FILE_ITEM, path, &last[idx], err)
+                          : -EINVAL;
             }
         } else {
-            rc = setting_assign(s, out, json_object_get_string(val), SRC_FILE, &last[idx], err);
+            text = file_value_text(val, path, key, err);
+            rc = text ? setting_assign(s, out, text, SRC_FILE, path, &last[idx], err) : -EINVAL;
         }
         if (rc)
             goto out;
@@ -284,7 +478,8 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
         last[i] = SRC_DEFAULT;
         if (t[i].type == LB_SETTING_CONFIG)
             config_row = &t[i];
-        if (t[i].def && (rc = setting_assign(&t[i], out, t[i].def, SRC_DEFAULT, &last[i], err)))
+        if (t[i].def &&
+            (rc = setting_assign(&t[i], out, t[i].def, SRC_DEFAULT, NULL, &last[i], err)))
             return rc;
     }
     pos = calloc((size_t)(argc > 0 ? argc : 1), sizeof(*pos));
@@ -309,7 +504,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
         if (config_path && *config_path) {
             size_t idx = (size_t)(config_row - t);
 
-            rc = setting_assign(config_row, out, config_path, SRC_FILE, &last[idx], err);
+            rc = setting_assign(config_row, out, config_path, SRC_FLAG, NULL, &last[idx], err);
             if (!rc)
                 rc = load_file(t, n, out, config_path, last, err);
             if (rc)
@@ -321,12 +516,12 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
         const char *v = t[i].env ? getenv(t[i].env) : NULL;
 
         if (v && t[i].type != LB_SETTING_CONFIG &&
-            (rc = setting_assign(&t[i], out, v, SRC_ENV, &last[i], err)))
+            (rc = setting_assign(&t[i], out, v, SRC_ENV, NULL, &last[i], err)))
             goto out;
     }
 
     for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i], *value = NULL, *eq;
+        const char *arg = argv[i], *value = NULL, *eq = NULL;
         const struct lb_setting *s;
 
         if (!strcmp(arg, "--")) {
@@ -352,7 +547,15 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
             s = arg[2] == '\0' ? find_short(t, n, arg[1]) : NULL;
         }
         if (!s) {
-            lb_error_set(err, 0, "unknown option %s (see --help)", arg);
+            const struct lb_setting *near = NULL;
+
+            if (arg[1] == '-')
+                near = nearest_row(t, n, arg + 2, eq ? (size_t)(eq - arg - 2) : strlen(arg + 2));
+            if (near)
+                lb_error_set(err, 0, "unknown option %.*s (did you mean --%s?)",
+                             eq ? (int)(eq - arg) : (int)strlen(arg), arg, near->name);
+            else
+                lb_error_set(err, 0, "unknown option %s (see --help)", arg);
             rc = -EINVAL;
             goto out;
         }
@@ -369,7 +572,7 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
         }
         if (s->type == LB_SETTING_CONFIG)
             continue; /* already loaded */
-        rc = setting_assign(s, out, value, SRC_FLAG, &last[s - t], err);
+        rc = setting_assign(s, out, value, SRC_FLAG, NULL, &last[s - t], err);
         if (rc)
             goto out;
     }

@@ -8,6 +8,12 @@
  * row of type LB_SETTING_CONFIG is present and given), the environment, the
  * command line.  A repeatable list given on a higher level replaces what a
  * lower level set instead of appending to it.
+ *
+ * The config file is a JSON object whose keys are the long flag names; a
+ * value is a string, a number, a boolean, or (for a list) an array of
+ * those.  Any other key or value stops the parse with an error naming the
+ * file and the key, so a typo never leaves a setting at its default
+ * unnoticed.
  */
 #ifndef LB_SETTINGS_H
 #define LB_SETTINGS_H
@@ -19,7 +25,8 @@
 
 enum lb_setting_type {
     LB_SETTING_STRING,   /* char *, owned; NULL when unset */
-    LB_SETTING_LIST,     /* struct lb_strlist; flag repeatable, env/file split on ',' */
+    LB_SETTING_LIST,     /* struct lb_strlist; flag repeatable, env and a config string split
+                          * on ','; each item of a config array taken whole */
     LB_SETTING_DURATION, /* int64_t milliseconds, bounds in ms */
     LB_SETTING_INT,      /* int64_t within [min, max] */
     LB_SETTING_BOOL,     /* bool; "--x" alone means true */
@@ -56,6 +63,13 @@ enum {
  * Returns 0, or -EINVAL with *err set to a malloc'd one-line message naming
  * the flag or variable and what is expected.  On failure `out` may be
  * partly filled: release it with lb_settings_free() either way.
+ *
+ * An unknown flag or config key is an error that names the nearest known
+ * one when it is close ("unknown option --shutdown_grace (did you mean
+ * --shutdown-grace?)"); so is a value outside a row's choices.  Config
+ * keys are spelled exactly as the long flags, one spelling per setting: a
+ * key with '_' for '-' is refused with the right spelling, not read
+ * silently under a second name.
  */
 int lb_settings_parse(const struct lb_setting *table, size_t n, void *out, int argc, char **argv,
                       unsigned flags, char ***positional, size_t *n_positional, char **err);
@@ -65,5 +79,25 @@ void lb_settings_free(const struct lb_setting *table, size_t n, void *out);
 
 /* Prints one aligned line per row: flag, metavar, help, env and default. */
 void lb_settings_print_help(FILE *f, const struct lb_setting *table, size_t n);
+
+/*
+ * "Did you mean ...?" for a mistyped name: flags, config keys, policy
+ * fields, choices.  lb_settings_distance() is the Damerau-Levenshtein
+ * distance in its optimal-string-alignment form (insert, delete, replace,
+ * or swap two neighbours: one edit each), comparing letters regardless of
+ * case and '-' equal to '_', so "Shutdown_Grace" is 0 edits from
+ * "shutdown-grace".  Names longer than LB_SETTINGS_NAME_MAX count as
+ * infinitely far (UINT_MAX).
+ *
+ * lb_settings_nearest() returns the entry of names[0..n) nearest to `word`
+ * when it is close enough to be what was meant -- at most 1 edit for a word
+ * of up to 3 characters, 2 up to 7, 3 beyond -- else NULL.  Two different
+ * names equally near make no suggestion ("v3" is as near v1 as v2: a guess
+ * would mislead).  A word equal to a name is its own answer.
+ */
+#define LB_SETTINGS_NAME_MAX 64
+
+unsigned lb_settings_distance(const char *a, const char *b);
+const char *lb_settings_nearest(const char *word, const char *const *names, size_t n);
 
 #endif

@@ -284,7 +284,7 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
     e->unread = LB_SKIP_REASONS;
     e->mod_revision = mod_revision;
     e->generation = m->generation;
-    notes.n = 0;
+    notes.n = notes.n_unknown = 0;
     rc = parse_value(e, e->raw, e->raw_len, &u, &notes, &err);
     if (rc) {
         m->bad_values++;
@@ -297,6 +297,9 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
     for (size_t i = 0; i < notes.n; i++)
         lb_skip_note_clamped(&m->log, e->key, e->key_len, notes.note[i].field, notes.note[i].given,
                              notes.note[i].used, notes.note[i].why);
+    for (size_t i = 0; i < notes.n_unknown; i++)
+        lb_skip_note_unknown(&m->log, e->key, e->key_len,
+                             i < LB_VALUE_UNKNOWN_MAX ? notes.unknown[i] : NULL);
     deliver(m, &u, e);
     e->delivered = true;
     return 1;
@@ -457,4 +460,5 @@ void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
     out->bad_values = m->bad_values;
     memcpy(out->skipped, m->log.skipped, sizeof(out->skipped));
     out->clamped = m->log.clamped;
+    out->unknown_fields = m->log.unknown_fields;
 }

@@ -48,6 +48,7 @@ struct lb_mirror_stats {
     uint64_t bad_values;               /* values of schema keys that did not parse */
     uint64_t skipped[LB_SKIP_REASONS]; /* keys skipped, by reason */
     uint64_t clamped;                  /* fields clamped into their range */
+    uint64_t unknown_fields;           /* policy fields not known, ignored */
 };
 
 /* `prefix` is normalised (lb_key_prefix_normalize()); the sink is copied. */

@@ -183,6 +183,27 @@ void lb_skip_note_clamped(struct lb_skip_log *s, const char *key, size_t key_len
             lb_log_quote(qwhy, sizeof(qwhy), why), tail);
 }
 
+void lb_skip_note_unknown(struct lb_skip_log *s, const char *key, size_t key_len, const char *text)
+{
+    char qkey[96], qtext[300], tail[48] = "";
+    uint64_t suppressed;
+
+    s->unknown_fields++;
+    if (!text)
+        return;
+    lb_skip_quote_key(qkey, sizeof(qkey), key, key_len, key_len);
+    if (!lb_log_limit_take(&s->limits[LB_SKIP_LOG_CLAMPED], s->clock(), &suppressed)) {
+        memcpy(s->last_key[LB_SKIP_LOG_CLAMPED], qkey, sizeof(qkey));
+        return;
+    }
+    if (suppressed)
+        snprintf(tail, sizeof(tail), " suppressed=%llu", (unsigned long long)suppressed);
+    LB_WARN("watcher",
+            "msg=\"unknown field ignored, the rest of the policy applies\" reason=unknown_field "
+            "key=%s error=%s%s",
+            qkey, lb_log_quote(qtext, sizeof(qtext), text), tail);
+}
+
 double lb_skip_log_flush(struct lb_skip_log *s)
 {
     double now = s->clock(), next = -1, due;

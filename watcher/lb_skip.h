@@ -74,7 +74,8 @@ bool lb_log_limit_flush(struct lb_log_limit *l, double now, uint64_t *suppressed
 /* Counters and limiters of the watcher's skipped keys and clamped values. */
 struct lb_skip_log {
     uint64_t skipped[LB_SKIP_REASONS];
-    uint64_t clamped; /* fields of values clamped into their range */
+    uint64_t clamped;        /* fields of values clamped into their range */
+    uint64_t unknown_fields; /* policy fields not known, ignored */
     struct lb_log_limit limits[LB_SKIP_LOG_KINDS];
     char last_key[LB_SKIP_LOG_KINDS][96]; /* quoted, of the last line left out */
     double (*clock)(void);                /* monotonic seconds; tests replace it */
@@ -101,6 +102,15 @@ void lb_skip_note(struct lb_skip_log *s, enum lb_skip_reason reason, const char 
  */
 void lb_skip_note_clamped(struct lb_skip_log *s, const char *key, size_t key_len, const char *field,
                           const char *given, const char *used, const char *why);
+
+/*
+ * Counts one unknown field of a policy, ignored, and logs it under the
+ * clamped fields' limits (`text` says which, with the nearest known name;
+ * NULL: counted only):
+ *
+ *   msg="unknown field ignored" reason=unknown_field key=... error="unknown field ..."
+ */
+void lb_skip_note_unknown(struct lb_skip_log *s, const char *key, size_t key_len, const char *text);
 
 /*
  * Writes the summary lines that are due ("... log lines suppressed",

@@ -8,12 +8,21 @@
  * a note (lb_value.h lists the ranges and why).  Clamping, not refusing:
  * a policy with one field out of range still applies its other fields, and
  * the operator reads which field lbd changed and to what.
+ *
+ * A pool policy is read whole, problem after problem, by the one validator
+ * lbd and `lbctl policy` share (lb_value_check_policy()): its fields are
+ * few, fixed and written by hand, so an unknown one is a typo whose field
+ * silently keeps its default -- "intervl" leaving checks at 2s.  It is
+ * refused, with the nearest known name.  Backend and override values keep
+ * ignoring unknown fields: any etcd client writes them, with "meta" and
+ * fields of their own.
  */
 #include "lb_value.h"
 #include "lb_addr.h"
 #include "lb_duration.h"
 #include "lb_error.h"
 #include "lb_etcd_json.h"
+#include "lb_settings.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -197,10 +206,27 @@ static int choice_index(const char *choices, const char *text)
     return -1;
 }
 
+/* " (did you mean X?)" for the entry of "a|b|c" nearest to text, or "". */
+static const char *choice_hint(const char *choices, const char *text, char *buf, size_t size)
+{
+    char copy[128], *save = NULL, *tok;
+    const char *names[16], *near;
+    size_t n = 0;
+
+    buf[0] = '\0';
+    snprintf(copy, sizeof(copy), "%s", choices);
+    for (tok = strtok_r(copy, "|", &save); tok && n < 16; tok = strtok_r(NULL, "|", &save))
+        names[n++] = tok;
+    near = lb_settings_nearest(text, names, n);
+    if (near)
+        snprintf(buf, size, " (did you mean %s?)", near);
+    return buf;
+}
+
 static int get_choice(json_object *obj, const char *name, const char *label, const char *choices,
                       int *out, char **err)
 {
-    char text[32];
+    char text[32], hint[64];
     bool present;
     int idx, rc;
 
@@ -209,7 +235,8 @@ static int get_choice(json_object *obj, const char *name, const char *label, con
         return rc == -EINVAL ? lb_error_set(err, rc, "%s must be one of %s", label, choices) : rc;
     idx = choice_index(choices, text);
     if (idx < 0)
-        return lb_error_set(err, -EINVAL, "%s \"%s\" is not one of %s", label, text, choices);
+        return lb_error_set(err, -EINVAL, "%s \"%s\" is not one of %s%s", label, text, choices,
+                            choice_hint(choices, text, hint, sizeof(hint)));
     *out = idx;
     return 0;
 }
@@ -394,44 +421,162 @@ int lb_value_parse_override_noted(const char *json, size_t len, struct lb_overri
     return rc;
 }
 
-static int parse_health(json_object *h, struct lb_pool_policy *p, struct lb_value_notes *notes,
-                        char **err)
+/* --- pool policy ----------------------------------------------------------------------- */
+
+/* The fields of a policy, and of its health object, as users write them. */
+static const char *const policy_fields[] = {
+    "algorithm", "health",     "connect_timeout", "idle_timeout",   "retries",
+    "max_conns", "slow_start", "drain_timeout",   "proxy_protocol", "panic_threshold",
+};
+static const char *const health_fields[] = {"type", "path", "interval", "timeout", "rise", "fall"};
+
+#define N_POLICY_FIELDS (sizeof(policy_fields) / sizeof(policy_fields[0]))
+#define N_HEALTH_FIELDS (sizeof(health_fields) / sizeof(health_fields[0]))
+
+/* Adds a problem; past LB_VALUE_PROBLEMS_MAX it is counted, not kept. */
+static void add_problem(struct lb_value_problems *ps, const char *field, const char *text)
 {
-    char interval_text[64], timeout_text[64], used[32];
+    struct lb_value_problem *p;
+
+    ps->total++;
+    if (ps->n >= LB_VALUE_PROBLEMS_MAX)
+        return;
+    p = &ps->problem[ps->n++];
+    snprintf(p->field, sizeof(p->field), "%s", field);
+    snprintf(p->text, sizeof(p->text), "%s", text);
+    p->unknown = false;
+}
+
+/*
+ * Files the outcome of one field helper: 0 passes, -EINVAL becomes a
+ * problem of `field` worded by the helper (*err, consumed), anything else
+ * (-ENOMEM) is returned to stop the reading.
+ */
+static int keep(struct lb_value_problems *ps, const char *field, int rc, char **err)
+{
+    if (rc == -EINVAL)
+        add_problem(ps, field, *err ? *err : "invalid value");
+    free(*err);
+    *err = NULL;
+    return rc == -EINVAL ? 0 : rc;
+}
+
+static bool is_one_of(const char *name, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * One problem per member of obj that is not in known[]: with the nearest
+ * known name when one is close, else with the nearest name of the other
+ * level (a field written inside health that belongs at the top, or the
+ * other way round), else with the list of known names.  `where` is ""
+ * at the top level and "health." inside health.
+ */
+static void check_unknown(json_object *obj, const char *where, const char *const *known,
+                          size_t n_known, const char *other_where, const char *const *other,
+                          size_t n_other, struct lb_value_problems *ps)
+{
+    json_object_object_foreach(obj, key, val)
+    {
+        char field[sizeof(ps->problem[0].field)], text[sizeof(ps->problem[0].text)];
+        const char *near;
+
+        (void)val;
+        if (is_one_of(key, known, n_known))
+            continue;
+        snprintf(field, sizeof(field), "%s%.40s", where, key);
+        if ((near = lb_settings_nearest(key, known, n_known)))
+            snprintf(text, sizeof(text), "unknown field \"%s\" (did you mean %s?)", field, near);
+        else if ((near = lb_settings_nearest(key, other, n_other)) && other_where[0])
+            snprintf(text, sizeof(text), "unknown field \"%s\" (did you mean %s%s?)", field,
+                     other_where, near);
+        else if (near && strcmp(near, key) == 0)
+            snprintf(text, sizeof(text),
+                     "unknown field \"%s\" (%s belongs at the top level, not in health)", field,
+                     near);
+        else if (near)
+            snprintf(text, sizeof(text),
+                     "unknown field \"%s\" (did you mean %s, at the top level?)", field, near);
+        else if (where[0])
+            snprintf(text, sizeof(text),
+                     "unknown field \"%s\" (health takes type, path, interval, timeout, rise, "
+                     "fall)",
+                     field);
+        else
+            snprintf(text, sizeof(text),
+                     "unknown field \"%s\" (a policy takes algorithm, health, connect_timeout, "
+                     "idle_timeout, retries, max_conns, slow_start, drain_timeout, "
+                     "proxy_protocol, panic_threshold)",
+                     field);
+        add_problem(ps, field, text);
+        ps->n_unknown++;
+        if (ps->n && ps->total == ps->n)
+            ps->problem[ps->n - 1].unknown = true;
+    }
+}
+
+static int parse_health(json_object *h, struct lb_pool_policy *p, struct lb_value_notes *notes,
+                        struct lb_value_problems *ps)
+{
+    char interval_text[64], timeout_text[64], used[32], *err = NULL;
     int64_t interval_default = p->health.interval_ms;
-    bool present;
+    bool present, path_ok = true;
     int type = (int)p->health.type, rc;
 
-    if (!json_object_is_type(h, json_type_object))
-        return lb_error_set(err, -EINVAL, "health must be an object");
+    interval_text[0] = timeout_text[0] = '\0';
+    if (!json_object_is_type(h, json_type_object)) {
+        add_problem(ps, "health", "health must be an object");
+        return 0;
+    }
+    check_unknown(h, "health.", health_fields, N_HEALTH_FIELDS, "", policy_fields, N_POLICY_FIELDS,
+                  ps);
     /* index order matches enum lb_health_type */
-    rc = get_choice(h, "type", "health.type", "tcp|http|none", &type, err);
+    rc = keep(ps, "health.type", get_choice(h, "type", "health.type", "tcp|http|none", &type, &err),
+              &err);
     p->health.type = (enum lb_health_type)type;
-    if (!rc)
+    if (!rc) {
         rc = get_string(h, "path", "health.path", p->health.path, sizeof(p->health.path), &present,
-                        err);
-    if (!rc && present) {
+                        &err);
+        path_ok = rc == 0;
+        rc = keep(ps, "health.path", rc, &err);
+    }
+    if (!rc && path_ok && present) {
+        const char *c = p->health.path;
+
+        while (*c && (unsigned char)*c > 0x20 && *c != 0x7f)
+            c++;
         if (p->health.path[0] != '/')
-            return lb_error_set(err, -EINVAL, "health.path must start with '/'");
-        for (const char *c = p->health.path; *c; c++)
-            if ((unsigned char)*c <= 0x20 || *c == 0x7f)
-                return lb_error_set(err, -EINVAL,
-                                    "health.path must not hold spaces or control characters");
+            add_problem(ps, "health.path", "health.path must start with '/'");
+        else if (*c)
+            add_problem(ps, "health.path",
+                        "health.path must not hold spaces or control characters");
     }
     if (!rc)
-        rc = get_duration(h, "interval", "health.interval", LB_POLICY_INTERVAL_MIN_MS,
-                          LB_POLICY_INTERVAL_MAX_MS, ZERO_OFF, &p->health.interval_ms,
-                          interval_text, notes, err);
+        rc = keep(ps, "health.interval",
+                  get_duration(h, "interval", "health.interval", LB_POLICY_INTERVAL_MIN_MS,
+                               LB_POLICY_INTERVAL_MAX_MS, ZERO_OFF, &p->health.interval_ms,
+                               interval_text, notes, &err),
+                  &err);
     if (!rc)
-        rc = get_duration(h, "timeout", "health.timeout", LB_POLICY_TIMEOUT_MIN_MS,
-                          LB_POLICY_INTERVAL_MAX_MS, ZERO_DEFAULT, &p->health.timeout_ms,
-                          timeout_text, notes, err);
+        rc = keep(ps, "health.timeout",
+                  get_duration(h, "timeout", "health.timeout", LB_POLICY_TIMEOUT_MIN_MS,
+                               LB_POLICY_INTERVAL_MAX_MS, ZERO_DEFAULT, &p->health.timeout_ms,
+                               timeout_text, notes, &err),
+                  &err);
     if (!rc)
-        rc = get_int(h, "rise", "health.rise", 1, LB_POLICY_RISE_FALL_MAX, &p->health.rise, notes,
-                     err);
+        rc = keep(ps, "health.rise",
+                  get_int(h, "rise", "health.rise", 1, LB_POLICY_RISE_FALL_MAX, &p->health.rise,
+                          notes, &err),
+                  &err);
     if (!rc)
-        rc = get_int(h, "fall", "health.fall", 1, LB_POLICY_RISE_FALL_MAX, &p->health.fall, notes,
-                     err);
+        rc = keep(ps, "health.fall",
+                  get_int(h, "fall", "health.fall", 1, LB_POLICY_RISE_FALL_MAX, &p->health.fall,
+                          notes, &err),
+                  &err);
     if (rc)
         return rc;
     if (p->health.interval_ms == 0) {
@@ -450,56 +595,129 @@ static int parse_health(json_object *h, struct lb_pool_policy *p, struct lb_valu
     return 0;
 }
 
-int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_policy *out,
-                                struct lb_value_notes *notes, char **err)
+/*
+ * The validator.  `unknown_ok`: unknown fields are problems all the same
+ * (ps->n_unknown of them), but when they are the only ones the policy is
+ * read and returned (lbd); otherwise any problem refuses it (lbctl).
+ */
+static int check_policy(const char *json, size_t len, struct lb_pool_policy *out,
+                        struct lb_value_problems *ps, struct lb_value_notes *notes, bool unknown_ok)
 {
     struct lb_pool_policy p;
     json_object *root, *h;
-    char text[64];
+    char text[64], *err = NULL;
     int algorithm, proxy, rc;
 
+    ps->n = ps->total = ps->n_unknown = 0;
     lb_pool_policy_defaults(&p);
     algorithm = (int)p.algorithm;
     proxy = (int)p.proxy_protocol;
-    rc = parse_object(json, len, "pool config", &root, err);
-    if (rc)
-        return rc;
+    rc = parse_object(json, len, "pool config", &root, &err);
+    if (rc) {
+        rc = keep(ps, "", rc, &err);
+        return rc ? rc : -EINVAL;
+    }
+    check_unknown(root, "", policy_fields, N_POLICY_FIELDS, "health.", health_fields,
+                  N_HEALTH_FIELDS, ps);
     /* index order matches enum lb_algorithm and enum lb_proxy_protocol */
-    rc = get_choice(root, "algorithm", "algorithm", LB_ALGORITHM_NAMES, &algorithm, err);
+    rc = keep(ps, "algorithm",
+              get_choice(root, "algorithm", "algorithm", LB_ALGORITHM_NAMES, &algorithm, &err),
+              &err);
     p.algorithm = (enum lb_algorithm)algorithm;
     if (!rc && (h = member(root, "health")))
-        rc = parse_health(h, &p, notes, err);
+        rc = parse_health(h, &p, notes, ps);
     if (!rc)
-        rc = get_duration(root, "connect_timeout", "connect_timeout",
-                          LB_POLICY_CONNECT_TIMEOUT_MIN_MS, LB_POLICY_CONNECT_TIMEOUT_MAX_MS,
-                          ZERO_OFF, &p.connect_timeout_ms, text, notes, err);
+        rc = keep(ps, "connect_timeout",
+                  get_duration(root, "connect_timeout", "connect_timeout",
+                               LB_POLICY_CONNECT_TIMEOUT_MIN_MS, LB_POLICY_CONNECT_TIMEOUT_MAX_MS,
+                               ZERO_OFF, &p.connect_timeout_ms, text, notes, &err),
+                  &err);
     if (!rc)
-        rc = get_duration(root, "idle_timeout", "idle_timeout", LB_POLICY_IDLE_TIMEOUT_MIN_MS,
-                          LB_POLICY_IDLE_TIMEOUT_MAX_MS, ZERO_OFF, &p.idle_timeout_ms, text, notes,
-                          err);
+        rc = keep(ps, "idle_timeout",
+                  get_duration(root, "idle_timeout", "idle_timeout", LB_POLICY_IDLE_TIMEOUT_MIN_MS,
+                               LB_POLICY_IDLE_TIMEOUT_MAX_MS, ZERO_OFF, &p.idle_timeout_ms, text,
+                               notes, &err),
+                  &err);
     if (!rc)
-        rc = get_int(root, "retries", "retries", 0, LB_POLICY_RETRIES_MAX, &p.retries, notes, err);
+        rc = keep(
+            ps, "retries",
+            get_int(root, "retries", "retries", 0, LB_POLICY_RETRIES_MAX, &p.retries, notes, &err),
+            &err);
     if (!rc)
-        rc = get_int(root, "max_conns", "max_conns", 0, LB_POLICY_MAX_CONNS_MAX, &p.max_conns,
-                     notes, err);
+        rc = keep(ps, "max_conns",
+                  get_int(root, "max_conns", "max_conns", 0, LB_POLICY_MAX_CONNS_MAX, &p.max_conns,
+                          notes, &err),
+                  &err);
     if (!rc)
-        rc =
-            get_duration(root, "slow_start", "slow_start", LB_POLICY_SLOW_START_MIN_MS,
-                         LB_POLICY_SLOW_START_MAX_MS, ZERO_OFF, &p.slow_start_ms, text, notes, err);
+        rc = keep(ps, "slow_start",
+                  get_duration(root, "slow_start", "slow_start", LB_POLICY_SLOW_START_MIN_MS,
+                               LB_POLICY_SLOW_START_MAX_MS, ZERO_OFF, &p.slow_start_ms, text, notes,
+                               &err),
+                  &err);
     if (!rc)
-        rc = get_duration(root, "drain_timeout", "drain_timeout", LB_POLICY_DRAIN_TIMEOUT_MIN_MS,
-                          LB_POLICY_DRAIN_TIMEOUT_MAX_MS, ZERO_OFF, &p.drain_timeout_ms, text,
-                          notes, err);
+        rc = keep(ps, "drain_timeout",
+                  get_duration(root, "drain_timeout", "drain_timeout",
+                               LB_POLICY_DRAIN_TIMEOUT_MIN_MS, LB_POLICY_DRAIN_TIMEOUT_MAX_MS,
+                               ZERO_OFF, &p.drain_timeout_ms, text, notes, &err),
+                  &err);
     if (!rc) {
-        rc = get_choice(root, "proxy_protocol", "proxy_protocol", "none|v1|v2", &proxy, err);
+        rc = keep(ps, "proxy_protocol",
+                  get_choice(root, "proxy_protocol", "proxy_protocol", "none|v1|v2", &proxy, &err),
+                  &err);
         p.proxy_protocol = (enum lb_proxy_protocol)proxy;
     }
     if (!rc)
-        rc = get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold, notes,
-                     err);
-    if (!rc)
-        *out = p;
+        rc = keep(ps, "panic_threshold",
+                  get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold,
+                          notes, &err),
+                  &err);
     json_object_put(root);
+    if (rc)
+        return rc;
+    if (ps->total && !(unknown_ok && ps->total == ps->n_unknown))
+        return -EINVAL;
+    *out = p;
+    return 0;
+}
+
+int lb_value_check_policy(const char *json, size_t len, struct lb_pool_policy *out,
+                          struct lb_value_problems *ps, struct lb_value_notes *notes)
+{
+    return check_policy(json, len, out, ps, notes, false);
+}
+
+int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_policy *out,
+                                struct lb_value_notes *notes, char **err)
+{
+    struct lb_value_problems *ps = malloc(sizeof(*ps));
+    char joined[512];
+    size_t o = 0;
+    int rc;
+
+    if (!ps)
+        return lb_error_set(err, -ENOMEM, "out of memory");
+    rc = check_policy(json, len, out, ps, notes, true);
+    if (rc == 0 && notes) {
+        /* Applied without them: the log says which fields were ignored. */
+        notes->n_unknown = ps->n_unknown;
+        for (size_t i = 0, k = 0; i < ps->n && k < LB_VALUE_UNKNOWN_MAX; i++)
+            if (ps->problem[i].unknown)
+                snprintf(notes->unknown[k++], sizeof(notes->unknown[0]), "%s", ps->problem[i].text);
+    }
+    if (rc == -EINVAL) {
+        /* one line for the log: the problems in order, as many as fit */
+        joined[0] = '\0';
+        for (size_t i = 0; i < ps->n && o < sizeof(joined); i++)
+            o += (size_t)snprintf(joined + o, sizeof(joined) - o, "%s%s", i ? "; " : "",
+                                  ps->problem[i].text);
+        if (ps->total > 1)
+            lb_error_set(err, rc, "%s (%zu problems)", joined, ps->total);
+        else
+            lb_error_set(err, rc, "%s", joined);
+    } else if (rc) {
+        lb_error_set(err, rc, "out of memory");
+    }
+    free(ps);
     return rc;
 }
 
@@ -577,6 +795,75 @@ int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out)
         rc = add_member(obj, "weight", json_object_new_int(spec->weight));
     if (!rc && spec->zone[0])
         rc = add_member(obj, "zone", json_object_new_string(spec->zone));
+    if (rc) {
+        json_object_put(obj);
+        return rc;
+    }
+    return lb_etcd_json_finish(obj, out);
+}
+
+/* Adds name: a duration as lb_duration_format() writes it. */
+static int add_duration(json_object *obj, const char *name, int64_t ms)
+{
+    char text[32];
+
+    return add_member(obj, name,
+                      json_object_new_string(lb_duration_format(ms, text, sizeof(text))));
+}
+
+int lb_value_encode_policy(const struct lb_pool_policy *p, char **out)
+{
+    static const char *const health_types[] = {"tcp", "http", "none"};
+    static const char *const proxies[] = {"none", "v1", "v2"};
+    json_object *obj, *h;
+    int rc;
+
+    *out = NULL;
+    if ((unsigned)p->algorithm > LB_ALGO_MAGLEV || (unsigned)p->health.type > LB_CHECK_NONE ||
+        (unsigned)p->proxy_protocol > LB_PROXY_V2 ||
+        memchr(p->health.path, '\0', sizeof(p->health.path)) == NULL)
+        return -EINVAL;
+    obj = json_object_new_object();
+    h = json_object_new_object();
+    if (!obj || !h) {
+        json_object_put(obj);
+        json_object_put(h);
+        return -ENOMEM;
+    }
+    rc = add_member(obj, "algorithm", json_object_new_string(lb_algorithm_name(p->algorithm)));
+    if (!rc)
+        rc = add_member(h, "type", json_object_new_string(health_types[p->health.type]));
+    if (!rc)
+        rc = add_member(h, "path", json_object_new_string(p->health.path));
+    if (!rc)
+        rc = add_duration(h, "interval", p->health.interval_ms);
+    if (!rc)
+        rc = add_duration(h, "timeout", p->health.timeout_ms);
+    if (!rc)
+        rc = add_member(h, "rise", json_object_new_int(p->health.rise));
+    if (!rc)
+        rc = add_member(h, "fall", json_object_new_int(p->health.fall));
+    if (!rc) {
+        rc = add_member(obj, "health", h);
+        h = NULL; /* owned by obj, or put by add_member */
+    }
+    if (!rc)
+        rc = add_duration(obj, "connect_timeout", p->connect_timeout_ms);
+    if (!rc)
+        rc = add_duration(obj, "idle_timeout", p->idle_timeout_ms);
+    if (!rc)
+        rc = add_member(obj, "retries", json_object_new_int(p->retries));
+    if (!rc)
+        rc = add_member(obj, "max_conns", json_object_new_int(p->max_conns));
+    if (!rc)
+        rc = add_duration(obj, "slow_start", p->slow_start_ms);
+    if (!rc)
+        rc = add_duration(obj, "drain_timeout", p->drain_timeout_ms);
+    if (!rc)
+        rc = add_member(obj, "proxy_protocol", json_object_new_string(proxies[p->proxy_protocol]));
+    if (!rc)
+        rc = add_member(obj, "panic_threshold", json_object_new_int(p->panic_threshold));
+    json_object_put(h);
     if (rc) {
         json_object_put(obj);
         return rc;

@@ -3,10 +3,14 @@
  * structs of lb_update.h (and, for what lbd and lbctl write, written back).
  *
  * Reading is strict about what is there and lenient about what is not:
- * every field is optional except a backend's "addr", unknown fields are
- * ignored, a field of the wrong type or a text that does not parse fails
- * the whole value with a sentence naming the field.  Values longer than
- * LB_VALUE_MAX bytes are refused before parsing.
+ * every field is optional except a backend's "addr", a field of the wrong
+ * type or a text that does not parse fails the whole value with a sentence
+ * naming the field.  Unknown fields are ignored in backend and override
+ * values (any etcd client writes those, "meta" and fields of its own
+ * included) and refused in a pool policy, whose fields are few and typed
+ * by hand: "intervl" is a typo, reported with the nearest known field
+ * ("did you mean interval?"), not a reason to run checks at the default.
+ * Values longer than LB_VALUE_MAX bytes are refused before parsing.
  *
  * Numbers and durations out of their range do not fail the value: they are
  * clamped to the nearest bound, and each clamp is reported as a note (the
@@ -81,16 +85,22 @@ struct lb_value_note {
 
 #define LB_VALUE_NOTES_MAX 16
 
+#define LB_VALUE_UNKNOWN_MAX 4
+
 struct lb_value_notes {
     struct lb_value_note note[LB_VALUE_NOTES_MAX];
     size_t n; /* notes past the array are dropped; the value is clamped all the same */
+    /* Unknown policy fields lbd ignored, each a sentence with the nearest
+     * known name: 'unknown field "health.intervl" (did you mean interval?)' */
+    char unknown[LB_VALUE_UNKNOWN_MAX][256];
+    size_t n_unknown; /* found; those past the array are not kept */
 };
 
 /*
  * The readers.  Each returns 0 with *out filled (out-of-range fields
  * clamped, one note each in *notes when notes is not NULL), or -EINVAL
  * with *err naming the field when the value does not parse; then *out is
- * untouched.
+ * untouched.  For a policy, *err lists every problem on one line.
  */
 /* {"addr":"10.0.0.5:8080","weight":100,"zone":"a","meta":{...}} */
 int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend_spec *out,
@@ -98,9 +108,44 @@ int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend
 /* {"drain":true,"weight":50,"health":"up|down|auto"} */
 int lb_value_parse_override_noted(const char *json, size_t len, struct lb_override *out,
                                   struct lb_value_notes *notes, char **err);
-/* Pool policy per DESIGN.md; absent fields keep lb_pool_policy_defaults(). */
+/*
+ * Pool policy per DESIGN.md; absent fields keep lb_pool_policy_defaults().
+ * Unknown fields are ignored, as DESIGN.md has it (a policy written for a
+ * newer lbd still applies), each noted in notes->unknown with the nearest
+ * known name for the log; any other problem refuses the whole value.
+ */
 int lb_value_parse_policy_noted(const char *json, size_t len, struct lb_pool_policy *out,
                                 struct lb_value_notes *notes, char **err);
+
+/* One thing wrong with a pool policy (lb_value_check_policy()). */
+struct lb_value_problem {
+    bool unknown; /* an unknown field: lbd ignores it (DESIGN: forward compatible), lbctl refuses */
+    char field[48]; /* as users write it: "health.interval"; "" for the value as a whole */
+    char text[256]; /* a sentence naming the field: unknown field "health.intervl" (did you
+                     * mean interval?) */
+};
+
+#define LB_VALUE_PROBLEMS_MAX 16
+
+struct lb_value_problems {
+    struct lb_value_problem problem[LB_VALUE_PROBLEMS_MAX];
+    size_t n;         /* problems kept */
+    size_t total;     /* problems found: more than n when the array ran out */
+    size_t n_unknown; /* of them, unknown fields */
+};
+
+/*
+ * The pool policy validator, the one lbd (through
+ * lb_value_parse_policy_noted()) and `lbctl policy` use.  Reads the whole
+ * value and reports every problem, not just the first: an unknown field
+ * (with the nearest known one when it is close, also across levels:
+ * "interval" at the top level -> health.interval), a wrong type, a text
+ * that does not parse.  Returns 0 with *out filled and the clamps in
+ * *notes (notes may be NULL), -EINVAL with *problems filled and *out
+ * untouched, or -ENOMEM.  Pure: no allocation survives the call.
+ */
+int lb_value_check_policy(const char *json, size_t len, struct lb_pool_policy *out,
+                          struct lb_value_problems *problems, struct lb_value_notes *notes);
 
 /* The same, clamping without notes. */
 int lb_value_parse_backend(const char *json, size_t len, struct lb_backend_spec *out, char **err);
@@ -117,5 +162,11 @@ bool lb_value_override_is_default(const struct lb_override *ov);
  */
 int lb_value_encode_override(const struct lb_override *ov, char **out);
 int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out);
+/*
+ * The policy with every field, defaults included, durations written as
+ * "2s": what lbd runs, for `lbctl policy` to show and compare.  It reads
+ * back to the same struct.
+ */
+int lb_value_encode_policy(const struct lb_pool_policy *p, char **out);
 
 #endif

@@ -786,6 +786,7 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
     out->bad_values = ms.bad_values;
     memcpy(out->skipped, ms.skipped, sizeof(out->skipped));
     out->clamped = ms.clamped;
+    out->unknown_fields = ms.unknown_fields;
     out->keys = ms.keys;
     out->ms_since_contact =
         w->last_contact > 0 ? (int64_t)((ev_time() - w->last_contact) * 1000.0) : -1;

@@ -93,6 +93,7 @@ struct lb_watcher_stats {
     uint64_t bad_values;               /* values of schema keys that did not parse */
     uint64_t skipped[LB_SKIP_REASONS]; /* keys skipped, by reason (lb_skip.h) */
     uint64_t clamped;                  /* value fields clamped into their range */
+    uint64_t unknown_fields;           /* policy fields not known, ignored */
     size_t keys;                       /* schema keys known */
     int64_t ms_since_contact;          /* since the last bytes from etcd; -1 = never */
     /* since the watcher last had a confirmed watch or a complete listing; 0 while watching */

@@ -88,6 +88,10 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
         {"lbd_etcd_clamped_fields_total", "counter",
          "Fields of etcd values out of their range, clamped to it (logged with key and field).",
          st.clamped},
+        {"lbd_etcd_unknown_fields_total", "counter",
+         "Unknown fields of pool policies, ignored (logged with key, field and the nearest "
+         "known name).",
+         st.unknown_fields},
         {"lbd_etcd_keys", "gauge", "Keys of the lbd schema known from etcd.",
          (unsigned long long)st.keys},
     };

@@ -1,5 +1,6 @@
 /* The settings table: defaults, env, flags, config file, precedence, errors. */
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -157,13 +158,23 @@ static void test_errors(void **state)
     unsetenv("T_GRACE");
 }
 
+/* Writes `json` to a fresh temporary file; the caller unlinks `path`. */
+static void write_config(char *path, const char *json)
+{
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+    close(fd);
+}
+
 static void test_config_file(void **state)
 {
     struct cfg c;
     char path[] = "/tmp/lb-settings-XXXXXX";
     int fd = mkstemp(path);
     const char *json = "{\"etcd\":\"http://file:1\",\"pool\":[\"a=1\",\"b=2\"],\"grace\":\"5s\","
-                       "\"workers\":4,\"unknown\":1}";
+                       "\"workers\":4,\"verbose\":true}";
     char **pos, *err;
     size_t npos;
 
@@ -181,9 +192,142 @@ static void test_config_file(void **state)
     lb_settings_free(table, N_TABLE, &c);
     unsetenv("T_GRACE");
 
+    /* an array item is one entry, commas and all; a string splits like the environment */
+    {
+        char p2[] = "/tmp/lb-settings-XXXXXX";
+        char *argv2[] = {"prog", "--config", p2, NULL};
+
+        write_config(p2, "{\"pool\":[\"web=1,accept-proxy\",\"db=2\"]}");
+        assert_int_equal(parse(&c, 3, argv2, &pos, &npos, &err, 0), 0);
+        assert_int_equal(c.pools.n, 2);
+        assert_string_equal(c.pools.v[0], "web=1,accept-proxy");
+        assert_string_equal(c.pools.v[1], "db=2");
+        free(pos);
+        lb_settings_free(table, N_TABLE, &c);
+        unlink(p2);
+        strcpy(p2, "/tmp/lb-settings-XXXXXX");
+        write_config(p2, "{\"pool\":\"web=1,db=2\"}");
+        assert_int_equal(parse(&c, 3, argv2, &pos, &npos, &err, 0), 0);
+        assert_int_equal(c.pools.n, 2);
+        free(pos);
+        lb_settings_free(table, N_TABLE, &c);
+        unlink(p2);
+    }
+
     char *bad[] = {"prog", "--config", "/nonexistent/lbd.json", NULL};
     expect_error(bad, 3, "/nonexistent/lbd.json");
     unlink(path);
+}
+
+/* Parses --config with `json` expecting failure; the error must hold every needle. */
+static void expect_config_error(const char *json, const char *const *needles)
+{
+    char path[] = "/tmp/lb-settings-XXXXXX";
+    char *argv[] = {"prog", "--config", path, NULL};
+    struct cfg c;
+    char **pos, *err = NULL;
+    size_t npos;
+
+    write_config(path, json);
+    assert_int_equal(parse(&c, 3, argv, &pos, &npos, &err, 0), -EINVAL);
+    assert_non_null(err);
+    assert_non_null(strstr(err, path)); /* the file is named */
+    for (size_t i = 0; needles[i]; i++)
+        if (!strstr(err, needles[i]))
+            fail_msg("error \"%s\" does not mention \"%s\"", err, needles[i]);
+    assert_null(strchr(err, '\n')); /* one line */
+    free(err);
+    lb_settings_free(table, N_TABLE, &c);
+    unlink(path);
+}
+
+static void test_config_unknown_keys_are_errors_with_a_suggestion(void **state)
+{
+    /* the key the operator meant, also with '_' for '-' or another case */
+    expect_config_error(
+        "{\"workers\":2,\"graec\":\"5s\"}",
+        (const char *const[]){"unknown key \"graec\"", "did you mean grace?", NULL});
+    expect_config_error("{\"Verbose\":true}",
+                        (const char *const[]){"\"Verbose\"", "did you mean verbose?", NULL});
+    /* nothing close: no guess, a pointer to the names instead */
+    expect_config_error("{\"shutdown\":\"5s\"}",
+                        (const char *const[]){"unknown key \"shutdown\"", "long flag names", NULL});
+    /* values no setting takes are errors naming the key, not crashes or guesses */
+    expect_config_error("{\"etcd\":null}", (const char *const[]){"\"etcd\" is null", NULL});
+    expect_config_error("{\"grace\":{\"s\":5}}",
+                        (const char *const[]){"\"grace\"", "not an object", NULL});
+    expect_config_error("{\"pool\":[\"a=1\",null]}", (const char *const[]){"\"pool\"", NULL});
+    expect_config_error("{\"grace\":[\"5s\"]}",
+                        (const char *const[]){"\"grace\" takes a single value", NULL});
+    /* a bad value names the file and the key */
+    expect_config_error("{\"workers\":100}",
+                        (const char *const[]){"key \"workers\"", "out of range", NULL});
+    expect_config_error("{\"output\":\"jsn\"}",
+                        (const char *const[]){"table|json", "did you mean json?", NULL});
+}
+
+static void test_flag_suggestions(void **state)
+{
+    char *a1[] = {"prog", "--graec", "5s", NULL};
+    char *a2[] = {"prog", "--worker=3", NULL};
+    char *a3[] = {"prog", "--Verbose", NULL};
+    char *a4[] = {"prog", "--xyzzy", NULL};
+    char *a5[] = {"prog", "-o", "tabel", NULL};
+
+    expect_error(a1, 3, "unknown option --graec (did you mean --grace?)");
+    expect_error(a2, 2, "unknown option --worker (did you mean --workers?)");
+    expect_error(a3, 2, "did you mean --verbose?");
+    expect_error(a4, 2, "unknown option --xyzzy (see --help)");
+    expect_error(a5, 3, "did you mean table?");
+}
+
+static void test_distance_and_nearest(void **state)
+{
+    static const char *const names[] = {"interval", "timeout", "rise", "fall", "type", "path"};
+    static const char *const flags[] = {"shutdown-grace", "shutdown-delay", "etcd", "etcd-ca"};
+
+    assert_int_equal(lb_settings_distance("", ""), 0);
+    assert_int_equal(lb_settings_distance("abc", ""), 3);
+    assert_int_equal(lb_settings_distance("", "abc"), 3);
+    assert_int_equal(lb_settings_distance("intervl", "interval"), 1); /* deletion */
+    assert_int_equal(lb_settings_distance("conect_timeout", "connect_timeout"), 1);
+    assert_int_equal(lb_settings_distance("tyep", "type"), 1); /* swap */
+    assert_int_equal(lb_settings_distance("kitten", "sitting"), 3);
+    assert_int_equal(lb_settings_distance("shutdown_grace", "shutdown-grace"), 0);
+    assert_int_equal(lb_settings_distance("Interval", "interval"), 0);
+    assert_int_equal(lb_settings_distance("ca", "abc"), 3); /* OSA, not full Damerau (2) */
+    /* a name past the bound is never near anything */
+    {
+        char longname[LB_SETTINGS_NAME_MAX + 2];
+
+        memset(longname, 'a', sizeof(longname) - 1);
+        longname[sizeof(longname) - 1] = '\0';
+        assert_int_equal(lb_settings_distance(longname, "a"), UINT_MAX);
+        assert_null(lb_settings_nearest(longname, names, 6));
+    }
+
+    assert_string_equal(lb_settings_nearest("intervl", names, 6), "interval");
+    assert_string_equal(lb_settings_nearest("interval", names, 6), "interval");
+    assert_string_equal(lb_settings_nearest("timout", names, 6), "timeout");
+    assert_string_equal(lb_settings_nearest("tyep", names, 6), "type");
+    assert_string_equal(lb_settings_nearest("rose", names, 6), "rise");
+    /* short words get one edit, no more: "fal" is fall, "pat" path, "ab" nothing */
+    assert_string_equal(lb_settings_nearest("fal", names, 6), "fall");
+    assert_null(lb_settings_nearest("ab", names, 6));
+    assert_null(lb_settings_nearest("checks", names, 6));
+    assert_null(lb_settings_nearest("", names, 6));
+    /* the closest wins; two equally close make no guess */
+    assert_string_equal(lb_settings_nearest("shutdown_grace", flags, 4), "shutdown-grace");
+    assert_string_equal(lb_settings_nearest("shutdown-dealy", flags, 4), "shutdown-delay");
+    assert_string_equal(lb_settings_nearest("etc", flags, 4), "etcd");
+    assert_null(lb_settings_nearest("x", NULL, 0));
+    {
+        static const char *const versions[] = {"none", "v1", "v2"};
+
+        assert_null(lb_settings_nearest("v3", versions, 3));
+        assert_string_equal(lb_settings_nearest("V1", versions, 3), "v1");
+        assert_string_equal(lb_settings_nearest("nnoe", versions, 3), "none");
+    }
 }
 
 static void test_durations(void **state)
@@ -209,9 +353,15 @@ static void test_durations(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),           cmocka_unit_test(test_flags_env_precedence),
-        cmocka_unit_test(test_stop_at_positional), cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_config_file),        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_flags_env_precedence),
+        cmocka_unit_test(test_stop_at_positional),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_config_unknown_keys_are_errors_with_a_suggestion),
+        cmocka_unit_test(test_flag_suggestions),
+        cmocka_unit_test(test_distance_and_nearest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -354,7 +355,7 @@ static void test_policy_values(void **state)
                "\"interval\":\"500ms\",\"timeout\":\"250ms\",\"rise\":1,\"fall\":100},"
                "\"connect_timeout\":\"1m30s\",\"idle_timeout\":\"0\",\"retries\":0,"
                "\"max_conns\":1000,\"slow_start\":\"30s\",\"drain_timeout\":\"2h\","
-               "\"proxy_protocol\":\"v2\",\"panic_threshold\":0,\"unknown\":{\"a\":1}}",
+               "\"proxy_protocol\":\"v2\",\"panic_threshold\":0}",
                &p),
         0);
     assert_int_equal(p.algorithm, LB_ALGO_MAGLEV);
@@ -596,6 +597,195 @@ static void test_error_sentences_name_the_field(void **state)
     free(err);
 }
 
+/* Checks a policy expecting refusal; returns the problems (the caller looks at them). */
+static struct lb_value_problems check_bad(const char *json)
+{
+    struct lb_value_problems ps;
+    struct lb_pool_policy p, before;
+
+    memset(&p, 0x5a, sizeof(p));
+    before = p;
+    if (lb_value_check_policy(json, strlen(json), &p, &ps, NULL) != -EINVAL)
+        fail_msg("accepted %s", json);
+    assert_memory_equal(&p, &before, sizeof(p)); /* *out untouched */
+    assert_true(ps.n >= 1);
+    assert_true(ps.total >= ps.n);
+    return ps;
+}
+
+/* The problem of `field`, or a failure naming what was found instead. */
+static const char *problem_of(const struct lb_value_problems *ps, const char *field)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        if (strcmp(ps->problem[i].field, field) == 0)
+            return ps->problem[i].text;
+    fail_msg("no problem for %s (first: %s: %s)", field, ps->n ? ps->problem[0].field : "-",
+             ps->n ? ps->problem[0].text : "-");
+    return NULL;
+}
+
+static void assert_mentions(const char *text, const char *needle)
+{
+    if (!strstr(text, needle))
+        fail_msg("\"%s\" does not mention \"%s\"", text, needle);
+}
+
+/* A typo in a policy is refused with the field meant, at either level. */
+static void test_policy_unknown_fields_named_with_a_suggestion(void **state)
+{
+    static const struct {
+        const char *json, *field, *says;
+    } cases[] = {
+        {"{\"intervl\":\"1s\"}", "intervl", "did you mean health.interval?"},
+        {"{\"interval\":\"1s\"}", "interval", "did you mean health.interval?"},
+        {"{\"conect_timeout\":\"1s\"}", "conect_timeout", "did you mean connect_timeout?"},
+        {"{\"connect-timeout\":\"1s\"}", "connect-timeout", "did you mean connect_timeout?"},
+        {"{\"Algorithm\":\"p2c\"}", "Algorithm", "did you mean algorithm?"},
+        {"{\"helth\":{}}", "helth", "did you mean health?"},
+        {"{\"health\":{\"intervl\":\"1s\"}}", "health.intervl", "did you mean interval?"},
+        {"{\"health\":{\"tyep\":\"tcp\"}}", "health.tyep", "did you mean type?"},
+        {"{\"health\":{\"retries\":3}}", "health.retries",
+         "retries belongs at the top level, not in health"},
+        {"{\"health\":{\"retrys\":3}}", "health.retrys", "did you mean retries, at the top level?"},
+        {"{\"bogus\":1}", "bogus", "a policy takes algorithm, health"},
+        {"{\"health\":{\"bogus\":1}}", "health.bogus", "health takes type, path"},
+        {"{\"unknown\":{\"a\":1}}", "unknown", "unknown field \"unknown\""},
+        {"{\"intervl\":null}", "intervl", "did you mean health.interval?"},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lb_value_problems ps = check_bad(cases[i].json);
+        const char *text = problem_of(&ps, cases[i].field);
+
+        assert_int_equal(ps.total, 1);
+        assert_mentions(text, "unknown field");
+        assert_mentions(text, cases[i].says);
+    }
+    /* lbd ignores an unknown field (DESIGN.md) and applies the rest; the note
+     * it logs carries the field and the suggestion.  Any other problem still
+     * refuses the whole value. */
+    {
+        const char *json = "{\"health\":{\"intervl\":\"1s\"},\"algorithm\":\"p2c\"}";
+        const char *worse = "{\"health\":{\"intervl\":\"1s\"},\"algorithm\":\"p3c\"}";
+        struct lb_value_notes notes = {.n = 0};
+        struct lb_pool_policy p;
+        char *err = NULL;
+
+        assert_int_equal(lb_value_parse_policy_noted(json, strlen(json), &p, &notes, &err), 0);
+        assert_int_equal(p.algorithm, LB_ALGO_P2C);
+        assert_int_equal(notes.n_unknown, 1);
+        assert_string_equal(notes.unknown[0],
+                            "unknown field \"health.intervl\" (did you mean interval?)");
+        assert_int_equal(lb_value_parse_policy(worse, strlen(worse), &p, &err), -EINVAL);
+        assert_mentions(err, "unknown field \"health.intervl\"");
+        assert_mentions(err, "algorithm");
+        free(err);
+    }
+}
+
+/* Every problem is reported, not just the first, each under its field. */
+static void test_policy_every_problem_reported(void **state)
+{
+    const char *json = "{\"algorithm\":\"leastconns\",\"intervl\":\"1s\","
+                       "\"health\":{\"type\":\"udp\",\"path\":\"x y\",\"rise\":\"2\","
+                       "\"interval\":\"2 s\",\"timout\":\"1s\"},"
+                       "\"connect_timeout\":3,\"retries\":true,\"proxy_protocol\":\"v3\","
+                       "\"panic_threshold\":50}";
+    struct lb_value_problems ps = check_bad(json);
+    struct lb_pool_policy p;
+    char *err = NULL;
+
+    assert_mentions(problem_of(&ps, "algorithm"), "did you mean leastconn?");
+    assert_mentions(problem_of(&ps, "intervl"), "did you mean health.interval?");
+    assert_mentions(problem_of(&ps, "health.timout"), "did you mean timeout?");
+    assert_mentions(problem_of(&ps, "health.type"), "\"udp\" is not one of tcp|http|none");
+    assert_mentions(problem_of(&ps, "health.path"), "start with '/'");
+    assert_mentions(problem_of(&ps, "health.rise"), "whole number");
+    assert_mentions(problem_of(&ps, "health.interval"), "health.interval \"2 s\"");
+    assert_mentions(problem_of(&ps, "connect_timeout"), "duration string");
+    assert_mentions(problem_of(&ps, "retries"), "whole number");
+    assert_mentions(problem_of(&ps, "proxy_protocol"), "none|v1|v2");
+    assert_int_equal(ps.total, 10);
+    assert_int_equal(ps.n, 10);
+    /* lbd's line holds them in order and says how many */
+    assert_int_equal(lb_value_parse_policy(json, strlen(json), &p, &err), -EINVAL);
+    assert_mentions(err, "unknown field \"intervl\"");
+    assert_mentions(err, "(10 problems)");
+    free(err);
+    /* the value as a whole */
+    ps = check_bad("[1]");
+    assert_string_equal(ps.problem[0].field, "");
+    assert_mentions(ps.problem[0].text, "JSON object");
+    ps = check_bad("{\"a\":");
+    assert_string_equal(ps.problem[0].field, "");
+    assert_int_equal(ps.total, 1);
+    /* more problems than the array holds: counted, the first ones kept */
+    {
+        char big[2048];
+        size_t o = (size_t)snprintf(big, sizeof(big), "{");
+
+        for (int i = 0; i < 40; i++)
+            o += (size_t)snprintf(big + o, sizeof(big) - o, "%s\"zz%02d\":1", i ? "," : "", i);
+        snprintf(big + o, sizeof(big) - o, "}");
+        ps = check_bad(big);
+        assert_int_equal(ps.n, LB_VALUE_PROBLEMS_MAX);
+        assert_int_equal(ps.total, 40);
+        assert_string_equal(ps.problem[0].field, "zz00");
+    }
+    /* a good policy: no problems, the notes still say what was clamped */
+    {
+        const char *good = "{\"health\":{\"interval\":\"1ms\"},\"algorithm\":\"p2c\"}";
+        struct lb_value_notes notes = {.n = 0};
+
+        assert_int_equal(lb_value_check_policy(good, strlen(good), &p, &ps, &notes), 0);
+        assert_int_equal(ps.total, 0);
+        assert_int_equal(notes.n, 1);
+        assert_int_equal(p.algorithm, LB_ALGO_P2C);
+    }
+}
+
+/* The effective policy written out reads back to itself, with every field. */
+static void test_policy_encode_roundtrip(void **state)
+{
+    static const char *const policies[] = {
+        "{}",
+        "{\"algorithm\":\"maglev\",\"health\":{\"type\":\"http\",\"path\":\"/ready?x=1\","
+        "\"interval\":\"500ms\",\"timeout\":\"250ms\",\"rise\":1,\"fall\":100},"
+        "\"connect_timeout\":\"1m30s\",\"idle_timeout\":\"0\",\"retries\":0,"
+        "\"max_conns\":1000,\"slow_start\":\"30s\",\"drain_timeout\":\"2h\","
+        "\"proxy_protocol\":\"v2\",\"panic_threshold\":0}",
+        "{\"health\":{\"interval\":\"0\"},\"proxy_protocol\":\"v1\"}",
+    };
+
+    for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
+        struct lb_pool_policy p, back;
+        char *json = NULL;
+
+        assert_int_equal(policy(policies[i], &p), 0);
+        assert_int_equal(lb_value_encode_policy(&p, &json), 0);
+        assert_int_equal(policy(json, &back), 0);
+        assert_memory_equal(&p, &back, sizeof(p));
+        free(json);
+    }
+    {
+        struct lb_pool_policy p;
+        char *json = NULL;
+
+        lb_pool_policy_defaults(&p);
+        assert_int_equal(lb_value_encode_policy(&p, &json), 0);
+        assert_string_equal(json, "{\"algorithm\":\"wrr\",\"health\":{\"type\":\"tcp\","
+                                  "\"path\":\"/healthz\",\"interval\":\"2s\",\"timeout\":"
+                                  "\"1s\",\"rise\":2,\"fall\":3},\"connect_timeout\":\"3s\","
+                                  "\"idle_timeout\":\"1h\",\"retries\":2,\"max_conns\":0,"
+                                  "\"slow_start\":\"0s\",\"drain_timeout\":\"0s\","
+                                  "\"proxy_protocol\":\"none\",\"panic_threshold\":50}");
+        free(json);
+        p.proxy_protocol = (enum lb_proxy_protocol)7;
+        assert_int_equal(lb_value_encode_policy(&p, &json), -EINVAL);
+        assert_null(json);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +805,9 @@ int main(void)
         cmocka_unit_test(test_zero_means_off),
         cmocka_unit_test(test_backend_weight_clamped),
         cmocka_unit_test(test_error_sentences_name_the_field),
+        cmocka_unit_test(test_policy_unknown_fields_named_with_a_suggestion),
+        cmocka_unit_test(test_policy_every_problem_reported),
+        cmocka_unit_test(test_policy_encode_roundtrip),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
