@@ -13,11 +13,14 @@
  * exits 0.  A second SIGTERM/SIGINT closes them at once.
  */
 #include "addr_policy.h"
+#include "admin_auth.h"
 #include "admin_server.h"
 #include "admin_service.h"
 #include "http_endpoint.h"
 #include "lb_addr.h"
+#include "lb_etcd_http.h"
 #include "lb_etcd_opts.h"
+#include "lb_file.h"
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
@@ -39,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #define FDS_RESERVED 256 /* etcd, admin (64), http (96 at most), checks, logs, slack */
 
@@ -54,6 +58,8 @@ struct lbd_settings {
     int64_t shutdown_grace_ms;
     int64_t shutdown_delay_ms;
     char *log_level;
+    char *access_log;
+    int64_t access_log_sample;
     int64_t max_conns;
     int64_t workers;
     char *config;
@@ -64,6 +70,7 @@ struct lbd_settings {
     int64_t etcd_stall_timeout_ms;
     bool help;
     bool version;
+    bool check;
 };
 
 #define S(f) offsetof(struct lbd_settings, f)
@@ -121,9 +128,21 @@ static const struct lb_setting lbd_table[] = {
      "limit)"},
     {"log-level", 0, "LBD_LOG_LEVEL", LB_SETTING_STRING, S(log_level), 0, 0, "info",
      "debug|info|warn|error", "LEVEL", "lowest level logged"},
+    {"access-log", 0, "LBD_ACCESS_LOG", LB_SETTING_STRING, S(access_log), 0, 0, "on", "on|off",
+     "on|off",
+     "one line per finished connection (sub=access, at info level): pool, backend, client, "
+     "connect and total time, bytes each way, retries, and why it ended (end=)"},
+    {"access-log-sample", 0, "LBD_ACCESS_LOG_SAMPLE", LB_SETTING_INT, S(access_log_sample), 1,
+     1000000, "1", NULL, "N",
+     "log 1 in N connections that end normally (closed by a peer, moved at an upgrade); every "
+     "error is logged"},
     {"config", 0, "LBD_CONFIG", LB_SETTING_CONFIG, S(config), 0, 0, NULL, NULL, "FILE",
      "JSON file with any of these settings (flags and env override it)"},
     {"help", 'h', NULL, LB_SETTING_BOOL, S(help), 0, 0, NULL, NULL, NULL, "show this help"},
+    {"check", 0, NULL, LB_SETTING_BOOL, S(check), 0, 0, NULL, NULL, NULL,
+     "check the flags, environment and config file (pools, addresses, networks, etcd "
+     "endpoints, credential and TLS files), print a summary and exit: 0 when lbd would start, "
+     "2 with one line per problem; binds nothing, connects to nothing"},
     {"version", 0, NULL, LB_SETTING_BOOL, S(version), 0, 0, NULL, NULL, NULL, "show the version"},
 };
 #undef S
@@ -661,6 +680,7 @@ static int lbd_start(struct lbd *d)
     hc.is_ready = lbd_is_ready;
     hc.render_metrics = lbd_render_metrics;
     hc.ud = d;
+    hc.registry = &d->registry; /* the status page (GET /) */
     rc = lb_http_start(d->loop, &hc, &d->http, &err);
     if (rc < 0)
         goto fail;
@@ -742,6 +762,161 @@ static void lbd_cleanup(struct lbd *d)
     lb_settings_free(lbd_table, LB_ARRAY_SIZE(lbd_table), &d->settings);
 }
 
+/* ------------------------------------------------------------ --check -- */
+
+/* A listen address as lb_listen_open() will read it: an IP address and a port. */
+static int lbd_check_listen(const char *flag, const char *text, struct sockaddr_storage *ss,
+                            socklen_t *len)
+{
+    struct lb_hostport hp;
+    const char *why = NULL;
+
+    if (!text)
+        return -ENOENT;
+    if (lb_addr_parse(text, true, &hp, &why) < 0 || lb_addr_to_sockaddr(&hp, ss, len) < 0) {
+        fprintf(stderr, "lbd: %s %s: %s\n", flag, text,
+                why ? why : "listen address must be an IP address, not a name");
+        return -EINVAL;
+    }
+    return hp.port == 0 ? -ENOENT : 0; /* port 0: any free port, never a clash */
+}
+
+/*
+ * lbd --check: what start-up would refuse, found without binding a socket
+ * or talking to etcd.  When it runs, the flags, the environment, the config
+ * file, the pools, the etcd endpoints and --backend-networks have been read
+ * (their errors exit 2 before).  This adds what lbd checks once it starts:
+ * the etcd TLS files and credentials, the admin token and TLS files, the
+ * listen addresses (each an IP address, no two the same), the directory of
+ * --upgrade-socket and the open-files limit.  Every problem is one line on
+ * stderr; returns the exit code, 0 (and a summary on stdout) or 2.
+ */
+static int lbd_check(struct lbd *d)
+{
+    const struct lbd_settings *s = &d->settings;
+    struct sockaddr_storage addrs[LB_ARRAY_SIZE(d->pool_listens) + 2];
+    const char *addr_flags[LB_ARRAY_SIZE(addrs)], *addr_texts[LB_ARRAY_SIZE(addrs)];
+    socklen_t addr_lens[LB_ARRAY_SIZE(addrs)];
+    struct lb_etcd_endpoints endpoints = {0};
+    struct lb_etcd_http *etcd = NULL;
+    int64_t max_conns = s->max_conns;
+    size_t n_addrs = 0;
+    unsigned problems = 0;
+    char *err = NULL;
+
+    if (lb_etcd_opts_endpoints(&s->etcd, &endpoints, &err) < 0 ||
+        lb_etcd_opts_client(&s->etcd, &endpoints, NULL, "lbd", &etcd, &err) < 0) {
+        fprintf(stderr, "lbd: %s\n", err ? err : "cannot set up the etcd client");
+        problems++;
+    }
+    lb_etcd_http_free(etcd);
+    lb_etcd_endpoints_free(&endpoints);
+    if (s->admin_token_file) {
+        struct lb_admin_auth auth;
+
+        memset(&auth, 0, sizeof(auth));
+        free(err);
+        err = NULL;
+        if (lb_admin_auth_load(&auth, s->admin_token_file, &err) < 0) {
+            fprintf(stderr, "lbd: %s\n", err ? err : "cannot read --admin-token-file");
+            problems++;
+        }
+        memset(&auth, 0, sizeof(auth));
+    }
+    if (!s->admin_tls_cert != !s->admin_tls_key) {
+        fprintf(stderr, "lbd: --admin-tls-cert and --admin-tls-key go together: give both to "
+                        "serve the admin API over TLS\n");
+        problems++;
+    }
+    for (int i = 0; i < 2; i++) {
+        const char *path = i ? s->admin_tls_key : s->admin_tls_cert;
+
+        free(err);
+        err = NULL;
+        if (path &&
+            lb_file_check_readable(path, i ? "admin TLS key" : "admin TLS certificate", &err) < 0) {
+            fprintf(stderr, "lbd: %s\n", err ? err : path);
+            problems++;
+        }
+    }
+    /* Every listener on its own address: two on one would fail to bind. */
+    for (size_t i = 0; i < d->n_pools + 2; i++) {
+        const char *flag = i < d->n_pools ? "--pool" : i == d->n_pools ? "--admin" : "--http";
+        const char *text = i < d->n_pools    ? d->pool_listens[i]
+                           : i == d->n_pools ? s->admin
+                                             : s->http;
+        int rc = lbd_check_listen(flag, text, &addrs[n_addrs], &addr_lens[n_addrs]);
+
+        if (rc == -EINVAL)
+            problems++;
+        if (rc < 0)
+            continue;
+        for (size_t j = 0; j < n_addrs; j++)
+            if (addr_lens[j] == addr_lens[n_addrs] &&
+                memcmp(&addrs[j], &addrs[n_addrs], addr_lens[j]) == 0) {
+                fprintf(stderr,
+                        "lbd: %s %s: the same address as %s %s; each listener needs its "
+                        "own\n",
+                        flag, text, addr_flags[j], addr_texts[j]);
+                problems++;
+                rc = -EEXIST;
+                break;
+            }
+        if (rc == 0) {
+            addr_flags[n_addrs] = flag;
+            addr_texts[n_addrs++] = text;
+        }
+    }
+    for (size_t i = 0; i < d->n_pools; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(d->pool_names[i], d->pool_names[j]) == 0) {
+                fprintf(stderr, "lbd: --pool %s is given twice\n", d->pool_names[i]);
+                problems++;
+            }
+    if (s->upgrade_socket) {
+        char dir[128], *slash;
+        struct stat st;
+
+        snprintf(dir, sizeof(dir), "%s", s->upgrade_socket);
+        slash = strrchr(dir, '/');
+        if (!slash)
+            snprintf(dir, sizeof(dir), ".");
+        else
+            slash[slash == dir] = '\0'; /* "/x" keeps "/" */
+        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "lbd: --upgrade-socket %s: directory %s does not exist\n",
+                    s->upgrade_socket, dir);
+            problems++;
+        }
+    }
+    if (check_fd_limit(&max_conns,
+                       (rlim_t)FDS_RESERVED +
+                           (rlim_t)s->workers * (d->n_pools + 3 + 2 * LB_PIPES_PER_WORKER)) < 0)
+        problems++; /* it said why */
+    free(err);
+    if (problems) {
+        fprintf(stderr, "lbd: --check: %u problem%s\n", problems, problems == 1 ? "" : "s");
+        return 2;
+    }
+    printf("configuration OK\n");
+    if (s->config)
+        printf("  config file       %s\n", s->config);
+    for (size_t i = 0; i < d->n_pools; i++)
+        printf("  pool              %s on %s%s\n", d->pool_names[i], d->pool_listens[i],
+               d->pool_accept_proxy[i] ? " (accept-proxy)" : "");
+    printf("  etcd              %s%s, prefix %s%s%s\n", s->etcd.etcd.v[0],
+           s->etcd.etcd.n > 1 ? ",..." : "", s->prefix, s->etcd.user_file ? ", user file" : "",
+           s->etcd.ca_file || s->etcd.cert_file ? ", TLS files" : "");
+    printf("  admin             %s%s%s\n", s->admin, s->admin_token_file ? ", token" : "",
+           s->admin_tls_cert ? ", TLS" : "");
+    printf("  http              %s\n", s->http);
+    printf("  workers           %lld, max-conns %lld\n", (long long)s->workers,
+           (long long)max_conns);
+    printf("  backend networks  %s\n", s->backend_networks);
+    printf("  not checked       whether the addresses are free and etcd answers\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct lbd d;
@@ -778,6 +953,8 @@ int main(int argc, char **argv)
     }
     lb_log_level_parse(d.settings.log_level, &level);
     lb_log_set_level(level);
+    lb_session_set_access_log(strcmp(d.settings.access_log, "on") == 0,
+                              (uint64_t)d.settings.access_log_sample);
     if (parse_pools(&d) < 0) {
         exit_code = 2;
         goto out;
@@ -801,6 +978,10 @@ int main(int argc, char **argv)
     }
     if (d.settings.workers == 0)
         d.settings.workers = lb_cpus_available();
+    if (d.settings.check) {
+        exit_code = lbd_check(&d);
+        goto out;
+    }
     /* Each worker: a listener per pool, its epoll, its wake-up fds and the
      * pipes it may splice through (2 fds each). */
     if (check_fd_limit(&d.settings.max_conns,

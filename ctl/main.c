@@ -1,6 +1,7 @@
 /*
  * lbctl: the operator's command line for lbd.  Every subcommand but
- * `register` is one gRPC call to lbd's admin API (watch is a stream).
+ * `register` and `policy` (which speak to etcd) is one gRPC call to lbd's
+ * admin API (watch is a stream).
  *
  * Flags come from one settings table: the global rows (--admin, -o, ...,
  * each with an LBCTL_* variable) are parsed up to the subcommand, then the
@@ -10,8 +11,16 @@
  *
  * Exit codes: 0 ok, 1 runtime failure (including any gRPC error status),
  * 2 usage error.  Errors are one line on stderr.
+ *
+ * What an operator waits on shows progress: `drain --wait` polls the
+ * backend and shows its active connections falling (one updating line on a
+ * terminal, a line per change otherwise, both on stderr so stdout stays
+ * the result), and `watch` prints the current state before the changes,
+ * as `kubectl get -w` does.  `completion bash|zsh` prints a script made
+ * from the tables below (completion.c).
  */
 #include "admin_client.h"
+#include "completion.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
 #include "lb_file.h"
@@ -19,6 +28,7 @@
 #include "lb_settings.h"
 
 #include "lb/v1/admin.pb-c.h"
+#include "policy.h"
 #ifdef LBCTL_HAVE_REGISTER
 #include "register.h"
 #endif
@@ -33,11 +43,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#define EXIT_RUNTIME  1
-#define EXIT_USAGE    2
-#define MAX_FLAGS     20
-#define WAIT_GRACE_MS 5000 /* the call's deadline beyond --timeout of drain --wait */
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE   2
+#define MAX_FLAGS    20
+
+#define DRAIN_POLL_MS      250   /* drain --wait reads the backend this often */
+#define DRAIN_LINE_MS      1000  /* without a terminal: a line per change, at most this often */
+#define DRAIN_HEARTBEAT_MS 10000 /* ... and one this often when nothing changes */
 
 struct ctl_opts {
     /* global */
@@ -144,6 +158,7 @@ static int cmd_weight(struct ctl *ctl, char **args, size_t n);
 static int cmd_health(struct ctl *ctl, char **args, size_t n);
 static int cmd_watch(struct ctl *ctl, char **args, size_t n);
 static int cmd_upgrade(struct ctl *ctl, char **args, size_t n);
+static int cmd_completion(struct ctl *ctl, char **args, size_t n);
 
 static const struct command commands[] = {
     {"pools", "", "list pools with their listeners and connection counts", 0, 0, {NULL}, cmd_pools},
@@ -185,6 +200,13 @@ static const struct command commands[] = {
      0,
      {NULL},
      cmd_upgrade},
+    {"policy",
+     "get|validate|set POOL [FILE|-]",
+     "read, check or write a pool's policy in etcd (see lbctl policy --help)",
+     0,
+     0,
+     {NULL},
+     NULL},
     {"register",
      "--etcd URL --pool P --id ID --addr HOST:PORT ...",
      "register this backend in etcd and keep it registered (see lbctl register --help)",
@@ -192,6 +214,13 @@ static const struct command commands[] = {
      0,
      {NULL},
      NULL},
+    {"completion",
+     "bash|zsh",
+     "print a shell completion script: source <(lbctl completion bash)",
+     1,
+     1,
+     {NULL},
+     cmd_completion},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -321,6 +350,7 @@ static void table_print(struct table *t, const char *const *header)
         free(t->cells[i]);
     free(t->cells);
     t->cells = NULL;
+    t->rows = 0;
 }
 
 static void print_json(json_object *o)
@@ -344,9 +374,43 @@ static const char *override_name(Lb__V1__HealthOverride o)
                                                                       : "auto";
 }
 
-static const char *drain_name(const Lb__V1__Backend *b)
+/* The backend in one word: lbd's state field (an older lbd's: from drain and health). */
+static const char *state_name(const Lb__V1__Backend *b)
 {
-    return b->drained ? "drained" : b->drain ? "draining" : "-";
+    switch (b->state) {
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_UP:
+        return "up";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_SLOW_START:
+        return "slow_start";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_DOWN:
+        return "down";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_EJECTED:
+        return "ejected";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_DRAINING:
+        return "draining";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_DRAINED:
+        return "drained";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_REMOVED:
+        return "removed";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_UNRESOLVED:
+        return "unresolved";
+    case LB__V1__BACKEND_STATE__BACKEND_STATE_REFUSED:
+        return "refused";
+    default:
+        break;
+    }
+    if (b->drain)
+        return b->drained ? "drained" : "draining";
+    if (b->health_override == LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_DOWN ||
+        (b->health == LB__V1__HEALTH_STATE__HEALTH_STATE_DOWN &&
+         b->health_override != LB__V1__HEALTH_OVERRIDE__HEALTH_OVERRIDE_FORCE_UP))
+        return "down";
+    return "up";
+}
+
+static bool is_drained(const Lb__V1__Backend *b)
+{
+    return b->state ? b->state == LB__V1__BACKEND_STATE__BACKEND_STATE_DRAINED : b->drained;
 }
 
 static bool has_weight_override(const Lb__V1__Backend *b)
@@ -367,8 +431,10 @@ static json_object *backend_json(const Lb__V1__Backend *b)
                            has_weight_override(b) ? json_object_new_int64(b->weight_override)
                                                   : NULL);
     json_object_object_add(o, "effective_weight", json_object_new_int64(b->effective_weight));
+    /* `state` is what the backend is; `drain` the operator's order, as in the override key
+     * (draining and drained are states, so they are not fields of their own). */
+    json_object_object_add(o, "state", json_object_new_string(state_name(b)));
     json_object_object_add(o, "drain", json_object_new_boolean(b->drain));
-    json_object_object_add(o, "drained", json_object_new_boolean(b->drained));
     json_object_object_add(o, "health", json_object_new_string(health_name(b->health)));
     json_object_object_add(o, "health_override",
                            json_object_new_string(override_name(b->health_override)));
@@ -383,9 +449,8 @@ static json_object *backend_json(const Lb__V1__Backend *b)
     return o;
 }
 
-static const char *const backend_header[] = {"POOL",   "ID",    "ADDR",  "WEIGHT",
-                                             "OVR",    "EFF",   "DRAIN", "HEALTH",
-                                             "ACTIVE", "TOTAL", "FAILS", "ZONE"};
+static const char *const backend_header[] = {"POOL", "ID",     "ADDR",   "STATE", "WEIGHT", "OVR",
+                                             "EFF",  "HEALTH", "ACTIVE", "TOTAL", "FAILS",  "ZONE"};
 #define BACKEND_COLS (sizeof(backend_header) / sizeof(backend_header[0]))
 
 static void backend_row(struct table *t, const Lb__V1__Backend *b)
@@ -410,10 +475,10 @@ static void backend_row(struct table *t, const Lb__V1__Backend *b)
     row[0] = b->pool;
     row[1] = b->id;
     row[2] = b->addr;
-    row[3] = weight;
-    row[4] = ovr;
-    row[5] = eff;
-    row[6] = (char *)drain_name(b);
+    row[3] = (char *)state_name(b);
+    row[4] = weight;
+    row[5] = ovr;
+    row[6] = eff;
     row[7] = health;
     row[8] = active;
     row[9] = total;
@@ -579,10 +644,36 @@ static Lb__V1__Scope scope_of(const struct ctl *ctl)
     return ctl->opts.local ? LB__V1__SCOPE__SCOPE_LOCAL : LB__V1__SCOPE__SCOPE_CLUSTER;
 }
 
-static int set_drain(struct ctl *ctl, char **args, bool drain)
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    interrupted = 1;
+}
+
+/* Ctrl-C and SIGTERM set `interrupted` and wake a blocked poll or sleep. */
+static void catch_interrupts(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal; /* no SA_RESTART: let curl's poll and nanosleep wake up */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SetDrain, without lbd's own wait (drain --wait polls, to show progress). */
+static int set_drain(struct ctl *ctl, char **args, bool drain, bool print)
 {
     Lb__V1__SetDrainRequest req = LB__V1__SET_DRAIN_REQUEST__INIT;
-    int64_t timeout = ctl->opts.rpc_timeout_ms;
     char what[300];
     ProtobufCMessage *m;
     int rc;
@@ -591,27 +682,196 @@ static int set_drain(struct ctl *ctl, char **args, bool drain)
     req.id = args[1];
     req.drain = drain;
     req.scope = scope_of(ctl);
-    if (drain && ctl->opts.wait) {
-        req.wait = true;
-        req.wait_timeout_ms = (uint32_t)ctl->opts.timeout_ms;
-        timeout += ctl->opts.timeout_ms + WAIT_GRACE_MS;
-    }
     snprintf(what, sizeof(what), "%s %s/%s", drain ? "drain" : "undrain", args[0], args[1]);
     rc = unary(ctl, what, "/lb.v1.Admin/SetDrain", &req.base,
-               &lb__v1__set_drain_response__descriptor, timeout, &m);
-    return rc ? rc : print_backend_response(ctl, m);
+               &lb__v1__set_drain_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
+    if (rc || print)
+        return rc ? rc : print_backend_response(ctl, m);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
+/*
+ * drain --wait's progress on stderr.  On a terminal, one line rewritten in
+ * place at every poll; otherwise (a log, a pipe) a line when the count
+ * changed, at most one a second, and one every 10 s while it does not.
+ */
+struct progress {
+    bool tty;
+    size_t shown;       /* tty: characters of the line now on screen */
+    int64_t printed_at; /* not a tty: when the last line was written; -1: never */
+    uint64_t printed;   /* not a tty: the count it showed */
+};
+
+static void progress_show(struct progress *p, const char *text, uint64_t count, bool force)
+{
+    int64_t now = now_ms();
+
+    if (p->tty) {
+        size_t len = strlen(text);
+
+        fprintf(stderr, "\r%s%*s", text, p->shown > len ? (int)(p->shown - len) : 0, "");
+        p->shown = len > p->shown ? len : p->shown;
+    } else {
+        bool changed = p->printed_at < 0 || count != p->printed;
+
+        if (!force && !(changed && now - p->printed_at >= DRAIN_LINE_MS) &&
+            now - p->printed_at < DRAIN_HEARTBEAT_MS)
+            return;
+        fprintf(stderr, "%s\n", text);
+        p->printed_at = now;
+        p->printed = count;
+    }
+    fflush(stderr);
+}
+
+/* Ends the line on the terminal, so what follows starts a line of its own. */
+static void progress_end(struct progress *p)
+{
+    if (p->tty && p->shown) {
+        fputc('\n', stderr);
+        fflush(stderr);
+        p->shown = 0;
+    }
+}
+
+/* "lbctl undrain web b1", with the flags that reach the same lbd the same way. */
+static void undrain_hint(const struct ctl *ctl, const char *pool, const char *id, char *buf,
+                         size_t size)
+{
+    const char *env_admin = getenv("LBCTL_ADMIN");
+    size_t len;
+
+    snprintf(buf, size, "lbctl");
+    len = strlen(buf);
+    if (strcmp(ctl->opts.admin, "127.0.0.1:9000") != 0 &&
+        (!env_admin || strcmp(env_admin, ctl->opts.admin) != 0))
+        len += (size_t)snprintf(buf + len, size - len, " --admin %s", ctl->opts.admin);
+    if (len < size && ctl->opts.admin_token_file && !getenv("LBCTL_ADMIN_TOKEN_FILE"))
+        len += (size_t)snprintf(buf + len, size - len, " --admin-token-file %s",
+                                ctl->opts.admin_token_file);
+    if (len < size && ctl->opts.admin_ca && !getenv("LBCTL_ADMIN_CA"))
+        len += (size_t)snprintf(buf + len, size - len, " --admin-ca %s", ctl->opts.admin_ca);
+    if (len < size)
+        snprintf(buf + len, size - len, " undrain %s %s%s", pool, id,
+                 ctl->opts.local ? " --local" : "");
+}
+
+static const char *plural(uint64_t n)
+{
+    return n == 1 ? "" : "s";
+}
+
+/*
+ * drain --wait after the drain is in effect: reads the backend every
+ * DRAIN_POLL_MS and shows its active connections until none is left (0,
+ * the backend printed as drain prints it), the deadline passes, the
+ * backend is undrained or removed, or Ctrl-C (1: and the drain stays in
+ * effect, which the last line says, with the command that lifts it).
+ */
+static int drain_wait(struct ctl *ctl, char *pool, char *id)
+{
+    Lb__V1__GetBackendRequest req = LB__V1__GET_BACKEND_REQUEST__INIT;
+    struct progress p = {.tty = isatty(STDERR_FILENO), .printed_at = -1};
+    int64_t start = now_ms(), deadline = start + ctl->opts.timeout_ms;
+    char limit[32], hint[1024], line[512];
+    uint64_t active = 0;
+
+    catch_interrupts();
+    lb_duration_format(ctl->opts.timeout_ms, limit, sizeof(limit));
+    undrain_hint(ctl, pool, id, hint, sizeof(hint));
+    req.pool = pool;
+    req.id = id;
+    for (;;) {
+        int64_t now = now_ms(), call_ms = ctl->opts.rpc_timeout_ms;
+        struct lb_admin_status st;
+        ProtobufCMessage *m;
+        Lb__V1__Backend *b;
+
+        if (deadline - now > 1000 && deadline - now < call_ms)
+            call_ms = deadline - now;
+        if (lb_admin_client_call(ctl->client, "/lb.v1.Admin/GetBackend", &req.base,
+                                 &lb__v1__get_backend_response__descriptor, call_ms, &m,
+                                 &st) != LB_GRPC_OK) {
+            progress_end(&p);
+            if (st.code == LB_GRPC_NOT_FOUND && !st.transport)
+                fprintf(stderr,
+                        "lbctl: drain %s/%s: %s was removed while waiting (key deleted or lease "
+                        "expired)\n",
+                        pool, id, id);
+            else
+                fprintf(stderr,
+                        "lbctl: drain %s/%s: cannot read its connections: %s; %s stays drained "
+                        "(undrain with: %s)\n",
+                        pool, id, st.message[0] ? st.message : lb_grpc_status_name(st.code), id,
+                        hint);
+            return EXIT_RUNTIME;
+        }
+        b = ((Lb__V1__GetBackendResponse *)m)->backend;
+        now = now_ms();
+        if (!b || !b->drain) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            progress_end(&p);
+            fprintf(stderr, "lbctl: drain %s/%s: it was undrained while waiting\n", pool, id);
+            return EXIT_RUNTIME;
+        }
+        active = b->active_connections;
+        snprintf(line, sizeof(line), "%s: %llu active connection%s (waited %llds of %s)", id,
+                 (unsigned long long)active, plural(active), (long long)((now - start) / 1000),
+                 limit);
+        if (is_drained(b)) {
+            progress_show(&p, line, active, true);
+            if (p.tty) {
+                snprintf(line, sizeof(line), "%s drained after %.1fs: no active connections left",
+                         id, (double)(now - start) / 1000.0);
+                progress_show(&p, line, 0, true);
+                progress_end(&p);
+            } else {
+                fprintf(stderr, "%s drained after %.1fs: no active connections left\n", id,
+                        (double)(now - start) / 1000.0);
+            }
+            print_backends(ctl, &b, 1, false);
+            protobuf_c_message_free_unpacked(m, NULL);
+            return 0;
+        }
+        protobuf_c_message_free_unpacked(m, NULL);
+        progress_show(&p, line, active, false);
+        if (interrupted || now >= deadline) {
+            progress_end(&p);
+            if (interrupted)
+                fprintf(stderr, "lbctl: drain %s/%s: stopped waiting after %llds", pool, id,
+                        (long long)((now - start) / 1000));
+            else
+                fprintf(stderr, "lbctl: drain %s/%s: timed out after %s", pool, id, limit);
+            fprintf(stderr,
+                    " with %llu connection%s still open; %s stays drained (undrain with: %s)\n",
+                    (unsigned long long)active, plural(active), id, hint);
+            return EXIT_RUNTIME;
+        }
+        {
+            int64_t pause = deadline - now < DRAIN_POLL_MS ? deadline - now : DRAIN_POLL_MS;
+            struct timespec ts = {pause / 1000, (pause % 1000) * 1000000};
+
+            nanosleep(&ts, NULL); /* Ctrl-C cuts it short */
+        }
+    }
 }
 
 static int cmd_drain(struct ctl *ctl, char **args, size_t n)
 {
+    int rc;
+
     if (!ctl->opts.wait && ctl->opts.timeout_ms != 30000)
         return usage_error("drain", "--timeout only makes sense with --wait");
-    return set_drain(ctl, args, true);
+    rc = set_drain(ctl, args, true, !ctl->opts.wait);
+    if (rc || !ctl->opts.wait)
+        return rc;
+    return drain_wait(ctl, args[0], args[1]);
 }
 
 static int cmd_undrain(struct ctl *ctl, char **args, size_t n)
 {
-    return set_drain(ctl, args, false);
+    return set_drain(ctl, args, false, true);
 }
 
 static int cmd_weight(struct ctl *ctl, char **args, size_t n)
@@ -672,13 +932,6 @@ static int cmd_health(struct ctl *ctl, char **args, size_t n)
     return rc ? rc : print_backend_response(ctl, m);
 }
 
-static volatile sig_atomic_t interrupted;
-
-static void on_signal(int sig)
-{
-    interrupted = 1;
-}
-
 static const char *event_type_name(Lb__V1__Event__Type t)
 {
     switch (t) {
@@ -694,21 +947,103 @@ static const char *event_type_name(Lb__V1__Event__Type t)
         return "health_changed";
     case LB__V1__EVENT__TYPE__TYPE_DRAINED:
         return "drained";
+    case LB__V1__EVENT__TYPE__TYPE_CURRENT:
+        return "current";
+    case LB__V1__EVENT__TYPE__TYPE_SYNCED:
+        return "synced";
     default:
         return "unknown";
     }
 }
 
+/* The EVENT column of the watch table: the type without its noun. */
+static const char *event_column_name(Lb__V1__Event__Type t)
+{
+    switch (t) {
+    case LB__V1__EVENT__TYPE__TYPE_BACKEND_ADDED:
+        return "added";
+    case LB__V1__EVENT__TYPE__TYPE_BACKEND_CHANGED:
+        return "changed";
+    case LB__V1__EVENT__TYPE__TYPE_BACKEND_REMOVED:
+        return "removed";
+    case LB__V1__EVENT__TYPE__TYPE_POLICY_CHANGED:
+        return "policy";
+    case LB__V1__EVENT__TYPE__TYPE_HEALTH_CHANGED:
+        return "health";
+    default:
+        return event_type_name(t);
+    }
+}
+
+/*
+ * The watch as a table, as `kubectl get -w` prints one: the current state
+ * (buffered until SYNCED, so the columns fit it) under a header, then a row
+ * per event in the same columns.
+ */
+static const char *const watch_header[] = {"TIME", "EVENT", "BACKEND", "STATE",
+                                           "ADDR", "EFF",   "ACTIVE",  "DETAIL"};
+/* Room for every event and state name, so the columns hold still as they change. */
+static const size_t watch_min_width[] = {0, 7, 0, 10, 0, 4, 6, 0};
+#define WATCH_COLS (sizeof(watch_header) / sizeof(watch_header[0]))
+
+struct watch_out {
+    struct ctl *ctl;
+    bool synced;          /* the current state has come */
+    struct table current; /* the rows of the current state until SYNCED, then one event's */
+    bool header_done;
+    size_t width[WATCH_COLS]; /* the columns as the header printed them */
+};
+
+static void watch_row(struct table *t, const Lb__V1__Event *ev)
+{
+    time_t secs = (time_t)(ev->unix_ms / 1000);
+    const Lb__V1__Backend *b = ev->backend;
+    char ts[48], stamp[32], name[2 * 128 + 2], weight[16], active[24];
+    char *row[WATCH_COLS];
+    struct tm tm;
+
+    gmtime_r(&secs, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts, sizeof(ts), "%s.%03dZ", stamp, (int)(ev->unix_ms % 1000));
+    snprintf(name, sizeof(name), "%s%s%s", ev->pool, ev->id[0] ? "/" : "", ev->id);
+    snprintf(weight, sizeof(weight), "%u", b ? b->effective_weight : 0);
+    snprintf(active, sizeof(active), "%llu", b ? (unsigned long long)b->active_connections : 0ULL);
+    row[0] = ts;
+    row[1] = (char *)event_column_name(ev->type);
+    row[2] = name;
+    row[3] = b ? (char *)state_name(b) : "-";
+    row[4] = b ? b->addr : "-";
+    row[5] = b ? weight : "-";
+    row[6] = b ? active : "-";
+    row[7] = ev->detail[0] ? ev->detail : "";
+    table_add(t, row);
+}
+
+/* Prints the header and the buffered current state, once. */
+static void watch_flush_current(struct watch_out *w)
+{
+    if (w->header_done)
+        return;
+    w->header_done = true;
+    for (size_t i = 0; i < WATCH_COLS; i++)
+        if (w->current.width[i] < watch_min_width[i])
+            w->current.width[i] = watch_min_width[i];
+    memcpy(w->width, w->current.width, sizeof(w->width));
+    table_print(&w->current, watch_header);
+}
+
 static int print_event(void *ud, const ProtobufCMessage *msg)
 {
-    const struct ctl *ctl = ud;
+    struct watch_out *w = ud;
     const Lb__V1__Event *ev = (const Lb__V1__Event *)msg;
 
-    if (ctl->json) {
+    if (ev->type != LB__V1__EVENT__TYPE__TYPE_CURRENT)
+        w->synced = true; /* SYNCED, or a change from an lbd that sends no current state */
+    if (w->ctl->json) {
         json_object *o = json_object_new_object();
 
         json_object_object_add(o, "type", json_object_new_string(event_type_name(ev->type)));
-        json_object_object_add(o, "pool", json_object_new_string(ev->pool));
+        json_object_object_add(o, "pool", ev->pool[0] ? json_object_new_string(ev->pool) : NULL);
         json_object_object_add(o, "id", ev->id[0] ? json_object_new_string(ev->id) : NULL);
         json_object_object_add(o, "unix_ms", json_object_new_int64(ev->unix_ms));
         json_object_object_add(o, "detail", json_object_new_string(ev->detail));
@@ -716,25 +1051,19 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                              JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(o);
+    } else if (ev->type == LB__V1__EVENT__TYPE__TYPE_CURRENT && !w->header_done) {
+        watch_row(&w->current, ev);
+        return 0;
+    } else if (ev->type == LB__V1__EVENT__TYPE__TYPE_SYNCED) {
+        watch_flush_current(w);
     } else {
-        time_t secs = (time_t)(ev->unix_ms / 1000);
-        struct tm tm;
-        char ts[32];
-
-        gmtime_r(&secs, &tm);
-        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        printf("%s.%03dZ %-15s %s%s%s", ts, (int)(ev->unix_ms % 1000), event_type_name(ev->type),
-               ev->pool, ev->id[0] ? "/" : "", ev->id);
-        if (ev->backend) {
-            const Lb__V1__Backend *b = ev->backend;
-
-            printf(" addr=%s eff=%u drain=%s health=%s active=%llu", b->addr, b->effective_weight,
-                   drain_name(b), health_name(b->health),
-                   (unsigned long long)b->active_connections);
-        }
-        if (ev->detail[0])
-            printf(" %s", ev->detail);
-        printf("\n");
+        watch_flush_current(w); /* an lbd that sends no current state: the header first */
+        watch_row(&w->current, ev);
+        memcpy(w->current.width, w->width, sizeof(w->width)); /* a longer value overflows */
+        table_print_row(&w->current, (const char *const *)w->current.cells);
+        for (size_t i = 0; i < WATCH_COLS; i++)
+            free(w->current.cells[i]);
+        w->current.rows = 0;
     }
     fflush(stdout);
     return 0;
@@ -743,18 +1072,31 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
 static int cmd_watch(struct ctl *ctl, char **args, size_t n)
 {
     Lb__V1__WatchEventsRequest req = LB__V1__WATCH_EVENTS_REQUEST__INIT;
+    struct watch_out w = {.ctl = ctl};
     struct lb_admin_status st;
-    struct sigaction sa;
     int rc;
 
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal; /* no SA_RESTART: let curl's poll wake up */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    catch_interrupts();
+    table_init(&w.current, watch_header, WATCH_COLS);
+    req.initial_state = true;
     if (n == 1)
         req.pool = args[0];
     rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req.base,
-                                &lb__v1__event__descriptor, 0, print_event, ctl, &interrupted, &st);
+                                &lb__v1__event__descriptor, 0, print_event, &w, &interrupted, &st);
+    if (rc == LB_GRPC_RESOURCE_EXHAUSTED && !w.synced && !interrupted) {
+        /* Too many backends to send as they are: the changes still come. */
+        fprintf(stderr, "lbctl: watch: %s; showing changes only\n", st.message);
+        for (size_t i = 0; i < w.current.rows * w.current.cols; i++)
+            free(w.current.cells[i]);
+        w.current.rows = 0;
+        req.initial_state = false;
+        rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req.base,
+                                    &lb__v1__event__descriptor, 0, print_event, &w, &interrupted,
+                                    &st);
+    }
+    for (size_t i = 0; i < w.current.rows * w.current.cols; i++)
+        free(w.current.cells[i]);
+    free(w.current.cells);
     if (interrupted)
         return 0; /* Ctrl-C is how a watch ends */
     if (rc == LB_GRPC_OK) {
@@ -762,6 +1104,62 @@ static int cmd_watch(struct ctl *ctl, char **args, size_t n)
         return EXIT_RUNTIME;
     }
     return report_status(ctl, "watch", &st);
+}
+
+/* ---- completion ---- */
+
+/* Rows of the commands that parse their own flags (run == NULL), for completion. */
+static const struct lb_setting *own_flag_rows(const char *name, size_t *n)
+{
+#ifdef LBCTL_HAVE_REGISTER
+    if (strcmp(name, "register") == 0)
+        return lbctl_register_settings(n);
+#endif
+    *n = 0;
+    return NULL;
+}
+
+static int cmd_completion(struct ctl *ctl, char **args, size_t n)
+{
+    static const char *const connection_flags[] = {"admin", "admin-token-file", "admin-ca", NULL};
+    struct lbctl_completion_command cmds[N_COMMANDS];
+    struct lbctl_completion_spec spec = {
+        .program = "lbctl",
+        .version = LB_VERSION,
+        .commands = cmds,
+        .n_commands = N_COMMANDS,
+        .global = global_rows,
+        .n_global = N_GLOBAL,
+        .connection_flags = connection_flags,
+    };
+
+    memset(cmds, 0, sizeof(cmds));
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        struct lbctl_completion_command *c = &cmds[i];
+        size_t k = 0;
+
+        c->name = commands[i].name;
+        c->args = commands[i].args;
+        c->summary = commands[i].summary;
+        if (commands[i].run) {
+            for (size_t j = 0; commands[i].flags[j]; j++)
+                c->flags[k++] = commands[i].flags[j];
+            c->flags[k++] = &row_help;
+        } else {
+            size_t n_rows;
+            const struct lb_setting *rows = own_flag_rows(c->name, &n_rows);
+
+            c->own_parser = true;
+            for (size_t j = 0; j < n_rows && k < LBCTL_COMPLETION_MAX_FLAGS; j++)
+                c->flags[k++] = &rows[j];
+            if (!rows)
+                c->flags[k++] = &row_help;
+        }
+    }
+    if (lbctl_completion_print(stdout, args[0], &spec) < 0)
+        return usage_error("completion", "completion: no script for shell \"%s\" (bash or zsh)",
+                           args[0]);
+    return 0;
 }
 
 /* ---- main ---- */
@@ -872,8 +1270,11 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!cmd->run) {
-        /* register parses its own flags: hand it everything after the word */
-        rc = run_register((int)npos, pos);
+        /* register and policy parse their own flags: hand them everything after the word */
+        if (strcmp(cmd->name, "policy") == 0)
+            rc = lbctl_policy_main((int)npos, pos, ctl.opts.output);
+        else
+            rc = run_register((int)npos, pos);
         goto out;
     }
 
@@ -905,7 +1306,7 @@ int main(int argc, char **argv)
     ctl.json = strcmp(ctl.opts.output, "json") == 0;
     free(err);
     err = NULL;
-    rc = client_open(&ctl);
+    rc = cmd->run == cmd_completion ? 0 : client_open(&ctl); /* completion asks lbd nothing */
     if (rc == 0)
         rc = cmd->run(&ctl, sub_pos, nsub);
 out:

@@ -44,6 +44,8 @@ TEST_PKGS=(
     golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev golang-gopkg-yaml.v3-dev
                                          # tests/chart: Helm's template engine, built offline
     python3-jsonschema python3-kubernetes curl   # tests/chart: schema, API models, the hook Job
+    chromium                             # tests/integration/test_status_page.py (headless, CDP pipe)
+    zsh                                  # tests/integration/test_lbctl_ux.py: zsh completion
 )
 BENCH_PKGS=(haproxy nginx libnginx-mod-stream wrk strace)
 

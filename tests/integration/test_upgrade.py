@@ -1404,6 +1404,35 @@ class Upgrade(HarnessTestCase):
         self.assertEqual(self.echo_once(old.port), "ok")
         self.stop_final(new)
 
+    # -- 5d --------------------------------------------------------------
+
+    def test_5d_connection_that_never_spoke_moves_too(self):
+        """A client that connected and sent nothing (its backend silent too,
+        waiting for a request) is not yet "proxying" by the data it saw; with
+        a long connect timeout it must still move at once, not stay behind."""
+        key = "%spools/%s/config" % (PREFIX, POOL)
+        self.etcd.put(key, json.dumps({"health": {"type": "none"}, "connect_timeout": "30s"}))
+        self.addCleanup(self.etcd.put, key, json.dumps({"health": {"type": "none"}}))
+        old = self.start_first("t5d", workers=1)
+        wait_until(lambda: "connect_timeout_ms=30000" in old.log_text(), scaled(5),
+                   "lbd to apply the 30s connect timeout")
+        silent = [socket.create_connection(("127.0.0.1", old.port), timeout=10) for _ in range(3)]
+        for s in silent:
+            self.addCleanup(s.close)
+        time.sleep(0.2)  # the connects to the backend are done; nobody spoke
+        new, _, ready_wall = self.upgrade(old, "t5d-lbd2", workers=1)
+        rc, exit_wall = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
+        moved, kept, _ = handover_figures(old.log)
+        figure("silent connections: hand-over", "moved=%s kept=%s, old exited %.2f s after ready"
+               % (moved, kept, exit_wall - ready_wall))
+        self.assertEqual(rc, 0)
+        self.assertEqual((moved, kept), (3, 0))
+        self.assertLess(exit_wall - ready_wall, 2.0)
+        for i, s in enumerate(silent):
+            self.assertEqual(lbtest.echo(s, b"first words %d\n" % i), b"first words %d\n" % i)
+            s.close()
+        self.stop_final(new)
+
     # -- 6 ---------------------------------------------------------------
 
     def test_6_stale_socket_file_and_missing_directory(self):

@@ -19,8 +19,10 @@ algorithm, valid and invalid; cluster overrides written to etcd directly;
 `lbctl drain/undrain/weight/health` in both scopes on live and vanished ids;
 etcd restarted, killed, cut off while the prefix changes and is compacted;
 idle, half-open and trickling connections on the admin and probe ports;
-emptied pools and bursts of hundreds of backends.  Meanwhile client threads
-keep connecting through lbd.
+emptied pools and bursts of hundreds of backends; hitless upgrades (a new
+lbd with the same flags, SIGUSR2, a new lbd of another session version, a
+new lbd killed -9 before it is ready).  Meanwhile client threads keep
+connecting through lbd.
 
 Invariants, checked all the time:
   - lbd alive, no AddressSanitizer/UBSan/LeakSanitizer report in its log;
@@ -32,6 +34,10 @@ and in quiet phases (churn paused, state settled):
   - `lbctl -o json backends` agrees with etcd and the overrides given;
   - a pool with a registered, echoing, undrained, weighted, not forced-down
     backend serves every client;
+around every upgrade:
+  - no new connection refused or lost, no established one cut (witness
+    connections held across it), sessions of the same version moved;
+  - the old lbd exits 0 within --shutdown-grace, the soak follows the new;
 and at the end: lbd's open fds and RSS back near their starting values,
 exit 0 on SIGTERM, no leak report.
 
@@ -41,15 +47,21 @@ stream, and splitting them would scatter what a replayed seed does.
 """
 
 import argparse
+import atexit
 import base64
 import collections
+import ctypes
+import datetime
 import errno
 import hashlib
 import json
 import os
 import random
+import re
 import resource
 import select
+import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -71,6 +83,8 @@ BULK = "bulk"                # served: bursts of backends; bounded clients only
 GHOST = "ghost"              # in etcd, not served by this lbd
 VOID = "void"                # served, never a key in etcd: no backend, no policy
 SERVED = POOLS + (BULK, VOID)
+WIT = "wit"                  # served, for the upgrades' silent witnesses only: one backend,
+                             # on a server of its own that no event touches
 WRITTEN = POOLS + (BULK, GHOST)  # pools whose policy the soak writes
 CLIENT_POOLS = {"web": 38, "db": 38, BULK: 18, VOID: 6}
 SLOTS = tuple("b%d" % i for i in range(6))
@@ -104,7 +118,24 @@ EVENT_WEIGHTS = {
     "etcd.restart": 1, "etcd.kill": 1, "etcd.cutoff": 1, "etcd.compact": 1,
     "abuse.admin": 3, "abuse.http": 3, "abuse.close": 2,
     "bulk.burst": 1, "bulk.clear": 1, "bulk.policy": 1,
+    "upgrade.start": 2, "upgrade.usr2": 1, "upgrade.incompatible": 1, "upgrade.abort": 1,
 }
+UPGRADE_KINDS = tuple(k for k in EVENT_WEIGHTS if k.startswith("upgrade."))
+
+# Upgrades (--upgrade-socket, docs/upgrade.md): the lines of lbd's log the
+# soak follows (all at level info).
+SHUTDOWN_GRACE_S = 3.0       # lbd's --shutdown-grace: an old lbd exits within it after READY
+READY_MARK = "upgrade: ready"
+TAKEOVER_MARK = "upgrade: took over the listeners"
+ACCEPTING_MARK = "first etcd listing applied, accepting connections"
+HANDOVER_MARK = "upgrade: hand-over finished"
+LISTENERS_ONLY_MARK = "listeners only"
+WENT_AWAY_MARK = "upgrade: the new process went away before it was ready"
+SPAWNED_RE = re.compile(r'upgrade: started the new binary" new_pid=(\d+)')
+TAKING_OVER_RE = re.compile(r'upgrade: a new lbd is taking over" new_pid=(\d+)')
+# lbd turning SIGUSR2 down (an upgrade in progress, shutting down): a warning
+USR2_REFUSED_RE = re.compile(r'level=warn [^\n]*msg="SIGUSR2: [^"]*"[^\n]*')
+WITNESS_PERIOD = 0.1         # a witness connection exchanges bytes this often
 
 
 class SoakFailure(Exception):
@@ -557,6 +588,514 @@ class HealthzProbe(threading.Thread):
 
 
 # ---------------------------------------------------------------------------
+# Upgrades: lbd processes (ours, and those lbd starts itself on SIGUSR2),
+# witness connections held across an upgrade, and a prober of new connections
+
+_PR_SET_CHILD_SUBREAPER = 36
+_foreign_pids = set()
+
+
+def set_subreaper():
+    """Makes the soak the reaper of orphaned descendants: an lbd started by
+    another lbd (SIGUSR2) becomes the soak's child once its parent exits, so
+    its exit code can be read."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat, or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def all_threads_stopped(pid):
+    """True when every thread of pid is stopped (SIGSTOP took hold), or it is gone."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+class ForeignProc:
+    """An lbd that another lbd started (SIGUSR2): not the soak's child until
+    its parent exits, tracked by PID; it writes to its parent's log.  Its exit
+    code is known when the soak reaped it (None otherwise)."""
+
+    def __init__(self, pid, name, log_path, argv):
+        self.pid = pid
+        self.name = name
+        self.log_path = log_path
+        self.argv = argv
+        self.returncode = None
+        _foreign_pids.add(pid)
+
+    def _reap(self):
+        if self.returncode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            _foreign_pids.discard(self.pid)
+            return True
+        return False
+
+    def alive(self):
+        if self._reap():
+            return False
+        state = proc_state(self.pid)
+        if state is None:
+            _foreign_pids.discard(self.pid)
+        return state is not None and state not in ("Z", "X")
+
+    def send_signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        deadline = now() + timeout
+        while self.alive():
+            if now() >= deadline:
+                return None
+            time.sleep(0.01)
+        return self.returncode
+
+    def stop(self, timeout=10.0, sig=signal.SIGTERM):
+        """sig, wait, SIGKILL: (exit code or None when not the soak's to reap, killed)."""
+        killed = False
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if self.wait(timeout) is None and self.alive():
+                killed = True
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.wait(5)
+        _foreign_pids.discard(self.pid)
+        return self.returncode, killed
+
+    def kill(self):
+        return self.stop(timeout=0, sig=signal.SIGKILL)[0]
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=80):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def _kill_foreign_pids():
+    for pid in list(_foreign_pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+atexit.register(_kill_foreign_pids)
+_prev_sigterm = signal.getsignal(signal.SIGTERM)
+
+
+def _on_sigterm(signum, frame):
+    # ctest ends a soak that ran out of time with SIGTERM, and atexit handlers
+    # do not run on death by signal: what lbd started goes too.
+    _kill_foreign_pids()
+    if callable(_prev_sigterm):
+        _prev_sigterm(signum, frame)
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def exit_code(proc):
+    """An lbd process's exit code (None: running, or not the soak's to reap)."""
+    if isinstance(proc, ForeignProc):
+        proc.alive()
+        return proc.returncode
+    return proc.popen.poll()
+
+
+class SoakLbd(lbtest.Lbd):
+    """lbd with --upgrade-socket.  successor() is the next lbd with the same
+    flags (the same ports and socket; --workers may differ); adopt() stands
+    for the lbd that this one started on SIGUSR2."""
+
+    def __init__(self, h, etcd_url, extra_args, env, name, sock_path=None, workers=None,
+                 version=None, like=None, gen=1, pools=SERVED):
+        self._like = like
+        self.sock_path = sock_path
+        self.workers = workers
+        self.version = version or ""   # LBD_TEST_HANDOVER_VERSION ("": the binary's own)
+        self.gen = gen
+        self.baseline = None           # (fds, rss kB) once measured
+        super().__init__(h, etcd_url, PREFIX, list(pools), extra_args=extra_args, env=env,
+                         name=name)
+
+    def _pick_ports(self):
+        if self._like is None:
+            super()._pick_ports()
+            return
+        self.pools = dict(self._like.pools)
+        self.admin_port = self._like.admin_port
+        self.http_port = self._like.http_port
+
+    def argv(self):
+        a = super().argv()
+        if self.sock_path:
+            a += ["--upgrade-socket", self.sock_path]
+        if self.workers and not os.environ.get("LBD_WORKERS"):
+            a += ["--workers", str(self.workers)]
+        return a
+
+    @property
+    def label(self):
+        return "lbd #%d (pid %d%s)" % (self.gen, self.proc.pid,
+                                       ", started by SIGUSR2" if isinstance(self.proc, ForeignProc)
+                                       else "")
+
+    def successor(self, gen, workers, version):
+        env = dict(self.env or {})
+        env["LBD_TEST_HANDOVER_VERSION"] = version  # "" is the binary's own version
+        return SoakLbd(self.h, self.etcd_url, self.extra_args, env, "lbd-gen%d" % gen,
+                       self.sock_path, workers, version, like=self, gen=gen,
+                       pools=self.pool_names)
+
+    def adopt(self, gen, pid):
+        child = SoakLbd(self.h, self.etcd_url, self.extra_args, self.env, "lbd-gen%d" % gen,
+                        self.sock_path, self.workers, self.version, like=self, gen=gen,
+                        pools=self.pool_names)
+        child.proc = ForeignProc(pid, child.name, self.proc.log_path, self.proc.argv)
+        return child
+
+    def spawn(self):
+        self.starts += 1
+        self.proc = self.h.spawn(self.name, self.argv(), env=self.env)
+        return self
+
+
+def read_from(path, offset):
+    """The text of a file from a byte offset ("" when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_time(line):
+    """The wall-clock time (epoch seconds) of an lbd log line's ts=, or None."""
+    m = re.search(r"\bts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z", line)
+    if not m:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%dT%H:%M:%S"
+    return datetime.datetime.strptime(m.group(1), fmt).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def kv_int(line, key):
+    m = re.search(r"\b%s=(\d+)" % re.escape(key), line)
+    return int(m.group(1)) if m else None
+
+
+def tcp_sockets():
+    """{inode: (state, local port, remote port)} of every TCP socket on the host."""
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9:
+                out[cols[9]] = (cols[3], int(cols[1].rsplit(":", 1)[1], 16),
+                                int(cols[2].rsplit(":", 1)[1], 16))
+    return out
+
+
+def pids_holding(inodes, pids):
+    """Those of pids that hold a socket of one of these inodes (/proc/PID/fd)."""
+    out = []
+    want = {"socket:[%s]" % i for i in inodes}
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in want:
+                    out.append(pid)
+                    break
+            except OSError:
+                continue
+    return out
+
+
+def unix_listener_pids(path, pids):
+    """Those of pids that hold a unix socket listening at path (/proc/net/unix)."""
+    inodes = set()
+    try:
+        with open("/proc/net/unix") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        rows = []
+    for row in rows:
+        cols = row.split()
+        if len(cols) >= 8 and cols[7] == path and int(cols[3], 16) & 0x10000:
+            inodes.add(cols[6])
+    owners = []
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                owners.append(pid)
+                break
+    return owners
+
+
+class Witness:
+    """One connection through lbd, greeted by an echo server before an
+    upgrade, that goes on exchanging a few bytes every WITNESS_PERIOD."""
+
+    def __init__(self, pool, sock, server, rng, guarded, movable):
+        self.pool = pool
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.server = server
+        self.rng = rng
+        self.guarded = guarded      # nothing but lbd may end it (see open_witnesses)
+        self.movable = movable      # a new lbd has its backend: it must move (witness_movable)
+        self.opened_at = now()
+        self.failed_at = None
+        self.expect = bytearray()   # sent, not echoed yet
+        self.sent_at = None         # when the oldest unechoed byte was sent
+        self.next_send = 0.0
+        self.echoed = 0
+        self.error = None
+
+    def desc(self):
+        return "%s connection via %s (client port %d)" % (self.pool, self.server, self.port)
+
+    def fail(self, why):
+        if self.error is None:
+            self.error = "%s after %d bytes echoed" % (why, self.echoed)
+            self.failed_at = now()
+
+    def timeline(self, t0, t_ready):
+        """When it opened and broke, relative to the event's start (and the new lbd's ready)."""
+        def at(t):
+            if t is None:
+                return "-"
+            return "%+.2fs" % (t - t0) + ("" if t_ready is None else
+                                          " (ready%+.2fs)" % (t - t_ready))
+        return "opened %s, broke %s" % (at(self.opened_at), at(self.failed_at))
+
+
+class WitnessThread(threading.Thread):
+    """Drives the witnesses, each from the moment it is added (an idle one
+    would meet the idle timeout of its pool, which may be 1 s)."""
+
+    def __init__(self, stall):
+        super().__init__(name="upgrade-witnesses", daemon=True)
+        self.stall = stall
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._new = []
+
+    def add(self, w):
+        w.sock.setblocking(False)
+        with self._lock:
+            self._new.append(w)
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        live = {}
+        while not self._halt.is_set():
+            with self._lock:
+                added, self._new = self._new, []
+            for w in added:
+                sel.register(w.sock, selectors.EVENT_READ, w)
+                live[w] = True
+            if not live:
+                time.sleep(0.01)
+                continue
+            t = now()
+            for w in list(live):
+                if w.error:
+                    continue
+                if not w.expect and t >= w.next_send:
+                    payload = w.rng.randbytes(w.rng.randint(1, 200))
+                    try:
+                        n = w.sock.send(payload)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        w.fail("send: %s" % type(exc).__name__)
+                        continue
+                    w.expect += payload[:n]
+                    w.sent_at = t
+                    w.next_send = t + WITNESS_PERIOD
+                elif w.expect and t - w.sent_at > self.stall:
+                    w.fail("no echo for %.1f s" % (t - w.sent_at))
+            for key, _ in sel.select(0.02):
+                w = key.data
+                if w.error:
+                    continue
+                try:
+                    data = w.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    w.fail("reset")
+                    continue
+                except OSError as exc:
+                    w.fail("recv: %s" % type(exc).__name__)
+                    continue
+                if not data:
+                    w.fail("closed (EOF)")
+                    continue
+                if bytes(w.expect[:len(data)]) != data:
+                    w.fail("echo corrupted (%r, expected %r)" % (data[:20], bytes(w.expect[:20])))
+                    continue
+                del w.expect[:len(data)]
+                w.echoed += len(data)
+            for w in [w for w in live if w.error]:
+                del live[w]
+                try:
+                    sel.unregister(w.sock)
+                except (KeyError, ValueError):
+                    pass
+        sel.close()
+
+    def stop(self):
+        self._halt.set()
+        self.join(10)
+
+
+class ConnectProber(threading.Thread):
+    """During an upgrade, a new connection every few ms, in turn to pool
+    void (lbd accepts and, with no backend, closes it at once: EOF), the
+    probe port (/healthz answers 200) and the admin port (accepted).  A
+    refused connect is a failure; so is a void connection reset or left
+    hanging, and a /healthz connection dropped unanswered (except when a
+    new lbd is killed -9: it may have accepted one)."""
+
+    def __init__(self, void_port, http_port, admin_port, limit, allow_http_drop):
+        super().__init__(name="upgrade-prober", daemon=True)
+        self.targets = [("void", void_port), ("http", http_port), ("void", void_port),
+                        ("admin", admin_port)]
+        self.limit = limit
+        self.allow_http_drop = allow_http_drop
+        self._halt = threading.Event()
+        self.outcomes = collections.Counter()
+        self.worst = collections.defaultdict(float)   # kind -> longest connection, s
+        self.violations = []
+
+    def one(self, kind, port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(self.limit)
+        t0 = now()
+        try:
+            try:
+                s.connect(("127.0.0.1", port))
+            except ConnectionRefusedError:
+                return "refused", "connect to port %d refused" % port
+            except socket.timeout:
+                return "timeout", "connect to port %d: no answer in %.1f s" % (port, self.limit)
+            if kind == "admin":
+                return "ok", ""
+            if kind == "http":
+                s.sendall(b"GET /healthz HTTP/1.0\r\nHost: soak\r\n\r\n")
+                buf = b""
+                while b"\r\n" not in buf:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                if buf.startswith(b"HTTP/1.") and buf[9:12] == b"200":
+                    return "ok", ""
+                return "dropped", "/healthz answered %r" % buf[:40]
+            chunk = s.recv(64)
+            if chunk:
+                return "data", "pool void sent %r" % chunk[:40]
+            return "ok", ""
+        except ConnectionResetError:
+            return "reset", "%s connection reset after %.2f s" % (kind, now() - t0)
+        except socket.timeout:
+            return "timeout", "%s connection: nothing within %.1f s" % (kind, self.limit)
+        except OSError as exc:
+            return "error", "%s connection: %s: %s" % (kind, type(exc).__name__, exc)
+        finally:
+            s.close()
+
+    def run(self):
+        i = 0
+        while not self._halt.is_set():
+            kind, port = self.targets[i % len(self.targets)]
+            i += 1
+            t0 = now()
+            outcome, why = self.one(kind, port)
+            self.worst[kind] = max(self.worst[kind], round(now() - t0, 3))
+            self.outcomes["%s.%s" % (kind, outcome)] += 1
+            if outcome != "ok":
+                if kind == "http" and outcome in ("reset", "dropped") and self.allow_http_drop:
+                    continue
+                self.violations.append(why)
+            self._halt.wait(0.005)
+
+    def stop(self):
+        self._halt.set()
+        self.join(self.limit + 5)
+
+
+# ---------------------------------------------------------------------------
 # Model of what etcd holds and lbd must show
 
 
@@ -638,7 +1177,6 @@ class Soak:
             lbtest.reserve_port(cs.getsockname()[1])
             self.closed_socks.append(cs)
         self.closed_ports = [cs.getsockname()[1] for cs in self.closed_socks]
-        self.log_offset = 0
         self.sanitizer_seen = None
         self.quiet_reports = []
         self.excluded = set()
@@ -648,9 +1186,21 @@ class Soak:
         self.tombstone_at_compaction = {}  # (pool, id) -> revision compacted at that delete
         self.last_quiet_event = 0
         self.lbd = None
+        self.lbds = []            # every lbd process of the run (SoakLbd), in order
+        self.retiring = []        # old lbds after an upgrade, until they exit
+        self.log_offsets = {}     # log path -> bytes scanned
+        self.upgrade_log = []     # one dict per upgrade, for the summary
+        self.upgrade_windows = []  # (start, end) of every upgrade
+        self.prober = None        # ConnectProber while an upgrade runs
+        self.pending_new = None   # the new lbd of an upgrade, until it is ready
+        self.policy_bad = {}      # pool -> figures of the invalid policy etcd holds now
+        self.reg_killed = {}      # pool -> when a registrar of it was last killed -9
         self.clients = None
         self.probe = None
         self.no_void = False
+        self.no_upgrade_socket = False
+        self.no_silent = False
+        self.wfarm = None         # the server of pool WIT
         only = [x.strip() for x in (args.only or "").split(",") if x.strip()]
         if only:
             self.excluded = {k for k in EVENT_WEIGHTS
@@ -660,9 +1210,22 @@ class Soak:
             if x == "void":
                 # no client of pool "void", every pool configured at the start
                 self.no_void = True
-            elif x:
+                continue
+            if x == "upgrade":
+                # no upgrade events, and lbd without --upgrade-socket
+                self.no_upgrade_socket = True
+            if x == "silent":
+                # upgrades without silent witnesses (and no pool WIT)
+                self.no_silent = True
+                continue
+            if x:
                 self.excluded |= {k for k in EVENT_WEIGHTS if k == x or k.startswith(x + ".")
                                   or k.startswith(x)}
+        if args.log_level not in ("debug", "info") and not self.no_upgrade_socket:
+            # The upgrade events follow lbd's log lines of level info.
+            self.excluded |= set(UPGRADE_KINDS)
+        self.use_wit = (not self.no_upgrade_socket and not self.no_silent and
+                        any(k not in self.excluded for k in UPGRADE_KINDS))
 
     # --- output ---
 
@@ -735,13 +1298,18 @@ class Soak:
 
     def check(self, where=""):
         """Raises SoakFailure when an invariant broke."""
-        if self.lbd is not None and not self.lbd.proc.alive():
+        if self.lbd is not None and not self.lbd.proc.alive() and not self.handed_over():
             self.scan_log()
-            raise SoakFailure("lbd died (exit %s)%s" % (self.lbd.proc.popen.returncode,
-                                                        " during " + where if where else ""))
+            raise SoakFailure("lbd died (exit %s)%s%s" % (
+                exit_code(self.lbd.proc), " during " + where if where else "",
+                "" if self.lbd.gen == 1 else " (%s)" % self.lbd.label))
         self.scan_log()
         if self.sanitizer_seen:
             raise SoakFailure("sanitizer report in lbd's log: %s" % self.sanitizer_seen)
+        self.check_retiring()
+        if self.prober is not None and self.prober.violations:
+            raise SoakFailure("upgrade: a new connection failed while lbd was being upgraded: %s"
+                              % self.prober.violations[0])
         if self.probe is not None and self.probe.violations:
             raise SoakFailure(self.probe.violations[0])
         if self.clients is not None and self.clients.violations:
@@ -752,23 +1320,37 @@ class Soak:
                               % (r.pool, r.kind, r.t0 - self.t_start, r.outcome, r.detail))
         for e in getattr(self, "farm", None) and self.farm.errors[:1] or []:
             raise RuntimeError("soak backend loop: %s" % e)
+        for e in self.wfarm and self.wfarm.errors[:1] or []:
+            raise RuntimeError("soak backend loop (pool %s): %s" % (WIT, e))
+
+    def handed_over(self):
+        """True when the new lbd of an upgrade in progress is ready: the
+        current one may exit before the soak switches to the new one."""
+        new = self.pending_new
+        return new is not None and READY_MARK in read_from(new.proc.log_path, new.log_start)
+
+    def log_paths(self):
+        """The log files of every lbd of the run (one lbd and those it
+        started on SIGUSR2 share one)."""
+        return list(collections.OrderedDict((x.proc.log_path, None) for x in self.lbds))
 
     def scan_log(self):
-        if self.lbd is None:
-            return
-        try:
-            with open(self.lbd.proc.log_path, "rb") as f:
-                f.seek(self.log_offset)
-                data = f.read()
-        except OSError:
-            return
-        cut = data.rfind(b"\n") + 1
-        text = data[:cut].decode("utf-8", "replace")
-        self.log_offset += cut
-        for line in text.splitlines():
-            for mark in SANITIZER_MARKS:
-                if mark in line and not self.sanitizer_seen:
-                    self.sanitizer_seen = line.strip()[:300]
+        for path in self.log_paths():
+            offset = self.log_offsets.get(path, 0)
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            cut = data.rfind(b"\n") + 1
+            text = data[:cut].decode("utf-8", "replace")
+            self.log_offsets[path] = offset + cut
+            for line in text.splitlines():
+                for mark in SANITIZER_MARKS:
+                    if mark in line and not self.sanitizer_seen:
+                        self.sanitizer_seen = "%s (%s)" % (line.strip()[:300],
+                                                           os.path.basename(path))
 
     def pause(self, seconds):
         """Sleeps while checking the invariants."""
@@ -815,11 +1397,22 @@ class Soak:
             env["ASAN_OPTIONS"] = asan
         if "UBSAN_OPTIONS" not in os.environ:
             env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
-        self.lbd = lbtest.Lbd(self.h, self.etcd.url, PREFIX, list(SERVED),
-                              extra_args=["--shutdown-grace", "3s", "--log-level",
-                                          self.args.log_level],
-                              env=env).start()
-        self.baseline = self.wait_baseline()
+        if not self.no_upgrade_socket:
+            set_subreaper()
+        if self.use_wit:
+            self.wfarm = BackendFarm(self.h, 1)
+            for srv in self.wfarm.servers.values():
+                lbtest.reserve_port(srv.port)
+            self.put(self.key_backend(WIT, "w0"), json.dumps({"addr": self.wfarm.addr("s0")}))
+            self.put(self.key_config(WIT), json.dumps(self.wit_policy("1s")))
+        self.lbd = SoakLbd(self.h, self.etcd.url,
+                           ["--shutdown-grace", "%gs" % SHUTDOWN_GRACE_S, "--log-level",
+                            self.args.log_level], env, "lbd",
+                           sock_path=None if self.no_upgrade_socket else self.h.path("up.sock"),
+                           pools=SERVED + ((WIT,) if self.use_wit else ()))
+        self.lbds.append(self.lbd)
+        self.lbd.start()
+        self.baseline = self.lbd.baseline = self.wait_baseline()
         self.say("lbd pid %d ready; baseline fds=%d rss=%.1f MB"
                  % (self.lbd.proc.pid, self.baseline[0], self.baseline[1] / 1024.0))
         seeds = [self.rng.getrandbits(64) for _ in range(16)]
@@ -1184,6 +1777,7 @@ class Soak:
         self.record("policy.put %s %s" % (pool, json.dumps(pol, sort_keys=True)))
         self.put(self.key_config(pool), json.dumps(pol))
         self.history_add(pool, pol)
+        self.policy_bad.pop(pool, None)
 
     def ev_policy_bad(self):
         pool = self.rng.choice(WRITTEN)
@@ -1195,12 +1789,15 @@ class Soak:
             figures = json.loads(val)
         if figures:
             self.history_add(pool, figures, also_previous=True)
+        # A new lbd (an upgrade) never saw the last good one: see model_new_process.
+        self.policy_bad[pool] = figures
 
     def ev_policy_delete(self):
         pool = self.rng.choice(WRITTEN)
         self.record("policy.delete %s (lbd's defaults: idle 1h)" % pool)
         self.etcd.delete(self.key_config(pool))
         self.history_add(pool, {})
+        self.policy_bad.pop(pool, None)
 
     def gen_override(self):
         o = {}
@@ -1287,8 +1884,8 @@ class Soak:
         if scope == "local":
             args = list(args) + ["--local"]
         rc, out, err = self.lbctl(*args)
-        if rc != 0 and "--wait" in args and "still has" in err:
-            # The wait ran out (DEADLINE_EXCEEDED), the drain itself is in force.
+        if rc != 0 and "--wait" in args and ("stays drained" in err or "still has" in err):
+            # The wait ran out (lbctl: "... stays drained"), the drain itself is in force.
             self.counts["ctl.drain_wait_timed_out"] += 1
             rc = 0
         if rc != 0:
@@ -1390,6 +1987,7 @@ class Soak:
         if key:
             reg, _ = self.registrars.pop(key)
             reg.proc.kill()
+            self.reg_killed[key[0]] = now()  # its key lapses in 2 s (see witness_movable)
 
     # junk keys
 
@@ -1593,6 +2191,609 @@ class Soak:
         self.record("bulk.policy %s" % json.dumps(pol, sort_keys=True))
         self.put(self.key_config(BULK), json.dumps(pol))
         self.history_add(BULK, pol)
+        self.policy_bad.pop(BULK, None)
+
+    # upgrades (docs/upgrade.md)
+
+    def witness_plan(self):
+        """The pools and seeds of the witness connections, and a backend key
+        for each of their pools the soak knows no live backend in (so that
+        the witnesses have something to go through).  Chosen from the state
+        the soak made, never from timing."""
+        n = self.rng.randint(2, 4)
+        specs = [(self.rng.choice(POOLS), self.rng.getrandbits(32)) for _ in range(n)]
+        puts = []
+        for pool in sorted({p for p, _ in specs}):
+            if self.served_precondition(pool):
+                continue
+            echo = [sid for sid in sorted(self.farm.servers) if self.farm.mode(sid) == "echo"]
+            if not echo:
+                continue
+            sid = self.rng.choice(echo)
+            free = [b for b in SLOTS if not (self.keys.get((pool, b)) and
+                                             self.keys[(pool, b)].present)]
+            puts.append((pool, free[0] if free else self.rng.choice(SLOTS), sid))
+        desc = "%d witnesses (%s)" % (n, ",".join(p for p, _ in specs))
+        if puts:
+            desc += " + backend %s" % ",".join("%s/%s->%s" % x for x in puts)
+        silent = []
+        connect = None
+        if self.use_wit:
+            silent = [self.rng.getrandbits(32) for _ in range(self.rng.randint(1, 2))]
+            connect = self.rng.choice(["500ms", "1s", "2s", "5s", "0", None])
+            desc += "; %d silent via %s (connect_timeout %s)" % (
+                len(silent), WIT, connect or "unset: lbd's 3s")
+        return {"specs": specs, "puts": puts, "silent": silent, "wit_connect": connect}, desc
+
+    @staticmethod
+    def wit_policy(connect):
+        p = {"health": {"type": "none"}, "idle_timeout": "10s", "retries": 0, "max_conns": 0}
+        if connect is not None:
+            p["connect_timeout"] = connect
+        return p
+
+    def witness_puts(self, plan):
+        for pool, bid, sid in plan["puts"]:
+            target = ("server", sid)
+            val, spec = self.backend_value(target, 100)
+            existed = self.put(self.key_backend(pool, bid), val)
+            self.model_put(pool, bid, existed, True, spec, target, 100, None)
+        if plan["silent"]:
+            self.put(self.key_config(WIT), json.dumps(self.wit_policy(plan["wit_connect"])))
+
+    def ev_upgrade_start(self):
+        workers = self.rng.choice([1, 2])
+        plan, wdesc = self.witness_plan()
+        self.record("upgrade.start a new lbd with the same flags, --workers %d; %s"
+                    % (workers, wdesc))
+        self.witness_puts(plan)
+        self.upgrade("upgrade.start", workers, plan)
+
+    def ev_upgrade_usr2(self):
+        plan, wdesc = self.witness_plan()
+        self.record("upgrade.usr2 SIGUSR2 to lbd (it re-executes itself); %s" % wdesc)
+        self.witness_puts(plan)
+        self.upgrade("upgrade.usr2", None, plan)
+
+    def ev_upgrade_incompatible(self):
+        workers = self.rng.choice([1, 2])
+        plan, wdesc = self.witness_plan()
+        self.record("upgrade.incompatible a new lbd of session version %s, --workers %d; %s"
+                    % ("99" if not self.lbd.version else "(the binary's own, back from 99)",
+                       workers, wdesc))
+        self.witness_puts(plan)
+        self.upgrade("upgrade.incompatible", workers, plan)
+
+    def ev_upgrade_abort(self):
+        workers = self.rng.choice([1, 2])
+        how = self.rng.choice(["takeover", "takeover", "early"])
+        delay = self.rng.uniform(0.0, 0.03)
+        plan, wdesc = self.witness_plan()
+        self.record("upgrade.abort a new lbd, --workers %d, killed -9 %s; %s"
+                    % (workers, "once it took the listeners over" if how == "takeover"
+                       else "%.0f ms after its start" % (delay * 1000), wdesc))
+        self.witness_puts(plan)
+        self.upgrade("upgrade.abort", workers, plan, abort=(how, delay))
+
+    def wait_lbd_synced(self, timeout=5.0):
+        """True once lbd watches etcd and has applied every revision etcd has now."""
+        try:
+            rev = self.etcd.revision()
+        except (lbtest.EtcdError, OSError):
+            return False
+        deadline = now() + timeout
+        while True:
+            try:
+                samples = self.lbd.metrics()
+                state = [lab.get("state") for n, lab, v in samples
+                         if n == "lbd_etcd_watch_state" and v == 1]
+                applied = [v for n, _, v in samples if n == "lbd_etcd_revision"]
+                if state == ["watching"] and applied and applied[0] >= rev:
+                    return True
+            except (AssertionError, OSError, ValueError):
+                pass
+            if now() > deadline:
+                return False
+            self.pause(0.05)
+
+    def open_witness(self, pool, rng, guarded):
+        nonce = "%016x" % rng.getrandbits(64)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(1.5)
+        line = b""
+        try:
+            s.connect(("127.0.0.1", self.lbd.pool_port(pool)))
+            s.sendall(("SOAK %s\n" % nonce).encode())
+            while not line.endswith(b"\n") and len(line) < 256:
+                chunk = s.recv(1)
+                if not chunk:
+                    break
+                line += chunk
+        except OSError:
+            s.close()
+            return None
+        words = line.decode("ascii", "replace").split()
+        if len(words) != 2 or words[1] != nonce or words[0] not in self.farm.servers:
+            s.close()
+            return None
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Witness(pool, s, words[0], rng, guarded, self.witness_movable(pool, words[0]))
+
+    def witness_movable(self, pool, sid):
+        """True when a new lbd surely has the backend a connection to server
+        sid in pool goes to: every key of the pool at that server's port is
+        certain (no lapsing lease), its value good and not stale, and no
+        registration of the pool may be lapsing (killed lately).  A session
+        to a backend the new lbd lacks stays in the old one."""
+        port = str(self.farm.servers[sid].port)
+        for (p, _), k in self.keys.items():
+            if p != pool:
+                continue
+            addrs = {a for a, _ in k.stale} | ({k.last_good[0]} if k.last_good else set())
+            if any(a.rsplit(":", 1)[-1] == port for a in addrs):
+                if not (k.certain() and k.last_good and not k.current_bad and not k.stale):
+                    return False
+        return now() - self.reg_killed.get(pool, -1e9) > 10.0
+
+    def check_moved(self, witnesses, old, new, since):
+        """Each witness a new lbd of the same session version has the backend
+        of is held by the new lbd only (its socket in /proc/PID/fd)."""
+        socks = tcp_sockets()
+        for w in witnesses:
+            if w.error or not w.guarded or not w.movable:
+                continue
+            port = new.pool_port(w.pool)
+            inodes = {ino for ino, (st, lp, rp) in socks.items() if lp == port and rp == w.port}
+            owners = pids_holding(inodes, [old.proc.pid, new.proc.pid])
+            if old.proc.pid in owners and old.proc.alive():
+                raise SoakFailure(
+                    "upgrade: the %s (client port %d) is still held by the old %s %.1f s after "
+                    "the new one was ready; of the same session version, with its backend in "
+                    "both, exchanging a few bytes every %.1f s, it must have moved at once "
+                    "(held by %s)" % (w.desc(), w.port, old.label, now() - since,
+                                      WITNESS_PERIOD, owners))
+            if new.proc.pid in owners:
+                self.counts["upgrade.witness_moved"] += 1
+
+    def open_witnesses(self, specs, guarded, thread):
+        """Connections through lbd, each greeted by an echo server (open
+        connections keep the mode they were accepted in, and no server dies
+        during the event), handed to the witness thread at once.  guarded:
+        lbd had applied all of etcd, so none goes to a backend it is about
+        to drain; then nothing but lbd may end one before the event does.
+        At most 3 tries each, 6 s in all."""
+        out = []
+        budget = now() + 6.0
+        for pool, seed in specs:
+            rng = random.Random(seed)
+            w = None
+            for _ in range(3):
+                if now() > budget:
+                    break
+                w = self.open_witness(pool, rng, guarded)
+                if w is not None:
+                    break
+                self.pause(0.1)
+            if w is None:
+                self.counts["upgrade.witness_not_served"] += 1
+            else:
+                thread.add(w)
+                out.append(w)
+        return out
+
+    def finish_witnesses(self, thread, witnesses, what, t0=None, t_ready=None):
+        """One last exchange on each witness, then close them all; a guarded
+        one that broke fails the run."""
+        thread.stop()
+        for w in witnesses:
+            if w.error:
+                continue
+            try:
+                w.sock.setblocking(True)
+                w.sock.settimeout(lbtest.scaled(5.0))
+                want = bytes(w.expect) + b"last\n"
+                w.sock.sendall(b"last\n")
+                got = b""
+                while len(got) < len(want):
+                    chunk = w.sock.recv(len(want) - len(got))
+                    if not chunk:
+                        w.fail("closed (EOF) at the last exchange")
+                        break
+                    got += chunk
+                if not w.error and got != want:
+                    w.fail("echo corrupted at the last exchange")
+            except socket.timeout:
+                w.fail("no echo within %.0f s at the last exchange" % lbtest.scaled(5.0))
+            except ConnectionResetError:
+                w.fail("reset at the last exchange")
+            except OSError as exc:
+                w.fail("last exchange: %s: %s" % (type(exc).__name__, exc))
+        for w in witnesses:
+            try:
+                w.sock.close()
+            except OSError:
+                pass
+        broken = [w for w in witnesses if w.error]
+        self.counts["upgrade.witness_kept_open"] += len(witnesses) - len(broken)
+        self.counts["upgrade.witness_broken_unguarded"] += sum(1 for w in broken
+                                                               if not w.guarded)
+        guarded = [w for w in broken if w.guarded]
+        if guarded:
+            self.check(what)
+            raise SoakFailure("upgrade: %d of %d connections established before %s were not "
+                              "kept: %s" % (len(guarded), len(witnesses), what, "; ".join(
+                                  "%s: %s, %s" % (w.desc(), w.error, w.timeline(t0, t_ready))
+                                  for w in guarded)))
+
+    def upgrade(self, kind, workers, plan, abort=None):
+        """One upgrade of lbd (or an aborted one) with witnesses held across
+        it and a prober of new connections running all the way."""
+        old = self.lbd
+        while self.retiring and isinstance(old.proc, ForeignProc):
+            # Its parent must be gone first: then its exit code is the soak's to read.
+            self.pause(0.05)
+        synced = self.wait_lbd_synced()
+        if not synced:
+            self.counts["upgrade.lbd_not_synced"] += 1
+        t0 = now()
+        wthread = WitnessThread(lbtest.scaled(5.0))
+        wthread.start()
+        witnesses = self.open_witnesses(plan["specs"], synced, wthread)
+        silent = self.open_silent(plan["silent"], synced)
+        prober = ConnectProber(old.pool_port(VOID), old.http_port, old.admin_port,
+                               lbtest.scaled(5.0), allow_http_drop=abort is not None)
+        self.prober = prober
+        prober.start()
+        info = {"event": self.index, "kind": kind.split(".", 1)[1], "old": old.label,
+                "witnesses": len(witnesses), "silent": len(silent),
+                "old_offset": file_size(old.proc.log_path)}
+        self.upgrade_log.append(info)
+        new = t_ready = None
+        moves = hook99 = False
+        try:
+            new = self.pending_new = self.upgrade_launch(kind, old, workers, info)
+            if new is not None and abort is not None:
+                if self.abort_kill(new, old, abort, info):
+                    self.pause(0.5)  # the old lbd serves on: witnesses and prober go on
+                    new = None
+            if new is not None:
+                self.wait_ready(new, info)
+                t_ready = now()
+                moves = new.version == old.version
+                # LBD_TEST_HANDOVER_VERSION=99 on both sides: HELLO agrees, yet
+                # every SESSION carries the binary's real version and is refused.
+                hook99 = moves and new.version != ""
+                margin = lbtest.scaled(5.0) * (2 if self.args.asan else 1)
+                info["t_ready_wall"] = time.time()
+                self.retiring.append({"lbd": old, "moves": moves, "t_ready": t_ready,
+                                      "deadline": t_ready + SHUTDOWN_GRACE_S + margin,
+                                      "info": info})
+                info["new"] = new.label
+                info["sessions"] = ("move" if moves and not hook99 else
+                                    "refused (99 on both sides)" if moves else
+                                    "stay (listeners only)")
+                self.lbd = new
+                self.pending_new = None
+                self.model_new_process()
+                # Witnesses are held until the old lbd exits, or close enough to
+                # the end of its grace period (which ends sessions it kept: a
+                # refused one, or all of them when they cannot move).
+                end = t_ready + (SHUTDOWN_GRACE_S - 1.0 if moves else 1.0)
+                while now() < end and (not moves or old.proc.alive()):
+                    self.pause(0.02)
+                if moves and not hook99:
+                    self.check_moved(witnesses, old, new, t_ready)
+        finally:
+            self.prober = None
+            self.pending_new = None
+            prober.stop()
+            wthread._halt.set()
+            self.upgrade_windows.append((t0, now()))
+            info["prober"] = dict(prober.outcomes)
+            info["prober_worst_s"] = dict(prober.worst)
+        if prober.violations:
+            raise SoakFailure("upgrade: a new connection failed while lbd was being upgraded "
+                              "(%s): %s" % (kind, prober.violations[0]))
+        what = "the %s (%s)" % (kind, info.get("result", ""))
+        self.finish_witnesses(wthread, witnesses, what, t0, t_ready)
+        if silent and new is not None and moves and not hook99:
+            # Sessions move: a silent one too, however long the old lbd lives
+            # on (its grace period ends what it still holds).
+            while old.proc.alive():
+                self.pause(0.02)
+        self.finish_silent(silent, what, t0, t_ready, plan["wit_connect"],
+                           after_old_exit=bool(new is not None and moves and not hook99))
+        if new is not None:
+            self.baseline = new.baseline = self.measure_baseline(new)
+            info["baseline_fds"] = self.baseline[0]
+
+    def open_silent(self, seeds, guarded):
+        """Connections through pool WIT that send nothing: established (lbd
+        connects to the one backend, an echo server no event touches, which
+        says nothing first), but not a byte through them yet."""
+        out = []
+        for seed in seeds:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(1.5)
+            try:
+                s.connect(("127.0.0.1", self.lbd.pool_port(WIT)))
+            except OSError:
+                s.close()
+                self.counts["upgrade.silent_not_connected"] += 1
+                continue
+            w = Witness(WIT, s, "-", random.Random(seed), guarded, True)
+            out.append(w)
+        return out
+
+    def finish_silent(self, silent, what, t0, t_ready, connect, after_old_exit):
+        """Each silent witness now says hello and must be greeted by the
+        server of pool WIT and echoed, then is closed."""
+        for w in silent:
+            nonce = "%016x" % w.rng.getrandbits(64)
+            payload = w.rng.randbytes(w.rng.randint(1, 200))
+            try:
+                w.sock.settimeout(lbtest.scaled(5.0))
+                w.sock.sendall(("SOAK %s\n" % nonce).encode() + payload)
+                want = ("s0 %s\n" % nonce).encode() + payload
+                got = b""
+                while len(got) < len(want):
+                    chunk = w.sock.recv(len(want) - len(got))
+                    if not chunk:
+                        w.fail("closed (EOF) at its first bytes")
+                        break
+                    got += chunk
+                if not w.error and got != want:
+                    w.fail("answered %r to its first bytes, expected %r" % (got[:60], want[:60]))
+            except socket.timeout:
+                w.fail("no answer within %.0f s to its first bytes" % lbtest.scaled(5.0))
+            except ConnectionResetError:
+                w.fail("reset at its first bytes")
+            except OSError as exc:
+                w.fail("first bytes: %s: %s" % (type(exc).__name__, exc))
+            try:
+                w.sock.close()
+            except OSError:
+                pass
+        broken = [w for w in silent if w.error]
+        self.counts["upgrade.silent_kept_open"] += len(silent) - len(broken)
+        self.counts["upgrade.silent_broken_unguarded"] += sum(1 for w in broken if not w.guarded)
+        guarded = [w for w in broken if w.guarded]
+        if guarded:
+            self.check(what)
+            raise SoakFailure(
+                "upgrade: %d of %d silent connections (through pool %s, established before %s, "
+                "no byte sent yet) were not kept%s: %s\n  pool %s has one backend, an echo "
+                "server no event touches, and connect_timeout %s; a connection nobody has sent "
+                "a byte through stays 'connecting' in lbd until data or its connect timeout "
+                "confirms it (session.c), and a session still connecting cannot move: the old "
+                "lbd keeps it, and its --shutdown-grace (%gs) ends it"
+                % (len(guarded), len(silent), WIT, what,
+                   " (checked once the old lbd had exited)" if after_old_exit else "",
+                   "; ".join("%s: %s, %s" % (w.desc(), w.error, w.timeline(t0, t_ready))
+                             for w in guarded),
+                   WIT, connect or "unset (lbd's default, 3s)", SHUTDOWN_GRACE_S))
+
+    def upgrade_launch(self, kind, old, workers, info):
+        """Starts the new lbd; None when lbd refused SIGUSR2 (an upgrade in progress)."""
+        gen = len(self.lbds) + 1
+        if kind != "upgrade.usr2":
+            # The binary's own session version, or (incompatible) the other one
+            # of "" and "99".  SIGUSR2 keeps the environment, so the version.
+            version = ""
+            if kind == "upgrade.incompatible" and not old.version:
+                version = "99"
+            new = old.successor(gen, workers, version).spawn()
+            new.log_start = 0
+            self.lbds.append(new)
+            return new
+        path = old.proc.log_path
+        offset = file_size(path)
+        old.proc.send_signal(signal.SIGUSR2)
+        deadline = now() + lbtest.scaled(10.0)
+        while True:
+            text = read_from(path, offset)
+            m = SPAWNED_RE.search(text)
+            if m:
+                break
+            refused = USR2_REFUSED_RE.search(text)
+            if refused:
+                info["result"] = "SIGUSR2 turned down: %s" % refused.group(0).split("msg=", 1)[1]
+                self.counts["upgrade.usr2_refused"] += 1
+                return None
+            if now() > deadline:
+                raise SoakFailure("upgrade: SIGUSR2 sent to %s, which logged no new_pid= within "
+                                  "%.0f s" % (old.label, lbtest.scaled(10.0)))
+            self.pause(0.005)
+        new = old.adopt(gen, int(m.group(1)))
+        new.log_start = offset
+        self.lbds.append(new)
+        return new
+
+    def wait_ready(self, new, info):
+        path = new.proc.log_path
+        deadline = now() + lbtest.scaled(30.0)
+        while True:
+            text = read_from(path, new.log_start)
+            if READY_MARK in text:
+                info.setdefault("result", "ready")
+                return
+            if not new.proc.alive():
+                self.scan_log()
+                raise SoakFailure("upgrade: the new %s exited with %s before it logged %r; its "
+                                  "log:\n    %s" % (new.label, exit_code(new.proc), READY_MARK,
+                                                   "\n    ".join(text.splitlines()[-30:])))
+            if now() > deadline:
+                raise SoakFailure("upgrade: the new %s did not log %r within %.0f s; its log:\n"
+                                  "    %s" % (new.label, READY_MARK, lbtest.scaled(30.0),
+                                              "\n    ".join(text.splitlines()[-30:])))
+            self.pause(0.01)
+
+    def abort_kill(self, new, old, abort, info):
+        """Kills the new lbd with SIGKILL before it is ready: at its listener
+        take-over, or `delay` s after its start.  It is stopped (SIGSTOP) and
+        its log read first: if it logged that it accepts connections it is
+        too late for an abort (it goes on as a plain upgrade; False)."""
+        how, delay = abort
+        pid = new.proc.pid
+        path = new.proc.log_path
+        if how == "takeover":
+            deadline = now() + lbtest.scaled(15.0)
+            while TAKEOVER_MARK not in read_from(path, 0):
+                if not new.proc.alive():
+                    raise SoakFailure("upgrade.abort: the new %s exited with %s before it took "
+                                      "the listeners over:\n%s" % (new.label, exit_code(new.proc),
+                                                                   new.proc.log_tail(30)))
+                if now() > deadline:
+                    raise SoakFailure("upgrade.abort: the new %s did not take the listeners over "
+                                      "within %.0f s:\n%s" % (new.label, lbtest.scaled(15.0),
+                                                              new.proc.log_tail(30)))
+                time.sleep(0.001)
+        else:
+            time.sleep(delay)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+        t = now()
+        while not all_threads_stopped(pid) and now() - t < 2.0:
+            time.sleep(0.0005)
+        text = read_from(path, 0)
+        if ACCEPTING_MARK in text or READY_MARK in text:
+            os.kill(pid, signal.SIGCONT)
+            info["result"] = "too late to abort (accepting already): a plain upgrade"
+            self.counts["upgrade.abort_too_late"] += 1
+            return False
+        rc = new.proc.kill()
+        stage = "after_takeover" if TAKEOVER_MARK in text else "before_takeover"
+        info["result"] = "killed -9 %s" % stage.replace("_", " the ")
+        self.counts["upgrade.abort_killed_%s" % stage] += 1
+        if rc != -signal.SIGKILL:
+            raise SoakFailure("upgrade.abort: the new %s ended with %s before the kill -9:\n%s"
+                              % (new.label, rc, new.proc.log_tail(30)))
+        # The old lbd saw it go (if it had connected) and listens for the next upgrade.
+        told = lambda: WENT_AWAY_MARK in read_from(old.proc.log_path, info["old_offset"])  # noqa: E731
+        connected = pid in [int(x) for x in TAKING_OVER_RE.findall(
+            read_from(old.proc.log_path, info["old_offset"]))]
+        deadline = now() + (lbtest.scaled(10.0) if connected else 1.0)
+        while not told() and now() < deadline:
+            self.pause(0.02)
+        if connected and not told():
+            raise SoakFailure("upgrade.abort: %s logged %r for pid %d, then not %r within %.0f s "
+                              "of its kill -9" % (old.label, "a new lbd is taking over", pid,
+                                                  WENT_AWAY_MARK, lbtest.scaled(10.0)))
+        self.counts["upgrade.abort_old_told" if told() else "upgrade.abort_old_not_told"] += 1
+        if old.sock_path and old.proc.pid not in unix_listener_pids(old.sock_path,
+                                                                    [old.proc.pid]):
+            raise SoakFailure("upgrade.abort: %s no longer listens on its upgrade socket %s "
+                              "after the new lbd was killed" % (old.label, old.sock_path))
+        return True
+
+    def check_retiring(self):
+        """Old lbds after an upgrade: each exits 0 within --shutdown-grace (+ a
+        margin) of the new one's READY, having logged how its sessions went."""
+        for r in list(self.retiring):
+            old, info = r["lbd"], r["info"]
+            if old.proc.alive():
+                if now() > r["deadline"]:
+                    raise SoakFailure(
+                        "upgrade: the old %s still runs %.1f s after the new one was ready "
+                        "(--shutdown-grace %gs: it must be gone by then, plus %.0f s)\n"
+                        "its log, last lines:\n    %s"
+                        % (old.label, now() - r["t_ready"], SHUTDOWN_GRACE_S,
+                           r["deadline"] - r["t_ready"] - SHUTDOWN_GRACE_S,
+                           "\n    ".join(read_from(old.proc.log_path, info["old_offset"])
+                                         .splitlines()[-25:])))
+                continue
+            self.retiring.remove(r)
+            self.scan_log()
+            rc = exit_code(old.proc)
+            info["old_exit_seen_s"] = round(now() - r["t_ready"], 2)
+            info["old_rc"] = rc
+            text = read_from(old.proc.log_path, info["old_offset"])
+            stopped = [log_time(ln) for ln in text.splitlines() if 'msg="stopped"' in ln]
+            t_wall = info.pop("t_ready_wall", None)
+            if stopped and stopped[-1] is not None and t_wall is not None:
+                # when it logged its last line, by its clock (the soak may look later)
+                info["old_stopped_s"] = round(stopped[-1] - t_wall, 2)
+            if rc is None:
+                self.counts["upgrade.old_rc_unknown"] += 1
+            elif rc != 0:
+                raise SoakFailure("upgrade: the old %s exited with %s (expected 0), %.1f s after "
+                                  "the new one was ready; its log, last lines:\n    %s"
+                                  % (old.label, rc, info["old_exit_seen_s"],
+                                     "\n    ".join(text.splitlines()[-25:])))
+            mark = HANDOVER_MARK if r["moves"] else LISTENERS_ONLY_MARK
+            lines = [ln for ln in text.splitlines() if mark in ln]
+            if not lines:
+                raise SoakFailure("upgrade: the old %s exited without logging %r"
+                                  % (old.label, mark))
+            moved, kept = kv_int(lines[-1], "moved"), kv_int(lines[-1], "kept")
+            info["moved"], info["kept"] = moved, kept
+            exiting = [ln for ln in text.splitlines() if "upgrade: exiting" in ln]
+            if exiting:
+                info["finished_here"] = kv_int(exiting[-1], "finished_here")
+            self.counts["upgrade.sessions_moved"] += moved or 0
+            self.counts["upgrade.sessions_kept"] += kept or 0
+            if not r["moves"] and moved:
+                raise SoakFailure("upgrade: the old %s moved %d sessions to a new lbd of another "
+                                  "session version: %s" % (old.label, moved, lines[-1]))
+
+    def model_new_process(self):
+        """What a new lbd knows: only what etcd holds now.  Local overrides
+        stayed with the old process; a key or an override whose value is
+        invalid now has no last good value here; a pool whose policy is
+        invalid runs lbd's defaults, or that policy clamped."""
+        self.local = {}
+        for k in self.keys.values():
+            k.stale = set()
+            if k.current_bad:
+                k.last_good = None
+        for m in self.overrides.values():
+            if m.current_bad:
+                m.last_good = None
+            m.stale = False
+        d_idle, d_connect, d_retries = self.policy_figures({})
+        for pool, figures in sorted(self.policy_bad.items()):
+            if pool not in SERVED or pool == VOID:
+                continue
+            idle, connect, retries = self.policy_figures(figures) if figures else (0, 0, 0)
+            self.history.add(pool, max(idle, d_idle), max(connect, d_connect),
+                             max(retries, d_retries))
+
+    def measure_baseline(self, lbd):
+        """A new lbd's fds and RSS once it took over, as its baseline: its fds
+        less the TCP connections of sessions and checks (to the pool, admin
+        and probe ports, and to the backends), which come and go."""
+        local = set(lbd.pools.values()) | {lbd.admin_port, lbd.http_port}
+        remote = {srv.port for srv in self.farm.servers.values()} | set(self.closed_ports)
+        if self.wfarm:
+            remote |= {srv.port for srv in self.wfarm.servers.values()}
+        pid = lbd.proc.pid
+        samples = []
+        while True:
+            try:
+                fds = os.listdir("/proc/%d/fd" % pid)
+            except OSError:
+                break
+            socks = tcp_sockets()
+            n = 0
+            for fd in fds:
+                try:
+                    link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+                except OSError:
+                    continue
+                st = socks.get(link[8:-1]) if link.startswith("socket:[") else None
+                if st and st[0] != "0A" and (st[1] in local or st[2] in remote):
+                    continue
+                n += 1
+            samples.append((n, self.proc_rss_kb()))
+            if len(samples) == 3:
+                break
+            self.pause(0.05)
+        if not samples:
+            self.check("measuring the new lbd")
+            raise SoakFailure("upgrade: cannot read /proc/%d/fd of the new lbd" % pid)
+        return min(s[0] for s in samples), max(s[1] for s in samples)
 
     # ------------------------------------------------------------------
     # Quiet phases
@@ -1655,6 +2856,7 @@ class Soak:
         for pool, (pol, _) in policies.items():
             self.put(self.key_config(pool), json.dumps(pol))
             self.history_add(pool, pol)
+            self.policy_bad.pop(pool, None)
         # Settle: checks have to see every backend rise.
         settle = 1.0
         for pol, _ in policies.values():
@@ -1880,6 +3082,10 @@ class Soak:
         for key in sorted(self.registrars):
             reg, _ = self.registrars.pop(key)
             reg.proc.stop(timeout=10)
+        while self.retiring:
+            # Old lbds of the last upgrades exit by themselves (check_retiring bounds it).
+            self.check("the end, waiting for the old lbds to exit")
+            time.sleep(0.05)
         self.etcd.delete_prefix("%spools/" % PREFIX)
         for lid in self.long_leases:
             try:
@@ -1908,6 +3114,8 @@ class Soak:
                      "read); stopping the backends" % (fds, open_conns, wait_idle, idle))
         backend_conns = self.farm.open_conns()
         self.farm.stop()
+        if self.wfarm:
+            self.wfarm.stop()
         fds = self.wait_fds(base_fds + tol_fds, 10.0)
         if fds > base_fds + tol_fds:
             raise SoakFailure("end: fd leak: lbd has %d open fds, %d at the start (clients and "
@@ -1930,9 +3138,14 @@ class Soak:
             raise SoakFailure("lbd did not exit within %.0fs of SIGTERM" % lbtest.scaled(20))
         if self.sanitizer_seen:
             raise SoakFailure("sanitizer report in lbd's log at exit: %s" % self.sanitizer_seen)
+        if rc is None:
+            # Only an lbd started by SIGUSR2 whose parent still runs: none by now.
+            raise SoakFailure("%s exited on SIGTERM, with an exit code the soak could not read"
+                              % self.lbd.label)
         if rc != 0:
             raise SoakFailure("lbd exited with %s on SIGTERM" % rc)
-        self.say("lbd exited 0 %.1fs after SIGTERM" % (now() - t0))
+        self.say("%s exited 0 %.1fs after SIGTERM" % ("lbd" if self.lbd.gen == 1 else
+                                                     self.lbd.label, now() - t0))
 
     def counters(self):
         """lbd's counters that tell which states a run reached."""
@@ -1986,8 +3199,22 @@ class Soak:
         if self.probe:
             lines.append("healthz: %d probes, %d single misses, worst %.3fs"
                          % (self.probe.probes, self.probe.slow, self.probe.worst))
+        if self.upgrade_log:
+            lines.append("upgrades (%d lbd processes in all):" % len(self.lbds))
+            for u in self.upgrade_log:
+                lines.append("    #%d %s" % (u["event"], ", ".join(
+                    "%s=%s" % (k, v) for k, v in u.items() if k not in ("event", "old_offset"))))
+            if self.clients:
+                across = collections.Counter()
+                with self.clients.lock:
+                    for r in self.clients.recent:
+                        if r.t1 is not None and any(r.t0 < b and r.t1 > a
+                                                    for a, b in self.upgrade_windows):
+                            across[r.outcome] += 1
+                lines.append("    client attempts that overlapped an upgrade: %s"
+                             % dict(sorted(across.items())))
         if self.lbd is not None:
-            text = self.lbd.proc.log_text()
+            text = "".join(read_from(p, 0) for p in self.log_paths())
             states = collections.OrderedDict()
             for name, needle in (("ejected", "ejected after consecutive"),
                                  ("back from ejection", "back from ejection"),
@@ -2022,15 +3249,29 @@ class Soak:
             out += ["", "earlier events of rarer kinds since the last quiet phase:"]
             out += ["    " + e[:200] for e in rare[-30:]]
         if self.lbd is not None:
-            if self.sanitizer_seen and self.lbd.proc.alive():
-                self.lbd.proc.wait(15)  # let the sanitizer finish its report
-            text = self.lbd.proc.log_text()
-            lines = text.splitlines()
-            san = [i for i, line in enumerate(lines) if any(m in line for m in SANITIZER_MARKS)]
-            if san:
-                out += ["", "sanitizer report (from lbd's log):"]
-                out += ["    " + line for line in lines[max(0, san[0] - 3): san[0] + 60]]
-            out += ["", "lbd log, last 60 lines (%s):" % self.lbd.proc.log_path]
+            if self.sanitizer_seen:
+                for x in self.lbds:
+                    if x.proc.alive() and os.path.basename(x.proc.log_path) in self.sanitizer_seen:
+                        x.proc.wait(15)  # let the sanitizer finish its report
+            for path in self.log_paths():
+                lines = read_from(path, 0).splitlines()
+                san = [i for i, line in enumerate(lines)
+                       if any(m in line for m in SANITIZER_MARKS)]
+                if san:
+                    out += ["", "sanitizer report (from %s):" % path]
+                    out += ["    " + line for line in lines[max(0, san[0] - 3): san[0] + 60]]
+                    break
+            if len(self.lbds) > 1:
+                out += ["", "lbd processes: %s" % "; ".join(
+                    "%s %s" % (x.label, "running" if x.proc.alive() else
+                               "exit %s" % exit_code(x.proc)) for x in self.lbds)]
+                for path in [p for p in self.log_paths() if p != self.lbd.proc.log_path][-3:]:
+                    lines = read_from(path, 0).splitlines()
+                    out += ["", "an earlier lbd's log, last 20 lines (%s):" % path]
+                    out += ["    " + line[:400] for line in lines[-20:]]
+            lines = self.lbd.proc.log_text().splitlines()
+            out += ["", "lbd log, last 60 lines (%s%s):" % (
+                self.lbd.proc.log_path, "" if self.lbd.gen == 1 else ", " + self.lbd.label)]
             out += ["    " + line[:400] for line in lines[-60:]]
         out.append("=" * 78)
         return "\n".join(out)
@@ -2101,6 +3342,13 @@ def main():
             soak.clients._stop.set()
         if soak.probe is not None:
             soak.probe._halt.set()
+        for x in reversed(soak.lbds):
+            # The lbds that lbd started (SIGUSR2) are not the harness's: stopped by PID here.
+            if isinstance(x.proc, ForeignProc) and x.proc.alive():
+                try:
+                    x.proc.stop(timeout=5)
+                except Exception as exc:  # noqa: BLE001
+                    sys.stderr.write("soak: stopping pid %d: %s\n" % (x.proc.pid, exc))
         if args.keep:
             sys.stderr.write("soak: logs kept in %s\n" % soak.h.dir)
         try:
