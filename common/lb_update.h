@@ -86,6 +86,10 @@ struct lb_pool_policy {
     int64_t drain_timeout_ms;
     enum lb_proxy_protocol proxy_protocol;
     int panic_threshold; /* percent, 0..100 */
+    /* Percent, 0..100, 0 = off: while at least this share of the backends in
+     * lbd's own zone (--zone) are eligible, new connections stay in that
+     * zone; below it they spread over every zone. */
+    int zone_affinity;
 };
 
 /* Fills *p with DESIGN.md's defaults. */

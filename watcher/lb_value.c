@@ -425,8 +425,9 @@ int lb_value_parse_override_noted(const char *json, size_t len, struct lb_overri
 
 /* The fields of a policy, and of its health object, as users write them. */
 static const char *const policy_fields[] = {
-    "algorithm", "health",     "connect_timeout", "idle_timeout",   "retries",
-    "max_conns", "slow_start", "drain_timeout",   "proxy_protocol", "panic_threshold",
+    "algorithm",      "health",          "connect_timeout", "idle_timeout",
+    "retries",        "max_conns",       "slow_start",      "drain_timeout",
+    "proxy_protocol", "panic_threshold", "zone_affinity",
 };
 static const char *const health_fields[] = {"type", "path", "interval", "timeout", "rise", "fall"};
 
@@ -510,7 +511,7 @@ static void check_unknown(json_object *obj, const char *where, const char *const
             snprintf(text, sizeof(text),
                      "unknown field \"%s\" (a policy takes algorithm, health, connect_timeout, "
                      "idle_timeout, retries, max_conns, slow_start, drain_timeout, "
-                     "proxy_protocol, panic_threshold)",
+                     "proxy_protocol, panic_threshold, zone_affinity)",
                      field);
         add_problem(ps, field, text);
         ps->n_unknown++;
@@ -671,6 +672,11 @@ static int check_policy(const char *json, size_t len, struct lb_pool_policy *out
                   get_int(root, "panic_threshold", "panic_threshold", 0, 100, &p.panic_threshold,
                           notes, &err),
                   &err);
+    if (!rc)
+        rc = keep(
+            ps, "zone_affinity",
+            get_int(root, "zone_affinity", "zone_affinity", 0, 100, &p.zone_affinity, notes, &err),
+            &err);
     json_object_put(root);
     if (rc)
         return rc;
@@ -863,6 +869,8 @@ int lb_value_encode_policy(const struct lb_pool_policy *p, char **out)
         rc = add_member(obj, "proxy_protocol", json_object_new_string(proxies[p->proxy_protocol]));
     if (!rc)
         rc = add_member(obj, "panic_threshold", json_object_new_int(p->panic_threshold));
+    if (!rc)
+        rc = add_member(obj, "zone_affinity", json_object_new_int(p->zone_affinity));
     json_object_put(h);
     if (rc) {
         json_object_put(obj);

@@ -27,6 +27,7 @@
  *   slow_start       0s       1s .. 1h          off
  *   drain_timeout    0s       1s .. 24h         wait for connections to end
  *   panic_threshold  50       0 .. 100 (%)      panic mode off
+ *   zone_affinity    0        0 .. 100 (%)      every zone alike (also when lbd has no --zone)
  *   weight           100      0 .. 1000         no new connections
  *
  * Every lbd replica checks every backend of its pools: a pool of 10,000

@@ -74,7 +74,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                   q->drain_timeout_ms > LB_POLICY_DRAIN_TIMEOUT_MAX_MS)) ||
                 q->retries < 0 || q->retries > LB_POLICY_RETRIES_MAX || q->max_conns < 0 ||
                 q->max_conns > LB_POLICY_MAX_CONNS_MAX || q->panic_threshold < 0 ||
-                q->panic_threshold > 100 || notes.n > LB_VALUE_NOTES_MAX)
+                q->panic_threshold > 100 || q->zone_affinity < 0 || q->zone_affinity > 100 ||
+                notes.n > LB_VALUE_NOTES_MAX)
                 abort();
             for (size_t i = 0; i < notes.n; i++)
                 if (!notes.note[i].why || !memchr(notes.note[i].field, '\0', 32))

@@ -472,6 +472,8 @@ static void test_policy_out_of_range_is_clamped_with_a_note(void **state)
         {"{\"drain_timeout\":\"48h\"}", "drain_timeout", "48h", "24h"},
         {"{\"panic_threshold\":101}", "panic_threshold", "101", "100"},
         {"{\"panic_threshold\":-5}", "panic_threshold", "-5", "0"},
+        {"{\"zone_affinity\":150}", "zone_affinity", "150", "100"},
+        {"{\"zone_affinity\":-1}", "zone_affinity", "-1", "0"},
     };
     struct lb_pool_policy p;
 
@@ -641,6 +643,7 @@ static void test_policy_unknown_fields_named_with_a_suggestion(void **state)
         {"{\"conect_timeout\":\"1s\"}", "conect_timeout", "did you mean connect_timeout?"},
         {"{\"connect-timeout\":\"1s\"}", "connect-timeout", "did you mean connect_timeout?"},
         {"{\"Algorithm\":\"p2c\"}", "Algorithm", "did you mean algorithm?"},
+        {"{\"zone_afinity\":70}", "zone_afinity", "did you mean zone_affinity?"},
         {"{\"helth\":{}}", "helth", "did you mean health?"},
         {"{\"health\":{\"intervl\":\"1s\"}}", "health.intervl", "did you mean interval?"},
         {"{\"health\":{\"tyep\":\"tcp\"}}", "health.tyep", "did you mean type?"},
@@ -753,7 +756,7 @@ static void test_policy_encode_roundtrip(void **state)
         "\"interval\":\"500ms\",\"timeout\":\"250ms\",\"rise\":1,\"fall\":100},"
         "\"connect_timeout\":\"1m30s\",\"idle_timeout\":\"0\",\"retries\":0,"
         "\"max_conns\":1000,\"slow_start\":\"30s\",\"drain_timeout\":\"2h\","
-        "\"proxy_protocol\":\"v2\",\"panic_threshold\":0}",
+        "\"proxy_protocol\":\"v2\",\"panic_threshold\":0,\"zone_affinity\":70}",
         "{\"health\":{\"interval\":\"0\"},\"proxy_protocol\":\"v1\"}",
     };
 
@@ -778,7 +781,8 @@ static void test_policy_encode_roundtrip(void **state)
                                   "\"1s\",\"rise\":2,\"fall\":3},\"connect_timeout\":\"3s\","
                                   "\"idle_timeout\":\"1h\",\"retries\":2,\"max_conns\":0,"
                                   "\"slow_start\":\"0s\",\"drain_timeout\":\"0s\","
-                                  "\"proxy_protocol\":\"none\",\"panic_threshold\":50}");
+                                  "\"proxy_protocol\":\"none\",\"panic_threshold\":50,"
+                                  "\"zone_affinity\":0}");
         free(json);
         p.proxy_protocol = (enum lb_proxy_protocol)7;
         assert_int_equal(lb_value_encode_policy(&p, &json), -EINVAL);
