@@ -272,3 +272,12 @@ bool lb_control_pool_in_panic(struct lb_registry *r, const char *pool)
 
     return p && p->snap->panic;
 }
+
+int lb_control_pool_zone_local(struct lb_registry *r, const char *pool)
+{
+    struct lb_pool *p = lb_registry_find_pool(r, pool);
+
+    if (!p || !lb_pool_zone_aware(p))
+        return -1;
+    return lb_pool_zone_local(p) ? 1 : 0;
+}

@@ -171,5 +171,11 @@ void lb_control_unsubscribe(struct lb_registry *r, struct lb_subscription *s);
  * False for an unknown pool.
  */
 bool lb_control_pool_in_panic(struct lb_registry *r, const char *pool);
+/*
+ * For the status page: 1 while `pool` keeps new connections in lbd's zone,
+ * 0 while it spills over to every zone, -1 when zone affinity is off (no
+ * --zone, no zone_affinity in the policy) or the pool is unknown.
+ */
+int lb_control_pool_zone_local(struct lb_registry *r, const char *pool);
 
 #endif

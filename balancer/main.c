@@ -64,6 +64,7 @@ struct lbd_settings {
     int64_t workers;
     char *config;
     char *backend_networks;
+    char *zone;
     char *upgrade_socket;
     int64_t etcd_backoff_initial_ms;
     int64_t etcd_backoff_max_ms;
@@ -92,6 +93,9 @@ static const struct lb_setting lbd_table[] = {
      "any", NULL, "CIDR[,CIDR...]",
      "networks registered backends may point into (e.g. 10.0.0.0/8,fd00::/8); others are "
      "refused and logged. lbd never routes to its own listeners, whatever this says"},
+    {"zone", 0, "LBD_ZONE", LB_SETTING_STRING, S(zone), 0, LB_ZONE_MAX - 1, NULL, NULL, "ZONE",
+     "the zone this lbd runs in: pools whose policy sets zone_affinity keep new connections on "
+     "backends registered in it while enough of them are eligible"},
     {"pool", 0, "LBD_POOL", LB_SETTING_LIST, S(pools), 0, 0, NULL, NULL,
      "NAME=ADDR:PORT[,accept-proxy]",
      "serve pool NAME on a listener at ADDR:PORT; accept-proxy: each client starts with a PROXY "
@@ -631,8 +635,11 @@ static int lbd_start(struct lbd *d)
                 rc == -EINVAL ? "the same pool name is given twice" : "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < d->n_pools; i++)
+    for (size_t i = 0; i < d->n_pools; i++) {
         d->registry.pools[i].accept_proxy = d->pool_accept_proxy[i];
+        snprintf(d->registry.pools[i].zone, sizeof(d->registry.pools[i].zone), "%s",
+                 d->settings.zone ? d->settings.zone : "");
+    }
     rc = lb_resolver_new(d->loop, &d->resolver);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start the DNS resolver thread: %s\n", strerror(-rc));
@@ -913,6 +920,7 @@ static int lbd_check(struct lbd *d)
     printf("  workers           %lld, max-conns %lld\n", (long long)s->workers,
            (long long)max_conns);
     printf("  backend networks  %s\n", s->backend_networks);
+    printf("  zone              %s\n", s->zone && s->zone[0] ? s->zone : "(none)");
     printf("  not checked       whether the addresses are free and etcd answers\n");
     return 0;
 }
@@ -973,6 +981,15 @@ int main(int argc, char **argv)
     if (lb_addr_policy_set_networks(&d.addr_policy, d.settings.backend_networks, &err) < 0) {
         fprintf(stderr, "lbd: %s\n", err);
         free(err);
+        exit_code = 2;
+        goto out;
+    }
+    if (d.settings.zone && d.settings.zone[0] &&
+        !lb_name_is_valid(d.settings.zone, strlen(d.settings.zone))) {
+        fprintf(stderr,
+                "lbd: --zone %s: a zone is made of [A-Za-z0-9._:-], as in the backends' "
+                "registrations\n",
+                d.settings.zone);
         exit_code = 2;
         goto out;
     }

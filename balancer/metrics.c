@@ -456,6 +456,27 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 c.retries);
 #undef POOL_FAMILY
 
+    /* Only pools with zone affinity on (lbd has --zone, the policy a
+     * zone_affinity): absent elsewhere, so a sum over pools means something. */
+    for (size_t i = 0, first = 1; i < r->n_pools && !rc; i++) {
+        const struct lb_pool *p = &r->pools[i];
+        char pn[LB_NAME_MAX * 2];
+
+        if (!lb_pool_zone_aware(p))
+            continue;
+        if (first) {
+            rc = lb_metrics_family(out, "lbd_pool_zone_local", "gauge",
+                                   "1 while new connections stay in this lbd's zone (enough of "
+                                   "its backends eligible), 0 while they spill over to all zones; "
+                                   "only for pools with zone_affinity on.");
+            first = 0;
+        }
+        if (!rc)
+            rc = lb_metrics_printf(out, "lbd_pool_zone_local{pool=\"%s\"} %d\n",
+                                   lb_metrics_escape(p->name, pn, sizeof(pn)),
+                                   lb_pool_zone_local(p) ? 1 : 0);
+    }
+
     for (int k = 0; k < 2 && !rc; k++) {
         const char *fam = k ? "lbd_pool_snapshot_update_seconds_total"
                             : "lbd_pool_snapshot_rebuild_seconds_total";

@@ -12,6 +12,18 @@
  * is recomputed, otherwise only the marked ones; each weight that changed
  * goes through the algorithm's set_weight hook.  Nothing in place
  * allocates, so a health flip cannot fail and costs O(log n).
+ *
+ * Zone affinity (Envoy's zone-aware routing, decided here and not per
+ * pick): when lbd has a zone and the policy a zone_affinity threshold,
+ * the snapshot is "zone local" while at least that percent of the entries
+ * in lbd's zone are healthy candidates (and the pool is not in panic, as
+ * in Envoy); entries of other zones, and entries without a zone, then get
+ * weight 0.  Below the threshold the local zone is under-provisioned and
+ * every zone is eligible again.  Like panic, a switch re-weighs every
+ * entry in place (O(n), no allocation); it also asks for a fresh
+ * algorithm state and sends the workers the whole snapshot, so a maglev
+ * table is always built over exactly the entries eligible after the
+ * switch and replicas in one zone with the same view answer the same.
  */
 #include "pool.h"
 #include "backend_dns.h"
@@ -91,11 +103,25 @@ static uint32_t ramp_weight(const struct lb_pool *pool, const struct lb_backend 
     return w < 1 ? 1 : (uint32_t)w;
 }
 
-/* Refreshes e's candidate and healthy flags and the snapshot's counts. */
-static void entry_refresh_flags(struct lb_snapshot *s, struct lb_snap_entry *e)
+/* True when e's backend registered in lbd's zone. */
+static bool entry_is_local(const struct lb_pool *pool, const struct lb_snap_entry *e)
+{
+    return pool->zone[0] && strcmp(e->backend->spec.zone, pool->zone) == 0;
+}
+
+/* Refreshes e's candidate, healthy and local flags and the snapshot's counts. */
+static void entry_refresh_flags(const struct lb_pool *pool, struct lb_snapshot *s,
+                                struct lb_snap_entry *e)
 {
     bool candidate = lb_backend_is_candidate(e->backend);
     bool healthy = candidate && lb_backend_is_healthy(e->backend);
+    bool local = entry_is_local(pool, e);
+
+    s->n_local -= e->local;
+    s->n_local_eligible -= e->local && e->healthy;
+    s->n_local += local;
+    s->n_local_eligible += local && healthy;
+    e->local = local;
 
     if (e->candidate && !candidate)
         s->n_candidates--;
@@ -120,12 +146,23 @@ static bool snapshot_wants_panic(const struct lb_pool *pool, const struct lb_sna
            s->n_healthy * 100 < (size_t)pool->policy.panic_threshold * s->n_candidates;
 }
 
+/*
+ * Zone affinity holds: lbd has a zone, the policy a threshold, the pool is
+ * not in panic, and at least zone_affinity% of the local zone's entries
+ * (one at least) are healthy candidates.  Assumes s->panic is current.
+ */
+static bool snapshot_wants_zone_local(const struct lb_pool *pool, const struct lb_snapshot *s)
+{
+    return lb_pool_zone_aware(pool) && !s->panic && s->n_local_eligible > 0 &&
+           s->n_local_eligible * 100 >= (size_t)pool->policy.zone_affinity * s->n_local;
+}
+
 /* The weight e should have now, and whether it is still ramping up. */
 static uint32_t entry_target(const struct lb_pool *pool, const struct lb_snapshot *s,
                              const struct lb_snap_entry *e, ev_tstamp now, bool *ramping)
 {
     *ramping = false;
-    if (!e->candidate || !(e->healthy || s->panic))
+    if (!e->candidate || !(e->healthy || s->panic) || (s->zone_local && !e->local))
         return 0;
     return ramp_weight(pool, e->backend, now, ramping);
 }
@@ -196,6 +233,18 @@ static void log_panic(const struct lb_pool *pool, const struct lb_snapshot *s)
             pool->name, s->n_healthy, s->n_candidates, pool->policy.panic_threshold);
 }
 
+static void log_zone(const struct lb_pool *pool, const struct lb_snapshot *s)
+{
+    LB_WARN("pool",
+            "msg=\"%s\" pool=%s zone=%s local_eligible=%zu local=%zu eligible=%zu "
+            "zone_affinity=%d",
+            s->zone_local ? "zone local: enough backends in this zone, keeping traffic here"
+                          : "zone spill-over: too few eligible backends in this zone, spreading "
+                            "over all zones",
+            pool->name, pool->zone, s->n_local_eligible, s->n_local, s->n_eligible,
+            pool->policy.zone_affinity);
+}
+
 /*
  * Builds a snapshot of the current members with the policy's algorithm and
  * swaps it in.  Returns 0, or -ENOMEM with the old snapshot untouched.
@@ -221,9 +270,10 @@ static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
         lb_backend_ref(b);
         e->backend = b;
         next->n_entries = ++k;
-        entry_refresh_flags(next, e);
+        entry_refresh_flags(pool, next, e);
     }
     next->panic = snapshot_wants_panic(pool, next);
+    next->zone_local = snapshot_wants_zone_local(pool, next);
     for (size_t i = 0; i < next->n_entries; i++) {
         struct lb_snap_entry *e = &next->entries[i];
 
@@ -242,6 +292,8 @@ static int snapshot_rebuild(struct lb_pool *pool, ev_tstamp now)
     }
     if (prev && next->panic != prev->panic)
         log_panic(pool, next);
+    if (lb_pool_zone_aware(pool) && prev && next->zone_local != prev->zone_local)
+        log_zone(pool, next);
     for (size_t i = 0; i < next->n_entries; i++)
         next->entries[i].backend->snap_index = i;
     pool->snap = next;
@@ -568,24 +620,31 @@ static size_t snapshot_index_of(const struct lb_snapshot *s, const struct lb_bac
     return i < s->n_entries && s->entries[i].backend == b ? i : SIZE_MAX;
 }
 
-/* Re-evaluates the marked backends in place (no allocation, cannot fail). */
-static void snapshot_update(struct lb_pool *pool, ev_tstamp now)
+/*
+ * Re-evaluates the marked backends in place (no allocation, cannot fail).
+ * Returns true when the zone mode switched: the workers then need the
+ * whole snapshot (their algorithm state rebuilt over the new eligible set).
+ */
+static bool snapshot_update(struct lb_pool *pool, ev_tstamp now)
 {
     struct lb_snapshot *s = pool->snap;
-    bool panic;
+    bool panic_switch, zone_local, zone_switch;
 
     for (struct lb_backend *b = pool->marked; b; b = b->mark_next) {
         size_t i = snapshot_index_of(s, b);
 
         if (i != SIZE_MAX)
-            entry_refresh_flags(s, &s->entries[i]);
+            entry_refresh_flags(pool, s, &s->entries[i]);
     }
-    panic = snapshot_wants_panic(pool, s);
-    if (panic != s->panic || pool->ramp_due) {
-        if (panic != s->panic) {
-            s->panic = panic;
-            log_panic(pool, s);
-        }
+    panic_switch = snapshot_wants_panic(pool, s) != s->panic;
+    if (panic_switch) {
+        s->panic = !s->panic;
+        log_panic(pool, s);
+    }
+    zone_local = snapshot_wants_zone_local(pool, s); /* after panic: panic spills */
+    zone_switch = zone_local != s->zone_local;
+    s->zone_local = zone_local;
+    if (panic_switch || zone_switch || pool->ramp_due) {
         for (size_t i = 0; i < s->n_entries; i++)
             entry_refresh_weight(pool, s, i, now);
     } else {
@@ -596,7 +655,12 @@ static void snapshot_update(struct lb_pool *pool, ev_tstamp now)
                 entry_refresh_weight(pool, s, i, now);
         }
     }
+    if (zone_switch) {
+        s->algo_stale = true; /* a state built over exactly the new eligible set */
+        log_zone(pool, s);
+    }
     pool->updates++;
+    return zone_switch;
 }
 
 /* Posts what this publish changed to the workers' copies (proxy.h). */
@@ -613,6 +677,7 @@ static void pool_replicate(struct lb_pool *pool, bool rebuilt)
 int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
 {
     ev_tstamp now = pool_now(pool), t0 = ev_time();
+    bool resync;
     int rc = 0;
 
     if (pool->rebuild) {
@@ -634,7 +699,7 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
                  pool->name);
     }
     t0 = ev_time();
-    snapshot_update(pool, now);
+    resync = snapshot_update(pool, now);
     pool->ramp_due = false;
     while (pool->marked) {
         struct lb_backend *b = pool->marked;
@@ -648,7 +713,7 @@ int lb_pool_publish(struct lb_pool *pool, lb_backend_visit_cb visit, void *ud)
     }
     if (pool->snap->algo_stale)
         lb_snapshot_refresh_algo(pool->snap);
-    pool_replicate(pool, false);
+    pool_replicate(pool, resync);
     pool_update_ramp_timer(pool);
     pool->update_seconds += ev_time() - t0;
     return rc;
@@ -662,6 +727,16 @@ size_t lb_pool_eligible(const struct lb_pool *pool)
 bool lb_pool_in_panic(const struct lb_pool *pool)
 {
     return pool->snap->panic;
+}
+
+bool lb_pool_zone_aware(const struct lb_pool *pool)
+{
+    return pool->zone[0] && pool->policy.zone_affinity > 0;
+}
+
+bool lb_pool_zone_local(const struct lb_pool *pool)
+{
+    return pool->snap->zone_local;
 }
 
 const struct lb_snap_entry *lb_pool_entry_of(const struct lb_backend *b)

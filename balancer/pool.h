@@ -47,6 +47,7 @@ struct lb_snap_entry {
     bool candidate;             /* registered, resolved, undrained, weight > 0, not forced down */
     bool healthy;               /* checks, ejection and the operator's override say healthy */
     bool ramping;               /* in slow start, below its full weight */
+    bool local;                 /* in lbd's own zone (never when lbd has no zone) */
 };
 
 struct lb_snapshot {
@@ -57,7 +58,10 @@ struct lb_snapshot {
     size_t n_candidates;
     size_t n_healthy; /* candidates that are healthy */
     size_t n_ramping;
-    bool panic; /* too few healthy candidates: all candidates are eligible */
+    bool panic;              /* too few healthy candidates: all candidates are eligible */
+    size_t n_local;          /* entries in lbd's own zone */
+    size_t n_local_eligible; /* ... of which healthy candidates */
+    bool zone_local;         /* zone affinity holds: entries of other zones get weight 0 */
     const struct lb_algo_ops *algo;
     void *algo_state;
     bool algo_stale; /* the algorithm asked for its state to be rebuilt */
@@ -88,6 +92,7 @@ struct lb_pool {
     bool accept_proxy;        /* --pool ...,accept-proxy: clients start with a PROXY header */
     struct lb_registry *registry;
     struct lb_pool_policy policy;
+    char zone[LB_ZONE_MAX];     /* lbd's zone (--zone); "" = no zone awareness */
     struct lb_snapshot *snap;   /* never NULL after lb_pool_init() */
     bool rebuild;               /* membership or policy changed since the last publish */
     bool ramp_due;              /* slow start weights to step up */
@@ -207,6 +212,10 @@ static inline struct lb_backend *lb_snapshot_eligible_backend(const struct lb_sn
 size_t lb_pool_eligible(const struct lb_pool *pool);
 /* True when the pool spreads over unhealthy backends too (panic mode). */
 bool lb_pool_in_panic(const struct lb_pool *pool);
+/* True when zone affinity is on for this pool: lbd has a zone and the policy a threshold. */
+bool lb_pool_zone_aware(const struct lb_pool *pool);
+/* True when new connections stay in lbd's zone (only meaningful when zone aware). */
+bool lb_pool_zone_local(const struct lb_pool *pool);
 
 /* b's entry in its pool's current snapshot, or NULL (removed, not yet published). */
 const struct lb_snap_entry *lb_pool_entry_of(const struct lb_backend *b);

@@ -303,6 +303,12 @@ static void render_pool(void *ud, const struct lb_pool_info *p)
         rc = json_key_u64(out, "total_connections", p->total);
     if (!rc)
         rc = json_key_bool(out, "panic", lb_control_pool_in_panic(rd->registry, p->name));
+    if (!rc) {
+        /* null: zone affinity off; true: local zone only; false: spilling over */
+        int zl = lb_control_pool_zone_local(rd->registry, p->name);
+
+        rc = json_printf(out, ",\"zone_local\":%s", zl < 0 ? "null" : zl ? "true" : "false");
+    }
     if (!rc)
         rc = json_raw(out, "}");
     rd->first = false;

@@ -97,8 +97,10 @@
     const h2 = el('h2', null, p.name);
     const panic = el('span', 'badge panic', 'panic: spreading over every backend');
     panic.hidden = true;
+    const spill = el('span', 'badge panic', 'zone spill-over: too few local backends');
+    spill.hidden = true;
     const meta = el('div', 'pool-meta');
-    head.append(h2, panic, meta);
+    head.append(h2, panic, spill, meta);
     const wrap = el('div', 'table-wrap');
     const table = el('table');
     const thead = el('thead');
@@ -113,7 +115,7 @@
     table.append(thead, tbody);
     wrap.append(table);
     section.append(head, wrap);
-    ps = { section, tbody, meta, panic };
+    ps = { section, tbody, meta, panic, spill };
     pools.set(p.name, ps);
     return ps;
   }
@@ -229,6 +231,7 @@
       const ps = poolSection(p);
       poolsEl.append(ps.section); // keeps --pool order
       ps.panic.hidden = !panic;
+      ps.spill.hidden = p.zone_local !== false;
       ps.meta.replaceChildren(
         metaItem('listen', p.listen), metaItem('algorithm', p.algorithm),
         metaItem('eligible', count(p.eligible) + ' of ' + count(p.backends)),
