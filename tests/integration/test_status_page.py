@@ -323,7 +323,9 @@ class StatusPage(HarnessTestCase):
         self.assertEqual([p["name"] for p in doc["pools"]], ["web", "db", "bulk"])
         for p in doc["pools"]:
             self.assertEqual(set(p), {"name", "listen", "algorithm", "backends", "eligible",
-                                      "active_connections", "total_connections", "panic"})
+                                      "active_connections", "total_connections", "panic",
+                                      "zone_local"})
+            self.assertIsNone(p["zone_local"])  # no --zone: zone affinity off
         by_pool = {p["name"]: p for p in doc["pools"]}
         self.assertEqual(by_pool["web"]["backends"], 2)
         self.assertGreaterEqual(by_pool["web"]["total_connections"], 6)
