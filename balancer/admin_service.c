@@ -12,7 +12,10 @@
  * initial_state it first sends every backend as it is, then SYNCED, in the
  * same loop iteration as the subscription, so nothing falls between); the
  * call's bounded queue turns a client that cannot keep up into
- * RESOURCE_EXHAUSTED instead of memory.
+ * RESOURCE_EXHAUSTED instead of memory.  ListSessions and KillSessions ask
+ * every worker (lb_control_sessions) and answer once all have, holding a
+ * reference on the call meanwhile; a call cancelled first cancels the
+ * query, which finishes on its own when the last worker answers.
  *
  * Per-call handler state is attached to the call (lb_admin_call_set_data)
  * and freed with it, so no callback ever frees the object it runs for.
@@ -22,6 +25,7 @@
  */
 #include "admin_service.h"
 #include "control.h"
+#include "lb_addr.h"
 #include "lb_error.h"
 #include "lb_duration.h"
 #include "lb_grpc_frame.h"
@@ -826,6 +830,151 @@ static void handle_health_check(struct lb_admin_call *call, const ProtobufCMessa
     reply(call, &resp.base);
 }
 
+/* ---- ListSessions, KillSessions ---- */
+
+#define SESSIONS_MAX 10000 /* rows one ListSessions answers with, at most */
+
+static int validate_list_sessions(const ProtobufCMessage *m, char **err)
+{
+    const Lb__V1__ListSessionsRequest *r = (const void *)m;
+    int status = check_name("pool", r->pool, true, err);
+
+    return status ? status : check_name("backend", r->backend, false, err);
+}
+
+static int validate_kill_sessions(const ProtobufCMessage *m, char **err)
+{
+    const Lb__V1__KillSessionsRequest *r = (const void *)m;
+    int status = check_name("pool", r->pool, true, err);
+
+    return status ? status : check_name("backend", r->backend, true, err);
+}
+
+/* A call waiting for every worker's part; attached to the call. */
+struct sessions_wait {
+    struct lb_admin_call *call;
+    struct lb_session_query *query; /* while waiting: holds a call reference */
+    char pool[LB_NAME_MAX];
+    char backend[LB_NAME_MAX];
+    bool kill;
+};
+
+static void sessions_release(void *data)
+{
+    free(data);
+}
+
+static void sessions_cancel(void *ud)
+{
+    struct sessions_wait *sw = ud;
+
+    if (!sw->query)
+        return;
+    lb_control_sessions_cancel(sw->query);
+    sw->query = NULL;
+    lb_admin_call_unref(sw->call);
+}
+
+static void sessions_reply_list(struct sessions_wait *sw, const struct lb_session_view *views,
+                                size_t n, uint64_t total)
+{
+    Lb__V1__ListSessionsResponse resp = LB__V1__LIST_SESSIONS_RESPONSE__INIT;
+    Lb__V1__Session *rows = calloc(n ? n : 1, sizeof(*rows));
+    Lb__V1__Session **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    char(*clients)[64] = calloc(n ? n : 1, sizeof(*clients));
+
+    if (!rows || !ptrs || !clients) {
+        lb_admin_call_finish(sw->call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct lb_session_view *v = &views[i];
+
+        lb__v1__session__init(&rows[i]);
+        lb_addr_format((const struct sockaddr *)&v->client, clients[i], sizeof(clients[i]));
+        rows[i].client = clients[i];
+        rows[i].backend = (char *)v->backend;
+        rows[i].worker = v->worker;
+        rows[i].state = (Lb__V1__Session__State)v->state;
+        rows[i].age_s = v->age_s;
+        rows[i].idle_s = v->idle_s;
+        rows[i].bytes_in = v->bytes_in;
+        rows[i].bytes_out = v->bytes_out;
+        ptrs[i] = &rows[i];
+    }
+    resp.n_sessions = n;
+    resp.sessions = ptrs;
+    resp.total = total;
+    reply(sw->call, &resp.base);
+out:
+    free(clients);
+    free(ptrs);
+    free(rows);
+}
+
+/* Every worker answered: on the loop. */
+static void sessions_done(void *ud, const struct lb_session_view *views, size_t n, uint64_t total)
+{
+    struct sessions_wait *sw = ud;
+
+    sw->query = NULL;
+    if (sw->kill) {
+        Lb__V1__KillSessionsResponse resp = LB__V1__KILL_SESSIONS_RESPONSE__INIT;
+
+        LB_INFO(LOG_SUB, "msg=\"sessions killed by operator\" pool=%s backend=%s killed=%llu",
+                sw->pool, sw->backend, (unsigned long long)total);
+        resp.killed = total;
+        reply(sw->call, &resp.base);
+    } else {
+        sessions_reply_list(sw, views, n, total);
+    }
+    lb_admin_call_unref(sw->call);
+}
+
+static void sessions_start(struct lb_admin_call *call, const char *pool, const char *backend,
+                           bool kill, size_t max)
+{
+    struct sessions_wait *sw = calloc(1, sizeof(*sw));
+    int rc;
+
+    if (!sw) {
+        lb_admin_call_finish(call, LB_GRPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    sw->call = call;
+    sw->kill = kill;
+    snprintf(sw->pool, sizeof(sw->pool), "%s", pool);
+    snprintf(sw->backend, sizeof(sw->backend), "%s", backend);
+    lb_admin_call_set_data(call, sw, sessions_release);
+    rc = lb_control_sessions(registry_of(call), pool, backend, kill, max, sessions_done, sw,
+                             &sw->query);
+    if (rc == -EAGAIN) {
+        lb_admin_call_finish(call, LB_GRPC_UNAVAILABLE, "this lbd has no worker to ask");
+        return;
+    }
+    if (rc < 0) {
+        finish_errno(call, rc, pool, backend[0] ? backend : NULL);
+        return;
+    }
+    lb_admin_call_ref(call);
+    lb_admin_call_on_cancel(call, sessions_cancel, sw);
+}
+
+static void handle_list_sessions(struct lb_admin_call *call, const ProtobufCMessage *request)
+{
+    const Lb__V1__ListSessionsRequest *req = (const void *)request;
+    size_t max = req->limit && req->limit < SESSIONS_MAX ? req->limit : SESSIONS_MAX;
+
+    sessions_start(call, req->pool, req->backend, false, max);
+}
+
+static void handle_kill_sessions(struct lb_admin_call *call, const ProtobufCMessage *request)
+{
+    const Lb__V1__KillSessionsRequest *req = (const void *)request;
+
+    sessions_start(call, req->pool, req->backend, true, 1);
+}
+
 static void handle_upgrade(struct lb_admin_call *call, const ProtobufCMessage *request)
 {
     Lb__V1__UpgradeResponse resp = LB__V1__UPGRADE_RESPONSE__INIT;
@@ -865,6 +1014,10 @@ static const struct lb_admin_method methods[] = {
     {"lb.v1.Admin", "WatchEvents", &lb__v1__watch_events_request__descriptor, validate_watch,
      handle_watch_events, STREAMING},
     {"lb.v1.Admin", "Upgrade", &lb__v1__upgrade_request__descriptor, NULL, handle_upgrade, 0},
+    {"lb.v1.Admin", "ListSessions", &lb__v1__list_sessions_request__descriptor,
+     validate_list_sessions, handle_list_sessions, 0},
+    {"lb.v1.Admin", "KillSessions", &lb__v1__kill_sessions_request__descriptor,
+     validate_kill_sessions, handle_kill_sessions, 0},
     {"grpc.health.v1.Health", "Check", &grpc__health__v1__health_check_request__descriptor, NULL,
      handle_health_check, NO_AUTH},
 };

@@ -281,3 +281,30 @@ int lb_control_pool_zone_local(struct lb_registry *r, const char *pool)
         return -1;
     return lb_pool_zone_local(p) ? 1 : 0;
 }
+
+int lb_control_sessions(struct lb_registry *r, const char *pool, const char *backend, bool kill,
+                        size_t max, lb_session_query_done done, void *ud,
+                        struct lb_session_query **q)
+{
+    struct lb_pool *p = lb_registry_find_pool(r, pool);
+
+    if (!p)
+        return -ENOENT;
+    if (backend && backend[0]) {
+        struct lb_member *m = lb_pool_find(p, backend);
+
+        if (!m || !m->backend)
+            return -ENOENT;
+    } else if (kill) {
+        return -EINVAL;
+    }
+    if (!r->proxy)
+        return -EAGAIN;
+    return lb_proxy_session_query(r->proxy, (size_t)(p - r->pools), backend, kill, max, done, ud,
+                                  q);
+}
+
+void lb_control_sessions_cancel(struct lb_session_query *q)
+{
+    lb_proxy_session_query_cancel(q);
+}

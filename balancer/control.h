@@ -11,12 +11,14 @@
 #define LB_CONTROL_H
 
 #include "lb_update.h"
+#include "session.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct lb_registry;
+struct lb_session_query;
 
 enum lb_scope {
     LB_SCOPE_CLUSTER = 0, /* written to etcd's override key; every replica follows */
@@ -177,5 +179,21 @@ bool lb_control_pool_in_panic(struct lb_registry *r, const char *pool);
  * --zone, no zone_affinity in the policy) or the pool is unknown.
  */
 int lb_control_pool_zone_local(struct lb_registry *r, const char *pool);
+
+/*
+ * Lists (kill false) or closes (kill true, access log end=killed) the open
+ * sessions of pool, to backend id `backend` ("" = every backend; kill
+ * needs one), on every worker; done(ud, ...) runs later on the loop with at
+ * most `max` views oldest first and how many matched, or were closed.
+ * Returns 0 with *q set (lb_control_sessions_cancel(*q) if the asker goes
+ * away first), or -ENOENT (unknown pool or backend), -EINVAL, -EAGAIN (no
+ * worker), -ENOMEM; done is then never called.
+ */
+int lb_control_sessions(struct lb_registry *r, const char *pool, const char *backend, bool kill,
+                        size_t max, lb_session_query_done done, void *ud,
+                        struct lb_session_query **q);
+
+/* The query's done will not be called. */
+void lb_control_sessions_cancel(struct lb_session_query *q);
 
 #endif

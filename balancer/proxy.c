@@ -721,6 +721,196 @@ oom:
              pool->name);
 }
 
+/* ------------------------------------------------- session queries -- */
+
+struct lb_session_query {
+    /* set before posting, then read-only: read by the workers */
+    size_t pool;
+    char backend[LB_NAME_MAX];
+    bool kill;
+    size_t max;
+    /* the control loop's */
+    unsigned pending; /* workers that have not answered yet */
+    lb_session_query_done done;
+    void *ctx;
+    struct lb_session_view *views;
+    size_t n;
+    uint64_t total;
+};
+
+/* One worker's part: the question on the way there, the answer on the way back. */
+struct query_msg {
+    struct lb_msg msg;
+    struct lb_session_query *q;
+    struct lb_session_view *views; /* malloc'd, at most q->max */
+    size_t n, cap;
+    uint64_t total;
+};
+
+static bool query_matches(const struct lb_session_query *q, struct lb_worker *w,
+                          const struct lb_session *s)
+{
+    const struct lb_backend *b;
+
+    if ((size_t)(lb_session_pool(s) - w->pools) != q->pool)
+        return false;
+    if (!q->backend[0])
+        return true;
+    b = lb_session_backend(s);
+    return b && strcmp(b->id, q->backend) == 0;
+}
+
+/* Copies s into the part, if there is room (bounded by q->max). */
+static void query_add_view(struct query_msg *qm, const struct lb_session *s)
+{
+    size_t max = qm->q->max;
+
+    qm->total++;
+    if (qm->n >= max)
+        return;
+    if (qm->n == qm->cap) {
+        size_t cap = qm->cap ? qm->cap * 2 : 16;
+        struct lb_session_view *v;
+
+        if (cap > max)
+            cap = max;
+        v = realloc(qm->views, cap * sizeof(*v));
+        if (!v)
+            return; /* counted, not listed */
+        qm->views = v;
+        qm->cap = cap;
+    }
+    lb_session_view(s, &qm->views[qm->n++]);
+}
+
+static void control_query_part(struct lb_msg *m, void *ctx);
+
+static void worker_session_query(struct lb_msg *m, void *ctx)
+{
+    struct query_msg *qm = lb_container_of(m, struct query_msg, msg);
+    const struct lb_session_query *q = qm->q;
+    struct lb_worker *w = ctx;
+    struct lb_list *pos, *prev;
+
+    /* live is newest first: walk it from the oldest */
+    for (pos = lb_list_last(&w->live); pos; pos = prev) {
+        struct lb_session *s = lb_session_of_link(pos);
+
+        prev = lb_list_prev(&w->live, pos);
+        if (!query_matches(q, w, s))
+            continue;
+        if (q->kill) {
+            lb_session_kill(s);
+            qm->total++;
+        } else {
+            query_add_view(qm, s);
+        }
+    }
+    if (!q->kill)
+        lb_list_for_each(pos, &w->parked)
+        {
+            struct lb_session *s = lb_session_of_link(pos);
+
+            if (query_matches(q, w, s))
+                query_add_view(qm, s);
+        }
+    lb_mailbox_post(&w->proxy->inbox, &qm->msg, control_query_part);
+}
+
+static int view_older_first(const void *a, const void *b)
+{
+    const struct lb_session_view *x = a, *y = b;
+
+    return x->age_s > y->age_s ? -1 : x->age_s < y->age_s ? 1 : 0;
+}
+
+static void query_free(struct lb_session_query *q)
+{
+    free(q->views);
+    free(q);
+}
+
+static void control_query_part(struct lb_msg *m, void *ctx)
+{
+    struct query_msg *qm = lb_container_of(m, struct query_msg, msg);
+    struct lb_session_query *q = qm->q;
+
+    q->total += qm->total;
+    if (qm->n && q->done) {
+        struct lb_session_view *v = realloc(q->views, (q->n + qm->n) * sizeof(*v));
+
+        if (v) {
+            memcpy(v + q->n, qm->views, qm->n * sizeof(*v));
+            q->views = v;
+            q->n += qm->n;
+        }
+    }
+    free(qm->views);
+    free(qm);
+    if (--q->pending)
+        return;
+    if (q->done) {
+        if (q->n)
+            qsort(q->views, q->n, sizeof(*q->views), view_older_first);
+        q->done(q->ctx, q->views, q->n < q->max ? q->n : q->max, q->total);
+    }
+    query_free(q);
+}
+
+int lb_proxy_session_query(struct lb_proxy *proxy, size_t pool, const char *backend, bool kill,
+                           size_t max, lb_session_query_done done, void *ctx,
+                           struct lb_session_query **out)
+{
+    struct lb_session_query *q;
+    struct query_msg **msgs;
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        if (proxy->workers[i].loop && !proxy->workers[i].abandoned)
+            n++;
+    if (n == 0)
+        return -EAGAIN;
+    q = calloc(1, sizeof(*q));
+    msgs = calloc(n, sizeof(*msgs));
+    if (!q || !msgs)
+        goto out_of_memory;
+    for (unsigned i = 0; i < n; i++)
+        if (!(msgs[i] = calloc(1, sizeof(**msgs))))
+            goto out_of_memory;
+    q->pool = pool;
+    snprintf(q->backend, sizeof(q->backend), "%s", backend ? backend : "");
+    q->kill = kill;
+    q->max = max ? max : 1;
+    q->pending = n;
+    q->done = done;
+    q->ctx = ctx;
+    /* every message is allocated before the first is posted: all or none */
+    for (unsigned i = 0, k = 0; i < proxy->n_workers; i++) {
+        struct lb_worker *w = &proxy->workers[i];
+
+        if (!w->loop || w->abandoned)
+            continue;
+        msgs[k]->q = q;
+        lb_mailbox_post(&w->inbox, &msgs[k++]->msg, worker_session_query);
+    }
+    free(msgs);
+    *out = q;
+    return 0;
+
+out_of_memory:
+    for (unsigned i = 0; msgs && i < n; i++)
+        free(msgs[i]);
+    free(msgs);
+    free(q);
+    return -ENOMEM;
+}
+
+void lb_proxy_session_query_cancel(struct lb_session_query *q)
+{
+    q->done = NULL;
+    q->ctx = NULL;
+}
+
 void lb_proxy_close_oldest(struct lb_proxy *proxy, struct lb_backend *b)
 {
     unsigned best = 0;

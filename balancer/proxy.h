@@ -223,6 +223,30 @@ void lb_proxy_pool_published(struct lb_proxy *proxy, struct lb_pool *pool, bool 
 /* The drain deadline: asks the worker holding most sessions to b to close its oldest. */
 void lb_proxy_close_oldest(struct lb_proxy *proxy, struct lb_backend *b);
 
+/*
+ * `lbctl show sessions` and `kill sessions`: the control loop posts the
+ * query to every worker; each walks its own sessions of pool `pool` (with
+ * backend id `backend`, or every one for ""), copies what it lists or
+ * kills them (end=killed; parked ones are left to the upgrade), and posts
+ * its part back.  Once every worker answered, `done` runs on the control
+ * loop with at most `max` views, oldest first, and `total`: how many
+ * matched (listing) or were closed (kill).  Nothing of a session escapes
+ * its worker but copies.
+ */
+struct lb_session_query;
+
+/*
+ * Starts a query; on the control loop.  Returns 0 with *out set (pass it to
+ * lb_proxy_session_query_cancel() while waiting), or -ENOMEM, or -EAGAIN
+ * when there is no worker to ask; `done` is then never called.
+ */
+int lb_proxy_session_query(struct lb_proxy *proxy, size_t pool, const char *backend, bool kill,
+                           size_t max, lb_session_query_done done, void *ctx,
+                           struct lb_session_query **out);
+
+/* `done` will not be called; the query frees itself when the last worker answers. */
+void lb_proxy_session_query_cancel(struct lb_session_query *q);
+
 /* From a worker: ask the control loop to eject b / to report that b has no connection left. */
 void lb_worker_ask_eject(struct lb_worker *w, struct lb_backend *b);
 void lb_worker_tell_zero(struct lb_worker *w, struct lb_backend *b);

@@ -1379,6 +1379,52 @@ void lb_session_abort_drained(struct lb_session *s)
         session_finalize(s, LB_END_DRAINED_PAST_DEADLINE, "drain timeout");
 }
 
+void lb_session_kill(struct lb_session *s)
+{
+    if (s->state != SESSION_PARKED)
+        session_finalize(s, LB_END_KILLED, "killed by an operator");
+}
+
+const struct lb_backend *lb_session_backend(const struct lb_session *s)
+{
+    return s->backend;
+}
+
+void lb_session_view(const struct lb_session *s, struct lb_session_view *v)
+{
+    ev_tstamp now = ev_now(s->worker->loop);
+    uint64_t in = s->bytes_up;
+
+    memset(v, 0, sizeof(*v));
+    memcpy(&v->client, &s->client_addr, sizeof(v->client));
+    if (s->backend)
+        snprintf(v->backend, sizeof(v->backend), "%s", s->backend->id);
+    v->worker = s->worker->index;
+    switch (s->state) {
+    case SESSION_HEADER:
+        v->state = LB_SESSION_VIEW_HEADER;
+        break;
+    case SESSION_CONNECTING:
+        v->state = LB_SESSION_VIEW_CONNECTING;
+        break;
+    case SESSION_PARKED:
+        v->state = LB_SESSION_VIEW_PARKED;
+        break;
+    default:
+        v->state = LB_SESSION_VIEW_PROXYING;
+        break;
+    }
+    v->age_s = now - s->started_at;
+    v->idle_s = now - s->last_activity;
+    if (v->age_s < 0)
+        v->age_s = 0;
+    if (v->idle_s < 0)
+        v->idle_s = 0;
+    in -= in < s->header_len ? in : s->header_len;
+    v->bytes_in = in;
+    v->bytes_out = s->bytes_down;
+}
+
 struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker)
 {
     struct lb_list *last = worker < b->n_ws ? lb_list_last(&b->ws[worker].list) : NULL;

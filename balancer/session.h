@@ -72,6 +72,8 @@
 #ifndef LB_SESSION_H
 #define LB_SESSION_H
 
+#include "lb_update.h" /* LB_NAME_MAX */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -168,6 +170,36 @@ void lb_session_abort_drained(struct lb_session *s);
 
 /* The oldest open session of b on worker `worker`, or NULL. */
 struct lb_session *lb_session_oldest_of(struct lb_backend *b, unsigned worker);
+
+/* What `lbctl show sessions` lists of one session: copies, no pointer into it. */
+enum lb_session_view_state {
+    LB_SESSION_VIEW_HEADER = 1, /* the admin API's Session.State numbers */
+    LB_SESSION_VIEW_CONNECTING = 2,
+    LB_SESSION_VIEW_PROXYING = 3,
+    LB_SESSION_VIEW_PARKED = 4,
+};
+
+struct lb_session_view {
+    struct sockaddr_storage client; /* from the PROXY header when there was one */
+    char backend[LB_NAME_MAX];      /* backend id, "" while none is picked */
+    unsigned worker;
+    enum lb_session_view_state state;
+    double age_s, idle_s;
+    uint64_t bytes_in, bytes_out; /* as the access log counts them */
+};
+
+/* Where a session query's answer goes (proxy.h, control.h): views oldest first. */
+typedef void (*lb_session_query_done)(void *ctx, const struct lb_session_view *views, size_t n,
+                                      uint64_t total);
+
+/* Fills *v from s; on s's worker thread. */
+void lb_session_view(const struct lb_session *s, struct lb_session_view *v);
+
+/* The backend s is connected or connecting to (NULL while none); on s's worker. */
+const struct lb_backend *lb_session_backend(const struct lb_session *s);
+
+/* Ends s now because an operator asked (end=killed); a parked session is left alone. */
+void lb_session_kill(struct lb_session *s);
 
 /* The pool (its worker's copy) s belongs to. */
 struct lb_wpool *lb_session_pool(const struct lb_session *s);
