@@ -158,6 +158,8 @@ static int cmd_weight(struct ctl *ctl, char **args, size_t n);
 static int cmd_health(struct ctl *ctl, char **args, size_t n);
 static int cmd_watch(struct ctl *ctl, char **args, size_t n);
 static int cmd_upgrade(struct ctl *ctl, char **args, size_t n);
+static int cmd_show(struct ctl *ctl, char **args, size_t n);
+static int cmd_kill(struct ctl *ctl, char **args, size_t n);
 static int cmd_completion(struct ctl *ctl, char **args, size_t n);
 
 static const struct command commands[] = {
@@ -192,6 +194,20 @@ static const struct command commands[] = {
      {&row_local, NULL},
      cmd_health},
     {"watch", "[POOL]", "print pool events as they happen, until Ctrl-C", 0, 1, {NULL}, cmd_watch},
+    {"show",
+     "sessions POOL [BACKEND]",
+     "list a pool's open sessions, oldest first (at most 10000)",
+     2,
+     3,
+     {NULL},
+     cmd_show},
+    {"kill",
+     "sessions POOL BACKEND",
+     "close every open session to a backend, on every worker (drain it first to keep it empty)",
+     3,
+     3,
+     {NULL},
+     cmd_kill},
     {"upgrade",
      "",
      "start the lbd binary on disk, which takes over listeners and open connections "
@@ -1117,6 +1133,129 @@ static const struct lb_setting *own_flag_rows(const char *name, size_t *n)
 #endif
     *n = 0;
     return NULL;
+}
+
+static const char *session_state_name(Lb__V1__Session__State s)
+{
+    switch (s) {
+    case LB__V1__SESSION__STATE__STATE_HEADER:
+        return "header";
+    case LB__V1__SESSION__STATE__STATE_CONNECTING:
+        return "connecting";
+    case LB__V1__SESSION__STATE__STATE_PROXYING:
+        return "proxying";
+    case LB__V1__SESSION__STATE__STATE_PARKED:
+        return "parked";
+    default:
+        return "unknown";
+    }
+}
+
+static void print_sessions(struct ctl *ctl, const Lb__V1__ListSessionsResponse *resp)
+{
+    static const char *const header[] = {"CLIENT", "BACKEND", "WORKER",   "STATE",
+                                         "AGE",    "IDLE",    "BYTES_IN", "BYTES_OUT"};
+    uint64_t more = resp->total > resp->n_sessions ? resp->total - resp->n_sessions : 0;
+    struct table t;
+
+    if (ctl->json) {
+        json_object *arr = json_object_new_array(), *o = json_object_new_object();
+
+        for (size_t i = 0; i < resp->n_sessions; i++) {
+            const Lb__V1__Session *s = resp->sessions[i];
+            json_object *so = json_object_new_object();
+
+            json_object_object_add(so, "client", json_object_new_string(s->client));
+            json_object_object_add(so, "backend", json_object_new_string(s->backend));
+            json_object_object_add(so, "worker", json_object_new_int64(s->worker));
+            json_object_object_add(so, "state",
+                                   json_object_new_string(session_state_name(s->state)));
+            json_object_object_add(so, "age_s", json_object_new_double(s->age_s));
+            json_object_object_add(so, "idle_s", json_object_new_double(s->idle_s));
+            json_object_object_add(so, "bytes_in", json_object_new_int64((int64_t)s->bytes_in));
+            json_object_object_add(so, "bytes_out", json_object_new_int64((int64_t)s->bytes_out));
+            json_object_array_add(arr, so);
+        }
+        json_object_object_add(o, "sessions", arr);
+        json_object_object_add(o, "total", json_object_new_int64((int64_t)resp->total));
+        json_object_object_add(o, "not_listed", json_object_new_int64((int64_t)more));
+        print_json(o);
+        return;
+    }
+    table_init(&t, header, 8);
+    for (size_t i = 0; i < resp->n_sessions; i++) {
+        const Lb__V1__Session *s = resp->sessions[i];
+        char worker[16], age[32], idle[32], in[24], out[24];
+        char *row[8] = {s->client, s->backend[0] ? s->backend : "-",
+                        worker,    (char *)session_state_name(s->state),
+                        age,       idle,
+                        in,        out};
+
+        snprintf(worker, sizeof(worker), "%u", s->worker);
+        snprintf(age, sizeof(age), "%.1fs", s->age_s);
+        snprintf(idle, sizeof(idle), "%.1fs", s->idle_s);
+        snprintf(in, sizeof(in), "%llu", (unsigned long long)s->bytes_in);
+        snprintf(out, sizeof(out), "%llu", (unsigned long long)s->bytes_out);
+        table_add(&t, row);
+    }
+    table_print(&t, header);
+    if (more)
+        printf("... and %llu more not listed (%llu open)\n", (unsigned long long)more,
+               (unsigned long long)resp->total);
+}
+
+static int cmd_show(struct ctl *ctl, char **args, size_t n)
+{
+    Lb__V1__ListSessionsRequest req = LB__V1__LIST_SESSIONS_REQUEST__INIT;
+    ProtobufCMessage *m;
+    char what[300];
+    int rc;
+
+    if (strcmp(args[0], "sessions") != 0)
+        return usage_error("show", "show what? expected \"sessions\", not \"%s\"", args[0]);
+    req.pool = args[1];
+    if (n == 3)
+        req.backend = args[2];
+    snprintf(what, sizeof(what), "show sessions %s%s%s", args[1], n == 3 ? "/" : "",
+             n == 3 ? args[2] : "");
+    rc = unary(ctl, what, "/lb.v1.Admin/ListSessions", &req.base,
+               &lb__v1__list_sessions_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
+    if (rc)
+        return rc;
+    print_sessions(ctl, (Lb__V1__ListSessionsResponse *)m);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return 0;
+}
+
+static int cmd_kill(struct ctl *ctl, char **args, size_t n)
+{
+    Lb__V1__KillSessionsRequest req = LB__V1__KILL_SESSIONS_REQUEST__INIT;
+    ProtobufCMessage *m;
+    uint64_t killed;
+    char what[300];
+    int rc;
+
+    if (strcmp(args[0], "sessions") != 0)
+        return usage_error("kill", "kill what? expected \"sessions\", not \"%s\"", args[0]);
+    req.pool = args[1];
+    req.backend = args[2];
+    snprintf(what, sizeof(what), "kill sessions %s/%s", args[1], args[2]);
+    rc = unary(ctl, what, "/lb.v1.Admin/KillSessions", &req.base,
+               &lb__v1__kill_sessions_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
+    if (rc)
+        return rc;
+    killed = ((Lb__V1__KillSessionsResponse *)m)->killed;
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (ctl->json) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "killed", json_object_new_int64((int64_t)killed));
+        print_json(o);
+    } else {
+        printf("closed %llu session%s to %s/%s\n", (unsigned long long)killed,
+               killed == 1 ? "" : "s", args[1], args[2]);
+    }
+    return 0;
 }
 
 static int cmd_completion(struct ctl *ctl, char **args, size_t n)
