@@ -115,11 +115,11 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
                                lb_skip_reason_name(r), (unsigned long long)st.skipped[r]);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_last_contact_seconds", "gauge",
-                               "Seconds since bytes last arrived from etcd (-1: never).");
-    if (!rc)
+                               "Seconds since bytes last arrived from etcd (no sample until "
+                               "they first do).");
+    if (!rc && st.ms_since_contact >= 0)
         rc = lb_metrics_printf(out, "lbd_etcd_last_contact_seconds %.3f\n",
-                               st.ms_since_contact < 0 ? -1.0
-                                                       : (double)st.ms_since_contact / 1000.0);
+                               (double)st.ms_since_contact / 1000.0);
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_staleness_seconds", "gauge",
@@ -133,11 +133,11 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_last_list_seconds", "gauge",
-            "How long the last complete listing of etcd took, to its commit (-1: none "
-            "yet).");
-    if (!rc)
+            "How long the last complete listing of etcd took, to its commit (no sample "
+            "until the first one).");
+    if (!rc && st.last_list_ms >= 0)
         rc = lb_metrics_printf(out, "lbd_etcd_last_list_seconds %.3f\n",
-                               st.last_list_ms < 0 ? -1.0 : (double)st.last_list_ms / 1000.0);
+                               (double)st.last_list_ms / 1000.0);
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_logins_total", "counter",
