@@ -307,6 +307,7 @@ static void collect_pool(void *ud, const struct lb_pool_info *info)
     p->eligible = info->eligible;
     p->active_connections = info->active;
     p->total_connections = info->total;
+    p->queued = info->queued;
 }
 
 /*

@@ -45,6 +45,7 @@ void lb_control_list_pools(struct lb_registry *r, lb_pool_info_cb cb, void *ud)
         lb_proxy_pool_counters(r->proxy, i, &c);
         info.active = c.active;
         info.total = c.total;
+        info.queued = c.queue_length;
         cb(ud, &info);
     }
 }

@@ -52,6 +52,7 @@ struct lb_pool_info {
     uint32_t eligible;     /* receive new connections now */
     uint64_t active;       /* open client connections */
     uint64_t total;        /* client connections accepted since start */
+    uint64_t queued;       /* clients waiting for a backend slot now */
 };
 
 struct lb_backend_info {

@@ -454,6 +454,14 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 "In-place publishes of health, weight and drain changes (no rebuild).", p->updates);
     POOL_FAMILY("lbd_pool_retries_total", "counter", "Failed connects retried on another backend.",
                 c.retries);
+    POOL_FAMILY("lbd_pool_queue_length", "gauge",
+                "Clients waiting for a backend slot now (every eligible backend at max_conns).",
+                c.queue_length);
+    POOL_FAMILY("lbd_pool_queued_total", "counter",
+                "Clients that waited for a backend slot (the pool's queue_timeout).", c.queued);
+    POOL_FAMILY("lbd_pool_queue_timeouts_total", "counter",
+                "Clients closed because no backend slot freed within queue_timeout.",
+                c.queue_timeouts);
 #undef POOL_FAMILY
 
     /* Only pools with zone affinity on (lbd has --zone, the policy a

@@ -71,6 +71,17 @@ static void worker_leave_cap(struct lb_worker *w)
         worker_resume_accept(w);
 }
 
+/* Clients of this worker waiting for a backend slot were granted one. */
+static void worker_dequeue_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct lb_worker *w = lb_container_of(a, struct lb_worker, dequeue);
+
+    (void)loop;
+    (void)revents;
+    for (size_t i = 0; i < w->proxy->registry->n_pools; i++)
+        lb_session_serve_granted(&w->pools[i]);
+}
+
 static void worker_resume_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     worker_leave_cap(lb_container_of(a, struct lb_worker, resume));
@@ -302,6 +313,7 @@ static void worker_apply_change(struct lb_msg *m, void *ctx)
     }
     pool_change_release(c);
     free(cm);
+    lb_session_pool_changed(wp);
 }
 
 static void worker_report_idle(struct lb_worker *w);
@@ -955,7 +967,11 @@ void lb_proxy_pool_counters(const struct lb_proxy *proxy, size_t i, struct lb_po
         out->no_backend += lb_counter_get(&wp->no_backend);
         out->retries += lb_counter_get(&wp->retries);
         out->bad_proxy_headers += lb_counter_get(&wp->bad_proxy_headers);
+        out->queued += lb_counter_get(&wp->queued);
+        out->queue_timeouts += lb_counter_get(&wp->queue_timeouts);
     }
+    if (proxy && proxy->queues)
+        out->queue_length = lb_conn_queue_length(&proxy->queues[i]);
 }
 
 /* ----------------------------------------------------------- lifetime -- */
@@ -1026,9 +1042,19 @@ static void worker_free(struct lb_worker *w)
     lb_pipe_pool_destroy(&w->pipes);
     lb_mailbox_destroy(&w->inbox);
     ev_async_stop(w->loop, &w->resume);
+    ev_async_stop(w->loop, &w->dequeue);
     free(w->pools);
     ev_loop_destroy(w->loop);
     w->loop = NULL;
+}
+
+/* The pools' queues, empty once every session ended. */
+static void proxy_free_queues(struct lb_proxy *proxy)
+{
+    for (size_t p = 0; proxy->queues && p < proxy->registry->n_pools; p++)
+        lb_conn_queue_destroy(&proxy->queues[p]);
+    free(proxy->queues);
+    proxy->queues = NULL;
 }
 
 static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned index)
@@ -1054,6 +1080,8 @@ static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned ind
     lb_mailbox_init(&w->inbox, w->loop, w);
     ev_async_init(&w->resume, worker_resume_cb);
     ev_async_start(w->loop, &w->resume);
+    ev_async_init(&w->dequeue, worker_dequeue_cb);
+    ev_async_start(w->loop, &w->dequeue);
     lb_reaper_init(&w->reaper, w->loop);
     ev_timer_init(&w->offer_tick, worker_offer_tick_cb, OFFER_AGAIN_S, OFFER_AGAIN_S);
     lb_accept_backoff_init(&w->accept_backoff, w->loop, EMFILE_PAUSE_S, &worker_backoff_ops, w);
@@ -1063,6 +1091,7 @@ static int worker_init(struct lb_proxy *proxy, struct lb_worker *w, unsigned ind
 
         wp->pool = &r->pools[i];
         wp->worker = w;
+        wp->queue = &proxy->queues[i];
         wp->policy = r->pools[i].policy;
         wp->snap = lb_snapshot_copy(s->entries, s->n_entries, s->algo, NULL);
         if (!wp->snap)
@@ -1082,10 +1111,23 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
     proxy->max_conns = max_conns;
     proxy->n_workers = n_workers ? n_workers : 1;
     lb_mailbox_init(&proxy->inbox, loop, proxy);
+    proxy->queues = calloc(registry->n_pools ? registry->n_pools : 1, sizeof(*proxy->queues));
     proxy->workers = calloc(proxy->n_workers, sizeof(*proxy->workers));
-    if (!proxy->workers) {
+    if (!proxy->workers || !proxy->queues) {
+        free(proxy->queues);
+        proxy->queues = NULL;
         rc = -ENOMEM;
         goto fail;
+    }
+    for (size_t p = 0; p < registry->n_pools; p++) {
+        if (lb_conn_queue_init(&proxy->queues[p]) < 0) {
+            for (size_t k = 0; k < p; k++)
+                lb_conn_queue_destroy(&proxy->queues[k]);
+            free(proxy->queues);
+            proxy->queues = NULL;
+            rc = -ENOMEM;
+            goto fail;
+        }
     }
     for (unsigned i = 0; i < proxy->n_workers && rc == 0; i++)
         rc = worker_init(proxy, &proxy->workers[i], i);
@@ -1134,6 +1176,7 @@ fail:
         worker_free(&proxy->workers[i]);
     free(proxy->workers);
     proxy->workers = NULL;
+    proxy_free_queues(proxy);
     lb_mailbox_destroy(&proxy->inbox);
     proxy->loop = NULL;
     return rc;
@@ -1187,6 +1230,8 @@ void lb_proxy_close_all(struct lb_proxy *proxy)
 
 void lb_proxy_destroy(struct lb_proxy *proxy)
 {
+    bool abandoned;
+
     if (!proxy->loop)
         return;
     for (unsigned i = 0; i < proxy->n_workers; i++) {
@@ -1226,9 +1271,15 @@ void lb_proxy_destroy(struct lb_proxy *proxy)
                (first = lb_list_first(&proxy->workers[i].parked)))
             lb_session_moved(lb_session_of_link(first));
     }
-    for (unsigned i = 0; i < proxy->n_workers; i++)
+    abandoned = false;
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
         if (!proxy->workers[i].abandoned)
             worker_free(&proxy->workers[i]);
+        abandoned |= proxy->workers[i].abandoned;
+    }
+    /* A worker left running may still queue: its pool queues stay with it. */
+    if (!abandoned)
+        proxy_free_queues(proxy);
     lb_mailbox_destroy(&proxy->inbox);
     free(proxy->workers);
     proxy->workers = NULL;

@@ -26,6 +26,7 @@
 #ifndef LB_PROXY_H
 #define LB_PROXY_H
 
+#include "conn_queue.h"
 #include "lb_list.h"
 #include "lb_listen.h"
 #include "lb_mailbox.h"
@@ -65,12 +66,15 @@ struct lb_wpool {
     struct lb_snapshot *snap;     /* this worker's copy; never NULL */
     struct lb_wlistener *ls;      /* its listeners */
     size_t n_ls;
+    struct lb_conn_queue *queue; /* the pool's, shared by every worker */
     /* single writer (the worker), read by the control loop */
     _Atomic uint64_t active;
     _Atomic uint64_t total;
     _Atomic uint64_t no_backend;        /* clients closed because no backend was available */
     _Atomic uint64_t retries;           /* connects retried on another backend */
     _Atomic uint64_t bad_proxy_headers; /* accept-proxy: clients closed for a bad or late header */
+    _Atomic uint64_t queued;            /* clients that waited for a backend slot */
+    _Atomic uint64_t queue_timeouts;    /* of those, closed at their queue_timeout */
     ev_tstamp bad_header_logged_at;     /* the worker's own: one line a second */
     uint64_t bad_header_unlogged;
 };
@@ -84,6 +88,7 @@ struct lb_worker {
     bool abandoned;          /* could not be stopped (out of memory): left to exit with lbd */
     struct lb_mailbox inbox; /* what the control loop posts */
     ev_async resume;         /* the global cap has room again */
+    ev_async dequeue;        /* a client of this worker waiting for a backend slot was granted one */
     struct lb_wpool *pools;  /* one per pool, same order as the registry's */
     bool accepting;          /* enabled and not shut down */
     bool accept_paused;      /* not accepting now: before sync, at the cap, after EMFILE */
@@ -119,6 +124,7 @@ struct lb_proxy {
     struct lb_mailbox inbox; /* what workers post to the control loop */
     struct lb_worker *workers;
     unsigned n_workers;
+    struct lb_conn_queue *queues; /* one per pool: clients waiting for a backend slot */
     bool listening;      /* listeners bound (for /readyz) */
     bool accept_enabled; /* after the first etcd sync */
     bool shutting_down;
@@ -169,6 +175,8 @@ struct lb_offer_ops {
 /* What a pool served, summed over workers. */
 struct lb_pool_counters {
     uint64_t active, total, no_backend, retries, bad_proxy_headers;
+    uint64_t queued, queue_timeouts;
+    uint64_t queue_length; /* waiting now */
 };
 
 /*

@@ -359,9 +359,10 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
     lb_pool_policy_changed(pool);
     LB_INFO("pool",
             "msg=\"policy applied\" pool=%s algorithm=%s connect_timeout_ms=%lld "
-            "idle_timeout_ms=%lld retries=%d",
+            "idle_timeout_ms=%lld retries=%d max_conns=%d queue_timeout_ms=%lld",
             pool->name, lb_algorithm_name(policy->algorithm), (long long)policy->connect_timeout_ms,
-            (long long)policy->idle_timeout_ms, policy->retries);
+            (long long)policy->idle_timeout_ms, policy->retries, policy->max_conns,
+            (long long)policy->queue_timeout_ms);
     snprintf(detail, sizeof(detail), "%s",
              policy == &def ? "policy deleted: defaults apply" : "policy changed");
     if (was != policy->algorithm)

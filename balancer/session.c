@@ -9,6 +9,7 @@
  */
 #include "session.h"
 #include "backend.h"
+#include "conn_queue.h"
 #include "health.h"
 #include "pipe_pool.h"
 #include "proxy_protocol.h"
@@ -60,6 +61,7 @@
 
 enum session_state {
     SESSION_HEADER, /* accept-proxy: reading the client's PROXY header */
+    SESSION_QUEUED, /* every eligible backend at max_conns: waiting for a slot */
     SESSION_CONNECTING,
     SESSION_PROXYING,
     SESSION_PARKED,
@@ -91,6 +93,7 @@ struct lb_session {
     bool reset;             /* end with RST on both sockets, not FIN */
     bool refused;           /* offered to the next process at an upgrade, refused: stays here */
     bool connect_timed_out; /* the last failed connect attempt ran out of time */
+    bool client_spoke;      /* queued: the client sent bytes (left in the kernel until connected) */
     uint8_t closed_first;   /* CLOSED_BY_*: whose EOF came first */
     uint16_t header_len;    /* lbd's PROXY header, counted in bytes_up */
     int client_fd;
@@ -99,6 +102,9 @@ struct lb_session {
     ev_tstamp started_at;
     ev_tstamp last_activity;
     double connect_at, connected_at; /* monotonic: connect() of the last attempt, confirmed */
+    ev_tstamp queued_at, queue_deadline; /* first queued (0: never), and when it gives up */
+    ev_tstamp queue_wait;                /* seconds spent queued, all told */
+    struct lb_queued queue;              /* its place in the pool's queue (conn_queue.h) */
     uint64_t bytes_up, bytes_down;   /* relayed so far, each way */
     ev_tstamp idle_timeout;          /* seconds, 0 = none */
     struct half up;                  /* client -> backend */
@@ -132,6 +138,9 @@ static void session_free(struct lb_reap *r);
 static void session_abort_reset(struct lb_session *s, enum lb_session_end end, const char *why);
 static void session_abort_write_failed(struct lb_session *s, const struct half *h);
 static void session_arm_timer(struct lb_session *s);
+static void session_queued_client_readable(struct lb_session *s);
+static void session_queue_timed_out(struct lb_session *s);
+static void session_unqueue(struct lb_session *s);
 
 struct lb_session *lb_session_of_link(struct lb_list *l)
 {
@@ -167,6 +176,7 @@ static const char *const end_names[LB_END_COUNT] = {
     [LB_END_KILLED] = "killed",
     [LB_END_BAD_PROXY_HEADER] = "bad_proxy_header",
     [LB_END_OUT_OF_MEMORY] = "out_of_memory",
+    [LB_END_QUEUE_TIMEOUT] = "queue_timeout",
 };
 
 const char *lb_session_end_name(enum lb_session_end end)
@@ -297,7 +307,7 @@ static bool access_log_wanted(struct lb_session *s, enum lb_session_end end)
 /* The access line of s, ending now after `duration` seconds (backend still held). */
 static void session_log_access(struct lb_session *s, enum lb_session_end end, double duration)
 {
-    char client[64], backend[LB_NAME_MAX + 16] = "", connect[40] = "";
+    char client[64], backend[LB_NAME_MAX + 16] = "", connect[40] = "", queue[40] = "";
     uint64_t in = s->bytes_up;
 
     if (!access_log_wanted(s, end))
@@ -308,11 +318,14 @@ static void session_log_access(struct lb_session *s, enum lb_session_end end, do
     if (s->connected_at > 0)
         snprintf(connect, sizeof(connect), " connect_ms=%.3f",
                  (s->connected_at - s->connect_at) * 1e3);
+    if (s->queued_at > 0)
+        snprintf(queue, sizeof(queue), " queue_ms=%.1f", s->queue_wait * 1e3);
     in -= in < s->header_len ? in : s->header_len;
     LB_INFO("access",
-            "pool=%s%s client=%s%s duration_ms=%.1f bytes_in=%llu bytes_out=%llu retries=%zu "
+            "pool=%s%s client=%s%s%s duration_ms=%.1f bytes_in=%llu bytes_out=%llu retries=%zu "
             "end=%s",
-            s->pool->pool->name, backend, client, connect, duration * 1e3, (unsigned long long)in,
+            s->pool->pool->name, backend, client, queue, connect, duration * 1e3,
+            (unsigned long long)in,
             (unsigned long long)s->bytes_down, s->n_tried ? s->n_tried - 1 : 0,
             lb_session_end_name(end));
 }
@@ -699,6 +712,8 @@ static void session_client_read_cb(struct ev_loop *loop, ev_io *w, int revents)
 
     if (s->state == SESSION_HEADER)
         session_read_header(s);
+    else if (s->state == SESSION_QUEUED)
+        session_queued_client_readable(s);
     else
         half_read(s, &s->up, s->client_fd, s->server_fd);
 }
@@ -888,6 +903,10 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         session_bad_header(s, "no PROXY header within 5 s");
         return;
     }
+    if (s->state == SESSION_QUEUED) {
+        session_queue_timed_out(s);
+        return;
+    }
     if (s->state == SESSION_CONNECTING) {
         /* Neither side spoke: ask the kernel whether the connect finished
          * (and when, about: a timer is no measure of the handshake). */
@@ -924,6 +943,9 @@ static void session_release_backend(struct lb_session *s)
     if (atomic_fetch_sub(&b->active, 1) == 1 && atomic_load(&b->notify_zero))
         lb_worker_tell_zero(s->worker, b);
     lb_backend_unref(b);
+    /* A slot came free: the next client waiting for one, if any, tries it. */
+    if (lb_conn_queue_length(s->pool->queue))
+        lb_conn_queue_grant(s->pool->queue);
 }
 
 /*
@@ -1067,6 +1089,172 @@ static struct lb_backend *session_pick(struct lb_session *s, struct lb_pick *pic
     return NULL;
 }
 
+/* The per-backend cap of wp's policy, as struct lb_pick takes it (0: none). */
+static uint64_t pool_max_conns(const struct lb_wpool *wp)
+{
+    return wp->policy.max_conns > 0 ? (uint64_t)wp->policy.max_conns : 0;
+}
+
+/* True when a backend of wp's copy would take a new client now (nothing reserved). */
+static bool pool_has_room(struct lb_wpool *wp)
+{
+    struct lb_pick pick = {.max_conns = pool_max_conns(wp)};
+
+    return wp->snap->algo->pick(wp->snap, &pick) != NULL;
+}
+
+/* ------------------------------------------------------------- queue -- */
+
+/*
+ * Whether a client that found no backend waits for a slot: it has tried
+ * none yet (a retry that finds the rest full fails as before), the pool
+ * queues (or it already waits), and backends are there, only full.
+ */
+static bool session_should_wait(struct lb_session *s, const struct lb_pick *pick)
+{
+    struct lb_pick any = *pick;
+
+    if (s->n_tried || !pick->max_conns ||
+        (s->pool->policy.queue_timeout_ms <= 0 && s->queued_at <= 0))
+        return false;
+    any.max_conns = 0;
+    return s->pool->snap->algo->pick(s->pool->snap, &any) != NULL;
+}
+
+/* Whether a new client queues behind the clients already waiting (first come, first served). */
+static bool session_must_queue_behind(const struct lb_session *s)
+{
+    return !s->n_tried && !s->queue.granted && s->pool->policy.queue_timeout_ms > 0 &&
+           lb_conn_queue_length(s->pool->queue);
+}
+
+/*
+ * Puts s in its pool's queue until a slot frees or its deadline (queue_timeout
+ * after it first queued) passes.  Meanwhile its client is watched only for
+ * leaving: bytes it sends wait in the kernel.  When this worker sees room
+ * already (a slot freed between the pick and now), the oldest waiter is
+ * told at once: nobody waits while a backend would take them.
+ */
+static void session_wait(struct lb_session *s)
+{
+    struct lb_worker *w = s->worker;
+    struct lb_wpool *wp = s->pool;
+    ev_tstamp now = ev_now(w->loop);
+
+    if (s->queued_at <= 0) {
+        s->queued_at = now;
+        s->queue_deadline = now + (double)wp->policy.queue_timeout_ms / 1000.;
+        lb_counter_add(&wp->queued, 1);
+    }
+    s->queue_wait = now - s->queued_at;
+    if (s->queue_deadline - now <= 0) {
+        session_queue_timed_out(s);
+        return;
+    }
+    s->state = SESSION_QUEUED;
+    lb_conn_queue_add(wp->queue, &s->queue, w->loop, &w->dequeue);
+    ev_timer_set(&s->timer, s->queue_deadline - now, 0.);
+    ev_timer_start(w->loop, &s->timer);
+    if (!s->client_spoke)
+        ev_io_start(w->loop, &s->up.from_r);
+    if (pool_has_room(wp))
+        lb_conn_queue_grant(wp->queue);
+}
+
+/* s stops waiting: its deadline and its client's watcher stop. */
+static void session_stop_waiting(struct lb_session *s)
+{
+    struct ev_loop *loop = s->worker->loop;
+
+    ev_timer_stop(loop, &s->timer);
+    ev_io_stop(loop, &s->up.from_r);
+    s->queue_wait = ev_now(loop) - s->queued_at;
+}
+
+/* Takes s out of the queue for good; an unused grant goes to the next waiter. */
+static void session_unqueue(struct lb_session *s)
+{
+    session_stop_waiting(s);
+    if (lb_conn_queue_remove(s->pool->queue, &s->queue))
+        lb_conn_queue_grant(s->pool->queue);
+}
+
+/*
+ * A queued client's socket is readable: it left (EOF or error), or it
+ * sent its first bytes, which stay in the kernel until a backend is
+ * connected; from then on it is not watched (a client that closes after
+ * speaking is seen once connected).
+ */
+static void session_queued_client_readable(struct lb_session *s)
+{
+    char c;
+    ssize_t n = recv(s->client_fd, &c, 1, MSG_PEEK);
+
+    if (n > 0) {
+        s->client_spoke = true;
+        ev_io_stop(s->worker->loop, &s->up.from_r);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    session_finalize(s, n == 0 ? LB_END_CLIENT_CLOSED : LB_END_CLIENT_RESET,
+                     "client left while queued for a backend slot");
+}
+
+/*
+ * No slot within queue_timeout.  What the client sent while it waited is
+ * read and dropped first: a socket closed with unread bytes sends an RST,
+ * and the client is owed a plain close (FIN), as for no_backend.
+ */
+static void session_queue_timed_out(struct lb_session *s)
+{
+    char *scratch = s->worker->scratch;
+
+    for (int i = 0; i < 16; i++)
+        if (recv(s->client_fd, scratch, sizeof(s->worker->scratch), MSG_DONTWAIT) <= 0)
+            break;
+    lb_counter_add(&s->pool->queue_timeouts, 1);
+    session_finalize(s, LB_END_QUEUE_TIMEOUT,
+                     "queue timeout: every backend stayed at max_conns for queue_timeout");
+}
+
+/* s's entry was granted and taken off the queue: it tries for a slot now. */
+static void session_granted(struct lb_session *s)
+{
+    struct lb_wpool *wp = s->pool;
+
+    if (s->state != SESSION_QUEUED)
+        return;
+    session_stop_waiting(s); /* off the queue already, still granted: no queueing behind */
+    s->state = SESSION_CONNECTING;
+    session_connect_next(s);
+    /* More room (a backend added, max_conns raised): the next one tries too. */
+    if (s->state != SESSION_QUEUED && lb_conn_queue_length(wp->queue) && pool_has_room(wp))
+        lb_conn_queue_grant(wp->queue);
+}
+
+void lb_session_serve_granted(struct lb_wpool *wp)
+{
+    struct lb_list granted;
+
+    if (!lb_conn_queue_length(wp->queue))
+        return;
+    lb_list_init(&granted);
+    lb_conn_queue_take_granted(wp->queue, wp->worker->loop, &granted);
+    while (!lb_list_is_empty(&granted)) {
+        struct lb_list *l = granted.next;
+
+        lb_list_remove(l);
+        session_granted(lb_container_of(l, struct lb_session, queue.link));
+    }
+}
+
+void lb_session_pool_changed(struct lb_wpool *wp)
+{
+    if (lb_conn_queue_length(wp->queue) && pool_has_room(wp))
+        lb_conn_queue_grant(wp->queue);
+}
+
 /* How a session ends whose every connect attempt failed: as the last one did. */
 static enum lb_session_end session_connect_end(const struct lb_session *s)
 {
@@ -1086,7 +1274,7 @@ static void session_connect_next(struct lb_session *s)
         .client = (struct sockaddr *)&s->client_addr,
         .tried = s->tried,
         .n_tried = s->n_tried,
-        .max_conns = pool->policy.max_conns > 0 ? (uint64_t)pool->policy.max_conns : 0,
+        .max_conns = pool_max_conns(pool),
     };
     size_t max_attempts = (size_t)pool->policy.retries + 1;
     struct lb_backend *b;
@@ -1106,7 +1294,15 @@ static void session_connect_next(struct lb_session *s)
         session_finalize(s, session_connect_end(s), "connect failed on every attempt");
         return;
     }
+    if (session_must_queue_behind(s)) {
+        session_wait(s);
+        return;
+    }
     b = session_pick(s, &pick);
+    if (!b && session_should_wait(s, &pick)) {
+        session_wait(s);
+        return;
+    }
     if (!b) {
         lb_counter_add(&pool->no_backend, 1);
         if (s->n_tried)
@@ -1177,6 +1373,7 @@ static struct lb_session *session_new(struct lb_worker *w, struct lb_wpool *pool
         ev_io_set(&s->down.from_r, server_fd, EV_READ);
     }
     lb_list_init(&s->b_link);
+    lb_queued_init(&s->queue);
     lb_list_insert_head(&w->live, &s->link);
     lb_counter_add(&pool->active, 1);
     return s;
@@ -1309,6 +1506,8 @@ static void session_finalize(struct lb_session *s, enum lb_session_end end, cons
 
     if (s->state == SESSION_CLOSED)
         return;
+    if (s->state == SESSION_QUEUED)
+        session_unqueue(s);
     if (lb_log_enabled(LB_LOG_DEBUG)) {
         char client[64];
 
@@ -1409,6 +1608,9 @@ void lb_session_view(const struct lb_session *s, struct lb_session_view *v)
         break;
     case SESSION_PARKED:
         v->state = LB_SESSION_VIEW_PARKED;
+        break;
+    case SESSION_QUEUED:
+        v->state = LB_SESSION_VIEW_QUEUED;
         break;
     default:
         v->state = LB_SESSION_VIEW_PROXYING;

@@ -2,8 +2,18 @@
  * One proxied client connection: a state machine with one exit.
  *
  *   CONNECTING --confirmed--> PROXYING --both sides done / error / idle--> CLOSED
- *        |  connect failed or timed out: retry on a backend not yet tried
- *        +--------------------------------------------------------------> CLOSED
+ *     |  ^   |  connect failed or timed out: retry on a backend not yet tried
+ *     |  |   +----------------------------------------------------------> CLOSED
+ *     |  | granted (a slot may be free)
+ *     v  |
+ *   QUEUED --queue_timeout / client left-----------------------------------> CLOSED
+ *
+ * A client that finds every eligible backend at max_conns, in a pool with
+ * a queue_timeout, waits in the pool's queue (conn_queue.h), first come
+ * first served across workers, and is closed at its deadline
+ * (end=queue_timeout).  While clients wait, new ones queue behind them.
+ * A waiting client is watched only for leaving; what it sends stays in the
+ * kernel until a backend is connected.
  *
  * CONNECTING does not wait to be told the connect finished: both sockets
  * are read from the start, client bytes are sent as they come (held while
@@ -63,6 +73,8 @@
  * client is the address of an inbound PROXY header when there was one;
  * backend and connect_ms are left out when no backend was reached
  * (connect_ms: from connect() to the connect confirmed, last attempt);
+ * queue_ms, only for a client that waited for a slot, is from when it first
+ * queued to when it last left the queue;
  * bytes_in is what reached the backend from the client (lbd's own PROXY
  * header not counted), bytes_out what reached the client.  The line is
  * formatted only when it is written.  Each worker also keeps, per pool,
@@ -104,6 +116,7 @@ enum lb_session_end {
     LB_END_KILLED,                /* closed by an operator (reserved) */
     LB_END_BAD_PROXY_HEADER,      /* accept-proxy: no valid PROXY header in time */
     LB_END_OUT_OF_MEMORY,         /* lbd lacked memory or a socket for it */
+    LB_END_QUEUE_TIMEOUT,         /* every backend stayed at max_conns for the pool's queue_timeout */
     LB_END_COUNT
 };
 
@@ -162,6 +175,15 @@ void lb_session_histograms(size_t pool, unsigned n_workers, struct lb_session_hi
 int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
                      const struct sockaddr *client, socklen_t client_len);
 
+/*
+ * Queueing at capacity (conn_queue.h): tries the sessions of wp whose
+ * queue entries were granted to this worker (its `dequeue` async); and,
+ * after wp's copy of the pool changed, grants the oldest waiter when a
+ * backend has room now.  On wp's worker.
+ */
+void lb_session_serve_granted(struct lb_wpool *wp);
+void lb_session_pool_changed(struct lb_wpool *wp);
+
 /* Ends a session now (shutdown grace over). */
 void lb_session_abort(struct lb_session *s);
 
@@ -177,6 +199,7 @@ enum lb_session_view_state {
     LB_SESSION_VIEW_CONNECTING = 2,
     LB_SESSION_VIEW_PROXYING = 3,
     LB_SESSION_VIEW_PARKED = 4,
+    LB_SESSION_VIEW_QUEUED = 5,
 };
 
 struct lb_session_view {

@@ -302,6 +302,8 @@ static void render_pool(void *ud, const struct lb_pool_info *p)
     if (!rc)
         rc = json_key_u64(out, "total_connections", p->total);
     if (!rc)
+        rc = json_key_u64(out, "queued", p->queued);
+    if (!rc)
         rc = json_key_bool(out, "panic", lb_control_pool_in_panic(rd->registry, p->name));
     if (!rc) {
         /* null: zone affinity off; true: local zone only; false: spilling over */

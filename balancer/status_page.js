@@ -99,8 +99,10 @@
     panic.hidden = true;
     const spill = el('span', 'badge panic', 'zone spill-over: too few local backends');
     spill.hidden = true;
+    const queue = el('span', 'badge queue');
+    queue.hidden = true;
     const meta = el('div', 'pool-meta');
-    head.append(h2, panic, spill, meta);
+    head.append(h2, panic, spill, queue, meta);
     const wrap = el('div', 'table-wrap');
     const table = el('table');
     const thead = el('thead');
@@ -115,7 +117,7 @@
     table.append(thead, tbody);
     wrap.append(table);
     section.append(head, wrap);
-    ps = { section, tbody, meta, panic, spill };
+    ps = { section, tbody, meta, panic, spill, queue };
     pools.set(p.name, ps);
     return ps;
   }
@@ -232,10 +234,15 @@
       poolsEl.append(ps.section); // keeps --pool order
       ps.panic.hidden = !panic;
       ps.spill.hidden = p.zone_local !== false;
+      // clients waiting for a backend slot: every eligible backend at max_conns
+      ps.queue.hidden = !(num(p.queued) > 0);
+      ps.queue.textContent = 'queue: ' + count(p.queued) + ' waiting for a slot';
+      ps.queue.dataset.queued = String(num(p.queued));
       ps.meta.replaceChildren(
         metaItem('listen', p.listen), metaItem('algorithm', p.algorithm),
         metaItem('eligible', count(p.eligible) + ' of ' + count(p.backends)),
         metaItem('active', count(p.active_connections)), metaItem('total', count(p.total_connections)),
+        metaItem('queued', count(p.queued)),
         metaItem('conn/s', rate(rates.conn)), metaItem('bytes/s', rate(rates.bytes, 'B')));
       list.sort((a, b) => (a.b.id < b.b.id ? -1 : a.b.id > b.b.id ? 1 : 0));
       for (const r of list) ps.tbody.append(r.tr);

@@ -26,6 +26,7 @@ void lb_pool_policy_defaults(struct lb_pool_policy *p)
     p->proxy_protocol = LB_PROXY_NONE;
     p->panic_threshold = 50;
     p->zone_affinity = 0;
+    p->queue_timeout_ms = 0;
 }
 
 const char *lb_algorithm_name(enum lb_algorithm algorithm)

@@ -90,6 +90,9 @@ struct lb_pool_policy {
      * lbd's own zone (--zone) are eligible, new connections stay in that
      * zone; below it they spread over every zone. */
     int zone_affinity;
+    /* Every eligible backend at max_conns: a new client waits up to this
+     * for a slot (HAProxy's timeout queue); 0 = closed at once. */
+    int64_t queue_timeout_ms;
 };
 
 /* Fills *p with DESIGN.md's defaults. */

@@ -544,7 +544,7 @@ static int unary(struct ctl *ctl, const char *what, const char *path, const Prot
 static int cmd_pools(struct ctl *ctl, char **args, size_t n)
 {
     static const char *const header[] = {"POOL",     "LISTEN", "ALGORITHM", "BACKENDS",
-                                         "ELIGIBLE", "ACTIVE", "TOTAL"};
+                                         "ELIGIBLE", "ACTIVE", "TOTAL",  "QUEUED"};
     Lb__V1__ListPoolsRequest req = LB__V1__LIST_POOLS_REQUEST__INIT;
     Lb__V1__ListPoolsResponse *resp;
     ProtobufCMessage *m;
@@ -570,6 +570,7 @@ static int cmd_pools(struct ctl *ctl, char **args, size_t n)
                                    json_object_new_int64((int64_t)p->active_connections));
             json_object_object_add(po, "total_connections",
                                    json_object_new_int64((int64_t)p->total_connections));
+            json_object_object_add(po, "queued", json_object_new_int64((int64_t)p->queued));
             json_object_array_add(arr, po);
         }
         json_object_object_add(o, "pools", arr);
@@ -577,16 +578,18 @@ static int cmd_pools(struct ctl *ctl, char **args, size_t n)
     } else {
         struct table t;
 
-        table_init(&t, header, 7);
+        table_init(&t, header, 8);
         for (size_t i = 0; i < resp->n_pools; i++) {
             const Lb__V1__Pool *p = resp->pools[i];
-            char backends[16], eligible[16], active[24], total[24];
-            char *row[7] = {p->name, p->listen, p->algorithm, backends, eligible, active, total};
+            char backends[16], eligible[16], active[24], total[24], queued[24];
+            char *row[8] = {p->name,  p->listen, p->algorithm, backends,
+                            eligible, active,    total,        queued};
 
             snprintf(backends, sizeof(backends), "%u", p->backends);
             snprintf(eligible, sizeof(eligible), "%u", p->eligible);
             snprintf(active, sizeof(active), "%llu", (unsigned long long)p->active_connections);
             snprintf(total, sizeof(total), "%llu", (unsigned long long)p->total_connections);
+            snprintf(queued, sizeof(queued), "%llu", (unsigned long long)p->queued);
             table_add(&t, row);
         }
         table_print(&t, header);
@@ -1146,6 +1149,8 @@ static const char *session_state_name(Lb__V1__Session__State s)
         return "proxying";
     case LB__V1__SESSION__STATE__STATE_PARKED:
         return "parked";
+    case LB__V1__SESSION__STATE__STATE_QUEUED:
+        return "queued";
     default:
         return "unknown";
     }

@@ -427,7 +427,7 @@ int lb_value_parse_override_noted(const char *json, size_t len, struct lb_overri
 static const char *const policy_fields[] = {
     "algorithm",      "health",          "connect_timeout", "idle_timeout",
     "retries",        "max_conns",       "slow_start",      "drain_timeout",
-    "proxy_protocol", "panic_threshold", "zone_affinity",
+    "proxy_protocol", "panic_threshold", "zone_affinity",   "queue_timeout",
 };
 static const char *const health_fields[] = {"type", "path", "interval", "timeout", "rise", "fall"};
 
@@ -511,7 +511,7 @@ static void check_unknown(json_object *obj, const char *where, const char *const
             snprintf(text, sizeof(text),
                      "unknown field \"%s\" (a policy takes algorithm, health, connect_timeout, "
                      "idle_timeout, retries, max_conns, slow_start, drain_timeout, "
-                     "proxy_protocol, panic_threshold, zone_affinity)",
+                     "proxy_protocol, panic_threshold, zone_affinity, queue_timeout)",
                      field);
         add_problem(ps, field, text);
         ps->n_unknown++;
@@ -677,6 +677,12 @@ static int check_policy(const char *json, size_t len, struct lb_pool_policy *out
             ps, "zone_affinity",
             get_int(root, "zone_affinity", "zone_affinity", 0, 100, &p.zone_affinity, notes, &err),
             &err);
+    if (!rc)
+        rc = keep(ps, "queue_timeout",
+                  get_duration(root, "queue_timeout", "queue_timeout",
+                               LB_POLICY_QUEUE_TIMEOUT_MIN_MS, LB_POLICY_QUEUE_TIMEOUT_MAX_MS,
+                               ZERO_OFF, &p.queue_timeout_ms, text, notes, &err),
+                  &err);
     json_object_put(root);
     if (rc)
         return rc;
@@ -871,6 +877,8 @@ int lb_value_encode_policy(const struct lb_pool_policy *p, char **out)
         rc = add_member(obj, "panic_threshold", json_object_new_int(p->panic_threshold));
     if (!rc)
         rc = add_member(obj, "zone_affinity", json_object_new_int(p->zone_affinity));
+    if (!rc)
+        rc = add_duration(obj, "queue_timeout", p->queue_timeout_ms);
     json_object_put(h);
     if (rc) {
         json_object_put(obj);

@@ -28,6 +28,8 @@
  *   drain_timeout    0s       1s .. 24h         wait for connections to end
  *   panic_threshold  50       0 .. 100 (%)      panic mode off
  *   zone_affinity    0        0 .. 100 (%)      every zone alike (also when lbd has no --zone)
+ *   queue_timeout    0s       10ms .. 1h        no queue: a client finding every backend at
+ *                                               max_conns is closed at once
  *   weight           100      0 .. 1000         no new connections
  *
  * Every lbd replica checks every backend of its pools: a pool of 10,000
@@ -75,6 +77,8 @@ int lb_value_check_addr(const char *addr, char **err);
 #define LB_POLICY_SLOW_START_MAX_MS      (3600LL * 1000)
 #define LB_POLICY_DRAIN_TIMEOUT_MIN_MS   1000
 #define LB_POLICY_DRAIN_TIMEOUT_MAX_MS   (24LL * 3600 * 1000)
+#define LB_POLICY_QUEUE_TIMEOUT_MIN_MS   10
+#define LB_POLICY_QUEUE_TIMEOUT_MAX_MS   (3600LL * 1000)
 
 /* One field clamped into its range. */
 struct lb_value_note {

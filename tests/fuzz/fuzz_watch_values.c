@@ -75,6 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 q->retries < 0 || q->retries > LB_POLICY_RETRIES_MAX || q->max_conns < 0 ||
                 q->max_conns > LB_POLICY_MAX_CONNS_MAX || q->panic_threshold < 0 ||
                 q->panic_threshold > 100 || q->zone_affinity < 0 || q->zone_affinity > 100 ||
+                (q->queue_timeout_ms != 0 &&
+                 (q->queue_timeout_ms < LB_POLICY_QUEUE_TIMEOUT_MIN_MS ||
+                  q->queue_timeout_ms > LB_POLICY_QUEUE_TIMEOUT_MAX_MS)) ||
                 notes.n > LB_VALUE_NOTES_MAX)
                 abort();
             for (size_t i = 0; i < notes.n; i++)

@@ -66,7 +66,7 @@ POOLS = ["echo", "pp", "refused", "hole", "empty", "idle", "drain", "checked"]
 END_NAMES = {"client_closed", "backend_closed", "client_reset", "backend_reset",
              "connect_timeout", "connect_refused", "no_backend", "idle_timeout",
              "drained_past_deadline", "shutdown", "moved", "killed", "bad_proxy_header",
-             "out_of_memory"}
+             "out_of_memory", "queue_timeout"}
 ACCESS_KEYS = ["pool", "backend", "client", "connect_ms", "duration_ms", "bytes_in", "bytes_out",
                "retries", "end"]
 

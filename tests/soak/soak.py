@@ -1473,6 +1473,9 @@ class Soak:
             p["retries"] = r.choice([0, 1, 2, 2, 3, 4]) if r.random() < 0.95 else r.randint(5, 10)
             p["max_conns"] = r.choice([0, 0, 0, 1, 2, 5, 100])
             p = {k: v for k, v in p.items() if v is not None}
+        if p.get("max_conns"):
+            # at capacity, clients wait for a slot (or are closed at once: 0)
+            p["queue_timeout"] = dur(r.choice([0, 0, 100, 500, 2000]))
         p["slow_start"] = dur(r.choice([0, 0, 500, 2000, 5000]))
         p["drain_timeout"] = dur(r.choice([0, 0, 500, 1000, 3000]))
         p["proxy_protocol"] = r.choice(["none", "none", "v1", "v2"])
@@ -1493,7 +1496,11 @@ class Soak:
                 return float(v[:-2]) / 1000.0
             unit = {"s": 1, "m": 60, "h": 3600}[v[-1]]
             return float(v[:-1]) * unit
-        return (secs(p.get("idle_timeout"), 3600.0), secs(p.get("connect_timeout"), 3.0),
+        # A client may wait queue_timeout for a slot before its attempts
+        # start: counted with the idle timeout, which the bound adds once.
+        queue = p.get("queue_timeout")
+        queue = 0.0 if queue in (None, "0") else secs(queue, 0.0)
+        return (secs(p.get("idle_timeout"), 3600.0) + queue, secs(p.get("connect_timeout"), 3.0),
                 int(p.get("retries", 2)))
 
     def history_add(self, pool, pol, also_previous=False):

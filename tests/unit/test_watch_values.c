@@ -468,6 +468,8 @@ static void test_policy_out_of_range_is_clamped_with_a_note(void **state)
         {"{\"max_conns\":10000001}", "max_conns", "10000001", "10000000"},
         {"{\"slow_start\":\"1ms\"}", "slow_start", "1ms", "1s"},
         {"{\"slow_start\":\"2h\"}", "slow_start", "2h", "1h"},
+        {"{\"queue_timeout\":\"1ms\"}", "queue_timeout", "1ms", "10ms"},
+        {"{\"queue_timeout\":\"2h\"}", "queue_timeout", "2h", "1h"},
         {"{\"drain_timeout\":\"1ms\"}", "drain_timeout", "1ms", "1s"},
         {"{\"drain_timeout\":\"48h\"}", "drain_timeout", "48h", "24h"},
         {"{\"panic_threshold\":101}", "panic_threshold", "101", "100"},
@@ -756,7 +758,8 @@ static void test_policy_encode_roundtrip(void **state)
         "\"interval\":\"500ms\",\"timeout\":\"250ms\",\"rise\":1,\"fall\":100},"
         "\"connect_timeout\":\"1m30s\",\"idle_timeout\":\"0\",\"retries\":0,"
         "\"max_conns\":1000,\"slow_start\":\"30s\",\"drain_timeout\":\"2h\","
-        "\"proxy_protocol\":\"v2\",\"panic_threshold\":0,\"zone_affinity\":70}",
+        "\"proxy_protocol\":\"v2\",\"panic_threshold\":0,\"zone_affinity\":70,"
+        "\"queue_timeout\":\"2.5s\"}",
         "{\"health\":{\"interval\":\"0\"},\"proxy_protocol\":\"v1\"}",
     };
 
@@ -782,7 +785,7 @@ static void test_policy_encode_roundtrip(void **state)
                                   "\"idle_timeout\":\"1h\",\"retries\":2,\"max_conns\":0,"
                                   "\"slow_start\":\"0s\",\"drain_timeout\":\"0s\","
                                   "\"proxy_protocol\":\"none\",\"panic_threshold\":50,"
-                                  "\"zone_affinity\":0}");
+                                  "\"zone_affinity\":0,\"queue_timeout\":\"0s\"}");
         free(json);
         p.proxy_protocol = (enum lb_proxy_protocol)7;
         assert_int_equal(lb_value_encode_policy(&p, &json), -EINVAL);

@@ -1,0 +1,329 @@
+#!/usr/bin/python3
+"""Queueing at capacity (a pool's queue_timeout, HAProxy's `timeout queue`)
+against lbd --workers 2, with one backend at max_conns 1:
+
+  1. FIFO across workers: a client holds the one slot; eight more arrive
+     one after the other (each counted in lbd_pool_queue_length before the
+     next, so their order is known), each sending its name at once, and
+     spread over both workers by their source ports.  The holder leaves:
+     the backend sees the eight in arrival order, never two at once; each
+     access line carries queue_ms; the queue is 0 after;
+  2. the timeout: with queue_timeout 400ms a client waits, then is closed
+     (EOF) between 0.4 and 2 s after it came; its bytes never reached the
+     backend; one access line end=queue_timeout, queue_ms >= 400, no
+     backend=; lbd_pool_queue_timeouts_total counts it;
+  3. a client that leaves while queued, before it sent anything, is gone
+     from the queue at once, and the slot goes to the one behind it
+     (end=client_closed, queue_ms=).  (One that sent bytes and then a FIN
+     stays queued: that is a half-close, its request is still owed an
+     answer, as HAProxy without abortonclose);
+  4. room without a release: max_conns raised from 1 to 3 in etcd lets the
+     two waiting clients in while the holder stays;
+  5. while clients wait: /status.json gives the pool's "queued",
+     `lbctl pools` the QUEUED column and `-o json` "queued",
+     `lbctl show sessions` the waiting clients with state queued;
+  6. queue_timeout 0 (the default): the client is closed at once
+     (end=no_backend), nothing waits.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lbtest import (Etcd, HarnessTestCase, Lbd, figure, lbctl, scaled,  # noqa: E402
+                    wait_until)
+
+PREFIX = "/queue/"
+NO_CHECKS = {"type": "none", "fall": 50}
+QUEUE_S = 0.4
+POLICIES = {
+    "fifo": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
+    "short": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "%dms" % (QUEUE_S * 1000)},
+    "leave": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
+    "raise": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
+    "off": {"health": NO_CHECKS, "max_conns": 1},
+}
+
+
+class NameBackend:
+    """Reads the first line of each connection ("NAME x"), records x in the
+    order connections reach it and the peak of connections open at once,
+    answers "OK x" and echoes until EOF."""
+
+    def __init__(self, h):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.names = []
+        self.open = 0
+        self.peak = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+        h.servers.append(self)
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with self.lock:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                d = c.recv(1)
+                if not d:
+                    return
+                line += d
+            name = line.split()[1].decode()
+            with self.lock:
+                self.names.append(name)
+            c.sendall(b"OK " + name.encode() + b"\n")
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+            c.close()
+
+    def seen(self):
+        with self.lock:
+            return list(self.names)
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def parse_kv(line):
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def client_of(sock):
+    host, port = sock.getsockname()[:2]
+    return "%s:%d" % (host, port)
+
+
+def read_line(sock):
+    got = b""
+    while not got.endswith(b"\n"):
+        d = sock.recv(1)
+        if not d:
+            return got
+        got += d
+    return got
+
+
+def ended(sock, timeout):
+    """'eof' or 'reset' once the connection ends, None if it stays open."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(4096):
+                return "eof"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+    except socket.timeout:
+        return None
+
+
+class QueueTest(HarnessTestCase):
+    @classmethod
+    def setUpWorld(cls):
+        cls.etcd = Etcd(cls.h).start()
+        cls.backends = {}
+        for pool, policy in POLICIES.items():
+            cls.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
+            b = cls.backends[pool] = NameBackend(cls.h)
+            cls.etcd.put("%spools/%s/backends/b1" % (PREFIX, pool),
+                         json.dumps({"addr": b.addr, "weight": 100}))
+        cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX, list(POLICIES),
+                      extra_args=["--workers", "2"]).start()
+        for pool in POLICIES:
+            wait_until(lambda: len(cls.lbd.backends(pool)) == 1, scaled(10),
+                       "the backend of %s" % pool)
+
+    @classmethod
+    def tearDownWorld(cls):
+        cls.lbd.stop(expect_rc=0)
+
+    def queued(self, pool):
+        return self.lbd.metric("lbd_pool_queue_length", pool=pool)
+
+    def wait_queued(self, pool, n):
+        wait_until(lambda: self.queued(pool) == n, scaled(5),
+                   "%d clients queued in %s" % (n, pool))
+
+    def connect(self, pool, name=None):
+        """A client that sends its name at once (it stays in the kernel while queued)."""
+        s = socket.create_connection(("127.0.0.1", self.lbd.pool_port(pool)), timeout=scaled(10))
+        self.addCleanup(s.close)
+        if name:
+            s.sendall(b"NAME " + name.encode() + b"\n")
+        return s
+
+    def hold(self, pool, name="holder"):
+        s = self.connect(pool, name)
+        self.assertEqual(read_line(s), b"OK " + name.encode() + b"\n")
+        return s
+
+    def access_lines(self, client):
+        return [parse_kv(ln) for ln in self.lbd.log_text().splitlines()
+                if " sub=access " in ln and (" client=%s " % client) in ln]
+
+    def one_line(self, client):
+        wait_until(lambda: self.access_lines(client), scaled(5), "the access line of %s" % client)
+        got = self.access_lines(client)
+        self.assertEqual(len(got), 1, got)
+        return got[0]
+
+    def test_1_fifo_across_workers(self):
+        pool, n = "fifo", 8
+        holder = self.hold(pool)
+        waiting = []
+        for i in range(n):
+            waiting.append(self.connect(pool, "c%d" % i))
+            self.wait_queued(pool, i + 1)
+        t0 = time.monotonic()
+        clients = [client_of(s) for s in [holder] + waiting]
+        holder.close()
+        for i, s in enumerate(waiting):
+            self.assertEqual(read_line(s), b"OK c%d\n" % i, "client %d out of turn" % i)
+            s.close()  # frees the slot for the next
+        took = time.monotonic() - t0
+        self.assertEqual(self.backends[pool].seen(), ["holder"] + ["c%d" % i for i in range(n)])
+        self.assertEqual(self.backends[pool].peak, 1, "max_conns 1 exceeded")
+        figure("queue: %d clients served in arrival order, handing over took" % n,
+               "%.1f" % (took * 1e3 / n), "ms each")
+        self.wait_queued(pool, 0)
+        self.assertEqual(self.lbd.metric("lbd_pool_queued_total", pool=pool), n)
+        self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), 0)
+        line = self.one_line(clients[-1])
+        self.assertEqual((line["backend"], line["end"]), ("b1", "client_closed"))
+        self.assertGreater(float(line["queue_ms"]), 0.0)
+        holder_line = self.one_line(clients[0])
+        self.assertNotIn("queue_ms", holder_line, "a client that did not wait has no queue_ms")
+
+    def test_2_timeout_closes_and_counts(self):
+        pool = "short"
+        holder = self.hold(pool)
+        before = self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool)
+        t0 = time.monotonic()
+        s = self.connect(pool, "late")
+        client = client_of(s)
+        how = ended(s, scaled(5))
+        waited = time.monotonic() - t0
+        figure("queue: client closed at queue_timeout %.1f s after" % QUEUE_S, "%.3f" % waited,
+               "s")
+        self.assertEqual(how, "eof")
+        self.assertGreaterEqual(waited, QUEUE_S - 0.02)
+        self.assertLess(waited, QUEUE_S + scaled(1.5))
+        line = self.one_line(client)
+        self.assertEqual(line["end"], "queue_timeout")
+        self.assertNotIn("backend", line)
+        self.assertGreaterEqual(float(line["queue_ms"]), QUEUE_S * 1000 - 20)
+        self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), before + 1)
+        self.assertEqual(self.queued(pool), 0)
+        self.assertEqual(self.backends[pool].seen(), ["holder"], "a timed-out client's bytes")
+        holder.sendall(b"still here")  # the holder was never disturbed
+        holder.close()
+
+    def test_3_client_leaving_the_queue(self):
+        pool = "leave"
+        holder = self.hold(pool)
+        gone = self.connect(pool)
+        gone_client = client_of(gone)
+        self.wait_queued(pool, 1)
+        after = self.connect(pool, "after")
+        self.wait_queued(pool, 2)
+        gone.close()
+        self.wait_queued(pool, 1)
+        line = self.one_line(gone_client)
+        self.assertEqual(line["end"], "client_closed")
+        self.assertIn("queue_ms", line)
+        holder.close()
+        self.assertEqual(read_line(after), b"OK after\n")
+        self.assertEqual(self.backends[pool].seen(), ["holder", "after"])
+        after.close()
+
+    def test_4_raising_max_conns_lets_the_waiting_in(self):
+        pool = "raise"
+        holder = self.hold(pool)
+        a, b = self.connect(pool, "a"), self.connect(pool, "b")
+        self.wait_queued(pool, 2)
+        t0 = time.monotonic()
+        policy = dict(POLICIES[pool], max_conns=3)
+        self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
+        self.assertEqual(read_line(a), b"OK a\n")
+        self.assertEqual(read_line(b), b"OK b\n")
+        figure("queue: max_conns raised, both waiting clients in after",
+               "%.1f" % ((time.monotonic() - t0) * 1e3), "ms")
+        self.assertEqual(self.queued(pool), 0)
+        for s in (a, b, holder):
+            s.close()
+
+    def test_5_status_page_and_lbctl_show_the_queue(self):
+        pool = "leave"
+        holder = self.hold(pool)
+        waiting = [self.connect(pool) for i in range(3)]  # silent: closing leaves the queue
+        self.wait_queued(pool, 3)
+        status = json.loads(self.lbd.http_get("/status.json")[1])
+        got = {p["name"]: p["queued"] for p in status["pools"]}
+        self.assertEqual(got[pool], 3)
+        self.assertEqual(got["fifo"], 0)
+        rc, out, err = lbctl("pools", admin=self.lbd.admin)
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split()[-1], "QUEUED")
+        row = [ln.split() for ln in lines[1:] if ln.split()[0] == pool][0]
+        self.assertEqual(row[-1], "3")
+        rc, out, err = lbctl("pools", admin=self.lbd.admin, output="json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual({p["name"]: p["queued"] for p in json.loads(out)["pools"]}[pool], 3)
+        rc, out, err = lbctl("show", "sessions", pool, admin=self.lbd.admin, output="json")
+        self.assertEqual(rc, 0, err)
+        states = sorted(s["state"] for s in json.loads(out)["sessions"])
+        self.assertEqual(states, ["proxying", "queued", "queued", "queued"])
+        for s in waiting:
+            s.close()
+        self.wait_queued(pool, 0)
+        holder.close()
+
+    def test_6_queue_off_closes_at_once(self):
+        pool = "off"
+        holder = self.hold(pool)
+        t0 = time.monotonic()
+        s = self.connect(pool, "turned-away")
+        client = client_of(s)
+        self.assertIn(ended(s, scaled(5)), ("eof", "reset"))
+        figure("queue off: client closed after", "%.3f" % (time.monotonic() - t0), "s")
+        self.assertLess(time.monotonic() - t0, scaled(1))
+        line = self.one_line(client)
+        self.assertEqual(line["end"], "no_backend")
+        self.assertNotIn("queue_ms", line)
+        self.assertEqual(self.lbd.metric("lbd_pool_queued_total", pool=pool), 0)
+        holder.close()
+
+
+if __name__ == "__main__":
+    from lbtest import main
+    main()
