@@ -88,7 +88,7 @@ struct lb_worker {
     bool abandoned;          /* could not be stopped (out of memory): left to exit with lbd */
     struct lb_mailbox inbox; /* what the control loop posts */
     ev_async resume;         /* the global cap has room again */
-    ev_async dequeue;        /* a client of this worker waiting for a backend slot was granted one */
+    ev_async dequeue;        /* a waiting client of this worker was granted a backend slot */
     struct lb_wpool *pools;  /* one per pool, same order as the registry's */
     bool accepting;          /* enabled and not shut down */
     bool accept_paused;      /* not accepting now: before sync, at the cap, after EMFILE */
@@ -125,8 +125,8 @@ struct lb_proxy {
     struct lb_worker *workers;
     unsigned n_workers;
     struct lb_conn_queue *queues; /* one per pool: clients waiting for a backend slot */
-    bool listening;      /* listeners bound (for /readyz) */
-    bool accept_enabled; /* after the first etcd sync */
+    bool listening;               /* listeners bound (for /readyz) */
+    bool accept_enabled;          /* after the first etcd sync */
     bool shutting_down;
     unsigned n_idle; /* workers that reported no session left, at shutdown */
     uint64_t max_conns;

@@ -101,14 +101,14 @@ struct lb_session {
     ev_timer timer; /* connect timeout, then idle timeout and peer probes */
     ev_tstamp started_at;
     ev_tstamp last_activity;
-    double connect_at, connected_at; /* monotonic: connect() of the last attempt, confirmed */
+    double connect_at, connected_at;     /* monotonic: connect() of the last attempt, confirmed */
     ev_tstamp queued_at, queue_deadline; /* first queued (0: never), and when it gives up */
     ev_tstamp queue_wait;                /* seconds spent queued, all told */
     struct lb_queued queue;              /* its place in the pool's queue (conn_queue.h) */
-    uint64_t bytes_up, bytes_down;   /* relayed so far, each way */
-    ev_tstamp idle_timeout;          /* seconds, 0 = none */
-    struct half up;                  /* client -> backend */
-    struct half down;                /* backend -> client */
+    uint64_t bytes_up, bytes_down;       /* relayed so far, each way */
+    ev_tstamp idle_timeout;              /* seconds, 0 = none */
+    struct half up;                      /* client -> backend */
+    struct half down;                    /* backend -> client */
     /* backends tried: compared by address only, never dereferenced */
     struct lb_backend *tried[MAX_ATTEMPTS];
     size_t n_tried;
@@ -325,9 +325,8 @@ static void session_log_access(struct lb_session *s, enum lb_session_end end, do
             "pool=%s%s client=%s%s%s duration_ms=%.1f bytes_in=%llu bytes_out=%llu retries=%zu "
             "end=%s",
             s->pool->pool->name, backend, client, queue, connect, duration * 1e3,
-            (unsigned long long)in,
-            (unsigned long long)s->bytes_down, s->n_tried ? s->n_tried - 1 : 0,
-            lb_session_end_name(end));
+            (unsigned long long)in, (unsigned long long)s->bytes_down,
+            s->n_tried ? s->n_tried - 1 : 0, lb_session_end_name(end));
 }
 
 /* How a session that both sides closed ended: whoever closed first. */

@@ -113,10 +113,10 @@ enum lb_session_end {
     LB_END_DRAINED_PAST_DEADLINE, /* its backend was drained and drain_timeout passed */
     LB_END_SHUTDOWN,              /* still open when the shutdown grace period ended */
     LB_END_MOVED,                 /* handed to the next lbd at an upgrade: not an error */
-    LB_END_KILLED,                /* closed by an operator (reserved) */
+    LB_END_KILLED,                /* closed by an operator (lbctl kill sessions) */
     LB_END_BAD_PROXY_HEADER,      /* accept-proxy: no valid PROXY header in time */
     LB_END_OUT_OF_MEMORY,         /* lbd lacked memory or a socket for it */
-    LB_END_QUEUE_TIMEOUT,         /* every backend stayed at max_conns for the pool's queue_timeout */
+    LB_END_QUEUE_TIMEOUT,         /* every backend stayed at max_conns for queue_timeout */
     LB_END_COUNT
 };
 

@@ -544,7 +544,7 @@ static int unary(struct ctl *ctl, const char *what, const char *path, const Prot
 static int cmd_pools(struct ctl *ctl, char **args, size_t n)
 {
     static const char *const header[] = {"POOL",     "LISTEN", "ALGORITHM", "BACKENDS",
-                                         "ELIGIBLE", "ACTIVE", "TOTAL",  "QUEUED"};
+                                         "ELIGIBLE", "ACTIVE", "TOTAL",     "QUEUED"};
     Lb__V1__ListPoolsRequest req = LB__V1__LIST_POOLS_REQUEST__INIT;
     Lb__V1__ListPoolsResponse *resp;
     ProtobufCMessage *m;

@@ -36,12 +36,11 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbtest import (Etcd, HarnessTestCase, Lbd, figure, free_port, run, scaled,  # noqa: E402
-                    wait_until)
+from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, figure,  # noqa: E402
+                    free_port, parse_kv, run, scaled, wait_until)
 from lbtest.procs import lbd_binary  # noqa: E402
 
 PREFIX = "/alog/"
@@ -75,7 +74,7 @@ ACCESS_KEYS = ["pool", "backend", "client", "connect_ms", "duration_ms", "bytes_
 # A backend told by the client's first line what to do with its connection.
 
 
-class ScriptBackend:
+class ScriptBackend(ThreadedServer):
     """Reads the connection's first line (after lbd's PROXY v1 line, if any):
 
       ECHO      echoes everything that follows until EOF, then closes;
@@ -85,27 +84,8 @@ class ScriptBackend:
     The command line itself is not echoed.  Records the PROXY lines seen."""
 
     def __init__(self, h):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.proxy_lines = []
-        threading.Thread(target=self._accept, daemon=True).start()
-        h.servers.append(self)
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(h)
 
     @staticmethod
     def _line(c):
@@ -117,36 +97,25 @@ class ScriptBackend:
             buf += d
         return buf
 
-    def _serve(self, c):
-        try:
+    def serve(self, c, _):
+        line = self._line(c)
+        if line is not None and line.startswith(b"PROXY "):
+            with self.lock:
+                self.proxy_lines.append(line)
             line = self._line(c)
-            if line is not None and line.startswith(b"PROXY "):
-                with self.lock:
-                    self.proxy_lines.append(line)
-                line = self._line(c)
-            if line is None:
-                return  # a health check, or a client gone
-            cmd = line.split()
-            if cmd[0] == b"ECHO":
-                while True:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    c.sendall(d)
-            elif cmd[0] == b"SEND":
-                c.sendall(b"s" * int(cmd[1]))
-            elif cmd[0] == b"RESET":
-                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def stop(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if line is None:
+            return  # a health check, or a client gone
+        cmd = line.split()
+        if cmd[0] == b"ECHO":
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                c.sendall(d)
+        elif cmd[0] == b"SEND":
+            c.sendall(b"s" * int(cmd[1]))
+        elif cmd[0] == b"RESET":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Blackhole:
@@ -180,11 +149,6 @@ class Blackhole:
 # Access lines
 
 
-def parse_kv(line):
-    """{key: value} of a logfmt line (values unquoted, as lbd's access lines are)."""
-    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-
-
 def access_lines(text):
     return [parse_kv(ln) for ln in text.splitlines() if " sub=access " in ln]
 
@@ -192,11 +156,6 @@ def access_lines(text):
 def lines_for(lbd_or_text, client):
     text = lbd_or_text if isinstance(lbd_or_text, str) else lbd_or_text.log_text()
     return [a for a in access_lines(text) if a.get("client") == client]
-
-
-def client_of(sock):
-    host, port = sock.getsockname()[:2]
-    return "%s:%d" % (host, port)
 
 
 def recv_exact(sock, n):

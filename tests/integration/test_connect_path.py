@@ -36,71 +36,43 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbtest import Etcd, HarnessTestCase, Lbd, free_port, scaled, wait_until  # noqa: E402
+from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, free_port, scaled,  # noqa: E402
+                    wait_until)
 
 PREFIX = "/connect/"
 CONNECT_TIMEOUT = 0.5
 
 
-class QuietBackend:
+class QuietBackend(ThreadedServer):
     """Accepts and records everything each connection sends, until EOF;
     says nothing unless told to echo.  Records (bytes, saw_eof) per connection."""
 
     def __init__(self, h, echo=False):
         self.echo = echo
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.conns = []  # [bytearray, eof_seen]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-        h.servers.append(self)
+        super().__init__(h, backlog=64)
 
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
+    def on_accept(self, c):
+        rec = [bytearray(), False]
+        with self.lock:
+            self.conns.append(rec)
+        return rec
 
-    def _accept(self):
+    def serve(self, c, rec):
         while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            rec = [bytearray(), False]
-            with self.lock:
-                self.conns.append(rec)
-            threading.Thread(target=self._serve, args=(c, rec), daemon=True).start()
-
-    def _serve(self, c, rec):
-        try:
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    with self.lock:
-                        rec[1] = True
-                    return
+            d = c.recv(65536)
+            if not d:
                 with self.lock:
-                    rec[0] += d
-                if self.echo:
-                    c.sendall(d)
-        except OSError:
-            return
-        finally:
-            c.close()
+                    rec[1] = True
+                return
+            with self.lock:
+                rec[0] += d
+            if self.echo:
+                c.sendall(d)
 
     def records(self):
         with self.lock:
             return [(bytes(b), eof) for b, eof in self.conns]
-
-    def stop(self):
-        self.closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def pattern(seed, n, chunk=65536):
@@ -117,37 +89,18 @@ def slow_reader_buffer(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
 
 
-class BulkBackend:
+class BulkBackend(ThreadedServer):
     """Per connection: reads the upload to EOF (slowly for its first
     `slow_bytes`) while sending `down_bytes` of pattern(seed) at once, then
     closes.  Records (sha256 of the upload, its length, sha256 sent)."""
 
     def __init__(self, h, down_bytes, seed, slow_bytes):
         self.down_bytes, self.seed, self.slow_bytes = down_bytes, seed, slow_bytes
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        slow_reader_buffer(self.sock)  # inherited by accepted sockets
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.results = []
-        threading.Thread(target=self._accept, daemon=True).start()
-        h.servers.append(self)
+        # a small receive buffer, inherited by accepted sockets
+        super().__init__(h, backlog=8, prepare=slow_reader_buffer)
 
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c, _):
         got = {}
 
         def read_all():
@@ -180,12 +133,6 @@ class BulkBackend:
         with self.lock:
             self.results.append((got.get("sha"), got.get("len"), sent.hexdigest(),
                                  got.get("error")))
-
-    def stop(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 def pipe_fds(pid):

@@ -30,12 +30,11 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbtest import (Etcd, HarnessTestCase, Lbd, figure, lbctl, scaled,  # noqa: E402
-                    wait_until)
+from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, ended,  # noqa: E402
+                    figure, lbctl, parse_kv, scaled, wait_until)
 
 PREFIX = "/queue/"
 NO_CHECKS = {"type": "none", "fall": 50}
@@ -49,78 +48,38 @@ POLICIES = {
 }
 
 
-class NameBackend:
+class NameBackend(ThreadedServer):
     """Reads the first line of each connection ("NAME x"), records x in the
     order connections reach it and the peak of connections open at once,
-    answers "OK x" and echoes until EOF."""
+    answers "OK x" and reads until EOF."""
 
     def __init__(self, h):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.names = []
         self.open = 0
         self.peak = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-        h.servers.append(self)
+        super().__init__(h)
 
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c, _):
         with self.lock:
             self.open += 1
             self.peak = max(self.peak, self.open)
         try:
-            line = b""
-            while not line.endswith(b"\n"):
-                d = c.recv(1)
-                if not d:
-                    return
-                line += d
+            line = read_line(c)
+            if not line.endswith(b"\n"):
+                return
             name = line.split()[1].decode()
             with self.lock:
                 self.names.append(name)
             c.sendall(b"OK " + name.encode() + b"\n")
             while c.recv(4096):
                 pass
-        except OSError:
-            pass
         finally:
             with self.lock:
                 self.open -= 1
-            c.close()
 
     def seen(self):
         with self.lock:
             return list(self.names)
-
-    def stop(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-def parse_kv(line):
-    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-
-
-def client_of(sock):
-    host, port = sock.getsockname()[:2]
-    return "%s:%d" % (host, port)
 
 
 def read_line(sock):
@@ -131,19 +90,6 @@ def read_line(sock):
             return got
         got += d
     return got
-
-
-def ended(sock, timeout):
-    """'eof' or 'reset' once the connection ends, None if it stays open."""
-    sock.settimeout(timeout)
-    try:
-        while True:
-            if not sock.recv(4096):
-                return "eof"
-    except (ConnectionResetError, BrokenPipeError):
-        return "reset"
-    except socket.timeout:
-        return None
 
 
 class QueueTest(HarnessTestCase):

@@ -18,40 +18,16 @@ and `shutdown sessions server`) against lbd --workers 2:
 
 import json
 import os
-import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, echo, lbctl,  # noqa: E402
-                    open_conn, scaled, wait_until)
+from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, client_of, echo,  # noqa: E402
+                    ended, lbctl, open_conn, parse_kv, scaled, wait_until)
 
 PREFIX = "/sessions/"
 POLICY = {"health": {"type": "none"}}
 PER_BACKEND = 3
-
-
-def parse_kv(line):
-    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-
-
-def client_of(sock):
-    host, port = sock.getsockname()[:2]
-    return "%s:%d" % (host, port)
-
-
-def ended(sock, timeout):
-    """'eof' or 'reset' once the connection ends, None if it stays open."""
-    sock.settimeout(timeout)
-    try:
-        while True:
-            d = sock.recv(4096)
-            if not d:
-                return "eof"
-    except (ConnectionResetError, BrokenPipeError):
-        return "reset"
-    except socket.timeout:
-        return None
 
 
 class SessionsTest(HarnessTestCase):

@@ -26,9 +26,9 @@
 static void test_end_names_are_stable(void **state)
 {
     static const char *const want[LB_END_COUNT] = {
-        "client_closed",         "backend_closed",  "client_reset", "backend_reset",
-        "connect_timeout",       "connect_refused", "no_backend",   "idle_timeout",
-        "drained_past_deadline", "shutdown",        "moved",        "killed",
+        "client_closed",         "backend_closed",  "client_reset",  "backend_reset",
+        "connect_timeout",       "connect_refused", "no_backend",    "idle_timeout",
+        "drained_past_deadline", "shutdown",        "moved",         "killed",
         "bad_proxy_header",      "out_of_memory",   "queue_timeout",
     };
 

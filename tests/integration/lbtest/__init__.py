@@ -18,10 +18,11 @@ write `import lbtest` or `from lbtest import X`:
                free_port, port_is_open, scaled, the binaries
     etcd       Etcd, EtcdCluster, EtcdClient, EtcdError
     tls        TlsFiles
-    backends   Backend (id line then echo; kill, restart; PROXY header mode)
+    backends   Backend (id line then echo; kill, restart; PROXY header mode),
+               ThreadedServer (a test's own backend: a thread per connection)
     lbd        Lbd, lbctl, Registrar, the key schema, parse_prometheus
     clients    ask, ask_many, open_conn, echo, ClientLoop, percentile,
-               http_request
+               http_request, client_of, parse_kv (access lines), ended
     testcase   HarnessTestCase, main
 
 Waiting is always on a condition with a deadline (wait_until), never a
@@ -35,9 +36,10 @@ Only the standard library and grpc (Debian's python3-grpcio, used by the
 interop test) are needed: run the tests with /usr/bin/python3.
 """
 
-from .backends import HELLO, PROXY_V2_SIGNATURE, Backend, parse_proxy_v1, parse_proxy_v2
-from .clients import (ClientLoop, ask, ask_many, echo, http_request, open_conn, percentile,
-                      watch_closes, recv_line_bytes, close_all, figure,
+from .backends import (HELLO, PROXY_V2_SIGNATURE, Backend, ThreadedServer, parse_proxy_v1,
+                       parse_proxy_v2)
+from .clients import (ClientLoop, ask, ask_many, client_of, echo, ended, http_request, open_conn,
+                      parse_kv, percentile, watch_closes, recv_line_bytes, close_all, figure,
                       read_line)
 from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
 from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
@@ -57,13 +59,15 @@ __all__ = [
     # tls
     "TlsFiles",
     # backends
-    "HELLO", "PROXY_V2_SIGNATURE", "Backend", "parse_proxy_v1", "parse_proxy_v2",
+    "HELLO", "PROXY_V2_SIGNATURE", "Backend", "ThreadedServer", "parse_proxy_v1",
+    "parse_proxy_v2",
     # lbd
     "Lbd", "Registrar", "backend_key", "backend_value", "backends_from_json", "etcd_pool",
     "lbctl", "lbd_pool", "override_key", "parse_prometheus",
     # clients
     "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
-    "read_line", "watch_closes", "recv_line_bytes", "close_all", "figure",
+    "read_line", "watch_closes", "recv_line_bytes", "close_all", "figure", "client_of",
+    "parse_kv", "ended",
     # testcase
     "HarnessTestCase", "case_failed", "main",
 ]

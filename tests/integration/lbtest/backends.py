@@ -286,3 +286,58 @@ class Backend:
         wait_until(lambda: self._listen(port), timeout or scaled(5),
                    "backend %s to listen on port %d again" % (self.id, port))
         return self
+
+
+class ThreadedServer:
+    """A listener on a free 127.0.0.1 port that serves each connection in a
+    thread of its own: a test's special backend subclasses it and writes
+    serve(conn) (the connection is closed after it returns or raises
+    OSError).  on_accept(conn) runs on the accept thread first, in order,
+    for what must be recorded as connections arrive.  `prepare(sock)` may
+    set options on the listener before it listens (accepted sockets inherit
+    them).  Registered with the harness, which stops it."""
+
+    def __init__(self, h, backlog=256, prepare=None):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if prepare:
+            prepare(self.sock)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+        h.servers.append(self)
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def on_accept(self, conn):
+        return None
+
+    def serve(self, conn, arg):
+        raise NotImplementedError
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            arg = self.on_accept(c)
+            threading.Thread(target=self._serve_one, args=(c, arg), daemon=True).start()
+
+    def _serve_one(self, c, arg):
+        try:
+            self.serve(c, arg)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass

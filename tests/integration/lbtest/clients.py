@@ -220,3 +220,28 @@ def figure(name, value, unit=""):
     """One measured figure on stderr, for the CI log."""
     sys.stderr.write("figure: %-50s %s%s\n" % (name, value, (" " + unit) if unit else ""))
     sys.stderr.flush()
+
+
+def client_of(sock):
+    """"host:port" of sock's own end: how lbd's access log names the client."""
+    host, port = sock.getsockname()[:2]
+    return "%s:%d" % (host, port)
+
+
+def parse_kv(line):
+    """{key: value} of a logfmt line (values unquoted, as lbd's access lines are)."""
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def ended(sock, timeout):
+    """'eof' or 'reset' once the peer ends the connection (what it still
+    sends is read and dropped), None if it stays open for `timeout`."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(4096):
+                return "eof"
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+    except socket.timeout:
+        return None
