@@ -40,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, figure,  # noqa: E402
-                    free_port, parse_kv, run, scaled, wait_until)
+                    free_port, parse_kv, recv_line_bytes, run, scaled, wait_until)
 from lbtest.procs import lbd_binary  # noqa: E402
 
 PREFIX = "/alog/"
@@ -87,22 +87,12 @@ class ScriptBackend(ThreadedServer):
         self.proxy_lines = []
         super().__init__(h)
 
-    @staticmethod
-    def _line(c):
-        buf = b""
-        while not buf.endswith(b"\n"):
-            d = c.recv(1)
-            if not d:
-                return None
-            buf += d
-        return buf
-
     def serve(self, c, _):
-        line = self._line(c)
+        line = recv_line_bytes(c)
         if line is not None and line.startswith(b"PROXY "):
             with self.lock:
                 self.proxy_lines.append(line)
-            line = self._line(c)
+            line = recv_line_bytes(c)
         if line is None:
             return  # a health check, or a client gone
         cmd = line.split()

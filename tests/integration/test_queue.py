@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, ended,  # noqa: E402
-                    figure, lbctl, parse_kv, scaled, wait_until)
+                    figure, lbctl, parse_kv, recv_line_bytes, scaled, wait_until)
 
 PREFIX = "/queue/"
 NO_CHECKS = {"type": "none", "fall": 50}
@@ -64,8 +64,8 @@ class NameBackend(ThreadedServer):
             self.open += 1
             self.peak = max(self.peak, self.open)
         try:
-            line = read_line(c)
-            if not line.endswith(b"\n"):
+            line = recv_line_bytes(c)
+            if line is None:
                 return
             name = line.split()[1].decode()
             with self.lock:
@@ -80,16 +80,6 @@ class NameBackend(ThreadedServer):
     def seen(self):
         with self.lock:
             return list(self.names)
-
-
-def read_line(sock):
-    got = b""
-    while not got.endswith(b"\n"):
-        d = sock.recv(1)
-        if not d:
-            return got
-        got += d
-    return got
 
 
 class QueueTest(HarnessTestCase):
@@ -129,7 +119,7 @@ class QueueTest(HarnessTestCase):
 
     def hold(self, pool, name="holder"):
         s = self.connect(pool, name)
-        self.assertEqual(read_line(s), b"OK " + name.encode() + b"\n")
+        self.assertEqual(recv_line_bytes(s), b"OK " + name.encode() + b"\n")
         return s
 
     def access_lines(self, client):
@@ -153,7 +143,7 @@ class QueueTest(HarnessTestCase):
         clients = [client_of(s) for s in [holder] + waiting]
         holder.close()
         for i, s in enumerate(waiting):
-            self.assertEqual(read_line(s), b"OK c%d\n" % i, "client %d out of turn" % i)
+            self.assertEqual(recv_line_bytes(s), b"OK c%d\n" % i, "client %d out of turn" % i)
             s.close()  # frees the slot for the next
         took = time.monotonic() - t0
         self.assertEqual(self.backends[pool].seen(), ["holder"] + ["c%d" % i for i in range(n)])
@@ -207,7 +197,7 @@ class QueueTest(HarnessTestCase):
         self.assertEqual(line["end"], "client_closed")
         self.assertIn("queue_ms", line)
         holder.close()
-        self.assertEqual(read_line(after), b"OK after\n")
+        self.assertEqual(recv_line_bytes(after), b"OK after\n")
         self.assertEqual(self.backends[pool].seen(), ["holder", "after"])
         after.close()
 
@@ -219,8 +209,8 @@ class QueueTest(HarnessTestCase):
         t0 = time.monotonic()
         policy = dict(POLICIES[pool], max_conns=3)
         self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
-        self.assertEqual(read_line(a), b"OK a\n")
-        self.assertEqual(read_line(b), b"OK b\n")
+        self.assertEqual(recv_line_bytes(a), b"OK a\n")
+        self.assertEqual(recv_line_bytes(b), b"OK b\n")
         figure("queue: max_conns raised, both waiting clients in after",
                "%.1f" % ((time.monotonic() - t0) * 1e3), "ms")
         self.assertEqual(self.queued(pool), 0)
