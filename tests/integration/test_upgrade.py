@@ -1419,7 +1419,9 @@ class Upgrade(HarnessTestCase):
         silent = [socket.create_connection(("127.0.0.1", old.port), timeout=10) for _ in range(3)]
         for s in silent:
             self.addCleanup(s.close)
-        time.sleep(0.2)  # the connects to the backend are done; nobody spoke
+        # the connects to the backend are done (the kernel says so); nobody spoke
+        wait_until(lambda: sockets_to_port_by_pid([old.proc.pid], self.backend_port)[
+            old.proc.pid] >= 3, scaled(5), "lbd's three connections to the backend")
         new, _, ready_wall = self.upgrade(old, "t5d-lbd2", workers=1)
         rc, exit_wall = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
         moved, kept, _ = handover_figures(old.log)
