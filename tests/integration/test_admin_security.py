@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import unittest
 
@@ -21,6 +20,7 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
+from lbtest.tls import make_ca, make_server_cert  # noqa: E402
 from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, backend_key, free_port,  # noqa: E402
                     lbctl, lbd_binary, run, scaled, wait_until)
 
@@ -30,24 +30,11 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 UNAUTH_DETAILS = "missing or invalid admin token"
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
-
-
 def make_pki(d):
     """ca.pem, srv.pem + srv.key (127.0.0.1, localhost) signed by it, other-ca.pem."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=lbtest CA", cwd=d)
-    openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=lbd", cwd=d)
-    with open(os.path.join(d, "srv.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "srv.ext", cwd=d)
-    openssl("req", "-x509", *ec, "-keyout", "other-ca.key", "-out", "other-ca.pem", "-days", "2",
-            "-subj", "/CN=some other CA", cwd=d)
+    make_ca(d, "ca", "lbtest CA")
+    make_server_cert(d, "srv", "lbd")
+    make_ca(d, "other-ca", "some other CA")
 
 
 def bearer(token):

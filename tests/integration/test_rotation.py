@@ -21,13 +21,13 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
+from lbtest.tls import make_ca, make_server_cert  # noqa: E402
 from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, backend_key, figure,  # noqa: E402
                     scaled, wait_until)
 
@@ -35,25 +35,11 @@ PREFIX = "/rotate/"
 LIST_BACKENDS = "/lb.v1.Admin/ListBackends"
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
-
-
 def make_pki(d):
     """ca.pem; srv1 and srv2 (127.0.0.1) signed by it, with CN lbd-1 and lbd-2."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=lbtest CA", cwd=d)
-    with open(os.path.join(d, "srv.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    make_ca(d, "ca", "lbtest CA")
     for n in ("1", "2"):
-        openssl("req", *ec, "-keyout", "srv%s.key" % n, "-out", "srv%s.csr" % n,
-                "-subj", "/CN=lbd-%s" % n, cwd=d)
-        openssl("x509", "-req", "-in", "srv%s.csr" % n, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "srv%s.pem" % n, "-days", "2", "-extfile", "srv.ext",
-                cwd=d)
+        make_server_cert(d, "srv" + n, "lbd-" + n)
 
 
 def write_secret(path, text):

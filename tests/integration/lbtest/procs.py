@@ -316,11 +316,11 @@ class Harness:
             raise errors[0]
 
 
-def run(argv, timeout=30, env=None, input_bytes=None):
+def run(argv, timeout=30, env=None, input_bytes=None, cwd=None):
     """Runs a command to completion; returns (rc, stdout, stderr) as text."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     p = subprocess.run([str(a) for a in argv], input=input_bytes, capture_output=True,
-                       timeout=timeout, env=full_env, preexec_fn=_child_setup)
+                       timeout=timeout, env=full_env, preexec_fn=_child_setup, cwd=cwd)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")

@@ -58,3 +58,35 @@ class TlsFiles:
         if with_cert:
             a += ["--etcd-cert", self.client_cert, "--etcd-key", self.client_key]
         return a
+
+
+# PEM files by name in a directory, for tests of lbd's own TLS (the admin
+# API): <name>.pem and <name>.key.
+
+_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+
+def openssl(*args, cwd):
+    """Runs the openssl command line in cwd; raises with its stderr on failure."""
+    rc, _, err = run(["openssl"] + list(args), timeout=60, cwd=cwd)
+    if rc != 0:
+        raise AssertionError("openssl %s failed: %s" % (" ".join(args[:2]), err.strip()))
+
+
+def make_ca(d, name, cn):
+    """A self-signed CA: d/<name>.pem and d/<name>.key."""
+    openssl("req", "-x509", *_EC, "-keyout", name + ".key", "-out", name + ".pem", "-days", "2",
+            "-subj", "/CN=" + cn, cwd=d)
+
+
+def make_server_cert(d, name, cn, ca="ca"):
+    """d/<name>.pem + d/<name>.key for 127.0.0.1 and localhost (serverAuth),
+    signed by the CA d/<ca>.pem."""
+    with open(os.path.join(d, name + ".ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("req", *_EC, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + cn,
+            cwd=d)
+    openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+            "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext",
+            cwd=d)
