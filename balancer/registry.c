@@ -13,10 +13,12 @@
 #include "drain.h"
 #include "lb_addr.h"
 #include "lb_log.h"
+#include "lb_duration.h"
 #include "lb_util.h"
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,11 +346,67 @@ static void apply_override(struct lb_registry *r, struct lb_pool *pool, const ch
     }
 }
 
+/* ", max_conns 0 -> 1, queue_timeout 0s -> 30s": what an operator changed, for the event. */
+static void policy_describe(const struct lb_pool_policy *a, const struct lb_pool_policy *b,
+                            char *buf, size_t size)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } durations[] = {
+        {"health.interval", offsetof(struct lb_pool_policy, health.interval_ms)},
+        {"health.timeout", offsetof(struct lb_pool_policy, health.timeout_ms)},
+        {"connect_timeout", offsetof(struct lb_pool_policy, connect_timeout_ms)},
+        {"idle_timeout", offsetof(struct lb_pool_policy, idle_timeout_ms)},
+        {"slow_start", offsetof(struct lb_pool_policy, slow_start_ms)},
+        {"drain_timeout", offsetof(struct lb_pool_policy, drain_timeout_ms)},
+        {"queue_timeout", offsetof(struct lb_pool_policy, queue_timeout_ms)},
+    };
+    static const struct {
+        const char *name;
+        size_t off;
+    } ints[] = {
+        {"health.rise", offsetof(struct lb_pool_policy, health.rise)},
+        {"health.fall", offsetof(struct lb_pool_policy, health.fall)},
+        {"retries", offsetof(struct lb_pool_policy, retries)},
+        {"max_conns", offsetof(struct lb_pool_policy, max_conns)},
+        {"panic_threshold", offsetof(struct lb_pool_policy, panic_threshold)},
+        {"zone_affinity", offsetof(struct lb_pool_policy, zone_affinity)},
+    };
+
+    if (a->algorithm != b->algorithm)
+        describe_add(buf, size, "algorithm %s -> %s", lb_algorithm_name(a->algorithm),
+                     lb_algorithm_name(b->algorithm));
+    if (a->health.type != b->health.type)
+        describe_add(buf, size, "health checks %s",
+                     b->health.type == LB_CHECK_NONE   ? "off"
+                     : b->health.type == LB_CHECK_HTTP ? "http"
+                                                       : "tcp");
+    for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+        int64_t x, y;
+        char tx[32], ty[32];
+
+        memcpy(&x, (const char *)a + durations[i].off, sizeof(x));
+        memcpy(&y, (const char *)b + durations[i].off, sizeof(y));
+        if (x != y)
+            describe_add(buf, size, "%s %s -> %s", durations[i].name,
+                         lb_duration_format(x, tx, sizeof(tx)),
+                         lb_duration_format(y, ty, sizeof(ty)));
+    }
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        int x, y;
+
+        memcpy(&x, (const char *)a + ints[i].off, sizeof(x));
+        memcpy(&y, (const char *)b + ints[i].off, sizeof(y));
+        if (x != y)
+            describe_add(buf, size, "%s %d -> %d", ints[i].name, x, y);
+    }
+}
+
 static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
                          const struct lb_pool_policy *policy)
 {
-    struct lb_pool_policy def;
-    enum lb_algorithm was = pool->policy.algorithm;
+    struct lb_pool_policy def, was = pool->policy;
     char detail[LB_EVENT_DETAIL_MAX];
 
     if (!policy) {
@@ -365,9 +423,7 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
             (long long)policy->queue_timeout_ms);
     snprintf(detail, sizeof(detail), "%s",
              policy == &def ? "policy deleted: defaults apply" : "policy changed");
-    if (was != policy->algorithm)
-        describe_add(detail, sizeof(detail), "algorithm %s -> %s", lb_algorithm_name(was),
-                     lb_algorithm_name(policy->algorithm));
+    policy_describe(&was, policy, detail, sizeof(detail));
     lb_registry_notify(r, LB_EVENT_POLICY_CHANGED, pool, NULL, detail);
 }
 

@@ -36,7 +36,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask_many, backend_key,  # noqa: E402
-                    backend_value, bin_dir, figure, main, scaled, wait_until)
+                    backend_value, bin_dir, figure, main, open_conn, scaled, wait_until)
 
 PREFIX = "/lbtest-status/"
 ODD_ID = "a.b:c-d"  # every punctuation mark the key schema allows in an id
@@ -323,9 +323,10 @@ class StatusPage(HarnessTestCase):
         self.assertEqual([p["name"] for p in doc["pools"]], ["web", "db", "bulk"])
         for p in doc["pools"]:
             self.assertEqual(set(p), {"name", "listen", "algorithm", "backends", "eligible",
-                                      "active_connections", "total_connections", "panic",
-                                      "zone_local"})
+                                      "active_connections", "total_connections", "queued",
+                                      "panic", "zone_local"})
             self.assertIsNone(p["zone_local"])  # no --zone: zone affinity off
+            self.assertEqual(p["queued"], 0)
         by_pool = {p["name"]: p for p in doc["pools"]}
         self.assertEqual(by_pool["web"]["backends"], 2)
         self.assertGreaterEqual(by_pool["web"]["total_connections"], 6)
@@ -427,6 +428,14 @@ class StatusPage(HarnessTestCase):
         wait_until(lambda: chrome.eval(b1_rate) not in ("", "\u2013", "0.0"), 5,
                    "b1's connection rate on the page")
 
+        # Clients waiting for a slot (db at max_conns 1, queue_timeout) show
+        # as the pool's queue badge and count; gone once they are.
+        waiting = self._queue_on_db(2)
+        queue_js = ("(() => { const b = document.querySelector("
+                    "'section[data-pool=\"db\"] .badge.queue');"
+                    " return b && !b.hidden ? b.dataset.queued : null; })()")
+        wait_until(lambda: chrome.eval(queue_js) == "2", 5, "db's queue of 2 on the page")
+
         # Screenshot of what an operator sees, kept as a test artifact.
         out_dir = os.path.join(bin_dir(), "test-artifacts")
         os.makedirs(out_dir, exist_ok=True)
@@ -434,6 +443,8 @@ class StatusPage(HarnessTestCase):
         chrome.screenshot(shot)
         self.assertGreater(os.path.getsize(shot), 10000)
         figure("status page screenshot", shot)
+        self._queue_off_db(waiting)
+        wait_until(lambda: chrome.eval(queue_js) is None, 5, "db's queue gone from the page")
 
         self.assertEqual([e for e in chrome.console_errors() if e], [],
                          "the page runs under its CSP without an error")
@@ -461,6 +472,28 @@ class StatusPage(HarnessTestCase):
         self.assertIn("/status.json", note)
         self.assertEqual(chrome.eval("document.querySelectorAll('tr[data-id]').length"), 0)
         self.drain("web", "b2", on=False)
+
+    def _queue_on_db(self, n):
+        """db at max_conns 1 with a queue: one client held, n waiting."""
+        self.etcd.put(PREFIX + "pools/db/config", json.dumps({"max_conns": 1,
+                                                              "queue_timeout": "30s"}))
+        wait_until(lambda: "pool=db algorithm=wrr connect_timeout_ms=3000 idle_timeout_ms="
+                   "3600000 retries=2 max_conns=1 queue_timeout_ms=30000" in self.lbd.log_text(),
+                   5, "db's queueing policy applied")
+        port = self.lbd.pool_port("db")
+        held = [open_conn(port)[0]]
+        for _ in range(n):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until(lambda: self.lbd.metric("lbd_pool_queue_length", pool="db") == n, 5,
+                   "%d clients queued in db" % n)
+        return held
+
+    def _queue_off_db(self, held):
+        for s in held:
+            s.close()
+        self.etcd.delete(PREFIX + "pools/db/config")
+        wait_until(lambda: self.lbd.metric("lbd_pool_queue_length", pool="db") == 0, 5,
+                   "db's queue empty")
 
     def test_4_events_stream_a_drain(self):
         before = self.streams()
