@@ -315,6 +315,36 @@ static void bash_args_body(FILE *f, const struct lbctl_completion_spec *spec,
     fprintf(f, "        esac ;;\n");
 }
 
+/*
+ * The loop body both shells share: the words before the cursor, one at a
+ * time in $w, sort into the connection flags (kept to call lbctl for
+ * names), the value of a flag that takes one, the command and its
+ * arguments.  Ends the loop.
+ */
+static void print_word_scan(FILE *f, const struct lbctl_completion_spec *spec)
+{
+    fprintf(f, "        if [[ -n $want ]]; then\n"
+               "            case $want in\n"
+               "            ");
+    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
+        fprintf(f, "%s--%s", i ? "|" : "", spec->connection_flags[i]);
+    fprintf(f, ") _lbctl_conn+=(\"$want\" \"$w\") ;;\n"
+               "            esac\n"
+               "            want=\n"
+               "            continue\n"
+               "        fi\n"
+               "        case $w in\n"
+               "        ");
+    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
+        fprintf(f, "%s--%s=*", i ? "|" : "", spec->connection_flags[i]);
+    fprintf(f, ") _lbctl_conn+=(\"$w\") ;;\n"
+               "        --*=*) ;;\n"
+               "        -*) _lbctl_takes_value \"$cmd\" \"$w\" && want=$w ;;\n"
+               "        *) if [[ -z $cmd ]]; then cmd=$w; else _lbctl_args+=(\"$w\"); fi ;;\n"
+               "        esac\n"
+               "    done\n");
+}
+
 static void print_bash(FILE *f, const struct lbctl_completion_spec *spec)
 {
     const char *prog = spec->program;
@@ -403,28 +433,9 @@ static void print_bash(FILE *f, const struct lbctl_completion_spec *spec)
         "    _lbctl_bin=${_lbctl_words[0]}\n"
         "    [[ $_lbctl_bin == \"~/\"* ]] && _lbctl_bin=$HOME/${_lbctl_bin#\"~/\"}\n"
         "    for ((i = 1; i < n; i++)); do\n"
-        "        w=${_lbctl_words[i]}\n"
-        "        if [[ -n $want ]]; then\n"
-        "            case $want in\n"
-        "            ");
-    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
-        fprintf(f, "%s--%s", i ? "|" : "", spec->connection_flags[i]);
-    fprintf(f, ") _lbctl_conn+=(\"$want\" \"$w\") ;;\n"
-               "            esac\n"
-               "            want=\n"
-               "            continue\n"
-               "        fi\n"
-               "        case $w in\n"
-               "        ");
-    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
-        fprintf(f, "%s--%s=*", i ? "|" : "", spec->connection_flags[i]);
+        "        w=${_lbctl_words[i]}\n");
+    print_word_scan(f, spec);
     fprintf(f,
-            ") _lbctl_conn+=(\"$w\") ;;\n"
-            "        --*=*) ;;\n"
-            "        -*) _lbctl_takes_value \"$cmd\" \"$w\" && want=$w ;;\n"
-            "        *) if [[ -z $cmd ]]; then cmd=$w; else _lbctl_args+=(\"$w\"); fi ;;\n"
-            "        esac\n"
-            "    done\n"
             "    if [[ -z $want && $_lbctl_cur == --*=* ]]; then\n"
             "        want=${_lbctl_cur%%%%=*}\n"
             "        _lbctl_cur=${_lbctl_cur#*=}\n"
@@ -647,28 +658,9 @@ static void print_zsh(FILE *f, const struct lbctl_completion_spec *spec)
                "    local -a _lbctl_conn _lbctl_args\n"
                "    _lbctl_bin=${_lbctl_bin/#\\~/$HOME}\n"
                "    for ((i = 2; i < CURRENT; i++)); do\n"
-               "        w=${words[i]}\n"
-               "        if [[ -n $want ]]; then\n"
-               "            case $want in\n"
-               "            ");
-    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
-        fprintf(f, "%s--%s", i ? "|" : "", spec->connection_flags[i]);
-    fprintf(f, ") _lbctl_conn+=(\"$want\" \"$w\") ;;\n"
-               "            esac\n"
-               "            want=\n"
-               "            continue\n"
-               "        fi\n"
-               "        case $w in\n"
-               "        ");
-    for (size_t i = 0; spec->connection_flags && spec->connection_flags[i]; i++)
-        fprintf(f, "%s--%s=*", i ? "|" : "", spec->connection_flags[i]);
+               "        w=${words[i]}\n");
+    print_word_scan(f, spec);
     fprintf(f,
-            ") _lbctl_conn+=(\"$w\") ;;\n"
-            "        --*=*) ;;\n"
-            "        -*) _lbctl_takes_value \"$cmd\" \"$w\" && want=$w ;;\n"
-            "        *) if [[ -z $cmd ]]; then cmd=$w; else _lbctl_args+=(\"$w\"); fi ;;\n"
-            "        esac\n"
-            "    done\n"
             "    if [[ -n $want ]]; then\n"
             "        _lbctl_value \"$cmd\" \"$want\"\n"
             "    elif [[ $PREFIX == --*=* ]]; then\n"

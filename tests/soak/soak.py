@@ -3163,7 +3163,7 @@ class Soak:
                     continue
                 if any(w in name for w in ("skipped", "clamped", "relists", "reconnects",
                                            "no_backend", "retries", "refused", "closed",
-                                           "bad_values", "paused", "dropped")):
+                                           "bad_values", "paused", "dropped", "queue")):
                     reason = labels.get("reason")
                     out[name[4:-6] + ("." + reason if reason else "")] += int(value)
         except (AssertionError, OSError, ValueError) as exc:
