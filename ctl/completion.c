@@ -209,12 +209,20 @@ static void bash_flag_word(FILE *f, const struct lb_setting *s, void *ud)
     c->first = false;
 }
 
-static void bash_value_case(FILE *f, const struct lb_setting *s, void *ud)
+/* How a shell spells the completion of a flag's value, in a case arm. */
+struct value_spelling {
+    const char *words_pre, *words_post; /* around the choices, space-separated */
+    const char *files, *pools;
+    const char *free_pre, *free_post; /* around the metavar; NULL: no arm */
+};
+
+/* The case arm of flag s's value (none for a flag without one). */
+static void value_case(FILE *f, const struct lb_setting *s, const struct value_spelling *sp)
 {
     enum value_kind k = value_of(s);
     char words[WORDS_MAX];
 
-    if (k == VALUE_NONE || k == VALUE_FREE)
+    if (k == VALUE_NONE || (k == VALUE_FREE && !sp->free_pre))
         return;
     fprintf(f, "        --%s", s->name);
     if (s->short_name)
@@ -222,17 +230,30 @@ static void bash_value_case(FILE *f, const struct lb_setting *s, void *ud)
     switch (k) {
     case VALUE_WORDS:
         choices_words(s->choices, words, sizeof(words));
-        fprintf(f, ") _lbctl_reply \"%s\" ;;\n", words);
+        fprintf(f, ") %s%s%s ;;\n", sp->words_pre, words, sp->words_post);
         break;
     case VALUE_FILE:
-        fprintf(f, ") _lbctl_reply_files ;;\n");
+        fprintf(f, ") %s ;;\n", sp->files);
         break;
     case VALUE_POOL:
-        fprintf(f, ") _lbctl_reply \"$(_lbctl_names pools)\" ;;\n");
+        fprintf(f, ") %s ;;\n", sp->pools);
         break;
     default:
+        fprintf(f, ") %s%s%s ;;\n", sp->free_pre, s->metavar ? s->metavar : "value", sp->free_post);
         break;
     }
+}
+
+static void bash_value_case(FILE *f, const struct lb_setting *s, void *ud)
+{
+    static const struct value_spelling bash = {
+        .words_pre = "_lbctl_reply \"",
+        .words_post = "\"",
+        .files = "_lbctl_reply_files",
+        .pools = "_lbctl_reply \"$(_lbctl_names pools)\"",
+    };
+
+    value_case(f, s, &bash);
 }
 
 /* The case label of cmd (NULL: no command yet). */
@@ -494,29 +515,16 @@ static void zsh_flag_spec(FILE *f, const struct lb_setting *s, void *ud)
 
 static void zsh_value_case(FILE *f, const struct lb_setting *s, void *ud)
 {
-    enum value_kind k = value_of(s);
-    char words[WORDS_MAX];
+    static const struct value_spelling zsh = {
+        .words_pre = "compadd -- ",
+        .words_post = "",
+        .files = "_files",
+        .pools = "_lbctl_pools",
+        .free_pre = "_message -e values '",
+        .free_post = "'",
+    };
 
-    if (k == VALUE_NONE)
-        return;
-    fprintf(f, "        --%s", s->name);
-    if (s->short_name)
-        fprintf(f, "|-%c", s->short_name);
-    switch (k) {
-    case VALUE_WORDS:
-        choices_words(s->choices, words, sizeof(words));
-        fprintf(f, ") compadd -- %s ;;\n", words);
-        break;
-    case VALUE_FILE:
-        fprintf(f, ") _files ;;\n");
-        break;
-    case VALUE_POOL:
-        fprintf(f, ") _lbctl_pools ;;\n");
-        break;
-    default:
-        fprintf(f, ") _message -e values '%s' ;;\n", s->metavar ? s->metavar : "value");
-        break;
-    }
+    value_case(f, s, &zsh);
 }
 
 static void zsh_takes_value(FILE *f, const struct lb_setting *s, void *ud)
