@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "lb_log.h"
+#include "test_rng.h"
 #include "snapshot_fixture.h"
 
 #define PICKS 100000
@@ -27,15 +28,8 @@ static uint64_t rng_state;
 
 static uint64_t rnd(void)
 {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545F4914F6CDD1DULL;
+    return test_rng_next(&rng_state);
 }
-
-static const enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C,
-                                          LB_ALGO_MAGLEV};
-#define N_ALGOS (sizeof(algos) / sizeof(algos[0]))
 
 static int setup(void **state)
 {
@@ -301,7 +295,7 @@ static void test_retry_skips_tried(void **state)
         struct lb_backend *tried[2];
         struct lb_pick p = {.client = (struct sockaddr *)&sa, .tried = tried};
 
-        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_set_algorithm(f, test_algos[k]);
         snap_fixture_build(f);
         for (int i = 0; i < 200; i++) {
             struct lb_backend *b;
@@ -412,7 +406,7 @@ static void test_max_conns_skips_full_backends(void **state)
         struct lb_pick p = {.max_conns = 2};
         struct sockaddr_in sa;
 
-        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_set_algorithm(f, test_algos[k]);
         snap_fixture_build(f);
         /* all but k057 are full */
         for (size_t i = 0; i < f->snap->n_eligible; i++)
@@ -439,7 +433,7 @@ static void test_empty_pool(void **state)
     struct snap_fixture *f = *state;
 
     for (size_t k = 0; k < N_ALGOS; k++) {
-        snap_fixture_set_algorithm(f, algos[k]);
+        snap_fixture_set_algorithm(f, test_algos[k]);
         snap_fixture_build(f);
         assert_null(pick_for(f, NULL));
     }
@@ -456,10 +450,10 @@ static void test_weights_changed_in_place(void **state)
     double share[4];
 
     for (size_t k = 0; k < N_ALGOS; k++) {
-        const char *name = lb_algo_for(algos[k])->name;
+        const char *name = lb_algo_for(test_algos[k])->name;
 
         snap_fixture_free(f);
-        snap_fixture_init(f, algos[k]);
+        snap_fixture_init(f, test_algos[k]);
         snap_fixture_add(f, "a", 4);
         snap_fixture_add(f, "b", 3);
         snap_fixture_add(f, "c", 2);
@@ -470,7 +464,7 @@ static void test_weights_changed_in_place(void **state)
         snap_fixture_set_weight(f, "b", 2);
         snap_fixture_set_weight(f, "c", 3);
         snap_fixture_set_weight(f, "d", 4);
-        simulate_n(f, algos[k] == LB_ALGO_P2C ? 10 * PICKS : PICKS, 1000, share);
+        simulate_n(f, test_algos[k] == LB_ALGO_P2C ? 10 * PICKS : PICKS, 1000, share);
         assert_weighted_1234(name, share);
     }
 }
@@ -489,7 +483,7 @@ static void test_ineligible_entries_are_never_picked(void **state)
         int count[3];
 
         snap_fixture_free(f);
-        snap_fixture_init(f, algos[k]);
+        snap_fixture_init(f, test_algos[k]);
         snap_fixture_add(f, "a", 100);
         snap_fixture_add_ineligible(f, "b", 500);
         snap_fixture_add(f, "c", 100);
@@ -511,8 +505,8 @@ static void test_ineligible_entries_are_never_picked(void **state)
             random_client(&sa);
             count[pick_for(f, (struct sockaddr *)&sa)->id[0] - 'a']++;
         }
-        print_message("%s: after the flips a=%d b=%d c=%d\n", lb_algo_for(algos[k])->name, count[0],
-                      count[1], count[2]);
+        print_message("%s: after the flips a=%d b=%d c=%d\n", lb_algo_for(test_algos[k])->name,
+                      count[0], count[1], count[2]);
         assert_int_equal(count[0], 0);
         assert_true(count[1] > count[2]); /* weight 500 against 100 */
 

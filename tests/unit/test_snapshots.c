@@ -27,11 +27,8 @@
 #include <string.h>
 
 #include "lb_log.h"
+#include "test_rng.h"
 #include "registry.h"
-
-static const enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C,
-                                          LB_ALGO_MAGLEV};
-#define N_ALGOS (sizeof(algos) / sizeof(algos[0]))
 
 static struct lb_registry registry;
 static struct lb_update_sink sink;
@@ -40,10 +37,7 @@ static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 
 static uint64_t rnd(void)
 {
-    rng ^= rng >> 12;
-    rng ^= rng << 25;
-    rng ^= rng >> 27;
-    return rng * 0x2545F4914F6CDD1DULL;
+    return test_rng_next(&rng);
 }
 
 static int setup(void **state)
@@ -132,7 +126,7 @@ static void check_picks(size_t expect_eligible)
         const struct lb_snapshot *s;
         struct sockaddr_in sa;
 
-        set_policy(algos[k], pool->policy.panic_threshold);
+        set_policy(test_algos[k], pool->policy.panic_threshold);
         s = pool->snap;
         assert_int_equal(s->n_eligible, expect_eligible);
         for (int i = 0; i < 300; i++) {
@@ -312,7 +306,7 @@ static void test_incremental_equals_rebuild(void **state)
     set_policy(LB_ALGO_WRR, 50);
     put_many(200, 100);
     for (size_t k = 0; k < N_ALGOS; k++) {
-        set_policy(algos[k], 50);
+        set_policy(test_algos[k], 50);
         for (int round = 0; round < 300; round++) {
             int events = 1 + (int)(rnd() % (round % 10 == 0 ? 150 : 3));
 
@@ -368,7 +362,7 @@ static void test_wrr_shares_after_in_place_changes(void **state)
 static void test_algorithm_names_are_one_table(void **state)
 {
     for (size_t k = 0; k < N_ALGOS; k++)
-        assert_string_equal(lb_algo_for(algos[k])->name, lb_algorithm_name(algos[k]));
+        assert_string_equal(lb_algo_for(test_algos[k])->name, lb_algorithm_name(test_algos[k]));
     assert_string_equal(LB_ALGORITHM_NAMES, "wrr|leastconn|p2c|maglev");
 }
 

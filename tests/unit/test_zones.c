@@ -21,13 +21,10 @@
 #include <string.h>
 
 #include "lb_log.h"
+#include "test_rng.h"
 #include "registry.h"
 
 #include <ev.h>
-
-static const enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C,
-                                          LB_ALGO_MAGLEV};
-#define N_ALGOS (sizeof(algos) / sizeof(algos[0]))
 
 static struct lb_registry registry;
 static struct lb_update_sink sink;
@@ -36,10 +33,7 @@ static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 
 static uint64_t rnd(void)
 {
-    rng ^= rng >> 12;
-    rng ^= rng << 25;
-    rng ^= rng >> 27;
-    return rng * 0x2545F4914F6CDD1DULL;
+    return test_rng_next(&rng);
 }
 
 static void registry_open(struct lb_registry *r, struct lb_update_sink *sk, struct lb_pool **p,
@@ -147,7 +141,7 @@ static size_t picks_in(const char *zone, size_t *total)
 
     *total = 0;
     for (size_t k = 0; k < N_ALGOS; k++) {
-        set_policy(algos[k], pool->policy.zone_affinity);
+        set_policy(test_algos[k], pool->policy.zone_affinity);
         for (int i = 0; i < 300; i++) {
             struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = (uint32_t)rnd()};
             struct lb_pick p = {.client = (struct sockaddr *)&sa};
@@ -341,7 +335,7 @@ static void test_incremental_equals_rebuild(void **state)
     put_zone("b", 60);
     put_zone("", 20);
     for (size_t k = 0; k < N_ALGOS; k++) {
-        set_policy_on(&sink, algos[k], 60, 30);
+        set_policy_on(&sink, test_algos[k], 60, 30);
         for (int round = 0; round < 300; round++) {
             struct lb_member *m = pool->members[rnd() % pool->n_members];
             bool was = lb_pool_zone_local(pool);
@@ -404,7 +398,7 @@ static void test_switch_cost_10000(void **state)
         double t0, spill, back;
 
         registry_open(&registry, &sink, &pool, "a");
-        set_policy(algos[k], 50);
+        set_policy(test_algos[k], 50);
         put_zone("a", 5000);
         put_zone("b", 5000);
         assert_true(lb_pool_zone_local(pool));
@@ -421,7 +415,7 @@ static void test_switch_cost_10000(void **state)
         assert_int_equal(pool->snap->n_eligible, 5000);
         assert_int_equal(pool->rebuilds, rebuilds);
         printf("# %s: 10,000 backends, spill %.2f ms, back %.2f ms (2,501 health flips each)\n",
-               lb_algorithm_name(algos[k]), spill * 1e3, back * 1e3);
+               lb_algorithm_name(test_algos[k]), spill * 1e3, back * 1e3);
         assert_true(spill < 1.0 && back < 1.0);
         lb_registry_destroy(&registry);
     }
