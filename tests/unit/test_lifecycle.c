@@ -22,6 +22,7 @@
 #include "drain.h"
 #include "health.h"
 #include "lb_log.h"
+#include "test_rng.h"
 #include "registry.h"
 
 struct fixture {
@@ -149,13 +150,12 @@ static int teardown(void **state)
 /* A fresh pool with no key at all, then each algorithm on it: nothing to pick, no crash. */
 static void test_empty_pool_picks_nothing_with_every_algorithm(void **state)
 {
-    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
     struct sockaddr_in client = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
     struct lb_pick p = {.client = (struct sockaddr *)&client};
 
     assert_null(lb_pool_pick(fx.pool, &p));
-    for (size_t i = 0; i < sizeof(algos) / sizeof(algos[0]); i++) {
-        policy(algos[i], LB_CHECK_NONE, 0, 0);
+    for (size_t i = 0; i < N_ALGOS; i++) {
+        policy(test_algos[i], LB_CHECK_NONE, 0, 0);
         assert_null(lb_pool_pick(fx.pool, &p));
     }
 }
@@ -297,7 +297,6 @@ static void test_nothing_starts_on_a_retired_backend(void **state)
 /* A health flip in a pool of 10,000 updates the snapshot in place: no rebuild. */
 static void test_health_flip_updates_in_place(void **state)
 {
-    enum lb_algorithm algos[] = {LB_ALGO_WRR, LB_ALGO_LEASTCONN, LB_ALGO_P2C, LB_ALGO_MAGLEV};
     struct lb_update u = {.kind = LB_UPDATE_BACKEND_PUT, .pool = "p"};
     char id[16];
 
@@ -309,12 +308,12 @@ static void test_health_flip_updates_in_place(void **state)
         u.u.backend.weight = 100;
         fx.sink.apply(fx.sink.ctx, &u);
     }
-    for (size_t k = 0; k < sizeof(algos) / sizeof(algos[0]); k++) {
+    for (size_t k = 0; k < N_ALGOS; k++) {
         struct lb_backend *b = lb_pool_find(fx.pool, "b04242")->backend;
         uint64_t rebuilds;
         ev_tstamp t0, spent = 0;
 
-        policy(algos[k], LB_CHECK_NONE, 0, 0);
+        policy(test_algos[k], LB_CHECK_NONE, 0, 0);
         assert_int_equal(fx.pool->snap->n_eligible, 10000);
         rebuilds = fx.pool->rebuilds;
         for (int flip = 0; flip < 200; flip++) {
