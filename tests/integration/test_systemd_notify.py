@@ -22,7 +22,6 @@ and kills and reaps N by PID whatever happens (also on ctest's SIGTERM).
 """
 
 import atexit
-import ctypes
 import os
 import re
 import signal
@@ -35,13 +34,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
 from lbtest import (Backend, Etcd, Harness, HarnessTestCase, Lbd, ask, backend_key,  # noqa: E402
-                    backend_value, echo, open_conn, scaled, wait_until)
+                    backend_value, echo, open_conn, proc_state, scaled, set_subreaper,
+                    wait_until)
 
 PREFIX = "/lbtest-sdnotify/"
 POOL = "web"
 NOTIFY_MAX = 4096  # systemd reads at most this much of one datagram
-
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 class NotifySocket:
@@ -161,15 +159,6 @@ def wait_or_fail(predicate, timeout, what, alive=None, detail=None):
 # The upgraded lbd: a process the harness did not start.
 
 
-def proc_state(pid):
-    """The state letter of /proc/PID/stat ("R", "S", "Z", ...), None when gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def is_running(pid):
     return proc_state(pid) not in (None, "Z", "X")
 
@@ -268,9 +257,8 @@ if threading.current_thread() is threading.main_thread():
 
 
 def become_subreaper():
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    if not set_subreaper():
+        raise OSError("prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def running(lbd):

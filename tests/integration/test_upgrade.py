@@ -49,10 +49,7 @@ environment decides).
 The figures measured are printed as "figure:" lines.
 """
 
-import atexit
 import collections
-import ctypes
-import datetime
 import hashlib
 import heapq
 import json
@@ -72,8 +69,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Etcd, HarnessTestCase, Lbd, figure, lbd_binary, run, scaled,  # noqa: E402
-                    wait_until)
+from lbtest import (Etcd, ForeignProc, HarnessTestCase, Lbd, UpgradeLbd, figure,  # noqa: E402
+                    kv_int, lbd_binary, log_ts, run, scaled, set_subreaper,
+                    sockets_to_port_by_pid, unix_listener_pids, wait_until, workers_args)
 
 PREFIX = "/upgrade/"
 POOL = "up"
@@ -342,28 +340,6 @@ def require_upgrade_flag(case):
                   "live upgrade under test is not in this build" % lbd_binary())
 
 
-def workers_args(n):
-    """--workers n, unless LBD_WORKERS in the environment decides (the sanitizer build)."""
-    if n is None or os.environ.get("LBD_WORKERS"):
-        return []
-    return ["--workers", str(n)]
-
-
-def log_ts(line):
-    """The wall-clock time (epoch seconds) of an lbd log line's ts=, or None."""
-    m = re.search(r"\bts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z", line)
-    if not m:
-        return None
-    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%dT%H:%M:%S"
-    return datetime.datetime.strptime(m.group(1), fmt).replace(
-        tzinfo=datetime.timezone.utc).timestamp()
-
-
-def kv_int(line, key):
-    m = re.search(r"\b%s=(\d+)" % re.escape(key), line)
-    return int(m.group(1)) if m else None
-
-
 class LogWatch:
     """Reads a log file as it grows (lines of lbd, not the harness's ### header)."""
 
@@ -400,30 +376,15 @@ class LogWatch:
         return [ln for ln in self.scan() if needle in ln]
 
 
-class UpLbd(Lbd):
+class UpLbd(UpgradeLbd):
     """lbd with --upgrade-socket; successor() makes the next lbd with exactly
     the same flags (same ports and socket path; --workers may differ)."""
 
     def __init__(self, h, etcd_url, sock_path, name, workers=None, env=None, like=None):
-        self._like = like
-        self.sock_path = sock_path
-        self.workers = workers
         self._watch = None
         self._watch_proc = None
-        super().__init__(h, etcd_url, PREFIX, [POOL], extra_args=["--shutdown-grace", GRACE],
-                         env=env, name=name)
-
-    def _pick_ports(self):
-        if self._like is None:
-            super()._pick_ports()
-            return
-        self.pools = dict(self._like.pools)
-        self.admin_port = self._like.admin_port
-        self.http_port = self._like.http_port
-
-    def argv(self):
-        return (super().argv() + ["--upgrade-socket", self.sock_path]
-                + workers_args(self.workers))
+        super().__init__(h, etcd_url, PREFIX, [POOL], sock_path=sock_path, workers=workers,
+                         like=like, extra_args=["--shutdown-grace", GRACE], env=env, name=name)
 
     @property
     def port(self):
@@ -432,12 +393,6 @@ class UpLbd(Lbd):
     def successor(self, name, workers=None, env=None):
         return UpLbd(self.h, self.etcd_url, self.sock_path, name, workers=workers, env=env,
                      like=self)
-
-    def spawn(self):
-        """Starts it without waiting (a successor is ready when its log says so)."""
-        self.starts += 1
-        self.proc = self.h.spawn(self.name, self.argv(), env=self.env)
-        return self
 
     @property
     def log(self):
@@ -492,168 +447,6 @@ def handover_figures(old_log):
 def taken_over(new_log):
     """The sum of count= over the new lbd's `sessions taken over` lines."""
     return sum(kv_int(ln, "count") or 0 for ln in new_log.find_all(TAKEN_MARK))
-
-
-def sockets_to_port_by_pid(pids, port):
-    """{pid: established TCP sockets the process holds whose peer port is `port`}
-    (from /proc/net/tcp* and /proc/PID/fd)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port:
-                inodes.add(cols[9])
-    out = {}
-    for pid in pids:
-        n = 0
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            fds = []
-        for fd in fds:
-            try:
-                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                n += 1
-        out[pid] = n
-    return out
-
-
-def unix_listener_owners(path, pids):
-    """The pids (of `pids`) holding a unix socket listening at `path`
-    (from /proc/net/unix and /proc/PID/fd); [] when nobody listens there."""
-    inodes = set()
-    try:
-        with open("/proc/net/unix") as f:
-            rows = f.read().splitlines()[1:]
-    except OSError:
-        rows = []
-    for row in rows:
-        cols = row.split()
-        # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening
-        if len(cols) >= 8 and cols[7] == path and int(cols[3], 16) & 0x10000:
-            inodes.add(cols[6])
-    owners = []
-    for pid in pids:
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                owners.append(pid)
-                break
-    return owners
-
-
-# A process that is not the test's child (started by lbd on SIGUSR2): tracked
-# by PID.  While the test is a child subreaper, it becomes the test's child
-# once its parent exits, so it can be reaped and its exit code read.
-_PR_SET_CHILD_SUBREAPER = 36
-_foreign_pids = set()
-
-
-def set_subreaper(on):
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
-    except OSError:
-        return False
-
-
-class ForeignPid:
-    def __init__(self, pid):
-        self.pid = pid
-        self.returncode = None
-        _foreign_pids.add(pid)
-
-    def _reap(self):
-        if self.returncode is not None:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if pid == self.pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-            _foreign_pids.discard(self.pid)
-            return True
-        return False
-
-    def alive(self):
-        if self._reap():
-            return False
-        try:
-            with open("/proc/%d/stat" % self.pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X")
-
-    def cmdline(self):
-        with open("/proc/%d/cmdline" % self.pid, "rb") as f:
-            return [a.decode() for a in f.read().split(b"\0") if a]
-
-    def stop(self, timeout):
-        """SIGTERM, wait, SIGKILL: (exit code or None when not ours to reap, killed)."""
-        killed = False
-        if self.alive():
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + timeout
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self.alive():
-                killed = True
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 5
-                while self.alive() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-        _foreign_pids.discard(self.pid)
-        return self.returncode, killed
-
-
-def _kill_foreign_pids():
-    for pid in list(_foreign_pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-atexit.register(_kill_foreign_pids)
-_prev_sigterm = signal.getsignal(signal.SIGTERM)
-
-
-def _on_sigterm(signum, frame):
-    # ctest ends a test that ran out of time with SIGTERM, and atexit
-    # handlers do not run on death by signal: stop what lbd started too.
-    _kill_foreign_pids()
-    if callable(_prev_sigterm):
-        _prev_sigterm(signum, frame)
-    else:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 # ---------------------------------------------------------------------------
@@ -1281,7 +1074,7 @@ class Upgrade(HarnessTestCase):
         old.proc.send_signal(signal.SIGUSR2)
         pid_line, _ = old.wait_line(re.compile(r"\bnew_pid=\d+"), scaled(10),
                                     "%s to log new_pid= after SIGUSR2" % old.name)
-        child = ForeignPid(kv_int(pid_line, "new_pid"))
+        child = ForeignProc(kv_int(pid_line, "new_pid"))
         self.addCleanup(child.stop, 5)
         figure("sigusr2: new pid", child.pid)
         # The child writes to the stderr it inherited: the old lbd's log.
@@ -1336,7 +1129,7 @@ class Upgrade(HarnessTestCase):
         self.assertEqual(lbtest.echo(s, b"before\n"), b"before\n")
         rc, out, err = lbtest.lbctl("-o", "json", "upgrade", admin=old.admin)
         self.assertEqual(rc, 0, out + err)
-        child = ForeignPid(json.loads(out)["new_pid"])
+        child = ForeignProc(json.loads(out)["new_pid"])
         self.addCleanup(child.stop, 5)
         old.wait_line(READY_MARK, scaled(30), "the lbd started by lbctl upgrade to be ready")
         orc, _ = old.wait_exit(scaled(20), "the lbd started by lbctl upgrade logged ready")
@@ -1446,11 +1239,11 @@ class Upgrade(HarnessTestCase):
         st = os.stat(sock)
         self.assertTrue(stat.S_ISSOCK(st.st_mode), "%s is not a socket" % sock)
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o600, "mode of the upgrade socket")
-        self.assertEqual(unix_listener_owners(sock, [first.proc.pid]), [first.proc.pid],
+        self.assertEqual(unix_listener_pids(sock, [first.proc.pid]), [first.proc.pid],
                          "lbd listens on its upgrade socket (/proc/net/unix)")
         first.proc.kill()
         self.assertTrue(os.path.exists(sock), "the socket file should outlive kill -9")
-        self.assertEqual(unix_listener_owners(sock, [first.proc.pid]), [],
+        self.assertEqual(unix_listener_pids(sock, [first.proc.pid]), [],
                          "nobody listens on the stale socket file")
 
         fresh = first.successor("t6-lbd2", workers=1)
@@ -1459,7 +1252,7 @@ class Upgrade(HarnessTestCase):
         st2 = os.stat(sock)
         self.assertTrue(stat.S_ISSOCK(st2.st_mode))
         self.assertEqual(stat.S_IMODE(st2.st_mode), 0o600)
-        self.assertEqual(unix_listener_owners(sock, [fresh.proc.pid]), [fresh.proc.pid],
+        self.assertEqual(unix_listener_pids(sock, [fresh.proc.pid]), [fresh.proc.pid],
                          "the fresh lbd listens on the upgrade socket in place of the stale one")
         self.assertIsNone(fresh.log.find(READY_MARK), "the fresh lbd claimed an upgrade")
         fresh.stop(expect_rc=0)

@@ -47,11 +47,8 @@ stream, and splitting them would scatter what a replayed seed does.
 """
 
 import argparse
-import atexit
 import base64
 import collections
-import ctypes
-import datetime
 import errno
 import hashlib
 import json
@@ -591,29 +588,6 @@ class HealthzProbe(threading.Thread):
 # Upgrades: lbd processes (ours, and those lbd starts itself on SIGUSR2),
 # witness connections held across an upgrade, and a prober of new connections
 
-_PR_SET_CHILD_SUBREAPER = 36
-_foreign_pids = set()
-
-
-def set_subreaper():
-    """Makes the soak the reaper of orphaned descendants: an lbd started by
-    another lbd (SIGUSR2) becomes the soak's child once its parent exits, so
-    its exit code can be read."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except OSError:
-        return False
-
-
-def proc_state(pid):
-    """The state letter of /proc/PID/stat, or None when there is no such process."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
 
 def all_threads_stopped(pid):
     """True when every thread of pid is stopped (SIGSTOP took hold), or it is gone."""
@@ -632,156 +606,32 @@ def all_threads_stopped(pid):
     return True
 
 
-class ForeignProc:
-    """An lbd that another lbd started (SIGUSR2): not the soak's child until
-    its parent exits, tracked by PID; it writes to its parent's log.  Its exit
-    code is known when the soak reaped it (None otherwise)."""
-
-    def __init__(self, pid, name, log_path, argv):
-        self.pid = pid
-        self.name = name
-        self.log_path = log_path
-        self.argv = argv
-        self.returncode = None
-        _foreign_pids.add(pid)
-
-    def _reap(self):
-        if self.returncode is not None:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if pid == self.pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
-            _foreign_pids.discard(self.pid)
-            return True
-        return False
-
-    def alive(self):
-        if self._reap():
-            return False
-        state = proc_state(self.pid)
-        if state is None:
-            _foreign_pids.discard(self.pid)
-        return state is not None and state not in ("Z", "X")
-
-    def send_signal(self, sig):
-        if self.alive():
-            os.kill(self.pid, sig)
-
-    def wait(self, timeout):
-        deadline = now() + timeout
-        while self.alive():
-            if now() >= deadline:
-                return None
-            time.sleep(0.01)
-        return self.returncode
-
-    def stop(self, timeout=10.0, sig=signal.SIGTERM):
-        """sig, wait, SIGKILL: (exit code or None when not the soak's to reap, killed)."""
-        killed = False
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            if self.wait(timeout) is None and self.alive():
-                killed = True
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.wait(5)
-        _foreign_pids.discard(self.pid)
-        return self.returncode, killed
-
-    def kill(self):
-        return self.stop(timeout=0, sig=signal.SIGKILL)[0]
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines=80):
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def _kill_foreign_pids():
-    for pid in list(_foreign_pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-atexit.register(_kill_foreign_pids)
-_prev_sigterm = signal.getsignal(signal.SIGTERM)
-
-
-def _on_sigterm(signum, frame):
-    # ctest ends a soak that ran out of time with SIGTERM, and atexit handlers
-    # do not run on death by signal: what lbd started goes too.
-    _kill_foreign_pids()
-    if callable(_prev_sigterm):
-        _prev_sigterm(signum, frame)
-    else:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-
-if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def exit_code(proc):
     """An lbd process's exit code (None: running, or not the soak's to reap)."""
-    if isinstance(proc, ForeignProc):
+    if isinstance(proc, lbtest.ForeignProc):
         proc.alive()
         return proc.returncode
     return proc.popen.poll()
 
 
-class SoakLbd(lbtest.Lbd):
+class SoakLbd(lbtest.UpgradeLbd):
     """lbd with --upgrade-socket.  successor() is the next lbd with the same
     flags (the same ports and socket; --workers may differ); adopt() stands
     for the lbd that this one started on SIGUSR2."""
 
     def __init__(self, h, etcd_url, extra_args, env, name, sock_path=None, workers=None,
                  version=None, like=None, gen=1, pools=SERVED):
-        self._like = like
-        self.sock_path = sock_path
-        self.workers = workers
         self.version = version or ""   # LBD_TEST_HANDOVER_VERSION ("": the binary's own)
         self.gen = gen
         self.baseline = None           # (fds, rss kB) once measured
-        super().__init__(h, etcd_url, PREFIX, list(pools), extra_args=extra_args, env=env,
-                         name=name)
-
-    def _pick_ports(self):
-        if self._like is None:
-            super()._pick_ports()
-            return
-        self.pools = dict(self._like.pools)
-        self.admin_port = self._like.admin_port
-        self.http_port = self._like.http_port
-
-    def argv(self):
-        a = super().argv()
-        if self.sock_path:
-            a += ["--upgrade-socket", self.sock_path]
-        if self.workers and not os.environ.get("LBD_WORKERS"):
-            a += ["--workers", str(self.workers)]
-        return a
+        super().__init__(h, etcd_url, PREFIX, list(pools), sock_path=sock_path, workers=workers,
+                         like=like, extra_args=extra_args, env=env, name=name)
 
     @property
     def label(self):
+        by_usr2 = isinstance(self.proc, lbtest.ForeignProc)
         return "lbd #%d (pid %d%s)" % (self.gen, self.proc.pid,
-                                       ", started by SIGUSR2" if isinstance(self.proc, ForeignProc)
-                                       else "")
+                                       ", started by SIGUSR2" if by_usr2 else "")
 
     def successor(self, gen, workers, version):
         env = dict(self.env or {})
@@ -794,13 +644,8 @@ class SoakLbd(lbtest.Lbd):
         child = SoakLbd(self.h, self.etcd_url, self.extra_args, self.env, "lbd-gen%d" % gen,
                         self.sock_path, self.workers, self.version, like=self, gen=gen,
                         pools=self.pool_names)
-        child.proc = ForeignProc(pid, child.name, self.proc.log_path, self.proc.argv)
+        child.proc = lbtest.ForeignProc(pid, child.name, self.proc.log_path, self.proc.argv)
         return child
-
-    def spawn(self):
-        self.starts += 1
-        self.proc = self.h.spawn(self.name, self.argv(), env=self.env)
-        return self
 
 
 def read_from(path, offset):
@@ -818,86 +663,6 @@ def file_size(path):
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def log_time(line):
-    """The wall-clock time (epoch seconds) of an lbd log line's ts=, or None."""
-    m = re.search(r"\bts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z", line)
-    if not m:
-        return None
-    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%dT%H:%M:%S"
-    return datetime.datetime.strptime(m.group(1), fmt).replace(
-        tzinfo=datetime.timezone.utc).timestamp()
-
-
-def kv_int(line, key):
-    m = re.search(r"\b%s=(\d+)" % re.escape(key), line)
-    return int(m.group(1)) if m else None
-
-
-def tcp_sockets():
-    """{inode: (state, local port, remote port)} of every TCP socket on the host."""
-    out = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9:
-                out[cols[9]] = (cols[3], int(cols[1].rsplit(":", 1)[1], 16),
-                                int(cols[2].rsplit(":", 1)[1], 16))
-    return out
-
-
-def pids_holding(inodes, pids):
-    """Those of pids that hold a socket of one of these inodes (/proc/PID/fd)."""
-    out = []
-    want = {"socket:[%s]" % i for i in inodes}
-    for pid in pids:
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in want:
-                    out.append(pid)
-                    break
-            except OSError:
-                continue
-    return out
-
-
-def unix_listener_pids(path, pids):
-    """Those of pids that hold a unix socket listening at path (/proc/net/unix)."""
-    inodes = set()
-    try:
-        with open("/proc/net/unix") as f:
-            rows = f.read().splitlines()[1:]
-    except OSError:
-        rows = []
-    for row in rows:
-        cols = row.split()
-        if len(cols) >= 8 and cols[7] == path and int(cols[3], 16) & 0x10000:
-            inodes.add(cols[6])
-    owners = []
-    for pid in pids:
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                owners.append(pid)
-                break
-    return owners
 
 
 class Witness:
@@ -1398,7 +1163,7 @@ class Soak:
         if "UBSAN_OPTIONS" not in os.environ:
             env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
         if not self.no_upgrade_socket:
-            set_subreaper()
+            lbtest.set_subreaper()
         if self.use_wit:
             self.wfarm = BackendFarm(self.h, 1)
             for srv in self.wfarm.servers.values():
@@ -2345,13 +2110,13 @@ class Soak:
     def check_moved(self, witnesses, old, new, since):
         """Each witness a new lbd of the same session version has the backend
         of is held by the new lbd only (its socket in /proc/PID/fd)."""
-        socks = tcp_sockets()
+        socks = lbtest.tcp_sockets()
         for w in witnesses:
             if w.error or not w.guarded or not w.movable:
                 continue
             port = new.pool_port(w.pool)
             inodes = {ino for ino, (st, lp, rp) in socks.items() if lp == port and rp == w.port}
-            owners = pids_holding(inodes, [old.proc.pid, new.proc.pid])
+            owners = lbtest.pids_holding(inodes, [old.proc.pid, new.proc.pid])
             if old.proc.pid in owners and old.proc.alive():
                 raise SoakFailure(
                     "upgrade: the %s (client port %d) is still held by the old %s %.1f s after "
@@ -2436,7 +2201,7 @@ class Soak:
         """One upgrade of lbd (or an aborted one) with witnesses held across
         it and a prober of new connections running all the way."""
         old = self.lbd
-        while self.retiring and isinstance(old.proc, ForeignProc):
+        while self.retiring and isinstance(old.proc, lbtest.ForeignProc):
             # Its parent must be gone first: then its exit code is the soak's to read.
             self.pause(0.05)
         synced = self.wait_lbd_synced()
@@ -2689,8 +2454,8 @@ class Soak:
                               "of its kill -9" % (old.label, "a new lbd is taking over", pid,
                                                   WENT_AWAY_MARK, lbtest.scaled(10.0)))
         self.counts["upgrade.abort_old_told" if told() else "upgrade.abort_old_not_told"] += 1
-        if old.sock_path and old.proc.pid not in unix_listener_pids(old.sock_path,
-                                                                    [old.proc.pid]):
+        if old.sock_path and old.proc.pid not in lbtest.unix_listener_pids(
+                old.sock_path, [old.proc.pid]):
             raise SoakFailure("upgrade.abort: %s no longer listens on its upgrade socket %s "
                               "after the new lbd was killed" % (old.label, old.sock_path))
         return True
@@ -2717,7 +2482,7 @@ class Soak:
             info["old_exit_seen_s"] = round(now() - r["t_ready"], 2)
             info["old_rc"] = rc
             text = read_from(old.proc.log_path, info["old_offset"])
-            stopped = [log_time(ln) for ln in text.splitlines() if 'msg="stopped"' in ln]
+            stopped = [lbtest.log_ts(ln) for ln in text.splitlines() if 'msg="stopped"' in ln]
             t_wall = info.pop("t_ready_wall", None)
             if stopped and stopped[-1] is not None and t_wall is not None:
                 # when it logged its last line, by its clock (the soak may look later)
@@ -2734,11 +2499,11 @@ class Soak:
             if not lines:
                 raise SoakFailure("upgrade: the old %s exited without logging %r"
                                   % (old.label, mark))
-            moved, kept = kv_int(lines[-1], "moved"), kv_int(lines[-1], "kept")
+            moved, kept = lbtest.kv_int(lines[-1], "moved"), lbtest.kv_int(lines[-1], "kept")
             info["moved"], info["kept"] = moved, kept
             exiting = [ln for ln in text.splitlines() if "upgrade: exiting" in ln]
             if exiting:
-                info["finished_here"] = kv_int(exiting[-1], "finished_here")
+                info["finished_here"] = lbtest.kv_int(exiting[-1], "finished_here")
             self.counts["upgrade.sessions_moved"] += moved or 0
             self.counts["upgrade.sessions_kept"] += kept or 0
             if not r["moves"] and moved:
@@ -2778,17 +2543,12 @@ class Soak:
         pid = lbd.proc.pid
         samples = []
         while True:
-            try:
-                fds = os.listdir("/proc/%d/fd" % pid)
-            except OSError:
+            links = lbtest.fd_links(pid)
+            if links is None:
                 break
-            socks = tcp_sockets()
+            socks = lbtest.tcp_sockets()
             n = 0
-            for fd in fds:
-                try:
-                    link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-                except OSError:
-                    continue
+            for link in links:
                 st = socks.get(link[8:-1]) if link.startswith("socket:[") else None
                 if st and st[0] != "0A" and (st[1] in local or st[2] in remote):
                     continue
@@ -3351,7 +3111,7 @@ def main():
             soak.probe._halt.set()
         for x in reversed(soak.lbds):
             # The lbds that lbd started (SIGUSR2) are not the harness's: stopped by PID here.
-            if isinstance(x.proc, ForeignProc) and x.proc.alive():
+            if isinstance(x.proc, lbtest.ForeignProc) and x.proc.alive():
                 try:
                     x.proc.stop(timeout=5)
                 except Exception as exc:  # noqa: BLE001

@@ -15,7 +15,9 @@ One module per concern; this package re-exports every name, so tests
 write `import lbtest` or `from lbtest import X`:
 
     procs      processes and waiting: Proc, Harness, run, wait_until,
-               free_port, port_is_open, scaled, the binaries
+               free_port, port_is_open, scaled, the binaries; ForeignProc
+               (a process tracked by PID that is not ours: an lbd another
+               lbd started on SIGUSR2), set_subreaper, proc_state
     etcd       Etcd, EtcdCluster, EtcdClient, EtcdError
     tls        TlsFiles
     backends   Backend (id line then echo; kill, restart; PROXY header mode),
@@ -23,6 +25,10 @@ write `import lbtest` or `from lbtest import X`:
     lbd        Lbd, lbctl, Registrar, the key schema, parse_prometheus
     clients    ask, ask_many, open_conn, echo, ClientLoop, percentile,
                http_request, client_of, parse_kv (access lines), ended
+    upgrade    live upgrades: UpgradeLbd (--upgrade-socket, a successor on the
+               same ports), workers_args, log_ts, kv_int (lbd log lines),
+               tcp_sockets, pids_holding, sockets_to_port_by_pid,
+               unix_listener_pids, fd_links (who holds which socket, from /proc)
     testcase   HarnessTestCase, main
 
 Waiting is always on a condition with a deadline (wait_until), never a
@@ -44,16 +50,19 @@ from .clients import (ClientLoop, ask, ask_many, client_of, echo, ended, http_re
 from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
 from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
                   lbctl, lbd_pool, override_key, parse_prometheus)
-from .procs import (REPO_ROOT, TIMEOUT_SCALE, Harness, Proc, WaitTimeout, bin_dir, free_port,
-                    lbctl_binary, lbd_binary, port_is_open, reserve_port, run, scaled,
-                    wait_until)
+from .procs import (REPO_ROOT, TIMEOUT_SCALE, ForeignProc, Harness, Proc, WaitTimeout, bin_dir,
+                    free_port, lbctl_binary, lbd_binary, port_is_open, proc_state, reserve_port,
+                    run, scaled, set_subreaper, wait_until)
 from .testcase import HarnessTestCase, case_failed, main
 from .tls import TlsFiles
+from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding,
+                      sockets_to_port_by_pid, tcp_sockets, unix_listener_pids, workers_args)
 
 __all__ = [
     # procs
-    "REPO_ROOT", "TIMEOUT_SCALE", "Harness", "Proc", "WaitTimeout", "bin_dir", "free_port",
-    "lbctl_binary", "lbd_binary", "port_is_open", "reserve_port", "run", "scaled", "wait_until",
+    "REPO_ROOT", "TIMEOUT_SCALE", "ForeignProc", "Harness", "Proc", "WaitTimeout", "bin_dir",
+    "free_port", "lbctl_binary", "lbd_binary", "port_is_open", "proc_state", "reserve_port",
+    "run", "scaled", "set_subreaper", "wait_until",
     # etcd
     "Etcd", "EtcdClient", "EtcdCluster", "EtcdError", "prefix_range_end",
     # tls
@@ -68,6 +77,9 @@ __all__ = [
     "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
     "read_line", "watch_closes", "recv_line_bytes", "close_all", "figure", "client_of",
     "parse_kv", "ended",
+    # upgrade
+    "UpgradeLbd", "fd_links", "kv_int", "log_ts", "pids_holding", "sockets_to_port_by_pid",
+    "tcp_sockets", "unix_listener_pids", "workers_args",
     # testcase
     "HarnessTestCase", "case_failed", "main",
 ]

@@ -4,7 +4,9 @@ that owns them, and wait_until(), the only way a test waits.
 
 Every child dies with the test process (PR_SET_PDEATHSIG), and everything
 still running is stopped at exit and on SIGTERM (how ctest ends a test that
-ran out of time), so no etcd or lbd outlives its test.
+ran out of time), so no etcd or lbd outlives its test.  So does a process
+that is not the test's child but is tracked by PID (ForeignProc: an lbd
+that another lbd started on SIGUSR2): it is SIGKILLed then.
 """
 
 import atexit
@@ -158,7 +160,57 @@ _all_procs = []
 _all_procs_lock = threading.Lock()
 
 
-class Proc:
+class _Tracked:
+    """What Proc and ForeignProc share: signals by PID, stop(), and the log
+    file.  A subclass has pid, log_path, returncode, alive(), wait(timeout)
+    (the exit code, None at the deadline) and _stopped()."""
+
+    _WAIT_AFTER_SIGKILL = None   # stop() waits this long after a SIGKILL (None: no limit)
+
+    def send_signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout=10.0, sig=signal.SIGTERM):
+        """sig, wait up to `timeout`, then SIGKILL.
+
+        Returns (exit code, killed) where killed tells whether SIGKILL was
+        needed.  Exit codes follow Popen: -N for death by signal N (None:
+        a ForeignProc that was not ours to reap).
+        """
+        killed = False
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if self.wait(timeout) is None and self.alive():
+                killed = True
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.wait(self._WAIT_AFTER_SIGKILL)
+        self._stopped()
+        return self.returncode, killed
+
+    def kill(self):
+        return self.stop(timeout=0, sig=signal.SIGKILL)[0]
+
+    def log_text(self):
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines=80):
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class Proc(_Tracked):
     """A child process with its output in a log file, tracked by PID."""
 
     def __init__(self, name, argv, log_path, env=None, cwd=None):
@@ -182,10 +234,6 @@ class Proc:
     def alive(self):
         return self.popen.poll() is None
 
-    def send_signal(self, sig):
-        if self.alive():
-            os.kill(self.pid, sig)
-
     def wait(self, timeout):
         """Returns the exit code, or None if still running at the deadline."""
         try:
@@ -194,45 +242,10 @@ class Proc:
             return None
         return self.returncode
 
-    def stop(self, timeout=10.0, sig=signal.SIGTERM):
-        """sig, wait up to `timeout`, then SIGKILL.
-
-        Returns (exit code, killed) where killed tells whether SIGKILL was
-        needed.  Exit codes follow Popen: -N for death by signal N.
-        """
-        killed = False
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            if self.wait(timeout) is None:
-                killed = True
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait()
+    def _stopped(self):
         self.returncode = self.popen.returncode
-        self._close_log()
-        return self.returncode, killed
-
-    def kill(self):
-        return self.stop(timeout=0, sig=signal.SIGKILL)[0]
-
-    def _close_log(self):
         if not self._log.closed:
             self._log.close()
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines=80):
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 def _stop_all_procs():
@@ -248,8 +261,105 @@ def _stop_all_procs():
 atexit.register(_stop_all_procs)
 
 
+# ---------------------------------------------------------------------------
+# Processes that are not the test's children
+
+_PR_SET_CHILD_SUBREAPER = 36
+_foreign_pids = set()
+
+
+def set_subreaper(on=True):
+    """Makes this process the reaper of orphaned descendants (or no longer,
+    with on=False): an lbd started by another lbd (SIGUSR2) becomes our child
+    once its parent exits, so its exit code can be read.  True if it took."""
+    if _libc is None:
+        return False
+    return _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat, or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+class ForeignProc(_Tracked):
+    """A process that is not the test's child (an lbd that another lbd
+    started on SIGUSR2), tracked by PID; it may write to its parent's log
+    (log_path).  While the test is a child subreaper (set_subreaper) it
+    becomes the test's child once its parent exits: then it is reaped and
+    its exit code known (returncode; None otherwise).  Until stopped or
+    seen gone it is SIGKILLed at exit and on SIGTERM."""
+
+    _WAIT_AFTER_SIGKILL = 5
+
+    def __init__(self, pid, name=None, log_path=None, argv=None):
+        self.pid = pid
+        self.name = name or "pid %d" % pid
+        self.log_path = log_path
+        self.argv = argv
+        self.returncode = None
+        _foreign_pids.add(pid)
+
+    def _reap(self):
+        if self.returncode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            _foreign_pids.discard(self.pid)
+            return True
+        return False
+
+    def alive(self):
+        if self._reap():
+            return False
+        state = proc_state(self.pid)
+        if state is None:
+            _foreign_pids.discard(self.pid)
+        return state is not None and state not in ("Z", "X")
+
+    def cmdline(self):
+        """Its path and argv (/proc/PID/cmdline)."""
+        with open("/proc/%d/cmdline" % self.pid, "rb") as f:
+            return [a.decode() for a in f.read().split(b"\0") if a]
+
+    def wait(self, timeout):
+        """The exit code once it is gone (None when not ours to reap), or None
+        if still running at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+        return self.returncode
+
+    def _stopped(self):
+        _foreign_pids.discard(self.pid)
+
+
+def _kill_foreign_pids():
+    for pid in list(_foreign_pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# Registered after _stop_all_procs, so it runs first.
+atexit.register(_kill_foreign_pids)
+
+
 def _on_sigterm(signum, frame):
-    # ctest and CI stop tests with SIGTERM: clean up, then die of it.
+    # ctest and CI stop tests with SIGTERM, and atexit handlers do not run
+    # on death by signal: clean up (what lbd started too), then die of it.
+    _kill_foreign_pids()
     _stop_all_procs()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
