@@ -39,14 +39,13 @@ import stat
 import sys
 import threading
 import time
-import unittest
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chartlib  # noqa: E402
 
 import lbtest  # noqa: E402  (chartlib put tests/integration on sys.path)
-from lbtest import (Backend, Etcd, EtcdClient, Harness, HarnessTestCase, TlsFiles, ask,  # noqa: E402
+from lbtest import (Backend, Etcd, Harness, HarnessTestCase, TlsFiles, ask,  # noqa: E402
                     free_port, lbctl_binary, lbd_binary, read_line, run, scaled, wait_until)
 
 ETCD_USER, ETCD_PASSWORD = "lbd", 's3cr3t:"q\\'  # a colon, a quote, a backslash

@@ -48,7 +48,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many, close_all,  # noqa: E402
+from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many,  # noqa: E402
                     echo, figure, free_port, open_conn, recv_line_bytes, scaled, wait_until,
                     watch_closes)
 

@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import Etcd, HarnessTestCase, Lbd, ask, free_port, scaled, wait_until  # noqa: E402
+from lbtest import Etcd, HarnessTestCase, Lbd, ask, scaled, wait_until  # noqa: E402
 
 PREFIX = "/life/"
 NO_CHECKS = {"type": "none"}
