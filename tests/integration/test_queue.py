@@ -23,7 +23,11 @@ against lbd --workers 2, with one backend at max_conns 1:
      `lbctl pools` the QUEUED column and `-o json` "queued",
      `lbctl show sessions` the waiting clients with state queued;
   6. queue_timeout 0 (the default): the client is closed at once
-     (end=no_backend), nothing waits.
+     (end=no_backend), nothing waits;
+  7. every algorithm (wrr, leastconn, p2c, maglev) over two backends at
+     max_conns 1: two holders, four waiting; as holders and then the served
+     leave one at a time, the four are served in arrival order and no
+     backend ever holds two.
 """
 
 import json
@@ -45,7 +49,9 @@ POLICIES = {
     "leave": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
     "raise": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
     "off": {"health": NO_CHECKS, "max_conns": 1},
+    "algos": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
 }
+ALGOS_BACKENDS = 2
 
 
 class NameBackend(ThreadedServer):
@@ -92,11 +98,15 @@ class QueueTest(HarnessTestCase):
             b = cls.backends[pool] = NameBackend(cls.h)
             cls.etcd.put("%spools/%s/backends/b1" % (PREFIX, pool),
                          json.dumps({"addr": b.addr, "weight": 100}))
+        cls.algo_backends = [cls.backends["algos"], NameBackend(cls.h)]
+        cls.etcd.put("%spools/algos/backends/b2" % PREFIX,
+                     json.dumps({"addr": cls.algo_backends[1].addr, "weight": 100}))
         cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX, list(POLICIES),
                       extra_args=["--workers", "2"]).start()
         for pool in POLICIES:
-            wait_until(lambda: len(cls.lbd.backends(pool)) == 1, scaled(10),
-                       "the backend of %s" % pool)
+            n = ALGOS_BACKENDS if pool == "algos" else 1
+            wait_until(lambda: len(cls.lbd.backends(pool)) == n, scaled(10),
+                       "the backends of %s" % pool)
 
     @classmethod
     def tearDownWorld(cls):
@@ -258,6 +268,36 @@ class QueueTest(HarnessTestCase):
         self.assertNotIn("queue_ms", line)
         self.assertEqual(self.lbd.metric("lbd_pool_queued_total", pool=pool), 0)
         holder.close()
+
+    def test_7_every_algorithm_queues_in_order(self):
+        pool = "algos"
+        for algo in ("wrr", "leastconn", "p2c", "maglev"):
+            with self.subTest(algorithm=algo):
+                policy = dict(POLICIES[pool], algorithm=algo)
+                self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
+                wait_until(lambda: "pool=algos algorithm=%s " % algo in self.lbd.log_text(),
+                           scaled(5), "lbd to apply %s" % algo)
+                for b in self.algo_backends:
+                    b.peak = b.open
+                    b.names.clear()
+                holders = [self.hold(pool, "h%d" % i) for i in range(ALGOS_BACKENDS)]
+                waiting = []
+                for i in range(4):
+                    waiting.append(self.connect(pool, "%s%d" % (algo, i)))
+                    self.wait_queued(pool, i + 1)
+                ahead = holders + waiting
+                for i, s in enumerate(waiting):
+                    ahead.pop(0).close()  # the oldest connection leaves: one slot frees
+                    self.assertEqual(recv_line_bytes(s), b"OK %s%d\n" % (algo.encode(), i),
+                                     "%s: client %d out of turn" % (algo, i))
+                for s in ahead:
+                    s.close()
+                self.wait_queued(pool, 0)
+                self.assertEqual([b.peak for b in self.algo_backends], [1, 1],
+                                 "%s: a backend held two" % algo)
+                seen = sorted(n for b in self.algo_backends for n in b.seen()
+                              if n.startswith(algo))
+                self.assertEqual(seen, ["%s%d" % (algo, i) for i in range(4)])
 
 
 if __name__ == "__main__":
