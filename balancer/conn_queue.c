@@ -1,7 +1,11 @@
 /*
- * A pool's waiting clients (conn_queue.h): a list under a mutex, touched
- * only by clients that wait and by the releases and snapshots that may end
- * their wait.
+ * A pool's waiting clients (conn_queue.h): two lists under a mutex, those
+ * waiting by arrival and those granted a slot not yet taken, touched only
+ * by clients that wait and by the releases and snapshots that may end
+ * their wait.  A grant takes the head of the first list (O(1)); a worker
+ * looks only at the second, which holds about as many entries as slots
+ * just freed; a client put back after a grant that found no slot is among
+ * the oldest, so its place is found near the head.
  */
 #include "conn_queue.h"
 
@@ -10,6 +14,7 @@
 int lb_conn_queue_init(struct lb_conn_queue *q)
 {
     lb_list_init(&q->waiting);
+    lb_list_init(&q->granted);
     q->next_seq = 0;
     atomic_init(&q->length, 0);
     return pthread_mutex_init(&q->lock, NULL) ? -ENOMEM : 0;
@@ -42,7 +47,8 @@ void lb_conn_queue_add(struct lb_conn_queue *q, struct lb_queued *e, struct ev_l
         e->seq = ++q->next_seq;
         lb_list_insert_tail(&q->waiting, &e->link);
     } else {
-        /* Back after a grant that found no slot: before the first that came later. */
+        /* Back after a grant that found no slot: before the first that came
+         * later (it is among the oldest, so the walk is short). */
         for (pos = q->waiting.next; pos != &q->waiting; pos = pos->next)
             if (lb_list_entry(pos, struct lb_queued, link)->seq > e->seq)
                 break;
@@ -74,15 +80,14 @@ void lb_conn_queue_grant(struct lb_conn_queue *q)
     struct lb_list *pos;
 
     pthread_mutex_lock(&q->lock);
-    for (pos = q->waiting.next; pos != &q->waiting; pos = pos->next) {
+    if ((pos = lb_list_first(&q->waiting))) {
         struct lb_queued *e = lb_list_entry(pos, struct lb_queued, link);
 
-        if (!e->granted) {
-            e->granted = true;
-            loop = e->loop;
-            wake = e->wake;
-            break;
-        }
+        lb_list_remove(pos);
+        lb_list_insert_tail(&q->granted, pos);
+        e->granted = true;
+        loop = e->loop;
+        wake = e->wake;
     }
     pthread_mutex_unlock(&q->lock);
     if (wake)
@@ -96,11 +101,11 @@ size_t lb_conn_queue_take_granted(struct lb_conn_queue *q, struct ev_loop *loop,
     size_t n = 0;
 
     pthread_mutex_lock(&q->lock);
-    for (pos = q->waiting.next; pos != &q->waiting; pos = next) {
+    for (pos = q->granted.next; pos != &q->granted; pos = next) {
         struct lb_queued *e = lb_list_entry(pos, struct lb_queued, link);
 
         next = pos->next;
-        if (e->granted && e->loop == loop) {
+        if (e->loop == loop) {
             lb_list_remove(&e->link);
             lb_list_insert_tail(out, &e->link);
             n++;

@@ -35,14 +35,15 @@
 
 struct lb_conn_queue {
     pthread_mutex_t lock;
-    struct lb_list waiting; /* struct lb_queued, by arrival (seq) */
+    struct lb_list waiting; /* struct lb_queued without a grant, by arrival (seq) */
+    struct lb_list granted; /* granted, not yet taken by their workers: a few */
     uint64_t next_seq;
-    _Atomic uint64_t length; /* entries on `waiting`: readable without the lock */
+    _Atomic uint64_t length; /* entries on either list: readable without the lock */
 };
 
 /* One waiting client; embedded in its session, owned by its worker. */
 struct lb_queued {
-    struct lb_list link;  /* on the queue's list, under its lock */
+    struct lb_list link;  /* on one of the queue's lists, under its lock */
     uint64_t seq;         /* arrival order, 0 until first queued; kept when queued again */
     bool granted;         /* under the lock: a slot may be free for it */
     struct ev_loop *loop; /* its worker's loop and wake-up, set when queued */
@@ -70,13 +71,13 @@ void lb_conn_queue_add(struct lb_conn_queue *q, struct lb_queued *e, struct ev_l
  */
 bool lb_conn_queue_remove(struct lb_conn_queue *q, struct lb_queued *e);
 
-/* Grants the oldest entry without a grant, if any, and wakes its worker. */
+/* Grants the oldest entry without a grant, if any, and wakes its worker.  O(1). */
 void lb_conn_queue_grant(struct lb_conn_queue *q);
 
 /*
- * Moves the granted entries queued from `loop` onto `out` (oldest first,
- * still marked granted): the worker of `loop` now owns them.  Returns how
- * many.
+ * Moves the granted entries queued from `loop` onto `out` (in the order
+ * they were granted, oldest first; still marked granted): the worker of
+ * `loop` now owns them.  Returns how many.  Walks the granted entries only.
  */
 size_t lb_conn_queue_take_granted(struct lb_conn_queue *q, struct ev_loop *loop,
                                   struct lb_list *out);

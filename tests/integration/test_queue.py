@@ -27,18 +27,22 @@ against lbd --workers 2, with one backend at max_conns 1:
   7. every algorithm (wrr, leastconn, p2c, maglev) over two backends at
      max_conns 1: two holders, four waiting; as holders and then the served
      leave one at a time, the four are served in arrival order and no
-     backend ever holds two.
+     backend ever holds two;
+  8. a crowd: 2,000 clients at once on a backend at max_conns 20 all wait
+     and are all served, never more than 20 at once, while /metrics keeps
+     answering; the time to drain the queue is a figure.
 """
 
 import json
 import os
+import selectors
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, ended,  # noqa: E402
-                    figure, lbctl, parse_kv, recv_line_bytes, scaled, wait_until)
+                    figure, lbctl, parse_kv, raise_nofile, recv_line_bytes, scaled, wait_until)
 
 PREFIX = "/queue/"
 NO_CHECKS = {"type": "none", "fall": 50}
@@ -50,7 +54,9 @@ POLICIES = {
     "raise": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
     "off": {"health": NO_CHECKS, "max_conns": 1},
     "algos": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
+    "crowd": {"health": NO_CHECKS, "max_conns": 20, "queue_timeout": "60s"},
 }
+CROWD = 2000
 ALGOS_BACKENDS = 2
 
 
@@ -91,6 +97,7 @@ class NameBackend(ThreadedServer):
 class QueueTest(HarnessTestCase):
     @classmethod
     def setUpWorld(cls):
+        raise_nofile()
         cls.etcd = Etcd(cls.h).start()
         cls.backends = {}
         for pool, policy in POLICIES.items():
@@ -298,6 +305,54 @@ class QueueTest(HarnessTestCase):
                 seen = sorted(n for b in self.algo_backends for n in b.seen()
                               if n.startswith(algo))
                 self.assertEqual(seen, ["%s%d" % (algo, i) for i in range(4)])
+
+    def test_8_a_crowd_waits_and_is_served(self):
+        pool, cap = "crowd", POLICIES["crowd"]["max_conns"]
+        backend = self.backends[pool]
+        sel = selectors.DefaultSelector()
+        t0 = time.monotonic()
+        for i in range(CROWD):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", self.lbd.pool_port(pool)))
+            sel.register(s, selectors.EVENT_WRITE, [i, b""])
+        pending, served, peak_queue = CROWD, 0, 0
+        deadline = time.monotonic() + scaled(60)
+        last_metrics = 0.0
+        while pending and time.monotonic() < deadline:
+            for key, ev in sel.select(timeout=0.5):
+                s, st = key.fileobj, key.data
+                if ev & selectors.EVENT_WRITE:
+                    s.send(b"NAME c%d\n" % st[0])  # small: the kernel takes it whole
+                    sel.modify(s, selectors.EVENT_READ, st)
+                    continue
+                try:
+                    d = s.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    d = b""
+                st[1] += d
+                if not d or st[1].endswith(b"\n"):
+                    if st[1] == b"OK c%d\n" % st[0]:
+                        served += 1
+                    sel.unregister(s)
+                    s.close()
+                    pending -= 1
+            if time.monotonic() - last_metrics > 0.5:  # lbd keeps answering meanwhile
+                last_metrics = time.monotonic()
+                peak_queue = max(peak_queue, self.queued(pool))
+        took = time.monotonic() - t0
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+        figure("queue: %d clients through a backend at max_conns %d" % (CROWD, cap),
+               "%.2f s, peak queue %d" % (took, peak_queue))
+        self.assertEqual(served, CROWD, "clients not served")
+        self.assertLessEqual(backend.peak, cap, "max_conns exceeded")
+        self.assertGreater(peak_queue, cap, "the crowd never queued")
+        self.wait_queued(pool, 0)
+        self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), 0)
 
 
 if __name__ == "__main__":

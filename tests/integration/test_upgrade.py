@@ -56,7 +56,6 @@ import json
 import os
 import random
 import re
-import resource
 import selectors
 import signal
 import socket
@@ -70,7 +69,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
 from lbtest import (Etcd, ForeignProc, HarnessTestCase, Lbd, UpgradeLbd, figure,  # noqa: E402
-                    kv_int, lbd_binary, log_ts, run, scaled, set_subreaper,
+                    kv_int, lbd_binary, log_ts, raise_nofile, run, scaled, set_subreaper,
                     sockets_to_port_by_pid, unix_listener_pids, wait_until, workers_args)
 
 PREFIX = "/upgrade/"
@@ -317,13 +316,6 @@ def serve_backend():
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-def raise_nofile(want=16384):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 _upgrade_supported = None

@@ -17,7 +17,7 @@ write `import lbtest` or `from lbtest import X`:
     procs      processes and waiting: Proc, Harness, run, wait_until,
                free_port, port_is_open, scaled, the binaries; ForeignProc
                (a process tracked by PID that is not ours: an lbd another
-               lbd started on SIGUSR2), set_subreaper, proc_state
+               lbd started on SIGUSR2), set_subreaper, proc_state, raise_nofile
     etcd       Etcd, EtcdCluster, EtcdClient, EtcdError
     tls        TlsFiles
     backends   Backend (id line then echo; kill, restart; PROXY header mode),
@@ -51,8 +51,8 @@ from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
 from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
                   lbctl, lbd_pool, override_key, parse_prometheus)
 from .procs import (REPO_ROOT, TIMEOUT_SCALE, ForeignProc, Harness, Proc, WaitTimeout, bin_dir,
-                    free_port, lbctl_binary, lbd_binary, port_is_open, proc_state, reserve_port,
-                    run, scaled, set_subreaper, wait_until)
+                    free_port, lbctl_binary, lbd_binary, port_is_open, proc_state, raise_nofile,
+                    reserve_port, run, scaled, set_subreaper, wait_until)
 from .testcase import HarnessTestCase, case_failed, main
 from .tls import TlsFiles
 from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding,
@@ -61,8 +61,8 @@ from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding,
 __all__ = [
     # procs
     "REPO_ROOT", "TIMEOUT_SCALE", "ForeignProc", "Harness", "Proc", "WaitTimeout", "bin_dir",
-    "free_port", "lbctl_binary", "lbd_binary", "port_is_open", "proc_state", "reserve_port",
-    "run", "scaled", "set_subreaper", "wait_until",
+    "free_port", "lbctl_binary", "lbd_binary", "port_is_open", "proc_state", "raise_nofile",
+    "reserve_port", "run", "scaled", "set_subreaper", "wait_until",
     # etcd
     "Etcd", "EtcdClient", "EtcdCluster", "EtcdError", "prefix_range_end",
     # tls

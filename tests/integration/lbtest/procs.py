@@ -12,6 +12,7 @@ that another lbd started on SIGUSR2): it is SIGKILLed then.
 import atexit
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -424,6 +425,15 @@ class Harness:
             shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise errors[0]
+
+
+def raise_nofile(want=16384):
+    """Raises this process's open-files soft limit to `want` (at most the
+    hard limit): for tests that hold thousands of sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def run(argv, timeout=30, env=None, input_bytes=None, cwd=None):
