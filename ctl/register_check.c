@@ -31,6 +31,9 @@
 #define CHECK_PATH_MAX 256
 #define USER_AGENT     "lbctl-register-check"
 
+/* The last check's outcome: "tcp connect to TARGET failed: CURL ERROR" at the longest. */
+#define CHECK_LAST_MAX (LBCTL_CHECK_URL_MAX + CURL_ERROR_SIZE + 40)
+
 struct lbctl_check {
     struct lbctl_check_spec spec;
     CURLM *multi;
@@ -42,8 +45,8 @@ struct lbctl_check {
     double left_at; /* when lbctl_check_wait() last returned; 0 before the first call */
     struct lbctl_check_state state;
     char errbuf[CURL_ERROR_SIZE];
-    char last[LBCTL_CHECK_URL_MAX + 160];
-    char reason[LBCTL_CHECK_URL_MAX + 240];
+    char last[CHECK_LAST_MAX];
+    char reason[CHECK_LAST_MAX + 80]; /* "backend ready: LAST (N checks in a row)" */
 };
 
 static double monotonic_s(void)
