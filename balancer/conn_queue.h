@@ -7,20 +7,20 @@
  * may be the turn of a client accepted by another.  The queue holds
  * entries embedded in sessions; only the worker owning a session adds or
  * removes its entry, and every other worker touches an entry only under
- * the queue's lock, to mark it granted.  Nothing here is on the path of a
- * connection that does not wait: that path reads `length` (an atomic that
- * only changes while clients wait) and goes on.
+ * the queue's lock, to grant it (moving it to the granted list).  Nothing
+ * here is on the path of a connection that does not wait: that path reads
+ * `length` (an atomic that only changes while clients wait) and goes on.
  *
  * A grant says "a slot may be free for you": when a backend slot is
  * released, or a worker sees room in its copy of the pool (a backend
  * added, up again, or max_conns raised), the oldest entry not yet granted
- * is marked and its worker woken (its ev_async).  That worker takes its
- * granted entries off the queue in arrival order and tries them; one that
- * finds every backend full again goes back in at its arrival position
- * without a new grant: whoever took the slot will release it, and that
- * release is the next grant.  While anyone waits, new clients queue behind
- * them instead of taking a freed slot first, so the order is first come,
- * first served across workers.
+ * is granted and its worker woken (its ev_async).  That worker takes its
+ * granted entries off the queue in the order they were granted (arrival
+ * order) and tries them; one that finds every backend full again goes
+ * back in at its arrival position without a new grant: whoever took the
+ * slot will release it, and that release is the next grant.  While anyone
+ * waits, new clients queue behind them instead of taking a freed slot
+ * first, so the order is first come, first served across workers.
  */
 #ifndef LB_CONN_QUEUE_H
 #define LB_CONN_QUEUE_H

@@ -37,8 +37,8 @@ same runs beside the first, as lb-compare candidate "lbd-base" (and in
 --syscalls/--bulk-syscalls): its rows in the table carry "base".
 
 4. --perf FILE.  With the same set-up, `perf record -g` on lbd while wrk
-   runs close mode through it for --perf-seconds; read it with
-   `perf report -i FILE`.
+   runs close mode (--perf-mode keepalive: kept-alive) through it for
+   --perf-seconds; read it with `perf report -i FILE`.
 
 Everything listens on 127.0.0.1 on free ports; every process started here
 is stopped by PID at the end (lb-compare stops its own).  Absolute numbers
@@ -462,15 +462,16 @@ def syscall_table(counts, n, top, what="per connection"):
 # --perf
 
 
-def perf_record(h, proc, port, path, seconds):
+def perf_record(h, proc, port, path, seconds, mode="close"):
     perf = h.spawn("perf", ["perf", "record", "-g", "-F", "999", "-o", path, "-p", str(proc.pid)])
     time.sleep(1.0)  # perf opens its events
-    wrk = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % seconds, "-H", "Connection: close",
-                          "http://127.0.0.1:%d/" % port], capture_output=True, text=True)
+    close = ["-H", "Connection: close"] if mode == "close" else []
+    wrk = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % seconds] + close +
+                         ["http://127.0.0.1:%d/" % port], capture_output=True, text=True)
     perf.stop(timeout=20, sig=signal.SIGINT)
     m = re.search(r"Requests/sec:\s*(\S+)", wrk.stdout)
-    log("perf: wrk close mode through lbd: %s req/s; perf report -i %s"
-        % (m.group(1) if m else "?", path))
+    log("perf: wrk %s mode through lbd: %s req/s; perf report -i %s"
+        % (mode, m.group(1) if m else "?", path))
 
 
 # ---------------------------------------------------------------------------
@@ -495,6 +496,8 @@ def main():
                     help="a second lbd binary measured beside --lbd (rows marked base)")
     ap.add_argument("--perf", metavar="FILE", help="perf record -g lbd in close mode into FILE")
     ap.add_argument("--perf-seconds", type=int, default=5)
+    ap.add_argument("--perf-mode", choices=["close", "keepalive"], default="close",
+                    help="wrk's traffic while perf records (default close)")
     ap.add_argument("--lbd", default=os.path.join(ROOT, "build", "balancer", "lbd"))
     ap.add_argument("--lb-compare", default=os.environ.get(
         "LB_COMPARE", os.path.join(ROOT, "..", "shared", "bench", "lb-compare")))
@@ -565,7 +568,8 @@ def main():
                 print(syscall_table(counts, responses, args.syscall_top, "per MiB"))
             if args.perf:
                 proc, port = procs["lbd"]
-                perf_record(h, proc, port, os.path.abspath(args.perf), args.perf_seconds)
+                perf_record(h, proc, port, os.path.abspath(args.perf), args.perf_seconds,
+                            args.perf_mode)
     finally:
         if args.keep:
             os.environ["LBTEST_KEEP"] = "1"  # the harness dir too: configs, strace output, logs
