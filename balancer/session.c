@@ -893,6 +893,17 @@ static bool socket_is_established(int fd, double *rtt_s)
     return true;
 }
 
+bool lb_session_settle(struct lb_session *s)
+{
+    double rtt;
+
+    if (s->state != SESSION_CONNECTING || half_pending(&s->up) || s->server_fd < 0 ||
+        !socket_is_established(s->server_fd, &rtt))
+        return false;
+    session_confirm_at(s, s->connect_at + rtt);
+    return true;
+}
+
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct lb_session *s = lb_container_of(w, struct lb_session, timer);
@@ -909,12 +920,14 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (s->state == SESSION_CONNECTING) {
         /* Neither side spoke: ask the kernel whether the connect finished
          * (and when, about: a timer is no measure of the handshake). */
-        double rtt;
-
-        if (socket_is_established(s->server_fd, &rtt))
-            session_confirm_at(s, s->connect_at + rtt);
-        else
+        if (lb_session_settle(s))
+            return;
+        if (s->pool->policy.connect_timeout_ms > 0) {
             session_connect_failed(s, 0, "connect timed out");
+        } else {
+            ev_timer_set(&s->timer, PROBE_S, 0.); /* no timeout of lbd's own: wait on */
+            ev_timer_start(loop, &s->timer);
+        }
         return;
     }
     if (session_probe_paused(s, now))
@@ -1024,10 +1037,15 @@ static void session_watch_connect(struct lb_session *s)
         ev_io_start(loop, &s->up.to_w);
     else
         ev_io_start(loop, &s->up.from_r);
-    if (s->pool->policy.connect_timeout_ms > 0) {
-        ev_timer_set(&s->timer, (double)s->pool->policy.connect_timeout_ms / 1000., 0.);
-        ev_timer_start(loop, &s->timer);
-    }
+    /* Without a connect timeout of lbd's own, the kernel is still asked
+     * now and then: a connect nobody speaks through must reach PROXYING,
+     * where the idle timeout applies. */
+    ev_timer_set(&s->timer,
+                 s->pool->policy.connect_timeout_ms > 0
+                     ? (double)s->pool->policy.connect_timeout_ms / 1000.
+                     : PROBE_S,
+                 0.);
+    ev_timer_start(loop, &s->timer);
 }
 
 /*
@@ -1681,15 +1699,7 @@ int lb_session_park(struct lb_session *s, size_t pending_max, struct lb_session_
 
     if (s->refused)
         return -EPERM;
-    /* A connect that neither side has spoken through yet: the kernel knows
-     * whether it is done (a client waiting for the server to speak first
-     * would otherwise stay here until its connect timeout). */
-    if (s->state == SESSION_CONNECTING && !half_pending(&s->up)) {
-        double rtt;
-
-        if (socket_is_established(s->server_fd, &rtt))
-            session_confirm_at(s, s->connect_at + rtt);
-    }
+    lb_session_settle(s);
     if (s->state != SESSION_PROXYING || half_pending(&s->up) > pending_max ||
         half_pending(&s->down) > pending_max)
         return -EAGAIN;

@@ -184,6 +184,16 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
 void lb_session_serve_granted(struct lb_wpool *wp);
 void lb_session_pool_changed(struct lb_wpool *wp);
 
+/*
+ * A connect that neither side has spoken through yet is confirmed by what
+ * the kernel knows (TCP_INFO): lbd otherwise learns it from the first
+ * bytes.  Returns true when s was CONNECTING and is now PROXYING.  Used
+ * at an upgrade (such a session can move), by `lbctl show sessions` (it is
+ * shown as proxying, not connecting) and by the connect timer.  On s's
+ * worker.
+ */
+bool lb_session_settle(struct lb_session *s);
+
 /* Ends a session now (shutdown grace over). */
 void lb_session_abort(struct lb_session *s);
 

@@ -9,6 +9,9 @@ timeout ask the kernel.  What must hold on every path:
   - a client and a backend that both stay silent past connect_timeout: the
     connection is not failed, not retried, not counted as a connect
     failure, and data flows afterwards;
+  - the same with no connect timeout of lbd's own (connect_timeout 0):
+    `lbctl show sessions` shows it proxying at once, and the idle timeout
+    (1 s) closes it (end=idle_timeout), not never;
   - a client that sends and closes at once: the backend gets every byte,
     then the EOF (half-close forwarded only after the connect is done);
   - a client that connects and closes without a byte: the backend sees a
@@ -36,8 +39,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, free_port, scaled,  # noqa: E402
-                    wait_until)
+from lbtest import (Etcd, HarnessTestCase, Lbd, ThreadedServer, client_of, ended,  # noqa: E402
+                    figure, free_port, lbctl, scaled, wait_until)
 
 PREFIX = "/connect/"
 CONNECT_TIMEOUT = 0.5
@@ -157,10 +160,12 @@ class ConnectPathTest(HarnessTestCase):
         cls.etcd = Etcd(cls.h).start()
         policy = {"health": {"type": "none"}, "connect_timeout": "%gs" % CONNECT_TIMEOUT,
                   "retries": 1, "algorithm": "wrr"}
-        for pool in ["quiet", "eof", "refused", "proxy", "bulk"]:
+        for pool in ["quiet", "eof", "refused", "proxy", "bulk", "nolimit"]:
             p = dict(policy)
             if pool == "proxy":
                 p["proxy_protocol"] = "v1"
+            if pool == "nolimit":
+                p.update(connect_timeout="0", idle_timeout="1s")
             cls.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(p))
         cls.quiet = QuietBackend(cls.h, echo=True)
         cls.eof = QuietBackend(cls.h)
@@ -177,9 +182,12 @@ class ConnectPathTest(HarnessTestCase):
         cls.put("proxy", "b-good", cls.good_proxy.addr)
         cls.bulk = BulkBackend(cls.h, DOWN_BYTES, seed=2, slow_bytes=1 << 20)
         cls.put("bulk", "k", cls.bulk.addr)
+        cls.silent = QuietBackend(cls.h)
+        cls.put("nolimit", "s", cls.silent.addr)
         cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX,
-                      ["quiet", "eof", "refused", "proxy", "bulk"]).start()
-        for pool, n in [("quiet", 1), ("eof", 1), ("refused", 2), ("proxy", 2), ("bulk", 1)]:
+                      ["quiet", "eof", "refused", "proxy", "bulk", "nolimit"]).start()
+        for pool, n in [("quiet", 1), ("eof", 1), ("refused", 2), ("proxy", 2), ("bulk", 1),
+                        ("nolimit", 1)]:
             wait_until(lambda: len(cls.lbd.backends(pool)) == n, scaled(10),
                        "backends of %s" % pool)
 
@@ -204,6 +212,30 @@ class ConnectPathTest(HarnessTestCase):
         c.close()
         self.assertEqual(self.failures("quiet", "q"), 0)
         self.assertEqual(len(self.quiet.records()), 1, "the connect was retried")
+
+    def test_silent_connection_without_connect_timeout_idles_out(self):
+        before = len(self.silent.records())
+        c = socket.create_connection(("127.0.0.1", self.lbd.pool_port("nolimit")), timeout=5)
+        t0 = time.monotonic()
+        wait_until(lambda: len(self.silent.records()) > before, scaled(5),
+                   "the backend to accept lbd's connect")
+        rc, out, err = lbctl("show", "sessions", "nolimit", admin=self.lbd.admin, output="json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([v["state"] for v in json.loads(out)["sessions"]], ["proxying"])
+        self.assertEqual(ended(c, scaled(5)), "eof", "lbd never closed the idle connection")
+        idle = time.monotonic() - t0
+        figure("silent connection, connect_timeout 0, idle_timeout 1s: closed after",
+               "%.2f" % idle, "s")
+        self.assertGreaterEqual(idle, 0.95)
+        self.assertLess(idle, 1.0 + scaled(2))
+        client = client_of(c)
+        c.close()
+        wait_until(lambda: "client=%s " % client in self.lbd.log_text(), scaled(5),
+                   "the access line")
+        line = [ln for ln in self.lbd.log_text().splitlines()
+                if " sub=access " in ln and "client=%s " % client in ln][0]
+        self.assertIn(" end=idle_timeout", line)
+        self.assertIn(" connect_ms=", line)
 
     def test_send_and_close_at_once_delivers_bytes_then_eof(self):
         before = len(self.eof.records())
