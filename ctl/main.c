@@ -163,7 +163,13 @@ static int cmd_kill(struct ctl *ctl, char **args, size_t n);
 static int cmd_completion(struct ctl *ctl, char **args, size_t n);
 
 static const struct command commands[] = {
-    {"pools", "", "list pools with their listeners and connection counts", 0, 0, {NULL}, cmd_pools},
+    {"pools",
+     "",
+     "list pools with their listeners, connection counts and clients queued",
+     0,
+     0,
+     {NULL},
+     cmd_pools},
     {"backends", "[POOL]", "list backends (of every pool, or of POOL)", 0, 1, {NULL}, cmd_backends},
     {"drain",
      "POOL ID [--wait [--timeout 30s]] [--local]",
