@@ -15,6 +15,8 @@ PROXY header), then checks every field against what the client did:
   - connect_refused (every attempt refused: retries=1, no backend=, no
     connect_ms=), connect_timeout (a backend whose accept queue is full:
     SYNs are dropped), no_backend (an empty pool);
+  - queue_timeout (every backend at max_conns for the pool's
+    queue_timeout: queue_ms= says how long it waited, no backend=);
   - idle_timeout, drained_past_deadline (drain_timeout over), shutdown
     (--shutdown-grace over), moved (an upgrade: the old lbd logs the hand
     over, the new one the end with the bytes of the whole session);
@@ -48,6 +50,7 @@ NO_CHECKS = {"type": "none", "fall": 50}  # and no passive ejection in these few
 FAST_CHECKS = {"type": "tcp", "interval": "200ms", "timeout": "200ms", "rise": 1, "fall": 2}
 IDLE_S = 1.0  # the shortest idle_timeout a policy may set
 DRAIN_S = 1.0
+QUEUE_S = 0.3
 
 POLICIES = {
     "echo": {"health": NO_CHECKS},
@@ -59,15 +62,16 @@ POLICIES = {
     "drain": {"health": NO_CHECKS, "drain_timeout": "%dms" % int(DRAIN_S * 1000)},
     "checked": {"health": FAST_CHECKS},
     "ap": {"health": NO_CHECKS},
+    "full": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "%dms" % int(QUEUE_S * 1000)},
 }
-POOLS = ["echo", "pp", "refused", "hole", "empty", "idle", "drain", "checked"]
+POOLS = ["echo", "pp", "refused", "hole", "empty", "idle", "drain", "checked", "full"]
 
 END_NAMES = {"client_closed", "backend_closed", "client_reset", "backend_reset",
              "connect_timeout", "connect_refused", "no_backend", "idle_timeout",
              "drained_past_deadline", "shutdown", "moved", "killed", "bad_proxy_header",
              "out_of_memory", "queue_timeout"}
-ACCESS_KEYS = ["pool", "backend", "client", "connect_ms", "duration_ms", "bytes_in", "bytes_out",
-               "retries", "end"]
+ACCESS_KEYS = ["pool", "backend", "client", "queue_ms", "connect_ms", "duration_ms", "bytes_in",
+               "bytes_out", "retries", "end"]
 
 
 # ---------------------------------------------------------------------------
@@ -197,11 +201,12 @@ class AccessLogTest(HarnessTestCase):
         cls.put("drain", "d1", cls.backend.addr)
         cls.put("checked", "c1", cls.backend.addr)
         cls.put("ap", "a1", cls.backend.addr)
+        cls.put("full", "f1", cls.backend.addr)
         cls.ap_port = free_port()
         cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX, POOLS,
                       extra_args=["--pool", "ap=127.0.0.1:%d,accept-proxy" % cls.ap_port]).start()
         want = {"echo": 1, "pp": 1, "refused": 2, "hole": 1, "idle": 1, "drain": 1, "checked": 1,
-                "ap": 1}
+                "ap": 1, "full": 1}
         for pool, n in want.items():
             wait_until(lambda: len(cls.lbd.backends(pool)) == n, scaled(10),
                        "the backends of %s" % pool)
@@ -338,6 +343,22 @@ class AccessLogTest(HarnessTestCase):
                     retries=0, bytes_in=0, bytes_out=0, end="no_backend")
 
     # -- ends decided by lbd -------------------------------------------
+
+    def test_queue_timeout(self):
+        holder = self.connect("full")
+        holder.sendall(b"ECHO\nx")
+        self.assertEqual(recv_exact(holder, 1), b"x")  # the one slot is taken
+        s = self.connect("full")
+        s.sendall(b"ECHO\nwaited")
+        self.assertEqual(read_to_eof(s), (b"", "eof"))
+        client = client_of(s)
+        s.close()
+        line = self.one_line(client)
+        self.expect(line, pool="full", backend=None, connect_ms=None, retries=0, bytes_in=0,
+                    bytes_out=0, end="queue_timeout")
+        self.assertGreaterEqual(float(line["queue_ms"]), QUEUE_S * 1000 - 10)
+        self.assertGreaterEqual(float(line["duration_ms"]), QUEUE_S * 1000 - 10)
+        holder.close()
 
     def test_idle_timeout(self):
         s = self.connect("idle")
