@@ -350,28 +350,25 @@ static void apply_override(struct lb_registry *r, struct lb_pool *pool, const ch
 static void policy_describe(const struct lb_pool_policy *a, const struct lb_pool_policy *b,
                             char *buf, size_t size)
 {
+    /* The numbers of a policy: a duration (int64_t ms, `ms`) or an int. */
     static const struct {
         const char *name;
         size_t off;
-    } durations[] = {
-        {"health.interval", offsetof(struct lb_pool_policy, health.interval_ms)},
-        {"health.timeout", offsetof(struct lb_pool_policy, health.timeout_ms)},
-        {"connect_timeout", offsetof(struct lb_pool_policy, connect_timeout_ms)},
-        {"idle_timeout", offsetof(struct lb_pool_policy, idle_timeout_ms)},
-        {"slow_start", offsetof(struct lb_pool_policy, slow_start_ms)},
-        {"drain_timeout", offsetof(struct lb_pool_policy, drain_timeout_ms)},
-        {"queue_timeout", offsetof(struct lb_pool_policy, queue_timeout_ms)},
-    };
-    static const struct {
-        const char *name;
-        size_t off;
-    } ints[] = {
-        {"health.rise", offsetof(struct lb_pool_policy, health.rise)},
-        {"health.fall", offsetof(struct lb_pool_policy, health.fall)},
-        {"retries", offsetof(struct lb_pool_policy, retries)},
-        {"max_conns", offsetof(struct lb_pool_policy, max_conns)},
-        {"panic_threshold", offsetof(struct lb_pool_policy, panic_threshold)},
-        {"zone_affinity", offsetof(struct lb_pool_policy, zone_affinity)},
+        bool ms;
+    } fields[] = {
+        {"health.interval", offsetof(struct lb_pool_policy, health.interval_ms), true},
+        {"health.timeout", offsetof(struct lb_pool_policy, health.timeout_ms), true},
+        {"health.rise", offsetof(struct lb_pool_policy, health.rise), false},
+        {"health.fall", offsetof(struct lb_pool_policy, health.fall), false},
+        {"connect_timeout", offsetof(struct lb_pool_policy, connect_timeout_ms), true},
+        {"idle_timeout", offsetof(struct lb_pool_policy, idle_timeout_ms), true},
+        {"retries", offsetof(struct lb_pool_policy, retries), false},
+        {"max_conns", offsetof(struct lb_pool_policy, max_conns), false},
+        {"slow_start", offsetof(struct lb_pool_policy, slow_start_ms), true},
+        {"drain_timeout", offsetof(struct lb_pool_policy, drain_timeout_ms), true},
+        {"panic_threshold", offsetof(struct lb_pool_policy, panic_threshold), false},
+        {"zone_affinity", offsetof(struct lb_pool_policy, zone_affinity), false},
+        {"queue_timeout", offsetof(struct lb_pool_policy, queue_timeout_ms), true},
     };
 
     if (a->algorithm != b->algorithm)
@@ -382,24 +379,25 @@ static void policy_describe(const struct lb_pool_policy *a, const struct lb_pool
                      b->health.type == LB_CHECK_NONE   ? "off"
                      : b->health.type == LB_CHECK_HTTP ? "http"
                                                        : "tcp");
-    for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        const char *pa = (const char *)a + fields[i].off, *pb = (const char *)b + fields[i].off;
         int64_t x, y;
+        int xi, yi;
         char tx[32], ty[32];
 
-        memcpy(&x, (const char *)a + durations[i].off, sizeof(x));
-        memcpy(&y, (const char *)b + durations[i].off, sizeof(y));
-        if (x != y)
-            describe_add(buf, size, "%s %s -> %s", durations[i].name,
-                         lb_duration_format(x, tx, sizeof(tx)),
-                         lb_duration_format(y, ty, sizeof(ty)));
-    }
-    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
-        int x, y;
-
-        memcpy(&x, (const char *)a + ints[i].off, sizeof(x));
-        memcpy(&y, (const char *)b + ints[i].off, sizeof(y));
-        if (x != y)
-            describe_add(buf, size, "%s %d -> %d", ints[i].name, x, y);
+        if (fields[i].ms) {
+            memcpy(&x, pa, sizeof(x));
+            memcpy(&y, pb, sizeof(y));
+            if (x != y)
+                describe_add(buf, size, "%s %s -> %s", fields[i].name,
+                             lb_duration_format(x, tx, sizeof(tx)),
+                             lb_duration_format(y, ty, sizeof(ty)));
+        } else {
+            memcpy(&xi, pa, sizeof(xi));
+            memcpy(&yi, pb, sizeof(yi));
+            if (xi != yi)
+                describe_add(buf, size, "%s %d -> %d", fields[i].name, xi, yi);
+        }
     }
 }
 

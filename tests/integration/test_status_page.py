@@ -435,6 +435,11 @@ class StatusPage(HarnessTestCase):
                     "'section[data-pool=\"db\"] .badge.queue');"
                     " return b && !b.hidden ? b.dataset.queued : null; })()")
         wait_until(lambda: chrome.eval(queue_js) == "2", 5, "db's queue of 2 on the page")
+        # ... and the policy event says what changed.
+        changed = [e["text"] for e in chrome.eval(EVENTS_JS) if e["pool"] == "db"
+                   and "max_conns 0 -> 1" in e["text"]]
+        self.assertTrue(changed, "db's policy event: %r" % chrome.eval(EVENTS_JS))
+        self.assertIn("queue_timeout 0s -> 30s", changed[0])
 
         # Screenshot of what an operator sees, kept as a test artifact.
         out_dir = os.path.join(bin_dir(), "test-artifacts")
