@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -336,6 +337,7 @@ static void worker_apply_order(struct lb_msg *m, void *ctx)
         break;
     case ORDER_SHUTDOWN:
         worker_stop_listening(w);
+        atomic_fetch_add(&w->proxy->n_closed_listeners, 1);
         w->shutting_down = true;
         w->accepting = false;
         if (w->active == 0)
@@ -1218,10 +1220,19 @@ void lb_proxy_enable_accept(struct lb_proxy *proxy)
 
 void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *proxy))
 {
+    const struct timespec tick = {.tv_sec = 0, .tv_nsec = 1000 * 1000};
+    unsigned running = 0;
+
     proxy->shutting_down = true;
     proxy->listening = false;
     proxy->on_idle = on_idle;
     proxy_order_all(proxy, ORDER_SHUTDOWN);
+    for (unsigned i = 0; i < proxy->n_workers; i++)
+        running += proxy->workers[i].running && !proxy->workers[i].abandoned;
+    /* The control loop (and with it /readyz) waits for the workers: they
+     * take in their accept queues and close their listeners without it. */
+    for (int i = 0; i < 1000 && atomic_load(&proxy->n_closed_listeners) < running; i++)
+        nanosleep(&tick, NULL);
 }
 
 void lb_proxy_close_all(struct lb_proxy *proxy)

@@ -128,7 +128,8 @@ struct lb_proxy {
     bool listening;               /* listeners bound (for /readyz) */
     bool accept_enabled;          /* after the first etcd sync */
     bool shutting_down;
-    unsigned n_idle; /* workers that reported no session left, at shutdown */
+    unsigned n_idle;                     /* workers that reported no session left, at shutdown */
+    _Atomic unsigned n_closed_listeners; /* workers whose listeners are closed, at shutdown */
     uint64_t max_conns;
     _Atomic uint64_t active;                 /* client connections open now, every worker */
     _Atomic unsigned n_at_cap;               /* workers paused at the cap */
@@ -200,8 +201,10 @@ void lb_proxy_enable_accept(struct lb_proxy *proxy);
 
 /*
  * Enters shutdown: every worker takes in what is queued and stops
- * listening; on_idle runs on the control loop once no worker holds a
- * session.
+ * listening, and this returns once they all have (each does it within one
+ * loop iteration; 1 s at most): from then on a new client is refused, so
+ * one told "not ready" (/readyz) that connects again is never taken in.
+ * on_idle runs on the control loop once no worker holds a session.
  */
 void lb_proxy_shutdown(struct lb_proxy *proxy, void (*on_idle)(struct lb_proxy *proxy));
 
