@@ -48,7 +48,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, ask, ask_many,  # noqa: E402
+from lbtest import (Backend, Etcd, PoolTestCase, Lbd, ask, ask_many,  # noqa: E402
                     echo, figure, free_port, open_conn, recv_line_bytes, scaled, wait_until,
                     watch_closes)
 
@@ -206,7 +206,9 @@ class ExchangeClient(threading.Thread):
             self.closed_at = time.monotonic()
 
 
-class DataPlane(HarnessTestCase):
+class DataPlane(PoolTestCase):
+    PREFIX = PREFIX
+
     @classmethod
     def setUpWorld(cls):
         h = cls.h
@@ -227,20 +229,6 @@ class DataPlane(HarnessTestCase):
 
     # -- helpers ---------------------------------------------------------
 
-    def put_backend(self, pool, backend_id, addr, prefix=PREFIX, weight=100):
-        self.etcd.put(lbtest.backend_key(prefix, pool, backend_id),
-                      json.dumps({"addr": addr, "weight": weight}))
-
-    def add_backends(self, pool, ids, lbd=None, prefix=PREFIX, proxy_header=False):
-        """Starts one backend per id, registers them, waits until lbd lists them."""
-        lbd = lbd or self.lbd
-        backends = {i: Backend(self.h, i, proxy_header=proxy_header) for i in ids}
-        for i, b in backends.items():
-            self.put_backend(pool, i, b.addr, prefix=prefix)
-        wait_until(lambda: set(ids) <= set(lbd.backends(pool)), scaled(10),
-                   "lbctl backends %s to list %s" % (pool, sorted(ids)))
-        return backends
-
     def wait_answering(self, pool, ids, lbd=None):
         """Every id has answered through lbd at least once."""
         lbd = lbd or self.lbd
@@ -248,27 +236,9 @@ class DataPlane(HarnessTestCase):
         wait_until(lambda: seen.add(ask(lbd.pool_port(pool))) or set(ids) <= seen, scaled(10),
                    "%s to answer through pool %s" % (sorted(ids), pool))
 
-    def wait_active(self, pool, expected, lbd=None):
-        """lbd's own count of open connections per backend equals `expected`."""
-        lbd = lbd or self.lbd
-
-        def matches():
-            got = {lab.get("backend"): int(v) for n, lab, v in lbd.metrics()
-                   if n == "lbd_backend_active_connections" and lab.get("pool") == pool}
-            return {i: got.get(i) for i in expected} == expected or None
-
-        wait_until(matches, scaled(5), "active connections in pool %s to be %s" % (pool, expected))
-
     def metric(self, name, **labels):
         return self.lbd.metric(name, **labels)
 
-    def open_held(self, port, n):
-        socks = []
-        for _ in range(n):
-            s, bid = open_conn(port)
-            self.addCleanup(s.close)
-            socks.append((s, bid))
-        return socks
 
     # -- 1 ---------------------------------------------------------------
 
@@ -571,7 +541,7 @@ class DataPlane(HarnessTestCase):
 
         # (b) grace 1s: a connection still open at its end is closed.
         lbd, port = self.start_term_lbd("1s", ids)
-        held = self.open_held(port, 3)
+        held = self.held(port, 3)
         t_sig = time.monotonic()
         lbd.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: lbd.http_get("/readyz", timeout=1)[0] == 503, scaled(5),
@@ -601,7 +571,7 @@ class DataPlane(HarnessTestCase):
         ids = ["a1", "a2", "a3"]
         self.add_backends(pool, ids)
         self.wait_answering(pool, ids)
-        held = self.open_held(port, 6)
+        held = self.held(port, 6)
         level = collections.Counter(bid for _, bid in held)
         self.wait_active(pool, {i: level[i] for i in ids})
 
@@ -623,7 +593,7 @@ class DataPlane(HarnessTestCase):
         for i in ("a2", "a3"):
             rc, out, err = self.lbd.ctl("drain", pool, i, "--local")
             self.assertEqual(rc, 0, err)
-        more = self.open_held(port, 6)
+        more = self.held(port, 6)
         self.assertEqual({bid for _, bid in more}, {"a1"}, "with a2, a3 drained")
         held += more
         for i in ("a2", "a3"):
@@ -662,7 +632,7 @@ class DataPlane(HarnessTestCase):
         backends = self.add_backends(pool, ["c1", "c2"])
         self.wait_answering(pool, ["c1", "c2"])
         self.wait_active(pool, {"c1": 0, "c2": 0})
-        held = self.open_held(port, 4)
+        held = self.held(port, 4)
         self.assertEqual(collections.Counter(bid for _, bid in held), {"c1": 2, "c2": 2})
 
         accepted = {i: b.accepted for i, b in backends.items()}
@@ -695,7 +665,7 @@ class DataPlane(HarnessTestCase):
         ids = ["m%02d" % n for n in range(41)]
         self.add_backends(pool, ids)
         self.wait_active(pool, {i: 0 for i in ids})
-        held = self.open_held(port, 41)
+        held = self.held(port, 41)
         self.assertEqual(len({bid for _, bid in held}), 41, "one connection per backend")
         s, freed = held.pop()  # the last one: first again in the next round
         s.close()
@@ -730,7 +700,7 @@ class DataPlane(HarnessTestCase):
                   extra_args=["--max-conns", "3"]).start()
         self.add_backends(pool, ["g1"], lbd=lbd, prefix=CAP_PREFIX)
         port = lbd.pool_port(pool)
-        held = self.open_held(port, 3)
+        held = self.held(port, 3)
         self.assertEqual([bid for _, bid in held], ["g1"] * 3)
 
         # The 4th handshake completes in the kernel; lbd leaves it queued.

@@ -56,7 +56,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (HELLO, Backend, Etcd, HarnessTestCase, Lbd, close_all, echo,  # noqa: E402
+from lbtest import (HELLO, Backend, Etcd, PoolTestCase, Lbd, close_all, echo,  # noqa: E402
                     figure, open_conn, recv_line_bytes, scaled, wait_until, watch_closes)
 
 # The worker count under test (`lbd --workers WORKERS`).
@@ -272,7 +272,9 @@ class ShortClients:
         return time.monotonic() - t0
 
 
-class Workers(HarnessTestCase):
+class Workers(PoolTestCase):
+    PREFIX = PREFIX
+
     @classmethod
     def setUpClass(cls):
         if WORKERS > 1 and not workers_supported():
@@ -300,31 +302,6 @@ class Workers(HarnessTestCase):
 
     # -- helpers ---------------------------------------------------------
 
-    def put_backend(self, pool, backend_id, addr, prefix=PREFIX):
-        self.etcd.put(lbtest.backend_key(prefix, pool, backend_id),
-                      json.dumps({"addr": addr, "weight": 100}))
-
-    def add_backends(self, pool, ids, lbd=None, prefix=PREFIX):
-        """Starts one backend per id, registers them, waits until lbd lists them."""
-        lbd = lbd or self.lbd
-        backends = {i: Backend(self.h, i) for i in ids}
-        for i, b in backends.items():
-            self.put_backend(pool, i, b.addr, prefix=prefix)
-        wait_until(lambda: set(ids) <= set(lbd.backends(pool)), scaled(10),
-                   "lbctl backends %s to list %s" % (pool, sorted(ids)))
-        return backends
-
-    def wait_active(self, pool, expected, lbd=None):
-        """lbd's count of open connections per backend equals `expected`."""
-        lbd = lbd or self.lbd
-
-        def matches():
-            got = {lab.get("backend"): int(v) for n, lab, v in lbd.metrics()
-                   if n == "lbd_backend_active_connections" and lab.get("pool") == pool}
-            return {i: got.get(i) for i in expected} == expected or None
-
-        wait_until(matches, scaled(5), "active connections in pool %s to be %s" % (pool, expected))
-
     def assert_every_worker_took_some(self, before, after, what):
         """With --workers N > 1, each worker accepted some of `what`."""
         if WORKERS < 2:
@@ -336,14 +313,6 @@ class Workers(HarnessTestCase):
         self.assertTrue(all(v > 0 for v in delta.values()),
                         "a worker took none of %s: %s" % (what, delta))
 
-    def held(self, port, n):
-        """n connections through lbd kept open: [(socket, backend id)]."""
-        out = []
-        for _ in range(n):
-            s, bid = open_conn(port)
-            self.addCleanup(s.close)
-            out.append((s, bid))
-        return out
 
     # -- 1 ---------------------------------------------------------------
 

@@ -30,6 +30,7 @@ write `import lbtest` or `from lbtest import X`:
                tcp_sockets, pids_holding, sockets_to_port_by_pid,
                unix_listener_pids, fd_links (who holds which socket, from /proc)
     testcase   HarnessTestCase, main
+    pools      PoolTestCase (one etcd, one lbd: add_backends, wait_active, held)
 
 Waiting is always on a condition with a deadline (wait_until), never a
 fixed sleep.  Start-up deadlines are multiplied by LBTEST_TIMEOUT_SCALE
@@ -54,6 +55,7 @@ from .procs import (REPO_ROOT, TIMEOUT_SCALE, ForeignProc, Harness, Proc, WaitTi
                     free_port, lbctl_binary, lbd_binary, port_is_open, proc_state, raise_nofile,
                     reserve_port, run, scaled, set_subreaper, wait_until)
 from .testcase import HarnessTestCase, case_failed, main
+from .pools import PoolTestCase
 from .tls import TlsFiles
 from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding,
                       sockets_to_port_by_pid, tcp_sockets, unix_listener_pids, workers_args)
@@ -81,5 +83,5 @@ __all__ = [
     "UpgradeLbd", "fd_links", "kv_int", "log_ts", "pids_holding", "sockets_to_port_by_pid",
     "tcp_sockets", "unix_listener_pids", "workers_args",
     # testcase
-    "HarnessTestCase", "case_failed", "main",
+    "HarnessTestCase", "case_failed", "main", "PoolTestCase",
 ]
