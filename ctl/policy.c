@@ -355,23 +355,6 @@ out:
     return rc;
 }
 
-/* Adds name: base64(bytes) to obj.  0 or -ENOMEM. */
-static int add_b64(json_object *obj, const char *name, const char *bytes, size_t len)
-{
-    char *b64 = NULL;
-    json_object *s;
-
-    if (lb_etcd_base64_encode(bytes, len, &b64) < 0)
-        return -ENOMEM;
-    s = json_object_new_string(b64);
-    free(b64);
-    if (!s || json_object_object_add(obj, name, s) < 0) {
-        json_object_put(s);
-        return -ENOMEM;
-    }
-    return 0;
-}
-
 /*
  * The body of a transaction that puts key=value only while the key's mod
  * revision is still `mod_revision` (0: the key does not exist).  0 or
@@ -389,11 +372,12 @@ static int txn_request(const char *key, const char *value, int64_t mod_revision,
     if (!req || !compare || !success || !cmp || !op || !put)
         goto fail;
     snprintf(rev, sizeof(rev), "%lld", (long long)mod_revision);
-    if (add_b64(cmp, "key", key, strlen(key)) < 0 ||
+    if (lb_etcd_json_add_bytes(cmp, "key", key, strlen(key)) < 0 ||
         json_object_object_add(cmp, "target", json_object_new_string("MOD")) < 0 ||
         json_object_object_add(cmp, "result", json_object_new_string("EQUAL")) < 0 ||
         json_object_object_add(cmp, "mod_revision", json_object_new_string(rev)) < 0 ||
-        add_b64(put, "key", key, strlen(key)) < 0 || add_b64(put, "value", value, strlen(value)))
+        lb_etcd_json_add_bytes(put, "key", key, strlen(key)) < 0 ||
+        lb_etcd_json_add_bytes(put, "value", value, strlen(value)))
         goto fail;
     json_object_array_add(compare, cmp);
     cmp = NULL;

@@ -592,8 +592,7 @@ int lb_etcd_json_finish(json_object *obj, char **out)
     return *out ? 0 : -ENOMEM;
 }
 
-/* Adds name: base64(bytes).  Returns 0 or -ENOMEM. */
-static int add_bytes(json_object *obj, const char *name, const char *bytes, size_t len)
+int lb_etcd_json_add_bytes(json_object *obj, const char *name, const char *bytes, size_t len)
 {
     char *b64;
     json_object *s;
@@ -644,9 +643,9 @@ static int range_request(const char *key, size_t key_len, const char *range_end,
 
     *out = NULL;
     if (!rc)
-        rc = add_bytes(req, "key", key, key_len);
+        rc = lb_etcd_json_add_bytes(req, "key", key, key_len);
     if (!rc && range_end)
-        rc = add_bytes(req, "range_end", range_end, range_end_len);
+        rc = lb_etcd_json_add_bytes(req, "range_end", range_end, range_end_len);
     if (!rc && revision > 0)
         rc = add_int64(req, "revision", revision);
     if (!rc && limit > 0)
@@ -681,9 +680,9 @@ int lb_etcd_json_put_request(const char *key, size_t key_len, const char *value,
 
     *out = NULL;
     if (!rc)
-        rc = add_bytes(req, "key", key, key_len);
+        rc = lb_etcd_json_add_bytes(req, "key", key, key_len);
     if (!rc)
-        rc = add_bytes(req, "value", value, value_len);
+        rc = lb_etcd_json_add_bytes(req, "value", value, value_len);
     if (!rc && lease)
         rc = add_int64(req, "lease", lease);
     if (rc) {
@@ -700,7 +699,7 @@ int lb_etcd_json_delete_request(const char *key, size_t key_len, char **out)
 
     *out = NULL;
     if (!rc)
-        rc = add_bytes(req, "key", key, key_len);
+        rc = lb_etcd_json_add_bytes(req, "key", key, key_len);
     if (rc) {
         json_object_put(req);
         return rc;
@@ -716,9 +715,9 @@ int lb_etcd_json_watch_request(const char *key, size_t key_len, const char *rang
 
     *out = NULL;
     if (!rc)
-        rc = add_bytes(create, "key", key, key_len);
+        rc = lb_etcd_json_add_bytes(create, "key", key, key_len);
     if (!rc)
-        rc = add_bytes(create, "range_end", range_end, range_end_len);
+        rc = lb_etcd_json_add_bytes(create, "range_end", range_end, range_end_len);
     if (!rc && start_revision > 0)
         rc = add_int64(create, "start_revision", start_revision);
     if (!rc)

@@ -38,6 +38,8 @@
 /* Base64 (standard alphabet, padded), as etcd encodes bytes. */
 /* Encodes len bytes into a malloc'd NUL-terminated string; -ENOMEM. */
 int lb_etcd_base64_encode(const void *data, size_t len, char **out);
+/* Adds name: base64(bytes) to a json-c object (a request body).  0 or -ENOMEM. */
+int lb_etcd_json_add_bytes(json_object *obj, const char *name, const char *bytes, size_t len);
 /*
  * Decodes `text` (text_len characters) into a malloc'd buffer, NUL-terminated
  * for convenience (the terminator is not counted in *out_len).  Returns 0,
