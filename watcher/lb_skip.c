@@ -138,11 +138,29 @@ const char *lb_skip_quote_key(char *buf, size_t size, const char *key, size_t ke
     return buf;
 }
 
+/*
+ * Whether the line of limiter `slot` may be written now: if so, `tail`
+ * gets " suppressed=N" for the lines left out since the last; if not,
+ * qkey (as quoted for last_key) is kept as the last key left out.
+ */
+static bool skip_log_take(struct lb_skip_log *s, size_t slot, const char *qkey, char *tail,
+                          size_t tail_size)
+{
+    uint64_t suppressed;
+
+    if (!lb_log_limit_take(&s->limits[slot], s->clock(), &suppressed)) {
+        memcpy(s->last_key[slot], qkey, sizeof(s->last_key[slot]));
+        return false;
+    }
+    if (suppressed)
+        snprintf(tail, tail_size, " suppressed=%llu", (unsigned long long)suppressed);
+    return true;
+}
+
 void lb_skip_note(struct lb_skip_log *s, enum lb_skip_reason reason, const char *msg,
                   const char *key, size_t key_len, size_t key_size, const char *why)
 {
     char qkey[96], qwhy[256], tail[48] = "";
-    uint64_t suppressed;
 
     if ((unsigned)reason >= LB_SKIP_REASONS)
         return;
@@ -150,12 +168,8 @@ void lb_skip_note(struct lb_skip_log *s, enum lb_skip_reason reason, const char 
     if (key_size < key_len)
         key_size = key_len;
     lb_skip_quote_key(qkey, sizeof(qkey), key, key_len, key_size);
-    if (!lb_log_limit_take(&s->limits[reason], s->clock(), &suppressed)) {
-        memcpy(s->last_key[reason], qkey, sizeof(qkey));
+    if (!skip_log_take(s, reason, qkey, tail, sizeof(tail)))
         return;
-    }
-    if (suppressed)
-        snprintf(tail, sizeof(tail), " suppressed=%llu", (unsigned long long)suppressed);
     LB_WARN("watcher", "msg=\"%s\" reason=%s key=%s key_bytes=%zu error=%s%s", msg,
             reason_names[reason], qkey, key_size,
             lb_log_quote(qwhy, sizeof(qwhy), why && why[0] ? why : "-"), tail);
@@ -165,16 +179,11 @@ void lb_skip_note_clamped(struct lb_skip_log *s, const char *key, size_t key_len
                           const char *given, const char *used, const char *why)
 {
     char qkey[96], qfield[64], qgiven[64], qused[64], qwhy[128], tail[48] = "";
-    uint64_t suppressed;
 
     s->clamped++;
     lb_skip_quote_key(qkey, sizeof(qkey), key, key_len, key_len);
-    if (!lb_log_limit_take(&s->limits[LB_SKIP_LOG_CLAMPED], s->clock(), &suppressed)) {
-        memcpy(s->last_key[LB_SKIP_LOG_CLAMPED], qkey, sizeof(qkey));
+    if (!skip_log_take(s, LB_SKIP_LOG_CLAMPED, qkey, tail, sizeof(tail)))
         return;
-    }
-    if (suppressed)
-        snprintf(tail, sizeof(tail), " suppressed=%llu", (unsigned long long)suppressed);
     LB_WARN("watcher",
             "msg=\"value out of range, clamped\" reason=clamped key=%s field=%s value=%s used=%s "
             "why=%s%s",
@@ -186,18 +195,13 @@ void lb_skip_note_clamped(struct lb_skip_log *s, const char *key, size_t key_len
 void lb_skip_note_unknown(struct lb_skip_log *s, const char *key, size_t key_len, const char *text)
 {
     char qkey[96], qtext[300], tail[48] = "";
-    uint64_t suppressed;
 
     s->unknown_fields++;
     if (!text)
         return;
     lb_skip_quote_key(qkey, sizeof(qkey), key, key_len, key_len);
-    if (!lb_log_limit_take(&s->limits[LB_SKIP_LOG_CLAMPED], s->clock(), &suppressed)) {
-        memcpy(s->last_key[LB_SKIP_LOG_CLAMPED], qkey, sizeof(qkey));
+    if (!skip_log_take(s, LB_SKIP_LOG_CLAMPED, qkey, tail, sizeof(tail)))
         return;
-    }
-    if (suppressed)
-        snprintf(tail, sizeof(tail), " suppressed=%llu", (unsigned long long)suppressed);
     LB_WARN("watcher",
             "msg=\"unknown field ignored, the rest of the policy applies\" reason=unknown_field "
             "key=%s error=%s%s",
