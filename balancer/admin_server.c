@@ -508,36 +508,35 @@ int lb_admin_server_render_metrics(const struct lb_admin_server *s, struct lb_bu
         lb_metrics_family(out, "lbd_admin_connections", "gauge", "Admin API connections open now.");
 
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_admin_connections %u\n", s->n_conns);
+        rc = lb_buf_printf(out, "lbd_admin_connections %u\n", s->n_conns);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_admin_connections_closed_total", "counter",
                                "Admin API connections refused at accept (refused), closed to "
                                "make room for a newcomer (shed) or closed without a request in "
                                "time (no_request).");
     if (!rc)
-        rc = lb_metrics_printf(out,
-                               "lbd_admin_connections_closed_total{reason=\"refused\"} %llu\n"
-                               "lbd_admin_connections_closed_total{reason=\"shed\"} %llu\n"
-                               "lbd_admin_connections_closed_total{reason=\"no_request\"} %llu\n",
-                               (unsigned long long)s->conns_refused,
-                               (unsigned long long)s->conns_shed,
-                               (unsigned long long)s->conns_no_request);
+        rc = lb_buf_printf(out,
+                           "lbd_admin_connections_closed_total{reason=\"refused\"} %llu\n"
+                           "lbd_admin_connections_closed_total{reason=\"shed\"} %llu\n"
+                           "lbd_admin_connections_closed_total{reason=\"no_request\"} %llu\n",
+                           (unsigned long long)s->conns_refused, (unsigned long long)s->conns_shed,
+                           (unsigned long long)s->conns_no_request);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_admin_calls_refused_total", "counter",
                                "Admin API calls ended before their handler: request not "
                                "received in time (request_timeout) or over the request memory "
                                "budget (request_budget).");
     if (!rc)
-        rc = lb_metrics_printf(out,
-                               "lbd_admin_calls_refused_total{reason=\"request_timeout\"} %llu\n"
-                               "lbd_admin_calls_refused_total{reason=\"request_budget\"} %llu\n",
-                               (unsigned long long)s->calls_request_timeout,
-                               (unsigned long long)s->calls_request_budget);
+        rc = lb_buf_printf(out,
+                           "lbd_admin_calls_refused_total{reason=\"request_timeout\"} %llu\n"
+                           "lbd_admin_calls_refused_total{reason=\"request_budget\"} %llu\n",
+                           (unsigned long long)s->calls_request_timeout,
+                           (unsigned long long)s->calls_request_budget);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_admin_request_bytes", "gauge",
                                "Bytes held for admin API requests not yet complete.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_admin_request_bytes %zu\n", s->request_bytes);
+        rc = lb_buf_printf(out, "lbd_admin_request_bytes %zu\n", s->request_bytes);
     return rc;
 }
 

@@ -326,32 +326,32 @@ static int http_render_own_metrics(struct lb_http *h, struct lb_buf *out)
                                "Connections open on the probe port (/healthz, /readyz, /metrics).");
 
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_http_connections %u\n", h->guard.count);
+        rc = lb_buf_printf(out, "lbd_http_connections %u\n", h->guard.count);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_http_connections_closed_total", "counter",
                                "Probe port connections refused at accept (refused), closed to "
                                "make room for a newcomer (shed), or closed without a complete "
                                "request in time (header_timeout).");
     if (!rc)
-        rc = lb_metrics_printf(out,
-                               "lbd_http_connections_closed_total{reason=\"refused\"} %llu\n"
-                               "lbd_http_connections_closed_total{reason=\"shed\"} %llu\n"
-                               "lbd_http_connections_closed_total{reason=\"header_timeout\"} "
-                               "%llu\n",
-                               (unsigned long long)h->refused, (unsigned long long)h->shed,
-                               (unsigned long long)h->header_timeouts);
+        rc = lb_buf_printf(out,
+                           "lbd_http_connections_closed_total{reason=\"refused\"} %llu\n"
+                           "lbd_http_connections_closed_total{reason=\"shed\"} %llu\n"
+                           "lbd_http_connections_closed_total{reason=\"header_timeout\"} "
+                           "%llu\n",
+                           (unsigned long long)h->refused, (unsigned long long)h->shed,
+                           (unsigned long long)h->header_timeouts);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_http_event_streams", "gauge",
                                "Status page event streams (/events) open.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_http_event_streams %u\n",
-                               h->status ? lb_status_stream_count(h->status) : 0);
+        rc = lb_buf_printf(out, "lbd_http_event_streams %u\n",
+                           h->status ? lb_status_stream_count(h->status) : 0);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_http_event_streams_refused_total", "counter",
                                "Event streams refused: too many open, in all or from one address.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_http_event_streams_refused_total %llu\n",
-                               (unsigned long long)h->streams_refused);
+        rc = lb_buf_printf(out, "lbd_http_event_streams_refused_total %llu\n",
+                           (unsigned long long)h->streams_refused);
     return rc;
 }
 

@@ -342,7 +342,7 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
     if (!rc)
         rc = lb_metrics_family(out, "lbd_ready", "gauge", "1 when /readyz answers 200.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_ready %d\n", lbd_is_ready(d, &why) ? 1 : 0);
+        rc = lb_buf_printf(out, "lbd_ready %d\n", lbd_is_ready(d, &why) ? 1 : 0);
     return rc;
 }
 

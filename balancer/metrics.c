@@ -235,15 +235,15 @@ static int render_histogram(struct lb_buf *out, struct lb_registry *r, struct lb
                 snprintf(le, sizeof(le), "%g", bounds[b]);
             else
                 snprintf(le, sizeof(le), "+Inf");
-            rc = lb_metrics_printf(out, "%s_bucket{pool=\"%s\",le=\"%s\"} %llu\n", fam, pn, le,
-                                   (unsigned long long)cumulative);
+            rc = lb_buf_printf(out, "%s_bucket{pool=\"%s\",le=\"%s\"} %llu\n", fam, pn, le,
+                               (unsigned long long)cumulative);
         }
         if (!rc)
-            rc = lb_metrics_printf(out, "%s_sum{pool=\"%s\"} %.6f\n", fam, pn,
-                                   connect ? h.connect_sum : h.duration_sum);
+            rc = lb_buf_printf(out, "%s_sum{pool=\"%s\"} %.6f\n", fam, pn,
+                               connect ? h.connect_sum : h.duration_sum);
         if (!rc)
-            rc = lb_metrics_printf(out, "%s_count{pool=\"%s\"} %llu\n", fam, pn,
-                                   (unsigned long long)cumulative);
+            rc = lb_buf_printf(out, "%s_count{pool=\"%s\"} %llu\n", fam, pn,
+                               (unsigned long long)cumulative);
     }
     return rc;
 }
@@ -372,39 +372,39 @@ static int render_process(struct lb_buf *out)
         rc = lb_metrics_family(out, "process_cpu_seconds_total", "counter",
                                "Total user and system CPU time spent in seconds.");
         if (!rc)
-            rc = lb_metrics_printf(out, "process_cpu_seconds_total %.2f\n",
-                                   (double)(st.utime + st.stime) / (double)tick);
+            rc = lb_buf_printf(out, "process_cpu_seconds_total %.2f\n",
+                               (double)(st.utime + st.stime) / (double)tick);
         if (!rc)
             rc = lb_metrics_family(out, "process_resident_memory_bytes", "gauge",
                                    "Resident memory size in bytes.");
         if (!rc)
-            rc = lb_metrics_printf(out, "process_resident_memory_bytes %llu\n",
-                                   (unsigned long long)st.rss * (unsigned long long)page);
+            rc = lb_buf_printf(out, "process_resident_memory_bytes %llu\n",
+                               (unsigned long long)st.rss * (unsigned long long)page);
         if (!rc)
             rc = lb_metrics_family(out, "process_virtual_memory_bytes", "gauge",
                                    "Virtual memory size in bytes.");
         if (!rc)
-            rc = lb_metrics_printf(out, "process_virtual_memory_bytes %llu\n",
-                                   (unsigned long long)st.vsize);
+            rc = lb_buf_printf(out, "process_virtual_memory_bytes %llu\n",
+                               (unsigned long long)st.vsize);
         if (!rc && btime)
             rc = lb_metrics_family(out, "process_start_time_seconds", "gauge",
                                    "Start time of the process since unix epoch in seconds.");
         if (!rc && btime)
-            rc = lb_metrics_printf(out, "process_start_time_seconds %.2f\n",
-                                   (double)btime + (double)st.starttime / (double)tick);
+            rc = lb_buf_printf(out, "process_start_time_seconds %.2f\n",
+                               (double)btime + (double)st.starttime / (double)tick);
     }
     if (!rc && fds >= 0)
         rc =
             lb_metrics_family(out, "process_open_fds", "gauge", "Number of open file descriptors.");
     if (!rc && fds >= 0)
-        rc = lb_metrics_printf(out, "process_open_fds %lld\n", fds);
+        rc = lb_buf_printf(out, "process_open_fds %lld\n", fds);
     if (!rc && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rc = lb_metrics_family(out, "process_max_fds", "gauge",
                                "Maximum number of open file descriptors.");
         if (!rc && rl.rlim_cur == RLIM_INFINITY)
-            rc = lb_metrics_printf(out, "process_max_fds +Inf\n");
+            rc = lb_buf_printf(out, "process_max_fds +Inf\n");
         else if (!rc)
-            rc = lb_metrics_printf(out, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+            rc = lb_buf_printf(out, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
     }
     return rc;
 }
@@ -422,9 +422,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
             struct lb_pool_counters c;                                                             \
             char pn[LB_NAME_MAX * 2];                                                              \
             lb_proxy_pool_counters(proxy, i, &c);                                                  \
-            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %llu\n", fam,                             \
-                                   lb_metrics_escape(p->name, pn, sizeof(pn)),                     \
-                                   (unsigned long long)(expr));                                    \
+            rc = lb_buf_printf(out, "%s{pool=\"%s\"} %llu\n", fam,                                 \
+                               lb_metrics_escape(p->name, pn, sizeof(pn)),                         \
+                               (unsigned long long)(expr));                                        \
         }                                                                                          \
     } while (0)
 
@@ -480,9 +480,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
             first = 0;
         }
         if (!rc)
-            rc = lb_metrics_printf(out, "lbd_pool_zone_local{pool=\"%s\"} %d\n",
-                                   lb_metrics_escape(p->name, pn, sizeof(pn)),
-                                   lb_pool_zone_local(p) ? 1 : 0);
+            rc = lb_buf_printf(out, "lbd_pool_zone_local{pool=\"%s\"} %d\n",
+                               lb_metrics_escape(p->name, pn, sizeof(pn)),
+                               lb_pool_zone_local(p) ? 1 : 0);
     }
 
     for (int k = 0; k < 2 && !rc; k++) {
@@ -497,9 +497,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
             const struct lb_pool *p = &r->pools[i];
             char pn[LB_NAME_MAX * 2];
 
-            rc = lb_metrics_printf(out, "%s{pool=\"%s\"} %.6f\n", fam,
-                                   lb_metrics_escape(p->name, pn, sizeof(pn)),
-                                   k ? p->update_seconds : p->rebuild_seconds);
+            rc = lb_buf_printf(out, "%s{pool=\"%s\"} %.6f\n", fam,
+                               lb_metrics_escape(p->name, pn, sizeof(pn)),
+                               k ? p->update_seconds : p->rebuild_seconds);
         }
     }
 
@@ -507,9 +507,9 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
         rc = lb_metrics_family(out, "lbd_worker_connections_total", "counter",
                                "Client connections accepted, per worker thread.");
     for (unsigned i = 0; i < proxy->n_workers && !rc; i++)
-        rc = lb_metrics_printf(out, "lbd_worker_connections_total{worker=\"%u\"} %llu\n", i,
-                               (unsigned long long)atomic_load_explicit(&proxy->workers[i].accepted,
-                                                                        memory_order_relaxed));
+        rc = lb_buf_printf(out, "lbd_worker_connections_total{worker=\"%u\"} %llu\n", i,
+                           (unsigned long long)atomic_load_explicit(&proxy->workers[i].accepted,
+                                                                    memory_order_relaxed));
     {
         uint64_t accepted, accept_errors, cap_pauses, moved, kept;
 
@@ -545,8 +545,8 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
         for (size_t i = 0; i < sizeof(process) / sizeof(process[0]) && !rc; i++) {
             rc = lb_metrics_family(out, process[i].name, process[i].type, process[i].help);
             if (!rc)
-                rc = lb_metrics_printf(out, "%s %llu\n", process[i].name,
-                                       (unsigned long long)process[i].value);
+                rc = lb_buf_printf(out, "%s %llu\n", process[i].name,
+                                   (unsigned long long)process[i].value);
         }
     }
     if (!rc)
@@ -558,6 +558,6 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
     if (!rc)
         rc = lb_metrics_family(out, "lbd_build_info", "gauge", "Version of this lbd.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_build_info{version=\"%s\"} 1\n", LB_VERSION);
+        rc = lb_buf_printf(out, "lbd_build_info{version=\"%s\"} 1\n", LB_VERSION);
     return rc;
 }

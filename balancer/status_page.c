@@ -24,7 +24,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,23 +66,6 @@ const struct lb_status_asset *lb_status_asset_find(const char *path)
 static int json_raw(struct lb_buf *out, const char *s)
 {
     return lb_buf_append(out, s, strlen(s));
-}
-
-static int json_printf(struct lb_buf *out, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int json_printf(struct lb_buf *out, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(tmp))
-        return -EINVAL; /* callers format numbers and names only */
-    return lb_buf_append(out, tmp, (size_t)n);
 }
 
 /* Length of the valid UTF-8 sequence at s (at most `left` bytes), or 0 if it is not one. */
@@ -149,7 +131,7 @@ static int json_str(struct lb_buf *out, const char *s)
             rc = lb_buf_append(out, esc, 2);
             n = 1;
         } else if (*p < 0x80) {
-            rc = json_printf(out, "\\u%04x", *p); /* control characters, <, >, & */
+            rc = lb_buf_printf(out, "\\u%04x", *p); /* control characters, <, >, & */
             n = 1;
         } else if ((n = utf8_len(p, left)) != 0) {
             rc = lb_buf_append(out, p, n);
@@ -167,7 +149,7 @@ static int json_str(struct lb_buf *out, const char *s)
 
 static int json_key(struct lb_buf *out, bool first, const char *key)
 {
-    return json_printf(out, "%s\"%s\":", first ? "" : ",", key);
+    return lb_buf_printf(out, "%s\"%s\":", first ? "" : ",", key);
 }
 
 static int json_key_str(struct lb_buf *out, bool first, const char *key, const char *value)
@@ -179,12 +161,12 @@ static int json_key_str(struct lb_buf *out, bool first, const char *key, const c
 
 static int json_key_u64(struct lb_buf *out, const char *key, uint64_t value)
 {
-    return json_printf(out, ",\"%s\":%" PRIu64, key, value);
+    return lb_buf_printf(out, ",\"%s\":%" PRIu64, key, value);
 }
 
 static int json_key_bool(struct lb_buf *out, const char *key, bool value)
 {
-    return json_printf(out, ",\"%s\":%s", key, value ? "true" : "false");
+    return lb_buf_printf(out, ",\"%s\":%s", key, value ? "true" : "false");
 }
 
 static const char *health_name(enum lb_health_state h)
@@ -309,7 +291,7 @@ static void render_pool(void *ud, const struct lb_pool_info *p)
         /* null: zone affinity off; true: local zone only; false: spilling over */
         int zl = lb_control_pool_zone_local(rd->registry, p->name);
 
-        rc = json_printf(out, ",\"zone_local\":%s", zl < 0 ? "null" : zl ? "true" : "false");
+        rc = lb_buf_printf(out, ",\"zone_local\":%s", zl < 0 ? "null" : zl ? "true" : "false");
     }
     if (!rc)
         rc = json_raw(out, "}");
@@ -340,8 +322,8 @@ int lb_status_render_json(struct lb_registry *r, struct lb_buf *out)
 {
     struct render rd = {.registry = r, .out = out, .first = true};
 
-    rd.rc = json_printf(out, "{\"lbd\":{\"version\":\"%s\",\"ready\":%s,\"unix_ms\":%" PRId64 "}",
-                        LB_VERSION, lb_control_is_ready(r) ? "true" : "false", now_unix_ms());
+    rd.rc = lb_buf_printf(out, "{\"lbd\":{\"version\":\"%s\",\"ready\":%s,\"unix_ms\":%" PRId64 "}",
+                          LB_VERSION, lb_control_is_ready(r) ? "true" : "false", now_unix_ms());
     if (!rd.rc)
         rd.rc = json_raw(out, ",\"pools\":[");
     if (!rd.rc)
@@ -450,7 +432,7 @@ static int format_event(const struct lb_event *ev, struct lb_buf *out)
     if (!rc)
         rc = json_key_str(out, false, "detail", ev->detail ? ev->detail : "");
     if (!rc)
-        rc = json_printf(out, ",\"unix_ms\":%" PRId64 ",\"backend\":", ev->unix_ms);
+        rc = lb_buf_printf(out, ",\"unix_ms\":%" PRId64 ",\"backend\":", ev->unix_ms);
     if (!rc)
         rc = ev->backend ? json_backend(out, ev->backend) : json_raw(out, "null");
     if (!rc)

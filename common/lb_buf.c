@@ -5,6 +5,7 @@
 #include "lb_buf.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,4 +65,25 @@ void lb_buf_free(struct lb_buf *b)
 {
     free(b->data);
     lb_buf_init(b, b->max);
+}
+
+int lb_buf_vprintf(struct lb_buf *b, const char *fmt, va_list ap)
+{
+    char text[LB_BUF_PRINTF_MAX + 1];
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
+
+    if (n < 0 || (size_t)n >= sizeof(text))
+        return -E2BIG;
+    return lb_buf_append(b, text, (size_t)n);
+}
+
+int lb_buf_printf(struct lb_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = lb_buf_vprintf(b, fmt, ap);
+    va_end(ap);
+    return rc;
 }

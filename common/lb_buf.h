@@ -6,6 +6,7 @@
 #ifndef LB_BUF_H
 #define LB_BUF_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 struct lb_buf {
@@ -18,6 +19,15 @@ struct lb_buf {
 void lb_buf_init(struct lb_buf *b, size_t max);
 /* Returns 0, -E2BIG past the maximum (buffer unchanged) or -ENOMEM. */
 int lb_buf_append(struct lb_buf *b, const void *data, size_t len);
+/*
+ * Appends printf-style text of at most LB_BUF_PRINTF_MAX bytes (lines of
+ * /metrics, pieces of a JSON document).  Returns 0, -E2BIG when the text
+ * is longer or past the maximum (buffer unchanged), or -ENOMEM.
+ */
+#define LB_BUF_PRINTF_MAX 1023
+int lb_buf_printf(struct lb_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int lb_buf_vprintf(struct lb_buf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 /* Drops the first n bytes (n <= len). */
 void lb_buf_consume(struct lb_buf *b, size_t n);
 void lb_buf_reset(struct lb_buf *b);

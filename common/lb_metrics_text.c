@@ -1,30 +1,14 @@
 /*
  * Prometheus text exposition helpers shared by lbd's modules (contract in
- * lb_metrics_text.h): families, label escaping, printf into an lb_buf.
+ * lb_metrics_text.h): families and label escaping; samples are lb_buf_printf().
  */
 #include "lb_metrics_text.h"
 
-#include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
-
-int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(line))
-        return -E2BIG;
-    return lb_buf_append(out, line, (size_t)n);
-}
 
 int lb_metrics_family(struct lb_buf *out, const char *name, const char *type, const char *help)
 {
-    return lb_metrics_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    return lb_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 const char *lb_metrics_escape(const char *value, char *buf, size_t size)

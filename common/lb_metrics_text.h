@@ -1,6 +1,6 @@
 /*
  * Writing Prometheus text exposition (format 0.0.4) into a bounded buffer:
- * family headers, printf-style samples, and label values escaped.  Shared by
+ * family headers and label values escaped (samples: lb_buf_printf()).  Shared by
  * lbd's data-plane metrics and the watcher's etcd metrics.
  */
 #ifndef LB_METRICS_TEXT_H
@@ -12,10 +12,6 @@
 
 /* Appends "# HELP" and "# TYPE" lines.  Returns 0 or -E2BIG/-ENOMEM. */
 int lb_metrics_family(struct lb_buf *out, const char *name, const char *type, const char *help);
-
-/* Appends one formatted line (at most 1 KiB).  Returns 0 or -E2BIG/-ENOMEM. */
-int lb_metrics_printf(struct lb_buf *out, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 
 /* Writes `value` with \, " and newlines escaped into buf (cut to fit).  Returns buf. */
 const char *lb_metrics_escape(const char *value, char *buf, size_t size);

@@ -26,26 +26,26 @@ static int render_lag(struct lb_buf *out, const struct lb_watcher_stats *st)
                           "Time from a watch response's arrival to the end of its pool commit.");
 
     for (size_t i = 0; !rc && i < LB_WATCHER_LAG_BUCKETS; i++)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"%g\"} %llu\n",
-                               bounds[i], (unsigned long long)st->lag_buckets[i]);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"%g\"} %llu\n", bounds[i],
+                           (unsigned long long)st->lag_buckets[i]);
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
-                               (unsigned long long)st->lag_count);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
+                           (unsigned long long)st->lag_count);
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_sum %.6f\n", st->lag_sum_s);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_seconds_sum %.6f\n", st->lag_sum_s);
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_seconds_count %llu\n",
-                               (unsigned long long)st->lag_count);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_seconds_count %llu\n",
+                           (unsigned long long)st->lag_count);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_update_lag_last_seconds", "gauge",
                                "Update lag of the last watch response committed.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_last_seconds %.6f\n", st->lag_last_s);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_last_seconds %.6f\n", st->lag_last_s);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_update_lag_max_seconds", "gauge",
                                "Largest update lag since lbd started.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_update_lag_max_seconds %.6f\n", st->lag_max_s);
+        rc = lb_buf_printf(out, "lbd_etcd_update_lag_max_seconds %.6f\n", st->lag_max_s);
     return rc;
 }
 
@@ -99,35 +99,35 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
     rc = lb_metrics_family(out, "lbd_etcd_watch_state", "gauge",
                            "1 for the state the etcd watcher is in, 0 for the others.");
     for (size_t i = 0; !rc && i < sizeof(states) / sizeof(states[0]); i++)
-        rc = lb_metrics_printf(out, "lbd_etcd_watch_state{state=\"%s\"} %d\n",
-                               lb_watcher_state_name(states[i]), st.state == states[i]);
+        rc = lb_buf_printf(out, "lbd_etcd_watch_state{state=\"%s\"} %d\n",
+                           lb_watcher_state_name(states[i]), st.state == states[i]);
     for (size_t i = 0; !rc && i < sizeof(counters) / sizeof(counters[0]); i++) {
         rc = lb_metrics_family(out, counters[i].name, counters[i].type, counters[i].help);
         if (!rc)
-            rc = lb_metrics_printf(out, "%s %llu\n", counters[i].name, counters[i].value);
+            rc = lb_buf_printf(out, "%s %llu\n", counters[i].name, counters[i].value);
     }
     if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_skipped_keys_total", "counter",
                                "etcd keys (listing entries or watch events) lbd skipped, by "
                                "reason; each is logged, rate limited.");
     for (int r = 0; !rc && r < LB_SKIP_REASONS; r++)
-        rc = lb_metrics_printf(out, "lbd_etcd_skipped_keys_total{reason=\"%s\"} %llu\n",
-                               lb_skip_reason_name(r), (unsigned long long)st.skipped[r]);
+        rc = lb_buf_printf(out, "lbd_etcd_skipped_keys_total{reason=\"%s\"} %llu\n",
+                           lb_skip_reason_name(r), (unsigned long long)st.skipped[r]);
     if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_last_contact_seconds", "gauge",
                                "Seconds since bytes last arrived from etcd (no sample until "
                                "they first do).");
     if (!rc && st.ms_since_contact >= 0)
-        rc = lb_metrics_printf(out, "lbd_etcd_last_contact_seconds %.3f\n",
-                               (double)st.ms_since_contact / 1000.0);
+        rc = lb_buf_printf(out, "lbd_etcd_last_contact_seconds %.3f\n",
+                           (double)st.ms_since_contact / 1000.0);
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_staleness_seconds", "gauge",
             "Seconds since the watcher last had a confirmed watch or a complete listing "
             "of etcd; 0 while watching.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_staleness_seconds %.3f\n",
-                               (double)st.staleness_ms / 1000.0);
+        rc = lb_buf_printf(out, "lbd_etcd_staleness_seconds %.3f\n",
+                           (double)st.staleness_ms / 1000.0);
     if (!rc)
         rc = render_lag(out, &st);
     if (!rc)
@@ -136,27 +136,27 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
             "How long the last complete listing of etcd took, to its commit (no sample "
             "until the first one).");
     if (!rc && st.last_list_ms >= 0)
-        rc = lb_metrics_printf(out, "lbd_etcd_last_list_seconds %.3f\n",
-                               (double)st.last_list_ms / 1000.0);
+        rc = lb_buf_printf(out, "lbd_etcd_last_list_seconds %.3f\n",
+                           (double)st.last_list_ms / 1000.0);
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_logins_total", "counter",
             "Logins to etcd (--etcd-user-file): the first, then one per expired token.");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_logins_total %llu\n", (unsigned long long)st.logins);
+        rc = lb_buf_printf(out, "lbd_etcd_logins_total %llu\n", (unsigned long long)st.logins);
     if (!rc)
         rc = lb_metrics_family(
             out, "lbd_etcd_login_failures_total", "counter",
             "Logins to etcd that failed (refused credentials, etcd unreachable).");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_login_failures_total %llu\n",
-                               (unsigned long long)st.login_failures);
+        rc = lb_buf_printf(out, "lbd_etcd_login_failures_total %llu\n",
+                           (unsigned long long)st.login_failures);
     if (!rc)
         rc =
             lb_metrics_family(out, "lbd_etcd_endpoint_info", "gauge",
                               "The etcd endpoint in use (while backing off: the next one to try).");
     if (!rc)
-        rc = lb_metrics_printf(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
-                               lb_metrics_escape(st.endpoint, endpoint, sizeof(endpoint)));
+        rc = lb_buf_printf(out, "lbd_etcd_endpoint_info{endpoint=\"%s\"} 1\n",
+                           lb_metrics_escape(st.endpoint, endpoint, sizeof(endpoint)));
     return rc;
 }

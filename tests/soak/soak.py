@@ -147,6 +147,30 @@ def now():
     return time.monotonic()
 
 
+def witness_exchange(w, send, n, when):
+    """Sends `send` on witness w's socket and reads n bytes back within 5 s
+    (scaled).  Returns them, or None after w.fail() naming what went wrong
+    `when` (EOF, timeout, reset, another socket error)."""
+    try:
+        w.sock.settimeout(lbtest.scaled(5.0))
+        w.sock.sendall(send)
+        got = b""
+        while len(got) < n:
+            chunk = w.sock.recv(n - len(got))
+            if not chunk:
+                w.fail("closed (EOF) %s" % when)
+                return None
+            got += chunk
+        return got
+    except socket.timeout:
+        w.fail("no answer within %.0f s %s" % (lbtest.scaled(5.0), when))
+    except ConnectionResetError:
+        w.fail("reset %s" % when)
+    except OSError as exc:
+        w.fail("%s: %s: %s" % (when, type(exc).__name__, exc))
+    return None
+
+
 def dur(ms):
     """A duration string lbd accepts, in one of several spellings."""
     if ms == 0:
@@ -2160,26 +2184,11 @@ class Soak:
         for w in witnesses:
             if w.error:
                 continue
-            try:
-                w.sock.setblocking(True)
-                w.sock.settimeout(lbtest.scaled(5.0))
-                want = bytes(w.expect) + b"last\n"
-                w.sock.sendall(b"last\n")
-                got = b""
-                while len(got) < len(want):
-                    chunk = w.sock.recv(len(want) - len(got))
-                    if not chunk:
-                        w.fail("closed (EOF) at the last exchange")
-                        break
-                    got += chunk
-                if not w.error and got != want:
-                    w.fail("echo corrupted at the last exchange")
-            except socket.timeout:
-                w.fail("no echo within %.0f s at the last exchange" % lbtest.scaled(5.0))
-            except ConnectionResetError:
-                w.fail("reset at the last exchange")
-            except OSError as exc:
-                w.fail("last exchange: %s: %s" % (type(exc).__name__, exc))
+            w.sock.setblocking(True)
+            want = bytes(w.expect) + b"last\n"
+            got = witness_exchange(w, b"last\n", len(want), "at the last exchange")
+            if got is not None and got != want:
+                w.fail("echo corrupted at the last exchange")
         for w in witnesses:
             try:
                 w.sock.close()
@@ -2303,25 +2312,11 @@ class Soak:
         for w in silent:
             nonce = "%016x" % w.rng.getrandbits(64)
             payload = w.rng.randbytes(w.rng.randint(1, 200))
-            try:
-                w.sock.settimeout(lbtest.scaled(5.0))
-                w.sock.sendall(("SOAK %s\n" % nonce).encode() + payload)
-                want = ("s0 %s\n" % nonce).encode() + payload
-                got = b""
-                while len(got) < len(want):
-                    chunk = w.sock.recv(len(want) - len(got))
-                    if not chunk:
-                        w.fail("closed (EOF) at its first bytes")
-                        break
-                    got += chunk
-                if not w.error and got != want:
-                    w.fail("answered %r to its first bytes, expected %r" % (got[:60], want[:60]))
-            except socket.timeout:
-                w.fail("no answer within %.0f s to its first bytes" % lbtest.scaled(5.0))
-            except ConnectionResetError:
-                w.fail("reset at its first bytes")
-            except OSError as exc:
-                w.fail("first bytes: %s: %s" % (type(exc).__name__, exc))
+            want = ("s0 %s\n" % nonce).encode() + payload
+            got = witness_exchange(w, ("SOAK %s\n" % nonce).encode() + payload, len(want),
+                                   "at its first bytes")
+            if got is not None and got != want:
+                w.fail("answered %r to its first bytes, expected %r" % (got[:60], want[:60]))
             try:
                 w.sock.close()
             except OSError:
