@@ -248,6 +248,16 @@ struct lb_subscription *lb_events_subscribe(struct lb_events *e, lb_event_cb cb,
     return s;
 }
 
+size_t lb_events_subscribers(const struct lb_events *e)
+{
+    const struct lb_list *pos;
+    size_t n = 0;
+
+    for (pos = e->subs.next; pos != &e->subs; pos = pos->next)
+        n += !lb_list_entry(pos, const struct lb_subscription, link)->dead;
+    return n;
+}
+
 static void subscription_free(struct lb_reap *r)
 {
     struct lb_subscription *s = lb_container_of(r, struct lb_subscription, reap);

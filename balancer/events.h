@@ -68,5 +68,7 @@ struct lb_subscription *lb_events_subscribe(struct lb_events *e, lb_event_cb cb,
 /* Removes one: it gets no more events, and is freed by the reaper (so this
  * is safe from inside any subscriber's callback).  NULL is a no-op. */
 void lb_events_unsubscribe(struct lb_events *e, struct lb_subscription *s);
+/* Subscribers now (unsubscribed ones not counted): gRPC WatchEvents and /events streams. */
+size_t lb_events_subscribers(const struct lb_events *e);
 
 #endif

@@ -464,6 +464,13 @@ int lb_metrics_render(struct lb_buf *out, struct lb_registry *r, struct lb_proxy
                 c.queue_timeouts);
 #undef POOL_FAMILY
 
+    if (!rc)
+        rc = lb_metrics_family(out, "lbd_event_subscribers", "gauge",
+                               "Event streams open: gRPC WatchEvents (lbctl watch) and the "
+                               "status page's /events.");
+    if (!rc)
+        rc = lb_buf_printf(out, "lbd_event_subscribers %zu\n", lb_events_subscribers(&r->events));
+
     /* Only pools with zone affinity on (lbd has --zone, the policy a
      * zone_affinity): absent elsewhere, so a sum over pools means something. */
     for (size_t i = 0, first = 1; i < r->n_pools && !rc; i++) {

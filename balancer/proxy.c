@@ -813,11 +813,11 @@ static void worker_session_query(struct lb_msg *m, void *ctx)
         prev = lb_list_prev(&w->live, pos);
         if (!query_matches(q, w, s))
             continue;
-        lb_session_settle(s); /* a silent connect that is done shows as proxying */
         if (q->kill) {
             lb_session_kill(s);
             qm->total++;
         } else {
+            lb_session_settle(s); /* a silent connect that is done shows as proxying */
             query_add_view(qm, s);
         }
     }

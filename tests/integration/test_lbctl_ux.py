@@ -292,7 +292,9 @@ class LbctlUx(HarnessTestCase):
                    "lbctl watch to fall back to changes only")
         self.assertIn("the current state of big is more than an event stream may queue",
                       tw.log_text())
-        time.sleep(0.5)  # the second stream subscribes
+        # lbctl subscribed again, for changes only: the first stream ended
+        wait_until(lambda: self.lbd.metric("lbd_event_subscribers") == 1, scaled(5),
+                   "lbctl watch's second stream")
         rc, out, err = self.ctl("weight", "big", ids[7], "7")
         self.assertEqual(rc, 0, err)
         wait_until(lambda: "weight 100 -> 7" in tw.log_text(), scaled(5),
