@@ -291,6 +291,7 @@ static void worker_apply_change(struct lb_msg *m, void *ctx)
     struct pool_change *c = cm->change;
     struct lb_worker *w = ctx;
     struct lb_wpool *wp = &w->pools[c->pool];
+    struct lb_pool_policy was = wp->policy;
 
     if (c->rebuild) {
         struct lb_snapshot *next = lb_snapshot_copy(c->entries, c->n_entries, c->algo, wp->snap);
@@ -314,7 +315,7 @@ static void worker_apply_change(struct lb_msg *m, void *ctx)
     }
     pool_change_release(c);
     free(cm);
-    lb_session_pool_changed(wp);
+    lb_session_policy_changed(wp, &was);
 }
 
 static void worker_report_idle(struct lb_worker *w);

@@ -419,6 +419,11 @@ static void apply_policy(struct lb_registry *r, struct lb_pool *pool,
             pool->name, lb_algorithm_name(policy->algorithm), (long long)policy->connect_timeout_ms,
             (long long)policy->idle_timeout_ms, policy->retries, policy->max_conns,
             (long long)policy->queue_timeout_ms);
+    if (policy->queue_timeout_ms > 0 && policy->max_conns <= 0)
+        LB_WARN("pool",
+                "msg=\"queue_timeout has no effect without max_conns: no backend is ever full, "
+                "so no client waits; set max_conns to queue clients\" pool=%s",
+                pool->name);
     snprintf(detail, sizeof(detail), "%s",
              policy == &def ? "policy deleted: defaults apply" : "policy changed");
     policy_describe(&was, policy, detail, sizeof(detail));

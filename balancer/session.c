@@ -1266,6 +1266,42 @@ void lb_session_serve_granted(struct lb_wpool *wp)
     }
 }
 
+/*
+ * The pool's queue_timeout changed: this worker's waiting clients take the
+ * new one, counted from when each first queued.  Turned off, or already
+ * past, the wait ends now (end=queue_timeout), as a reload of HAProxy's
+ * `timeout queue` would have it.
+ */
+static void session_requeue_deadlines(struct lb_wpool *wp)
+{
+    struct lb_worker *w = wp->worker;
+    ev_tstamp now = ev_now(w->loop);
+    struct lb_list *l, *next;
+
+    for (l = w->live.next; l != &w->live; l = next) {
+        struct lb_session *s = lb_session_of_link(l);
+
+        next = l->next;
+        if (s->pool != wp || s->state != SESSION_QUEUED)
+            continue;
+        s->queue_deadline = s->queued_at + (double)wp->policy.queue_timeout_ms / 1000.;
+        ev_timer_stop(w->loop, &s->timer);
+        if (wp->policy.queue_timeout_ms <= 0 || s->queue_deadline - now <= 0) {
+            session_queue_timed_out(s);
+            continue;
+        }
+        ev_timer_set(&s->timer, s->queue_deadline - now, 0.);
+        ev_timer_start(w->loop, &s->timer);
+    }
+}
+
+void lb_session_policy_changed(struct lb_wpool *wp, const struct lb_pool_policy *was)
+{
+    if (was->queue_timeout_ms != wp->policy.queue_timeout_ms && lb_conn_queue_length(wp->queue))
+        session_requeue_deadlines(wp);
+    lb_session_pool_changed(wp);
+}
+
 void lb_session_pool_changed(struct lb_wpool *wp)
 {
     if (lb_conn_queue_length(wp->queue) && pool_has_room(wp))

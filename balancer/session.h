@@ -183,6 +183,8 @@ int lb_session_start(struct lb_worker *w, struct lb_wpool *pool, int client_fd,
  */
 void lb_session_serve_granted(struct lb_wpool *wp);
 void lb_session_pool_changed(struct lb_wpool *wp);
+/* As lb_session_pool_changed, when the pool's policy may have changed from `was`. */
+void lb_session_policy_changed(struct lb_wpool *wp, const struct lb_pool_policy *was);
 
 /*
  * A connect that neither side has spoken through yet is confirmed by what

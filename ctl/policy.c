@@ -524,6 +524,16 @@ static json_object *policy_changes(const struct lb_pool_policy *old,
 
 /* ---- the verbs ---- */
 
+/* Fields that are valid but do nothing as combined: one "note:" line each on stderr. */
+static void print_inert_fields(const struct policy_run *r, const struct verdict *v)
+{
+    if (v->rc == 0 && v->policy.queue_timeout_ms > 0 && v->policy.max_conns <= 0)
+        fprintf(stderr,
+                "lbctl policy: %s: note: queue_timeout has no effect without max_conns (no "
+                "backend is ever full, so no client waits); set max_conns to queue clients\n",
+                source_name(r));
+}
+
 static int cmd_validate(struct policy_run *r, const char *text, size_t len)
 {
     struct verdict *v = malloc(sizeof(*v));
@@ -553,6 +563,8 @@ static int cmd_validate(struct policy_run *r, const char *text, size_t len)
                 "lbctl policy: %s: %zu problem%s, not a policy lbd would apply as written\n",
                 source_name(r), verdict_count(v), verdict_count(v) == 1 ? "" : "s");
     }
+    fflush(stdout);
+    print_inert_fields(r, v);
     free(v);
     return rc;
 }
@@ -682,6 +694,7 @@ static int cmd_set(struct policy_run *r, const struct policy_opts *o, const char
                     source_name(r), verdict_count(now), verdict_count(now) == 1 ? "" : "s", r->key);
         goto out;
     }
+    print_inert_fields(r, now);
     /* What is stored: the input without its whitespace, fields as written. */
     if (lb_etcd_json_parse(text, len, &parsed, NULL) != 0 ||
         lb_etcd_json_finish(parsed, &value) != 0) {

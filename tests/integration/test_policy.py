@@ -325,6 +325,12 @@ class Policies(HarnessTestCase):
         self.assertIn("not JSON", err)
         rc, out, err = self.policy("validate", POOL, stdin="")
         self.assertEqual(rc, 1)
+        # valid, but inert as combined: said, not refused
+        rc, out, err = self.policy("validate", POOL, stdin='{"queue_timeout":"30s"}')
+        self.assertEqual(rc, 0, err)
+        self.assertIn("queue_timeout has no effect without max_conns", err)
+        rc, out, err = self.policy("validate", POOL, stdin='{"queue_timeout":"30s","max_conns":4}')
+        self.assertEqual((rc, err), (0, ""))
 
     def test_6_lbctl_and_lbd_judge_alike(self):
         cases = [

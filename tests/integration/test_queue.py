@@ -30,7 +30,11 @@ against lbd --workers 2, with one backend at max_conns 1:
      backend ever holds two;
   8. a crowd: 2,000 clients at once on a backend at max_conns 20 all wait
      and are all served, never more than 20 at once, while /metrics keeps
-     answering; the time to drain the queue is a figure.
+     answering; the time to drain the queue is a figure;
+  9. queue_timeout changed while clients wait: lowered below what they
+     have waited, they are closed at once (end=queue_timeout), not at the
+     deadline they queued with; turned off (0), every waiting client is
+     closed at once; the holder is never disturbed.
 """
 
 import json
@@ -55,6 +59,7 @@ POLICIES = {
     "off": {"health": NO_CHECKS, "max_conns": 1},
     "algos": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
     "crowd": {"health": NO_CHECKS, "max_conns": 20, "queue_timeout": "60s"},
+    "retime": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
 }
 CROWD = 2000
 ALGOS_BACKENDS = 2
@@ -353,6 +358,44 @@ class QueueTest(HarnessTestCase):
         self.assertGreater(peak_queue, cap, "the crowd never queued")
         self.wait_queued(pool, 0)
         self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), 0)
+
+    def set_queue_timeout(self, pool, value):
+        policy = dict(POLICIES[pool], queue_timeout=value)
+        self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
+
+    def test_9_queue_timeout_changed_while_clients_wait(self):
+        pool = "retime"
+        holder = self.hold(pool)
+        t0 = time.monotonic()
+        s = self.connect(pool, "waited-1s")
+        client = client_of(s)
+        self.wait_queued(pool, 1)
+        wait_until(lambda: time.monotonic() - t0 > 1.0, 5, "the client waiting 1 s")
+        t1 = time.monotonic()
+        self.set_queue_timeout(pool, "1s")  # already past for this client
+        self.assertEqual(ended(s, scaled(5)), "eof")
+        figure("queue: queue_timeout lowered below the wait, client closed after",
+               "%.1f" % ((time.monotonic() - t1) * 1e3), "ms")
+        self.assertLess(time.monotonic() - t1, scaled(2), "closed only at the old deadline")
+        line = self.one_line(client)
+        self.assertEqual(line["end"], "queue_timeout")
+        self.assertGreaterEqual(float(line["queue_ms"]), 1000)
+
+        applied = self.lbd.log_text().count('msg="policy applied" pool=%s ' % pool)
+        self.set_queue_timeout(pool, "20s")
+        wait_until(lambda: self.lbd.log_text().count('msg="policy applied" pool=%s ' % pool)
+                   > applied, scaled(5), "queue_timeout back at 20s")
+        waiting = [self.connect(pool, "w%d" % i) for i in range(3)]
+        self.wait_queued(pool, 3)
+        t1 = time.monotonic()
+        self.set_queue_timeout(pool, "0s")
+        for w in waiting:
+            self.assertEqual(ended(w, scaled(5)), "eof")
+        self.assertLess(time.monotonic() - t1, scaled(2))
+        self.wait_queued(pool, 0)
+        self.assertEqual(self.backends[pool].seen(), ["holder"])
+        holder.sendall(b"still here")
+        holder.close()
 
 
 if __name__ == "__main__":
