@@ -1269,25 +1269,28 @@ void lb_session_serve_granted(struct lb_wpool *wp)
 /*
  * The pool's queue_timeout changed: this worker's waiting clients take the
  * new one, counted from when each first queued.  Turned off, or already
- * past, the wait ends now (end=queue_timeout), as a reload of HAProxy's
- * `timeout queue` would have it.
+ * past, the wait ends now: the client takes a slot if one is free (the same
+ * change may have raised max_conns), else it is closed (end=queue_timeout).
+ * Oldest first: the live list has the newest at its head.
  */
 static void session_requeue_deadlines(struct lb_wpool *wp)
 {
     struct lb_worker *w = wp->worker;
     ev_tstamp now = ev_now(w->loop);
-    struct lb_list *l, *next;
+    struct lb_list *l, *prev;
 
-    for (l = w->live.next; l != &w->live; l = next) {
+    for (l = w->live.prev; l != &w->live; l = prev) {
         struct lb_session *s = lb_session_of_link(l);
 
-        next = l->next;
+        prev = l->prev;
         if (s->pool != wp || s->state != SESSION_QUEUED)
             continue;
         s->queue_deadline = s->queued_at + (double)wp->policy.queue_timeout_ms / 1000.;
         ev_timer_stop(w->loop, &s->timer);
         if (wp->policy.queue_timeout_ms <= 0 || s->queue_deadline - now <= 0) {
-            session_queue_timed_out(s);
+            session_unqueue(s);
+            s->state = SESSION_CONNECTING;
+            session_connect_next(s); /* a last try: queues no more, its deadline is past */
             continue;
         }
         ev_timer_set(&s->timer, s->queue_deadline - now, 0.);

@@ -34,7 +34,8 @@ against lbd --workers 2, with one backend at max_conns 1:
   9. queue_timeout changed while clients wait: lowered below what they
      have waited, they are closed at once (end=queue_timeout), not at the
      deadline they queued with; turned off (0), every waiting client is
-     closed at once; the holder is never disturbed.
+     closed at once; the holder is never disturbed; with max_conns
+     lifted in the same change, the waiting clients are served instead.
 """
 
 import json
@@ -359,9 +360,14 @@ class QueueTest(HarnessTestCase):
         self.wait_queued(pool, 0)
         self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), 0)
 
-    def set_queue_timeout(self, pool, value):
-        policy = dict(POLICIES[pool], queue_timeout=value)
-        self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(policy))
+    def set_policy(self, pool, **fields):
+        """Writes the pool's policy with fields changed; returns once lbd applied it."""
+        def applied():
+            return self.lbd.log_text().count('msg="policy applied" pool=%s ' % pool)
+        n = applied()
+        self.etcd.put("%spools/%s/config" % (PREFIX, pool), json.dumps(dict(POLICIES[pool],
+                                                                            **fields)))
+        wait_until(lambda: applied() > n, scaled(5), "lbd to apply %s's policy" % pool)
 
     def test_9_queue_timeout_changed_while_clients_wait(self):
         pool = "retime"
@@ -372,7 +378,7 @@ class QueueTest(HarnessTestCase):
         self.wait_queued(pool, 1)
         wait_until(lambda: time.monotonic() - t0 > 1.0, 5, "the client waiting 1 s")
         t1 = time.monotonic()
-        self.set_queue_timeout(pool, "1s")  # already past for this client
+        self.set_policy(pool, queue_timeout="1s")  # already past for this client
         self.assertEqual(ended(s, scaled(5)), "eof")
         figure("queue: queue_timeout lowered below the wait, client closed after",
                "%.1f" % ((time.monotonic() - t1) * 1e3), "ms")
@@ -381,19 +387,26 @@ class QueueTest(HarnessTestCase):
         self.assertEqual(line["end"], "queue_timeout")
         self.assertGreaterEqual(float(line["queue_ms"]), 1000)
 
-        applied = self.lbd.log_text().count('msg="policy applied" pool=%s ' % pool)
-        self.set_queue_timeout(pool, "20s")
-        wait_until(lambda: self.lbd.log_text().count('msg="policy applied" pool=%s ' % pool)
-                   > applied, scaled(5), "queue_timeout back at 20s")
+        self.set_policy(pool, queue_timeout="20s")
         waiting = [self.connect(pool, "w%d" % i) for i in range(3)]
         self.wait_queued(pool, 3)
         t1 = time.monotonic()
-        self.set_queue_timeout(pool, "0s")
+        self.set_policy(pool, queue_timeout="0s")
         for w in waiting:
             self.assertEqual(ended(w, scaled(5)), "eof")
         self.assertLess(time.monotonic() - t1, scaled(2))
         self.wait_queued(pool, 0)
         self.assertEqual(self.backends[pool].seen(), ["holder"])
+
+        # queueing and the cap lifted together: the waiting are let in, not closed
+        self.set_policy(pool, queue_timeout="20s")
+        waiting = [self.connect(pool, "x%d" % i) for i in range(2)]
+        self.wait_queued(pool, 2)
+        self.set_policy(pool, queue_timeout="0s", max_conns=0)
+        for i, w in enumerate(waiting):
+            self.assertEqual(recv_line_bytes(w), b"OK x%d\n" % i)
+            w.close()
+        self.wait_queued(pool, 0)
         holder.sendall(b"still here")
         holder.close()
 
