@@ -163,6 +163,7 @@ struct lbd {
     struct lb_addr_policy addr_policy;
     struct lb_update_sink registry_sink;
     ev_signal sigterm, sigint, sighup, sigusr2;
+    ev_signal ignored[5]; /* signals whose default would kill lbd: logged, nothing else */
     ev_timer grace;
     ev_timer delay; /* --shutdown-delay: still accepting, not ready */
     bool stopping;
@@ -525,6 +526,36 @@ static void lbd_usr2_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
     if (lbd_upgrade(d, &why) < 0)
         LB_WARN("lbd", "msg=\"SIGUSR2: no upgrade\" reason=\"%s\"", why);
+}
+
+/*
+ * Signals that mean something to other daemons (nginx reopens its logs on
+ * SIGUSR1, HAProxy stops softly) but nothing to lbd.  Their default action
+ * would end lbd and every connection through it; they get one line that
+ * says which signals lbd does use.
+ */
+static const struct {
+    int signum;
+    const char *name;
+} ignored_signals[] = {
+    {SIGUSR1, "SIGUSR1"}, {SIGALRM, "SIGALRM"}, {SIGVTALRM, "SIGVTALRM"},
+    {SIGIO, "SIGIO"},     {SIGPWR, "SIGPWR"},
+};
+#define N_IGNORED_SIGNALS (sizeof(ignored_signals) / sizeof(ignored_signals[0]))
+_Static_assert(N_IGNORED_SIGNALS == sizeof(((struct lbd *)0)->ignored) / sizeof(ev_signal),
+               "one watcher per ignored signal");
+
+static void lbd_ignored_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    const char *name = "?";
+
+    for (size_t i = 0; i < N_IGNORED_SIGNALS; i++)
+        if (ignored_signals[i].signum == w->signum)
+            name = ignored_signals[i].name;
+    LB_WARN("lbd",
+            "msg=\"%s ignored: lbd stops gracefully on SIGTERM, hands over to a new lbd on "
+            "SIGUSR2 and re-reads credential files on SIGHUP\" signal=%s",
+            name, name);
 }
 
 /* Logs the outcome of re-reading one file at SIGHUP. */
@@ -1033,6 +1064,10 @@ int main(int argc, char **argv)
     if (!d.loop) {
         fprintf(stderr, "lbd: cannot create the epoll event loop\n");
         goto out_curl;
+    }
+    for (size_t i = 0; i < N_IGNORED_SIGNALS; i++) { /* from the start: they would kill */
+        ev_signal_init(&d.ignored[i], lbd_ignored_cb, ignored_signals[i].signum);
+        ev_signal_start(d.loop, &d.ignored[i]);
     }
     if (lbd_start(&d) < 0)
         goto out_loop;

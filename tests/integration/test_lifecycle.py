@@ -18,7 +18,10 @@ real lbd, and proves what must hold instead:
     --backend-networks refuses what lies outside it;
   - a backend's reset reaches the client as a reset, not a clean close;
   - at the global connection cap, the pause is logged once a second, not
-    once per close.
+    once per close;
+  - signals other daemons use (SIGUSR1: nginx reopens logs, HAProxy stops
+    softly; SIGALRM, ...) do not kill lbd nor its connections: one line
+    each, naming the signals lbd does use.
 
 lbd runs under the sanitizers in CI: a use-after-free here is a test
 failure, not a flake.
@@ -168,10 +171,11 @@ class LifecycleTest(HarnessTestCase):
     def setUpWorld(cls):
         cls.etcd = Etcd(cls.h).start()
         # "empty" has no key at all, as on a fresh install before the first backend.
-        for pool in ["eject", "inflight", "policy", "deaf", "own", "reset"]:
+        for pool in ["eject", "inflight", "policy", "deaf", "own", "reset", "sig"]:
             cls.etcd.put(config_key(pool), json.dumps({"health": NO_CHECKS, "retries": 0}))
         cls.lbd = Lbd(cls.h, cls.etcd.url, PREFIX,
-                      ["empty", "eject", "inflight", "policy", "deaf", "own", "reset"]).start()
+                      ["empty", "eject", "inflight", "policy", "deaf", "own", "reset",
+                       "sig"]).start()
         cls.pid = cls.lbd.proc.popen.pid
 
     def assert_alive(self):
@@ -215,6 +219,25 @@ class LifecycleTest(HarnessTestCase):
         for _ in range(3):
             self.assertIn(closed_cleanly(self.lbd.pool_port(pool)), ("eof", "reset"))
         wait_until(lambda: self.ejected(pool, bid), scaled(5), "%s ejected" % bid)
+
+    def test_foreign_signals_are_logged_not_fatal(self):
+        import signal
+        b = lbtest.Backend(self.h, "sig")
+        self.put_backend("sig", "sig", b.addr)
+        wait_until(lambda: ask(self.lbd.pool_port("sig")) == "sig", scaled(10),
+                   "the backend to answer")
+        held = socket.create_connection(("127.0.0.1", self.lbd.pool_port("sig")),
+                                        timeout=scaled(5))
+        self.addCleanup(held.close)
+        self.assertEqual(lbtest.recv_line_bytes(held), b"sig\n")  # the backend's greeting
+        for sig in ("SIGUSR1", "SIGALRM", "SIGVTALRM", "SIGIO", "SIGPWR"):
+            os.kill(self.pid, getattr(signal, sig))
+            wait_until(lambda: "msg=\"%s ignored: lbd stops gracefully on SIGTERM" % sig
+                       in self.lbd.log_text(), scaled(5), "the %s line" % sig)
+            self.assert_alive()
+        self.assertEqual(ask(self.lbd.pool_port("sig")), "sig")
+        held.sendall(b"x")  # the held connection is still proxied
+        self.assertEqual(held.recv(16), b"x")
 
     def test_backend_ejected_then_removed_fires_nothing_afterwards(self):
         lease = self.etcd.grant(2)
