@@ -1124,15 +1124,20 @@ static bool pool_has_room(struct lb_wpool *wp)
 
 /*
  * Whether a client that found no backend waits for a slot: it has tried
- * none yet (a retry that finds the rest full fails as before), the pool
- * queues (or it already waits), and backends are there, only full.
+ * none yet (a retry that finds the rest full fails as before), and either
+ * it waits already -- it keeps its place until its deadline, whatever
+ * befell the backends meanwhile (drained, down, weight 0, removed) -- or
+ * the pool queues and backends are there, only full.
  */
 static bool session_should_wait(struct lb_session *s, const struct lb_pick *pick)
 {
     struct lb_pick any = *pick;
 
-    if (s->n_tried || !pick->max_conns ||
-        (s->pool->policy.queue_timeout_ms <= 0 && s->queued_at <= 0))
+    if (s->n_tried)
+        return false;
+    if (s->queued_at > 0)
+        return true;
+    if (!pick->max_conns || s->pool->policy.queue_timeout_ms <= 0)
         return false;
     any.max_conns = 0;
     return s->pool->snap->algo->pick(s->pool->snap, &any) != NULL;

@@ -35,7 +35,10 @@ against lbd --workers 2, with one backend at max_conns 1:
      have waited, they are closed at once (end=queue_timeout), not at the
      deadline they queued with; turned off (0), every waiting client is
      closed at once; the holder is never disturbed; with max_conns
-     lifted in the same change, the waiting clients are served instead.
+     lifted in the same change, the waiting clients are served instead;
+ 10. the backend the clients wait for is drained, forced down or set to
+     weight 0, and the holder leaves: nobody is closed early, both keep
+     their place, and a backend added later serves them oldest first.
 """
 
 import json
@@ -61,6 +64,7 @@ POLICIES = {
     "algos": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
     "crowd": {"health": NO_CHECKS, "max_conns": 20, "queue_timeout": "60s"},
     "retime": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
+    "gone": {"health": NO_CHECKS, "max_conns": 1, "queue_timeout": "20s"},
 }
 CROWD = 2000
 ALGOS_BACKENDS = 2
@@ -409,6 +413,40 @@ class QueueTest(HarnessTestCase):
         self.wait_queued(pool, 0)
         holder.sendall(b"still here")
         holder.close()
+
+    def test_10_waiting_clients_outlive_their_backend(self):
+        pool = "gone"
+        for i, how in enumerate((["drain", pool, "b1"], ["health", pool, "b1", "down"],
+                                 ["weight", pool, "b1", "0"])):
+            with self.subTest(how=how[0]):
+                holder = self.hold(pool, "holder%d" % i)
+                older, younger = self.connect(pool, "older%d" % i), None
+                self.wait_queued(pool, 1)
+                younger = self.connect(pool, "younger%d" % i)
+                self.wait_queued(pool, 2)
+                rc, out, err = lbctl(*how, "--local", admin=self.lbd.admin)
+                self.assertEqual(rc, 0, err)
+                holder_client = client_of(holder)
+                holder.close()
+                self.one_line(holder_client)  # the slot is free: nobody may take it now
+                self.assertEqual(self.queued(pool), 2, "a waiting client was closed early")
+                # another backend comes: the older first, then the younger
+                extra = NameBackend(self.h)
+                self.etcd.put("%spools/%s/backends/x%d" % (PREFIX, pool, i),
+                              json.dumps({"addr": extra.addr, "weight": 100}))
+                self.assertEqual(recv_line_bytes(older), b"OK older%d\n" % i)
+                older.close()
+                self.assertEqual(recv_line_bytes(younger), b"OK younger%d\n" % i)
+                younger.close()
+                self.wait_queued(pool, 0)
+                self.etcd.delete("%spools/%s/backends/x%d" % (PREFIX, pool, i))
+                undo = {"drain": ["undrain", pool, "b1"], "health": ["health", pool, "b1", "auto"],
+                        "weight": ["weight", pool, "b1", "--clear"]}[how[0]]
+                rc, out, err = lbctl(*undo, "--local", admin=self.lbd.admin)
+                self.assertEqual(rc, 0, err)
+                wait_until(lambda: list(self.lbd.backends(pool)) == ["b1"] and
+                           self.lbd.metric("lbd_pool_eligible_backends", pool=pool) == 1,
+                           scaled(5), "b1 alone and eligible again")
 
 
 if __name__ == "__main__":
