@@ -22,19 +22,57 @@ void lb_etcd_endpoints_free(struct lb_etcd_endpoints *e)
     e->n = 0;
 }
 
+/*
+ * What follows the scheme must be a host and port alone.  A user name or
+ * password in the URL is refused without echoing it: lbd would not log in
+ * with it, and the URL shows in logs, in --check and on /metrics.  A path,
+ * query or fragment is refused too: lbd appends the gateway's own paths.
+ */
+static int endpoint_check_authority(const char *url, size_t len, char **err)
+{
+    size_t scheme = strncmp(url, "https://", 8) == 0 ? 8 : 7;
+    const char *host = url + scheme;
+    size_t n = len - scheme, end = strcspn(host, "/?#");
+
+    if (end > n)
+        end = n;
+    if (memchr(host, '@', end))
+        return lb_error_set(err, -EINVAL,
+                            "--etcd: a user name or password in the URL is not used and would "
+                            "show in logs and metrics; give %.*s<host:port> and put the user in "
+                            "--etcd-user-file",
+                            (int)scheme, url);
+    if (end == 0)
+        return lb_error_set(err, -EINVAL, "--etcd: \"%.*s\" has no host (e.g. %.*s127.0.0.1:2379)",
+                            (int)(len > 80 ? 80 : len), url, (int)scheme, url);
+    while (end < n && host[end] == '/')
+        end++; /* a trailing slash is no path */
+    if (end < n)
+        return lb_error_set(err, -EINVAL,
+                            "--etcd: \"%.*s\": give the scheme, host and port alone (e.g. "
+                            "%.*s127.0.0.1:2379); lbd adds the gateway's paths",
+                            (int)(len > 80 ? 80 : len), url, (int)scheme, url);
+    return 0;
+}
+
 /* Adds one URL (len bytes at url) to out.  Returns 0, or a negative errno with *err. */
 static int endpoint_add(struct lb_etcd_endpoints *out, const char *url, size_t len, char **err)
 {
+    int rc;
+
     if (len == 0 || len > ENDPOINT_MAX_LEN ||
         (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
         return lb_error_set(err, -EINVAL,
                             "--etcd: \"%.*s\" is not an http:// or https:// URL (e.g. "
                             "http://127.0.0.1:2379)",
                             (int)(len > 80 ? 80 : len), url);
-    if (out->n == LB_ETCD_ENDPOINTS_MAX)
-        return lb_error_set(err, -EINVAL, "--etcd: at most %d endpoints", LB_ETCD_ENDPOINTS_MAX);
+    rc = endpoint_check_authority(url, len, err);
+    if (rc)
+        return rc;
     while (len > 0 && url[len - 1] == '/')
         len--; /* paths are appended to it */
+    if (out->n == LB_ETCD_ENDPOINTS_MAX)
+        return lb_error_set(err, -EINVAL, "--etcd: at most %d endpoints", LB_ETCD_ENDPOINTS_MAX);
     out->v[out->n] = strndup(url, len);
     if (!out->v[out->n])
         return lb_error_set(err, -ENOMEM, "out of memory");

@@ -11,7 +11,11 @@ balancer in front ask of it.
      packet) give the client address lbd passes on in its own PROXY header
      to the backend and uses for maglev; a bad header, a client that
      closes early and one that sends nothing for 5 s are closed and counted
-     in lbd_pool_proxy_header_errors_total.
+     in lbd_pool_proxy_header_errors_total;
+  3. bad options of --pool get one error line and exit 2;
+  4. --etcd with a user and password in the URL (a Secret pasted into a
+     flag) is refused by lbd and lbctl without echoing the password, and so
+     is a URL with a path or no host.
 """
 
 import json
@@ -223,6 +227,21 @@ class Edge(HarnessTestCase):
             self.assertEqual(rc, 2, out + err)
             self.assertIn(want, err)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def test_4_etcd_url_errors(self):
+        """A password in --etcd is refused without being echoed, and so is a path."""
+        port = lbtest.free_port()
+        for url, want in (("http://admin:hunter2@127.0.0.1:2379", "--etcd-user-file"),
+                          ("http://127.0.0.1:2379/v3?x=1", "host and port alone"),
+                          ("https://", "has no host")):
+            for argv in ([lbtest.lbd_binary(), "--check", "--pool", "x=127.0.0.1:%d" % port],
+                         [lbtest.lbctl_binary(), "policy", "get", "x"]):
+                with self.subTest(url=url, prog=os.path.basename(argv[0])):
+                    rc, out, err = lbtest.run(argv + ["--etcd", url], timeout=10)
+                    self.assertEqual(rc, 2, out + err)
+                    self.assertIn(want, err)
+                    self.assertNotIn("hunter2", out + err)
+                    self.assertEqual(len(err.strip().splitlines()), 1, err)
 
 
 if __name__ == "__main__":
