@@ -6,6 +6,7 @@
 #include "lb_settings.h"
 #include "lb_duration.h"
 #include "lb_error.h"
+#include "lb_file.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -13,6 +14,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /*
  * SRC_FILE_ITEM is one element of a JSON array in the config file: a whole
@@ -395,17 +398,96 @@ static const char *file_value_text(json_object *val, const char *path, const cha
  * numbers, booleans, or arrays of those for lists.  Every error names the
  * file and the key; an unknown key names the nearest known one.
  */
+/* A configuration is a page of settings: anything larger was named by mistake. */
+#define CONFIG_MAX_BYTES (1 << 20)
+
+/*
+ * Reads path (a regular file of at most CONFIG_MAX_BYTES: /dev/zero or a
+ * FIFO is one error, not a hang) as one JSON value with nothing after it.
+ * Returns 0 with *root, or a negative errno with *err.
+ */
+static int read_config(const char *path, json_object **root, char **err)
+{
+    struct stat st;
+    json_tokener *tok = NULL;
+    char *buf = NULL;
+    size_t len = 0, end;
+    enum json_tokener_error jerr;
+    int fd = lb_file_open(path, "--config", NULL, err), rc = -EINVAL;
+
+    *root = NULL;
+    if (fd < 0)
+        return -EINVAL; /* as every other mistake in a configuration: *err says which */
+    if (fstat(fd, &st) < 0 || st.st_size > CONFIG_MAX_BYTES) {
+        lb_error_set(err, 0, "--config %s: larger than %d KiB; is it the right file?", path,
+                     CONFIG_MAX_BYTES / 1024);
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    tok = json_tokener_new();
+    if (!buf || !tok) {
+        rc = lb_error_set(err, -ENOMEM, "--config %s: out of memory", path);
+        goto out;
+    }
+    while (len < (size_t)st.st_size) {
+        ssize_t got = read(fd, buf + len, (size_t)st.st_size - len);
+
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            lb_error_set(err, 0, "--config %s: cannot read: %s", path, strerror(errno));
+            goto out;
+        }
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    if (strspn(buf, " \t\r\n") == len) {
+        lb_error_set(err, 0, "--config %s: the file is empty; give a JSON object of settings",
+                     path);
+        goto out;
+    }
+    *root = json_tokener_parse_ex(tok, buf, (int)len + 1); /* the NUL ends a bare word */
+    jerr = json_tokener_get_error(tok);
+    end = json_tokener_get_parse_end(tok);
+    if (end > len)
+        end = len;
+    if (jerr != json_tokener_success) {
+        lb_error_set(err, 0, "--config %s: not JSON at byte %zu (%s)", path, end,
+                     jerr == json_tokener_continue ? "the text ends inside a value"
+                                                   : json_tokener_error_desc(jerr));
+        goto out;
+    }
+    if (!*root) {
+        lb_error_set(err, 0, "--config %s: the top level must be a JSON object, not null", path);
+        goto out;
+    }
+    if (strspn(buf + end, " \t\r\n") != len - end) {
+        lb_error_set(err, 0, "--config %s: text after the JSON value, at byte %zu", path, end);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc) {
+        json_object_put(*root);
+        *root = NULL;
+    }
+    if (tok)
+        json_tokener_free(tok);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
 static int load_file(const struct lb_setting *t, size_t n, void *out, const char *path,
                      enum source *last, char **err)
 {
-    json_object *root = json_object_from_file(path);
-    int rc = 0;
+    json_object *root;
+    int rc = read_config(path, &root, err);
 
-    if (!root) {
-        lb_error_set(err, 0, "--config %s: cannot read it as JSON (%s)", path,
-                     json_util_get_last_err() ? json_util_get_last_err() : "unknown error");
-        return -EINVAL;
-    }
+    if (rc)
+        return rc;
     if (!json_object_is_type(root, json_type_object)) {
         lb_error_set(err, 0, "--config %s: the top level must be a JSON object", path);
         rc = -EINVAL;

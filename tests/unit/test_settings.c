@@ -266,6 +266,23 @@ static void test_config_unknown_keys_are_errors_with_a_suggestion(void **state)
                         (const char *const[]){"table|json", "did you mean json?", NULL});
 }
 
+static void test_config_file_shape_errors(void **state)
+{
+    char *zero[] = {"prog", "--config", "/dev/zero", NULL};
+    char *dir[] = {"prog", "--config", "/tmp", NULL};
+
+    /* a device or a directory named by mistake: one error, not a read without end */
+    expect_error(zero, 3, "/dev/zero: is a device, not a regular file");
+    expect_error(dir, 3, "/tmp: is a directory");
+    expect_config_error("", (const char *const[]){"the file is empty", NULL});
+    expect_config_error(" \n", (const char *const[]){"the file is empty", NULL});
+    expect_config_error("{\"workers\":2} x",
+                        (const char *const[]){"text after the JSON value, at byte 14", NULL});
+    expect_config_error("{\"workers\":", (const char *const[]){"not JSON at byte", NULL});
+    expect_config_error("null", (const char *const[]){"must be a JSON object, not null", NULL});
+    expect_config_error("[1]", (const char *const[]){"must be a JSON object", NULL});
+}
+
 static void test_flag_suggestions(void **state)
 {
     char *a1[] = {"prog", "--graec", "5s", NULL};
@@ -360,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_config_unknown_keys_are_errors_with_a_suggestion),
+        cmocka_unit_test(test_config_file_shape_errors),
         cmocka_unit_test(test_flag_suggestions),
         cmocka_unit_test(test_distance_and_nearest),
     };
