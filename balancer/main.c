@@ -349,7 +349,12 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
 
 /*
  * The watcher feeds the registry through this sink, so that lbd starts
- * accepting right after the first listing is applied.
+ * accepting right after the first listing is applied.  From then on a
+ * watch response only schedules the publish, which runs once per loop
+ * iteration (before the loop waits again) for all the responses read in
+ * it: a key flapping as fast as etcd takes writes costs one pool rebuild
+ * per read, not one per event, so the control loop keeps up (and keeps
+ * answering /healthz) even for a maglev pool of thousands.
  */
 static void lbd_sink_apply(void *ctx, const struct lb_update *u)
 {
@@ -362,7 +367,11 @@ static void lbd_sink_commit(void *ctx)
 {
     struct lbd *d = ctx;
 
-    d->registry_sink.commit(d->registry_sink.ctx);
+    if (d->proxy.accept_enabled) {
+        lb_registry_schedule_publish(&d->registry);
+        return;
+    }
+    d->registry_sink.commit(d->registry_sink.ctx); /* the workers have it before they accept */
     if (!d->proxy.accept_enabled && !d->stopping && lb_watcher_has_synced(d->watcher)) {
         bool took_over = lb_upgrade_is_taking_over(d->upgrade);
 
