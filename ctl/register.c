@@ -28,8 +28,10 @@
  * runs the check without blocking while it waits.  The signals are blocked
  * for the whole run and read from a signalfd, so a signal never interrupts
  * a request half way and is never lost.  The etcd client (TLS, login,
- * token renewal), the JSON, the key schema and the value encoding are the
- * watcher's own (lb_etcd_http.h, lb_lease.h, lb_key.h, lb_value.h).
+ * token renewal), the JSON, the key schema and the reader of backend values
+ * are the watcher's own (lb_etcd_http.h, lb_lease.h, lb_key.h, lb_value.h):
+ * the value is built here ("meta" is lbctl's alone) and read back with the
+ * reader lbd uses before it is ever put.
  *
  * An etcd outage is logged like lbd logs it (lb_outage.h): its first
  * failure, then one line per 30 s with the count and how long the lease
@@ -81,6 +83,8 @@ struct register_opts {
     char *id;
     char *addr;
     int64_t weight;
+    char *zone;
+    struct lb_strlist meta;
     int64_t ttl_ms;
     char *check;
     int64_t check_interval_ms;
@@ -103,6 +107,12 @@ static const struct lb_setting register_rows[] = {
      "HOST:PORT", "address lbd connects to (required)"},
     {"weight", 0, "LBCTL_WEIGHT", LB_SETTING_INT, O(weight), 0, LB_WEIGHT_MAX, "100", NULL, "N",
      "share of new connections, 0..1000 (0 = none)"},
+    {"zone", 0, "LBCTL_ZONE", LB_SETTING_STRING, O(zone), 0, LB_ZONE_MAX - 1, NULL, NULL, "ZONE",
+     "the backend's zone, as lbd --zone names it (up to 63 of [A-Za-z0-9._:-]): with the "
+     "pool's zone_affinity, an lbd in the same zone keeps new connections there"},
+    {"meta", 0, "LBCTL_META", LB_SETTING_LIST, O(meta), 0, 0, NULL, NULL, "KEY=VALUE",
+     "a string for other readers of etcd, in the value's \"meta\" object (lbd ignores it); "
+     "the env form is comma-separated"},
     {"ttl", 0, "LBCTL_TTL", LB_SETTING_DURATION, O(ttl_ms), 2000, 3600 * 1000, "10s", NULL,
      "DURATION", "lease time to live; the key dies this long after us"},
     {"check", 0, "LBCTL_CHECK", LB_SETTING_STRING, O(check), 0, 512, NULL, NULL, "CHECK",
@@ -135,6 +145,7 @@ struct registration {
     char key[LB_PREFIX_MAX + 2 * LB_NAME_MAX + 32];
     char *value;
     const char *pool, *id, *addr;
+    char zone_kv[LB_ZONE_MAX + 8]; /* " zone=a" for the log lines, or "" */
     int64_t ttl_s;
     long timeout_ms;
     int64_t lease;
@@ -168,6 +179,7 @@ static void print_help(void)
 {
     printf("usage: lbctl register --etcd URL[,URL...] [--prefix /lb/] --pool POOL --id ID\n"
            "                      --addr HOST:PORT [--weight N] [--ttl 10s]\n"
+           "                      [--zone ZONE] [--meta KEY=VALUE ...]\n"
            "                      [--check tcp|tcp://HOST:PORT|http://HOST:PORT/PATH]\n"
            "                      [--check-interval 2s] [--check-timeout 2s] [--rise 2] "
            "[--fall 3]\n"
@@ -177,7 +189,10 @@ static void print_help(void)
            "SIGTERM or SIGINT, which revoke the lease so it leaves the pool at once.\n"
            "If the lease is lost or the key deleted, it registers again within one TTL.\n"
            "With --check, the key exists only while the backend's check passes: it is put\n"
-           "after --rise passes in a row and deleted after --fall failures in a row.\n\n"
+           "after --rise passes in a row and deleted after --fall failures in a row.\n"
+           "The key's value is {\"addr\":...,\"weight\":...} with \"zone\" (--zone) and\n"
+           "\"meta\" (--meta) when given; an lbd started with --zone keeps traffic in its\n"
+           "zone when the pool's policy sets zone_affinity.\n\n"
            "Exit codes: 0 deregistered, 1 the lease could not be revoked, 2 usage error.\n\n");
     lb_settings_print_help(stdout, register_rows, N_ROWS);
 }
@@ -190,10 +205,120 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * Serialises obj (which stays the caller's) into *out, replacing what was
+ * there, and reads it back with lb_value_parse_backend(): the reader lbd
+ * runs on every backend value.  Returns 0, -ENOMEM, or -EINVAL with *err
+ * saying what lbd would refuse.
+ */
+static int value_text(json_object *obj, char **out, char **err)
+{
+    struct lb_backend_spec spec;
+    int rc;
+
+    free(*out);
+    rc = lb_etcd_json_finish(json_object_get(obj), out);
+    if (rc)
+        return rc;
+    return lb_value_parse_backend(*out, strlen(*out), &spec, err);
+}
+
+static int add_member(json_object *obj, const char *name, json_object *v)
+{
+    if (!v || json_object_object_add(obj, name, v) < 0) {
+        json_object_put(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/*
+ * The --meta items as a JSON object of strings.  Returns 0 with *meta, or
+ * EXIT_USAGE (message printed) or -ENOMEM with *meta NULL.
+ */
+static int meta_object(const struct lb_strlist *items, json_object **meta)
+{
+    int rc = 0;
+
+    *meta = json_object_new_object();
+    if (!*meta)
+        return -ENOMEM;
+    for (size_t i = 0; i < items->n && !rc; i++) {
+        const char *item = items->v[i], *eq = strchr(item, '=');
+        char *key;
+
+        if (!eq || eq == item) {
+            rc = usage("--meta \"%s\": want KEY=VALUE, with a KEY", item);
+            break;
+        }
+        key = strndup(item, (size_t)(eq - item));
+        if (!key)
+            rc = -ENOMEM;
+        else if (json_object_object_get_ex(*meta, key, NULL))
+            rc = usage("--meta: key \"%s\" given twice", key);
+        else
+            rc = add_member(*meta, key, json_object_new_string(eq + 1));
+        free(key);
+    }
+    if (rc) {
+        json_object_put(*meta);
+        *meta = NULL;
+    }
+    return rc;
+}
+
+/*
+ * r->value: {"addr":...,"weight":...}, with "zone" and "meta" when given.
+ * lbd's own reader checks it (value_text()), so lbctl refuses exactly the
+ * zones lbd would skip the value for, and never writes a value larger than
+ * lbd reads (LB_VALUE_MAX).  lbd ignores "meta"; it is there for other
+ * readers of etcd.  Returns 0 or EXIT_USAGE (message printed).
+ */
+static int make_value(struct registration *r, const struct register_opts *o)
+{
+    bool has_zone = o->zone && o->zone[0];
+    json_object *obj, *meta = NULL;
+    char *err = NULL;
+    int rc = -ENOMEM;
+
+    obj = json_object_new_object();
+    if (!obj)
+        goto out;
+    rc = add_member(obj, "addr", json_object_new_string(o->addr));
+    if (!rc)
+        rc = add_member(obj, "weight", json_object_new_int((int)o->weight));
+    if (!rc && has_zone)
+        rc = add_member(obj, "zone", json_object_new_string(o->zone));
+    if (!rc)
+        rc = value_text(obj, &r->value, &err);
+    if (rc == -EINVAL) {
+        rc = has_zone ? usage("--zone \"%s\": %s", o->zone, err ? err : "invalid")
+                      : usage("%s", err ? err : "invalid backend value");
+        goto out;
+    }
+    if (!rc && o->meta.n) {
+        rc = meta_object(&o->meta, &meta);
+        if (!rc) {
+            rc = add_member(obj, "meta", meta);
+            if (!rc)
+                rc = value_text(obj, &r->value, &err);
+        }
+        if (rc == -EINVAL)
+            rc = usage("--meta: %s", err ? err : "invalid");
+    }
+    if (!rc && has_zone)
+        snprintf(r->zone_kv, sizeof(r->zone_kv), " zone=%s", o->zone);
+out:
+    if (rc < 0)
+        rc = usage("out of memory");
+    json_object_put(obj);
+    free(err);
+    return rc;
+}
+
 /* Checks the flags and fills r.  Returns 0 or EXIT_USAGE (message printed). */
 static int prepare(struct registration *r, const struct register_opts *o)
 {
-    struct lb_backend_spec spec;
     char prefix[LB_PREFIX_MAX], *err = NULL;
     int rc;
 
@@ -223,11 +348,9 @@ static int prepare(struct registration *r, const struct register_opts *o)
     }
     if (lb_key_format(prefix, LB_KEY_BACKEND, o->pool, o->id, r->key, sizeof(r->key)) < 0)
         return usage("--prefix, --pool and --id make a key that is too long");
-    memset(&spec, 0, sizeof(spec));
-    snprintf(spec.addr, sizeof(spec.addr), "%s", o->addr);
-    spec.weight = (int)o->weight;
-    if (lb_value_encode_backend(&spec, &r->value) < 0)
-        return usage("out of memory");
+    rc = make_value(r, o);
+    if (rc)
+        return rc;
     r->pool = o->pool;
     r->id = o->id;
     r->addr = o->addr;
@@ -415,16 +538,16 @@ static int register_once(struct registration *r, const char **step, char **err)
     }
     if (r->check && r->rose)
         LB_INFO("register",
-                "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+                "msg=\"registered\" pool=%s id=%s addr=%s%s key=%s lease=%lld ttl=%s "
                 "endpoint=%s reason=%s",
-                r->pool, r->id, r->addr, r->key, (long long)r->lease,
+                r->pool, r->id, r->addr, r->zone_kv, r->key, (long long)r->lease,
                 lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint,
                 lb_log_quote(reason, sizeof(reason), lbctl_check_reason(r->check)));
     else
         LB_INFO("register",
-                "msg=\"registered\" pool=%s id=%s addr=%s key=%s lease=%lld ttl=%s "
+                "msg=\"registered\" pool=%s id=%s addr=%s%s key=%s lease=%lld ttl=%s "
                 "endpoint=%s",
-                r->pool, r->id, r->addr, r->key, (long long)r->lease,
+                r->pool, r->id, r->addr, r->zone_kv, r->key, (long long)r->lease,
                 lb_duration_format(r->ttl_s * 1000, ttl_text, sizeof(ttl_text)), endpoint);
     r->rose = false;
     return 0;

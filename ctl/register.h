@@ -3,9 +3,11 @@
  *
  *   lbctl register --etcd URL[,URL...] [--prefix /lb/] --pool P --id ID
  *                  --addr HOST:PORT [--weight N] [--ttl 10s]
+ *                  [--zone ZONE] [--meta KEY=VALUE ...]
  *
  * It grants a lease of --ttl, puts <prefix>pools/<pool>/backends/<id> with
- * {"addr":...,"weight":...} attached to it, and keeps the lease alive about
+ * {"addr":...,"weight":...} (and "zone", "meta" when given) attached to
+ * it, checked by the reader lbd uses, and keeps the lease alive about
  * every ttl/3.  If the lease is lost (it expired while etcd was out of
  * reach, or etcd lost its data) it registers again; on failure it moves to
  * the next endpoint.  SIGTERM or SIGINT revokes the lease, so the backend

@@ -21,6 +21,9 @@ invariants the chart promises:
 - the image tag is the chart's appVersion unless the values set one;
 - the hook Job and the register sidecar get etcd's TLS and login when
   lbd does; every file an argument names lies under a mount;
+- the register sidecar passes register.zone as --zone (none when empty)
+  and each register.meta entry as --meta KEY=VALUE; the schema takes the
+  zones lbd takes and no other; a ci file covers a zoned lbd and sidecar;
 - the admin API is on loopback unless a token protects it;
 - probes have timeouts, a startup probe exists, NOTES.txt renders.
 """
@@ -420,6 +423,51 @@ class ChartRenders(unittest.TestCase):
                     self.assertEqual(flag_values(args, "--check-interval"), [reg["checkInterval"]])
                 env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
                 self.assertEqual(env, {"POD_NAME": "metadata.name", "POD_IP": "status.podIP"})
+
+    def test_register_sidecar_zone_and_meta(self):
+        zoned = 0
+        for r in self.renders:
+            with self.subTest(values=r.label):
+                if not r.sidecar:
+                    continue
+                args = r.sidecar[0]["args"]
+                reg = r.values["register"]
+                self.assertEqual(flag_values(args, "--zone"), [reg["zone"]] if reg["zone"] else [])
+                self.assertEqual(sorted(flag_values(args, "--meta")),
+                                 sorted("%s=%s" % kv for kv in reg["meta"].items()))
+                if reg["zone"]:
+                    zoned += 1
+                    # the lbd of the same values runs in that zone, and a pool keeps traffic there
+                    self.assertEqual(flag_values(r.lbd["args"], "--zone"), [reg["zone"]])
+                    self.assertTrue(any((p.get("policy") or {}).get("zone_affinity")
+                                        for p in r.values["pools"]))
+        self.assertGreater(zoned, 0, "no ci file sets register.zone")
+
+    def test_register_zone_empty_or_set_on_the_command_line(self):
+        sets = ["image.repository=registry.example.com/lbd"]
+        c, _ = chartlib.register_sidecar(chartlib.render([], sets + ["register.zone="]))
+        self.assertEqual(flag_values(c["args"], "--zone"), [])
+        self.assertEqual(flag_values(c["args"], "--meta"), [])
+        c, _ = chartlib.register_sidecar(chartlib.render(
+            [], sets + ["register.zone=us-east-1a", "register.meta.team=web"]))
+        self.assertEqual(flag_values(c["args"], "--zone"), ["us-east-1a"])
+        self.assertEqual(flag_values(c["args"], "--meta"), ["team=web"])
+
+    def test_register_zone_schema_matches_lbd(self):
+        """values.schema.json's register.zone takes what lbd's backend value
+        reader takes (up to 63 of [A-Za-z0-9._:-], or empty for none)."""
+        import json
+        with open(chartlib.SCHEMA) as f:
+            reg = json.load(f)["properties"]["register"]["properties"]
+        zone = re.compile(reg["zone"]["pattern"])
+        for ok in ("", "a", "eu-west-1a", "A.b_c:d-9", "z" * 63):
+            self.assertTrue(zone.search(ok), ok)
+        for bad in ("a b", "eu/west", "z\u00e9", "a,b", "$(NODE_ZONE)", "z" * 64):
+            self.assertFalse(zone.search(bad), bad)
+        key = re.compile(reg["meta"]["propertyNames"]["pattern"])
+        self.assertTrue(key.search("team"))
+        self.assertFalse(key.search("a=b"))
+        self.assertFalse(key.search(""))
 
     # -- admin API ------------------------------------------------------------
 

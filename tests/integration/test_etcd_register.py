@@ -10,8 +10,18 @@
     and lbd (which sees a new cluster) re-lists and serves the backend;
   - SIGTERM revokes at once (exit 0); with etcd gone it cannot, and says so
     (exit 1); bad flags exit 2.
+
+And what it writes (RegisterValue):
+
+  - --zone and --meta (or LBCTL_ZONE, LBCTL_META) land in the value as
+    "zone" and "meta"; the "registered" line names the zone;
+  - a zone lbd would skip the value for, or --meta that is not KEY=VALUE,
+    is refused with one line and exit 2, before anything reaches etcd;
+  - lbd --zone a with zone_affinity sends every new connection to the
+    backend registered with --zone a, none to the one with --zone b.
 """
 
+import json
 import os
 import re
 import signal
@@ -147,6 +157,98 @@ class RegisterFaults(HarnessTestCase):
         self.assertEqual(rc, 2)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertTrue(re.match(r"lbctl register: --addr \"nope\"", err), err)
+
+
+class RegisterValue(HarnessTestCase):
+    def setUp(self):
+        self.h = Harness(self.id().rsplit(".", 1)[-1])
+        self.addCleanup(self.h.cleanup)
+        self.etcd = Etcd(self.h).start()
+
+    def refused(self, *flags, env=None):
+        """Runs lbctl register with flags that must be refused: the one error line."""
+        rc, out, err = lbtest.run([lbtest.lbctl_binary(), "register", "--etcd", self.etcd.url,
+                                   "--prefix", PREFIX, "--pool", POOL, "--id", "b1", "--addr",
+                                   "127.0.0.1:1", "--ttl", "2s"] + list(flags),
+                                  timeout=scaled(10), env=env)
+        self.assertEqual(rc, 2, "%r: %s%s" % (flags, out, err))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertEqual(out, "")
+        return err.strip()
+
+    def test_zone_and_meta_are_written_into_the_value(self):
+        b1 = Backend(self.h, "b1")
+        reg = Registrar(self.h, self.etcd, PREFIX, POOL, "b1", b1.addr, weight=50,
+                        extra_args=["--zone", "us-east-1a", "--meta", "team=web",
+                                    "--meta", "build=1.2=rc", "--meta", "note="]).wait_registered()
+        self.assertEqual(json.loads(self.etcd.get(reg.key)),
+                         {"addr": b1.addr, "weight": 50, "zone": "us-east-1a",
+                          "meta": {"team": "web", "build": "1.2=rc", "note": ""}})
+        self.assertRegex(reg.proc.log_text(),
+                         r'msg="registered" pool=web id=b1 addr=\S+ zone=us-east-1a key=')
+        self.assertEqual(reg.stop(), 0)
+
+        # the environment, as the Helm sidecar or a systemd unit would set it
+        reg = Registrar(self.h, self.etcd, PREFIX, POOL, "b2", b1.addr,
+                        env={"LBCTL_ZONE": "b:2._x", "LBCTL_META": "a=1,b=2"}).wait_registered()
+        self.assertEqual(json.loads(self.etcd.get(reg.key)),
+                         {"addr": b1.addr, "weight": 100, "zone": "b:2._x",
+                          "meta": {"a": "1", "b": "2"}})
+        self.assertEqual(reg.stop(), 0)
+
+        # no zone (and an empty one, as Helm's default passes it): no "zone" at all
+        reg = Registrar(self.h, self.etcd, PREFIX, POOL, "b3", b1.addr,
+                        extra_args=["--zone", ""]).wait_registered()
+        self.assertEqual(json.loads(self.etcd.get(reg.key)), {"addr": b1.addr, "weight": 100})
+        self.assertNotIn("zone=", reg.proc.log_text())
+        self.assertEqual(reg.stop(), 0)
+
+    def test_bad_zone_or_meta_is_refused(self):
+        # lbd's reader takes a zone of up to 63 characters of [A-Za-z0-9._:-]
+        for zone in ("a b", "eu/west", "zone\u00e9", "a,b", "x" * 64):
+            with self.subTest(zone=zone):
+                err = self.refused("--zone", zone)
+                self.assertTrue(err.startswith("lbctl register: --zone"), err)
+                self.assertTrue("zone must be made of [A-Za-z0-9._:-]" in err or
+                                "longer than 63 characters" in err, err)
+        err = self.refused(env={"LBCTL_ZONE": "a b"})
+        self.assertIn("zone must be made of [A-Za-z0-9._:-]", err)
+        self.assertIn("lbctl register: --meta \"team\": want KEY=VALUE", self.refused("--meta", "team"))
+        self.assertIn("lbctl register: --meta \"=web\": want KEY=VALUE", self.refused("--meta", "=web"))
+        self.assertIn('key "a" given twice', self.refused("--meta", "a=1", "--meta", "a=2"))
+        # lbd skips a value over 64 KiB: so does lbctl, before writing it
+        big = ["--meta=k%d=%s" % (i, "v" * 4000) for i in range(17)]
+        self.assertIn("--meta: backend value is larger than 65536 bytes", self.refused(*big))
+        self.assertFalse(self.etcd.get_prefix(PREFIX), "nothing reaches etcd")
+        # the longest zone lbd takes is taken
+        b1 = Backend(self.h, "b1")
+        reg = Registrar(self.h, self.etcd, PREFIX, POOL, "b1", b1.addr,
+                        extra_args=["--zone", "z" * 63]).wait_registered()
+        self.assertEqual(json.loads(self.etcd.get(reg.key))["zone"], "z" * 63)
+        self.assertEqual(reg.stop(), 0)
+
+    def test_zone_affinity_routes_to_the_backend_registered_in_the_zone(self):
+        self.etcd.put("%spools/%s/config" % (PREFIX, POOL), json.dumps(
+            {"health": {"type": "tcp", "interval": "200ms", "timeout": "200ms", "rise": 1},
+             "zone_affinity": 50, "panic_threshold": 0}))
+        regs = {}
+        for bid, zone in (("a1", "a"), ("b1", "b")):
+            b = Backend(self.h, bid)
+            regs[bid] = Registrar(self.h, self.etcd, PREFIX, POOL, bid, b.addr,
+                                  extra_args=["--zone", zone])
+        for reg in regs.values():
+            reg.wait_registered()
+        lbd = Lbd(self.h, self.etcd.url, PREFIX, [POOL], extra_args=["--zone", "a"]).start()
+        self.addCleanup(lbd.stop, 0)
+        wait_until(lambda: lbd.metric("lbd_pool_healthy_backends", pool=POOL) == 2, scaled(5),
+                   "a1 and b1 healthy")
+        self.assertEqual({i: b["zone"] for i, b in lbd.backends(POOL).items()},
+                         {"a1": "a", "b1": "b"})
+        wait_until(lambda: lbd.metric("lbd_pool_zone_local", pool=POOL) == 1, scaled(5),
+                   "zone a local")
+        self.assertEqual(dict(ask_many(lbd.pool_port(POOL), 20)), {"a1": 20})
+        for reg in regs.values():
+            self.assertEqual(reg.stop(), 0)
 
 
 if __name__ == "__main__":

@@ -302,8 +302,8 @@ once from the Deployment; the schema catches types and ranges first.
 {{/*
 `lbctl register` as a sidecar container of a backend pod: the etcd
 endpoints, prefix, TLS and login of this release, POD_NAME and POD_IP from
-the downward API, and the backend's own check (--check) so the key exists
-only while the backend answers.  Rendered into the ConfigMap
+the downward API, the backend's zone and meta when set, and the backend's
+own check (--check) so the key exists only while the backend answers.  Rendered into the ConfigMap
 <fullname>-register-sidecar; a parent chart may include it too.
 */}}
 {{- define "lbd.registerSidecar" -}}
@@ -328,6 +328,14 @@ args:
   - {{ $r.weight | toString | quote }}
   - --ttl
   - {{ $r.ttl | quote }}
+  {{- with $r.zone }}
+  - --zone
+  - {{ . | toString | quote }}
+  {{- end }}
+  {{- range $key, $value := $r.meta }}
+  - --meta
+  - {{ printf "%s=%s" $key $value | quote }}
+  {{- end }}
   {{- if $r.check }}
   - --check
   - {{ $r.check | quote }}
