@@ -998,14 +998,16 @@ static int listener_add(struct lb_wpool *wp, int fd)
     return 0;
 }
 
-static int listener_open(struct lb_wpool *wp, const char *text, struct lb_listen_socket *sock,
-                         char **err)
+/* Opens wp's listener; `first` for the pool's first (the others join its port). */
+static int listener_open(struct lb_wpool *wp, const char *text, bool first,
+                         struct lb_listen_socket *sock, char **err)
 {
     char what[LB_NAME_MAX + 320];
     const struct lb_listen_options o = {
         .what = what,
         .backlog = 4096,
         .reuse_port = true,
+        .exclusive = first,
         /* Accepted sockets inherit TCP_NODELAY from the listener: one system
          * call per listener instead of one per client. */
         .nodelay = true,
@@ -1147,7 +1149,7 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
             struct lb_wpool *wp = &proxy->workers[i].pools[p];
             struct lb_listen_socket sock;
 
-            rc = listener_open(wp, addr, &sock, err);
+            rc = listener_open(wp, addr, i == 0, &sock, err);
             if (rc < 0)
                 goto fail;
             /* Port 0: the other workers join the port the kernel picked. */

@@ -84,6 +84,30 @@ size_t lb_listen_close_inherited(void)
 
 /* ---- binding ---- */
 
+/*
+ * Whether anything listens on s->addr already: a bind without SO_REUSEPORT
+ * fails then, where one with it would join that socket's group and take a
+ * share of its clients.  (SO_REUSEADDR: connections in TIME_WAIT do not count.)
+ */
+static int check_unused(const struct lb_listen_socket *s, const char *what, char **err)
+{
+    int probe = socket(s->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = 0;
+
+    if (probe < 0)
+        return lb_error_set(err, -errno, "%s: socket: %s", what, strerror(errno));
+    set_flag(probe, SOL_SOCKET, SO_REUSEADDR);
+    if (s->addr.ss_family == AF_INET6)
+        set_flag(probe, IPPROTO_IPV6, IPV6_V6ONLY);
+    if (bind(probe, (const struct sockaddr *)&s->addr, s->addr_len) < 0 && errno == EADDRINUSE)
+        rc = lb_error_set(err, -EADDRINUSE,
+                          "%s: cannot listen: Address already in use (another process "
+                          "listens there; a second lbd needs ports of its own, and a new lbd "
+                          "takes over a running one with --upgrade-socket)",
+                          what);
+    close(probe);
+    return rc;
+}
+
 int lb_listen_open(const char *addr, const struct lb_listen_options *o,
                    struct lb_listen_socket *out, char **err)
 {
@@ -103,6 +127,11 @@ int lb_listen_open(const char *addr, const struct lb_listen_options *o,
         /* The previous process's socket: bound and listening, options set. */
         out->fd = fd;
         return 0;
+    }
+    if (o->reuse_port && o->exclusive && hp.port != 0) {
+        rc = check_unused(out, what, err);
+        if (rc)
+            return rc;
     }
     fd = socket(out->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)

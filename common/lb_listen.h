@@ -38,6 +38,10 @@ struct lb_listen_options {
     int backlog;          /* listen()'s queue; <= 0: SOMAXCONN */
     bool allow_port_zero; /* port 0 asks the kernel for a free port */
     bool reuse_port;      /* SO_REUSEPORT: other sockets may bind the same address */
+    /* With reuse_port: refuse an address some socket listens on already (another
+     * lbd, or anything else of this user), which SO_REUSEPORT would share
+     * silently; for the first socket of an address (later ones join it). */
+    bool exclusive;
     bool nodelay;         /* TCP_NODELAY on the listener, inherited by accepted sockets */
 };
 

@@ -15,7 +15,9 @@ balancer in front ask of it.
   3. bad options of --pool get one error line and exit 2;
   4. --etcd with a user and password in the URL (a Secret pasted into a
      flag) is refused by lbd and lbctl without echoing the password, and so
-     is a URL with a path or no host.
+     is a URL with a path or no host;
+  5. a pool address another process listens on with SO_REUSEPORT (a second
+     lbd started by mistake) is refused, not silently shared.
 """
 
 import json
@@ -242,6 +244,21 @@ class Edge(HarnessTestCase):
                     self.assertIn(want, err)
                     self.assertNotIn("hunter2", out + err)
                     self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    def test_5_pool_port_of_another_process_is_refused(self):
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        rc, out, err = lbtest.run([lbtest.lbd_binary(), "--etcd", self.etcd.url, "--pool",
+                                   "x=127.0.0.1:%d" % port, "--admin", "127.0.0.1:0",
+                                   "--http", "127.0.0.1:0"], timeout=20)
+        self.assertEqual(rc, 1, out + err)
+        lines = [ln for ln in err.splitlines() if "Address already in use" in ln]
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn("--upgrade-socket", lines[0])
 
 
 if __name__ == "__main__":
