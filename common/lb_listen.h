@@ -42,7 +42,7 @@ struct lb_listen_options {
      * lbd, or anything else of this user), which SO_REUSEPORT would share
      * silently; for the first socket of an address (later ones join it). */
     bool exclusive;
-    bool nodelay;         /* TCP_NODELAY on the listener, inherited by accepted sockets */
+    bool nodelay; /* TCP_NODELAY on the listener, inherited by accepted sockets */
 };
 
 struct lb_listen_socket {
