@@ -372,13 +372,31 @@ int lb_etcd_json_parse(const char *text, size_t len, json_object **out, char **e
         return lb_error_set(err, -ENOMEM, "out of memory");
     obj = json_tokener_parse_ex(tok, text, (int)len);
     jerr = json_tokener_get_error(tok);
-    if (!obj || jerr != json_tokener_success) {
-        rc = lb_error_set(err, -EINVAL, "not JSON (%s)",
-                          jerr == json_tokener_continue ? "unexpected end of text"
-                                                        : json_tokener_error_desc(jerr));
+    end = json_tokener_get_parse_end(tok);
+    if (jerr == json_tokener_continue) {
+        /* A bare word at the end ("null", "true", "12") waits for more: a NUL
+         * says the text is over. */
+        obj = json_tokener_parse_ex(tok, "", 1);
+        jerr = json_tokener_get_error(tok);
+        end = len;
+    }
+    if (jerr == json_tokener_continue) {
+        rc = lb_error_set(err, -EINVAL, "not JSON (the text ends inside a value)");
         goto out;
     }
-    end = json_tokener_get_parse_end(tok);
+    if (jerr != json_tokener_success) {
+        rc = lb_error_set(err, -EINVAL, "not JSON (%s at byte %zu)",
+                          jerr == json_tokener_error_parse_null ||
+                                  jerr == json_tokener_error_parse_boolean
+                              ? "a word that is not null, true or false"
+                              : json_tokener_error_desc(jerr),
+                          end);
+        goto out;
+    }
+    if (!obj) {
+        rc = lb_error_set(err, -EINVAL, "null (a JSON object is expected)");
+        goto out;
+    }
     for (; end < len; end++) {
         char c = text[end];
 
