@@ -229,7 +229,8 @@ static void log_panic(const struct lb_pool *pool, const struct lb_snapshot *s)
 {
     LB_WARN("pool", "msg=\"%s\" pool=%s healthy=%zu of=%zu panic_threshold=%d",
             s->panic ? "panic: too few healthy backends, spreading over all of them"
-                     : "panic over: enough healthy backends again",
+            : pool->policy.panic_threshold <= 0 ? "panic over: panic_threshold turned off"
+                                                : "panic over: enough healthy backends again",
             pool->name, s->n_healthy, s->n_candidates, pool->policy.panic_threshold);
 }
 

@@ -636,6 +636,11 @@ int lb_settings_parse(const struct lb_setting *t, size_t n, void *out, int argc,
             if (near)
                 lb_error_set(err, 0, "unknown option %.*s (did you mean --%s?)",
                              eq ? (int)(eq - arg) : (int)strlen(arg), arg, near->name);
+            else if (arg[1] >= '0' && arg[1] <= '9')
+                lb_error_set(err, 0,
+                             "%s: a negative number is never a valid value here "
+                             "(see --help)",
+                             arg);
             else
                 lb_error_set(err, 0, "unknown option %s (see --help)", arg);
             rc = -EINVAL;
@@ -668,6 +673,19 @@ out:
     *positional = pos;
     *n_positional = npos;
     return 0;
+}
+
+void lb_settings_usage_line(const char *prog, const char *help, const char *fmt, va_list ap)
+{
+    static const char hint[] = " (see --help)";
+    char msg[1024];
+    size_t len;
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    len = strlen(msg);
+    if (len >= sizeof(hint) - 1 && strcmp(msg + len - (sizeof(hint) - 1), hint) == 0)
+        msg[len - (sizeof(hint) - 1)] = '\0';
+    fprintf(stderr, "%s: %s (see %s --help)\n", prog, msg, help);
 }
 
 void lb_settings_free(const struct lb_setting *t, size_t n, void *out)

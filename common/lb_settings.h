@@ -18,6 +18,7 @@
 #ifndef LB_SETTINGS_H
 #define LB_SETTINGS_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -79,6 +80,14 @@ void lb_settings_free(const struct lb_setting *table, size_t n, void *out);
 
 /* Prints one aligned line per row: flag, metavar, help, env and default. */
 void lb_settings_print_help(FILE *f, const struct lb_setting *table, size_t n);
+
+/*
+ * One usage error line on stderr: "PROG: MESSAGE (see HELP --help)".  A
+ * message from lb_settings_parse() ends with its own " (see --help)": that
+ * one is dropped for the more precise hint.
+ */
+void lb_settings_usage_line(const char *prog, const char *help, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /*
  * "Did you mean ...?" for a mistyped name: flags, config keys, policy

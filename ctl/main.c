@@ -278,16 +278,13 @@ static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((for
 
 static int usage_error(const char *cmd, const char *fmt, ...)
 {
+    char help[64];
     va_list ap;
 
-    fprintf(stderr, "lbctl: ");
+    snprintf(help, sizeof(help), "lbctl%s%s", cmd ? " " : "", cmd ? cmd : "");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    lb_settings_usage_line("lbctl", help, fmt, ap);
     va_end(ap);
-    if (cmd)
-        fprintf(stderr, " (see lbctl %s --help)\n", cmd);
-    else
-        fprintf(stderr, " (see lbctl --help)\n");
     return EXIT_USAGE;
 }
 

@@ -105,11 +105,9 @@ static int usage(const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, "lbctl policy: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    lb_settings_usage_line("lbctl policy", "lbctl policy", fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (see lbctl policy --help)\n");
     return EXIT_USAGE;
 }
 

@@ -167,11 +167,9 @@ static int usage(const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, "lbctl register: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    lb_settings_usage_line("lbctl register", "lbctl register", fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (see lbctl register --help)\n");
     return EXIT_USAGE;
 }
 
@@ -831,11 +829,6 @@ int lbctl_register_main(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     rc = lb_settings_parse(register_rows, N_ROWS, &opts, argc, argv, 0, &pos, &npos, &err);
     if (rc < 0) {
-        static const char hint[] = " (see --help)";
-        size_t len = err ? strlen(err) : 0;
-
-        if (len > sizeof(hint) - 1 && strcmp(err + len - (sizeof(hint) - 1), hint) == 0)
-            err[len - (sizeof(hint) - 1)] = '\0'; /* usage() adds its own hint */
         rc = usage("%s", err ? err : "cannot read flags");
         goto out;
     }

@@ -127,6 +127,7 @@ struct lb_watcher {
     ev_tstamp list_started; /* ev_time() */
     int64_t last_list_ms;
     struct lb_outage outage;
+    bool outage_from_start; /* the outage began before the first listing: never reached yet */
 
     uint64_t lag_count;
     double lag_sum, lag_last, lag_max;
@@ -222,6 +223,7 @@ static void schedule_retry(struct lb_watcher *w, const char *what, const char *w
              endpoint, qwhy, delay_text);
     switch (lb_outage_failed(&w->outage, ev_now(w->loop))) {
     case LB_OUTAGE_FIRST:
+        w->outage_from_start = !w->synced;
         LB_WARN("watcher", "msg=\"etcd %s failed, retrying%s\" endpoint=%s error=%s retry_in=%s",
                 what, w->synced ? "; serving the last known pools" : "", endpoint, qwhy,
                 delay_text);
@@ -439,10 +441,11 @@ static void report_recovery(struct lb_watcher *w)
     if (!lb_outage_ended(&w->outage, ev_now(w->loop), &down_s, &failures))
         return;
     LB_INFO("watcher",
-            "msg=\"etcd reachable again after %.1fs, resumed at revision %lld\" endpoint=%s "
+            "msg=\"etcd reachable %safter %.1fs, %s at revision %lld\" endpoint=%s "
             "failures=%llu",
-            down_s, (long long)watch_start(w), w->endpoints[w->endpoint],
-            (unsigned long long)failures);
+            w->outage_from_start ? "" : "again ", down_s,
+            w->outage_from_start ? "watching" : "resumed", (long long)watch_start(w),
+            w->endpoints[w->endpoint], (unsigned long long)failures);
 }
 
 static int handle_msg(struct lb_watcher *w, const struct lb_watch_msg *msg)
