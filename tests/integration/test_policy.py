@@ -94,6 +94,19 @@ class ConfigTypos(HarnessTestCase):
         self.assertEqual(rc, 2, err)
         self.assertIn("did you mean warn?", err)
 
+    def test_lbctl_usage_errors_give_one_hint(self):
+        for argv, want in ((["weight", "web", "b1", "-1"], "a negative number"),
+                           (["pools", "--local"], "unknown option --local"),
+                           (["policy", "get", "--bogus"], "unknown option --bogus"),
+                           (["register", "--bogus"], "unknown option --bogus")):
+            with self.subTest(argv=argv):
+                rc, out, err = run([lbctl_binary()] + argv, timeout=10)
+                self.assertEqual(rc, 2, err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                self.assertIn(want, err)
+                self.assertEqual(err.count("(see "), 1, err)
+                self.assertIn("(see lbctl %s --help)" % argv[0], err)
+
     def test_check_good_config_binds_and_connects_nothing(self):
         # etcd's address is a socket the test holds: lbd --check must not connect to it
         etcd_sock = socket.socket()
