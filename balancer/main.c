@@ -21,6 +21,7 @@
 #include "lb_etcd_http.h"
 #include "lb_etcd_opts.h"
 #include "lb_file.h"
+#include "lb_key.h"
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
@@ -1035,6 +1036,16 @@ int main(int argc, char **argv)
             goto out;
         }
         lb_etcd_endpoints_free(&e);
+    }
+    {
+        char prefix[LB_PREFIX_MAX];
+
+        if (lb_key_prefix_normalize(d.settings.prefix, prefix, &err) < 0) {
+            fprintf(stderr, "lbd: --prefix: %s\n", err);
+            free(err);
+            exit_code = 2;
+            goto out;
+        }
     }
     if (lb_addr_policy_set_networks(&d.addr_policy, d.settings.backend_networks, &err) < 0) {
         fprintf(stderr, "lbd: %s\n", err);

@@ -15,7 +15,8 @@ balancer in front ask of it.
   3. bad options of --pool get one error line and exit 2;
   4. --etcd with a user and password in the URL (a Secret pasted into a
      flag) is refused by lbd and lbctl without echoing the password, and so
-     is a URL with a path or no host;
+     is a URL with a path or no host; a --prefix lbctl would refuse, lbd
+     refuses at --check;
   5. a pool address another process listens on with SO_REUSEPORT (a second
      lbd started by mistake) is refused, not silently shared.
 """
@@ -244,6 +245,13 @@ class Edge(HarnessTestCase):
                     self.assertIn(want, err)
                     self.assertNotIn("hunter2", out + err)
                     self.assertEqual(len(err.strip().splitlines()), 1, err)
+        # a prefix lbctl register would refuse, lbd refuses too, at --check already
+        for prefix in ("lb/", ""):
+            rc, out, err = lbtest.run([lbtest.lbd_binary(), "--check", "--pool",
+                                       "x=127.0.0.1:%d" % port, "--etcd", "http://127.0.0.1:2379",
+                                       "--prefix", prefix], timeout=10)
+            self.assertEqual(rc, 2, out + err)
+            self.assertIn("--prefix: key prefix must start with '/'", err)
 
     def test_5_pool_port_of_another_process_is_refused(self):
         other = socket.socket()
