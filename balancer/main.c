@@ -213,9 +213,9 @@ static int parse_pools(struct lbd *d)
 
         if (!eq || !lb_name_is_valid(l->v[i], (size_t)(eq - l->v[i])) || !eq[1]) {
             fprintf(stderr,
-                    "lbd: --pool %s: expected NAME=ADDR:PORT with NAME made of letters, digits "
-                    "and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
-                    l->v[i]);
+                    "lbd: --pool %s: expected NAME=ADDR:PORT with NAME of 1 to %d letters, "
+                    "digits and . _ - : (e.g. --pool web=0.0.0.0:8080)\n",
+                    l->v[i], LB_NAME_MAX - 1);
             return -EINVAL;
         }
         const char *comma = strchr(eq + 1, ',');
@@ -223,6 +223,14 @@ static int parse_pools(struct lbd *d)
 
         if (!addr)
             return -ENOMEM;
+        if (strpbrk(addr, " \t\n")) {
+            fprintf(stderr,
+                    "lbd: --pool %s: a space in the address (one pool per --pool; LBD_POOL "
+                    "separates pools with commas)\n",
+                    l->v[i]);
+            free(addr);
+            return -EINVAL;
+        }
         if (lb_addr_parse(addr, false, &hp, &why) < 0 || !lb_addr_is_numeric(&hp)) {
             fprintf(stderr, "lbd: --pool %s: %s\n", l->v[i],
                     why ? why : "listen address must be an IP address and port");
@@ -813,7 +821,7 @@ static void lbd_cleanup(struct lbd *d)
 /* ------------------------------------------------------------ --check -- */
 
 /* A listen address as lb_listen_open() will read it: an IP address and a port. */
-static int lbd_check_listen(const char *flag, const char *text, struct sockaddr_storage *ss,
+static int lbd_check_listen(const char *shown, const char *text, struct sockaddr_storage *ss,
                             socklen_t *len)
 {
     struct lb_hostport hp;
@@ -822,11 +830,63 @@ static int lbd_check_listen(const char *flag, const char *text, struct sockaddr_
     if (!text)
         return -ENOENT;
     if (lb_addr_parse(text, true, &hp, &why) < 0 || lb_addr_to_sockaddr(&hp, ss, len) < 0) {
-        fprintf(stderr, "lbd: %s %s: %s\n", flag, text,
+        fprintf(stderr, "lbd: %s: %s\n", shown,
                 why ? why : "listen address must be an IP address, not a name");
         return -EINVAL;
     }
     return hp.port == 0 ? -ENOENT : 0; /* port 0: any free port, never a clash */
+}
+
+/*
+ * Every listener on an address of its own, and every pool named once: one
+ * line per problem, and how many.  At start-up as in --check: two pools on
+ * one address would both bind it (SO_REUSEPORT) and share its clients.
+ */
+static unsigned lbd_check_listeners(const struct lbd *d)
+{
+    const struct lbd_settings *s = &d->settings;
+    struct sockaddr_storage addrs[LB_ARRAY_SIZE(d->pool_listens) + 2];
+    socklen_t addr_lens[LB_ARRAY_SIZE(addrs)];
+    char shown[LB_ARRAY_SIZE(addrs)][LB_NAME_MAX + LB_ADDR_MAX + 16];
+    size_t n_addrs = 0;
+    unsigned problems = 0;
+
+    for (size_t i = 0; i < d->n_pools + 2; i++) {
+        const char *text = i < d->n_pools    ? d->pool_listens[i]
+                           : i == d->n_pools ? s->admin
+                                             : s->http;
+        int rc;
+
+        if (i < d->n_pools)
+            snprintf(shown[n_addrs], sizeof(shown[n_addrs]), "--pool %s=%s", d->pool_names[i],
+                     text);
+        else
+            snprintf(shown[n_addrs], sizeof(shown[n_addrs]), "%s %s",
+                     i == d->n_pools ? "--admin" : "--http", text ? text : "");
+        rc = lbd_check_listen(shown[n_addrs], text, &addrs[n_addrs], &addr_lens[n_addrs]);
+        if (rc == -EINVAL)
+            problems++;
+        if (rc < 0)
+            continue;
+        for (size_t j = 0; j < n_addrs; j++)
+            if (addr_lens[j] == addr_lens[n_addrs] &&
+                memcmp(&addrs[j], &addrs[n_addrs], addr_lens[j]) == 0) {
+                fprintf(stderr, "lbd: %s: the same address as %s; each listener needs its own\n",
+                        shown[n_addrs], shown[j]);
+                problems++;
+                rc = -EEXIST;
+                break;
+            }
+        if (rc == 0)
+            n_addrs++;
+    }
+    for (size_t i = 0; i < d->n_pools; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(d->pool_names[i], d->pool_names[j]) == 0) {
+                fprintf(stderr, "lbd: --pool %s is given twice\n", d->pool_names[i]);
+                problems++;
+            }
+    return problems;
 }
 
 /*
@@ -842,13 +902,9 @@ static int lbd_check_listen(const char *flag, const char *text, struct sockaddr_
 static int lbd_check(struct lbd *d)
 {
     const struct lbd_settings *s = &d->settings;
-    struct sockaddr_storage addrs[LB_ARRAY_SIZE(d->pool_listens) + 2];
-    const char *addr_flags[LB_ARRAY_SIZE(addrs)], *addr_texts[LB_ARRAY_SIZE(addrs)];
-    socklen_t addr_lens[LB_ARRAY_SIZE(addrs)];
     struct lb_etcd_endpoints endpoints = {0};
     struct lb_etcd_http *etcd = NULL;
     int64_t max_conns = s->max_conns;
-    size_t n_addrs = 0;
     unsigned problems = 0;
     char *err = NULL;
 
@@ -887,40 +943,7 @@ static int lbd_check(struct lbd *d)
             problems++;
         }
     }
-    /* Every listener on its own address: two on one would fail to bind. */
-    for (size_t i = 0; i < d->n_pools + 2; i++) {
-        const char *flag = i < d->n_pools ? "--pool" : i == d->n_pools ? "--admin" : "--http";
-        const char *text = i < d->n_pools    ? d->pool_listens[i]
-                           : i == d->n_pools ? s->admin
-                                             : s->http;
-        int rc = lbd_check_listen(flag, text, &addrs[n_addrs], &addr_lens[n_addrs]);
-
-        if (rc == -EINVAL)
-            problems++;
-        if (rc < 0)
-            continue;
-        for (size_t j = 0; j < n_addrs; j++)
-            if (addr_lens[j] == addr_lens[n_addrs] &&
-                memcmp(&addrs[j], &addrs[n_addrs], addr_lens[j]) == 0) {
-                fprintf(stderr,
-                        "lbd: %s %s: the same address as %s %s; each listener needs its "
-                        "own\n",
-                        flag, text, addr_flags[j], addr_texts[j]);
-                problems++;
-                rc = -EEXIST;
-                break;
-            }
-        if (rc == 0) {
-            addr_flags[n_addrs] = flag;
-            addr_texts[n_addrs++] = text;
-        }
-    }
-    for (size_t i = 0; i < d->n_pools; i++)
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(d->pool_names[i], d->pool_names[j]) == 0) {
-                fprintf(stderr, "lbd: --pool %s is given twice\n", d->pool_names[i]);
-                problems++;
-            }
+    problems += lbd_check_listeners(d);
     if (s->upgrade_socket) {
         char dir[128], *slash;
         struct stat st;
@@ -1066,6 +1089,10 @@ int main(int argc, char **argv)
         d.settings.workers = lb_cpus_available();
     if (d.settings.check) {
         exit_code = lbd_check(&d);
+        goto out;
+    }
+    if (lbd_check_listeners(&d) > 0) {
+        exit_code = 2;
         goto out;
     }
     /* Each worker: a listener per pool, its epoll, its wake-up fds and the

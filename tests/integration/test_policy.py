@@ -155,6 +155,15 @@ class ConfigTypos(HarnessTestCase):
         self.assertIn("missing.pem", text)
         self.assertIn("the same address as --pool", text)
         self.assertEqual(lines[-1], "lbd: --check: 4 problems", err)
+        # two pools on one address: refused at start-up too, naming both pools (under
+        # SO_REUSEPORT both would have bound it and shared its clients)
+        rc, out, err = run([lbd_binary(), "--etcd", "http://127.0.0.1:%d" % free_port(),
+                            "--pool", "web=127.0.0.1:%d" % port, "--pool",
+                            "db=127.0.0.1:%d" % port, "--admin", "127.0.0.1:0", "--http",
+                            "127.0.0.1:0"], timeout=10)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("lbd: --pool db=127.0.0.1:%d: the same address as --pool web=127.0.0.1:%d"
+                      % (port, port), err)
         # what is read before the checks (pools, networks) stops at its error, exit 2 too
         rc, out, err = run([lbd_binary(), "--check", "--pool", "web=localhost:80"], timeout=10)
         self.assertEqual(rc, 2, err)
