@@ -958,6 +958,12 @@ static int lbd_check(struct lbd *d)
             fprintf(stderr, "lbd: --upgrade-socket %s: directory %s does not exist\n",
                     s->upgrade_socket, dir);
             problems++;
+        } else if (lstat(s->upgrade_socket, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+            fprintf(stderr,
+                    "lbd: --upgrade-socket %s: the path exists and is not a socket; lbd does "
+                    "not replace a file it did not make: give another path\n",
+                    s->upgrade_socket);
+            problems++;
         }
     }
     if (check_fd_limit(&max_conns,

@@ -203,6 +203,11 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
             unlink(path);
             return 0;
         }
+        if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode))
+            return lb_error_set(err, -EEXIST,
+                                "--upgrade-socket %s: the path exists and is not a socket; lbd "
+                                "does not replace a file it did not make: give another path",
+                                path);
         return lb_error_set(err, -e, "--upgrade-socket %s: cannot connect: %s", path, strerror(e));
     }
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

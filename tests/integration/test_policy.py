@@ -94,6 +94,20 @@ class ConfigTypos(HarnessTestCase):
         self.assertEqual(rc, 2, err)
         self.assertIn("did you mean warn?", err)
 
+    def test_upgrade_socket_on_a_plain_file_is_refused_and_kept(self):
+        path = self.h.path("not-a-socket")
+        with open(path, "w") as f:
+            f.write("precious\n")
+        base = [lbd_binary(), "--upgrade-socket", path, "--pool",
+                "web=127.0.0.1:%d" % free_port(), "--etcd", "http://127.0.0.1:%d" % free_port(),
+                "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+        for argv in (base + ["--check"], base):
+            rc, out, err = run(argv, timeout=10)
+            self.assertNotEqual(rc, 0, err)
+            self.assertIn("the path exists and is not a socket", err)
+        with open(path) as f:
+            self.assertEqual(f.read(), "precious\n")
+
     def test_lbctl_usage_errors_give_one_hint(self):
         for argv, want in ((["weight", "web", "b1", "-1"], "a negative number"),
                            (["pools", "--local"], "unknown option --local"),
