@@ -4,9 +4,11 @@
  *
  * Updates arrive one by one and only mark pools dirty; commit() publishes
  * each dirty pool once, so a listing of 10,000 backends builds one snapshot,
- * not 10,000.  Health and DNS changes publish once per loop iteration, in
- * place.  Operator changes publish at once: `lbctl drain` has taken effect
- * when it returns.
+ * not 10,000.  Watch responses after the first listing, health and DNS
+ * changes publish once per loop iteration (lb_registry_schedule_publish),
+ * so a flood of events costs one rebuild per read, not one per event.
+ * Operator changes publish at once: `lbctl drain` has taken effect when it
+ * returns.
  */
 #include "registry.h"
 #include "addr_policy.h"
