@@ -16,6 +16,7 @@ int lb_conn_queue_init(struct lb_conn_queue *q)
     lb_list_init(&q->waiting);
     lb_list_init(&q->granted);
     q->next_seq = 0;
+    q->grant_out = false;
     atomic_init(&q->length, 0);
     return pthread_mutex_init(&q->lock, NULL) ? -ENOMEM : 0;
 }
@@ -67,6 +68,8 @@ bool lb_conn_queue_remove(struct lb_conn_queue *q, struct lb_queued *e)
         lb_list_remove(&e->link);
         atomic_fetch_sub(&q->length, 1);
         unused_grant = e->granted;
+        if (unused_grant)
+            q->grant_out = false;
     }
     e->granted = false;
     pthread_mutex_unlock(&q->lock);
@@ -80,18 +83,26 @@ void lb_conn_queue_grant(struct lb_conn_queue *q)
     struct lb_list *pos;
 
     pthread_mutex_lock(&q->lock);
-    if ((pos = lb_list_first(&q->waiting))) {
+    if (!q->grant_out && (pos = lb_list_first(&q->waiting))) {
         struct lb_queued *e = lb_list_entry(pos, struct lb_queued, link);
 
         lb_list_remove(pos);
         lb_list_insert_tail(&q->granted, pos);
         e->granted = true;
+        q->grant_out = true;
         loop = e->loop;
         wake = e->wake;
     }
     pthread_mutex_unlock(&q->lock);
     if (wake)
         ev_async_send(loop, wake);
+}
+
+void lb_conn_queue_settle(struct lb_conn_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    q->grant_out = false;
+    pthread_mutex_unlock(&q->lock);
 }
 
 size_t lb_conn_queue_take_granted(struct lb_conn_queue *q, struct ev_loop *loop,

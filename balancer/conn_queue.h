@@ -15,12 +15,16 @@
  * released, or a worker sees room in its copy of the pool (a backend
  * added, up again, or max_conns raised), the oldest entry not yet granted
  * is granted and its worker woken (its ev_async).  That worker takes its
- * granted entries off the queue in the order they were granted (arrival
- * order) and tries them; one that finds every backend full again goes
- * back in at its arrival position without a new grant: whoever took the
- * slot will release it, and that release is the next grant.  While anyone
- * waits, new clients queue behind them instead of taking a freed slot
- * first, so the order is first come, first served across workers.
+ * granted entry off the queue and tries it; one that finds every backend
+ * full again goes back in at its arrival position without a new grant:
+ * whoever took the slot will release it, and that release is the next
+ * grant.  One grant is out at a time: until the granted client has tried
+ * (lb_conn_queue_settle) or left, grants wait, and its worker then grants
+ * the next if there is room.  Two grants out at once would let a younger
+ * client take the one slot while the older one, granted first, finds it
+ * gone.  While anyone waits, new clients queue behind them instead of
+ * taking a freed slot first, so the order is first come, first served
+ * across workers.
  */
 #ifndef LB_CONN_QUEUE_H
 #define LB_CONN_QUEUE_H
@@ -38,6 +42,7 @@ struct lb_conn_queue {
     struct lb_list waiting; /* struct lb_queued without a grant, by arrival (seq) */
     struct lb_list granted; /* granted, not yet taken by their workers: a few */
     uint64_t next_seq;
+    bool grant_out;          /* a grant is out, not yet settled: the next one waits */
     _Atomic uint64_t length; /* entries on either list: readable without the lock */
 };
 
@@ -67,17 +72,25 @@ void lb_conn_queue_add(struct lb_conn_queue *q, struct lb_queued *e, struct ev_l
 
 /*
  * Takes e off the queue if it is on it.  Returns true when it held a
- * grant it will not use: the caller passes it on (lb_conn_queue_grant).
+ * grant it will not use (settled by this): the caller passes it on
+ * (lb_conn_queue_grant).
  */
 bool lb_conn_queue_remove(struct lb_conn_queue *q, struct lb_queued *e);
 
-/* Grants the oldest entry without a grant, if any, and wakes its worker.  O(1). */
+/*
+ * Grants the oldest entry without a grant, if any, and wakes its worker,
+ * unless a grant is out already (that one's settling grants the next).  O(1).
+ */
 void lb_conn_queue_grant(struct lb_conn_queue *q);
+
+/* The entry granted last was taken and tried (it has a slot, or is back in line). */
+void lb_conn_queue_settle(struct lb_conn_queue *q);
 
 /*
  * Moves the granted entries queued from `loop` onto `out` (in the order
  * they were granted, oldest first; still marked granted): the worker of
- * `loop` now owns them.  Returns how many.  Walks the granted entries only.
+ * `loop` now owns them, and settles each once tried.  Returns how many.
+ * Walks the granted entries only.
  */
 size_t lb_conn_queue_take_granted(struct lb_conn_queue *q, struct ev_loop *loop,
                                   struct lb_list *out);

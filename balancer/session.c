@@ -1243,32 +1243,33 @@ static void session_queue_timed_out(struct lb_session *s)
 /* s's entry was granted and taken off the queue: it tries for a slot now. */
 static void session_granted(struct lb_session *s)
 {
-    struct lb_wpool *wp = s->pool;
-
     if (s->state != SESSION_QUEUED)
         return;
     session_stop_waiting(s); /* off the queue already, still granted: no queueing behind */
     s->state = SESSION_CONNECTING;
     session_connect_next(s);
-    /* More room (a backend added, max_conns raised): the next one tries too. */
-    if (s->state != SESSION_QUEUED && lb_conn_queue_length(wp->queue) && pool_has_room(wp))
-        lb_conn_queue_grant(wp->queue);
 }
 
 void lb_session_serve_granted(struct lb_wpool *wp)
 {
     struct lb_list granted;
+    size_t n;
 
     if (!lb_conn_queue_length(wp->queue))
         return;
     lb_list_init(&granted);
-    lb_conn_queue_take_granted(wp->queue, wp->worker->loop, &granted);
+    n = lb_conn_queue_take_granted(wp->queue, wp->worker->loop, &granted);
     while (!lb_list_is_empty(&granted)) {
         struct lb_list *l = granted.next;
 
         lb_list_remove(l);
         session_granted(lb_container_of(l, struct lb_session, queue.link));
+        lb_conn_queue_settle(wp->queue); /* it has a slot, or is back in line */
     }
+    /* More room (a backend added, max_conns raised, slots freed meanwhile):
+     * the next one tries too. */
+    if (n && lb_conn_queue_length(wp->queue) && pool_has_room(wp))
+        lb_conn_queue_grant(wp->queue);
 }
 
 /*

@@ -149,13 +149,16 @@ class QueueTest(HarnessTestCase):
         self.assertEqual(recv_line_bytes(s), b"OK " + name.encode() + b"\n")
         return s
 
-    def access_lines(self, client):
+    def access_lines(self, pool, client):
+        """The access lines of one client of one pool (a port comes back in other tests)."""
         return [parse_kv(ln) for ln in self.lbd.log_text().splitlines()
-                if " sub=access " in ln and (" client=%s " % client) in ln]
+                if " sub=access " in ln and (" pool=%s " % pool) in ln and
+                (" client=%s " % client) in ln]
 
-    def one_line(self, client):
-        wait_until(lambda: self.access_lines(client), scaled(5), "the access line of %s" % client)
-        got = self.access_lines(client)
+    def one_line(self, pool, client):
+        wait_until(lambda: self.access_lines(pool, client), scaled(5),
+                   "the access line of %s" % client)
+        got = self.access_lines(pool, client)
         self.assertEqual(len(got), 1, got)
         return got[0]
 
@@ -180,10 +183,10 @@ class QueueTest(HarnessTestCase):
         self.wait_queued(pool, 0)
         self.assertEqual(self.lbd.metric("lbd_pool_queued_total", pool=pool), n)
         self.assertEqual(self.lbd.metric("lbd_pool_queue_timeouts_total", pool=pool), 0)
-        line = self.one_line(clients[-1])
+        line = self.one_line(pool, clients[-1])
         self.assertEqual((line["backend"], line["end"]), ("b1", "client_closed"))
         self.assertGreater(float(line["queue_ms"]), 0.0)
-        holder_line = self.one_line(clients[0])
+        holder_line = self.one_line(pool, clients[0])
         self.assertNotIn("queue_ms", holder_line, "a client that did not wait has no queue_ms")
 
     def test_2_timeout_closes_and_counts(self):
@@ -200,7 +203,7 @@ class QueueTest(HarnessTestCase):
         self.assertEqual(how, "eof")
         self.assertGreaterEqual(waited, QUEUE_S - 0.02)
         self.assertLess(waited, QUEUE_S + scaled(1.5))
-        line = self.one_line(client)
+        line = self.one_line(pool, client)
         self.assertEqual(line["end"], "queue_timeout")
         self.assertNotIn("backend", line)
         self.assertGreaterEqual(float(line["queue_ms"]), QUEUE_S * 1000 - 20)
@@ -220,7 +223,7 @@ class QueueTest(HarnessTestCase):
         self.wait_queued(pool, 2)
         gone.close()
         self.wait_queued(pool, 1)
-        line = self.one_line(gone_client)
+        line = self.one_line(pool, gone_client)
         self.assertEqual(line["end"], "client_closed")
         self.assertIn("queue_ms", line)
         holder.close()
@@ -280,7 +283,7 @@ class QueueTest(HarnessTestCase):
         self.assertIn(ended(s, scaled(5)), ("eof", "reset"))
         figure("queue off: client closed after", "%.3f" % (time.monotonic() - t0), "s")
         self.assertLess(time.monotonic() - t0, scaled(1))
-        line = self.one_line(client)
+        line = self.one_line(pool, client)
         self.assertEqual(line["end"], "no_backend")
         self.assertNotIn("queue_ms", line)
         self.assertEqual(self.lbd.metric("lbd_pool_queued_total", pool=pool), 0)
@@ -387,7 +390,7 @@ class QueueTest(HarnessTestCase):
         figure("queue: queue_timeout lowered below the wait, client closed after",
                "%.1f" % ((time.monotonic() - t1) * 1e3), "ms")
         self.assertLess(time.monotonic() - t1, scaled(2), "closed only at the old deadline")
-        line = self.one_line(client)
+        line = self.one_line(pool, client)
         self.assertEqual(line["end"], "queue_timeout")
         self.assertGreaterEqual(float(line["queue_ms"]), 1000)
 
@@ -428,7 +431,7 @@ class QueueTest(HarnessTestCase):
                 self.assertEqual(rc, 0, err)
                 holder_client = client_of(holder)
                 holder.close()
-                self.one_line(holder_client)  # the slot is free: nobody may take it now
+                self.one_line(pool, holder_client)  # the slot is free: nobody may take it now
                 self.assertEqual(self.queued(pool), 2, "a waiting client was closed early")
                 # another backend comes: the older first, then the younger
                 extra = NameBackend(self.h)

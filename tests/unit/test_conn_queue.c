@@ -86,10 +86,16 @@ static void test_grants_go_oldest_first_to_their_worker(void **state)
     assert_true(woken(&a));
     assert_false(woken(&b));
     assert_null(take_one(&q, &b)); /* b holds no grant */
-    lb_conn_queue_grant(&q);       /* e1, b's: e0 is granted already */
+    lb_conn_queue_grant(&q);       /* one grant out at a time: nothing yet */
+    assert_false(woken(&b));
+    assert_ptr_equal(take_one(&q, &a), &e[0]);
+    lb_conn_queue_grant(&q); /* taken, not yet tried: still nothing */
+    assert_false(woken(&b));
+    lb_conn_queue_settle(&q); /* e0 tried */
+    lb_conn_queue_grant(&q);  /* e1, b's */
     assert_true(woken(&b));
     assert_ptr_equal(take_one(&q, &b), &e[1]);
-    assert_ptr_equal(take_one(&q, &a), &e[0]);
+    lb_conn_queue_settle(&q);
     assert_int_equal(lb_conn_queue_length(&q), 2);
 
     /* e0 found every backend full again: back before e2, not after e3. */
@@ -97,12 +103,19 @@ static void test_grants_go_oldest_first_to_their_worker(void **state)
     lb_conn_queue_grant(&q);
     assert_true(woken(&a));
     assert_ptr_equal(take_one(&q, &a), &e[0]);
+    lb_conn_queue_settle(&q);
 
-    /* e2 granted, then leaves (timeout): its grant is reported unused. */
+    /* e2 granted, then leaves (timeout): its grant is reported unused and
+     * settled, so the caller can pass it on. */
     lb_conn_queue_grant(&q);
     assert_true(woken(&a));
     assert_true(lb_conn_queue_remove(&q, &e[2]));
     assert_false(lb_conn_queue_remove(&q, &e[2])); /* twice is harmless */
+    lb_conn_queue_grant(&q); /* e3: the grant passed on */
+    assert_true(woken(&b));
+    assert_ptr_equal(take_one(&q, &b), &e[3]);
+    lb_conn_queue_settle(&q);
+    lb_conn_queue_add(&q, &e[3], b.loop, &b.wake); /* no slot after all */
     /* e3 leaves without a grant. */
     assert_false(lb_conn_queue_remove(&q, &e[3]));
     assert_int_equal(lb_conn_queue_length(&q), 0);
@@ -128,26 +141,18 @@ static void test_requeue_keeps_arrival_order(void **state)
         lb_queued_init(&e[i]);
         lb_conn_queue_add(&q, &e[i], a.loop, &a.wake);
     }
-    for (int i = 0; i < 3; i++)
-        lb_conn_queue_grant(&q);
-    {
-        struct lb_list got;
-        size_t n;
-
-        lb_list_init(&got);
-        n = lb_conn_queue_take_granted(&q, a.loop, &got);
-        assert_int_equal(n, 3);
-        /* put back out of order: 2, then 0, then 1 */
-        lb_list_remove(&e[2].link);
-        lb_list_remove(&e[0].link);
-        lb_list_remove(&e[1].link);
+    for (int i = 0; i < 3; i++) {
+        assert_ptr_equal((lb_conn_queue_grant(&q), take_one(&q, &a)), &e[i]);
+        lb_conn_queue_settle(&q);
     }
+    /* put back out of order: 2, then 0, then 1 */
     lb_conn_queue_add(&q, &e[2], a.loop, &a.wake);
     lb_conn_queue_add(&q, &e[0], a.loop, &a.wake);
     lb_conn_queue_add(&q, &e[1], a.loop, &a.wake);
     for (int i = 0; i < 6; i++) {
         lb_conn_queue_grant(&q);
         assert_ptr_equal(take_one(&q, &a), &e[i]);
+        lb_conn_queue_settle(&q);
     }
     assert_int_equal(lb_conn_queue_length(&q), 0);
     worker_free(&a);
@@ -189,10 +194,12 @@ static void *race(void *arg)
             if (--next_leave == 0) { /* no room after all: back in line */
                 next_leave = 7;
                 lb_conn_queue_add(r->q, e, r->w.loop, &r->w.wake);
+                lb_conn_queue_settle(r->q);
                 continue;
             }
             r->served++;
             left--;
+            lb_conn_queue_settle(r->q);
         }
     }
     return NULL;
