@@ -111,7 +111,7 @@ static void test_grants_go_oldest_first_to_their_worker(void **state)
     assert_true(woken(&a));
     assert_true(lb_conn_queue_remove(&q, &e[2]));
     assert_false(lb_conn_queue_remove(&q, &e[2])); /* twice is harmless */
-    lb_conn_queue_grant(&q); /* e3: the grant passed on */
+    lb_conn_queue_grant(&q);                       /* e3: the grant passed on */
     assert_true(woken(&b));
     assert_ptr_equal(take_one(&q, &b), &e[3]);
     lb_conn_queue_settle(&q);
