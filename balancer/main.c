@@ -914,7 +914,6 @@ static int lbd_check(struct lbd *d)
         problems++;
     }
     lb_etcd_http_free(etcd);
-    lb_etcd_endpoints_free(&endpoints);
     if (s->admin_token_file) {
         struct lb_admin_auth auth;
 
@@ -973,6 +972,7 @@ static int lbd_check(struct lbd *d)
     free(err);
     if (problems) {
         fprintf(stderr, "lbd: --check: %u problem%s\n", problems, problems == 1 ? "" : "s");
+        lb_etcd_endpoints_free(&endpoints);
         return 2;
     }
     printf("configuration OK\n");
@@ -981,9 +981,12 @@ static int lbd_check(struct lbd *d)
     for (size_t i = 0; i < d->n_pools; i++)
         printf("  pool              %s on %s%s\n", d->pool_names[i], d->pool_listens[i],
                d->pool_accept_proxy[i] ? " (accept-proxy)" : "");
-    printf("  etcd              %s%s, prefix %s%s%s\n", s->etcd.etcd.v[0],
-           s->etcd.etcd.n > 1 ? ",..." : "", s->prefix, s->etcd.user_file ? ", user file" : "",
+    printf("  etcd              "); /* the endpoints as lbd will use them */
+    for (size_t i = 0; i < endpoints.n; i++)
+        printf("%s%s", i ? "," : "", endpoints.v[i]);
+    printf(", prefix %s%s%s\n", s->prefix, s->etcd.user_file ? ", user file" : "",
            s->etcd.ca_file || s->etcd.cert_file ? ", TLS files" : "");
+    lb_etcd_endpoints_free(&endpoints);
     printf("  admin             %s%s%s\n", s->admin, s->admin_token_file ? ", token" : "",
            s->admin_tls_cert ? ", TLS" : "");
     printf("  http              %s\n", s->http);
@@ -1065,6 +1068,15 @@ int main(int argc, char **argv)
             goto out;
         }
         lb_etcd_endpoints_free(&e);
+    }
+    if (d.settings.etcd_backoff_initial_ms > d.settings.etcd_backoff_max_ms) {
+        fprintf(stderr,
+                "lbd: --etcd-backoff-initial (%lld ms) is more than --etcd-backoff-max (%lld ms): "
+                "the first retry would wait longer than any later one\n",
+                (long long)d.settings.etcd_backoff_initial_ms,
+                (long long)d.settings.etcd_backoff_max_ms);
+        exit_code = 2;
+        goto out;
     }
     {
         char prefix[LB_PREFIX_MAX];

@@ -137,7 +137,8 @@ class ConfigTypos(HarnessTestCase):
         with open(token, "w") as f:
             f.write("sekrit\n")
         os.chmod(token, 0o600)
-        cfg = self.base_config(etcd="http://127.0.0.1:%d" % etcd_sock.getsockname()[1],
+        etcd_url = "http://127.0.0.1:%d" % etcd_sock.getsockname()[1]
+        cfg = self.base_config(etcd=[etcd_url + "/,", "http://127.0.0.2:2379"],
                                pool=["web=127.0.0.1:%d" % taken.getsockname()[1],
                                      "db=127.0.0.1:%d,accept-proxy" % free_port()])
         cfg["admin-token-file"] = token
@@ -150,6 +151,8 @@ class ConfigTypos(HarnessTestCase):
         self.assertIn("(accept-proxy)", out)
         self.assertIn("token", out)
         self.assertIn("workers           2", out)
+        # the endpoints as lbd will use them, whatever the list looked like
+        self.assertIn("etcd              %s,http://127.0.0.2:2379, prefix /" % etcd_url, out)
         self.assertNotIn("sekrit", out + err)
         with self.assertRaises(BlockingIOError):
             etcd_sock.accept()
@@ -178,6 +181,12 @@ class ConfigTypos(HarnessTestCase):
         self.assertEqual(rc, 2, err)
         self.assertIn("lbd: --pool db=127.0.0.1:%d: the same address as --pool web=127.0.0.1:%d"
                       % (port, port), err)
+        # a first retry longer than the longest: refused, at start-up and by --check alike
+        rc, out, err = run([lbd_binary(), "--check", "--pool", "web=127.0.0.1:%d" % port,
+                            "--etcd-backoff-initial", "10s", "--etcd-backoff-max", "5s"],
+                           timeout=10)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--etcd-backoff-initial (10000 ms) is more than --etcd-backoff-max", err)
         # what is read before the checks (pools, networks) stops at its error, exit 2 too
         rc, out, err = run([lbd_binary(), "--check", "--pool", "web=localhost:80"], timeout=10)
         self.assertEqual(rc, 2, err)
