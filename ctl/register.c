@@ -203,24 +203,6 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/*
- * Serialises obj (which stays the caller's) into *out, replacing what was
- * there, and reads it back with lb_value_parse_backend(): the reader lbd
- * runs on every backend value.  Returns 0, -ENOMEM, or -EINVAL with *err
- * saying what lbd would refuse.
- */
-static int value_text(json_object *obj, char **out, char **err)
-{
-    struct lb_backend_spec spec;
-    int rc;
-
-    free(*out);
-    rc = lb_etcd_json_finish(json_object_get(obj), out);
-    if (rc)
-        return rc;
-    return lb_value_parse_backend(*out, strlen(*out), &spec, err);
-}
-
 static int add_member(json_object *obj, const char *name, json_object *v)
 {
     if (!v || json_object_object_add(obj, name, v) < 0) {
@@ -266,52 +248,42 @@ static int meta_object(const struct lb_strlist *items, json_object **meta)
 }
 
 /*
- * r->value: {"addr":...,"weight":...}, with "zone" and "meta" when given.
- * lbd's own reader checks it (value_text()), so lbctl refuses exactly the
- * zones lbd would skip the value for, and never writes a value larger than
- * lbd reads (LB_VALUE_MAX).  lbd ignores "meta"; it is there for other
- * readers of etcd.  Returns 0 or EXIT_USAGE (message printed).
+ * r->value: {"addr":...,"weight":...}, with "zone" and "meta" when given,
+ * written by lbd's own encoder and read back by its reader, so lbctl refuses
+ * exactly the zones lbd would skip the value for, and never writes a value
+ * larger than lbd reads (LB_VALUE_MAX).  lbd ignores "meta"; it is there for
+ * other readers of etcd.  Returns 0 or EXIT_USAGE (message printed).
  */
 static int make_value(struct registration *r, const struct register_opts *o)
 {
-    bool has_zone = o->zone && o->zone[0];
-    json_object *obj, *meta = NULL;
+    struct lb_backend_spec spec = {.weight = (int)o->weight}, back;
+    json_object *meta = NULL;
     char *err = NULL;
-    int rc = -ENOMEM;
+    int rc;
 
-    obj = json_object_new_object();
-    if (!obj)
-        goto out;
-    rc = add_member(obj, "addr", json_object_new_string(o->addr));
-    if (!rc)
-        rc = add_member(obj, "weight", json_object_new_int((int)o->weight));
-    if (!rc && has_zone)
-        rc = add_member(obj, "zone", json_object_new_string(o->zone));
-    if (!rc)
-        rc = value_text(obj, &r->value, &err);
-    if (rc == -EINVAL) {
-        rc = has_zone ? usage("--zone \"%s\": %s", o->zone, err ? err : "invalid")
-                      : usage("%s", err ? err : "invalid backend value");
-        goto out;
+    snprintf(spec.addr, sizeof(spec.addr), "%s", o->addr);
+    snprintf(spec.zone, sizeof(spec.zone), "%s", o->zone ? o->zone : "");
+    if (lb_value_check_zone(spec.zone, &err) < 0) {
+        rc = usage("--zone \"%s\": %s", spec.zone, err ? err : "invalid");
+        free(err);
+        return rc;
     }
-    if (!rc && o->meta.n) {
+    if (o->meta.n) {
         rc = meta_object(&o->meta, &meta);
-        if (!rc) {
-            rc = add_member(obj, "meta", meta);
-            if (!rc)
-                rc = value_text(obj, &r->value, &err);
-        }
-        if (rc == -EINVAL)
-            rc = usage("--meta: %s", err ? err : "invalid");
+        if (rc)
+            return rc < 0 ? usage("out of memory") : rc;
     }
-    if (!rc && has_zone)
-        snprintf(r->zone_kv, sizeof(r->zone_kv), " zone=%s", o->zone);
-out:
-    if (rc < 0)
-        rc = usage("out of memory");
-    json_object_put(obj);
-    free(err);
-    return rc;
+    free(r->value);
+    if (lb_value_encode_backend_meta(&spec, meta, &r->value) < 0)
+        return usage("out of memory"); /* addr, weight and zone were checked */
+    if (lb_value_parse_backend(r->value, strlen(r->value), &back, &err) < 0) {
+        rc = usage("--meta: %s", err ? err : "invalid");
+        free(err);
+        return rc;
+    }
+    if (spec.zone[0])
+        snprintf(r->zone_kv, sizeof(r->zone_kv), " zone=%s", spec.zone);
+    return 0;
 }
 
 /* Checks the flags and fills r.  Returns 0 or EXIT_USAGE (message printed). */

@@ -359,6 +359,12 @@ static bool zone_is_valid(const char *zone)
     return true;
 }
 
+int lb_value_check_zone(const char *zone, char **err)
+{
+    return zone_is_valid(zone) ? 0
+                               : lb_error_set(err, -EINVAL, "zone must be made of [A-Za-z0-9._:-]");
+}
+
 /* --- values ---------------------------------------------------------------------------- */
 
 int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend_spec *out,
@@ -386,8 +392,8 @@ int lb_value_parse_backend_noted(const char *json, size_t len, struct lb_backend
         rc = get_int(root, "weight", "weight", 0, LB_WEIGHT_MAX, &spec.weight, notes, err);
     if (!rc)
         rc = get_string(root, "zone", "zone", spec.zone, sizeof(spec.zone), NULL, err);
-    if (!rc && !zone_is_valid(spec.zone))
-        rc = lb_error_set(err, -EINVAL, "zone must be made of [A-Za-z0-9._:-]");
+    if (!rc)
+        rc = lb_value_check_zone(spec.zone, err);
     if (!rc)
         *out = spec;
     json_object_put(root);
@@ -790,6 +796,11 @@ int lb_value_encode_override(const struct lb_override *ov, char **out)
 
 int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out)
 {
+    return lb_value_encode_backend_meta(spec, NULL, out);
+}
+
+int lb_value_encode_backend_meta(const struct lb_backend_spec *spec, json_object *meta, char **out)
+{
     json_object *obj;
     int rc;
 
@@ -797,16 +808,24 @@ int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out)
     if (memchr(spec->addr, '\0', sizeof(spec->addr)) == NULL ||
         memchr(spec->zone, '\0', sizeof(spec->zone)) == NULL ||
         lb_value_check_addr(spec->addr, NULL) < 0 || spec->weight < 0 ||
-        spec->weight > LB_WEIGHT_MAX || !zone_is_valid(spec->zone))
+        spec->weight > LB_WEIGHT_MAX || !zone_is_valid(spec->zone)) {
+        json_object_put(meta);
         return -EINVAL;
+    }
     obj = json_object_new_object();
-    if (!obj)
+    if (!obj) {
+        json_object_put(meta);
         return -ENOMEM;
+    }
     rc = add_member(obj, "addr", json_object_new_string(spec->addr));
     if (!rc)
         rc = add_member(obj, "weight", json_object_new_int(spec->weight));
     if (!rc && spec->zone[0])
         rc = add_member(obj, "zone", json_object_new_string(spec->zone));
+    if (!rc && meta)
+        rc = add_member(obj, "meta", meta);
+    else
+        json_object_put(meta);
     if (rc) {
         json_object_put(obj);
         return rc;

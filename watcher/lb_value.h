@@ -62,6 +62,9 @@
  */
 int lb_value_check_addr(const char *addr, char **err);
 
+/* Checks a backend's zone ("" for none): [A-Za-z0-9._:-].  0 or -EINVAL with *err. */
+int lb_value_check_zone(const char *zone, char **err);
+
 /* Policy bounds (see above); durations in ms. */
 #define LB_POLICY_INTERVAL_MIN_MS        100
 #define LB_POLICY_INTERVAL_MAX_MS        (3600LL * 1000)
@@ -167,6 +170,11 @@ bool lb_value_override_is_default(const struct lb_override *ov);
  */
 int lb_value_encode_override(const struct lb_override *ov, char **out);
 int lb_value_encode_backend(const struct lb_backend_spec *spec, char **out);
+/* The same with a "meta" object beside (taken over, even on failure; NULL: none),
+ * which lbd does not read: what `lbctl register --meta` writes for others. */
+struct json_object;
+int lb_value_encode_backend_meta(const struct lb_backend_spec *spec, struct json_object *meta,
+                                 char **out);
 /*
  * The policy with every field, defaults included, durations written as
  * "2s": what lbd runs, for `lbctl policy` to show and compare.  It reads
