@@ -52,7 +52,13 @@
 #define LOG_SUB          ADMIN_LOG_SUB
 #define ACCEPT_BACKOFF_S 1.0 /* after EMFILE and friends */
 #define NOTE_INTERVAL_S  1.0 /* at most one line per second per kind of pressure */
-#define LISTEN_BACKLOG   64
+/*
+ * Four times the connection cap: a burst queued while lbd was busy goes
+ * through admission (which sheds silent connections for the operator's)
+ * instead of having its SYNs dropped, the operator's among them, to be
+ * retried a second later.
+ */
+#define LISTEN_BACKLOG 256
 
 void lb_admin_limits_defaults(struct lb_admin_limits *l)
 {

@@ -98,6 +98,36 @@ static struct lb_conn_guard_entry *oldest_of_heaviest(const struct lb_conn_guard
     return best;
 }
 
+/*
+ * Within the current batch: the newest connection of the peer holding the
+ * most, if that peer holds at least two more than `peer` does, else NULL.
+ * So a burst from a few addresses accepted in the same run as a client from
+ * another address gives up one of its own slots, and two peers never trade
+ * slots back and forth.
+ */
+static struct lb_conn_guard_entry *newest_of_heavier_in_batch(const struct lb_conn_guard *g,
+                                                              const struct lb_conn_peer *peer)
+{
+    struct lb_conn_guard_entry *best = NULL;
+    unsigned best_count = lb_conn_guard_peer_count(g, peer) + 1;
+    struct lb_list *pos;
+
+    lb_list_for_each(pos, &g->entries)
+    {
+        struct lb_conn_guard_entry *e = lb_list_entry(pos, struct lb_conn_guard_entry, link);
+        unsigned n;
+
+        if (e->shed || e->proven || e->batch != g->batch)
+            continue;
+        n = lb_conn_guard_peer_count(g, &e->peer);
+        if (n > best_count || (best && same_peer(&e->peer, &best->peer))) {
+            best = e; /* the same peer again: a newer one */
+            best_count = n;
+        }
+    }
+    return best;
+}
+
 void lb_conn_guard_next_batch(struct lb_conn_guard *g)
 {
     g->batch++;
@@ -115,6 +145,8 @@ enum lb_conn_verdict lb_conn_guard_admit(struct lb_conn_guard *g, const struct l
             return LB_CONN_REFUSE_PEER;
     } else if (g->max_total && g->count >= g->max_total) {
         v = oldest_of_heaviest(g);
+        if (!v)
+            v = newest_of_heavier_in_batch(g, peer);
         if (!v)
             return LB_CONN_REFUSE_TOTAL;
     }

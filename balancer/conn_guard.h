@@ -10,7 +10,11 @@
  * that reached its handler) is shed to make room, the oldest of the peer
  * address that holds the most connections.  Connections admitted in the
  * current batch (one run of the accepting code) are not shed, so a client
- * whose request is already in its socket gets it read.  Only when no
+ * whose request is already in its socket gets it read, with one exception
+ * for the global cap: a newcomer whose address holds at least two fewer
+ * connections than the heaviest address's takes the slot of that
+ * address's newest (so a burst from a few addresses accepted in the same
+ * run as the operator does not refuse the operator).  Only when no
  * connection can be shed is the newcomer refused.  So a flood of idle or
  * slow connections costs its own connections their slots, and a client
  * that sends its request at once gets in.
@@ -79,9 +83,11 @@ void lb_conn_guard_next_batch(struct lb_conn_guard *g);
 
 /*
  * Decides about a newcomer from `peer`.  On LB_CONN_SHED, *victim is an
- * unproven connection from an earlier batch that makes room: the peer's
- * oldest when the peer's cap is the one reached, else the oldest of the
- * peer holding the most connections; it is marked shed and no longer counted,
+ * unproven connection that makes room: the peer's oldest from an earlier
+ * batch when the peer's cap is the one reached, else the oldest from an
+ * earlier batch of the peer holding the most connections, else (the global
+ * cap, all slots taken in this batch) the newest of a peer holding at least
+ * two more than `peer`; it is marked shed and no longer counted,
  * and the caller closes it and then admits the newcomer with
  * lb_conn_guard_add().  On a refusal the caller closes the newcomer.
  * *victim is NULL unless LB_CONN_SHED.

@@ -6,6 +6,12 @@
  * caller (streaming).  With a CA file the URL is https:// and libcurl
  * negotiates h2 by ALPN; the token rides in an authorization header that
  * is wiped from memory after each call.
+ *
+ * A call whose connection lbd closes before answering anything (lbd
+ * refuses or sheds admin connections at its caps while others hold them
+ * all, as during a flood) is made again, twice at most, a moment later:
+ * every method but Upgrade and KillSessions sets a state or reads one, so
+ * doing it twice is doing it once.
  */
 #include "admin_client.h"
 #include "lb_error.h"
@@ -17,10 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define URL_MAX            512
 #define CONNECT_TIMEOUT_MS 5000
 #define TIMEOUT_GRACE_MS   1000 /* let the server's DEADLINE_EXCEEDED arrive before curl gives up */
+#define RETRIES            2
+#define RETRY_DELAY_MS     150 /* then twice that: lbd's next accept run */
 
 struct lb_admin_client {
     CURL *curl;
@@ -46,6 +55,7 @@ struct call_ctx {
     void *ud;
     volatile sig_atomic_t *stop;
     bool stopped;     /* by cb or *stop */
+    bool unanswered;  /* the connection ended before lbd answered anything */
     int local_status; /* a problem found on our side (decode), 0 if none */
     char local_message[256];
 };
@@ -312,6 +322,14 @@ static void transport_error(struct lb_admin_client *c, CURLcode cc, const char *
                  why, c->addr);
         return;
     }
+    if (os_errno == ECONNRESET && !c->ca_file) {
+        snprintf(st->message, sizeof(st->message),
+                 "lbd admin API at %s reset the connection before answering (lbd refuses admin "
+                 "connections while others hold every slot: see its log; or is %s not lbd's "
+                 "--admin address, or does it serve TLS? then pass --admin-ca)",
+                 c->addr, c->addr);
+        return;
+    }
     snprintf(st->message, sizeof(st->message),
              "lbd admin API at %s: %s (is %s lbd's --admin address, speaking gRPC?%s)", c->addr,
              why, c->addr, c->ca_file ? "" : " if it serves TLS, pass --admin-ca");
@@ -410,6 +428,11 @@ static int client_perform(struct lb_admin_client *c, const char *path,
         st->code = ctx->local_status;
         snprintf(st->message, sizeof(st->message), "%s", ctx->local_message);
     } else if (cc != CURLE_OK && !ctx->has_grpc_status) {
+        long os_errno = 0;
+
+        curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &os_errno);
+        ctx->unanswered = ctx->http_status == 0 && os_errno == ECONNRESET &&
+                          (cc == CURLE_RECV_ERROR || cc == CURLE_SEND_ERROR);
         transport_error(c, cc, curl_err, timeout_ms, st);
     } else if (ctx->has_grpc_status) {
         st->code = ctx->grpc_status;
@@ -448,6 +471,46 @@ out:
     return rc;
 }
 
+static bool may_repeat(const char *path)
+{
+    return strcmp(path, "/lb.v1.Admin/Upgrade") != 0 &&
+           strcmp(path, "/lb.v1.Admin/KillSessions") != 0;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* client_perform(), again while lbd closes the connection unanswered (see the top). */
+static int perform_repeating(struct lb_admin_client *c, const char *path,
+                             const ProtobufCMessage *request, int64_t timeout_ms,
+                             struct call_ctx *ctx, struct lb_admin_status *st)
+{
+    long delay = RETRY_DELAY_MS;
+    int rc;
+
+    for (int tries = 1;; tries++) {
+        lb_grpc_decoder_init(&ctx->decoder, 0, false);
+        rc = client_perform(c, path, request, timeout_ms, ctx, st);
+        if (!ctx->unanswered || !may_repeat(path) || (ctx->stop && *ctx->stop) || tries > RETRIES) {
+            if (ctx->unanswered && tries > 1) {
+                size_t n = strlen(st->message);
+
+                snprintf(st->message + n, sizeof(st->message) - n, " (tried %d times)", tries);
+            }
+            return rc;
+        }
+        lb_grpc_decoder_free(&ctx->decoder);
+        ctx->unanswered = false;
+        sleep_ms(delay);
+        delay *= 2;
+    }
+}
+
 int lb_admin_client_call(struct lb_admin_client *c, const char *path,
                          const ProtobufCMessage *request,
                          const ProtobufCMessageDescriptor *response_type, int64_t timeout_ms,
@@ -457,8 +520,7 @@ int lb_admin_client_call(struct lb_admin_client *c, const char *path,
     int rc;
 
     *resp = NULL;
-    lb_grpc_decoder_init(&ctx.decoder, 0, false);
-    rc = client_perform(c, path, request, timeout_ms, &ctx, st);
+    rc = perform_repeating(c, path, request, timeout_ms, &ctx, st);
     if (rc == LB_GRPC_OK && !ctx.unary) {
         st->code = rc = LB_GRPC_INTERNAL;
         snprintf(st->message, sizeof(st->message), "lbd answered OK without a message");
@@ -482,8 +544,7 @@ int lb_admin_client_stream(struct lb_admin_client *c, const char *path,
     struct call_ctx ctx = {.type = response_type, .cb = cb, .ud = ud, .stop = stop};
     int rc;
 
-    lb_grpc_decoder_init(&ctx.decoder, 0, false);
-    rc = client_perform(c, path, request, timeout_ms, &ctx, st);
+    rc = perform_repeating(c, path, request, timeout_ms, &ctx, st);
     lb_grpc_decoder_free(&ctx.decoder);
     return rc;
 }

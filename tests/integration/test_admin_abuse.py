@@ -10,6 +10,14 @@
     message, sending most of it and stalling, took lbd from 38 MB to
     817 MB.  Now RSS stays within +64 MB, the stalled calls are reset, and
     the memory is given back once the attacker has gone.
+ 3. The operator in the same accept run as a flood: with lbd busy (here:
+    stopped) while 64 silent connections from four other addresses and 20
+    from the operator's own queue up with lbctl's behind them, lbctl was
+    refused (every slot was taken in that run, and connections of the
+    current run were never shed).  Now a newcomer from an address holding
+    two fewer connections takes a slot of the heaviest address even within
+    the run, and lbctl tries once more when lbd closes a connection before
+    answering anything, so the call goes through.
 
 The attacker speaks HTTP/2 by hand (preface, SETTINGS, HPACK literals,
 DATA within the flow-control windows lbd grants), so it can stop halfway
@@ -17,8 +25,10 @@ through a message, which no gRPC library lets a client do.
 """
 
 import os
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -28,10 +38,23 @@ import grpc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
 from lbtest import Backend, Etcd, HarnessTestCase, Lbd, backend_key, scaled, wait_until  # noqa: E402
+from lbtest.procs import lbctl_binary  # noqa: E402
 
 PREFIX = "/lbtest-adminabuse/"
 LIST_POOLS = "/lb.v1.Admin/ListPools"
 MIB = 1024 * 1024
+
+
+def connections_to(port):
+    """Established TCP connections whose remote end is 127.0.0.1:`port` (clients of it)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[2] == "0100007F:%04X" % port and fields[3] == "01":
+                n += 1
+    return n
 
 
 def rss_mb(pid):
@@ -277,6 +300,42 @@ class AdminAbuse(HarnessTestCase):
         # once the attacker has gone, the memory is given back
         wait_until(lambda: rss_mb(pid) - base < 16, scaled(10),
                    "lbd's RSS to come back near %.1f MB" % base)
+        self.assertTrue(lbd.proc.alive())
+
+
+    def test_3_operator_in_the_same_accept_run_as_a_flood_gets_in(self):
+        lbd = self.lbd
+        before = lbd.log_text()
+        silent = []
+        ctl = None
+        lbd.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(64):
+                s = socket.socket()
+                s.bind(("127.0.0.%d" % (2 + i % 4), 0))
+                s.connect(("127.0.0.1", lbd.admin_port))
+                silent.append(s)
+            for i in range(20):  # the operator's own address too
+                silent.append(socket.create_connection(("127.0.0.1", lbd.admin_port)))
+            ctl = subprocess.Popen([lbctl_binary(), "--admin", lbd.admin,
+                                    "--admin-token-file", self.token_file, "pools"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_until(lambda: connections_to(lbd.admin_port) >= len(silent) + 1, scaled(10),
+                       "lbctl's connection to wait in lbd's accept queue behind the flood")
+        finally:
+            lbd.proc.send_signal(signal.SIGCONT)
+        try:
+            out, err = ctl.communicate(timeout=scaled(20))
+            self.assertEqual(ctl.returncode, 0, "lbctl was locked out: " + err)
+            self.assertIn("web", out)
+        finally:
+            if ctl.poll() is None:
+                ctl.kill()
+                ctl.wait()
+            for s in silent:
+                s.close()
+        text = lbd.log_text()[len(before):]
+        self.assertIn("admin connections closed to make room", text)
         self.assertTrue(lbd.proc.alive())
 
 

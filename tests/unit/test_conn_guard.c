@@ -191,6 +191,37 @@ static void test_connections_of_the_current_batch_are_not_shed(void **state)
     assert_ptr_equal(v, &e[2]);
 }
 
+static void test_a_burst_in_the_same_run_gives_a_slot_to_a_lighter_address(void **state)
+{
+    struct lb_conn_guard g;
+    struct lb_conn_peer p = peer("127.0.0.2"), r = peer("127.0.0.3"), q = peer("127.0.0.1");
+    struct lb_conn_guard_entry *v;
+
+    lb_conn_guard_init(&g, 4, 0);
+    lb_conn_guard_next_batch(&g);
+    /* one run accepts a burst from two addresses, then the operator */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(lb_conn_guard_admit(&g, i < 3 ? &p : &r, &v), LB_CONN_ADMIT);
+        lb_conn_guard_add(&g, &e[i], i < 3 ? &p : &r);
+    }
+    assert_int_equal(lb_conn_guard_admit(&g, &q, &v), LB_CONN_SHED);
+    assert_ptr_equal(v, &e[2]); /* the newest of the address holding the most */
+    lb_conn_guard_remove(&g, v);
+    lb_conn_guard_add(&g, &e[4], &q);
+    /* 127.0.0.2 now holds 2, 127.0.0.3 and the operator 1 each: nobody holds two more */
+    assert_int_equal(lb_conn_guard_admit(&g, &r, &v), LB_CONN_REFUSE_TOTAL);
+    assert_int_equal(lb_conn_guard_admit(&g, &q, &v), LB_CONN_REFUSE_TOTAL);
+    assert_int_equal(lb_conn_guard_admit(&g, &p, &v), LB_CONN_REFUSE_TOTAL);
+    /* a fourth address still gets in, once */
+    struct lb_conn_peer s = peer("127.0.0.4");
+
+    assert_int_equal(lb_conn_guard_admit(&g, &s, &v), LB_CONN_SHED);
+    assert_ptr_equal(v, &e[1]);
+    lb_conn_guard_remove(&g, v);
+    lb_conn_guard_add(&g, &e[5], &s);
+    assert_true(e[4].linked && !e[4].shed); /* the operator keeps its slot */
+}
+
 static void test_rate_log_one_line_per_interval_with_a_count(void **state)
 {
     struct lb_rate_log l;
@@ -233,6 +264,7 @@ int main(void)
         cmocka_unit_test(test_losing_proof_makes_a_connection_the_newest_candidate),
         cmocka_unit_test(test_flood_from_many_addresses_sheds_the_busiest_address_first),
         cmocka_unit_test(test_connections_of_the_current_batch_are_not_shed),
+        cmocka_unit_test(test_a_burst_in_the_same_run_gives_a_slot_to_a_lighter_address),
         cmocka_unit_test(test_rate_log_one_line_per_interval_with_a_count),
         cmocka_unit_test(test_request_budget_per_connection_and_server_with_a_reserve),
     };
