@@ -43,7 +43,10 @@ int lb_addr_parse(const char *text, bool allow_port_zero, struct lb_hostport *ou
     } else {
         colon = strrchr(text, ':');
         if (!colon) {
-            *err = "missing port (expected host:port)";
+            *err = text[strspn(text, "0123456789")] == '\0'
+                       ? "missing host: a port alone is not an address (expected host:port, "
+                         "e.g. 127.0.0.1:8080, or 0.0.0.0:8080 for every IPv4 address)"
+                       : "missing port (expected host:port)";
             return -EINVAL;
         }
         if (memchr(text, ':', (size_t)(colon - text))) {
@@ -53,7 +56,8 @@ int lb_addr_parse(const char *text, bool allow_port_zero, struct lb_hostport *ou
         hlen = (size_t)(colon - text);
     }
     if (hlen == 0) {
-        *err = "missing host (expected host:port)";
+        *err = "missing host (expected host:port, e.g. 127.0.0.1:8080, or 0.0.0.0:8080 for "
+               "every IPv4 address)";
         return -EINVAL;
     }
     if (hlen >= LB_HOST_MAX) {
