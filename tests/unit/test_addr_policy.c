@@ -43,6 +43,27 @@ static void own(struct lb_addr_policy *p, const char *text)
     assert_int_equal(lb_addr_policy_add_own(p, (struct sockaddr *)&ss), 0);
 }
 
+static void parse_fails(const char *text, const char *words)
+{
+    struct lb_hostport hp;
+    const char *why = NULL;
+
+    assert_int_equal(lb_addr_parse(text, false, &hp, &why), -EINVAL);
+    assert_non_null(strstr(why, words));
+}
+
+static void test_parse_errors_say_what_to_write(void **state)
+{
+    parse_fails("8080", "a port alone is not an address");
+    parse_fails("8080", "0.0.0.0:8080");
+    parse_fails(":8080", "missing host");
+    parse_fails(":8080", "127.0.0.1:8080");
+    parse_fails("backend", "missing port");
+    parse_fails("::1:80", "[addr]:port");
+    parse_fails("h:0", "from 1 to 65535");
+    parse_fails("", "empty address");
+}
+
 static void test_own_listeners_are_refused(void **state)
 {
     struct lb_addr_policy p = {0};
@@ -94,6 +115,7 @@ static void test_backend_networks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_errors_say_what_to_write),
         cmocka_unit_test(test_own_listeners_are_refused),
         cmocka_unit_test(test_backend_networks),
     };
