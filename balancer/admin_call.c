@@ -584,16 +584,89 @@ const struct lb_admin_method *lb_admin_method_find(const struct lb_admin_method 
     return NULL;
 }
 
+/* A varint at *p (before end), or -1. */
+static int64_t wire_varint(const uint8_t **p, const uint8_t *end)
+{
+    uint64_t v = 0;
+
+    for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return v > INT64_MAX ? -1 : (int64_t)v;
+    }
+    return -1;
+}
+
+/*
+ * The string field of `desc` (or of a message inside it) whose bytes hold a
+ * NUL, or NULL.  protobuf-c hands strings over NUL-terminated, so a pool
+ * named "web\0x" would reach a handler as "web": such a request is refused
+ * instead of acting on another name.  Walks the wire bytes unpack accepted.
+ */
+static const ProtobufCFieldDescriptor *string_with_nul(const ProtobufCMessageDescriptor *desc,
+                                                       const uint8_t *p, const uint8_t *end,
+                                                       unsigned depth)
+{
+    while (p < end) {
+        int64_t tag = wire_varint(&p, end), n;
+        const ProtobufCFieldDescriptor *f;
+
+        if (tag < 0)
+            return NULL;
+        switch (tag & 7) {
+        case 0:
+            if (wire_varint(&p, end) < 0)
+                return NULL;
+            break;
+        case 1:
+            p += end - p < 8 ? end - p : 8;
+            break;
+        case 5:
+            p += end - p < 4 ? end - p : 4;
+            break;
+        case 2:
+            n = wire_varint(&p, end);
+            if (n < 0 || n > end - p)
+                return NULL;
+            f = protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+            if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)n))
+                return f;
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE && depth < 16) {
+                const ProtobufCFieldDescriptor *in =
+                    string_with_nul(f->descriptor, p, p + n, depth + 1);
+
+                if (in)
+                    return in;
+            }
+            p += n;
+            break;
+        default:
+            return NULL; /* groups: not in proto3, and unpack refused them */
+        }
+    }
+    return NULL;
+}
+
 int lb_admin_method_decode(const struct lb_admin_method *m, const uint8_t *data, size_t len,
                            ProtobufCMessage **out, char **err)
 {
     ProtobufCMessage *msg = protobuf_c_message_unpack(m->request, NULL, len, data);
+    const ProtobufCFieldDescriptor *nul;
     int status;
 
     *out = NULL;
     if (!msg)
         return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
                             "cannot decode %s: malformed protobuf message", m->request->name);
+    nul = string_with_nul(m->request, data, data + len, 0);
+    if (nul) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return lb_error_set(err, LB_GRPC_INVALID_ARGUMENT,
+                            "%s: field %s holds a NUL byte, which no name or value here may hold",
+                            m->request->name, nul->name);
+    }
     status = m->validate ? m->validate(msg, err) : LB_GRPC_OK;
     if (status != LB_GRPC_OK) {
         protobuf_c_message_free_unpacked(msg, NULL);

@@ -378,6 +378,11 @@ static const char *file_value_text(json_object *val, const char *path, const cha
 {
     switch (json_object_get_type(val)) {
     case json_type_string:
+        if (strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val)) {
+            lb_error_set(err, 0, "--config %s: \"%s\" holds a NUL character (\\u0000)", path, key);
+            return NULL;
+        }
+        return json_object_get_string(val);
     case json_type_int:
     case json_type_double:
     case json_type_boolean:

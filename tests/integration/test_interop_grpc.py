@@ -314,6 +314,18 @@ class AdminInterop(HarnessTestCase):
         self.assertTrue(e.details(), "a readable grpc-message")
         self.assert_lbd_answers()
 
+    def test_a_nul_byte_in_a_name_is_refused_not_cut(self):
+        # protobuf-c hands strings over NUL-terminated: "w3\0x" was acted on as "w3"
+        e = self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, "/lb.v1.Admin/SetDrain",
+                             set_drain_request("web", "w3\0x", True, SCOPE_LOCAL))
+        self.assertIn("NUL", e.details())
+        self.assertIn("id", e.details())
+        e = self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, "/lb.v1.Admin/ListBackends",
+                             list_backends_request("web\0"))
+        self.assertIn("pool", e.details())
+        self.assertFalse(self.lbd.backends("web")["w3"].get("drain"), "w3 was drained")
+        self.assert_lbd_answers()
+
     def assert_code_in(self, codes, method, request):
         with self.assertRaises(grpc.RpcError) as cm:
             self.call(method, request)

@@ -281,6 +281,11 @@ static void test_config_file_shape_errors(void **state)
     expect_config_error("{\"workers\":", (const char *const[]){"not JSON at byte", NULL});
     expect_config_error("null", (const char *const[]){"must be a JSON object, not null", NULL});
     expect_config_error("[1]", (const char *const[]){"must be a JSON object", NULL});
+    /* JSON may carry a NUL in a string; C strings cannot: refused, not cut */
+    expect_config_error("{\"etcd\":\"http://a:1\\u0000x\"}",
+                        (const char *const[]){"\"etcd\" holds a NUL character", NULL});
+    expect_config_error("{\"pool\":[\"web=1.2.3.4:80\\u0000\"]}",
+                        (const char *const[]){"NUL character", NULL});
 }
 
 static void test_flag_suggestions(void **state)
