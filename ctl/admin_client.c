@@ -11,7 +11,7 @@
  * refuses or sheds admin connections at its caps while others hold them
  * all, as during a flood) is made again, twice at most, a moment later:
  * every method but Upgrade and KillSessions sets a state or reads one, so
- * doing it twice is doing it once.
+ * doing it twice is doing it once.  Never past the call's --timeout.
  */
 #include "admin_client.h"
 #include "lb_error.h"
@@ -477,6 +477,14 @@ static bool may_repeat(const char *path)
            strcmp(path, "/lb.v1.Admin/KillSessions") != 0;
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
@@ -491,12 +499,14 @@ static int perform_repeating(struct lb_admin_client *c, const char *path,
                              struct call_ctx *ctx, struct lb_admin_status *st)
 {
     long delay = RETRY_DELAY_MS;
+    int64_t start = now_ms();
     int rc;
 
     for (int tries = 1;; tries++) {
         lb_grpc_decoder_init(&ctx->decoder, 0, false);
         rc = client_perform(c, path, request, timeout_ms, ctx, st);
-        if (!ctx->unanswered || !may_repeat(path) || (ctx->stop && *ctx->stop) || tries > RETRIES) {
+        if (!ctx->unanswered || !may_repeat(path) || (ctx->stop && *ctx->stop) || tries > RETRIES ||
+            (timeout_ms > 0 && now_ms() - start + delay >= timeout_ms)) {
             if (ctx->unanswered && tries > 1) {
                 size_t n = strlen(st->message);
 
