@@ -431,8 +431,9 @@ static int client_perform(struct lb_admin_client *c, const char *path,
         long os_errno = 0;
 
         curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &os_errno);
-        ctx->unanswered = ctx->http_status == 0 && os_errno == ECONNRESET &&
-                          (cc == CURLE_RECV_ERROR || cc == CURLE_SEND_ERROR);
+        ctx->unanswered =
+            ctx->http_status == 0 && os_errno == ECONNRESET &&
+            (cc == CURLE_RECV_ERROR || cc == CURLE_SEND_ERROR || cc == CURLE_SSL_CONNECT_ERROR);
         transport_error(c, cc, curl_err, timeout_ms, st);
     } else if (ctx->has_grpc_status) {
         st->code = ctx->grpc_status;
