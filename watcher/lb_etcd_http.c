@@ -199,7 +199,10 @@ void lb_etcd_call_make_reply(struct lb_etcd_call *c, CURLcode res, struct lb_etc
                 lb_etcd_say(r->message, sizeof(r->message), "HTTP %ld: %s", r->http_code, message);
             free(message);
         } else {
-            lb_etcd_say(r->message, sizeof(r->message), "HTTP %ld", r->http_code);
+            lb_etcd_say(r->message, sizeof(r->message),
+                        "HTTP %ld without an etcd error in the body (is the endpoint etcd's client "
+                        "URL, usually port 2379, with its v3 JSON gateway at /v3/?)",
+                        r->http_code);
         }
     }
     if (r->status == 0)

@@ -18,16 +18,21 @@ balancer in front ask of it.
      is a URL with a path or no host; a --prefix lbctl would refuse, lbd
      refuses at --check;
   5. a pool address another process listens on with SO_REUSEPORT (a second
-     lbd started by mistake) is refused, not silently shared.
+     lbd started by mistake) is refused, not silently shared;
+  6. --etcd naming a web server that is not etcd (a wrong port) says so in
+     the retry line, and lbd goes on serving its probes.
 """
 
+import http.server
 import json
 import os
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
+import urllib.request
 
 import grpc
 
@@ -267,6 +272,24 @@ class Edge(HarnessTestCase):
         lines = [ln for ln in err.splitlines() if "Address already in use" in ln]
         self.assertEqual(len(lines), 1, err)
         self.assertIn("--upgrade-socket", lines[0])
+
+    def test_6_etcd_url_of_something_else_is_named_in_the_error(self):
+        web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        web.daemon_threads = True
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        self.addCleanup(web.server_close)
+        self.addCleanup(web.shutdown)
+        lbd = Lbd(self.h, "http://127.0.0.1:%d" % web.server_address[1], PREFIX, ["x"],
+                  name="lbd-not-etcd").start(wait_ready=False)
+        try:
+            wait_until(lambda: "etcd's client URL" in lbd.log_text(), scaled(10),
+                       "the retry line to say the endpoint is not etcd")
+            line = [ln for ln in lbd.log_text().splitlines() if "etcd's client URL" in ln][0]
+            self.assertIn("HTTP 501", line)
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % lbd.http_port, timeout=5) as r:
+                self.assertEqual(r.status, 200)
+        finally:
+            lbd.stop(expect_rc=0)
 
 
 if __name__ == "__main__":
