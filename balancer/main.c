@@ -443,10 +443,15 @@ static void lbd_stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
                                          : lb_container_of(w, struct lbd, sigint);
 
     if (d->stopping) {
-        LB_WARN("lbd",
-                "msg=\"second stop signal, closing remaining connections now\" "
-                "active=%llu",
-                (unsigned long long)lb_proxy_active(&d->proxy));
+        /* timeout(1) and a terminal's Ctrl-C signal the whole process group: often a
+         * second signal finds nothing left to close, and is not worth a warning */
+        if (lb_proxy_active(&d->proxy) == 0 && !ev_is_active(&d->delay))
+            LB_DEBUG("lbd", "msg=\"second stop signal, nothing left to close\"");
+        else
+            LB_WARN("lbd",
+                    "msg=\"second stop signal, closing remaining connections now\" "
+                    "active=%llu",
+                    (unsigned long long)lb_proxy_active(&d->proxy));
         if (ev_is_active(&d->delay)) {
             ev_timer_stop(loop, &d->delay);
             lbd_begin_shutdown(d);

@@ -144,6 +144,15 @@ static void describe_curl_failure(const struct lb_etcd_http *h, const char *endp
             return;
         }
         break;
+    case CURLE_OPERATION_TIMEDOUT:
+        if (!answered && !strstr(detail, "Connection timed out")) {
+            lb_etcd_say(msg, size,
+                        "etcd at %s took the connection but sent no answer in time (%s): is it "
+                        "overloaded, or is the URL not etcd's client URL?",
+                        endpoint, detail);
+            return;
+        }
+        break;
     default:
         break;
     }

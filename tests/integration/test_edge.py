@@ -19,8 +19,9 @@ balancer in front ask of it.
      refuses at --check;
   5. a pool address another process listens on with SO_REUSEPORT (a second
      lbd started by mistake) is refused, not silently shared;
-  6. --etcd naming a web server that is not etcd (a wrong port) says so in
-     the retry line, and lbd goes on serving its probes.
+  6. --etcd naming a web server that is not etcd (a wrong port), or a port
+     that takes connections and never answers, says so in the error, and
+     lbd goes on serving its probes.
 """
 
 import http.server
@@ -290,6 +291,17 @@ class Edge(HarnessTestCase):
                 self.assertEqual(r.status, 200)
         finally:
             lbd.stop(expect_rc=0)
+        # one that takes the connection and never answers (the same words in lbd and lbctl)
+        hole = socket.socket()
+        self.addCleanup(hole.close)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        rc, out, err = lbtest.run([lbtest.lbctl_binary(), "policy", "get", "x", "--etcd",
+                                   "http://127.0.0.1:%d" % hole.getsockname()[1],
+                                   "--etcd-timeout", "1s"], timeout=20)
+        self.assertNotEqual(rc, 0, out + err)
+        self.assertIn("took the connection but sent no answer in time", err)
+        self.assertIn("not etcd's client URL", err)
 
 
 if __name__ == "__main__":
