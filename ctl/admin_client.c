@@ -11,7 +11,8 @@
  * refuses or sheds admin connections at its caps while others hold them
  * all, as during a flood) is made again, twice at most, a moment later:
  * every method but Upgrade and KillSessions sets a state or reads one, so
- * doing it twice is doing it once.  Never past the call's --timeout.
+ * doing it twice is doing it once.  Never past the call's deadline
+ * (--rpc-timeout).
  */
 #include "admin_client.h"
 #include "lb_error.h"
