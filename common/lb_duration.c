@@ -21,6 +21,10 @@ int lb_duration_parse(const char *text, int64_t *out_ms, const char **err)
         *out_ms = 0;
         return 0;
     }
+    if (text[0] == '-') {
+        *err = "a duration is never negative (write e.g. 3s, 250ms, 1m)";
+        return -EINVAL;
+    }
     while (*p) {
         double value = 0, scale = 1;
         int digits = 0;

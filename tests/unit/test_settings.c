@@ -370,6 +370,8 @@ static void test_durations(void **state)
     assert_int_equal(lb_duration_parse("s", &ms, &why), -EINVAL);
     assert_int_equal(lb_duration_parse("99999999999h", &ms, &why), -EINVAL);
     assert_int_equal(lb_duration_parse("3d", &ms, &why), -EINVAL);
+    assert_int_equal(lb_duration_parse("-5s", &ms, &why), -EINVAL);
+    assert_non_null(strstr(why, "never negative"));
 }
 
 int main(void)
