@@ -72,7 +72,7 @@ int lb_duration_parse(const char *text, int64_t *out_ms, const char **err)
     return 0;
 too_big:
     *err = "duration too large (at most 8760h)";
-    return -EINVAL;
+    return -ERANGE;
 }
 
 const char *lb_duration_format(int64_t ms, char *buf, size_t size)

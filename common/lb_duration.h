@@ -13,8 +13,9 @@
 #define LB_DURATION_MAX_MS (365LL * 24 * 3600 * 1000)
 
 /*
- * Parses `text` into *out_ms.  Returns 0, or -EINVAL with *err pointing to a
- * static sentence saying what is wrong (never NULL on failure).
+ * Parses `text` into *out_ms.  Returns 0, or -EINVAL (-ERANGE for a well
+ * formed duration above 8760h) with *err pointing to a static sentence
+ * saying what is wrong (never NULL on failure).
  */
 int lb_duration_parse(const char *text, int64_t *out_ms, const char **err);
 

@@ -299,13 +299,15 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
         break;
     }
     case LB_SETTING_DURATION: {
-        int64_t ms;
+        int64_t ms = 0;
+        int rc;
 
-        if (lb_duration_parse(value, &ms, &why) < 0) {
+        rc = lb_duration_parse(value, &ms, &why);
+        if (rc < 0 && rc != -ERANGE) {
             lb_error_set(err, 0, "%s: \"%s\": %s", where, value, why);
             return -EINVAL;
         }
-        if (ms < s->min || ms > s->max) {
+        if (rc < 0 || ms < s->min || ms > s->max) {
             char lo[32], hi[32];
 
             lb_error_set(err, 0, "%s: %s is out of range (%s..%s)", where, value,
