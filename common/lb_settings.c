@@ -324,12 +324,12 @@ static int setting_assign(const struct lb_setting *s, void *out, const char *val
 
         errno = 0;
         v = strtoll(value, &end, 10);
-        if (errno || end == value || *end) {
+        if ((errno && errno != ERANGE) || end == value || *end) {
             lb_error_set(err, 0, "%s: \"%s\" is not a whole number", where, value);
             return -EINVAL;
         }
-        if (v < s->min || v > s->max) {
-            lb_error_set(err, 0, "%s: %lld is out of range (%lld..%lld)", where, v,
+        if (errno == ERANGE || v < s->min || v > s->max) {
+            lb_error_set(err, 0, "%s: %s is out of range (%lld..%lld)", where, value,
                          (long long)s->min, (long long)s->max);
             return -EINVAL;
         }

@@ -305,6 +305,9 @@ static void test_flag_suggestions(void **state)
     char *a6[] = {"prog", "--grace", "99999999h", NULL};
 
     expect_error(a6, 3, "--grace: 99999999h is out of range (0s..1h)");
+    char *a7[] = {"prog", "--workers", "99999999999999999999", NULL};
+
+    expect_error(a7, 3, "--workers: 99999999999999999999 is out of range (1..64)");
 }
 
 static void test_distance_and_nearest(void **state)
