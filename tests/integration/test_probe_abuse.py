@@ -10,6 +10,10 @@ answered within 1 s, also with 10,000 backends in /metrics (whose 8 MB
 body then arrives within Prometheus' default scrape timeout).  lbd says
 what it does about it in summary lines (one per second at most) and in
 lbd_http_connections_closed_total.
+
+And when lbd was stalled (CPU-throttled in a pod at its limits.cpu) while
+a flood queued up, a kubelet probe accepted in the same run as 64 silent
+connections from four other addresses is answered, not refused.
 """
 
 import http.client
@@ -17,6 +21,7 @@ import json
 import multiprocessing
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -192,6 +197,34 @@ class ProbeAbuse(HarnessTestCase):
         results = self.probe_under_attack(10, ["/metrics", "/healthz"])
         # answered within 1 s; the 8 MB body within Prometheus' default scrape timeout
         self.assert_all_answered(results, SCRAPE_TIMEOUT_S)
+
+    def test_3_probe_in_the_same_accept_run_as_a_flood_is_answered(self):
+        lbd = self.lbd
+        silent = []
+        probe = None
+        lbd.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(64):
+                s = socket.socket()
+                s.bind(("127.0.0.%d" % (2 + i % 4), 0))
+                s.connect(("127.0.0.1", lbd.http_port))
+                silent.append(s)
+            probe = socket.create_connection(("127.0.0.1", lbd.http_port), timeout=10)
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+        finally:
+            lbd.proc.send_signal(signal.SIGCONT)
+        try:
+            reply = b""
+            while True:
+                chunk = probe.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
+        finally:
+            probe.close()
+            for s in silent:
+                s.close()
 
 
 if __name__ == "__main__":
