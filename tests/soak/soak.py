@@ -21,8 +21,9 @@ etcd restarted, killed, cut off while the prefix changes and is compacted;
 idle, half-open and trickling connections on the admin and probe ports;
 emptied pools and bursts of hundreds of backends; hitless upgrades (a new
 lbd with the same flags, SIGUSR2, a new lbd of another session version, a
-new lbd killed -9 before it is ready).  Meanwhile client threads keep
-connecting through lbd.
+new lbd killed -9 before it is ready); lbd stalled (every thread stopped
+for up to 0.8 s, as a pod throttled at its CPU limit).  Meanwhile client
+threads keep connecting through lbd.
 
 Invariants, checked all the time:
   - lbd alive, no AddressSanitizer/UBSan/LeakSanitizer report in its log;
@@ -116,6 +117,7 @@ EVENT_WEIGHTS = {
     "abuse.admin": 3, "abuse.http": 3, "abuse.close": 2,
     "bulk.burst": 1, "bulk.clear": 1, "bulk.policy": 1,
     "upgrade.start": 2, "upgrade.usr2": 1, "upgrade.incompatible": 1, "upgrade.abort": 1,
+    "lbd.stall": 2,
 }
 UPGRADE_KINDS = tuple(k for k in EVENT_WEIGHTS if k.startswith("upgrade."))
 
@@ -1893,6 +1895,23 @@ class Soak:
                 self.etcd.unhide()
             self.hidden = False
             self.history.cut_off(False)
+
+    # lbd stalled: a pod throttled at its limits.cpu, a paused VM, a page-in storm
+
+    def ev_lbd_stall(self):
+        """Every thread of the current lbd stopped for up to 0.8 s (below /healthz's 1 s
+        bound): its timers (health checks, connect and idle deadlines, etcd's watch) all
+        come due at once, and what queued meanwhile arrives in one accept run."""
+        pid = self.lbd.proc.pid
+        if not self.lbd.proc.alive():
+            return
+        d = round(self.rng.uniform(0.1, 0.8), 2)
+        self.record("lbd.stall %.2fs (SIGSTOP, then SIGCONT)" % d)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(d)
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     # abuse of the admin and probe ports
 
