@@ -25,7 +25,6 @@ through a message, which no gRPC library lets a client do.
 """
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -37,7 +36,8 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import Backend, Etcd, HarnessTestCase, Lbd, backend_key, scaled, wait_until  # noqa: E402
+from lbtest import (Backend, Etcd, HarnessTestCase, Lbd, backend_key, close_all,  # noqa: E402
+                    scaled, silent_connections, wait_until)
 from lbtest.procs import lbctl_binary  # noqa: E402
 
 PREFIX = "/lbtest-adminabuse/"
@@ -302,38 +302,28 @@ class AdminAbuse(HarnessTestCase):
                    "lbd's RSS to come back near %.1f MB" % base)
         self.assertTrue(lbd.proc.alive())
 
-
     def test_3_operator_in_the_same_accept_run_as_a_flood_gets_in(self):
         lbd = self.lbd
         before = lbd.log_text()
         silent = []
         ctl = None
-        lbd.proc.send_signal(signal.SIGSTOP)
         try:
-            for i in range(64):
-                s = socket.socket()
-                s.bind(("127.0.0.%d" % (2 + i % 4), 0))
-                s.connect(("127.0.0.1", lbd.admin_port))
-                silent.append(s)
-            for i in range(20):  # the operator's own address too
-                silent.append(socket.create_connection(("127.0.0.1", lbd.admin_port)))
-            ctl = subprocess.Popen([lbctl_binary(), "--admin", lbd.admin,
-                                    "--admin-token-file", self.token_file, "pools"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            wait_until(lambda: connections_to(lbd.admin_port) >= len(silent) + 1, scaled(10),
-                       "lbctl's connection to wait in lbd's accept queue behind the flood")
-        finally:
-            lbd.proc.send_signal(signal.SIGCONT)
-        try:
+            with lbd.proc.stopped():
+                silent += silent_connections(lbd.admin_port, 64)  # 127.0.0.2 to .5
+                silent += silent_connections(lbd.admin_port, 20, first=1, addresses=1)  # and ours
+                ctl = subprocess.Popen([lbctl_binary(), "--admin", lbd.admin,
+                                        "--admin-token-file", self.token_file, "pools"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                wait_until(lambda: connections_to(lbd.admin_port) >= len(silent) + 1, scaled(10),
+                           "lbctl's connection to wait in lbd's accept queue behind the flood")
             out, err = ctl.communicate(timeout=scaled(20))
             self.assertEqual(ctl.returncode, 0, "lbctl was locked out: " + err)
             self.assertIn("web", out)
         finally:
-            if ctl.poll() is None:
+            if ctl and ctl.poll() is None:
                 ctl.kill()
                 ctl.wait()
-            for s in silent:
-                s.close()
+            close_all(silent)
         text = lbd.log_text()[len(before):]
         self.assertIn("admin connections closed to make room", text)
         self.assertTrue(lbd.proc.alive())

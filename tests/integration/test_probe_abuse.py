@@ -21,15 +21,14 @@ import json
 import multiprocessing
 import os
 import select
-import signal
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Etcd, HarnessTestCase, Lbd, backend_key, parse_prometheus,  # noqa: E402
-                    scaled, wait_until)
+from lbtest import (Etcd, HarnessTestCase, Lbd, backend_key, close_all,  # noqa: E402
+                    parse_prometheus, recv_all, scaled, silent_connections, wait_until)
 
 PREFIX = "/lbtest-probeabuse/"
 ADDRESSES = ["127.0.0.%d" % i for i in range(2, 10)]
@@ -200,31 +199,16 @@ class ProbeAbuse(HarnessTestCase):
 
     def test_3_probe_in_the_same_accept_run_as_a_flood_is_answered(self):
         lbd = self.lbd
-        silent = []
-        probe = None
-        lbd.proc.send_signal(signal.SIGSTOP)
+        silent, probe = [], None
         try:
-            for i in range(64):
-                s = socket.socket()
-                s.bind(("127.0.0.%d" % (2 + i % 4), 0))
-                s.connect(("127.0.0.1", lbd.http_port))
-                silent.append(s)
-            probe = socket.create_connection(("127.0.0.1", lbd.http_port), timeout=10)
-            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
-        finally:
-            lbd.proc.send_signal(signal.SIGCONT)
-        try:
-            reply = b""
-            while True:
-                chunk = probe.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+            with lbd.proc.stopped():
+                silent = silent_connections(lbd.http_port, 64)  # 127.0.0.2 to .5
+                probe = socket.create_connection(("127.0.0.1", lbd.http_port), timeout=10)
+                probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+            reply = recv_all(probe)
             self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
         finally:
-            probe.close()
-            for s in silent:
-                s.close()
+            close_all(silent + ([probe] if probe else []))
 
 
 if __name__ == "__main__":

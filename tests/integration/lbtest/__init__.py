@@ -47,7 +47,7 @@ from .backends import (HELLO, PROXY_V2_SIGNATURE, Backend, ThreadedServer, parse
                        parse_proxy_v2)
 from .clients import (ClientLoop, ask, ask_many, client_of, echo, ended, http_request, open_conn,
                       parse_kv, percentile, watch_closes, recv_line_bytes, close_all, figure,
-                      read_line)
+                      read_line, recv_all, silent_connections)
 from .etcd import Etcd, EtcdClient, EtcdCluster, EtcdError, prefix_range_end
 from .lbd import (Lbd, Registrar, backend_key, backend_value, backends_from_json, etcd_pool,
                   lbctl, lbd_pool, override_key, parse_prometheus)
@@ -78,7 +78,7 @@ __all__ = [
     # clients
     "ClientLoop", "ask", "ask_many", "echo", "http_request", "open_conn", "percentile",
     "read_line", "watch_closes", "recv_line_bytes", "close_all", "figure", "client_of",
-    "parse_kv", "ended",
+    "parse_kv", "ended", "recv_all", "silent_connections",
     # upgrade
     "UpgradeLbd", "fd_links", "kv_int", "log_ts", "pids_holding", "sockets_to_port_by_pid",
     "tcp_sockets", "unix_listener_pids", "workers_args",

@@ -207,6 +207,32 @@ def recv_line_bytes(sock, limit=4096):
     return buf
 
 
+def silent_connections(port, n, first=2, addresses=4):
+    """n connections to 127.0.0.1:`port` from 127.0.0.<first> to 127.0.0.<first+addresses-1>
+    in turn, that send nothing (a flood); close them with close_all()."""
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.%d" % (first + i % addresses), 0))
+            s.connect(("127.0.0.1", port))
+    except OSError:
+        close_all(socks)
+        raise
+    return socks
+
+
+def recv_all(sock):
+    """Everything sock receives until the peer ends its side."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def close_all(socks):
     """Closes every socket of socks, whatever state each is in."""
     for s in socks:

@@ -10,6 +10,7 @@ that another lbd started on SIGUSR2): it is SIGKILLed then.
 """
 
 import atexit
+import contextlib
 import ctypes
 import os
 import resource
@@ -171,6 +172,16 @@ class _Tracked:
     def send_signal(self, sig):
         if self.alive():
             os.kill(self.pid, sig)
+
+    @contextlib.contextmanager
+    def stopped(self):
+        """Every thread stopped (SIGSTOP) inside the block, continued (SIGCONT) after it,
+        whatever happens: a process stalled while its clients queue up."""
+        self.send_signal(signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            self.send_signal(signal.SIGCONT)
 
     def stop(self, timeout=10.0, sig=signal.SIGTERM):
         """sig, wait up to `timeout`, then SIGKILL.
