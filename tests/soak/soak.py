@@ -1902,16 +1902,10 @@ class Soak:
         """Every thread of the current lbd stopped for up to 0.8 s (below /healthz's 1 s
         bound): its timers (health checks, connect and idle deadlines, etcd's watch) all
         come due at once, and what queued meanwhile arrives in one accept run."""
-        pid = self.lbd.proc.pid
-        if not self.lbd.proc.alive():
-            return
         d = round(self.rng.uniform(0.1, 0.8), 2)
         self.record("lbd.stall %.2fs (SIGSTOP, then SIGCONT)" % d)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with self.lbd.proc.stopped():
             time.sleep(d)
-        finally:
-            os.kill(pid, signal.SIGCONT)
 
     # abuse of the admin and probe ports
 
