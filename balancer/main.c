@@ -36,8 +36,10 @@
 #include "lb_listen.h"
 
 #include <curl/curl.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -843,6 +845,40 @@ static int lbd_check_listen(const char *shown, const char *text, struct sockaddr
 }
 
 /*
+ * Whether two listen addresses would take the same connections: the same
+ * family and port, and the same address or a wildcard one (0.0.0.0 takes
+ * every IPv4 address of its port; [::] every IPv6 one, IPV6_V6ONLY being
+ * set).  Returns 0, 1 for the same address, 2 for a wildcard overlap.
+ */
+static int lbd_listen_clash(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+
+        if (x->sin_port != y->sin_port)
+            return 0;
+        if (x->sin_addr.s_addr == y->sin_addr.s_addr)
+            return 1;
+        return x->sin_addr.s_addr == htonl(INADDR_ANY) || y->sin_addr.s_addr == htonl(INADDR_ANY)
+                   ? 2
+                   : 0;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+
+        if (x->sin6_port != y->sin6_port)
+            return 0;
+        if (IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr))
+            return 1;
+        return IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr) ? 2
+                                                                                                : 0;
+    }
+    return 0;
+}
+
+/*
  * Every listener on an address of its own, and every pool named once: one
  * line per problem, and how many.  At start-up as in --check: two pools on
  * one address would both bind it (SO_REUSEPORT) and share its clients.
@@ -873,15 +909,23 @@ static unsigned lbd_check_listeners(const struct lbd *d)
             problems++;
         if (rc < 0)
             continue;
-        for (size_t j = 0; j < n_addrs; j++)
-            if (addr_lens[j] == addr_lens[n_addrs] &&
-                memcmp(&addrs[j], &addrs[n_addrs], addr_lens[j]) == 0) {
+        for (size_t j = 0; j < n_addrs; j++) {
+            int clash = lbd_listen_clash(&addrs[j], &addrs[n_addrs]);
+
+            if (!clash)
+                continue;
+            if (clash == 1)
                 fprintf(stderr, "lbd: %s: the same address as %s; each listener needs its own\n",
                         shown[n_addrs], shown[j]);
-                problems++;
-                rc = -EEXIST;
-                break;
-            }
+            else
+                fprintf(stderr,
+                        "lbd: %s: overlaps %s (0.0.0.0 and [::] listen on every address of "
+                        "their family at their port); each listener needs a port of its own\n",
+                        shown[n_addrs], shown[j]);
+            problems++;
+            rc = -EEXIST;
+            break;
+        }
         if (rc == 0)
             n_addrs++;
     }

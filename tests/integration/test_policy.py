@@ -181,6 +181,17 @@ class ConfigTypos(HarnessTestCase):
         self.assertEqual(rc, 2, err)
         self.assertIn("lbd: --pool db=127.0.0.1:%d: the same address as --pool web=127.0.0.1:%d"
                       % (port, port), err)
+        # a wildcard listener takes its port on every address of its family: a pool on
+        # 127.0.0.1 beside one on 0.0.0.0 (or [::1] beside [::]) at that port cannot bind
+        for wild, other in (("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]")):
+            rc, out, err = run([lbd_binary(), "--check", "--pool", "web=%s:%d" % (other, port),
+                                "--pool", "db=%s:%d" % (wild, port)], timeout=10)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("lbd: --pool db=%s:%d: overlaps --pool web=%s:%d" % (wild, port, other,
+                                                                                 port), err)
+        rc, out, err = run([lbd_binary(), "--check", "--pool", "web=0.0.0.0:%d" % port,
+                            "--pool", "db=[::1]:%d" % port], timeout=10)
+        self.assertEqual(rc, 0, err)
         # a first retry longer than the longest: refused, at start-up and by --check alike
         rc, out, err = run([lbd_binary(), "--check", "--pool", "web=127.0.0.1:%d" % port,
                             "--etcd-backoff-initial", "10s", "--etcd-backoff-max", "5s"],
