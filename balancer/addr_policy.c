@@ -7,6 +7,7 @@
 #include "lb_error.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
@@ -95,7 +96,7 @@ static int cidr_parse(const char *text, size_t len, struct lb_cidr *c)
     if (slash) {
         errno = 0;
         bits = strtol(slash + 1, &end, 10);
-        if (errno || end == slash + 1 || *end || bits < 0 || bits > (long)max)
+        if (errno || !isdigit((unsigned char)slash[1]) || *end || bits < 0 || bits > (long)max)
             return -EINVAL;
         c->prefix = (unsigned)bits;
     }

@@ -5,6 +5,7 @@
 #include "lb_addr.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -83,7 +84,8 @@ int lb_addr_parse(const char *text, bool allow_port_zero, struct lb_hostport *ou
     }
     errno = 0;
     port = strtol(colon + 1, &end, 10);
-    if (errno || end == colon + 1 || *end || port < (allow_port_zero ? 0 : 1) || port > 65535) {
+    if (errno || !isdigit((unsigned char)colon[1]) || *end || port < (allow_port_zero ? 0 : 1) ||
+        port > 65535) {
         *err = "port must be a number from 1 to 65535";
         return -EINVAL;
     }

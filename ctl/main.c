@@ -918,7 +918,7 @@ static int cmd_weight(struct ctl *ctl, char **args, size_t n)
 
         errno = 0;
         w = strtol(args[2], &end, 10);
-        if (errno || end == args[2] || *end || w < 0 || w > 1000)
+        if (errno || !isdigit((unsigned char)args[2][0]) || *end || w < 0 || w > 1000)
             return usage_error("weight", "weight \"%s\" is not a whole number from 0 to 1000",
                                args[2]);
         req.weight_opt_case = LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT_WEIGHT;

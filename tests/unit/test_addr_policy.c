@@ -61,6 +61,8 @@ static void test_parse_errors_say_what_to_write(void **state)
     parse_fails("backend", "missing port");
     parse_fails("::1:80", "[addr]:port");
     parse_fails("h:0", "from 1 to 65535");
+    parse_fails("h: 80", "from 1 to 65535"); /* a port is digits alone */
+    parse_fails("h:+80", "from 1 to 65535");
     parse_fails("", "empty address");
 }
 
@@ -104,6 +106,13 @@ static void test_backend_networks(void **state)
     assert_non_null(strstr(err, "10.0.0.0/33"));
     free(err);
     err = NULL;
+    for (const char *const *bad =
+             (const char *const[]){"10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0/", NULL};
+         *bad; bad++) {
+        assert_int_equal(lb_addr_policy_set_networks(&p, *bad, &err), -EINVAL);
+        free(err);
+        err = NULL;
+    }
     assert_int_equal(lb_addr_policy_set_networks(&p, "10.0.0.0/8,,", &err), -EINVAL);
     free(err);
     err = NULL;
