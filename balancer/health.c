@@ -275,6 +275,49 @@ void lb_health_start(struct lb_backend *b)
     schedule_next(b, jitter((double)p->health.interval_ms / 2000., 1.0));
 }
 
+void lb_health_export(const struct lb_backend *b, uint8_t *health, uint8_t *ejections,
+                      uint32_t *ejected_ms)
+{
+    double left = 0.;
+
+    *health = (uint8_t)b->health;
+    *ejections = (uint8_t)(b->check.ejections < 64 ? b->check.ejections : 64);
+    if (b->ejected && b->loop && ev_is_active(&b->check.eject_timer))
+        left = ev_timer_remaining(b->loop, (ev_timer *)&b->check.eject_timer);
+    /* at least 1 ms while ejected: 0 says "not ejected" */
+    *ejected_ms = !b->ejected    ? 0
+                  : left < 0.001 ? 1
+                  : left > 3600. ? 3600000u
+                                 : (uint32_t)(left * 1000.);
+}
+
+void lb_health_adopt(struct lb_backend *b, uint8_t health, unsigned ejections, uint32_t ejected_ms)
+{
+    struct lb_health_check *c = &b->check;
+    char detail[96];
+
+    if (!b->loop || b->removed)
+        return;
+    if (c->ejections < ejections)
+        c->ejections = ejections;
+    if (b->health == LB_HEALTH_UNKNOWN && (health == LB_HEALTH_UP || health == LB_HEALTH_DOWN) &&
+        policy_of(b)->health.type != LB_CHECK_NONE) {
+        b->health = (enum lb_health_state)health;
+        snprintf(detail, sizeof(detail), "health %s, as the previous lbd checked it",
+                 health == LB_HEALTH_UP ? "up" : "down");
+        lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, detail);
+    }
+    if (ejected_ms && !b->ejected) {
+        b->ejected = true;
+        ev_timer_stop(b->loop, &c->eject_timer);
+        ev_timer_set(&c->eject_timer, (double)ejected_ms / 1000., 0.);
+        ev_timer_start(b->loop, &c->eject_timer);
+        snprintf(detail, sizeof(detail), "ejected, as the previous lbd had it (%.1fs left)",
+                 (double)ejected_ms / 1000.);
+        lb_registry_backend_changed(b->pool->registry, b, LB_EVENT_HEALTH_CHANGED, detail);
+    }
+}
+
 void lb_health_stop(struct lb_backend *b)
 {
     struct lb_health_check *c = &b->check;

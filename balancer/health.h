@@ -28,6 +28,7 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 struct lb_backend;
@@ -69,6 +70,17 @@ bool lb_health_connect_result(struct lb_backend *b, bool ok, int fall);
 
 /* Ejects b after consecutive connect failures; control loop only (ignored once retired). */
 void lb_health_eject(struct lb_backend *b);
+
+/*
+ * Hitless upgrades.  export: what the checks and the passive ejection know
+ * of b (health 0 unknown, 1 up, 2 down; ejections in a row, at most 64;
+ * the ejection's time left in ms, 0 when not ejected).  adopt: takes that
+ * over in a new process, before its first check of b has ended: a state it
+ * has found out itself is kept; checks go on as they were.
+ */
+void lb_health_export(const struct lb_backend *b, uint8_t *health, uint8_t *ejections,
+                      uint32_t *ejected_ms);
+void lb_health_adopt(struct lb_backend *b, uint8_t health, unsigned ejections, uint32_t ejected_ms);
 
 /* Both of the above on the control loop, with the pool's own policy (tests, tools). */
 void lb_health_note_connect(struct lb_backend *b, bool ok);

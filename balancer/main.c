@@ -386,6 +386,7 @@ static void lbd_sink_commit(void *ctx)
     if (!d->proxy.accept_enabled && !d->stopping && lb_watcher_has_synced(d->watcher)) {
         bool took_over = lb_upgrade_is_taking_over(d->upgrade);
 
+        lb_upgrade_adopt(d->upgrade); /* before the first accept: the previous process's view */
         LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
         lb_proxy_enable_accept(&d->proxy);
         /* Under systemd the new process of an upgrade becomes the service's
@@ -814,6 +815,7 @@ static void lbd_cleanup(struct lbd *d)
         close(d->takeover.fd);
     if (d->takeover.upgrade_listen_fd >= 0)
         close(d->takeover.upgrade_listen_fd);
+    free(d->takeover.backends);
     lb_listen_close_inherited();
     lb_registry_destroy(&d->registry);
     lb_resolver_free(d->resolver); /* after the registry: it cancels its lookups first */

@@ -13,6 +13,7 @@
  */
 #include "upgrade.h"
 #include "backend.h"
+#include "health.h"
 #include "lb_error.h"
 #include "lb_listen.h"
 #include "lb_log.h"
@@ -34,9 +35,10 @@
 #include <unistd.h>
 
 #define LOG_SUB         "upgrade"
-#define TAKEOVER_WAIT_S 10     /* the running lbd answers HELLO and sends its listeners */
-#define OFFER_PENDING   65536u /* unsent bytes per direction a moving session may carry */
-#define HELLO_WAIT_S    5.0    /* a peer of the upgrade socket says HELLO within this */
+#define TAKEOVER_WAIT_S 10         /* the running lbd answers HELLO and sends its listeners */
+#define OFFER_PENDING   65536u     /* unsent bytes per direction a moving session may carry */
+#define HELLO_WAIT_S    5.0        /* a peer of the upgrade socket says HELLO within this */
+#define BACKENDS_MAX    (1u << 20) /* BACKEND records taken from the previous process */
 
 enum link_state { LINK_NONE, LINK_HELLO, LINK_WAIT_READY, LINK_OFFERING, LINK_DONE };
 
@@ -73,6 +75,8 @@ struct lb_upgrade {
     bool taking_over; /* READY not sent yet */
     bool prev_sessions_move;
     uint64_t taken, refused;
+    struct lb_handover_backend *backends; /* BACKEND records, until lb_upgrade_adopt() */
+    size_t n_backends;
 
     /* SIGUSR2 */
     pid_t child;
@@ -175,6 +179,25 @@ static int takeover_recv(int fd, uint8_t *buf, struct lb_handover_msg *m, int *f
     return 0;
 }
 
+static int takeover_keep_backend(struct lb_takeover *out, const struct lb_handover_backend *b,
+                                 char **err)
+{
+    struct lb_handover_backend *grown;
+    size_t n = out->n_backends;
+
+    if (n >= BACKENDS_MAX)
+        return lb_error_set(err, -EPROTO, "the running lbd sent more than %u BACKEND records",
+                            BACKENDS_MAX);
+    if (n == 0 || (n >= 16 && (n & (n - 1)) == 0)) { /* full: 16, then twice as many */
+        grown = realloc(out->backends, (n ? 2 * n : 16) * sizeof(*grown));
+        if (!grown)
+            return lb_error_set(err, -ENOMEM, "out of memory");
+        out->backends = grown;
+    }
+    out->backends[out->n_backends++] = *b;
+    return 0;
+}
+
 int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err)
 {
     struct sockaddr_un sa;
@@ -239,6 +262,12 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
             goto fail;
         if (m.type == LB_HANDOVER_LISTENERS_DONE)
             break;
+        if (m.type == LB_HANDOVER_BACKEND) {
+            rc = takeover_keep_backend(out, &m.u.backend, err);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
         if (m.type != LB_HANDOVER_LISTENER) {
             rc = lb_error_set(err, -EPROTO, "the running lbd sent %s among its listeners",
                               lb_handover_type_name(m.type));
@@ -273,6 +302,9 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
     return 1;
 fail:
     free(buf);
+    free(out->backends);
+    out->backends = NULL;
+    out->n_backends = 0;
     close(fd);
     lb_listen_close_inherited();
     if (out->upgrade_listen_fd >= 0)
@@ -418,6 +450,61 @@ static void prev_read_cb(struct ev_loop *loop, ev_io *w, int revents)
             break;
         }
     }
+}
+
+/*
+ * Applies one BACKEND record: the local overrides to the member of that id
+ * (made if need be: the previous process kept them for an id whose backend
+ * was gone too), the health to the backend of that id and address.  False
+ * when nothing of it applies here.
+ */
+static bool adopt_backend(struct lb_registry *r, const struct lb_handover_backend *hb,
+                          size_t *n_local)
+{
+    struct lb_pool *pool = lb_registry_find_pool(r, hb->pool);
+    struct lb_member *m = !pool       ? NULL
+                          : hb->local ? lb_pool_get_member(pool, hb->id)
+                                      : lb_pool_find(pool, hb->id);
+    struct lb_backend *b = m ? m->backend : NULL;
+    struct lb_local_override *l;
+
+    if (!m)
+        return false;
+    if (hb->local) {
+        l = &m->local;
+        l->has_drain = hb->local & LB_HANDOVER_LOCAL_DRAIN;
+        l->drain = hb->local_drain;
+        l->has_weight = hb->local & LB_HANDOVER_LOCAL_WEIGHT;
+        l->clear_weight = hb->local & LB_HANDOVER_LOCAL_CLEAR_WEIGHT;
+        l->weight = hb->local_weight;
+        l->has_health = hb->local & LB_HANDOVER_LOCAL_HEALTH;
+        l->health = (enum lb_health_override)hb->local_health;
+        lb_registry_member_changed(r, pool, m, "local override, carried over by the upgrade");
+        (*n_local)++;
+    }
+    if (!b || b->removed || strcmp(b->spec.addr, hb->addr) != 0)
+        return hb->local != 0;
+    lb_health_adopt(b, hb->health, hb->ejections, hb->ejected_ms);
+    return true;
+}
+
+void lb_upgrade_adopt(struct lb_upgrade *u)
+{
+    size_t n_local = 0, unknown = 0;
+
+    if (!u || !u->backends)
+        return;
+    for (size_t i = 0; i < u->n_backends; i++)
+        if (!adopt_backend(u->cfg.registry, &u->backends[i], &n_local))
+            unknown++;
+    lb_registry_publish(u->cfg.registry);
+    LB_INFO(LOG_SUB,
+            "msg=\"upgrade: took over what the previous process knew of its backends\" "
+            "backends=%zu local_overrides=%zu not_here=%zu",
+            u->n_backends - unknown, n_local, unknown);
+    free(u->backends);
+    u->backends = NULL;
+    u->n_backends = 0;
 }
 
 void lb_upgrade_ready(struct lb_upgrade *u)
@@ -659,6 +746,55 @@ static void pool_listener(void *ctx, size_t pool, int fd)
                   u->cfg.registry->pools[pool].listen, fd);
 }
 
+/*
+ * Sends a BACKEND record for each backend whose state etcd does not hold
+ * (local overrides, health as checked, ejection): the next process applies
+ * them before it accepts.  Blocking sends, as the listeners'.
+ */
+static void send_backends(struct lb_upgrade *u)
+{
+    struct lb_registry *r = u->cfg.registry;
+    struct lb_handover_msg m;
+    size_t sent = 0;
+
+    for (size_t p = 0; p < r->n_pools; p++) {
+        const struct lb_pool *pool = &r->pools[p];
+
+        for (size_t i = 0; i < pool->n_members; i++) {
+            const struct lb_member *mb = pool->members[i];
+            const struct lb_backend *b = mb->backend && !mb->backend->removed ? mb->backend : NULL;
+            struct lb_handover_backend *hb = &m.u.backend;
+            int rc;
+
+            memset(&m, 0, sizeof(m));
+            m.type = LB_HANDOVER_BACKEND;
+            if (b)
+                lb_health_export(b, &hb->health, &hb->ejections, &hb->ejected_ms);
+            hb->local = (mb->local.has_drain ? LB_HANDOVER_LOCAL_DRAIN : 0) |
+                        (mb->local.has_weight ? LB_HANDOVER_LOCAL_WEIGHT : 0) |
+                        (mb->local.clear_weight ? LB_HANDOVER_LOCAL_CLEAR_WEIGHT : 0) |
+                        (mb->local.has_health ? LB_HANDOVER_LOCAL_HEALTH : 0);
+            if (!hb->local && !hb->health && !hb->ejected_ms && !hb->ejections)
+                continue; /* nothing etcd does not tell the next process too */
+            hb->local_drain = mb->local.has_drain && mb->local.drain;
+            hb->local_weight = mb->local.has_weight ? (uint16_t)mb->local.weight : 0;
+            hb->local_health = mb->local.has_health ? (uint8_t)mb->local.health : 0;
+            snprintf(hb->pool, sizeof(hb->pool), "%s", pool->name);
+            snprintf(hb->id, sizeof(hb->id), "%s", mb->id);
+            snprintf(hb->addr, sizeof(hb->addr), "%s", b ? b->spec.addr : "");
+            rc = send_msg(u->peer_fd, &m, NULL, 0);
+            if (rc < 0) {
+                LB_WARN(LOG_SUB,
+                        "msg=\"upgrade: cannot send what this process knows of its backends\" "
+                        "sent=%zu error=\"%s\"",
+                        sent, strerror(-rc));
+                return;
+            }
+            sent++;
+        }
+    }
+}
+
 /* HELLO from the next process: answer, send every listener. */
 static void link_hello(struct lb_upgrade *u, const struct lb_handover_hello *h)
 {
@@ -683,6 +819,8 @@ static void link_hello(struct lb_upgrade *u, const struct lb_handover_hello *h)
     lb_proxy_each_listener(u->cfg.proxy, pool_listener, u);
     u->cfg.each_listener(u->cfg.ud, send_listener, u);
     send_listener(u, LB_HANDOVER_LISTENER_UPGRADE, "", u->path, u->listen_fd);
+    if (u->sessions_move) /* a peer of another session version may not know BACKEND */
+        send_backends(u);
     memset(&m, 0, sizeof(m));
     m.type = LB_HANDOVER_LISTENERS_DONE;
     m.u.listeners_done_count = u->n_sent;
@@ -968,6 +1106,10 @@ int lb_upgrade_start(struct ev_loop *loop, const struct lb_upgrade_config *cfg,
         t->fd = -1;
         u->taking_over = true;
         u->prev_sessions_move = t->peer.session_version == session_version();
+        u->backends = t->backends;
+        u->n_backends = t->n_backends;
+        t->backends = NULL;
+        t->n_backends = 0;
         ev_io_init(&u->prev_r, prev_read_cb, u->prev_fd, EV_READ);
         u->prev_r.data = u;
     }
@@ -1040,6 +1182,7 @@ void lb_upgrade_free(struct lb_upgrade *u)
         close(u->listen_fd);
     if (u->child > 0)
         ev_child_stop(u->loop, &u->child_w);
+    free(u->backends);
     free(u->rbuf);
     free(u);
 }

@@ -45,6 +45,10 @@ struct lb_takeover {
     int upgrade_listen_fd; /* its socket at PATH, now ours too; -1: none */
     struct lb_handover_hello peer;
     unsigned n_listeners; /* listening sockets received (given to lb_listen_inherit) */
+    /* What the previous process knew of its backends (BACKEND records), for
+     * lb_upgrade_adopt(); malloc'd, lb_upgrade_start() takes it over. */
+    struct lb_handover_backend *backends;
+    size_t n_backends;
 };
 
 /* Sends a listening socket of this process to the next one. */
@@ -82,6 +86,14 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
  */
 int lb_upgrade_start(struct ev_loop *loop, const struct lb_upgrade_config *cfg,
                      struct lb_takeover *t, struct lb_upgrade **out, char **err);
+
+/*
+ * New process, after its first etcd listing and before it accepts: applies
+ * what the previous process knew of each backend that etcd does not hold
+ * (local overrides, health as checked, passive ejection) to the backend of
+ * the same pool, id and address, then publishes.  Once; a no-op otherwise.
+ */
+void lb_upgrade_adopt(struct lb_upgrade *u);
 
 /* New process: synced and accepting; the previous process may stop (READY). */
 void lb_upgrade_ready(struct lb_upgrade *u);

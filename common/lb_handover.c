@@ -34,6 +34,9 @@
      4 + 4 + 1 + 4 + 4)
 _Static_assert(SESSION_FIXED_MAX <= LB_HANDOVER_FIXED_MAX, "LB_HANDOVER_FIXED_MAX too small");
 _Static_assert(2 + LB_HANDOVER_REASON_MAX - 1 + 8 <= LB_HANDOVER_FIXED_MAX, "NAK too large");
+_Static_assert(2 * (2 + LB_NAME_MAX - 1) + (2 + LB_ADDR_MAX - 1) + 1 + 4 + 1 + 1 + 1 + 2 + 1 <=
+                   LB_HANDOVER_FIXED_MAX,
+               "BACKEND too large");
 _Static_assert(LB_HANDOVER_MSG_MAX <= UINT32_MAX, "payload length is 32-bit");
 
 static const char *const type_names[] = {
@@ -45,11 +48,12 @@ static const char *const type_names[] = {
     [LB_HANDOVER_SESSION_ACK] = "SESSION_ACK",
     [LB_HANDOVER_SESSION_NAK] = "SESSION_NAK",
     [LB_HANDOVER_DONE] = "DONE",
+    [LB_HANDOVER_BACKEND] = "BACKEND",
 };
 
 static bool type_is_known(int type)
 {
-    return type >= LB_HANDOVER_HELLO && type <= LB_HANDOVER_DONE;
+    return type >= LB_HANDOVER_HELLO && type <= LB_HANDOVER_BACKEND;
 }
 
 const char *lb_handover_type_name(int type)
@@ -197,6 +201,44 @@ static void put_session(struct writer *w, const struct lb_handover_session *s)
     put_pending(w, s->down_pending, s->down_pending_len);
 }
 
+/* Why a BACKEND's fields are out of bounds, or NULL (strings aside). */
+static const char *backend_fault(const struct lb_handover_backend *b)
+{
+    if (b->health > 2)
+        return "health state beyond 2";
+    if (b->ejections > 64)
+        return "more than 64 ejections in a row";
+    if (b->local & ~LB_HANDOVER_LOCAL_ALL)
+        return "unknown local override flags";
+    if ((b->local & LB_HANDOVER_LOCAL_WEIGHT) && (b->local & LB_HANDOVER_LOCAL_CLEAR_WEIGHT))
+        return "a local weight both set and cleared";
+    if (b->local_drain > 1)
+        return "local drain neither 0 nor 1";
+    if (b->local_weight > LB_WEIGHT_MAX)
+        return "local weight beyond 1000";
+    if (b->local_health > 2)
+        return "local health override beyond 2";
+    return NULL;
+}
+
+static void put_backend(struct writer *w, const struct lb_handover_backend *b)
+{
+    if (backend_fault(b) || !b->pool[0] || !b->id[0]) {
+        put_fail(w, -EINVAL);
+        return;
+    }
+    put_string(w, b->pool, sizeof(b->pool));
+    put_string(w, b->id, sizeof(b->id));
+    put_string(w, b->addr, sizeof(b->addr));
+    put_u8(w, b->health);
+    put_u32(w, b->ejected_ms);
+    put_u8(w, b->ejections);
+    put_u8(w, b->local);
+    put_u8(w, b->local_drain);
+    put_u16(w, b->local_weight);
+    put_u8(w, b->local_health);
+}
+
 static void put_listener(struct writer *w, const struct lb_handover_listener *l)
 {
     bool named = strnlen(l->name, sizeof(l->name)) > 0;
@@ -246,6 +288,9 @@ int lb_handover_encode(const struct lb_handover_msg *m, struct lb_buf *out)
     case LB_HANDOVER_SESSION_NAK:
         put_u64(&w, m->u.nak.id);
         put_string(&w, m->u.nak.reason, sizeof(m->u.nak.reason));
+        break;
+    case LB_HANDOVER_BACKEND:
+        put_backend(&w, &m->u.backend);
         break;
     case LB_HANDOVER_READY:
     case LB_HANDOVER_DONE:
@@ -462,6 +507,36 @@ static int get_listener(struct reader *r, struct lb_handover_listener *l)
     return rc;
 }
 
+static int get_backend(struct reader *r, struct lb_handover_backend *b)
+{
+    const char *fault;
+    int rc = get_string(r, "pool", b->pool, sizeof(b->pool));
+
+    if (rc == 0)
+        rc = get_string(r, "id", b->id, sizeof(b->id));
+    if (rc == 0 && (!b->pool[0] || !b->id[0]))
+        rc = lb_error_set(r->err, -EPROTO, "%s: empty pool or id", r->type);
+    if (rc == 0)
+        rc = get_string(r, "address", b->addr, sizeof(b->addr));
+    if (rc == 0)
+        rc = get_u8(r, "health", &b->health);
+    if (rc == 0)
+        rc = get_u32(r, "ejection left", &b->ejected_ms);
+    if (rc == 0)
+        rc = get_u8(r, "ejections", &b->ejections);
+    if (rc == 0)
+        rc = get_u8(r, "local flags", &b->local);
+    if (rc == 0)
+        rc = get_u8(r, "local drain", &b->local_drain);
+    if (rc == 0)
+        rc = get_u16(r, "local weight", &b->local_weight);
+    if (rc == 0)
+        rc = get_u8(r, "local health", &b->local_health);
+    if (rc == 0 && (fault = backend_fault(b)))
+        rc = lb_error_set(r->err, -EPROTO, "%s: %s", r->type, fault);
+    return rc;
+}
+
 /* The header; sets *type once it is known.  Record length checked >= header. */
 static int get_header(const uint8_t *rec, size_t len, int *type, char **err)
 {
@@ -561,6 +636,9 @@ int lb_handover_decode(const uint8_t *rec, size_t len, int n_fds, struct lb_hand
         rc = get_u64(&r, "id", &m->u.nak.id);
         if (rc == 0)
             rc = get_string(&r, "reason", m->u.nak.reason, sizeof(m->u.nak.reason));
+        break;
+    case LB_HANDOVER_BACKEND:
+        rc = get_backend(&r, &m->u.backend);
         break;
     default: /* READY, DONE */
         break;

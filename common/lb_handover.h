@@ -21,7 +21,9 @@
  * LB_HANDOVER_SESSION_VERSION, exchanged in HELLO; an old process hands
  * sessions only to a peer of the same session version.  Every SESSION
  * starts with u32 session_version and u64 id, frozen too, so a peer of
- * another session version can still NAK it by id.
+ * another session version can still NAK it by id.  BACKEND records (since
+ * session version 2) go only to a peer of the same session version too,
+ * among the LISTENERs, before LISTENERS_DONE.
  *
  * Descriptors: lb_handover_send() leaves the caller's fds open (the kernel
  * holds its own references while the record is in flight).  Those that
@@ -41,9 +43,11 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#define LB_HANDOVER_MAGIC           "LBHO"
-#define LB_HANDOVER_PROTO           1 /* framing version: frozen forever */
-#define LB_HANDOVER_SESSION_VERSION 1 /* layout of SESSION after its version and id */
+#define LB_HANDOVER_MAGIC "LBHO"
+#define LB_HANDOVER_PROTO 1 /* framing version: frozen forever */
+/* Layout of SESSION after its version and id, and which other records the
+ * old process sends: 1 the first; 2 adds BACKEND (SESSION unchanged). */
+#define LB_HANDOVER_SESSION_VERSION 2
 #define LB_HANDOVER_HEADER_LEN      12
 
 #define LB_HANDOVER_VERSION_MAX 32            /* lbd version text in HELLO, with the NUL */
@@ -65,6 +69,7 @@ enum lb_handover_type {
     LB_HANDOVER_SESSION_ACK = 6,    /* new -> old: the new process owns the session */
     LB_HANDOVER_SESSION_NAK = 7,    /* new -> old: closed its copies untouched; old keeps it */
     LB_HANDOVER_DONE = 8,           /* old -> new: no more sessions */
+    LB_HANDOVER_BACKEND = 9,        /* old -> new, among LISTENERs: what it knew of a backend */
 };
 
 enum lb_handover_listener_kind {
@@ -80,6 +85,13 @@ enum lb_handover_listener_kind {
 #define LB_HANDOVER_DOWN_EOF  0x04u /* backend -> client: backend sent FIN */
 #define LB_HANDOVER_DOWN_SHUT 0x08u /* backend -> client: shutdown(SHUT_WR) done on client */
 #define LB_HANDOVER_FLAGS_ALL 0x0fu
+
+/* lb_handover_backend.local: the old process's local (lbctl --local) overrides. */
+#define LB_HANDOVER_LOCAL_DRAIN        0x01u /* drain overridden: local_drain */
+#define LB_HANDOVER_LOCAL_WEIGHT       0x02u /* weight overridden: local_weight */
+#define LB_HANDOVER_LOCAL_CLEAR_WEIGHT 0x04u /* the cluster's weight override hidden */
+#define LB_HANDOVER_LOCAL_HEALTH       0x08u /* health forced: local_health */
+#define LB_HANDOVER_LOCAL_ALL          0x0fu
 
 /* Strings are NUL-terminated copies; every array bound includes the NUL. */
 struct lb_handover_hello {
@@ -116,6 +128,26 @@ struct lb_handover_session {
     uint32_t down_pending_len; /* <= LB_HANDOVER_PENDING_MAX */
 };
 
+/*
+ * What the old process knew of one backend that etcd does not hold, so that
+ * an upgrade changes nothing an operator or a check decided: its local
+ * overrides, its health as checked and its passive ejection.  The new
+ * process applies it to the backend of the same pool, id and address after
+ * its first etcd listing, before it accepts.
+ */
+struct lb_handover_backend {
+    char pool[LB_NAME_MAX]; /* not empty */
+    char id[LB_NAME_MAX];   /* not empty */
+    char addr[LB_ADDR_MAX]; /* as registered */
+    uint8_t health;         /* as checked: 0 unknown, 1 up, 2 down */
+    uint32_t ejected_ms;    /* passive ejection: time left; 0 = not ejected */
+    uint8_t ejections;      /* ejections in a row (each lasts longer), <= 64 */
+    uint8_t local;          /* LB_HANDOVER_LOCAL_*; WEIGHT and CLEAR_WEIGHT exclude each other */
+    uint8_t local_drain;    /* 0 or 1 */
+    uint16_t local_weight;  /* 0..LB_WEIGHT_MAX */
+    uint8_t local_health;   /* 0 auto, 1 forced up, 2 forced down */
+};
+
 struct lb_handover_msg {
     enum lb_handover_type type;
     union {
@@ -128,7 +160,8 @@ struct lb_handover_msg {
             uint64_t id;
             char reason[LB_HANDOVER_REASON_MAX];
         } nak; /* SESSION_NAK */
-    } u;       /* READY and DONE have no payload */
+        struct lb_handover_backend backend;
+    } u; /* READY and DONE have no payload */
 };
 
 /* "SESSION" for LB_HANDOVER_SESSION; "UNKNOWN" for a type not above. */

@@ -10,7 +10,8 @@
  * yield the type and the id the receiver NAKs.
  *
  * Seeds (corpus/fuzz_handover/): one valid record of each type, two
- * SESSIONs (IPv4 and IPv6 clients), each behind its descriptor-count byte.
+ * SESSIONs (IPv4 and IPv6 clients) and one of another session version, each
+ * behind its descriptor-count byte.
  */
 #include "lb_handover.h"
 
@@ -64,6 +65,17 @@ static bool msg_equal(const struct lb_handover_msg *a, const struct lb_handover_
         return a->u.ack_id == b->u.ack_id;
     case LB_HANDOVER_SESSION_NAK:
         return a->u.nak.id == b->u.nak.id && strcmp(a->u.nak.reason, b->u.nak.reason) == 0;
+    case LB_HANDOVER_BACKEND:
+        return strcmp(a->u.backend.pool, b->u.backend.pool) == 0 &&
+               strcmp(a->u.backend.id, b->u.backend.id) == 0 &&
+               strcmp(a->u.backend.addr, b->u.backend.addr) == 0 &&
+               a->u.backend.health == b->u.backend.health &&
+               a->u.backend.ejected_ms == b->u.backend.ejected_ms &&
+               a->u.backend.ejections == b->u.backend.ejections &&
+               a->u.backend.local == b->u.backend.local &&
+               a->u.backend.local_drain == b->u.backend.local_drain &&
+               a->u.backend.local_weight == b->u.backend.local_weight &&
+               a->u.backend.local_health == b->u.backend.local_health;
     case LB_HANDOVER_READY:
     case LB_HANDOVER_DONE:
         return true;

@@ -35,6 +35,10 @@ start the new one itself (it logs `new_pid=N`).
      /proc/PID/cmdline), the child takes over, a connection opened before
      the signal keeps working, the old lbd exits 0; the test stops the
      child by its PID;
+  5e. what etcd does not hold moves too: a backend drained and one
+     re-weighted with `lbctl --local`, and one the checks found down, are
+     so in the new lbd from its first accept: 30 connections right after
+     `upgrade: ready` are all served, none by the down backend;
   6. a stale socket file at PATH (left by kill -9) does not stop a fresh
      lbd; PATH in a missing directory is one error line and exit 1 or 2.
 
@@ -1219,6 +1223,74 @@ class Upgrade(HarnessTestCase):
             self.assertEqual(lbtest.echo(s, b"first words %d\n" % i), b"first words %d\n" % i)
             s.close()
         self.stop_final(new)
+
+    def test_5e_local_overrides_and_health_move_too(self):
+        """What etcd does not hold moves with the upgrade: a backend drained or
+        re-weighted with `lbctl --local`, and one the checks found down, are
+        so in the new lbd from its first accept (before its own first check),
+        not routed to until it finds out for itself."""
+        key = "%spools/%s/config" % (PREFIX, POOL)
+        dead_id, twin_id = "t5e-dead", "t5e-twin"
+        dead_addr = "127.0.0.1:%d" % lbtest.free_port()   # nothing listens there
+        self.etcd.put(key, json.dumps({"health": {"type": "tcp", "interval": "3s", "rise": 1,
+                                                  "fall": 1}, "retries": 0,
+                                       "panic_threshold": 0}))
+        self.etcd.put(lbtest.backend_key(PREFIX, POOL, twin_id),
+                      lbtest.backend_value("127.0.0.1:%d" % self.backend_port))
+        self.addCleanup(self.etcd.put, key, json.dumps({"health": {"type": "none"}}))
+        self.addCleanup(self.etcd.delete, lbtest.backend_key(PREFIX, POOL, dead_id))
+        self.addCleanup(self.etcd.delete, lbtest.backend_key(PREFIX, POOL, twin_id))
+        self.addCleanup(self.etcd.delete, "%spools/%s/overrides/%s" % (PREFIX, POOL, twin_id))
+        old = self.start_first("t5e", workers=1)
+        self.etcd.put(lbtest.backend_key(PREFIX, POOL, dead_id), lbtest.backend_value(dead_addr))
+        wait_until(lambda: old.backends(POOL).get(dead_id, {}).get("health") == "down",
+                   scaled(15), "the first lbd's checks to find %s down" % dead_id)
+        for args in (("drain", POOL, twin_id), ("weight", POOL, BACKEND_ID, "7")):
+            rc, _, err = old.ctl(*args, "--local")
+            self.assertEqual(rc, 0, err)
+        new, _, _ = self.upgrade(old, "t5e-lbd2", workers=1)
+        # at once, before the new lbd's first check (3 s apart) could tell it
+        outcomes = collections.Counter(self.echo_once(new.port) for _ in range(30))
+        seen = new.backends(POOL)
+        line = new.log.find("upgrade: took over what the previous process knew")
+        figure("backend state across an upgrade", "%s; 30 connections at once: %s"
+               % (line and line.split("msg=")[1], dict(outcomes)))
+        self.assertEqual(outcomes, {"ok": 30}, "connections right after the upgrade "
+                         "(a backend found down by the old lbd must not take them)")
+        self.assertEqual(seen[twin_id]["state"], "drained", seen[twin_id])
+        self.assertEqual(seen[BACKEND_ID]["weight_override"], 7, seen[BACKEND_ID])
+        self.assertEqual(seen[dead_id]["health"], "down", seen[dead_id])
+        self.assertEqual(seen[BACKEND_ID]["total_connections"], 30, seen)
+        self.assertIn("local_overrides=2", line or "", new.proc.log_tail(20))
+        rc, _ = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
+        self.assertEqual(rc, 0)
+        # a cluster-wide undrain still replaces the local drain carried over
+        rc, _, err = new.ctl("undrain", POOL, twin_id)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(new.backends(POOL)[twin_id]["state"], "up")
+
+        # passive ejection moves too, with its time left (5 s, the first one)
+        self.etcd.put(key, json.dumps({"health": {"type": "none", "fall": 1}, "retries": 0,
+                                       "panic_threshold": 0}))
+        wait_until(lambda: new.backends(POOL)[dead_id]["health"] != "down", scaled(10),
+                   "the checks off: %s no longer down" % dead_id)
+
+        def connect_and_look():
+            self.echo_once(new.port)   # some go to the dead one: the first failure ejects it
+            return new.backends(POOL)[dead_id]["state"] == "ejected"
+        wait_until(connect_and_look, scaled(10), "a failed connect to eject %s" % dead_id)
+        t_ejected = time.monotonic()
+        newer, _, _ = self.upgrade(new, "t5e-lbd3", workers=1)
+        outcomes = collections.Counter(self.echo_once(newer.port) for _ in range(30))
+        state = newer.backends(POOL)[dead_id]["state"]
+        elapsed = time.monotonic() - t_ejected
+        figure("ejection across an upgrade", "%s %.2f s after the ejection; 30 connections: %s"
+               % (state, elapsed, dict(outcomes)))
+        if elapsed < 4.5:   # else the 5 s ran out meanwhile on a slow machine
+            self.assertEqual(state, "ejected")
+            self.assertEqual(outcomes, {"ok": 30})
+        self.assertEqual(new.wait_exit(scaled(20), "the newer lbd's ready")[0], 0)
+        self.stop_final(newer)
 
     # -- 6 ---------------------------------------------------------------
 

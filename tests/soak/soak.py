@@ -2268,7 +2268,7 @@ class Soak:
                                     "stay (listeners only)")
                 self.lbd = new
                 self.pending_new = None
-                self.model_new_process()
+                self.model_new_process(keep_local=moves)
                 # Witnesses are held until the old lbd exits, or close enough to
                 # the end of its grace period (which ends sessions it kept: a
                 # refused one, or all of them when they cannot move).
@@ -2518,12 +2518,15 @@ class Soak:
                 raise SoakFailure("upgrade: the old %s moved %d sessions to a new lbd of another "
                                   "session version: %s" % (old.label, moved, lines[-1]))
 
-    def model_new_process(self):
-        """What a new lbd knows: only what etcd holds now.  Local overrides
-        stayed with the old process; a key or an override whose value is
-        invalid now has no last good value here; a pool whose policy is
-        invalid runs lbd's defaults, or that policy clamped."""
-        self.local = {}
+    def model_new_process(self, keep_local):
+        """What a new lbd knows: what etcd holds now, and the old process's
+        local overrides when it could hand them over (BACKEND records go to a
+        new lbd of the same session version: keep_local).  A key or an
+        override whose value is invalid now has no last good value here; a
+        pool whose policy is invalid runs lbd's defaults, or that policy
+        clamped."""
+        if not keep_local:
+            self.local = {}
         for k in self.keys.values():
             k.stale = set()
             if k.current_bad:

@@ -308,6 +308,17 @@ static void sample(int type, struct lb_handover_msg *m)
         m->u.nak.id = 100;
         strcpy(m->u.nak.reason, "pool web is unknown here");
         break;
+    case LB_HANDOVER_BACKEND:
+        strcpy(m->u.backend.pool, "web");
+        strcpy(m->u.backend.id, "web-1");
+        strcpy(m->u.backend.addr, "10.0.0.5:8080");
+        m->u.backend.health = 2;
+        m->u.backend.ejected_ms = 4000;
+        m->u.backend.ejections = 3;
+        m->u.backend.local = LB_HANDOVER_LOCAL_DRAIN | LB_HANDOVER_LOCAL_WEIGHT;
+        m->u.backend.local_drain = 1;
+        m->u.backend.local_weight = 1000;
+        break;
     default:
         break;
     }
@@ -392,7 +403,8 @@ static void test_listener_round_trip(void **state)
 static void test_small_messages_round_trip(void **state)
 {
     static const int types[] = {LB_HANDOVER_LISTENERS_DONE, LB_HANDOVER_READY,
-                                LB_HANDOVER_SESSION_ACK, LB_HANDOVER_SESSION_NAK, LB_HANDOVER_DONE};
+                                LB_HANDOVER_SESSION_ACK,    LB_HANDOVER_SESSION_NAK,
+                                LB_HANDOVER_DONE,           LB_HANDOVER_BACKEND};
 
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         struct lb_handover_msg m, back;
@@ -484,7 +496,7 @@ static void test_reject_header(void **state)
     expect_reject(b, rec.len, 0, -EPROTO, "header flags 0x80");
 
     for (unsigned t = 0; t < 256; t++) {
-        if (t >= LB_HANDOVER_HELLO && t <= LB_HANDOVER_DONE)
+        if (t >= LB_HANDOVER_HELLO && t <= LB_HANDOVER_BACKEND)
             continue;
         memcpy(b, rec.data, rec.len);
         b[6] = (uint8_t)t;
@@ -642,6 +654,72 @@ static void test_reject_listener(void **state)
     expect_reject(r.b, r.n, 1, -EPROTO, "listener of kind 3 has a name");
 }
 
+/* A BACKEND of the sample's fields with one changed, as raw bytes. */
+static void raw_backend(struct raw *r, const char *pool, uint8_t health, uint8_t ejections,
+                        uint8_t local, uint8_t drain, uint16_t weight, uint8_t forced)
+{
+    raw_begin(r, LB_HANDOVER_BACKEND);
+    raw_str(r, pool, strlen(pool));
+    raw_str(r, "web-1", 5);
+    raw_str(r, "10.0.0.5:8080", 13);
+    raw_u8(r, health);
+    raw_u32(r, 0);
+    raw_u8(r, ejections);
+    raw_u8(r, local);
+    raw_u8(r, drain);
+    raw_u16(r, weight);
+    raw_u8(r, forced);
+    raw_end(r);
+}
+
+static void test_reject_backend_fields(void **state)
+{
+    static const struct {
+        const char *pool;
+        uint8_t health, ejections, local, drain;
+        uint16_t weight;
+        uint8_t forced;
+        const char *why;
+    } bad[] = {
+        {"", 0, 0, 0, 0, 0, 0, "BACKEND: empty pool or id"},
+        {"web", 3, 0, 0, 0, 0, 0, "health state beyond 2"},
+        {"web", 0, 65, 0, 0, 0, 0, "more than 64 ejections"},
+        {"web", 0, 0, 0x10, 0, 0, 0, "unknown local override flags"},
+        {"web", 0, 0, LB_HANDOVER_LOCAL_WEIGHT | LB_HANDOVER_LOCAL_CLEAR_WEIGHT, 0, 0, 0,
+         "both set and cleared"},
+        {"web", 0, 0, 0, 2, 0, 0, "local drain neither 0 nor 1"},
+        {"web", 0, 0, 0, 0, 1001, 0, "local weight beyond 1000"},
+        {"web", 0, 0, 0, 0, 0, 3, "local health override beyond 2"},
+    };
+    struct lb_handover_msg m;
+    struct lb_buf rec;
+    struct raw r;
+    char *err = NULL;
+
+    /* every field at its bound is fine */
+    raw_backend(&r, "web", 2, 64, LB_HANDOVER_LOCAL_ALL & ~LB_HANDOVER_LOCAL_WEIGHT, 1, 1000, 2);
+    assert_int_equal(lb_handover_decode(r.b, r.n, 0, &m, &err), 0);
+    assert_null(err);
+    assert_int_equal(m.u.backend.local_health, 2);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        raw_backend(&r, bad[i].pool, bad[i].health, bad[i].ejections, bad[i].local, bad[i].drain,
+                    bad[i].weight, bad[i].forced);
+        expect_reject(r.b, r.n, 0, -EPROTO, bad[i].why);
+    }
+    raw_backend(&r, "web", 0, 0, 0, 0, 0, 0);
+    expect_reject(r.b, r.n, 1, -EPROTO, "arrived with 1 file descriptors, expected 0");
+    /* the encoder refuses what the decoder would */
+    sample(LB_HANDOVER_BACKEND, &m);
+    m.u.backend.local |= LB_HANDOVER_LOCAL_CLEAR_WEIGHT;
+    lb_buf_init(&rec, LB_HANDOVER_MSG_MAX);
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    sample(LB_HANDOVER_BACKEND, &m);
+    m.u.backend.id[0] = '\0';
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    assert_int_equal(rec.len, 0);
+    lb_buf_free(&rec);
+}
+
 static void test_reject_session_fields(void **state)
 {
     struct raw r;
@@ -701,10 +779,10 @@ static void test_session_other_version(void **state)
     raw_begin(&r, LB_HANDOVER_SESSION);
     raw_u32(&r, LB_HANDOVER_SESSION_VERSION + 1);
     raw_u64(&r, 77);
-    raw_bytes(&r, "whatever version 2 carries", 26);
+    raw_bytes(&r, "whatever version 3 carries", 26);
     raw_end(&r);
     assert_int_equal(lb_handover_decode(r.b, r.n, 2, &m, &err), -EPROTONOSUPPORT);
-    assert_non_null(strstr(err, "SESSION: session version 2"));
+    assert_non_null(strstr(err, "SESSION: session version 3 (this lbd speaks 2)"));
     free(err);
     err = NULL;
     assert_int_equal(m.type, LB_HANDOVER_SESSION);
@@ -817,7 +895,8 @@ static void test_type_names(void **state)
     assert_string_equal(lb_handover_type_name(LB_HANDOVER_SESSION_NAK), "SESSION_NAK");
     assert_string_equal(lb_handover_type_name(LB_HANDOVER_DONE), "DONE");
     assert_string_equal(lb_handover_type_name(0), "UNKNOWN");
-    assert_string_equal(lb_handover_type_name(9), "UNKNOWN");
+    assert_string_equal(lb_handover_type_name(LB_HANDOVER_BACKEND), "BACKEND");
+    assert_string_equal(lb_handover_type_name(10), "UNKNOWN");
     assert_string_equal(lb_handover_type_name(-1), "UNKNOWN");
 }
 
@@ -1145,6 +1224,7 @@ int main(void)
         cmocka_unit_test(test_reject_strings),
         cmocka_unit_test(test_reject_listener),
         cmocka_unit_test(test_reject_session_fields),
+        cmocka_unit_test(test_reject_backend_fields),
         cmocka_unit_test(test_session_other_version),
         cmocka_unit_test(test_decode_bad_arguments),
         cmocka_unit_test(test_encode_rejects),
