@@ -111,6 +111,16 @@ void admin_conn_goaway(struct admin_conn *conn)
     admin_conn_flush(conn);
 }
 
+void admin_conn_goaway_graceful(struct admin_conn *conn)
+{
+    if (conn->dead)
+        return;
+    nghttp2_submit_goaway(conn->session, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(conn->session), NGHTTP2_NO_ERROR,
+                          NULL, 0);
+    admin_conn_flush(conn);
+}
+
 void admin_conn_request_started(struct admin_conn *conn)
 {
     struct ev_loop *loop = conn->server->loop;

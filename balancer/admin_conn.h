@@ -92,6 +92,13 @@ void admin_conn_close(struct admin_conn *conn, const char *reason);
 /* Sends GOAWAY (NO_ERROR) and flushes, best effort. */
 void admin_conn_goaway(struct admin_conn *conn);
 
+/*
+ * Sends GOAWAY (NO_ERROR) naming the last stream begun: those go on to
+ * their end (their trailers are sent), no new one starts, and the
+ * connection closes once none is left.
+ */
+void admin_conn_goaway_graceful(struct admin_conn *conn);
+
 /* A first request header block arrived: from now on the idle timeout applies. */
 void admin_conn_request_started(struct admin_conn *conn);
 

@@ -563,6 +563,29 @@ void lb_admin_server_stop_listening(struct lb_admin_server *s)
     lb_listen_close(&s->listener);
 }
 
+void lb_admin_server_hand_over(struct lb_admin_server *s)
+{
+    struct lb_list *pos, *tmp;
+
+    lb_admin_server_stop_listening(s);
+    lb_list_for_each_safe(pos, tmp, &s->conns)
+    {
+        struct admin_conn *conn = lb_list_entry(pos, struct admin_conn, link);
+        struct lb_list *cpos, *ctmp;
+
+        lb_list_for_each_safe(cpos, ctmp, &conn->calls)
+        {
+            struct lb_admin_call *c = lb_list_entry(cpos, struct lb_admin_call, conn_link);
+
+            if (c->method && (c->method->flags & LB_ADMIN_METHOD_STREAMING) && !c->finished)
+                admin_call_abort(c, LB_GRPC_UNAVAILABLE,
+                                 "lbd handed this address over to a new process (upgrade): "
+                                 "call again, the new one answers");
+        }
+        admin_conn_goaway_graceful(conn); /* may close it already */
+    }
+}
+
 void lb_admin_server_free(struct lb_admin_server *s)
 {
     struct lb_admin_call *call;

@@ -129,4 +129,13 @@ int lb_admin_server_listen_fd(const struct lb_admin_server *s);
 /* Stops accepting and closes the listener; open connections go on (upgrade). */
 void lb_admin_server_stop_listening(struct lb_admin_server *s);
 
+/*
+ * An upgrade's new process serves the admin address from now on: stops
+ * listening, ends every stream (WatchEvents) with UNAVAILABLE saying so,
+ * so that its client calls the new process instead of watching this one
+ * wind down, and sends GOAWAY on every connection.  Unary calls in flight
+ * finish as they would.
+ */
+void lb_admin_server_hand_over(struct lb_admin_server *s);
+
 #endif

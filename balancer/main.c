@@ -492,7 +492,7 @@ static void lbd_upgrade_stop_accepting(void *ud)
     if (d->stopping)
         return;
     if (d->admin)
-        lb_admin_server_stop_listening(d->admin);
+        lb_admin_server_hand_over(d->admin);
     if (d->http)
         lb_http_stop_listening(d->http);
     lbd_begin_shutdown(d);

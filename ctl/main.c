@@ -87,7 +87,8 @@ static const struct lb_setting global_rows[] = {
      "table", "table|json", "FORMAT", "output format: table or json"},
     {"rpc-timeout", 0, "LBCTL_RPC_TIMEOUT", LB_SETTING_DURATION,
      offsetof(struct ctl_opts, rpc_timeout_ms), 1, 3600 * 1000, "10s", NULL, "DURATION",
-     "deadline of each call (not of watch)"},
+     "deadline of each call; watch has none, and tries this long to reconnect when lbd ends "
+     "its stream (an upgrade)"},
     ROW_HELP,
     {"version", 0, NULL, LB_SETTING_BOOL, offsetof(struct ctl_opts, version), 0, 0, NULL, NULL,
      NULL, "print the version and exit"},
@@ -1010,6 +1011,8 @@ static const size_t watch_min_width[] = {0, 7, 0, 10, 0, 4, 6, 0};
 
 struct watch_out {
     struct ctl *ctl;
+    bool got;             /* this call of the stream delivered a message */
+    bool reconnecting;    /* say so when the stream comes back */
     bool synced;          /* the current state has come */
     struct table current; /* the rows of the current state until SYNCED, then one event's */
     bool header_done;
@@ -1059,6 +1062,11 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
     struct watch_out *w = ud;
     const Lb__V1__Event *ev = (const Lb__V1__Event *)msg;
 
+    w->got = true;
+    if (w->reconnecting) {
+        w->reconnecting = false;
+        fprintf(stderr, "lbctl: watch: reconnected; the current state again, then the changes\n");
+    }
     if (ev->type != LB__V1__EVENT__TYPE__TYPE_CURRENT)
         w->synced = true; /* SYNCED, or a change from an lbd that sends no current state */
     if (w->ctl->json) {
@@ -1091,11 +1099,46 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
     return 0;
 }
 
+/*
+ * A watch that was streaming and then ended (lbd upgraded: the old process
+ * ends its streams, the new one serves the same address; or restarted) is
+ * made again: for up to --rpc-timeout, every 200 ms at first, then every
+ * second.  One that never streamed is not: its error is reported at once.
+ */
+static bool watch_may_reconnect(int code)
+{
+    return code == LB_GRPC_OK || code == LB_GRPC_UNAVAILABLE || code == LB_GRPC_UNKNOWN;
+}
+
+static int watch_stream(struct ctl *ctl, Lb__V1__WatchEventsRequest *req, struct watch_out *w,
+                        struct lb_admin_status *st)
+{
+    int rc;
+
+    w->got = false;
+    rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req->base,
+                                &lb__v1__event__descriptor, 0, print_event, w, &interrupted, st);
+    if (rc == LB_GRPC_RESOURCE_EXHAUSTED && !w->synced && !interrupted) {
+        /* Too many backends to send as they are: the changes still come. */
+        fprintf(stderr, "lbctl: watch: %s; showing changes only\n", st->message);
+        for (size_t i = 0; i < w->current.rows * w->current.cols; i++)
+            free(w->current.cells[i]);
+        w->current.rows = 0;
+        req->initial_state = false; /* on reconnecting too */
+        rc =
+            lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req->base,
+                                   &lb__v1__event__descriptor, 0, print_event, w, &interrupted, st);
+    }
+    return rc;
+}
+
 static int cmd_watch(struct ctl *ctl, char **args, size_t n)
 {
     Lb__V1__WatchEventsRequest req = LB__V1__WATCH_EVENTS_REQUEST__INIT;
     struct watch_out w = {.ctl = ctl};
     struct lb_admin_status st;
+    int64_t give_up = 0; /* reconnecting until then; 0: streaming */
+    long delay_ms = 200;
     int rc;
 
     catch_interrupts();
@@ -1103,18 +1146,30 @@ static int cmd_watch(struct ctl *ctl, char **args, size_t n)
     req.initial_state = true;
     if (n == 1)
         req.pool = args[0];
-    rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req.base,
-                                &lb__v1__event__descriptor, 0, print_event, &w, &interrupted, &st);
-    if (rc == LB_GRPC_RESOURCE_EXHAUSTED && !w.synced && !interrupted) {
-        /* Too many backends to send as they are: the changes still come. */
-        fprintf(stderr, "lbctl: watch: %s; showing changes only\n", st.message);
-        for (size_t i = 0; i < w.current.rows * w.current.cols; i++)
-            free(w.current.cells[i]);
-        w.current.rows = 0;
-        req.initial_state = false;
-        rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req.base,
-                                    &lb__v1__event__descriptor, 0, print_event, &w, &interrupted,
-                                    &st);
+    for (;;) {
+        rc = watch_stream(ctl, &req, &w, &st);
+        if (interrupted)
+            break;
+        if (w.got) {
+            give_up = 0;
+            delay_ms = 200;
+        }
+        if (!watch_may_reconnect(rc) || (!w.got && give_up == 0) ||
+            (give_up && now_ms() + delay_ms > give_up))
+            break;
+        if (give_up == 0) {
+            give_up = now_ms() + ctl->opts.rpc_timeout_ms;
+            w.reconnecting = true;
+            fprintf(stderr, "lbctl: watch: %s; reconnecting (for up to %lld ms)\n",
+                    rc == LB_GRPC_OK ? "lbd ended the event stream" : st.message,
+                    (long long)ctl->opts.rpc_timeout_ms);
+        }
+        nanosleep(
+            &(struct timespec){.tv_sec = delay_ms / 1000, .tv_nsec = delay_ms % 1000 * 1000000L},
+            NULL); /* Ctrl-C cuts it short */
+        if (interrupted)
+            break;
+        delay_ms = delay_ms * 2 > 1000 ? 1000 : delay_ms * 2;
     }
     for (size_t i = 0; i < w.current.rows * w.current.cols; i++)
         free(w.current.cells[i]);

@@ -39,6 +39,9 @@ start the new one itself (it logs `new_pid=N`).
      re-weighted with `lbctl --local`, and one the checks found down, are
      so in the new lbd from its first accept: 30 connections right after
      `upgrade: ready` are all served, none by the down backend;
+  5f. the old lbd ends its WatchEvents streams when the new one is ready
+     (UNAVAILABLE, naming the hand-over, read by grpcio) and `lbctl watch`
+     reconnects to the new one and goes on printing;
   6. a stale socket file at PATH (left by kill -9) does not stop a fresh
      lbd; PATH in a missing directory is one error line and exit 1 or 2.
 
@@ -1291,6 +1294,43 @@ class Upgrade(HarnessTestCase):
             self.assertEqual(outcomes, {"ok": 30})
         self.assertEqual(new.wait_exit(scaled(20), "the newer lbd's ready")[0], 0)
         self.stop_final(newer)
+
+    def test_5f_watch_follows_the_upgrade(self):
+        """The old lbd ends its WatchEvents streams when the new one is ready
+        (UNAVAILABLE, saying why, as grpcio reads it), instead of streaming
+        its own wind-down; `lbctl watch` reconnects to the new lbd at the same
+        address and goes on printing, its exit status untouched."""
+        import grpc
+        old = self.start_first("t5f", workers=1)
+        watch = self.h.spawn("t5f-watch", [lbtest.lbctl_binary(), "--admin", old.admin, "-o",
+                                           "json", "watch", POOL])
+        self.addCleanup(watch.stop, 5)
+        channel = grpc.insecure_channel(old.admin)
+        self.addCleanup(channel.close)
+        stream = channel.unary_stream("/lb.v1.Admin/WatchEvents")(b"\x10\x01")  # initial_state
+        first = next(stream)
+        self.assertTrue(first)
+        wait_until(lambda: '"type":"synced"' in watch.log_text(), scaled(10),
+                   "lbctl watch to print the current state")
+        new, _, _ = self.upgrade(old, "t5f-lbd2", workers=1)
+        with self.assertRaises(grpc.RpcError) as ended:
+            for _ in stream:
+                pass
+        self.assertEqual(ended.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("handed this address over to a new process", ended.exception.details())
+        wait_until(lambda: "reconnected" in watch.log_text(), scaled(15),
+                   "lbctl watch to reconnect to the new lbd")
+        rc, _, err = new.ctl("drain", POOL, BACKEND_ID, "--local")
+        self.assertEqual(rc, 0, err)
+        wait_until(lambda: '"type":"drained"' in watch.log_text(), scaled(10),
+                   "the drain on the new lbd in lbctl watch's output")
+        self.assertTrue(watch.alive(), watch.log_text())
+        figure("watch across an upgrade", [ln for ln in watch.log_text().splitlines()
+                                           if ln.startswith("lbctl:")])
+        rc, _, err = new.ctl("undrain", POOL, BACKEND_ID, "--local")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(old.wait_exit(scaled(20), "the new lbd's ready")[0], 0)
+        self.stop_final(new)
 
     # -- 6 ---------------------------------------------------------------
 
