@@ -748,8 +748,9 @@ static void pool_listener(void *ctx, size_t pool, int fd)
 
 /*
  * Sends a BACKEND record for each backend whose state etcd does not hold
- * (local overrides, health as checked, ejection): the next process applies
- * them before it accepts.  Blocking sends, as the listeners'.
+ * and routing rests on (local overrides, down as checked, ejected): the
+ * next process applies them before it accepts.  Blocking sends, as the
+ * listeners'.
  */
 static void send_backends(struct lb_upgrade *u)
 {
@@ -774,8 +775,11 @@ static void send_backends(struct lb_upgrade *u)
                         (mb->local.has_weight ? LB_HANDOVER_LOCAL_WEIGHT : 0) |
                         (mb->local.clear_weight ? LB_HANDOVER_LOCAL_CLEAR_WEIGHT : 0) |
                         (mb->local.has_health ? LB_HANDOVER_LOCAL_HEALTH : 0);
-            if (!hb->local && !hb->health && !hb->ejected_ms && !hb->ejections)
-                continue; /* nothing etcd does not tell the next process too */
+            /* Up, or not checked yet, the next process takes it as it would: eligible.
+             * So a record only where a routing decision rests on it: the few down,
+             * ejected or locally overridden (these sends block, the loop waits). */
+            if (!hb->local && hb->health != LB_HEALTH_DOWN && !hb->ejected_ms)
+                continue;
             hb->local_drain = mb->local.has_drain && mb->local.drain;
             hb->local_weight = mb->local.has_weight ? (uint16_t)mb->local.weight : 0;
             hb->local_health = mb->local.has_health ? (uint8_t)mb->local.health : 0;

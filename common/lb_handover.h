@@ -131,7 +131,8 @@ struct lb_handover_session {
 /*
  * What the old process knew of one backend that etcd does not hold, so that
  * an upgrade changes nothing an operator or a check decided: its local
- * overrides, its health as checked and its passive ejection.  The new
+ * overrides, its health as checked (sent for a backend down, or one sent
+ * for another reason) and its passive ejection.  The new
  * process applies it to the backend of the same pool, id and address after
  * its first etcd listing, before it accepts.
  */
