@@ -70,6 +70,32 @@ void lb_drain_update(struct lb_backend *b)
     ev_timer_start(b->loop, &b->drain_timer);
 }
 
+uint32_t lb_drain_left_ms(const struct lb_backend *b)
+{
+    double left;
+
+    if (!b->loop || !ev_is_active(&b->drain_timer))
+        return 0;
+    if (b->drain_timer.repeat != 0.)
+        return 1; /* closing already */
+    left = ev_timer_remaining(b->loop, (ev_timer *)&b->drain_timer) * 1000.;
+    return left < 1. ? 1 : left > 86400000. ? 86400000u : (uint32_t)left;
+}
+
+void lb_drain_adopt(struct lb_backend *b, uint32_t ms)
+{
+    if (!ms || !b->loop || !ev_is_active(&b->drain_timer) || b->drain_timer.repeat != 0. ||
+        ev_timer_remaining(b->loop, &b->drain_timer) * 1000. <= ms)
+        return;
+    ev_timer_stop(b->loop, &b->drain_timer);
+    ev_timer_set(&b->drain_timer, (double)ms / 1000., 0.);
+    ev_timer_start(b->loop, &b->drain_timer);
+    LB_INFO("drain",
+            "msg=\"drain deadline carried over from the previous process\" pool=%s backend=%s "
+            "left_ms=%u",
+            b->pool->name, b->id, ms);
+}
+
 void lb_drain_stop(struct lb_backend *b)
 {
     if (b->loop)

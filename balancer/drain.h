@@ -10,6 +10,7 @@
 #define LB_DRAIN_H
 
 #include <ev.h>
+#include <stdint.h>
 
 struct lb_backend;
 
@@ -19,5 +20,13 @@ void lb_drain_init(struct lb_backend *b);
 void lb_drain_update(struct lb_backend *b);
 /* Stops the deadline (backend removed: its connections are left alone). */
 void lb_drain_stop(struct lb_backend *b);
+/*
+ * Hitless upgrades.  left_ms: the time to b's deadline, at least 1 once it
+ * has passed and connections are being closed; 0 when none runs.  adopt:
+ * a deadline running here for b (lb_drain_update()) ends `ms` from now
+ * instead, as it would have in the previous process; 0 changes nothing.
+ */
+uint32_t lb_drain_left_ms(const struct lb_backend *b);
+void lb_drain_adopt(struct lb_backend *b, uint32_t ms);
 
 #endif

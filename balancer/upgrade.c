@@ -13,6 +13,7 @@
  */
 #include "upgrade.h"
 #include "backend.h"
+#include "drain.h"
 #include "health.h"
 #include "lb_error.h"
 #include "lb_listen.h"
@@ -452,11 +453,23 @@ static void prev_read_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
+/* The backend of hb's pool, id and address here, or NULL. */
+static struct lb_backend *adopted_backend(struct lb_registry *r,
+                                          const struct lb_handover_backend *hb)
+{
+    struct lb_pool *pool = lb_registry_find_pool(r, hb->pool);
+    struct lb_member *m = pool ? lb_pool_find(pool, hb->id) : NULL;
+    struct lb_backend *b = m ? m->backend : NULL;
+
+    return b && !b->removed && strcmp(b->spec.addr, hb->addr) == 0 ? b : NULL;
+}
+
 /*
  * Applies one BACKEND record: the local overrides to the member of that id
  * (made if need be: the previous process kept them for an id whose backend
- * was gone too), the health to the backend of that id and address.  False
- * when nothing of it applies here.
+ * was gone too), the health to the backend of that id and address (its
+ * drain deadline comes after the publish).  False when nothing of it
+ * applies here.
  */
 static bool adopt_backend(struct lb_registry *r, const struct lb_handover_backend *hb,
                           size_t *n_local)
@@ -465,7 +478,7 @@ static bool adopt_backend(struct lb_registry *r, const struct lb_handover_backen
     struct lb_member *m = !pool       ? NULL
                           : hb->local ? lb_pool_get_member(pool, hb->id)
                                       : lb_pool_find(pool, hb->id);
-    struct lb_backend *b = m ? m->backend : NULL;
+    struct lb_backend *b;
     struct lb_local_override *l;
 
     if (!m)
@@ -482,7 +495,8 @@ static bool adopt_backend(struct lb_registry *r, const struct lb_handover_backen
         lb_registry_member_changed(r, pool, m, "local override, carried over by the upgrade");
         (*n_local)++;
     }
-    if (!b || b->removed || strcmp(b->spec.addr, hb->addr) != 0)
+    b = adopted_backend(r, hb);
+    if (!b)
         return hb->local != 0;
     lb_health_adopt(b, hb->health, hb->ejections, hb->ejected_ms);
     return true;
@@ -498,6 +512,13 @@ void lb_upgrade_adopt(struct lb_upgrade *u)
         if (!adopt_backend(u->cfg.registry, &u->backends[i], &n_local))
             unknown++;
     lb_registry_publish(u->cfg.registry);
+    /* Published: a drained backend's deadline runs (lb_drain_update()); as it did there. */
+    for (size_t i = 0; i < u->n_backends; i++) {
+        struct lb_backend *b = adopted_backend(u->cfg.registry, &u->backends[i]);
+
+        if (b)
+            lb_drain_adopt(b, u->backends[i].drain_left_ms);
+    }
     LB_INFO(LOG_SUB,
             "msg=\"upgrade: took over what the previous process knew of its backends\" "
             "backends=%zu local_overrides=%zu not_here=%zu",
@@ -769,16 +790,19 @@ static void send_backends(struct lb_upgrade *u)
 
             memset(&m, 0, sizeof(m));
             m.type = LB_HANDOVER_BACKEND;
-            if (b)
+            if (b) {
                 lb_health_export(b, &hb->health, &hb->ejections, &hb->ejected_ms);
+                hb->drain_left_ms = lb_drain_left_ms(b);
+            }
             hb->local = (mb->local.has_drain ? LB_HANDOVER_LOCAL_DRAIN : 0) |
                         (mb->local.has_weight ? LB_HANDOVER_LOCAL_WEIGHT : 0) |
                         (mb->local.clear_weight ? LB_HANDOVER_LOCAL_CLEAR_WEIGHT : 0) |
                         (mb->local.has_health ? LB_HANDOVER_LOCAL_HEALTH : 0);
             /* Up, or not checked yet, the next process takes it as it would: eligible.
-             * So a record only where a routing decision rests on it: the few down,
-             * ejected or locally overridden (these sends block, the loop waits). */
-            if (!hb->local && hb->health != LB_HEALTH_DOWN && !hb->ejected_ms)
+             * So a record only where a decision rests on it: the few down, ejected,
+             * locally overridden or draining to a deadline (these sends block, the
+             * loop waits). */
+            if (!hb->local && hb->health != LB_HEALTH_DOWN && !hb->ejected_ms && !hb->drain_left_ms)
                 continue;
             hb->local_drain = mb->local.has_drain && mb->local.drain;
             hb->local_weight = mb->local.has_weight ? (uint16_t)mb->local.weight : 0;

@@ -34,7 +34,7 @@
      4 + 4 + 1 + 4 + 4)
 _Static_assert(SESSION_FIXED_MAX <= LB_HANDOVER_FIXED_MAX, "LB_HANDOVER_FIXED_MAX too small");
 _Static_assert(2 + LB_HANDOVER_REASON_MAX - 1 + 8 <= LB_HANDOVER_FIXED_MAX, "NAK too large");
-_Static_assert(2 * (2 + LB_NAME_MAX - 1) + (2 + LB_ADDR_MAX - 1) + 1 + 4 + 1 + 1 + 1 + 2 + 1 <=
+_Static_assert(2 * (2 + LB_NAME_MAX - 1) + (2 + LB_ADDR_MAX - 1) + 1 + 4 + 1 + 4 + 1 + 1 + 2 + 1 <=
                    LB_HANDOVER_FIXED_MAX,
                "BACKEND too large");
 _Static_assert(LB_HANDOVER_MSG_MAX <= UINT32_MAX, "payload length is 32-bit");
@@ -233,6 +233,7 @@ static void put_backend(struct writer *w, const struct lb_handover_backend *b)
     put_u8(w, b->health);
     put_u32(w, b->ejected_ms);
     put_u8(w, b->ejections);
+    put_u32(w, b->drain_left_ms);
     put_u8(w, b->local);
     put_u8(w, b->local_drain);
     put_u16(w, b->local_weight);
@@ -524,6 +525,8 @@ static int get_backend(struct reader *r, struct lb_handover_backend *b)
         rc = get_u32(r, "ejection left", &b->ejected_ms);
     if (rc == 0)
         rc = get_u8(r, "ejections", &b->ejections);
+    if (rc == 0)
+        rc = get_u32(r, "drain time left", &b->drain_left_ms);
     if (rc == 0)
         rc = get_u8(r, "local flags", &b->local);
     if (rc == 0)

@@ -132,7 +132,7 @@ struct lb_handover_session {
  * What the old process knew of one backend that etcd does not hold, so that
  * an upgrade changes nothing an operator or a check decided: its local
  * overrides, its health as checked (sent for a backend down, or one sent
- * for another reason) and its passive ejection.  The new
+ * for another reason), its passive ejection and its drain deadline.  The new
  * process applies it to the backend of the same pool, id and address after
  * its first etcd listing, before it accepts.
  */
@@ -143,6 +143,7 @@ struct lb_handover_backend {
     uint8_t health;         /* as checked: 0 unknown, 1 up, 2 down */
     uint32_t ejected_ms;    /* passive ejection: time left; 0 = not ejected */
     uint8_t ejections;      /* ejections in a row (each lasts longer), <= 64 */
+    uint32_t drain_left_ms; /* drained with a drain_timeout: time left to it; 0 = none */
     uint8_t local;          /* LB_HANDOVER_LOCAL_*; WEIGHT and CLEAR_WEIGHT exclude each other */
     uint8_t local_drain;    /* 0 or 1 */
     uint16_t local_weight;  /* 0..LB_WEIGHT_MAX */

@@ -72,6 +72,7 @@ static bool msg_equal(const struct lb_handover_msg *a, const struct lb_handover_
                a->u.backend.health == b->u.backend.health &&
                a->u.backend.ejected_ms == b->u.backend.ejected_ms &&
                a->u.backend.ejections == b->u.backend.ejections &&
+               a->u.backend.drain_left_ms == b->u.backend.drain_left_ms &&
                a->u.backend.local == b->u.backend.local &&
                a->u.backend.local_drain == b->u.backend.local_drain &&
                a->u.backend.local_weight == b->u.backend.local_weight &&

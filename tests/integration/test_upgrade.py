@@ -39,6 +39,8 @@ start the new one itself (it logs `new_pid=N`).
      re-weighted with `lbctl --local`, and one the checks found down, are
      so in the new lbd from its first accept: 30 connections right after
      `upgrade: ready` are all served, none by the down backend;
+  5g. a backend drained with drain_timeout 4s, upgraded 2 s later: its
+     last connection (moved) is closed 4 s after the drain, not 6;
   5f. the old lbd ends its WatchEvents streams when the new one is ready
      (UNAVAILABLE, naming the hand-over, read by grpcio) and `lbctl watch`
      reconnects to the new one and goes on printing;
@@ -1294,6 +1296,41 @@ class Upgrade(HarnessTestCase):
             self.assertEqual(outcomes, {"ok": 30})
         self.assertEqual(new.wait_exit(scaled(20), "the newer lbd's ready")[0], 0)
         self.stop_final(newer)
+
+    def test_5g_drain_deadline_moves_too(self):
+        """A backend drained with a drain_timeout keeps its deadline across an
+        upgrade: the connection left on it is closed when the timeout passes
+        since the drain, not that long after the upgrade."""
+        key = "%spools/%s/config" % (PREFIX, POOL)
+        self.etcd.put(key, json.dumps({"health": {"type": "none"}, "drain_timeout": "4s"}))
+        self.addCleanup(self.etcd.put, key, json.dumps({"health": {"type": "none"}}))
+        self.addCleanup(self.etcd.delete, "%spools/%s/overrides/%s" % (PREFIX, POOL, BACKEND_ID))
+        old = self.start_first("t5g", workers=1)  # the policy is in its first listing
+        conn = socket.create_connection(("127.0.0.1", old.port), timeout=10)
+        self.addCleanup(conn.close)
+        self.assertEqual(lbtest.echo(conn, b"before the drain\n"), b"before the drain\n")
+        rc, _, err = old.ctl("drain", POOL, BACKEND_ID)
+        self.assertEqual(rc, 0, err)
+        t_drain = time.monotonic()
+        time.sleep(2.0)   # the scenario: the upgrade comes half-way to the deadline
+        new, _, _ = self.upgrade(old, "t5g-lbd2", workers=1)
+        self.assertEqual(old.wait_exit(scaled(20), "the new lbd's ready")[0], 0)
+        self.assertEqual(lbtest.echo(conn, b"moved\n"), b"moved\n")
+        conn.settimeout(10)
+        try:
+            end = conn.recv(1)
+        except ConnectionResetError:
+            end = b""
+        closed_after = time.monotonic() - t_drain
+        figure("drain deadline across an upgrade", "drain_timeout 4s, upgrade 2 s after the "
+               "drain: the connection closed %.2f s after the drain (%r)" % (closed_after, end))
+        self.assertEqual(end, b"")
+        self.assertGreater(closed_after, 3.5)
+        self.assertLess(closed_after, 5.2, "closed a full drain_timeout after the upgrade: "
+                        "the deadline started again in the new lbd")
+        rc, _, err = new.ctl("undrain", POOL, BACKEND_ID)
+        self.assertEqual(rc, 0, err)
+        self.stop_final(new)
 
     def test_5f_watch_follows_the_upgrade(self):
         """The old lbd ends its WatchEvents streams when the new one is ready

@@ -315,6 +315,7 @@ static void sample(int type, struct lb_handover_msg *m)
         m->u.backend.health = 2;
         m->u.backend.ejected_ms = 4000;
         m->u.backend.ejections = 3;
+        m->u.backend.drain_left_ms = 120000;
         m->u.backend.local = LB_HANDOVER_LOCAL_DRAIN | LB_HANDOVER_LOCAL_WEIGHT;
         m->u.backend.local_drain = 1;
         m->u.backend.local_weight = 1000;
@@ -665,6 +666,7 @@ static void raw_backend(struct raw *r, const char *pool, uint8_t health, uint8_t
     raw_u8(r, health);
     raw_u32(r, 0);
     raw_u8(r, ejections);
+    raw_u32(r, 0);
     raw_u8(r, local);
     raw_u8(r, drain);
     raw_u16(r, weight);
