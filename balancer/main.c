@@ -168,7 +168,9 @@ struct lbd {
     ev_signal sigterm, sigint, sighup, sigusr2;
     ev_signal ignored[5]; /* signals whose default would kill lbd: logged, nothing else */
     ev_timer grace;
-    ev_timer delay; /* --shutdown-delay: still accepting, not ready */
+    ev_timer delay;      /* --shutdown-delay: still accepting, not ready */
+    ev_timer first_sync; /* a progress line while the first etcd listing is awaited */
+    ev_tstamp started_at;
     bool stopping;
     struct lb_upgrade *upgrade;
     struct lb_takeover takeover; /* from the previous lbd, at start-up */
@@ -386,6 +388,7 @@ static void lbd_sink_commit(void *ctx)
     if (!d->proxy.accept_enabled && !d->stopping && lb_watcher_has_synced(d->watcher)) {
         bool took_over = lb_upgrade_is_taking_over(d->upgrade);
 
+        ev_timer_stop(d->loop, &d->first_sync);
         lb_upgrade_adopt(d->upgrade); /* before the first accept: the previous process's view */
         LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
         lb_proxy_enable_accept(&d->proxy);
@@ -396,6 +399,35 @@ static void lbd_sink_commit(void *ctx)
         lb_sd_notify_ready();
         lb_upgrade_ready(d->upgrade);
     }
+}
+
+/*
+ * Every 5 s until the first etcd listing is applied (lbd does not accept
+ * before it), while etcd has neither answered nor failed: a stuck request.
+ */
+static void lbd_first_sync_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lbd *d = lb_container_of(w, struct lbd, first_sync);
+    double waited = ev_now(loop) - d->started_at;
+    struct lb_watcher_stats st;
+
+    if (d->proxy.accept_enabled || d->stopping) {
+        ev_timer_stop(loop, w);
+        return;
+    }
+    lb_watcher_get_stats(d->watcher, &st);
+    if (st.reconnects)
+        return; /* the watcher's own lines say what fails, once */
+    if (lb_upgrade_is_taking_over(d->upgrade))
+        LB_INFO("lbd",
+                "msg=\"still waiting for the first etcd listing; the running lbd serves meanwhile "
+                "and hands over once it is read\" waited_s=%.0f etcd=%s",
+                waited, d->settings.etcd.etcd.v[0]);
+    else
+        LB_WARN("lbd",
+                "msg=\"still waiting for the first etcd listing; not accepting connections "
+                "before it (/readyz 503)\" waited_s=%.0f etcd=%s",
+                waited, d->settings.etcd.etcd.v[0]);
 }
 
 /* ------------------------------------------------------------ signals -- */
@@ -783,6 +815,10 @@ static int lbd_start(struct lbd *d)
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
         goto out;
     }
+    d->started_at = ev_now(d->loop);
+    ev_timer_init(&d->first_sync, lbd_first_sync_cb, 5., 5.);
+    if (!d->proxy.accept_enabled)
+        ev_timer_start(d->loop, &d->first_sync);
     LB_INFO("lbd",
             "msg=\"started\" version=%s pools=%zu etcd=%s%s prefix=%s max_conns=%lld "
             "workers=%lld",

@@ -302,6 +302,18 @@ class Edge(HarnessTestCase):
         self.assertNotEqual(rc, 0, out + err)
         self.assertIn("took the connection but sent no answer in time", err)
         self.assertIn("not etcd's client URL", err)
+        # lbd before the request's own timeout (10 s): a progress line every 5 s, not silence
+        lbd = Lbd(self.h, "http://127.0.0.1:%d" % hole.getsockname()[1], PREFIX, ["x"],
+                  name="lbd-stuck-etcd").start(wait_ready=False)
+        try:
+            wait_until(lambda: "still waiting for the first etcd listing" in lbd.log_text(),
+                       scaled(8), "a progress line while etcd does not answer")
+            line = [ln for ln in lbd.log_text().splitlines() if "still waiting" in ln][0]
+            self.assertIn("waited_s=5", line)
+            self.assertIn("/readyz 503", line)
+            self.assertEqual(lbd.http_get("/readyz")[0], 503)
+        finally:
+            lbd.stop(expect_rc=0)
 
 
 if __name__ == "__main__":
