@@ -110,6 +110,9 @@ class ConfigTypos(HarnessTestCase):
 
     def test_lbctl_usage_errors_give_one_hint(self):
         for argv, want in ((["weight", "web", "b1", "-1"], "a negative number"),
+                           (["weight", "web", "b1", " 5"], "not a whole number from 0 to 1000"),
+                           (["weight", "web", "b1", "+5"], "not a whole number from 0 to 1000"),
+                           (["weight", "web", "b1", "1001"], "not a whole number from 0 to 1000"),
                            (["pools", "--local"], "unknown option --local"),
                            (["policy", "get", "--bogus"], "unknown option --bogus"),
                            (["register", "--bogus"], "unknown option --bogus")):
