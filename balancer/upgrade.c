@@ -39,7 +39,7 @@
 #define TAKEOVER_WAIT_S 10         /* the running lbd answers HELLO and sends its listeners */
 #define OFFER_PENDING   65536u     /* unsent bytes per direction a moving session may carry */
 #define HELLO_WAIT_S    5.0        /* a peer of the upgrade socket says HELLO within this */
-#define BACKENDS_MAX    (1u << 20) /* BACKEND records taken from the previous process */
+#define BACKENDS_MAX    (1u << 18) /* BACKEND records taken from the previous process */
 
 enum link_state { LINK_NONE, LINK_HELLO, LINK_WAIT_READY, LINK_OFFERING, LINK_DONE };
 
