@@ -810,6 +810,13 @@ static void send_backends(struct lb_upgrade *u)
             snprintf(hb->pool, sizeof(hb->pool), "%s", pool->name);
             snprintf(hb->id, sizeof(hb->id), "%s", mb->id);
             snprintf(hb->addr, sizeof(hb->addr), "%s", b ? b->spec.addr : "");
+            if (sent == BACKENDS_MAX) {
+                LB_WARN(LOG_SUB,
+                        "msg=\"upgrade: more backends to carry over than the next process "
+                        "takes; the others start from etcd alone there\" sent=%zu",
+                        sent);
+                return;
+            }
             rc = send_msg(u->peer_fd, &m, NULL, 0);
             if (rc < 0) {
                 LB_WARN(LOG_SUB,
