@@ -1116,6 +1116,7 @@ static int watch_stream(struct ctl *ctl, Lb__V1__WatchEventsRequest *req, struct
     int rc;
 
     w->got = false;
+    w->synced = false; /* a reconnected stream starts with the current state again */
     rc = lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req->base,
                                 &lb__v1__event__descriptor, 0, print_event, w, &interrupted, st);
     if (rc == LB_GRPC_RESOURCE_EXHAUSTED && !w->synced && !interrupted) {
