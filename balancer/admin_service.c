@@ -261,6 +261,18 @@ static void send_backend_reply(void *ud, const struct lb_backend_info *info)
     reply(ctx->call, &msg.base);
 }
 
+static void note_backend(void *ud, const struct lb_backend_info *info)
+{
+    *(bool *)ud = true;
+}
+
+static bool backend_exists(struct lb_registry *r, const char *pool, const char *id)
+{
+    bool found = false;
+
+    return lb_control_get_backend(r, pool, id, note_backend, &found) == 0 && found;
+}
+
 /* Answers with the current state of pool/id as message type `desc`. */
 static void reply_backend(struct lb_admin_call *call, const ProtobufCMessageDescriptor *desc,
                           const char *pool, const char *id)
@@ -507,6 +519,22 @@ static void mutation_applied(struct mutation *m)
 
     LB_INFO(LOG_SUB, "msg=\"operator change applied\" pool=%s id=%s change=%s scope=%s", m->pool,
             m->id, m->what, m->scope == LB_SCOPE_LOCAL ? "local" : "cluster");
+    if (m->scope == LB_SCOPE_CLUSTER && !backend_exists(registry_of(call), m->pool, m->id)) {
+        /* Gone while etcd took the write (its lease lapsed, say): the override is
+         * stored all the same and applies when it registers again.  Say so, as a
+         * success without a backend, rather than NOT_FOUND for a change that was
+         * made. */
+        struct backend_reply msg;
+
+        LB_INFO(LOG_SUB,
+                "msg=\"operator change stored in etcd; the backend left meanwhile, the change "
+                "applies when it registers again\" pool=%s id=%s change=%s",
+                m->pool, m->id, m->what);
+        protobuf_c_message_init(m->reply, &msg);
+        msg.backend = NULL;
+        reply(call, &msg.base);
+        return;
+    }
     if (!m->drain_wait) {
         reply_backend(call, m->reply, m->pool, m->id);
         return;

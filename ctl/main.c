@@ -652,12 +652,18 @@ struct backend_response {
     Lb__V1__Backend *backend;
 };
 
-static int print_backend_response(struct ctl *ctl, ProtobufCMessage *m)
+/* what: "weight web/b1" and the like. */
+static int print_backend_response(struct ctl *ctl, ProtobufCMessage *m, const char *what)
 {
     struct backend_response *r = (struct backend_response *)m;
 
     if (r->backend)
         print_backends(ctl, &r->backend, 1, false);
+    else /* a cluster change for a backend that left while etcd took it: stored all the same */
+        fprintf(stderr,
+                "lbctl: %s: stored in etcd, but the backend is not registered now (did its "
+                "lease lapse?); the change applies when it registers again\n",
+                what);
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;
 }
@@ -709,7 +715,7 @@ static int set_drain(struct ctl *ctl, char **args, bool drain, bool print)
     rc = unary(ctl, what, "/lb.v1.Admin/SetDrain", &req.base,
                &lb__v1__set_drain_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
     if (rc || print)
-        return rc ? rc : print_backend_response(ctl, m);
+        return rc ? rc : print_backend_response(ctl, m, what);
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;
 }
@@ -928,7 +934,7 @@ static int cmd_weight(struct ctl *ctl, char **args, size_t n)
     snprintf(what, sizeof(what), "weight %s/%s", args[0], args[1]);
     rc = unary(ctl, what, "/lb.v1.Admin/SetWeight", &req.base,
                &lb__v1__set_weight_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
-    return rc ? rc : print_backend_response(ctl, m);
+    return rc ? rc : print_backend_response(ctl, m, what);
 }
 
 static int cmd_health(struct ctl *ctl, char **args, size_t n)
@@ -952,7 +958,7 @@ static int cmd_health(struct ctl *ctl, char **args, size_t n)
     snprintf(what, sizeof(what), "health %s/%s", args[0], args[1]);
     rc = unary(ctl, what, "/lb.v1.Admin/SetHealth", &req.base,
                &lb__v1__set_health_response__descriptor, ctl->opts.rpc_timeout_ms, &m);
-    return rc ? rc : print_backend_response(ctl, m);
+    return rc ? rc : print_backend_response(ctl, m, what);
 }
 
 static const char *event_type_name(Lb__V1__Event__Type t)

@@ -125,6 +125,51 @@ static void put_backend(const char *pool, const char *id, const char *addr, int 
     feed(&u);
 }
 
+struct backend_ref {
+    const char *pool, *id, *addr;
+};
+
+static struct {
+    ev_timer timer;
+    char pool[LB_NAME_MAX], id[LB_NAME_MAX];
+    double ms;
+} later;
+
+static void delete_later_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct lb_update u = {.kind = LB_UPDATE_BACKEND_DELETE, .pool = later.pool, .id = later.id};
+
+    feed(&u);
+}
+
+static void delete_later_job(void *arg)
+{
+    ev_timer_init(&later.timer, delete_later_cb, later.ms / 1000.0, 0.);
+    ev_timer_start(fx.loop, &later.timer);
+}
+
+void fx_delete_backend_later(const char *pool, const char *id, double ms)
+{
+    snprintf(later.pool, sizeof(later.pool), "%s", pool);
+    snprintf(later.id, sizeof(later.id), "%s", id);
+    later.ms = ms;
+    fx_run(delete_later_job, NULL);
+}
+
+static void put_backend_job(void *arg)
+{
+    const struct backend_ref *b = arg;
+
+    put_backend(b->pool, b->id, b->addr, 100);
+}
+
+void fx_put_backend(const char *pool, const char *id, const char *addr)
+{
+    struct backend_ref b = {pool, id, addr};
+
+    fx_run(put_backend_job, &b);
+}
+
 static void put_policy(const char *pool, enum lb_algorithm algorithm)
 {
     struct lb_update u = {.kind = LB_UPDATE_POLICY_PUT, .pool = pool};

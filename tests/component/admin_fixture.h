@@ -76,6 +76,11 @@ void fx_set_store(enum fx_store mode, double delay_ms);
  * 0 stops, and puts weight 100 back.
  */
 void fx_set_ticker(double interval_ms);
+/* Deletes pool/id's registration (its key deleted, its lease lapsed) on the loop, ms from
+ * now (while the test thread waits on a call). */
+void fx_delete_backend_later(const char *pool, const char *id, double ms);
+/* Registers pool/id at addr with weight 100, on the loop. */
+void fx_put_backend(const char *pool, const char *id, const char *addr);
 /* Registers n backends bulk-00000.. in `pool` (10.1.x.y:80). */
 void fx_add_backends(const char *pool, unsigned n);
 

@@ -353,6 +353,35 @@ static void test_cancel_while_store_pending(void **state)
     undrain_local("db", "d1");
 }
 
+/*
+ * A CLUSTER change whose backend leaves while etcd takes the write (its
+ * lease lapsed): the override is stored, so the call succeeds, without a
+ * backend in the answer, instead of NOT_FOUND for a change that was made.
+ */
+static void test_cluster_change_for_a_backend_that_left_meanwhile(void **state)
+{
+    Lb__V1__SetWeightRequest sw = LB__V1__SET_WEIGHT_REQUEST__INIT;
+    Lb__V1__SetWeightResponse *resp = NULL;
+    struct lb_admin_status st;
+    int rc;
+
+    fx_set_store(FX_STORE_OK, 300);
+    sw.pool = "db";
+    sw.id = "d1";
+    sw.weight_opt_case = LB__V1__SET_WEIGHT_REQUEST__WEIGHT_OPT_WEIGHT;
+    sw.weight = 500;
+    fx_delete_backend_later("db", "d1", 100);
+    rc = call("/lb.v1.Admin/SetWeight", &sw.base, &lb__v1__set_weight_response__descriptor, 3000,
+              (ProtobufCMessage **)&resp, &st);
+    fx_expect_status(rc, &st, LB_GRPC_OK, NULL);
+    assert_non_null(resp);
+    assert_null(resp->backend);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    fx_wait_store_idle();
+    fx_set_store(FX_STORE_OK, 5);
+    fx_put_backend("db", "d1", "10.0.1.1:5432");
+}
+
 struct watch_count {
     int seen;
     int stop_after;
@@ -916,6 +945,7 @@ int main(void)
         cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_drain_wait),
         cmocka_unit_test(test_cancel_while_store_pending),
+        cmocka_unit_test(test_cluster_change_for_a_backend_that_left_meanwhile),
         cmocka_unit_test(test_watch),
         cmocka_unit_test(test_raw_rejected_call_waits_for_request_end),
         cmocka_unit_test(test_raw_content_type),
