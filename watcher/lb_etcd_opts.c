@@ -3,6 +3,7 @@
  * client's set-up, shared by lbd's watcher and lbctl register.
  */
 #include "lb_etcd_opts.h"
+#include "lb_addr.h"
 #include "lb_error.h"
 #include "lb_etcd_auth.h"
 #include "lb_etcd_http.h"
@@ -23,6 +24,29 @@ void lb_etcd_endpoints_free(struct lb_etcd_endpoints *e)
 }
 
 /*
+ * A port, when the URL gives one, is 1..65535 in digits alone: the host and
+ * port (hlen bytes at host) are checked as any other address of lbd's.
+ * Without a port the scheme's own applies, as for curl.
+ */
+static int endpoint_check_port(const char *url, size_t len, const char *host, size_t hlen,
+                               char **err)
+{
+    const char *bracket = memchr(host, ']', hlen), *why = NULL;
+    const char *from = bracket ? bracket : host;
+    struct lb_hostport hp;
+    char text[ENDPOINT_MAX_LEN + 1];
+
+    if (!memchr(from, ':', hlen - (size_t)(from - host)) && !(host[0] == '[' && !bracket))
+        return 0; /* no port given */
+    memcpy(text, host, hlen);
+    text[hlen] = '\0';
+    if (lb_addr_parse(text, false, &hp, &why) == 0)
+        return 0;
+    return lb_error_set(err, -EINVAL, "--etcd: \"%.*s\": %s (e.g. http://127.0.0.1:2379)",
+                        (int)(len > 80 ? 80 : len), url, why);
+}
+
+/*
  * What follows the scheme must be a host and port alone.  A user name or
  * password in the URL is refused without echoing it: lbd would not log in
  * with it, and the URL shows in logs, in --check and on /metrics.  A path,
@@ -30,6 +54,7 @@ void lb_etcd_endpoints_free(struct lb_etcd_endpoints *e)
  */
 static int endpoint_check_authority(const char *url, size_t len, char **err)
 {
+    int rc;
     size_t scheme = strncmp(url, "https://", 8) == 0 ? 8 : 7;
     const char *host = url + scheme;
     size_t n = len - scheme, end = strcspn(host, "/?#");
@@ -45,6 +70,9 @@ static int endpoint_check_authority(const char *url, size_t len, char **err)
     if (end == 0)
         return lb_error_set(err, -EINVAL, "--etcd: \"%.*s\" has no host (e.g. %.*s127.0.0.1:2379)",
                             (int)(len > 80 ? 80 : len), url, (int)scheme, url);
+    rc = endpoint_check_port(url, len, host, end, err);
+    if (rc)
+        return rc;
     while (end < n && host[end] == '/')
         end++; /* a trailing slash is no path */
     if (end < n)

@@ -238,11 +238,14 @@ class Edge(HarnessTestCase):
             self.assertEqual(len(err.strip().splitlines()), 1, err)
 
     def test_4_etcd_url_errors(self):
-        """A password in --etcd is refused without being echoed, and so is a path."""
+        """A password in --etcd is refused without being echoed, and so are a path and a bad port."""
         port = lbtest.free_port()
         for url, want in (("http://admin:hunter2@127.0.0.1:2379", "--etcd-user-file"),
                           ("http://127.0.0.1:2379/v3?x=1", "host and port alone"),
-                          ("https://", "has no host")):
+                          ("https://", "has no host"),
+                          ("http://127.0.0.1:0", "port must be a number from 1 to 65535"),
+                          ("http://127.0.0.1:+2379", "port must be a number from 1 to 65535"),
+                          ("http://[::1", "[addr]:port")):
             for argv in ([lbtest.lbd_binary(), "--check", "--pool", "x=127.0.0.1:%d" % port],
                          [lbtest.lbctl_binary(), "policy", "get", "x"]):
                 with self.subTest(url=url, prog=os.path.basename(argv[0])):
