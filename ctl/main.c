@@ -1195,6 +1195,8 @@ static int cmd_watch(struct ctl *ctl, char **args, size_t n)
 /* Rows of the commands that parse their own flags (run == NULL), for completion. */
 static const struct lb_setting *own_flag_rows(const char *name, size_t *n)
 {
+    if (strcmp(name, "policy") == 0)
+        return lbctl_policy_settings(n);
 #ifdef LBCTL_HAVE_REGISTER
     if (strcmp(name, "register") == 0)
         return lbctl_register_settings(n);
@@ -1381,6 +1383,55 @@ static const struct command *find_command(const char *name)
     return NULL;
 }
 
+/* True when rows (n of them, or cmd's NULL-ended flags) know --name (len bytes). */
+static bool rows_know(const struct lb_setting *rows, size_t n,
+                      const struct lb_setting *const *flags, const char *name, size_t len)
+{
+    for (size_t i = 0; rows && i < n; i++)
+        if (strlen(rows[i].name) == len && strncmp(rows[i].name, name, len) == 0)
+            return true;
+    for (size_t i = 0; flags && flags[i]; i++)
+        if (strlen(flags[i]->name) == len && strncmp(flags[i]->name, name, len) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The global flags come before the command, a command's own flags after it.
+ * When the global parse fails on a --flag that the command written later
+ * takes (`lbctl --etcd URL policy get web`), says where it goes instead of
+ * "unknown option".  Returns true when it printed that line.
+ */
+static bool misplaced_flag(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *name = argv[i] + 2;
+        size_t len = strcspn(name, "=");
+
+        if (strncmp(argv[i], "--", 2) != 0 || len == 0 ||
+            rows_know(global_rows, N_GLOBAL, NULL, name, len))
+            continue;
+        for (int j = i + 1; j < argc; j++) {
+            const struct command *cmd = find_command(argv[j]);
+            const struct lb_setting *rows;
+            size_t n = 0;
+
+            if (!cmd)
+                continue;
+            rows = cmd->run ? NULL : own_flag_rows(cmd->name, &n);
+            if (!rows_know(rows, n, cmd->run ? cmd->flags : NULL, name, len))
+                return false;
+            usage_error(cmd->name,
+                        "--%.*s is a flag of 'lbctl %s': give it after the command "
+                        "(lbctl %s ... --%.*s)",
+                        (int)len, name, cmd->name, cmd->name, (int)len, name);
+            return true;
+        }
+        return false;
+    }
+    return false;
+}
+
 /* Reads the token and checks the CA file, then makes the client.  Returns 0 or an exit code. */
 static int client_open(struct ctl *ctl)
 {
@@ -1447,7 +1498,8 @@ int main(int argc, char **argv)
     rc = lb_settings_parse(global_rows, N_GLOBAL, &ctl.opts, argc, argv,
                            LB_SETTINGS_STOP_AT_POSITIONAL, &pos, &npos, &err);
     if (rc < 0) {
-        rc = usage_error(NULL, "%s", err ? err : "cannot read flags");
+        rc = misplaced_flag(argc, argv) ? EXIT_USAGE
+                                        : usage_error(NULL, "%s", err ? err : "cannot read flags");
         goto out;
     }
     if (ctl.opts.version) {

@@ -77,6 +77,12 @@ static const struct lb_setting policy_rows[] = {
 #undef O
 #define N_ROWS (sizeof(policy_rows) / sizeof(policy_rows[0]))
 
+const struct lb_setting *lbctl_policy_settings(size_t *n)
+{
+    *n = N_ROWS;
+    return policy_rows;
+}
+
 /* One run: the verb's arguments, checked, and the etcd client once opened. */
 struct policy_run {
     const char *verb;

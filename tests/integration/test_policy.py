@@ -115,14 +115,27 @@ class ConfigTypos(HarnessTestCase):
                            (["weight", "web", "b1", "1001"], "not a whole number from 0 to 1000"),
                            (["pools", "--local"], "unknown option --local"),
                            (["policy", "get", "--bogus"], "unknown option --bogus"),
-                           (["register", "--bogus"], "unknown option --bogus")):
+                           (["register", "--bogus"], "unknown option --bogus"),
+                           # a command's own flag written before the command: where it goes
+                           (["--etcd", "http://127.0.0.1:2379", "policy", "get", "web"],
+                            "--etcd is a flag of 'lbctl policy': give it after the command"),
+                           (["--etcd=http://127.0.0.1:2379", "register", "--pool", "web"],
+                            "--etcd is a flag of 'lbctl register'"),
+                           (["--local", "drain", "web", "b1"], "--local is a flag of 'lbctl drain'"),
+                           (["--wait", "drain", "web", "b1", "-o", "json"],
+                            "--wait is a flag of 'lbctl drain'")):
+            cmd = next(a for a in argv if not a.startswith("-") and "://" not in a)
             with self.subTest(argv=argv):
                 rc, out, err = run([lbctl_binary()] + argv, timeout=10)
                 self.assertEqual(rc, 2, err)
                 self.assertEqual(len(err.strip().splitlines()), 1, err)
                 self.assertIn(want, err)
                 self.assertEqual(err.count("(see "), 1, err)
-                self.assertIn("(see lbctl %s --help)" % argv[0], err)
+                self.assertIn("(see lbctl %s --help)" % cmd, err)
+        # a flag no command takes is still unknown, wherever it is
+        rc, out, err = run([lbctl_binary(), "--bogus", "drain", "web", "b1"], timeout=10)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("unknown option --bogus (see lbctl --help)", err)
 
     def test_check_good_config_binds_and_connects_nothing(self):
         # etcd's address is a socket the test holds: lbd --check must not connect to it
