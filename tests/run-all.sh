@@ -13,7 +13,8 @@
 #   tsan-build  build-tsan/  -DLB_TSAN=ON (ThreadSanitizer)
 #   tsan-test   unit tests, the mailbox, the multi-worker, upgrade and queue integration tests in build-tsan/
 #   fuzz-build  build-fuzz/  clang, -DLB_FUZZ=ON (libFuzzer + ASan + UBSan)
-#   fuzz        every fuzz_* target for FUZZ_SECONDS over tests/fuzz/corpus/<name>/
+#   fuzz        every fuzz_* target for FUZZ_SECONDS over tests/fuzz/corpus/<name>/,
+#               JOBS targets at a time
 #   fresh-demo  deploy/demo.sh in a new debootstrapped Debian 12 root (tests/fresh/)
 #
 # Knobs (environment): JOBS (default: nproc), FUZZ_SECONDS (default 20),
@@ -171,6 +172,24 @@ fuzz_build() {
     cmake --build build-fuzz -j "$JOBS" --target $targets
 }
 
+# fuzz_one BINARY: one target for FUZZ_SECONDS; its log and exit status go to
+# $LOG_DIR/fuzz-<name>.log and .rc.
+fuzz_one() {
+    local b=$1 name rc
+    name=$(basename "$b")
+    local seeds=$ROOT/tests/fuzz/corpus/$name work=build-fuzz/corpus/$name
+    mkdir -p "$work"
+    [[ -d "$seeds" ]] || seeds=""
+    # The first corpus dir is where libFuzzer writes; the seeds stay untouched.
+    "$b" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="build-fuzz/artifacts/$name-" "$work" ${seeds:+"$seeds"} \
+        >"$LOG_DIR/fuzz-$name.log" 2>&1
+    rc=$?
+    echo "$rc" >"$LOG_DIR/fuzz-$name.rc"
+}
+
+# Every target, JOBS at a time (each is one process on one core), then the
+# results in name order.
 fuzz_run() {
     local bins=() b name failed=0 n=0
     mapfile -t bins < <(find build-fuzz -type f -name 'fuzz_*' -perm -u+x ! -name '*_replay' | sort)
@@ -180,17 +199,17 @@ fuzz_run() {
     fi
     mkdir -p build-fuzz/artifacts
     for b in "${bins[@]}"; do
+        while (($(jobs -rp | wc -l) >= JOBS)); do wait -n; done
+        rm -f "$LOG_DIR/fuzz-$(basename "$b").rc"
+        echo "--> $(basename "$b") for ${FUZZ_SECONDS}s"
+        fuzz_one "$b" &
+    done
+    wait
+    for b in "${bins[@]}"; do
         name=$(basename "$b")
-        local seeds=$ROOT/tests/fuzz/corpus/$name work=build-fuzz/corpus/$name
-        mkdir -p "$work"
-        [[ -d "$seeds" ]] || seeds=""
-        echo "--> $name for ${FUZZ_SECONDS}s (seeds: ${seeds:-none})"
         n=$((n + 1))
-        # The first corpus dir is where libFuzzer writes; the seeds stay untouched.
-        if "$b" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-                -artifact_prefix="build-fuzz/artifacts/$name-" "$work" ${seeds:+"$seeds"} \
-                >"$LOG_DIR/fuzz-$name.log" 2>&1; then
-            echo "    ok: $(grep -E 'stat::number_of_executed_units' "$LOG_DIR/fuzz-$name.log" | awk '{print $2}') runs"
+        if [[ "$(cat "$LOG_DIR/fuzz-$name.rc" 2>/dev/null)" == 0 ]]; then
+            echo "    ok: $name: $(grep -E 'stat::number_of_executed_units' "$LOG_DIR/fuzz-$name.log" | awk '{print $2}') runs"
             TESTS_PASSED=$((TESTS_PASSED + 1))
         else
             echo "    FAILED: $name (log $LOG_DIR/fuzz-$name.log); last lines:"
