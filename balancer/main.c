@@ -175,6 +175,8 @@ struct lbd {
     struct lb_upgrade *upgrade;
     struct lb_takeover takeover; /* from the previous lbd, at start-up */
     char **argv;                 /* as started: what SIGUSR2 runs again */
+    uint64_t config_digest;      /* of the --config file as read at start-up */
+    bool config_digest_ok;
     char *pool_names[64];
     char *pool_listens[64];
     bool pool_accept_proxy[64];
@@ -633,6 +635,57 @@ static int lbd_reloaded(const char *what, const char *file, int rc, char *err)
 }
 
 /*
+ * A digest of the --config file's bytes (FNV-1a over at most 16 MiB, far
+ * above what the settings reader takes): false when it cannot be read.
+ */
+static bool config_file_digest(const char *path, uint64_t *out)
+{
+    unsigned char buf[8192];
+    uint64_t h = 14695981039346656037ull;
+    size_t n, total = 0;
+    FILE *f = fopen(path, "rb");
+
+    if (!f)
+        return false;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0 && total < (16u << 20)) {
+        for (size_t i = 0; i < n; i++)
+            h = (h ^ buf[i]) * 1099511628211ull;
+        total += n;
+    }
+    fclose(f);
+    *out = h ^ total;
+    return true;
+}
+
+/*
+ * An nginx operator edits the config file and sends SIGHUP.  lbd takes its
+ * pools, listeners and flags at start-up only, so when the file differs from
+ * the one read then, it says what would apply it instead of staying silent.
+ */
+static void lbd_hup_config(struct lbd *d)
+{
+    uint64_t now;
+
+    if (!d->settings.config || !d->config_digest_ok ||
+        (config_file_digest(d->settings.config, &now) && now == d->config_digest))
+        return;
+    if (d->upgrade)
+        LB_WARN("lbd",
+                "msg=\"SIGHUP: the config file changed since start-up; SIGHUP re-reads "
+                "credentials and certificates only. To apply the rest, send SIGUSR2 or run lbctl "
+                "upgrade (systemctl reload lbd): a new lbd reads it and takes over without "
+                "dropping a connection\" file=%s",
+                d->settings.config);
+    else
+        LB_WARN("lbd",
+                "msg=\"SIGHUP: the config file changed since start-up; SIGHUP re-reads "
+                "credentials and certificates only. To apply the rest, restart lbd (or start it "
+                "with --upgrade-socket PATH, then SIGUSR2 applies it without dropping a "
+                "connection)\" file=%s",
+                d->settings.config);
+}
+
+/*
  * SIGHUP re-reads credentials and certificates: the admin token, the admin
  * TLS certificate and key, the etcd user file and etcd TLS files.  A file
  * that cannot be used keeps the old one in use.  Pools and policies follow
@@ -664,6 +717,7 @@ static void lbd_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
             LB_INFO("lbd", "msg=\"SIGHUP: etcd TLS files are read again for the next "
                            "connection\"");
     }
+    lbd_hup_config(d);
     LB_INFO("lbd", "msg=\"SIGHUP handled\" failed=%d", failed);
 }
 
@@ -1196,6 +1250,8 @@ int main(int argc, char **argv)
         exit_code = lbd_check(&d);
         goto out;
     }
+    if (d.settings.config)
+        d.config_digest_ok = config_file_digest(d.settings.config, &d.config_digest);
     if (lbd_check_listeners(&d) > 0) {
         exit_code = 2;
         goto out;

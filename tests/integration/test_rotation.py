@@ -12,7 +12,10 @@ TLS certificate and key, and the etcd user's password.
      refused and the certificate in use stays;
   3. etcd user: the password changes in etcd, so lbd's writes (a cluster
      drain through lbctl) fail; after the new user file and SIGHUP they work
-     again, and the watch never stopped.
+     again, and the watch never stopped;
+  4. the config file: SIGHUP does not apply it (pools and flags are read at
+     start-up), so when it changed since then lbd says what would (a restart,
+     or SIGUSR2 with --upgrade-socket), and says nothing while it is as read.
 """
 
 import json
@@ -74,6 +77,10 @@ class Rotation(HarnessTestCase):
         cls.user_file = h.path("etcd.user")
         write_secret(cls.user_file, "lb:pw-one\n")
 
+        cls.config = h.path("lbd.json")
+        with open(cls.config, "w") as f:
+            json.dump({"shutdown-grace": "2s"}, f)
+
         cls.etcd = Etcd(h).start()
         cls.backend = Backend(h, "w1")
         cls.etcd.put(backend_key(PREFIX, "web", "w1"), json.dumps({"addr": cls.backend.addr}))
@@ -82,7 +89,7 @@ class Rotation(HarnessTestCase):
                       extra_args=["--admin-token-file", cls.token_file,
                                   "--admin-tls-cert", cls.cert, "--admin-tls-key", cls.key,
                                   "--etcd-user-file", cls.user_file,
-                                  "--shutdown-grace", "2s"])
+                                  "--config", cls.config])
         cls.lbd.start()
         with open(cls.ca, "rb") as f:
             cls.creds = grpc.ssl_channel_credentials(root_certificates=f.read())
@@ -168,6 +175,25 @@ class Rotation(HarnessTestCase):
         b2 = Backend(self.h, "w2")
         self.etcd.put(backend_key(PREFIX, "web", "w2"), json.dumps({"addr": b2.addr}))
         wait_until(lambda: "w2" in self.ctl("backends")[1], scaled(10), "lbd to list w2")
+
+    def test_4_config_file_changed(self):
+        changed = "SIGHUP: the config file changed since start-up"
+        self.hup("config file as read")
+        self.assertNotIn(changed, self.lbd.log_text(), "the file is as lbd read it")
+        with open(self.config) as f:
+            as_read = f.read()
+        with open(self.config, "w") as f:
+            json.dump({"shutdown-grace": "3s"}, f)
+        self.hup("config file changed")
+        line = next(l for l in self.lbd.log_text().splitlines() if changed in l)
+        figure("SIGHUP after the config file changed", line)
+        self.assertIn("level=warn", line)
+        self.assertIn("restart lbd", line)
+        self.assertIn("file=" + self.config, line)
+        with open(self.config, "w") as f:
+            f.write(as_read)
+        self.hup("config file as read again")
+        self.assertEqual(self.lbd.log_text().count(changed), 1)
 
 
 if __name__ == "__main__":
