@@ -176,6 +176,7 @@ struct lbd {
     struct lb_takeover takeover; /* from the previous lbd, at start-up */
     char **argv;                 /* as started: what SIGUSR2 runs again */
     uint64_t config_digest;      /* of the --config file as read at start-up */
+    bool seeding;                /* applying the previous process's view of etcd */
     bool config_digest_ok;
     char *pool_names[64];
     char *pool_listens[64];
@@ -392,7 +393,11 @@ static void lbd_sink_commit(void *ctx)
 
         ev_timer_stop(d->loop, &d->first_sync);
         lb_upgrade_adopt(d->upgrade); /* before the first accept: the previous process's view */
-        LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
+        if (d->seeding)
+            LB_INFO("lbd", "msg=\"view of etcd taken over from the previous process, accepting "
+                           "connections; etcd is listed to catch up\"");
+        else
+            LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
         lb_proxy_enable_accept(&d->proxy);
         /* Under systemd the new process of an upgrade becomes the service's
          * main process, before the old one may exit (READY below). */
@@ -762,6 +767,39 @@ static void lbd_refuse_own(struct lbd *d, const char *text, int port)
                 text);
 }
 
+static bool lbd_export_view(void *ud, struct lb_watcher_view *view,
+                            void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx)
+{
+    struct lbd *d = ud;
+
+    return lb_watcher_export(d->watcher, view, fn, ctx);
+}
+
+/*
+ * The new process of an upgrade starts from the previous one's view of
+ * etcd: it accepts at once, whether etcd answers or not, and its first
+ * listing then applies only what changed meanwhile.
+ */
+static void lbd_seed(struct lbd *d)
+{
+    struct lb_takeover *t = &d->takeover;
+    int rc;
+
+    LB_INFO("upgrade",
+            "msg=\"upgrade: taking over the previous process's view of etcd\" keys=%zu "
+            "revision=%lld stale_s=%.1f",
+            t->n_keys, (long long)t->view.revision, (double)t->view.stale_ms / 1000.0);
+    d->seeding = true;
+    rc = lb_watcher_seed(d->watcher, &t->view, t->keys, t->n_keys);
+    d->seeding = false;
+    if (rc < 0)
+        LB_WARN("upgrade",
+                "msg=\"upgrade: cannot take the previous process's view of etcd whole; the "
+                "first listing completes it\" error=\"%s\"",
+                strerror(-rc));
+    lb_takeover_free_view(t);
+}
+
 static int lbd_start(struct lbd *d)
 {
     struct lb_watcher_config wc = {0};
@@ -856,6 +894,7 @@ static int lbd_start(struct lbd *d)
             .workers = (unsigned)d->settings.workers,
             .ud = d,
             .each_listener = lbd_upgrade_each_listener,
+            .export_view = lbd_export_view,
             .stop_accepting = lbd_upgrade_stop_accepting,
             .failed = lbd_upgrade_failed,
         };
@@ -864,6 +903,8 @@ static int lbd_start(struct lbd *d)
         if (rc < 0)
             goto fail;
     }
+    if (d->takeover.have_view)
+        lbd_seed(d);
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
@@ -906,6 +947,7 @@ static void lbd_cleanup(struct lbd *d)
     if (d->takeover.upgrade_listen_fd >= 0)
         close(d->takeover.upgrade_listen_fd);
     free(d->takeover.backends);
+    lb_takeover_free_view(&d->takeover);
     lb_listen_close_inherited();
     lb_registry_destroy(&d->registry);
     lb_resolver_free(d->resolver); /* after the registry: it cancels its lookups first */

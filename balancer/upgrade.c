@@ -40,6 +40,7 @@
 #define OFFER_PENDING   65536u     /* unsent bytes per direction a moving session may carry */
 #define HELLO_WAIT_S    5.0        /* a peer of the upgrade socket says HELLO within this */
 #define BACKENDS_MAX    (1u << 18) /* BACKEND records taken from the previous process */
+#define VIEW_BYTES_MAX  ((size_t)512 << 20) /* key and value bytes of a view (as a listing) */
 
 enum link_state { LINK_NONE, LINK_HELLO, LINK_WAIT_READY, LINK_OFFERING, LINK_DONE };
 
@@ -199,8 +200,92 @@ static int takeover_keep_backend(struct lb_takeover *out, const struct lb_handov
     return 0;
 }
 
+void lb_takeover_free_view(struct lb_takeover *t)
+{
+    for (size_t i = 0; i < t->n_keys; i++)
+        free((void *)t->keys[i].key);
+    free(t->keys);
+    t->keys = NULL;
+    t->n_keys = 0;
+    t->have_view = false;
+}
+
+/* What a takeover reads of a VIEW and its KEYs. */
+struct view_rx {
+    bool announced;  /* a VIEW came */
+    uint32_t expect; /* KEYs it announced */
+    uint32_t seen;   /* KEYs read */
+    size_t bytes;    /* kept */
+    bool dropped;    /* too large, or out of memory: not kept, the listing does */
+};
+
+static int takeover_view(struct lb_takeover *out, struct view_rx *rx,
+                         const struct lb_handover_view *v, char **err)
+{
+    if (rx->announced)
+        return lb_error_set(err, -EPROTO, "the running lbd sent a second VIEW");
+    rx->announced = true;
+    rx->expect = v->keys;
+    out->view.revision = v->revision;
+    out->view.cluster_id = v->cluster_id;
+    out->view.stale_ms = v->stale_ms;
+    out->keys = calloc(v->keys ? v->keys : 1, sizeof(*out->keys));
+    if (!out->keys)
+        rx->dropped = true;
+    return 0;
+}
+
+static int takeover_key(struct lb_takeover *out, struct view_rx *rx,
+                        const struct lb_handover_key *k, char **err)
+{
+    struct lb_watcher_kv *kv;
+    char *block;
+
+    if (!rx->announced || rx->seen == rx->expect)
+        return lb_error_set(err, -EPROTO, "the running lbd sent a KEY %s",
+                            rx->announced ? "beyond those its VIEW announced" : "before its VIEW");
+    rx->seen++;
+    if (rx->dropped)
+        return 0;
+    rx->bytes += k->key_len + k->value_len;
+    block = rx->bytes <= VIEW_BYTES_MAX ? malloc((size_t)k->key_len + k->value_len + 1) : NULL;
+    if (!block) {
+        rx->dropped = true;
+        lb_takeover_free_view(out);
+        return 0;
+    }
+    memcpy(block, k->key, k->key_len);
+    if (k->value_len)
+        memcpy(block + k->key_len, k->value, k->value_len);
+    block[k->key_len + k->value_len] = '\0';
+    kv = &out->keys[out->n_keys++];
+    kv->key = block;
+    kv->key_len = k->key_len;
+    kv->value = block + k->key_len;
+    kv->value_len = k->value_len;
+    kv->mod_revision = k->mod_revision;
+    return 0;
+}
+
+/* At LISTENERS_DONE: keep the view only when it came whole. */
+static void takeover_view_done(struct lb_takeover *out, const struct view_rx *rx)
+{
+    if (!rx->announced)
+        return;
+    if (rx->dropped || rx->seen != rx->expect) {
+        LB_WARN(LOG_SUB,
+                "msg=\"upgrade: the running lbd's view of etcd %s; this process lists etcd "
+                "before it accepts\" keys=%u announced=%u",
+                rx->dropped ? "is too large to keep" : "came incomplete", rx->seen, rx->expect);
+        lb_takeover_free_view(out);
+        return;
+    }
+    out->have_view = true;
+}
+
 int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err)
 {
+    struct view_rx rx = {0};
     struct sockaddr_un sa;
     struct timeval tv = {.tv_sec = TAKEOVER_WAIT_S};
     struct lb_handover_msg m;
@@ -261,8 +346,17 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
         rc = takeover_recv(fd, buf, &m, fds, &n_fds, err);
         if (rc < 0)
             goto fail;
-        if (m.type == LB_HANDOVER_LISTENERS_DONE)
+        if (m.type == LB_HANDOVER_LISTENERS_DONE) {
+            takeover_view_done(out, &rx);
             break;
+        }
+        if (m.type == LB_HANDOVER_VIEW || m.type == LB_HANDOVER_KEY) {
+            rc = m.type == LB_HANDOVER_VIEW ? takeover_view(out, &rx, &m.u.view, err)
+                                            : takeover_key(out, &rx, &m.u.key, err);
+            if (rc < 0)
+                goto fail;
+            continue;
+        }
         if (m.type == LB_HANDOVER_BACKEND) {
             rc = takeover_keep_backend(out, &m.u.backend, err);
             if (rc < 0)
@@ -306,6 +400,7 @@ fail:
     free(out->backends);
     out->backends = NULL;
     out->n_backends = 0;
+    lb_takeover_free_view(out);
     close(fd);
     lb_listen_close_inherited();
     if (out->upgrade_listen_fd >= 0)
@@ -830,6 +925,77 @@ static void send_backends(struct lb_upgrade *u)
     }
 }
 
+/* A key the next process's decoder takes (lbd's own bounds make every one fit). */
+static bool key_fits(const struct lb_watcher_kv *kv)
+{
+    return kv->key_len > 0 && kv->key_len <= LB_HANDOVER_KEY_MAX &&
+           !memchr(kv->key, '\0', kv->key_len) && kv->value_len <= LB_HANDOVER_VALUE_MAX &&
+           kv->mod_revision > 0;
+}
+
+static void count_key(void *ctx, const struct lb_watcher_kv *kv)
+{
+    *(size_t *)ctx += key_fits(kv);
+}
+
+struct key_tx {
+    struct lb_upgrade *u;
+    size_t sent, limit;
+    int rc;
+};
+
+static void send_key(void *ctx, const struct lb_watcher_kv *kv)
+{
+    struct key_tx *tx = ctx;
+    struct lb_handover_msg m = {.type = LB_HANDOVER_KEY};
+
+    if (tx->rc < 0 || !key_fits(kv) || tx->sent == tx->limit)
+        return;
+    m.u.key.key = (const uint8_t *)kv->key;
+    m.u.key.key_len = (uint32_t)kv->key_len;
+    m.u.key.value = kv->value_len ? (const uint8_t *)kv->value : NULL;
+    m.u.key.value_len = (uint32_t)kv->value_len;
+    m.u.key.mod_revision = kv->mod_revision;
+    tx->rc = send_msg(tx->u->peer_fd, &m, NULL, 0);
+    tx->sent += tx->rc == 0;
+}
+
+/*
+ * Sends this process's view of etcd (VIEW, then a KEY for each key), so the
+ * next process starts from it without waiting for etcd, which may be out of
+ * reach.  None before the first listing.  Blocking sends, as the listeners'.
+ */
+static void send_view(struct lb_upgrade *u)
+{
+    struct lb_watcher_view view;
+    struct lb_handover_msg m = {.type = LB_HANDOVER_VIEW};
+    struct key_tx tx = {.u = u};
+    size_t n = 0;
+
+    if (!u->cfg.export_view || !u->cfg.export_view(u->cfg.ud, &view, count_key, &n))
+        return;
+    if (n > LB_HANDOVER_VIEW_KEYS_MAX) {
+        LB_WARN(LOG_SUB,
+                "msg=\"upgrade: more etcd keys than the next process takes over; it lists etcd "
+                "itself\" keys=%zu",
+                n);
+        return;
+    }
+    m.u.view.revision = view.revision;
+    m.u.view.cluster_id = view.cluster_id;
+    m.u.view.stale_ms = view.stale_ms > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)view.stale_ms;
+    m.u.view.keys = (uint32_t)n;
+    tx.limit = n;
+    tx.rc = send_msg(u->peer_fd, &m, NULL, 0);
+    if (tx.rc == 0)
+        u->cfg.export_view(u->cfg.ud, &view, send_key, &tx);
+    if (tx.rc < 0)
+        LB_WARN(LOG_SUB,
+                "msg=\"upgrade: cannot send this process's view of etcd\" sent=%zu keys=%zu "
+                "error=\"%s\"",
+                tx.sent, n, strerror(-tx.rc));
+}
+
 /* HELLO from the next process: answer, send every listener. */
 static void link_hello(struct lb_upgrade *u, const struct lb_handover_hello *h)
 {
@@ -854,8 +1020,10 @@ static void link_hello(struct lb_upgrade *u, const struct lb_handover_hello *h)
     lb_proxy_each_listener(u->cfg.proxy, pool_listener, u);
     u->cfg.each_listener(u->cfg.ud, send_listener, u);
     send_listener(u, LB_HANDOVER_LISTENER_UPGRADE, "", u->path, u->listen_fd);
-    if (u->sessions_move) /* a peer of another session version may not know BACKEND */
+    if (u->sessions_move) { /* a peer of another session version may not know these */
         send_backends(u);
+        send_view(u);
+    }
     memset(&m, 0, sizeof(m));
     m.type = LB_HANDOVER_LISTENERS_DONE;
     m.u.listeners_done_count = u->n_sent;

@@ -7,8 +7,10 @@
  *   -----------                               -----------
  *   connect(PATH), HELLO ------------------->
  *                        <------------------- HELLO, LISTENER x n (1 fd each),
+ *                                             BACKEND x b, VIEW, KEY x k,
  *                                             LISTENERS_DONE
- *   binds nothing it was given; syncs etcd
+ *   binds nothing it was given; takes the
+ *   view of etcd (or lists etcd without one)
  *   READY ---------------------------------->  stops accepting (its copies of the
  *                                             sockets close; the sockets live on)
  *                        <------------------- SESSION (2 fds) for each session
@@ -30,6 +32,7 @@
 #define LB_UPGRADE_H
 
 #include "lb_handover.h"
+#include "lb_update.h"
 
 #include <ev.h>
 #include <stdbool.h>
@@ -49,7 +52,17 @@ struct lb_takeover {
      * lb_upgrade_adopt(); malloc'd, lb_upgrade_start() takes it over. */
     struct lb_handover_backend *backends;
     size_t n_backends;
+    /* Its view of etcd (VIEW and KEY records), for lb_watcher_seed(): keys
+     * malloc'd (each key's bytes then its value's, in one block); the
+     * caller frees them with lb_takeover_free_view(). */
+    bool have_view;
+    struct lb_watcher_view view;
+    struct lb_watcher_kv *keys;
+    size_t n_keys;
 };
+
+/* Frees the view of etcd a takeover received (a no-op when none). */
+void lb_takeover_free_view(struct lb_takeover *t);
 
 /* Sends a listening socket of this process to the next one. */
 typedef void (*lb_upgrade_send_fn)(void *ctx, enum lb_handover_listener_kind kind, const char *name,
@@ -59,6 +72,10 @@ struct lb_upgrade_config {
     const char *path;
     struct lb_proxy *proxy;
     struct lb_registry *registry;
+    /* Old process: fills *view and calls fn for each key of its view of etcd,
+     * or returns false before the first listing (lb_watcher_export()). */
+    bool (*export_view)(void *ud, struct lb_watcher_view *view,
+                        void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx);
     unsigned workers;
     void *ud;
     /* Lists every listening socket (pools, admin, HTTP) through send(). */

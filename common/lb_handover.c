@@ -12,6 +12,7 @@
 #include "lb_error.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -38,6 +39,10 @@ _Static_assert(2 * (2 + LB_NAME_MAX - 1) + (2 + LB_ADDR_MAX - 1) + 1 + 4 + 1 + 4
                    LB_HANDOVER_FIXED_MAX,
                "BACKEND too large");
 _Static_assert(LB_HANDOVER_MSG_MAX <= UINT32_MAX, "payload length is 32-bit");
+_Static_assert(LB_HANDOVER_HEADER_LEN + 2 + LB_HANDOVER_KEY_MAX + 4 + LB_HANDOVER_VALUE_MAX + 8 <=
+                   LB_HANDOVER_MSG_MAX,
+               "a KEY record fits the largest record");
+_Static_assert(LB_HANDOVER_KEY_MAX <= UINT16_MAX, "key length is 16-bit");
 
 static const char *const type_names[] = {
     [LB_HANDOVER_HELLO] = "HELLO",
@@ -49,11 +54,13 @@ static const char *const type_names[] = {
     [LB_HANDOVER_SESSION_NAK] = "SESSION_NAK",
     [LB_HANDOVER_DONE] = "DONE",
     [LB_HANDOVER_BACKEND] = "BACKEND",
+    [LB_HANDOVER_VIEW] = "VIEW",
+    [LB_HANDOVER_KEY] = "KEY",
 };
 
 static bool type_is_known(int type)
 {
-    return type >= LB_HANDOVER_HELLO && type <= LB_HANDOVER_BACKEND;
+    return type >= LB_HANDOVER_HELLO && type <= LB_HANDOVER_KEY;
 }
 
 const char *lb_handover_type_name(int type)
@@ -240,6 +247,33 @@ static void put_backend(struct writer *w, const struct lb_handover_backend *b)
     put_u8(w, b->local_health);
 }
 
+static void put_view(struct writer *w, const struct lb_handover_view *v)
+{
+    if (v->revision <= 0 || v->keys > LB_HANDOVER_VIEW_KEYS_MAX) {
+        put_fail(w, -EINVAL);
+        return;
+    }
+    put_u64(w, (uint64_t)v->revision);
+    put_u64(w, v->cluster_id);
+    put_u32(w, v->stale_ms);
+    put_u32(w, v->keys);
+}
+
+static void put_key(struct writer *w, const struct lb_handover_key *k)
+{
+    if (k->key_len == 0 || k->key_len > LB_HANDOVER_KEY_MAX || !k->key ||
+        memchr(k->key, '\0', k->key_len) || k->value_len > LB_HANDOVER_VALUE_MAX ||
+        (k->value_len && !k->value) || k->mod_revision <= 0) {
+        put_fail(w, -EINVAL);
+        return;
+    }
+    put_u16(w, (uint16_t)k->key_len);
+    put_bytes(w, k->key, k->key_len);
+    put_u32(w, k->value_len);
+    put_bytes(w, k->value, k->value_len);
+    put_u64(w, (uint64_t)k->mod_revision);
+}
+
 static void put_listener(struct writer *w, const struct lb_handover_listener *l)
 {
     bool named = strnlen(l->name, sizeof(l->name)) > 0;
@@ -292,6 +326,12 @@ int lb_handover_encode(const struct lb_handover_msg *m, struct lb_buf *out)
         break;
     case LB_HANDOVER_BACKEND:
         put_backend(&w, &m->u.backend);
+        break;
+    case LB_HANDOVER_VIEW:
+        put_view(&w, &m->u.view);
+        break;
+    case LB_HANDOVER_KEY:
+        put_key(&w, &m->u.key);
         break;
     case LB_HANDOVER_READY:
     case LB_HANDOVER_DONE:
@@ -540,6 +580,59 @@ static int get_backend(struct reader *r, struct lb_handover_backend *b)
     return rc;
 }
 
+static int get_view(struct reader *r, struct lb_handover_view *v)
+{
+    uint64_t revision = 0;
+    int rc = get_u64(r, "revision", &revision);
+
+    if (rc == 0 && (revision == 0 || revision > INT64_MAX))
+        rc = lb_error_set(r->err, -EPROTO, "%s: revision %llu is not a revision", r->type,
+                          (unsigned long long)revision);
+    v->revision = (int64_t)revision;
+    if (rc == 0)
+        rc = get_u64(r, "cluster id", &v->cluster_id);
+    if (rc == 0)
+        rc = get_u32(r, "time out of touch", &v->stale_ms);
+    if (rc == 0)
+        rc = get_u32(r, "key count", &v->keys);
+    if (rc == 0 && v->keys > LB_HANDOVER_VIEW_KEYS_MAX)
+        rc = lb_error_set(r->err, -EPROTO, "%s: %u keys, more than %u", r->type, v->keys,
+                          LB_HANDOVER_VIEW_KEYS_MAX);
+    return rc;
+}
+
+static int get_key(struct reader *r, struct lb_handover_key *k)
+{
+    uint64_t revision = 0;
+    uint16_t key_len;
+    int rc = get_u16(r, "key length", &key_len);
+
+    k->key_len = key_len;
+    if (rc == 0 && (key_len == 0 || key_len > LB_HANDOVER_KEY_MAX))
+        rc = lb_error_set(r->err, -EPROTO, "%s: a key of %u bytes (1..%u)", r->type, key_len,
+                          LB_HANDOVER_KEY_MAX);
+    if (rc == 0)
+        rc = get_bytes(r, "key", key_len, &k->key);
+    if (rc == 0 && memchr(k->key, '\0', key_len))
+        rc = lb_error_set(r->err, -EPROTO, "%s: key contains a NUL byte", r->type);
+    if (rc == 0)
+        rc = get_u32(r, "value length", &k->value_len);
+    if (rc == 0 && k->value_len > LB_HANDOVER_VALUE_MAX)
+        rc = lb_error_set(r->err, -EPROTO, "%s: a value of %u bytes is above the maximum %u",
+                          r->type, k->value_len, LB_HANDOVER_VALUE_MAX);
+    if (rc == 0)
+        rc = get_bytes(r, "value", k->value_len, &k->value);
+    if (rc == 0 && k->value_len == 0)
+        k->value = NULL;
+    if (rc == 0)
+        rc = get_u64(r, "mod revision", &revision);
+    if (rc == 0 && (revision == 0 || revision > INT64_MAX))
+        rc = lb_error_set(r->err, -EPROTO, "%s: mod revision %llu is not a revision", r->type,
+                          (unsigned long long)revision);
+    k->mod_revision = (int64_t)revision;
+    return rc;
+}
+
 /* The header; sets *type once it is known.  Record length checked >= header. */
 static int get_header(const uint8_t *rec, size_t len, int *type, char **err)
 {
@@ -642,6 +735,12 @@ int lb_handover_decode(const uint8_t *rec, size_t len, int n_fds, struct lb_hand
         break;
     case LB_HANDOVER_BACKEND:
         rc = get_backend(&r, &m->u.backend);
+        break;
+    case LB_HANDOVER_VIEW:
+        rc = get_view(&r, &m->u.view);
+        break;
+    case LB_HANDOVER_KEY:
+        rc = get_key(&r, &m->u.key);
         break;
     default: /* READY, DONE */
         break;

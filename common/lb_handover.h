@@ -23,7 +23,8 @@
  * starts with u32 session_version and u64 id, frozen too, so a peer of
  * another session version can still NAK it by id.  BACKEND records (since
  * session version 2) go only to a peer of the same session version too,
- * among the LISTENERs, before LISTENERS_DONE.
+ * among the LISTENERs, before LISTENERS_DONE; so do VIEW and its KEYs (since
+ * session version 3).
  *
  * Descriptors: lb_handover_send() leaves the caller's fds open (the kernel
  * holds its own references while the record is in flight).  Those that
@@ -46,15 +47,19 @@
 #define LB_HANDOVER_MAGIC "LBHO"
 #define LB_HANDOVER_PROTO 1 /* framing version: frozen forever */
 /* Layout of SESSION after its version and id, and which other records the
- * old process sends: 1 the first; 2 adds BACKEND (SESSION unchanged). */
-#define LB_HANDOVER_SESSION_VERSION 2
+ * old process sends: 1 the first; 2 adds BACKEND; 3 adds VIEW and KEY
+ * (SESSION unchanged since 1). */
+#define LB_HANDOVER_SESSION_VERSION 3
 #define LB_HANDOVER_HEADER_LEN      12
 
-#define LB_HANDOVER_VERSION_MAX 32            /* lbd version text in HELLO, with the NUL */
-#define LB_HANDOVER_REASON_MAX  200           /* SESSION_NAK reason, with the NUL */
-#define LB_HANDOVER_PENDING_MAX (256u * 1024) /* unsent bytes per direction of a session */
-#define LB_HANDOVER_FIXED_MAX   1024          /* every field but pending bytes, with room */
-#define LB_HANDOVER_FDS_MAX     2             /* descriptors one record may carry */
+#define LB_HANDOVER_VERSION_MAX   32            /* lbd version text in HELLO, with the NUL */
+#define LB_HANDOVER_REASON_MAX    200           /* SESSION_NAK reason, with the NUL */
+#define LB_HANDOVER_PENDING_MAX   (256u * 1024) /* unsent bytes per direction of a session */
+#define LB_HANDOVER_FIXED_MAX     1024          /* every field but pending bytes, with room */
+#define LB_HANDOVER_FDS_MAX       2             /* descriptors one record may carry */
+#define LB_HANDOVER_KEY_MAX       4096         /* bytes of an etcd key in KEY (as lbd reads keys) */
+#define LB_HANDOVER_VALUE_MAX     (64u * 1024) /* bytes of its value (the largest lbd parses) */
+#define LB_HANDOVER_VIEW_KEYS_MAX (1u << 20)   /* keys in one VIEW (as many as lbd tracks) */
 /* The largest record: the size of the receive buffer and of an encode lb_buf's max. */
 #define LB_HANDOVER_MSG_MAX                                                                        \
     (LB_HANDOVER_HEADER_LEN + LB_HANDOVER_FIXED_MAX + 2 * LB_HANDOVER_PENDING_MAX)
@@ -70,6 +75,8 @@ enum lb_handover_type {
     LB_HANDOVER_SESSION_NAK = 7,    /* new -> old: closed its copies untouched; old keeps it */
     LB_HANDOVER_DONE = 8,           /* old -> new: no more sessions */
     LB_HANDOVER_BACKEND = 9,        /* old -> new, among LISTENERs: what it knew of a backend */
+    LB_HANDOVER_VIEW = 10,          /* old -> new, among LISTENERs: its view of etcd, then KEYs */
+    LB_HANDOVER_KEY = 11,           /* old -> new, after VIEW: one etcd key of that view */
 };
 
 enum lb_handover_listener_kind {
@@ -150,6 +157,29 @@ struct lb_handover_backend {
     uint8_t local_health;   /* 0 auto, 1 forced up, 2 forced down */
 };
 
+/*
+ * The old process's view of etcd: the revision it had applied, etcd's
+ * cluster id, how long it had been out of touch with etcd, and how many KEY
+ * records follow (each schema key it holds, with the value as etcd stored
+ * it).  The new process starts from this view without waiting for etcd,
+ * then lists etcd and applies the difference, as after a reconnect.
+ */
+struct lb_handover_view {
+    int64_t revision;    /* > 0 */
+    uint64_t cluster_id; /* 0 = not known */
+    uint32_t stale_ms;   /* since the old process last had etcd's word; 0 when watching */
+    uint32_t keys;       /* KEY records that follow, <= LB_HANDOVER_VIEW_KEYS_MAX */
+};
+
+/* One key of a VIEW.  After decode the bytes point into the record buffer. */
+struct lb_handover_key {
+    const uint8_t *key; /* 1..LB_HANDOVER_KEY_MAX bytes, no NUL */
+    uint32_t key_len;
+    const uint8_t *value; /* NULL when value_len is 0 */
+    uint32_t value_len;   /* <= LB_HANDOVER_VALUE_MAX */
+    int64_t mod_revision; /* > 0 */
+};
+
 struct lb_handover_msg {
     enum lb_handover_type type;
     union {
@@ -163,6 +193,8 @@ struct lb_handover_msg {
             char reason[LB_HANDOVER_REASON_MAX];
         } nak; /* SESSION_NAK */
         struct lb_handover_backend backend;
+        struct lb_handover_view view;
+        struct lb_handover_key key;
     } u; /* READY and DONE have no payload */
 };
 

@@ -462,3 +462,14 @@ void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
     out->clamped = m->log.clamped;
     out->unknown_fields = m->log.unknown_fields;
 }
+
+void lb_mirror_each(const struct lb_mirror *m,
+                    void (*fn)(void *ctx, const char *key, size_t key_len, const char *value,
+                               size_t value_len, int64_t mod_revision),
+                    void *ctx)
+{
+    for (size_t i = 0; i < m->n_buckets; i++)
+        for (const struct mirror_entry *e = m->buckets[i]; e; e = e->next)
+            if (e->raw)
+                fn(ctx, e->key, e->key_len, e->raw, e->raw_len, e->mod_revision);
+}

@@ -111,4 +111,14 @@ void lb_mirror_set_clock(struct lb_mirror *m, double (*clock)(void));
 
 void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out);
 
+/*
+ * Calls fn for every key whose last value could be read (good or bad), with
+ * that value as etcd stored it: what another mirror needs to reach the same
+ * view through lb_mirror_put().  In no particular order.
+ */
+void lb_mirror_each(const struct lb_mirror *m,
+                    void (*fn)(void *ctx, const char *key, size_t key_len, const char *value,
+                               size_t value_len, int64_t mod_revision),
+                    void *ctx);
+
 #endif

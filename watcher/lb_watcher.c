@@ -766,6 +766,57 @@ int lb_watcher_start(struct lb_watcher *w)
     return 0;
 }
 
+struct export_ctx {
+    void (*fn)(void *ctx, const struct lb_watcher_kv *kv);
+    void *ctx;
+};
+
+static void export_key(void *ctx, const char *key, size_t key_len, const char *value,
+                       size_t value_len, int64_t mod_revision)
+{
+    struct export_ctx *x = ctx;
+    struct lb_watcher_kv kv = {key, key_len, value, value_len, mod_revision};
+
+    x->fn(x->ctx, &kv);
+}
+
+bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
+                       void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx)
+{
+    struct export_ctx x = {fn, ctx};
+    struct lb_watcher_stats st;
+
+    if (!w->synced || w->revision <= 0)
+        return false;
+    lb_watcher_get_stats(w, &st);
+    view->revision = w->revision;
+    view->cluster_id = w->cluster_id;
+    view->stale_ms = st.staleness_ms;
+    lb_mirror_each(w->mirror, export_key, &x);
+    return true;
+}
+
+int lb_watcher_seed(struct lb_watcher *w, const struct lb_watcher_view *view,
+                    const struct lb_watcher_kv *kvs, size_t n)
+{
+    int rc = 0;
+
+    if (w->started || w->synced)
+        return -EALREADY;
+    for (size_t i = 0; i < n && rc >= 0; i++)
+        rc = lb_mirror_put(w->mirror, kvs[i].key, kvs[i].key_len, kvs[i].value, kvs[i].value_len,
+                           kvs[i].mod_revision);
+    /* Synced before the commit, so the sink sees lb_watcher_has_synced(). */
+    w->synced = true;
+    w->need_relist = true; /* the first contact with etcd lists and applies the difference */
+    w->revision = view->revision;
+    w->cluster_id = view->cluster_id;
+    w->fresh_at = ev_now(w->loop) - (double)(view->stale_ms > 0 ? view->stale_ms : 0) / 1000.0;
+    w->sink.commit(w->sink.ctx);
+    log_flush_arm(w);
+    return rc < 0 ? rc : (int)n;
+}
+
 bool lb_watcher_has_synced(const struct lb_watcher *w)
 {
     return w->synced;

@@ -133,6 +133,26 @@ int lb_watcher_start(struct lb_watcher *w);
 /* True once the first full listing has been delivered (and committed). */
 bool lb_watcher_has_synced(const struct lb_watcher *w);
 
+/*
+ * The old process: false until the first listing; otherwise fills *view and
+ * calls fn for each key it holds.
+ */
+bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
+                       void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx);
+
+/*
+ * The new process, before lb_watcher_start(): takes the previous process's
+ * view as if it had listed it itself, delivers it to the sink in one batch
+ * and commits (so lb_watcher_has_synced() is true in the commit), without
+ * asking etcd.  lb_watcher_start() then lists etcd and delivers only the
+ * difference, as after a reconnect; while etcd is out of reach the view
+ * serves, and its staleness counts from when the previous process lost
+ * touch.  Returns the keys taken, or -EALREADY (started or synced) or
+ * -ENOMEM (what was delivered is committed; the listing completes it).
+ */
+int lb_watcher_seed(struct lb_watcher *w, const struct lb_watcher_view *view,
+                    const struct lb_watcher_kv *kvs, size_t n);
+
 /* The etcd client the watcher uses (for SIGHUP's lb_etcd_opts_reload()). */
 struct lb_etcd_http *lb_watcher_http(struct lb_watcher *w);
 

@@ -9,7 +9,8 @@
  * message, field by field.  A SESSION of another session version must still
  * yield the type and the id the receiver NAKs.
  *
- * Seeds (corpus/fuzz_handover/): one valid record of each type, two
+ * Seeds (corpus/fuzz_handover/): one valid record of each type (VIEW and
+ * KEY included), two
  * SESSIONs (IPv4 and IPv6 clients) and one of another session version, each
  * behind its descriptor-count byte.
  */
@@ -77,6 +78,16 @@ static bool msg_equal(const struct lb_handover_msg *a, const struct lb_handover_
                a->u.backend.local_drain == b->u.backend.local_drain &&
                a->u.backend.local_weight == b->u.backend.local_weight &&
                a->u.backend.local_health == b->u.backend.local_health;
+    case LB_HANDOVER_VIEW:
+        return a->u.view.revision == b->u.view.revision &&
+               a->u.view.cluster_id == b->u.view.cluster_id &&
+               a->u.view.stale_ms == b->u.view.stale_ms && a->u.view.keys == b->u.view.keys;
+    case LB_HANDOVER_KEY:
+        return a->u.key.key_len == b->u.key.key_len &&
+               memcmp(a->u.key.key, b->u.key.key, a->u.key.key_len) == 0 &&
+               pending_equal(a->u.key.value, a->u.key.value_len, b->u.key.value,
+                             b->u.key.value_len) &&
+               a->u.key.mod_revision == b->u.key.mod_revision;
     case LB_HANDOVER_READY:
     case LB_HANDOVER_DONE:
         return true;
@@ -116,6 +127,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (m.type == LB_HANDOVER_SESSION && (m.u.session.up_pending_len > LB_HANDOVER_PENDING_MAX ||
                                           m.u.session.down_pending_len > LB_HANDOVER_PENDING_MAX))
         abort();
+    if (m.type == LB_HANDOVER_KEY &&
+        (m.u.key.key_len == 0 || m.u.key.key_len > LB_HANDOVER_KEY_MAX ||
+         m.u.key.value_len > LB_HANDOVER_VALUE_MAX || m.u.key.key < rec ||
+         m.u.key.key + m.u.key.key_len > rec + len ||
+         (m.u.key.value && m.u.key.value + m.u.key.value_len > rec + len)))
+        abort(); /* the bytes lie within the record */
 
     lb_buf_init(&out, LB_HANDOVER_MSG_MAX);
     if (lb_handover_encode(&m, &out) != 0)

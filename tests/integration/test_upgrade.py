@@ -1332,6 +1332,51 @@ class Upgrade(HarnessTestCase):
         self.assertEqual(rc, 0, err)
         self.stop_final(new)
 
+    def test_5h_upgrade_while_etcd_does_not_answer(self):
+        """An upgrade needs no etcd: with etcd frozen (it takes connections and
+        answers nothing), the new lbd starts from the old one's view of etcd,
+        serves at once and the old one exits; once etcd answers again the new
+        lbd lists it and follows what changed."""
+        old = self.start_first("t5h", workers=1)
+        rc, _, err = old.ctl("weight", POOL, BACKEND_ID, "9")   # a cluster override: in etcd
+        self.assertEqual(rc, 0, err)
+        self.addCleanup(self.etcd.delete, "%spools/%s/overrides/%s" % (PREFIX, POOL, BACKEND_ID))
+        revision = self.etcd.revision()   # the old lbd's view holds the override once here
+        wait_until(lambda: old.metric("lbd_etcd_revision") >= revision, scaled(10),
+                   "the old lbd to see revision %d (the override) from its watch" % revision)
+        etcd_pid = self.etcd.proc.pid
+        os.kill(etcd_pid, signal.SIGSTOP)
+        frozen = [True]
+
+        def thaw():
+            if frozen[0]:
+                os.kill(etcd_pid, signal.SIGCONT)
+                frozen[0] = False
+        self.addCleanup(thaw)
+        t0 = time.monotonic()
+        new, _, _ = self.upgrade(old, "t5h-lbd2", workers=1)
+        took = time.monotonic() - t0
+        outcomes = collections.Counter(self.echo_once(new.port) for _ in range(20))
+        line = new.log.find("upgrade: taking over the previous process's view of etcd")
+        figure("upgrade while etcd does not answer", "ready %.2f s after the start; %s; "
+               "20 connections: %s" % (took, line and line.split("msg=")[1], dict(outcomes)))
+        self.assertEqual(outcomes, {"ok": 20})
+        self.assertIsNotNone(line, new.proc.log_tail(30))
+        self.assertEqual(new.backends(POOL)[BACKEND_ID]["weight_override"], 9,
+                         "the cluster override, from the old lbd's view of etcd")
+        self.assertEqual(new.http_get("/readyz")[0], 200)
+        self.assertEqual(old.wait_exit(scaled(20), "the new lbd's ready")[0], 0)
+        # etcd answers again: the new lbd lists it and watches
+        thaw()
+        other = "t5h-b2"
+        self.etcd.put(lbtest.backend_key(PREFIX, POOL, other),
+                      lbtest.backend_value("127.0.0.1:%d" % self.backend_port))
+        self.addCleanup(self.etcd.delete, lbtest.backend_key(PREFIX, POOL, other))
+        wait_until(lambda: other in new.backends(POOL), scaled(20),
+                   "the new lbd to list %s, put once etcd answered again" % other)
+        self.assertIn('msg="re-listed"', new.log_text())
+        self.stop_final(new)
+
     def test_5f_watch_follows_the_upgrade(self):
         """The old lbd ends its WatchEvents streams when the new one is ready
         (UNAVAILABLE, saying why, as grpcio reads it), instead of streaming

@@ -126,7 +126,9 @@ UPGRADE_KINDS = tuple(k for k in EVENT_WEIGHTS if k.startswith("upgrade."))
 SHUTDOWN_GRACE_S = 3.0       # lbd's --shutdown-grace: an old lbd exits within it after READY
 READY_MARK = "upgrade: ready"
 TAKEOVER_MARK = "upgrade: took over the listeners"
-ACCEPTING_MARK = "first etcd listing applied, accepting connections"
+# lbd accepts after its first etcd listing, or, taking over, from the previous one's view
+ACCEPTING_MARKS = ("first etcd listing applied, accepting connections",
+                   "view of etcd taken over from the previous process, accepting connections")
 HANDOVER_MARK = "upgrade: hand-over finished"
 LISTENERS_ONLY_MARK = "listeners only"
 WENT_AWAY_MARK = "upgrade: the new process went away before it was ready"
@@ -2438,7 +2440,7 @@ class Soak:
         while not all_threads_stopped(pid) and now() - t < 2.0:
             time.sleep(0.0005)
         text = read_from(path, 0)
-        if ACCEPTING_MARK in text or READY_MARK in text:
+        if any(mark in text for mark in ACCEPTING_MARKS) or READY_MARK in text:
             os.kill(pid, signal.SIGCONT)
             info["result"] = "too late to abort (accepting already): a plain upgrade"
             self.counts["upgrade.abort_too_late"] += 1

@@ -497,7 +497,7 @@ static void test_reject_header(void **state)
     expect_reject(b, rec.len, 0, -EPROTO, "header flags 0x80");
 
     for (unsigned t = 0; t < 256; t++) {
-        if (t >= LB_HANDOVER_HELLO && t <= LB_HANDOVER_BACKEND)
+        if (t >= LB_HANDOVER_HELLO && t <= LB_HANDOVER_KEY)
             continue;
         memcpy(b, rec.data, rec.len);
         b[6] = (uint8_t)t;
@@ -722,6 +722,156 @@ static void test_reject_backend_fields(void **state)
     lb_buf_free(&rec);
 }
 
+static void test_view_round_trip(void **state)
+{
+    struct lb_handover_msg m = {.type = LB_HANDOVER_VIEW}, back;
+    struct lb_buf rec;
+
+    m.u.view.revision = INT64_MAX;
+    m.u.view.cluster_id = UINT64_MAX;
+    m.u.view.stale_ms = UINT32_MAX;
+    m.u.view.keys = LB_HANDOVER_VIEW_KEYS_MAX;
+    encode_ok(&m, &rec);
+    decode_ok(&rec, &back);
+    assert_memory_equal(&back, &m, sizeof(m));
+    lb_buf_free(&rec);
+    /* the encoder refuses what the decoder would */
+    lb_buf_init(&rec, LB_HANDOVER_MSG_MAX);
+    m.u.view.keys = LB_HANDOVER_VIEW_KEYS_MAX + 1;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.view.keys = 0;
+    m.u.view.revision = 0;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    assert_int_equal(rec.len, 0);
+    lb_buf_free(&rec);
+}
+
+static void test_key_round_trip(void **state)
+{
+    static char key[LB_HANDOVER_KEY_MAX], value[LB_HANDOVER_VALUE_MAX];
+    struct lb_handover_msg m = {.type = LB_HANDOVER_KEY}, back;
+    struct lb_buf rec;
+
+    memset(key, 'k', sizeof(key)); /* both at their bound: the record still fits */
+    memset(value, 'v', sizeof(value));
+    m.u.key.key = (const uint8_t *)key;
+    m.u.key.key_len = sizeof(key);
+    m.u.key.value = (const uint8_t *)value;
+    m.u.key.value_len = sizeof(value);
+    m.u.key.mod_revision = 77;
+    encode_ok(&m, &rec);
+    decode_ok(&rec, &back);
+    assert_int_equal(back.u.key.key_len, sizeof(key));
+    assert_memory_equal(back.u.key.key, key, sizeof(key));
+    assert_int_equal(back.u.key.value_len, sizeof(value));
+    assert_memory_equal(back.u.key.value, value, sizeof(value));
+    assert_int_equal(back.u.key.mod_revision, 77);
+    lb_buf_free(&rec);
+    /* an empty value is a value (lbd judges it), read back as NULL */
+    m.u.key.key_len = 3;
+    m.u.key.value = NULL;
+    m.u.key.value_len = 0;
+    encode_ok(&m, &rec);
+    decode_ok(&rec, &back);
+    assert_null(back.u.key.value);
+    assert_int_equal(back.u.key.value_len, 0);
+    lb_buf_free(&rec);
+    /* the encoder refuses what the decoder would */
+    lb_buf_init(&rec, LB_HANDOVER_MSG_MAX);
+    m.u.key.key_len = 0;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.key.key_len = LB_HANDOVER_KEY_MAX + 1;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.key.key_len = 3;
+    m.u.key.value_len = LB_HANDOVER_VALUE_MAX + 1;
+    m.u.key.value = (const uint8_t *)value;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.key.value_len = 0;
+    m.u.key.mod_revision = 0;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.key.mod_revision = 1;
+    m.u.key.key = (const uint8_t *)"a\0b";
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    assert_int_equal(rec.len, 0);
+    lb_buf_free(&rec);
+}
+
+static void test_reject_view_and_key_fields(void **state)
+{
+    struct raw r;
+
+    raw_begin(&r, LB_HANDOVER_VIEW);
+    raw_u64(&r, 0);
+    raw_u64(&r, 1);
+    raw_u32(&r, 0);
+    raw_u32(&r, 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "VIEW: revision 0 is not a revision");
+    raw_begin(&r, LB_HANDOVER_VIEW);
+    raw_u64(&r, (uint64_t)INT64_MAX + 1);
+    raw_u64(&r, 1);
+    raw_u32(&r, 0);
+    raw_u32(&r, 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "is not a revision");
+    raw_begin(&r, LB_HANDOVER_VIEW);
+    raw_u64(&r, 5);
+    raw_u64(&r, 1);
+    raw_u32(&r, 0);
+    raw_u32(&r, LB_HANDOVER_VIEW_KEYS_MAX + 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "VIEW: 1048577 keys, more than 1048576");
+    raw_begin(&r, LB_HANDOVER_VIEW);
+    raw_u64(&r, 5);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "VIEW: cluster id truncated");
+
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_u16(&r, 0);
+    raw_u32(&r, 0);
+    raw_u64(&r, 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: a key of 0 bytes");
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_u16(&r, LB_HANDOVER_KEY_MAX + 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: a key of 4097 bytes");
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_str(&r, "a\0b", 3);
+    raw_u32(&r, 0);
+    raw_u64(&r, 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: key contains a NUL byte");
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_str(&r, "/k", 2);
+    raw_u32(&r, LB_HANDOVER_VALUE_MAX + 1);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: a value of 65537 bytes is above the maximum");
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_str(&r, "/k", 2);
+    raw_u32(&r, 100);
+    raw_bytes(&r, "{}", 2);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: value truncated");
+    raw_begin(&r, LB_HANDOVER_KEY);
+    raw_str(&r, "/k", 2);
+    raw_u32(&r, 2);
+    raw_bytes(&r, "{}", 2);
+    raw_u64(&r, 0);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "KEY: mod revision 0 is not a revision");
+    r.n -= 8;
+    raw_u64(&r, 9);
+    raw_end(&r);
+    {
+        struct lb_handover_msg m;
+
+        assert_int_equal(lb_handover_decode(r.b, r.n, 0, &m, NULL), 0);
+        assert_int_equal(m.u.key.mod_revision, 9);
+    }
+    expect_reject(r.b, r.n, 1, -EPROTO, "arrived with 1 file descriptors, expected 0");
+}
+
 static void test_reject_session_fields(void **state)
 {
     struct raw r;
@@ -781,10 +931,16 @@ static void test_session_other_version(void **state)
     raw_begin(&r, LB_HANDOVER_SESSION);
     raw_u32(&r, LB_HANDOVER_SESSION_VERSION + 1);
     raw_u64(&r, 77);
-    raw_bytes(&r, "whatever version 3 carries", 26);
+    raw_bytes(&r, "whatever version 9 carries", 26);
     raw_end(&r);
     assert_int_equal(lb_handover_decode(r.b, r.n, 2, &m, &err), -EPROTONOSUPPORT);
-    assert_non_null(strstr(err, "SESSION: session version 3 (this lbd speaks 2)"));
+    {
+        char want[80];
+
+        snprintf(want, sizeof(want), "SESSION: session version %d (this lbd speaks %d)",
+                 LB_HANDOVER_SESSION_VERSION + 1, LB_HANDOVER_SESSION_VERSION);
+        assert_non_null(strstr(err, want));
+    }
     free(err);
     err = NULL;
     assert_int_equal(m.type, LB_HANDOVER_SESSION);
@@ -898,7 +1054,9 @@ static void test_type_names(void **state)
     assert_string_equal(lb_handover_type_name(LB_HANDOVER_DONE), "DONE");
     assert_string_equal(lb_handover_type_name(0), "UNKNOWN");
     assert_string_equal(lb_handover_type_name(LB_HANDOVER_BACKEND), "BACKEND");
-    assert_string_equal(lb_handover_type_name(10), "UNKNOWN");
+    assert_string_equal(lb_handover_type_name(LB_HANDOVER_VIEW), "VIEW");
+    assert_string_equal(lb_handover_type_name(LB_HANDOVER_KEY), "KEY");
+    assert_string_equal(lb_handover_type_name(12), "UNKNOWN");
     assert_string_equal(lb_handover_type_name(-1), "UNKNOWN");
 }
 
@@ -1227,6 +1385,9 @@ int main(void)
         cmocka_unit_test(test_reject_listener),
         cmocka_unit_test(test_reject_session_fields),
         cmocka_unit_test(test_reject_backend_fields),
+        cmocka_unit_test(test_view_round_trip),
+        cmocka_unit_test(test_key_round_trip),
+        cmocka_unit_test(test_reject_view_and_key_fields),
         cmocka_unit_test(test_session_other_version),
         cmocka_unit_test(test_decode_bad_arguments),
         cmocka_unit_test(test_encode_rejects),
