@@ -785,14 +785,20 @@ static void lbd_seed(struct lbd *d)
     struct lb_takeover *t = &d->takeover;
     int rc;
 
-    LB_INFO("upgrade",
-            "msg=\"upgrade: taking over the previous process's view of etcd\" keys=%zu "
-            "revision=%lld stale_s=%.1f",
-            t->n_keys, (long long)t->view.revision, (double)t->view.stale_ms / 1000.0);
     d->seeding = true;
     rc = lb_watcher_seed(d->watcher, &t->view, t->keys, t->n_keys);
     d->seeding = false;
-    if (rc < 0)
+    if (rc >= 0)
+        LB_INFO("upgrade",
+                "msg=\"upgrade: took over the previous process's view of etcd\" keys=%zu "
+                "revision=%lld stale_s=%.1f",
+                t->n_keys, (long long)t->view.revision, (double)t->view.stale_ms / 1000.0);
+    else if (rc == -EXDEV)
+        LB_INFO("upgrade",
+                "msg=\"upgrade: the previous process watched another etcd prefix; this one lists "
+                "etcd before it accepts\" previous=%s",
+                t->view.prefix);
+    else if (rc < 0)
         LB_WARN("upgrade",
                 "msg=\"upgrade: cannot take the previous process's view of etcd whole; the "
                 "first listing completes it\" error=\"%s\"",

@@ -229,6 +229,8 @@ static int takeover_view(struct lb_takeover *out, struct view_rx *rx,
     out->view.revision = v->revision;
     out->view.cluster_id = v->cluster_id;
     out->view.stale_ms = v->stale_ms;
+    snprintf(out->view_prefix, sizeof(out->view_prefix), "%s", v->prefix);
+    out->view.prefix = out->view_prefix;
     out->keys = calloc(v->keys ? v->keys : 1, sizeof(*out->keys));
     if (!out->keys)
         rx->dropped = true;
@@ -985,6 +987,9 @@ static void send_view(struct lb_upgrade *u)
     m.u.view.cluster_id = view.cluster_id;
     m.u.view.stale_ms = view.stale_ms > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)view.stale_ms;
     m.u.view.keys = (uint32_t)n;
+    if (snprintf(m.u.view.prefix, sizeof(m.u.view.prefix), "%s", view.prefix) >=
+        (int)sizeof(m.u.view.prefix))
+        return; /* cannot be: lbd's prefixes are shorter */
     tx.limit = n;
     tx.rc = send_msg(u->peer_fd, &m, NULL, 0);
     if (tx.rc == 0)

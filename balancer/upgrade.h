@@ -56,7 +56,8 @@ struct lb_takeover {
      * malloc'd (each key's bytes then its value's, in one block); the
      * caller frees them with lb_takeover_free_view(). */
     bool have_view;
-    struct lb_watcher_view view;
+    struct lb_watcher_view view; /* .prefix points to view_prefix */
+    char view_prefix[LB_HANDOVER_PREFIX_MAX];
     struct lb_watcher_kv *keys;
     size_t n_keys;
 };

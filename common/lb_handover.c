@@ -249,7 +249,7 @@ static void put_backend(struct writer *w, const struct lb_handover_backend *b)
 
 static void put_view(struct writer *w, const struct lb_handover_view *v)
 {
-    if (v->revision <= 0 || v->keys > LB_HANDOVER_VIEW_KEYS_MAX) {
+    if (v->revision <= 0 || v->keys > LB_HANDOVER_VIEW_KEYS_MAX || !v->prefix[0]) {
         put_fail(w, -EINVAL);
         return;
     }
@@ -257,6 +257,7 @@ static void put_view(struct writer *w, const struct lb_handover_view *v)
     put_u64(w, v->cluster_id);
     put_u32(w, v->stale_ms);
     put_u32(w, v->keys);
+    put_string(w, v->prefix, sizeof(v->prefix));
 }
 
 static void put_key(struct writer *w, const struct lb_handover_key *k)
@@ -598,6 +599,10 @@ static int get_view(struct reader *r, struct lb_handover_view *v)
     if (rc == 0 && v->keys > LB_HANDOVER_VIEW_KEYS_MAX)
         rc = lb_error_set(r->err, -EPROTO, "%s: %u keys, more than %u", r->type, v->keys,
                           LB_HANDOVER_VIEW_KEYS_MAX);
+    if (rc == 0)
+        rc = get_string(r, "prefix", v->prefix, sizeof(v->prefix));
+    if (rc == 0 && !v->prefix[0])
+        rc = lb_error_set(r->err, -EPROTO, "%s: empty prefix", r->type);
     return rc;
 }
 

@@ -60,6 +60,7 @@
 #define LB_HANDOVER_KEY_MAX       4096         /* bytes of an etcd key in KEY (as lbd reads keys) */
 #define LB_HANDOVER_VALUE_MAX     (64u * 1024) /* bytes of its value (the largest lbd parses) */
 #define LB_HANDOVER_VIEW_KEYS_MAX (1u << 20)   /* keys in one VIEW (as many as lbd tracks) */
+#define LB_HANDOVER_PREFIX_MAX    512          /* etcd key prefix in VIEW, with the NUL */
 /* The largest record: the size of the receive buffer and of an encode lb_buf's max. */
 #define LB_HANDOVER_MSG_MAX                                                                        \
     (LB_HANDOVER_HEADER_LEN + LB_HANDOVER_FIXED_MAX + 2 * LB_HANDOVER_PENDING_MAX)
@@ -159,16 +160,17 @@ struct lb_handover_backend {
 
 /*
  * The old process's view of etcd: the revision it had applied, etcd's
- * cluster id, how long it had been out of touch with etcd, and how many KEY
- * records follow (each schema key it holds, with the value as etcd stored
- * it).  The new process starts from this view without waiting for etcd,
- * then lists etcd and applies the difference, as after a reconnect.
+ * cluster id, how long it had been out of touch with etcd, the key prefix
+ * it watched, and how many KEY records follow (each schema key it holds,
+ * with the value as etcd stored it).  The new process starts from this view without waiting for
+ * etcd, then lists etcd and applies the difference, as after a reconnect.
  */
 struct lb_handover_view {
     int64_t revision;    /* > 0 */
     uint64_t cluster_id; /* 0 = not known */
     uint32_t stale_ms;   /* since the old process last had etcd's word; 0 when watching */
     uint32_t keys;       /* KEY records that follow, <= LB_HANDOVER_VIEW_KEYS_MAX */
+    char prefix[LB_HANDOVER_PREFIX_MAX]; /* the --prefix the keys are under; not empty */
 };
 
 /* One key of a VIEW.  After decode the bytes point into the record buffer. */

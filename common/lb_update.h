@@ -150,12 +150,14 @@ struct lb_store {
  * A view of etcd handed from one lbd to the next at an upgrade (the watcher
  * exports and seeds it, the upgrade carries it): the revision it was at,
  * etcd's cluster id, how long it had been out of touch with etcd (0 when
- * watching), and its keys with their values as etcd stored them.
+ * watching), the key prefix, and its keys with their values as etcd stored
+ * them.
  */
 struct lb_watcher_view {
     int64_t revision;
     uint64_t cluster_id;
     int64_t stale_ms;
+    const char *prefix; /* normalised ("/lb/"); the keys are under it */
 };
 
 struct lb_watcher_kv {

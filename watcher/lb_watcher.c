@@ -792,6 +792,7 @@ bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
     view->revision = w->revision;
     view->cluster_id = w->cluster_id;
     view->stale_ms = st.staleness_ms;
+    view->prefix = w->prefix;
     lb_mirror_each(w->mirror, export_key, &x);
     return true;
 }
@@ -803,6 +804,8 @@ int lb_watcher_seed(struct lb_watcher *w, const struct lb_watcher_view *view,
 
     if (w->started || w->synced)
         return -EALREADY;
+    if (!view->prefix || strcmp(view->prefix, w->prefix) != 0)
+        return -EXDEV; /* keys of another prefix: nothing of it is ours */
     for (size_t i = 0; i < n && rc >= 0; i++)
         rc = lb_mirror_put(w->mirror, kvs[i].key, kvs[i].key_len, kvs[i].value, kvs[i].value_len,
                            kvs[i].mod_revision);

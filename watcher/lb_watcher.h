@@ -147,7 +147,8 @@ bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
  * asking etcd.  lb_watcher_start() then lists etcd and delivers only the
  * difference, as after a reconnect; while etcd is out of reach the view
  * serves, and its staleness counts from when the previous process lost
- * touch.  Returns the keys taken, or -EALREADY (started or synced) or
+ * touch.  Returns the keys taken, or -EALREADY (started or synced), -EXDEV
+ * (the view is of another key prefix: nothing taken, nothing committed) or
  * -ENOMEM (what was delivered is committed; the listing completes it).
  */
 int lb_watcher_seed(struct lb_watcher *w, const struct lb_watcher_view *view,

@@ -80,6 +80,7 @@ static bool msg_equal(const struct lb_handover_msg *a, const struct lb_handover_
                a->u.backend.local_health == b->u.backend.local_health;
     case LB_HANDOVER_VIEW:
         return a->u.view.revision == b->u.view.revision &&
+               strcmp(a->u.view.prefix, b->u.view.prefix) == 0 &&
                a->u.view.cluster_id == b->u.view.cluster_id &&
                a->u.view.stale_ms == b->u.view.stale_ms && a->u.view.keys == b->u.view.keys;
     case LB_HANDOVER_KEY:

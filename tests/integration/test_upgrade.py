@@ -1357,7 +1357,7 @@ class Upgrade(HarnessTestCase):
         new, _, _ = self.upgrade(old, "t5h-lbd2", workers=1)
         took = time.monotonic() - t0
         outcomes = collections.Counter(self.echo_once(new.port) for _ in range(20))
-        line = new.log.find("upgrade: taking over the previous process's view of etcd")
+        line = new.log.find("upgrade: took over the previous process's view of etcd")
         figure("upgrade while etcd does not answer", "ready %.2f s after the start; %s; "
                "20 connections: %s" % (took, line and line.split("msg=")[1], dict(outcomes)))
         self.assertEqual(outcomes, {"ok": 20})

@@ -731,6 +731,7 @@ static void test_view_round_trip(void **state)
     m.u.view.cluster_id = UINT64_MAX;
     m.u.view.stale_ms = UINT32_MAX;
     m.u.view.keys = LB_HANDOVER_VIEW_KEYS_MAX;
+    memset(m.u.view.prefix, 'p', LB_HANDOVER_PREFIX_MAX - 1); /* longest */
     encode_ok(&m, &rec);
     decode_ok(&rec, &back);
     assert_memory_equal(&back, &m, sizeof(m));
@@ -741,6 +742,9 @@ static void test_view_round_trip(void **state)
     assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
     m.u.view.keys = 0;
     m.u.view.revision = 0;
+    assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
+    m.u.view.revision = 1;
+    m.u.view.prefix[0] = '\0';
     assert_int_equal(lb_handover_encode(&m, &rec), -EINVAL);
     assert_int_equal(rec.len, 0);
     lb_buf_free(&rec);
@@ -825,6 +829,23 @@ static void test_reject_view_and_key_fields(void **state)
     raw_u64(&r, 5);
     raw_end(&r);
     expect_reject(r.b, r.n, 0, -EPROTO, "VIEW: cluster id truncated");
+    raw_begin(&r, LB_HANDOVER_VIEW);
+    raw_u64(&r, 5);
+    raw_u64(&r, 1);
+    raw_u32(&r, 0);
+    raw_u32(&r, 1);
+    raw_str(&r, "", 0);
+    raw_end(&r);
+    expect_reject(r.b, r.n, 0, -EPROTO, "VIEW: empty prefix");
+    r.n -= 2;
+    raw_str(&r, "/lb/", 4);
+    raw_end(&r);
+    {
+        struct lb_handover_msg m;
+
+        assert_int_equal(lb_handover_decode(r.b, r.n, 0, &m, NULL), 0);
+        assert_string_equal(m.u.view.prefix, "/lb/");
+    }
 
     raw_begin(&r, LB_HANDOVER_KEY);
     raw_u16(&r, 0);
