@@ -1020,6 +1020,7 @@ struct watch_out {
     bool got;             /* this call of the stream delivered a message */
     bool reconnecting;    /* say so when the stream comes back */
     bool synced;          /* the current state has come */
+    bool changes_only;    /* lbd could not send the current state: changes alone */
     struct table current; /* the rows of the current state until SYNCED, then one event's */
     bool header_done;
     size_t width[WATCH_COLS]; /* the columns as the header printed them */
@@ -1071,7 +1072,9 @@ static int print_event(void *ud, const ProtobufCMessage *msg)
     w->got = true;
     if (w->reconnecting) {
         w->reconnecting = false;
-        fprintf(stderr, "lbctl: watch: reconnected; the current state again, then the changes\n");
+        fprintf(stderr, "lbctl: watch: reconnected; %s\n",
+                w->changes_only ? "the changes from now on"
+                                : "the current state again, then the changes");
     }
     if (ev->type != LB__V1__EVENT__TYPE__TYPE_CURRENT)
         w->synced = true; /* SYNCED, or a change from an lbd that sends no current state */
@@ -1132,6 +1135,7 @@ static int watch_stream(struct ctl *ctl, Lb__V1__WatchEventsRequest *req, struct
             free(w->current.cells[i]);
         w->current.rows = 0;
         req->initial_state = false; /* on reconnecting too */
+        w->changes_only = true;
         rc =
             lb_admin_client_stream(ctl->client, "/lb.v1.Admin/WatchEvents", &req->base,
                                    &lb__v1__event__descriptor, 0, print_event, w, &interrupted, st);

@@ -300,6 +300,18 @@ class LbctlUx(HarnessTestCase):
         wait_until(lambda: "weight 100 -> 7" in tw.log_text(), scaled(5),
                    "the change after the fallback")
         self.assertTrue(tw.alive())
+        # lbd restarts at the same address: lbctl reconnects, for changes only still
+        self.lbd.stop(expect_rc=0)
+        self.lbd.start()
+        wait_until(lambda: self.lbd.metric("lbd_event_subscribers") == 1, scaled(15),
+                   "lbctl watch to subscribe to the restarted lbd")
+        rc, out, err = self.ctl("weight", "big", ids[7], "8")
+        self.assertEqual(rc, 0, err)
+        wait_until(lambda: "weight 7 -> 8" in tw.log_text(), scaled(5),
+                   "the change after the reconnection")
+        self.assertIn("lbctl: watch: reconnected; the changes from now on", tw.log_text())
+        self.assertNotIn("the current state again", tw.log_text())
+        self.assertTrue(tw.alive())
         tw.stop(5)
         self.etcd.delete_prefix("%spools/big/" % PREFIX)
         self.etcd.put(config_key("big"), json.dumps({"health": {"type": "none"}}))
