@@ -162,7 +162,7 @@ static void test_staleness_goes_on_from_the_previous_process(void **state)
 
     ev_now_update(loop);
     assert_int_equal(lb_watcher_seed(w, &view, NULL, 0), 0);
-    assert_int_equal(s.commits, 1); /* an empty view is a view: lbd accepts */
+    assert_int_equal(s.commits, 1);           /* an empty view is a view: lbd accepts */
     assert_int_equal(lb_watcher_start(w), 0); /* listing (nothing listens at :9) */
     lb_watcher_get_stats(w, &st);
     assert_true(st.synced);
