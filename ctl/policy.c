@@ -161,7 +161,10 @@ static int read_source(const char *source, char **out, size_t *len, char **err)
     while (n <= LB_VALUE_MAX && (got = fread(buf + n, 1, LB_VALUE_MAX + 1 - n, f)) > 0)
         n += got;
     if (ferror(f)) {
-        rc = lb_error_set(err, -EIO, "%s: cannot read it", is_stdin ? "stdin" : source);
+        int e = errno ? errno : EIO;
+
+        rc = lb_error_set(err, -e, "%s: cannot read it: %s%s", is_stdin ? "stdin" : source,
+                          strerror(e), e == EISDIR ? " (give the policy's JSON file)" : "");
         goto out;
     }
     if (n > LB_VALUE_MAX) {

@@ -397,6 +397,11 @@ class Policies(HarnessTestCase):
         self.assertIn("not JSON", err)
         rc, out, err = self.policy("validate", POOL, stdin="")
         self.assertEqual(rc, 1)
+        # a directory instead of the file: said so, in one line
+        rc, out, err = self.policy("validate", POOL, self.h.dir)
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot read it: Is a directory (give the policy's JSON file)", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
         # valid, but inert as combined: said, not refused
         rc, out, err = self.policy("validate", POOL, stdin='{"queue_timeout":"30s"}')
         self.assertEqual(rc, 0, err)
