@@ -158,6 +158,19 @@ def _child_setup():
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# setpriv (util-linux) sets the parent-death signal and execs the command
+# (same PID): no Python runs in the forked child, which beside grpcio's
+# threads could hang before exec (and Popen with it).
+_SETPRIV = shutil.which("setpriv")
+
+
+def _spawn_args(argv):
+    """(argv to run, preexec_fn) for a child killed when the test runner dies."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--"] + argv, None
+    return argv, _child_setup
+
+
 _all_procs = []
 _all_procs_lock = threading.Lock()
 
@@ -235,9 +248,10 @@ class Proc(_Tracked):
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
+        spawn_argv, preexec = _spawn_args(self.argv)
+        self.popen = subprocess.Popen(spawn_argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                       stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-                                      preexec_fn=_child_setup)
+                                      preexec_fn=preexec)
         self.pid = self.popen.pid
         self.returncode = None
         with _all_procs_lock:
@@ -452,6 +466,10 @@ def run(argv, timeout=30, env=None, input_bytes=None, cwd=None):
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+    # No preexec_fn: the command is bounded by `timeout` anyway, and running
+    # Python in a child forked beside grpcio's threads can hang that child
+    # before exec (and Popen with it, which no timeout covers); without one,
+    # subprocess forks with vfork and runs no fork handlers.
     p = subprocess.run([str(a) for a in argv], input=input_bytes, capture_output=True,
-                       timeout=timeout, env=full_env, preexec_fn=_child_setup, cwd=cwd)
+                       timeout=timeout, env=full_env, cwd=cwd)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
