@@ -464,12 +464,13 @@ void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
 }
 
 void lb_mirror_each(const struct lb_mirror *m,
-                    void (*fn)(void *ctx, const char *key, size_t key_len, const char *value,
-                               size_t value_len, int64_t mod_revision),
-                    void *ctx)
+                    void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx)
 {
     for (size_t i = 0; i < m->n_buckets; i++)
-        for (const struct mirror_entry *e = m->buckets[i]; e; e = e->next)
+        for (const struct mirror_entry *e = m->buckets[i]; e; e = e->next) {
+            struct lb_watcher_kv kv = {e->key, e->key_len, e->raw, e->raw_len, e->mod_revision};
+
             if (e->raw)
-                fn(ctx, e->key, e->key_len, e->raw, e->raw_len, e->mod_revision);
+                fn(ctx, &kv);
+        }
 }

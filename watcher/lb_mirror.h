@@ -117,8 +117,6 @@ void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
  * view through lb_mirror_put().  In no particular order.
  */
 void lb_mirror_each(const struct lb_mirror *m,
-                    void (*fn)(void *ctx, const char *key, size_t key_len, const char *value,
-                               size_t value_len, int64_t mod_revision),
-                    void *ctx);
+                    void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx);
 
 #endif

@@ -766,24 +766,9 @@ int lb_watcher_start(struct lb_watcher *w)
     return 0;
 }
 
-struct export_ctx {
-    void (*fn)(void *ctx, const struct lb_watcher_kv *kv);
-    void *ctx;
-};
-
-static void export_key(void *ctx, const char *key, size_t key_len, const char *value,
-                       size_t value_len, int64_t mod_revision)
-{
-    struct export_ctx *x = ctx;
-    struct lb_watcher_kv kv = {key, key_len, value, value_len, mod_revision};
-
-    x->fn(x->ctx, &kv);
-}
-
 bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
                        void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx)
 {
-    struct export_ctx x = {fn, ctx};
     struct lb_watcher_stats st;
 
     if (!w->synced || w->revision <= 0)
@@ -793,7 +778,7 @@ bool lb_watcher_export(const struct lb_watcher *w, struct lb_watcher_view *view,
     view->cluster_id = w->cluster_id;
     view->stale_ms = st.staleness_ms;
     view->prefix = w->prefix;
-    lb_mirror_each(w->mirror, export_key, &x);
+    lb_mirror_each(w->mirror, fn, ctx);
     return true;
 }
 
