@@ -1409,11 +1409,14 @@ static bool rows_know(const struct lb_setting *rows, size_t n,
 static bool misplaced_flag(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
-        const char *name = argv[i] + 2;
-        size_t len = strcspn(name, "=");
+        const char *name;
+        size_t len;
 
-        if (strncmp(argv[i], "--", 2) != 0 || len == 0 ||
-            rows_know(global_rows, N_GLOBAL, NULL, name, len))
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        name = argv[i] + 2;
+        len = strcspn(name, "=");
+        if (len == 0 || rows_know(global_rows, N_GLOBAL, NULL, name, len))
             continue;
         for (int j = i + 1; j < argc; j++) {
             const struct command *cmd = find_command(argv[j]);

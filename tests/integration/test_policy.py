@@ -132,10 +132,11 @@ class ConfigTypos(HarnessTestCase):
                 self.assertIn(want, err)
                 self.assertEqual(err.count("(see "), 1, err)
                 self.assertIn("(see lbctl %s --help)" % cmd, err)
-        # a flag no command takes is still unknown, wherever it is
-        rc, out, err = run([lbctl_binary(), "--bogus", "drain", "web", "b1"], timeout=10)
-        self.assertEqual(rc, 2, err)
-        self.assertIn("unknown option --bogus (see lbctl --help)", err)
+        # a flag no command takes is still unknown, wherever it is (short words around it too)
+        for argv in (["--bogus", "drain", "web", "b1"], ["--bogus", "a"], ["--bogus", ""]):
+            rc, out, err = run([lbctl_binary()] + argv, timeout=10)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("unknown option --bogus (see lbctl --help)", err)
 
     def test_check_good_config_binds_and_connects_nothing(self):
         # etcd's address is a socket the test holds: lbd --check must not connect to it
