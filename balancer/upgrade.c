@@ -35,12 +35,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define LOG_SUB         "upgrade"
-#define TAKEOVER_WAIT_S 10         /* the running lbd answers HELLO and sends its listeners */
-#define OFFER_PENDING   65536u     /* unsent bytes per direction a moving session may carry */
-#define HELLO_WAIT_S    5.0        /* a peer of the upgrade socket says HELLO within this */
-#define BACKENDS_MAX    (1u << 18) /* BACKEND records taken from the previous process */
-#define VIEW_BYTES_MAX  ((size_t)512 << 20) /* key and value bytes of a view (as a listing) */
+#define LOG_SUB               "upgrade"
+#define TAKEOVER_WAIT_S       10         /* the running lbd answers HELLO and sends its listeners */
+#define PREVIOUS_EXIT_WAIT_MS 1000       /* its link closed: how long its exit may take */
+#define OFFER_PENDING         65536u     /* unsent bytes per direction a moving session may carry */
+#define HELLO_WAIT_S          5.0        /* a peer of the upgrade socket says HELLO within this */
+#define BACKENDS_MAX          (1u << 18) /* BACKEND records taken from the previous process */
+#define VIEW_BYTES_MAX        ((size_t)512 << 20) /* key and value bytes of a view (as a listing) */
 
 enum link_state { LINK_NONE, LINK_HELLO, LINK_WAIT_READY, LINK_OFFERING, LINK_DONE };
 
@@ -285,6 +286,70 @@ static void takeover_view_done(struct lb_takeover *out, const struct view_rx *rx
     out->have_view = true;
 }
 
+/* The process listening at the other end of a connected unix socket; 0: unknown. */
+static pid_t peer_pid(int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred))
+        return 0;
+    return cred.pid;
+}
+
+/* True once pid has exited (gone, or a zombie: its sockets are closed). */
+static bool process_exited(pid_t pid)
+{
+    char path[64], buf[512], *paren;
+    ssize_t n;
+    int fd;
+
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return true;
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    paren = strrchr(buf, ')');
+    return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+/*
+ * The link to the running lbd failed: did that process die (killed, or
+ * crashed) rather than turn this one away?  Its socket closes while it
+ * exits, so this waits for the exit a little.
+ */
+static bool previous_died(pid_t pid, int rc)
+{
+    if (pid <= 0 || (rc != -ECONNRESET && rc != -EAGAIN && rc != -EPIPE))
+        return false;
+    for (int i = 0; i < PREVIOUS_EXIT_WAIT_MS / 10; i++) {
+        if (process_exited(pid))
+            return true;
+        usleep(10 * 1000);
+    }
+    return process_exited(pid);
+}
+
+/* Removes the socket file a dead lbd left at path, if nobody listens there. */
+static void remove_stale_socket(const char *path, const struct sockaddr_un *sa)
+{
+    struct stat st;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return;
+    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 && errno == ECONNREFUSED &&
+        lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path);
+    close(fd);
+}
+
 int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err)
 {
     struct view_rx rx = {0};
@@ -293,6 +358,7 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
     struct lb_handover_msg m;
     uint8_t *buf = NULL;
     int fd, rc, fds[LB_HANDOVER_FDS_MAX], n_fds = 0;
+    pid_t pid = 0;
 
     memset(out, 0, sizeof(*out));
     out->fd = out->upgrade_listen_fd = -1;
@@ -323,6 +389,11 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
     }
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    pid = peer_pid(fd);
+    LB_INFO(LOG_SUB,
+            "msg=\"upgrade: an lbd serves the upgrade socket, taking over from it\" "
+            "path=%s pid=%ld",
+            path, (long)pid);
     buf = malloc(LB_HANDOVER_MSG_MAX);
     if (!buf) {
         rc = lb_error_set(err, -ENOMEM, "out of memory");
@@ -408,6 +479,19 @@ fail:
     if (out->upgrade_listen_fd >= 0)
         close(out->upgrade_listen_fd);
     out->upgrade_listen_fd = -1;
+    out->n_listeners = 0;
+    if (previous_died(pid, rc)) {
+        /* Its ports are free again: this process starts as if it were the first. */
+        LB_WARN(LOG_SUB,
+                "msg=\"upgrade: the running lbd exited during the hand-over; starting on its "
+                "own (its open connections were lost with it)\" path=%s pid=%ld error=\"%s\"",
+                path, (long)pid, *err ? *err : "");
+        free(*err);
+        *err = NULL;
+        remove_stale_socket(path, &sa);
+        memset(&out->peer, 0, sizeof(out->peer));
+        return 0;
+    }
     return rc;
 }
 

@@ -1416,6 +1416,37 @@ class Upgrade(HarnessTestCase):
 
     # -- 6 ---------------------------------------------------------------
 
+    def test_6b_running_lbd_dies_during_the_handover(self):
+        """The running lbd dies (kill -9, a crash, the OOM killer) after the new
+        one greeted it and before its listeners came: the new lbd says so and
+        starts on its own, binding the ports the dead one freed, instead of
+        exiting with no lbd left at all."""
+        require_upgrade_flag(self)
+        sock = self.h.path("t6b.sock")
+        first = UpLbd(self.h, self.etcd.url, sock, "t6b-lbd1", workers=1).start()
+        self.addCleanup(first.proc.kill)
+        # Stopped, it still takes the new lbd's connection (the kernel does) and answers nothing.
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        fresh = first.successor("t6b-lbd2", workers=1).spawn()
+        self.addCleanup(fresh.proc.kill)
+        fresh.wait_line("taking over from it", scaled(10), "the new lbd to greet the running one")
+        # Killed and not reaped: a zombie whose sockets are closed, as under a busy supervisor.
+        os.kill(first.proc.pid, signal.SIGKILL)
+        line, _ = fresh.wait_line("exited during the hand-over", scaled(15),
+                                  "the new lbd to see the running one die")
+        figure("the running lbd died during the hand-over", line.split("msg=")[1])
+        wait_until(fresh.ready, scaled(30), "the new lbd to start on its own (/readyz 200)")
+        self.assertEqual(self.echo_once(fresh.port), "ok", "an echo through the new lbd")
+        self.assertEqual(unix_listener_pids(sock, [fresh.proc.pid]), [fresh.proc.pid],
+                         "the new lbd serves the upgrade socket in place of the dead one's")
+        self.assertIsNone(fresh.log.find(READY_MARK), "no upgrade happened")
+        first.proc.kill()
+        # and it is itself upgraded as usual
+        last, _, _ = self.upgrade(fresh, "t6b-lbd3", workers=1)
+        self.assertEqual(self.echo_once(last.port), "ok")
+        self.assertEqual(fresh.wait_exit(scaled(20), "the next lbd's ready")[0], 0)
+        self.stop_final(last)
+
     def test_6_stale_socket_file_and_missing_directory(self):
         require_upgrade_flag(self)
         sock = self.h.path("t6.sock")
