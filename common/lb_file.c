@@ -5,7 +5,9 @@
 #include "lb_error.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -57,5 +59,41 @@ int lb_file_check_readable(const char *path, const char *what, char **err)
     if (fd < 0)
         return fd;
     close(fd);
+    return 0;
+}
+
+int lb_file_read_all(int fd, size_t max, char **out, size_t *len)
+{
+    struct stat st;
+    size_t got = 0;
+    char *buf;
+
+    *out = NULL;
+    *len = 0;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if ((uint64_t)st.st_size > max)
+        return -E2BIG;
+    buf = malloc((size_t)st.st_size + 1);
+    if (!buf)
+        return -ENOMEM;
+    while (got < (size_t)st.st_size) { /* a file that shrinks meanwhile ends early */
+        ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int rc = -errno;
+
+            free(buf);
+            return rc;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
     return 0;
 }

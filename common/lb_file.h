@@ -11,6 +11,7 @@
 #define LB_FILE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /*
  * Opens `path` for reading.  Returns the descriptor (the caller closes it),
@@ -23,5 +24,12 @@ int lb_file_open(const char *path, const char *what, bool *shared, char **err);
 
 /* lb_file_open() and close: the file is there, regular and readable.  0 or -errno. */
 int lb_file_check_readable(const char *path, const char *what, char **err);
+
+/*
+ * Reads the whole of an opened regular file (lb_file_open()) of at most max
+ * bytes into a malloc'd, NUL-terminated *out of *len bytes.  Returns 0,
+ * -E2BIG when it is larger, -ENOMEM, or -errno of a failed read.
+ */
+int lb_file_read_all(int fd, size_t max, char **out, size_t *len);
 
 #endif

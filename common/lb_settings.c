@@ -415,7 +415,6 @@ static const char *file_value_text(json_object *val, const char *path, const cha
  */
 static int read_config(const char *path, json_object **root, char **err)
 {
-    struct stat st;
     json_tokener *tok = NULL;
     char *buf = NULL;
     size_t len = 0, end;
@@ -425,31 +424,22 @@ static int read_config(const char *path, json_object **root, char **err)
     *root = NULL;
     if (fd < 0)
         return -EINVAL; /* as every other mistake in a configuration: *err says which */
-    if (fstat(fd, &st) < 0 || st.st_size > CONFIG_MAX_BYTES) {
+    rc = lb_file_read_all(fd, CONFIG_MAX_BYTES, &buf, &len);
+    if (rc == -E2BIG)
         lb_error_set(err, 0, "--config %s: larger than %d KiB; is it the right file?", path,
                      CONFIG_MAX_BYTES / 1024);
+    else if (rc < 0)
+        lb_error_set(err, 0, "--config %s: cannot read: %s", path, strerror(-rc));
+    if (rc < 0) {
+        rc = -EINVAL;
         goto out;
     }
-    buf = malloc((size_t)st.st_size + 1);
+    rc = -EINVAL;
     tok = json_tokener_new();
-    if (!buf || !tok) {
+    if (!tok) {
         rc = lb_error_set(err, -ENOMEM, "--config %s: out of memory", path);
         goto out;
     }
-    while (len < (size_t)st.st_size) {
-        ssize_t got = read(fd, buf + len, (size_t)st.st_size - len);
-
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            lb_error_set(err, 0, "--config %s: cannot read: %s", path, strerror(errno));
-            goto out;
-        }
-        if (got == 0)
-            break;
-        len += (size_t)got;
-    }
-    buf[len] = '\0';
     if (strspn(buf, " \t\r\n") == len) {
         lb_error_set(err, 0, "--config %s: the file is empty; give a JSON object of settings",
                      path);
