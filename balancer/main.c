@@ -32,6 +32,7 @@
 #include "registry.h"
 #include "resolver.h"
 #include "sd_notify.h"
+#include "state_file.h"
 #include "upgrade.h"
 #include "lb_listen.h"
 
@@ -39,6 +40,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -69,6 +71,7 @@ struct lbd_settings {
     char *backend_networks;
     char *zone;
     char *upgrade_socket;
+    char *state_file;
     int64_t etcd_backoff_initial_ms;
     int64_t etcd_backoff_max_ms;
     int64_t etcd_stall_timeout_ms;
@@ -127,6 +130,11 @@ static const struct lb_setting lbd_table[] = {
      NULL, "PATH",
      "unix socket (mode 0600) for hitless upgrades: a new lbd started with the same flags takes "
      "over the listeners and open connections of the one serving PATH; SIGUSR2 starts it"},
+    {"state-file", 0, "LBD_STATE_FILE", LB_SETTING_STRING, S(state_file), 0, 4000, NULL, NULL,
+     "FILE",
+     "keep lbd's last view of etcd (backends, policies, overrides) in FILE, rewritten whole "
+     "within a second of each change: an lbd that starts while etcd is out of reach serves the "
+     "pools it last knew from it, then lists etcd and applies what changed"},
     {"workers", 0, "LBD_WORKERS", LB_SETTING_INT, S(workers), 0, 256, "0", NULL, "N",
      "worker threads, each with its own listener per pool and its own connections (0: the "
      "CPUs this process may use: affinity mask and cgroup CPU quota)"},
@@ -174,9 +182,10 @@ struct lbd {
     bool stopping;
     struct lb_upgrade *upgrade;
     struct lb_takeover takeover; /* from the previous lbd, at start-up */
+    struct lb_state_file *state; /* --state-file */
     char **argv;                 /* as started: what SIGUSR2 runs again */
     uint64_t config_digest;      /* of the --config file as read at start-up */
-    bool seeding;                /* applying the previous process's view of etcd */
+    bool seeding;                /* applying a view of etcd: handed over, or the state file */
     bool config_digest_ok;
     char *pool_names[64];
     char *pool_listens[64];
@@ -354,6 +363,8 @@ static int lbd_render_metrics(void *ud, struct lb_buf *out)
 
     if (!rc)
         rc = lb_watcher_render_metrics(d->watcher, out);
+    if (!rc)
+        rc = lb_state_file_render_metrics(d->state, out);
     if (!rc && d->admin)
         rc = lb_admin_server_render_metrics(d->admin, out);
     if (!rc)
@@ -383,6 +394,7 @@ static void lbd_sink_commit(void *ctx)
 {
     struct lbd *d = ctx;
 
+    lb_state_file_changed(d->state);
     if (d->proxy.accept_enabled) {
         lb_registry_schedule_publish(&d->registry);
         return;
@@ -394,8 +406,10 @@ static void lbd_sink_commit(void *ctx)
         ev_timer_stop(d->loop, &d->first_sync);
         lb_upgrade_adopt(d->upgrade); /* before the first accept: the previous process's view */
         if (d->seeding)
-            LB_INFO("lbd", "msg=\"view of etcd taken over from the previous process, accepting "
-                           "connections; etcd is listed to catch up\"");
+            LB_INFO("lbd",
+                    "msg=\"view of etcd taken over from %s, accepting connections; etcd "
+                    "is listed to catch up\"",
+                    d->takeover.have_view ? "the previous process" : "the state file");
         else
             LB_INFO("lbd", "msg=\"first etcd listing applied, accepting connections\"");
         lb_proxy_enable_accept(&d->proxy);
@@ -786,13 +800,14 @@ static void lbd_seed(struct lbd *d)
     int rc;
 
     d->seeding = true;
-    rc = lb_watcher_seed(d->watcher, &t->view, t->keys, t->n_keys);
+    rc = lb_watcher_seed(d->watcher, &t->view.view, t->view.keys, t->view.n_keys);
     d->seeding = false;
     if (rc >= 0)
         LB_INFO("upgrade",
                 "msg=\"upgrade: took over the previous process's view of etcd\" keys=%zu "
                 "revision=%lld stale_s=%.1f",
-                t->n_keys, (long long)t->view.revision, (double)t->view.stale_ms / 1000.0);
+                t->view.n_keys, (long long)t->view.view.revision,
+                (double)t->view.view.stale_ms / 1000.0);
     else if (rc == -EXDEV)
         LB_INFO("upgrade",
                 "msg=\"upgrade: the previous process watched another etcd prefix; this one lists "
@@ -804,6 +819,56 @@ static void lbd_seed(struct lbd *d)
                 "first listing completes it\" error=\"%s\"",
                 strerror(-rc));
     lb_takeover_free_view(t);
+}
+
+/*
+ * Without a previous process, the state file stands in for it: lbd serves
+ * the pools it knew when it last ran, whether etcd answers or not, and its
+ * first listing applies what changed since.
+ */
+static void lbd_seed_from_file(struct lbd *d)
+{
+    char path[1024], qerr[1024], qprefix[1024];
+    struct lb_saved_view v;
+    char *err = NULL;
+    int64_t age_ms;
+    int rc;
+
+    lb_log_quote(path, sizeof(path), d->settings.state_file);
+    rc = lb_state_file_load(d->settings.state_file, &v, &err);
+    if (rc == -ENOENT) {
+        LB_INFO("state", "msg=\"no state file yet; lbd lists etcd before it accepts\" path=%s",
+                path);
+        return;
+    }
+    if (rc < 0) {
+        LB_WARN("state", "msg=\"state file not used; lbd lists etcd before it accepts\" error=%s",
+                lb_log_quote(qerr, sizeof(qerr), err ? err : strerror(-rc)));
+        free(err);
+        return;
+    }
+    age_ms = (int64_t)(ev_time() * 1000.0) - v.written_ms;
+    v.view.stale_ms += age_ms > 0 ? age_ms : 0;
+    d->seeding = true;
+    rc = lb_watcher_seed(d->watcher, &v.view, v.keys, v.n_keys);
+    d->seeding = false;
+    if (rc >= 0)
+        LB_INFO("state",
+                "msg=\"started from the state file; listing etcd to catch up\" path=%s keys=%zu "
+                "revision=%lld age_s=%.1f stale_s=%.1f",
+                path, v.n_keys, (long long)v.view.revision, (double)age_ms / 1000.0,
+                (double)v.view.stale_ms / 1000.0);
+    else if (rc == -EXDEV)
+        LB_WARN("state",
+                "msg=\"state file not used: it holds another key prefix; lbd lists etcd before it "
+                "accepts\" path=%s prefix=%s",
+                path, lb_log_quote(qprefix, sizeof(qprefix), v.prefix));
+    else
+        LB_WARN("state",
+                "msg=\"cannot take the state file whole; the first listing completes it\" "
+                "path=%s error=\"%s\"",
+                path, strerror(-rc));
+    lb_saved_view_free(&v);
 }
 
 static int lbd_start(struct lbd *d)
@@ -911,6 +976,14 @@ static int lbd_start(struct lbd *d)
     }
     if (d->takeover.have_view)
         lbd_seed(d);
+    else if (d->settings.state_file)
+        lbd_seed_from_file(d);
+    if (d->settings.state_file &&
+        lb_state_file_new(d->loop, d->settings.state_file, d->watcher, &d->state) < 0) {
+        fprintf(stderr, "lbd: out of memory\n");
+        rc = -ENOMEM;
+        goto out;
+    }
     rc = lb_watcher_start(d->watcher);
     if (rc < 0) {
         fprintf(stderr, "lbd: cannot start watching etcd: %s\n", strerror(-rc));
@@ -940,6 +1013,9 @@ static void lbd_cleanup(struct lbd *d)
      * (which cancels those writes), then the data plane. */
     if (d->admin)
         lb_admin_server_free(d->admin);
+    lb_state_file_flush(d->state); /* with the view as it ends: the file's age is right */
+    lb_state_file_free(d->state);
+    d->state = NULL;
     if (d->watcher)
         lb_watcher_free(d->watcher);
     if (d->http)
@@ -1079,6 +1155,34 @@ static unsigned lbd_check_listeners(const struct lbd *d)
 }
 
 /*
+ * What is wrong with --state-file PATH, or NULL: its directory must exist,
+ * and PATH, when there, must be a regular file (lbd replaces it whole).
+ */
+static const char *lbd_state_file_problem(const char *path, char *msg, size_t size)
+{
+    char dir[PATH_MAX], *slash;
+    struct stat st;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        slash[slash == dir] = '\0'; /* "/x" keeps "/" */
+    if (!*path || path[strlen(path) - 1] == '/')
+        snprintf(msg, size, "--state-file %s: give a file's path, not a directory", path);
+    else if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        snprintf(msg, size, "--state-file %s: directory %s does not exist (create it)", path, dir);
+    else if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        snprintf(msg, size,
+                 "--state-file %s: the path exists and is not a regular file; give another path",
+                 path);
+    else
+        return NULL;
+    return msg;
+}
+
+/*
  * lbd --check: what start-up would refuse, found without binding a socket
  * or talking to etcd.  When it runs, the flags, the environment, the config
  * file, the pools, the etcd endpoints and --backend-networks have been read
@@ -1154,6 +1258,14 @@ static int lbd_check(struct lbd *d)
             problems++;
         }
     }
+    if (s->state_file) {
+        char msg[PATH_MAX + 128];
+
+        if (lbd_state_file_problem(s->state_file, msg, sizeof(msg))) {
+            fprintf(stderr, "lbd: %s\n", msg);
+            problems++;
+        }
+    }
     if (check_fd_limit(&max_conns,
                        (rlim_t)FDS_RESERVED +
                            (rlim_t)s->workers * (d->n_pools + 3 + 2 * LB_PIPES_PER_WORKER)) < 0)
@@ -1183,6 +1295,8 @@ static int lbd_check(struct lbd *d)
            (long long)max_conns);
     printf("  backend networks  %s\n", s->backend_networks);
     printf("  zone              %s\n", s->zone && s->zone[0] ? s->zone : "(none)");
+    if (s->state_file)
+        printf("  state file        %s\n", s->state_file);
     printf("  not checked       whether the addresses are free and etcd answers\n");
     return 0;
 }
@@ -1303,6 +1417,15 @@ int main(int argc, char **argv)
     if (lbd_check_listeners(&d) > 0) {
         exit_code = 2;
         goto out;
+    }
+    if (d.settings.state_file) {
+        char msg[PATH_MAX + 128];
+
+        if (lbd_state_file_problem(d.settings.state_file, msg, sizeof(msg))) {
+            fprintf(stderr, "lbd: %s\n", msg);
+            exit_code = 2;
+            goto out;
+        }
     }
     /* Each worker: a listener per pool, its epoll, its wake-up fds and the
      * pipes it may splice through (2 fds each). */

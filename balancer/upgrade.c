@@ -203,11 +203,7 @@ static int takeover_keep_backend(struct lb_takeover *out, const struct lb_handov
 
 void lb_takeover_free_view(struct lb_takeover *t)
 {
-    for (size_t i = 0; i < t->n_keys; i++)
-        free((void *)t->keys[i].key);
-    free(t->keys);
-    t->keys = NULL;
-    t->n_keys = 0;
+    lb_saved_view_free(&t->view);
     t->have_view = false;
 }
 
@@ -227,13 +223,13 @@ static int takeover_view(struct lb_takeover *out, struct view_rx *rx,
         return lb_error_set(err, -EPROTO, "the running lbd sent a second VIEW");
     rx->announced = true;
     rx->expect = v->keys;
-    out->view.revision = v->revision;
-    out->view.cluster_id = v->cluster_id;
-    out->view.stale_ms = v->stale_ms;
-    snprintf(out->view_prefix, sizeof(out->view_prefix), "%s", v->prefix);
-    out->view.prefix = out->view_prefix;
-    out->keys = calloc(v->keys ? v->keys : 1, sizeof(*out->keys));
-    if (!out->keys)
+    out->view.view.revision = v->revision;
+    out->view.view.cluster_id = v->cluster_id;
+    out->view.view.stale_ms = v->stale_ms;
+    snprintf(out->view.prefix, sizeof(out->view.prefix), "%s", v->prefix);
+    out->view.view.prefix = out->view.prefix;
+    out->view.keys = calloc(v->keys ? v->keys : 1, sizeof(*out->view.keys));
+    if (!out->view.keys)
         rx->dropped = true;
     return 0;
 }
@@ -241,8 +237,8 @@ static int takeover_view(struct lb_takeover *out, struct view_rx *rx,
 static int takeover_key(struct lb_takeover *out, struct view_rx *rx,
                         const struct lb_handover_key *k, char **err)
 {
-    struct lb_watcher_kv *kv;
-    char *block;
+    struct lb_watcher_kv kv = {(const char *)k->key, k->key_len, (const char *)k->value,
+                               k->value_len, k->mod_revision};
 
     if (!rx->announced || rx->seen == rx->expect)
         return lb_error_set(err, -EPROTO, "the running lbd sent a KEY %s",
@@ -251,22 +247,10 @@ static int takeover_key(struct lb_takeover *out, struct view_rx *rx,
     if (rx->dropped)
         return 0;
     rx->bytes += k->key_len + k->value_len;
-    block = rx->bytes <= VIEW_BYTES_MAX ? malloc((size_t)k->key_len + k->value_len + 1) : NULL;
-    if (!block) {
+    if (rx->bytes > VIEW_BYTES_MAX || lb_saved_view_add(&out->view, rx->expect, &kv) < 0) {
         rx->dropped = true;
         lb_takeover_free_view(out);
-        return 0;
     }
-    memcpy(block, k->key, k->key_len);
-    if (k->value_len)
-        memcpy(block + k->key_len, k->value, k->value_len);
-    block[k->key_len + k->value_len] = '\0';
-    kv = &out->keys[out->n_keys++];
-    kv->key = block;
-    kv->key_len = k->key_len;
-    kv->value = block + k->key_len;
-    kv->value_len = k->value_len;
-    kv->mod_revision = k->mod_revision;
     return 0;
 }
 

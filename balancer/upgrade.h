@@ -52,14 +52,10 @@ struct lb_takeover {
      * lb_upgrade_adopt(); malloc'd, lb_upgrade_start() takes it over. */
     struct lb_handover_backend *backends;
     size_t n_backends;
-    /* Its view of etcd (VIEW and KEY records), for lb_watcher_seed(): keys
-     * malloc'd (each key's bytes then its value's, in one block); the
-     * caller frees them with lb_takeover_free_view(). */
+    /* Its view of etcd (VIEW and KEY records), for lb_watcher_seed(); the
+     * caller frees it with lb_takeover_free_view(). */
     bool have_view;
-    struct lb_watcher_view view; /* .prefix points to view_prefix */
-    char view_prefix[LB_HANDOVER_PREFIX_MAX];
-    struct lb_watcher_kv *keys;
-    size_t n_keys;
+    struct lb_saved_view view;
 };
 
 /* Frees the view of etcd a takeover received (a no-op when none). */

@@ -5,6 +5,8 @@
  */
 #include "lb_update.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 void lb_pool_policy_defaults(struct lb_pool_policy *p)
@@ -59,4 +61,36 @@ bool lb_name_is_valid(const char *name, size_t len)
         if (!is_name_char((unsigned char)name[i]))
             return false;
     return true;
+}
+
+void lb_saved_view_free(struct lb_saved_view *v)
+{
+    for (size_t i = 0; i < v->n_keys; i++)
+        free((void *)v->keys[i].key);
+    free(v->keys);
+    v->keys = NULL;
+    v->n_keys = 0;
+}
+
+int lb_saved_view_add(struct lb_saved_view *v, size_t cap, const struct lb_watcher_kv *kv)
+{
+    struct lb_watcher_kv *slot;
+    char *block;
+
+    if (v->n_keys >= cap)
+        return -ENOSPC;
+    block = malloc(kv->key_len + kv->value_len + 1);
+    if (!block)
+        return -ENOMEM;
+    memcpy(block, kv->key, kv->key_len);
+    if (kv->value_len)
+        memcpy(block + kv->key_len, kv->value, kv->value_len);
+    block[kv->key_len + kv->value_len] = '\0';
+    slot = &v->keys[v->n_keys++];
+    slot->key = block;
+    slot->key_len = kv->key_len;
+    slot->value = block + kv->key_len;
+    slot->value_len = kv->value_len;
+    slot->mod_revision = kv->mod_revision;
+    return 0;
 }

@@ -147,11 +147,11 @@ struct lb_store {
 };
 
 /*
- * A view of etcd handed from one lbd to the next at an upgrade (the watcher
- * exports and seeds it, the upgrade carries it): the revision it was at,
- * etcd's cluster id, how long it had been out of touch with etcd (0 when
- * watching), the key prefix, and its keys with their values as etcd stored
- * them.
+ * A view of etcd kept outside the watcher (the watcher exports and seeds
+ * it; an upgrade hands it to the next lbd, the state file keeps it across
+ * restarts): the revision it was at, etcd's cluster id, how long it had
+ * been out of touch with etcd (0 when watching), the key prefix, and its
+ * keys with their values as etcd stored them.
  */
 struct lb_watcher_view {
     int64_t revision;
@@ -167,5 +167,27 @@ struct lb_watcher_kv {
     size_t value_len;
     int64_t mod_revision;
 };
+
+/* A key prefix, with its NUL (as --prefix allows). */
+#define LB_VIEW_PREFIX_MAX 512
+
+/* Such a view owned as one value. */
+struct lb_saved_view {
+    struct lb_watcher_view view; /* .prefix points to prefix */
+    char prefix[LB_VIEW_PREFIX_MAX];
+    int64_t written_ms; /* from a state file: when it was written (ms since the epoch) */
+    /* Each key's bytes then its value's, in one malloc'd block at .key. */
+    struct lb_watcher_kv *keys;
+    size_t n_keys;
+};
+
+/* Frees the keys of v and empties its list (a no-op when it holds none). */
+void lb_saved_view_free(struct lb_saved_view *v);
+
+/*
+ * Appends a copy of one key to v, whose keys array has room for `cap`:
+ * 0, -ENOSPC when full, -ENOMEM.
+ */
+int lb_saved_view_add(struct lb_saved_view *v, size_t cap, const struct lb_watcher_kv *kv);
 
 #endif

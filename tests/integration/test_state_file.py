@@ -1,0 +1,188 @@
+#!/usr/bin/python3
+"""lbd --state-file: the last view of etcd, kept on disk.
+
+An lbd that crashes and starts again while etcd is out of reach serves the
+pools it last knew (backends, policies, overrides) from the file, instead
+of none, and catches up with etcd once it answers.  A file that is not
+whole, of another prefix or not lbd's is never used in part: lbd says why
+and lists etcd first.  A write that fails is logged and counted, and lbd
+serves on; flags that cannot work are refused before anything starts.
+"""
+
+import base64
+import collections
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lbtest  # noqa: E402
+from lbtest import (Backend, Etcd, Harness, HarnessTestCase, Lbd, ask,  # noqa: E402
+                    backend_key, backend_value, figure, lbd_pool, override_key, run, scaled,
+                    wait_until)
+
+PREFIX = "/lbtest-state/"
+POOL = "web"
+STARTED_MARK = "started from the state file"
+
+
+def read_state(path):
+    """{key: value} of an lbd state file, and its "lbd" member; (None, None) when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    kvs = {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+           for kv in doc.get("kvs", [])}
+    return kvs, doc.get("lbd")
+
+
+class StateFile(HarnessTestCase):
+    def setUp(self):
+        self.h = Harness(self.id().rsplit(".", 1)[-1])
+        self.addCleanup(self.h.cleanup)
+        self.etcd = Etcd(self.h).start()
+        self.state = self.h.path("state", "lbd.state")
+        os.makedirs(os.path.dirname(self.state))
+
+    def lbd(self, prefix=PREFIX, state=None, name="lbd"):
+        return Lbd(self.h, self.etcd.url, prefix, [POOL], name=name,
+                   extra_args=["--state-file", state or self.state, "--shutdown-grace", "1s"])
+
+    def wait_state_keys(self, keys, what):
+        wait_until(lambda: set(keys) <= set((read_state(self.state)[0] or {}).keys()),
+                   scaled(10), what)
+
+    def test_1_restart_while_etcd_is_down_serves_the_last_pools(self):
+        b1, b2, b3 = (Backend(self.h, i) for i in ("b1", "b2", "b3"))
+        for b in (b1, b2):
+            self.etcd.put(backend_key(PREFIX, POOL, b.id), backend_value(b.addr))
+        self.etcd.put(override_key(PREFIX, POOL, "b2"), json.dumps({"drain": True}))
+        self.etcd.put("%spools/%s/config" % (PREFIX, POOL),
+                      json.dumps({"algorithm": "leastconn", "health": {"type": "none"}}))
+        lbd = self.lbd().start()
+        self.addCleanup(lbd.stop, None)
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1"), override_key(PREFIX, POOL, "b2"),
+                              "%spools/%s/config" % (PREFIX, POOL)], "the state file")
+        st = os.stat(self.state)
+        self.assertEqual(st.st_mode & 0o777, 0o600, "the state file holds etcd's values: 0600")
+        kvs, meta = read_state(self.state)
+        self.assertEqual(meta["prefix"], PREFIX)
+        self.assertGreaterEqual(lbd.metric("lbd_state_file_writes_total"), 1)
+
+        lbd.proc.kill()          # a crash
+        self.etcd.kill()         # and etcd is gone too
+        lbd.start()              # /readyz 200 without etcd
+        line = [ln for ln in lbd.log_text().splitlines() if STARTED_MARK in ln]
+        figure("started from the state file", line and line[0].split("msg=")[1])
+        self.assertEqual(len(line), 1, lbd.log_text())
+        served = collections.Counter(ask(lbd.pool_port(POOL)) for _ in range(20))
+        self.assertEqual(served, {"b1": 20}, "b2 is drained (an override in the file)")
+        backends = lbd.backends(POOL)
+        self.assertEqual(set(backends), {"b1", "b2"})
+        self.assertTrue(backends["b2"]["drain"], backends["b2"])
+        pools = lbd.ctl_json("pools")
+        figure("pools from the state file", pools)
+        self.assertGreater(lbd.metric("lbd_etcd_staleness_seconds"), 0,
+                           "the view is as old as the file")
+
+        # etcd returns with a backend put meanwhile: lbd lists it and writes it down.
+        self.etcd.restart()
+        self.etcd.put(backend_key(PREFIX, POOL, "b3"), backend_value(b3.addr))
+        wait_until(lambda: "b3" in lbd_pool(lbd, POOL), scaled(15), "b3 after etcd came back")
+        self.assertIn('msg="re-listed"', lbd.log_text())
+        wait_until(lambda: lbd.metric("lbd_etcd_staleness_seconds") == 0, scaled(10),
+                   "staleness back to 0")
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b3")], "b3 in the state file")
+        lbd.stop(expect_rc=0)
+        self.assertFalse([f for f in os.listdir(os.path.dirname(self.state)) if ".tmp." in f],
+                         "no temporary file left")
+
+    def test_2_files_that_are_not_whole_are_not_used(self):
+        b1 = Backend(self.h, "b1")
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
+        good = self.lbd().start()
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file")
+        good.stop(expect_rc=0)
+        with open(self.state, "rb") as f:
+            whole = f.read()
+        other = self.lbd(prefix="/lbtest-other/", name="lbd-other")   # keys of another prefix
+        cases = [
+            ("cut in half", whole[:len(whole) // 2], "state file not used"),
+            ("garbage", b"\x00\xffnot json at all", "state file not used"),
+            ("empty", b"", "state file not used"),
+            ("another format", whole.replace(b'"format":1', b'"format":99'), "another format"),
+            ("a key short", whole.replace(b'"count":"1"', b'"count":"2"'), "not whole"),
+            ("not lbd's", json.dumps({"kvs": [], "count": "0"}).encode(), "not an lbd state"),
+        ]
+        for name, content, expect in cases:
+            with self.subTest(name):
+                with open(self.state, "wb") as f:
+                    f.write(content)
+                lbd = self.lbd(name="lbd-" + name.replace(" ", "-").replace("'", ""))
+                lbd.start()     # lists etcd, which answers
+                self.addCleanup(lbd.stop, None)
+                warn = [ln for ln in lbd.log_text().splitlines() if "state file" in ln and
+                        "level=warn" in ln]
+                figure("state file %s" % name, warn and warn[0].split("msg=")[1])
+                self.assertTrue(any(expect in ln for ln in warn), lbd.log_text())
+                self.assertNotIn(STARTED_MARK, lbd.log_text())
+                self.assertEqual(ask(lbd.pool_port(POOL)), "b1")
+                # and the next write replaces it with a whole one
+                self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr, 90))
+                wait_until(lambda: (read_state(self.state)[0] or {}).get(
+                    backend_key(PREFIX, POOL, "b1"), "").find('"weight": 90') >= 0,
+                    scaled(10), "a whole file again")
+                lbd.stop(expect_rc=0)
+        with self.subTest("another prefix"):
+            other.start()
+            self.addCleanup(other.stop, None)
+            self.assertIn("it holds another key prefix", other.log_text())
+            other.stop(expect_rc=0)
+
+    def test_3_a_write_that_fails_is_logged_and_lbd_serves_on(self):
+        b1 = Backend(self.h, "b1")
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
+        lbd = self.lbd().start()
+        self.addCleanup(lbd.stop, None)
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file")
+        shutil.rmtree(os.path.dirname(self.state))
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr, 50))
+        wait_until(lambda: lbd.metric("lbd_state_file_write_errors_total") >= 1, scaled(10),
+                   "a failed write counted")
+        line = [ln for ln in lbd.log_text().splitlines() if "cannot write the state file" in ln]
+        figure("failed write", line and line[0].split("msg=")[1])
+        self.assertEqual(len(line), 1, lbd.log_text())
+        self.assertEqual(ask(lbd.pool_port(POOL)), "b1")
+        self.assertEqual(lbd.http_get("/readyz")[0], 200)
+        os.makedirs(os.path.dirname(self.state))
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr, 60))
+        wait_until(lambda: "state file written again" in lbd.log_text(), scaled(10),
+                   "the next write to succeed")
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file again")
+        lbd.stop(expect_rc=0)
+
+    def test_4_paths_that_cannot_work_are_refused(self):
+        missing = self.h.path("no-such-dir", "lbd.state")
+        fifo = self.h.path("state", "fifo")
+        os.mkfifo(fifo)
+        for name, path, expect in [
+            ("missing directory", missing, "does not exist"),
+            ("a directory", os.path.dirname(self.state), "not a regular file"),
+            ("a trailing slash", self.state + "/", "not a directory"),
+            ("a FIFO", fifo, "not a regular file"),
+        ]:
+            for check in (True, False):
+                with self.subTest(name, check=check):
+                    argv = self.lbd(state=path).argv() + (["--check"] if check else [])
+                    rc, out, err = run(argv, timeout=scaled(15))
+                    lines = err.strip().splitlines()
+                    figure("--state-file %s%s" % (name, " --check" if check else ""), lines)
+                    self.assertEqual(rc, 2, out + err)
+                    self.assertTrue(any(expect in ln for ln in lines), err)
+
+
+if __name__ == "__main__":
+    lbtest.main()
