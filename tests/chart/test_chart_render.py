@@ -25,7 +25,8 @@ invariants the chart promises:
   and each register.meta entry as --meta KEY=VALUE; the schema takes the
   zones lbd takes and no other; a ci file covers a zoned lbd and sidecar;
 - the admin API is on loopback unless a token protects it;
-- probes have timeouts, a startup probe exists, NOTES.txt renders.
+- probes have timeouts, a startup probe exists, NOTES.txt renders;
+- --state-file lies on an emptyDir of its own, and is absent when disabled.
 """
 
 import os
@@ -560,6 +561,31 @@ class ChartRenders(unittest.TestCase):
                     self.assertIn(m, r.lbd["volumeMounts"])
                     self.assertIn(m["name"], names)
         self.assertGreater(seen, 0)
+
+    def test_state_file_on_an_empty_dir(self):
+        """--state-file lies on a writable emptyDir of its own (the root is read-only),
+        and is not given when stateFile.enabled is false."""
+        states = set()
+        for r in self.renders:
+            with self.subTest(values=r.label):
+                paths = flag_values(r.lbd["args"], "--state-file")
+                enabled = r.values["stateFile"]["enabled"]
+                states.add(enabled)
+                if not enabled:
+                    self.assertEqual(paths, [])
+                    self.assertNotIn("state", [v["name"] for v in r.pod.get("volumes", [])])
+                    continue
+                self.assertEqual(len(paths), 1)
+                mounts = [m for m in r.lbd["volumeMounts"]
+                          if paths[0].startswith(m["mountPath"].rstrip("/") + "/")]
+                self.assertEqual(len(mounts), 1, r.lbd["volumeMounts"])
+                self.assertFalse(mounts[0].get("readOnly", False))
+                volume = [v for v in r.pod["volumes"] if v["name"] == mounts[0]["name"]]
+                self.assertEqual(len(volume), 1)
+                self.assertIn("emptyDir", volume[0])
+                self.assertEqual(volume[0]["emptyDir"]["sizeLimit"],
+                                 r.values["stateFile"]["sizeLimit"])
+        self.assertEqual(states, {True, False}, "a ci file covers stateFile.enabled: false")
 
     # -- NOTES -------------------------------------------------------------------
 

@@ -147,6 +147,11 @@ class SystemdUnits(unittest.TestCase):
         self.assertIn(sock, s.get("Environment", []))
         env = read(DEPLOY, "systemd", "lbd.env.example")
         self.assertRegex(env, r"(?m)^%s$" % re.escape(sock))
+        # the state file in the unit's own state directory, kept between runs
+        self.assertEqual(s["StateDirectory"], ["lbd"])
+        state = "LBD_STATE_FILE=/var/lib/lbd/state.json"
+        self.assertIn(state, s.get("Environment", []))
+        self.assertRegex(env, r"(?m)^%s$" % re.escape(state))
 
     def test_register_template(self):
         u = self.unit("lbd-register@.service")
