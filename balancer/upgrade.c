@@ -170,9 +170,14 @@ static int takeover_recv(int fd, uint8_t *buf, struct lb_handover_msg *m, int *f
         return lb_error_set(err, -ECONNRESET,
                             "the running lbd closed the upgrade socket (another upgrade in "
                             "progress, or it is shutting down)");
-    if (rc == -EAGAIN || rc == -ECONNRESET)
-        return lb_error_set(err, rc, "no answer from the running lbd on the upgrade socket: %s",
-                            rc == -EAGAIN ? "timed out" : "the link broke");
+    if (rc == -EAGAIN)
+        return lb_error_set(err, rc,
+                            "no answer from the running lbd on the upgrade socket within %d s; "
+                            "it keeps serving, and this lbd exits (is it stopped or overloaded?)",
+                            TAKEOVER_WAIT_S);
+    if (rc == -ECONNRESET)
+        return lb_error_set(err, rc,
+                            "no answer from the running lbd on the upgrade socket: the link broke");
     if (rc < 0) {
         lb_error_set(err, -EPROTO, "the running lbd sent a bad hand-over record: %s",
                      why ? why : "another session version");
@@ -270,17 +275,6 @@ static void takeover_view_done(struct lb_takeover *out, const struct view_rx *rx
     out->have_view = true;
 }
 
-/* The process listening at the other end of a connected unix socket; 0: unknown. */
-static pid_t peer_pid(int fd)
-{
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred))
-        return 0;
-    return cred.pid;
-}
-
 /* True once pid has exited (gone, or a zombie: its sockets are closed). */
 static bool process_exited(pid_t pid)
 {
@@ -303,35 +297,47 @@ static bool process_exited(pid_t pid)
     return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
 }
 
+/* Nobody listens at the upgrade socket any more (the file may be gone too). */
+static bool nobody_listens(const struct sockaddr_un *sa)
+{
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    bool gone;
+
+    if (fd < 0)
+        return false;
+    gone = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 &&
+           (errno == ECONNREFUSED || errno == ENOENT);
+    close(fd); /* when it is there, it sees a peer that leaves without HELLO */
+    return gone;
+}
+
 /*
  * The link to the running lbd failed: did that process die (killed, or
- * crashed) rather than turn this one away?  Its socket closes while it
+ * crashed) rather than turn this one away?  It did when the pid that
+ * answered HELLO has exited, or when nobody listens at the socket any more
+ * (before HELLO: the listening socket may have been handed over, so its
+ * creator says nothing of who holds it now).  Its socket closes while it
  * exits, so this waits for the exit a little.
  */
-static bool previous_died(pid_t pid, int rc)
+static bool previous_died(pid_t hello_pid, const struct sockaddr_un *sa, int rc)
 {
-    if (pid <= 0 || (rc != -ECONNRESET && rc != -EAGAIN && rc != -EPIPE))
+    if (rc != -ECONNRESET && rc != -EAGAIN && rc != -EPIPE)
         return false;
-    for (int i = 0; i < PREVIOUS_EXIT_WAIT_MS / 10; i++) {
-        if (process_exited(pid))
+    for (int i = 0; i <= PREVIOUS_EXIT_WAIT_MS / 10; i++) {
+        if ((hello_pid > 0 && process_exited(hello_pid)) || nobody_listens(sa))
             return true;
         usleep(10 * 1000);
     }
-    return process_exited(pid);
+    return false;
 }
 
 /* Removes the socket file a dead lbd left at path, if nobody listens there. */
 static void remove_stale_socket(const char *path, const struct sockaddr_un *sa)
 {
     struct stat st;
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 
-    if (fd < 0)
-        return;
-    if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 && errno == ECONNREFUSED &&
-        lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    if (nobody_listens(sa) && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
         unlink(path);
-    close(fd);
 }
 
 int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err)
@@ -342,7 +348,6 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
     struct lb_handover_msg m;
     uint8_t *buf = NULL;
     int fd, rc, fds[LB_HANDOVER_FDS_MAX], n_fds = 0;
-    pid_t pid = 0;
 
     memset(out, 0, sizeof(*out));
     out->fd = out->upgrade_listen_fd = -1;
@@ -373,11 +378,8 @@ int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *
     }
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    pid = peer_pid(fd);
     LB_INFO(LOG_SUB,
-            "msg=\"upgrade: an lbd serves the upgrade socket, taking over from it\" "
-            "path=%s pid=%ld",
-            path, (long)pid);
+            "msg=\"upgrade: an lbd serves the upgrade socket, taking over from it\" path=%s", path);
     buf = malloc(LB_HANDOVER_MSG_MAX);
     if (!buf) {
         rc = lb_error_set(err, -ENOMEM, "out of memory");
@@ -464,12 +466,12 @@ fail:
         close(out->upgrade_listen_fd);
     out->upgrade_listen_fd = -1;
     out->n_listeners = 0;
-    if (previous_died(pid, rc)) {
+    if (previous_died((pid_t)out->peer.pid, &sa, rc)) {
         /* Its ports are free again: this process starts as if it were the first. */
         LB_WARN(LOG_SUB,
                 "msg=\"upgrade: the running lbd exited during the hand-over; starting on its "
-                "own (its open connections were lost with it)\" path=%s pid=%ld error=\"%s\"",
-                path, (long)pid, *err ? *err : "");
+                "own (its open connections were lost with it)\" path=%s error=\"%s\"",
+                path, *err ? *err : "");
         free(*err);
         *err = NULL;
         remove_stale_socket(path, &sa);

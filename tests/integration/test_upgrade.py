@@ -1447,6 +1447,31 @@ class Upgrade(HarnessTestCase):
         self.assertEqual(fresh.wait_exit(scaled(20), "the next lbd's ready")[0], 0)
         self.stop_final(last)
 
+    def test_6c_running_lbd_that_does_not_answer_keeps_its_ports(self):
+        """The running lbd is alive but answers nothing (stopped): the new one
+        gives up after its 10 s wait with one error line and exits, and never
+        binds the ports beside it; the running one serves on once resumed."""
+        require_upgrade_flag(self)
+        sock = self.h.path("t6c.sock")
+        first = UpLbd(self.h, self.etcd.url, sock, "t6c-lbd1", workers=1).start()
+        self.addCleanup(first.proc.kill)
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: first.proc.alive() and os.kill(first.proc.pid, signal.SIGCONT))
+        argv = first.successor("t6c-lbd2", workers=1).argv()
+        try:
+            rc, out, err = run(argv, timeout=scaled(30))
+        finally:
+            os.kill(first.proc.pid, signal.SIGCONT)
+        lines = [ln for ln in (out + err).splitlines() if ln.startswith("lbd:")]
+        figure("the running lbd answers nothing: rc", rc)
+        figure("the running lbd answers nothing: line", lines)
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(len(lines), 1, out + err)
+        self.assertIn("no answer from the running lbd", lines[0])
+        self.assertNotIn("starting on its own", out + err)
+        self.assertEqual(self.echo_once(first.port), "ok", "the running lbd serves on")
+        first.stop(expect_rc=0)
+
     def test_6_stale_socket_file_and_missing_directory(self):
         require_upgrade_flag(self)
         sock = self.h.path("t6.sock")
