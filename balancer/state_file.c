@@ -26,6 +26,8 @@
 #define REFRESH_S      300.0 /* while nothing changes: the file's age stays close */
 #define ERROR_REPEAT_S 60.0  /* the same write error is logged again after this long */
 
+_Static_assert(LB_VIEW_FILE_MAX == (size_t)256 << 20, "write_failed() says 256 MiB");
+
 struct lb_state_file {
     struct ev_loop *loop;
     struct lb_watcher *watcher;
@@ -109,7 +111,9 @@ static void write_failed(struct lb_state_file *s, int rc, const char *step)
                 "msg=\"cannot write the state file; lbd serves on, and a restart while etcd is "
                 "out of reach would start with no pools\" path=%s step=%s error=\"%s\" "
                 "failures=%llu",
-                lb_log_quote(qpath, sizeof(qpath), s->path), step, strerror(-rc),
+                lb_log_quote(qpath, sizeof(qpath), s->path), step,
+                rc == -E2BIG ? "the view is larger than the 256 MiB a state file holds"
+                             : strerror(-rc),
                 (unsigned long long)s->errors);
         s->error_logged_at = now;
     }
