@@ -25,6 +25,7 @@
 #include "lb_log.h"
 #include "lb_settings.h"
 #include "lb_util.h"
+#include "lb_view_file.h"
 #include "lb_watcher.h"
 #include "metrics.h"
 #include "lb_cpus.h"
@@ -1154,9 +1155,25 @@ static unsigned lbd_check_listeners(const struct lbd *d)
     return problems;
 }
 
+/* True when the regular file at path is empty or starts as lbd's state files do. */
+static bool lbd_state_file_is_ours(const char *path)
+{
+    char head[sizeof(LB_VIEW_FILE_MAGIC) - 1];
+    int fd = lb_file_open(path, "state file", NULL, NULL);
+    ssize_t n;
+
+    if (fd < 0)
+        return false;
+    n = read(fd, head, sizeof(head));
+    close(fd);
+    return n == 0 ||
+           (n == (ssize_t)sizeof(head) && memcmp(head, LB_VIEW_FILE_MAGIC, (size_t)n) == 0);
+}
+
 /*
  * What is wrong with --state-file PATH, or NULL: its directory must exist,
- * and PATH, when there, must be a regular file (lbd replaces it whole).
+ * and PATH, when there, must be a regular file that lbd wrote (it replaces
+ * it whole: a path mistyped as the config file must not cost that file).
  */
 static const char *lbd_state_file_problem(const char *path, char *msg, size_t size)
 {
@@ -1176,6 +1193,11 @@ static const char *lbd_state_file_problem(const char *path, char *msg, size_t si
     else if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
         snprintf(msg, size,
                  "--state-file %s: the path exists and is not a regular file; give another path",
+                 path);
+    else if (lstat(path, &st) == 0 && !lbd_state_file_is_ours(path))
+        snprintf(msg, size,
+                 "--state-file %s: the file exists and is not an lbd state file; lbd does not "
+                 "replace a file it did not write: give another path, or remove it",
                  path);
     else
         return NULL;

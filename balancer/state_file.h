@@ -9,7 +9,8 @@
  * and at exit; each time whole, to PATH.tmp.PID, flushed to disk, then
  * renamed over PATH, so a crash mid-write leaves the previous file.  A
  * write that fails is logged (again when the error changes, and each
- * minute) and counted; lbd serves on.  Runs on the control loop.
+ * minute) and counted; lbd serves on.  lbd refuses at start-up a PATH
+ * that holds a file it did not write (main.c).  Runs on the control loop.
  */
 #ifndef LB_STATE_FILE_H
 #define LB_STATE_FILE_H

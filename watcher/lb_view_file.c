@@ -31,7 +31,7 @@ void lb_view_file_begin(struct lb_view_file_writer *w, struct lb_buf *out)
 {
     w->out = out;
     w->n = 0;
-    w->rc = lb_buf_printf(out, "{\"kvs\":[");
+    w->rc = lb_buf_printf(out, "%s", LB_VIEW_FILE_MAGIC);
 }
 
 void lb_view_file_add(struct lb_view_file_writer *w, const struct lb_watcher_kv *kv)

@@ -25,6 +25,9 @@
 #include <stdint.h>
 
 #define LB_VIEW_FILE_FORMAT 1
+/* Every state file lbd writes starts with these bytes (a file that does not
+ * was not written by lbd, and lbd does not replace it). */
+#define LB_VIEW_FILE_MAGIC "{\"kvs\":["
 /* Largest state file read or written. */
 #define LB_VIEW_FILE_MAX ((size_t)256 << 20)
 

@@ -110,12 +110,11 @@ class StateFile(HarnessTestCase):
             whole = f.read()
         other = self.lbd(prefix="/lbtest-other/", name="lbd-other")   # keys of another prefix
         cases = [
-            ("cut in half", whole[:len(whole) // 2], "state file not used"),
-            ("garbage", b"\x00\xffnot json at all", "state file not used"),
-            ("empty", b"", "state file not used"),
+            ("cut in half", whole[:len(whole) // 2], "not JSON"),
+            ("empty", b"", "not JSON"),
             ("another format", whole.replace(b'"format":1', b'"format":99'), "another format"),
             ("a key short", whole.replace(b'"count":"1"', b'"count":"2"'), "not whole"),
-            ("not lbd's", json.dumps({"kvs": [], "count": "0"}).encode(), "not an lbd state"),
+            ("no lbd member", whole[:whole.index(b',\n"lbd"')] + b"}", "not an lbd state"),
         ]
         for name, content, expect in cases:
             with self.subTest(name):
@@ -141,6 +140,29 @@ class StateFile(HarnessTestCase):
             self.addCleanup(other.stop, None)
             self.assertIn("it holds another key prefix", other.log_text())
             other.stop(expect_rc=0)
+
+    def test_2b_files_lbd_did_not_write_are_not_replaced(self):
+        """A path that names a file lbd did not write (the config file, by a slip
+        of the hand) is refused before anything starts, and the file is left as
+        it was."""
+        config = self.h.path("state", "lbd.json")
+        for name, path, content in [
+            ("the config file", config, json.dumps({"pool": ["web=127.0.0.1:1"]}).encode()),
+            ("garbage", self.state, b"\x00\xffnot json at all"),
+            ("other JSON", self.state, json.dumps({"kvs": [], "count": "0"}).encode()),
+        ]:
+            with self.subTest(name):
+                with open(path, "wb") as f:
+                    f.write(content)
+                for check in (["--check"], []):
+                    rc, out, err = run(self.lbd(state=path).argv() + check, timeout=scaled(15))
+                    lines = err.strip().splitlines()
+                    figure("--state-file naming %s%s" % (name, " --check" if check else ""),
+                           lines)
+                    self.assertEqual(rc, 2, out + err)
+                    self.assertIn("is not an lbd state file", lines[0])
+                    with open(path, "rb") as f:
+                        self.assertEqual(f.read(), content, "the file was changed")
 
     def test_3_a_write_that_fails_is_logged_and_lbd_serves_on(self):
         b1 = Backend(self.h, "b1")
