@@ -40,7 +40,6 @@ struct lb_state_file {
     double last_write; /* wall clock, s; 0: never */
     int last_errno;    /* of the last failed write; 0 after a success */
     ev_tstamp error_logged_at;
-    size_t last_keys;
 };
 
 static int64_t wall_ms(void)
@@ -157,7 +156,6 @@ static void write_now(struct lb_state_file *s)
                 qpath, w.n, (long long)view.revision, bytes, (ev_time() - t0) * 1000.0);
     s->last_errno = 0;
     s->writes++;
-    s->last_keys = w.n;
     s->last_write = (double)wall_ms() / 1000.0;
 }
 
