@@ -22,15 +22,18 @@ idle, half-open and trickling connections on the admin and probe ports;
 emptied pools and bursts of hundreds of backends; hitless upgrades (a new
 lbd with the same flags, SIGUSR2, a new lbd of another session version, a
 new lbd killed -9 before it is ready); lbd stalled (every thread stopped
-for up to 0.8 s, as a pod throttled at its CPU limit).  Meanwhile client
-threads keep connecting through lbd.
+for up to 0.8 s, as a pod throttled at its CPU limit); lbd killed -9 and
+started again with the same flags (a crash, the OOM killer), half the time
+while it is cut off from etcd, when only its --state-file lets it serve.
+Meanwhile client threads keep connecting through lbd.
 
 Invariants, checked all the time:
   - lbd alive, no AddressSanitizer/UBSan/LeakSanitizer report in its log;
   - /healthz answers within 1 s (its own thread, every 0.5 s);
   - every client attempt ends within a bound derived from the pool policies
     in force while it ran: served (echo correct) or closed (EOF or reset);
-    a wrong byte or a refused connect to lbd's listener is a failure;
+    a wrong byte or a refused connect to lbd's listener is a failure (but
+    while lbd is down between a crash and its restart);
 and in quiet phases (churn paused, state settled):
   - `lbctl -o json backends` agrees with etcd and the overrides given;
   - a pool with a registered, echoing, undrained, weighted, not forced-down
@@ -117,7 +120,7 @@ EVENT_WEIGHTS = {
     "abuse.admin": 3, "abuse.http": 3, "abuse.close": 2,
     "bulk.burst": 1, "bulk.clear": 1, "bulk.policy": 1,
     "upgrade.start": 2, "upgrade.usr2": 1, "upgrade.incompatible": 1, "upgrade.abort": 1,
-    "lbd.stall": 2,
+    "lbd.stall": 2, "lbd.crash": 1,
 }
 UPGRADE_KINDS = tuple(k for k in EVENT_WEIGHTS if k.startswith("upgrade."))
 
@@ -128,8 +131,10 @@ READY_MARK = "upgrade: ready"
 TAKEOVER_MARK = "upgrade: took over the listeners"
 # lbd accepts after its first etcd listing, or, taking over, from the previous one's view
 ACCEPTING_MARKS = ("first etcd listing applied, accepting connections",
-                   "view of etcd taken over from the previous process, accepting connections")
+                   "view of etcd taken over from the previous process, accepting connections",
+                   "view of etcd taken over from the state file, accepting connections")
 HANDOVER_MARK = "upgrade: hand-over finished"
+STATE_FILE_MARK = "started from the state file"
 LISTENERS_ONLY_MARK = "listeners only"
 WENT_AWAY_MARK = "upgrade: the new process went away before it was ready"
 SPAWNED_RE = re.compile(r'upgrade: started the new binary" new_pid=(\d+)')
@@ -403,7 +408,9 @@ class Attempt:
             try:
                 self._connect()
             except ConnectionRefusedError as exc:
-                res.outcome = "lbd_refused"
+                # lbd is down between a crash and its restart: refused is all it can be
+                crashed = self.soak.in_crash_window(res.t0, now())
+                res.outcome = "refused_crashed" if crashed else "lbd_refused"
                 res.detail = str(exc)
                 return res
             getattr(self, "_kind_" + self.kind)()
@@ -563,9 +570,10 @@ class ClientThreads:
 
 
 class HealthzProbe(threading.Thread):
-    def __init__(self, port):
+    def __init__(self, port, excused=lambda t0, t1: False):
         super().__init__(name="healthz-probe", daemon=True)
         self.port = port
+        self.excused = excused   # (t0, t1): lbd was down meanwhile (a crash)
         self._halt = threading.Event()
         self.violations = []
         self.slow = 0
@@ -602,8 +610,9 @@ class HealthzProbe(threading.Thread):
             if ok:
                 continue
             self.slow += 1
+            t0 = now() - took
             ok2, took2, why2 = self.probe()  # one more at once: a hiccup or a stall?
-            if not ok2:
+            if not ok2 and not self.excused(t0, now()):
                 self.violations.append("/healthz did not answer within %.0f s twice in a row "
                                        "(%s; then %s)" % (HEALTHZ_LIMIT, why, why2))
 
@@ -984,6 +993,7 @@ class Soak:
         self.log_offsets = {}     # log path -> bytes scanned
         self.upgrade_log = []     # one dict per upgrade, for the summary
         self.upgrade_windows = []  # (start, end) of every upgrade
+        self.crash_windows = []    # [start, end or None]: lbd killed until its successor is ready
         self.prober = None        # ConnectProber while an upgrade runs
         self.pending_new = None   # the new lbd of an upgrade, until it is ready
         self.policy_bad = {}      # pool -> figures of the invalid policy etcd holds now
@@ -1198,9 +1208,10 @@ class Soak:
                 lbtest.reserve_port(srv.port)
             self.put(self.key_backend(WIT, "w0"), json.dumps({"addr": self.wfarm.addr("s0")}))
             self.put(self.key_config(WIT), json.dumps(self.wit_policy("1s")))
+        self.state_file = self.h.path("lbd.state")
         self.lbd = SoakLbd(self.h, self.etcd.url,
                            ["--shutdown-grace", "%gs" % SHUTDOWN_GRACE_S, "--log-level",
-                            self.args.log_level], env, "lbd",
+                            self.args.log_level, "--state-file", self.state_file], env, "lbd",
                            sock_path=None if self.no_upgrade_socket else self.h.path("up.sock"),
                            pools=SERVED + ((WIT,) if self.use_wit else ()))
         self.lbds.append(self.lbd)
@@ -1209,7 +1220,7 @@ class Soak:
         self.say("lbd pid %d ready; baseline fds=%d rss=%.1f MB"
                  % (self.lbd.proc.pid, self.baseline[0], self.baseline[1] / 1024.0))
         seeds = [self.rng.getrandbits(64) for _ in range(16)]
-        self.probe = HealthzProbe(self.lbd.http_port)
+        self.probe = HealthzProbe(self.lbd.http_port, self.in_crash_window)
         self.probe.start()
         self.clients = ClientThreads(self, self.args.clients, seeds)
 
@@ -1908,6 +1919,58 @@ class Soak:
         self.record("lbd.stall %.2fs (SIGSTOP, then SIGCONT)" % d)
         with self.lbd.proc.stopped():
             time.sleep(d)
+
+    def in_crash_window(self, t0, t1):
+        """True when [t0, t1] meets a time lbd was down after a crash."""
+        return any(t1 >= a and (b is None or t0 <= b) for a, b in list(self.crash_windows))
+
+    def ev_lbd_crash(self):
+        """lbd killed -9 (a crash, the OOM killer) and started again with the same
+        flags by its supervisor.  Half the time lbd is cut off from etcd when it
+        dies and until it serves again: the new one must serve at once from its
+        --state-file (what it knew a second before the crash), then catch up
+        with etcd.  Local overrides and the checks' findings die with it."""
+        while self.retiring or self.pending_new is not None:
+            self.pause(0.05)  # an upgrade finishing: its old lbd exits first
+        had_file = os.path.exists(self.state_file)
+        cut = had_file and self.rng.random() < 0.5
+        self.record("lbd.crash: kill -9, started again with the same flags%s"
+                    % (", while cut off from etcd" if cut else ""))
+        old = self.lbd
+        if cut:
+            self.history.cut_off(True)
+            self.hidden = True
+            self.etcd.hide()
+        window = [now(), None]
+        self.crash_windows.append(window)
+        try:
+            old.proc.kill()
+            new = SoakLbd(self.h, old.etcd_url, old.extra_args, old.env,
+                          "lbd-gen%d" % (len(self.lbds) + 1), old.sock_path, old.workers,
+                          old.version, like=old, gen=len(self.lbds) + 1, pools=old.pool_names)
+            self.lbds.append(new)
+            new.start(timeout=lbtest.scaled(30.0))
+            window[1] = now()
+            text = new.log_text()
+            if had_file and STATE_FILE_MARK not in text:
+                raise SoakFailure("lbd.crash: the new %s did not start from its state file %s, "
+                                  "which existed; its log:\n    %s"
+                                  % (new.label, self.state_file,
+                                     "\n    ".join(text.splitlines()[-20:])))
+            self.counts["lbd.crash_from_state_file" if STATE_FILE_MARK in text
+                        else "lbd.crash_listed_etcd"] += 1
+            if cut:
+                self.counts["lbd.crash_cut_off_from_etcd"] += 1
+            self.lbd = new
+            self.model_new_process(keep_local=False)
+            self.baseline = new.baseline = self.measure_baseline(new)
+        finally:
+            if window[1] is None:
+                window[1] = now()
+            if cut:
+                self.etcd.unhide()
+                self.hidden = False
+                self.history.cut_off(False)
 
     # abuse of the admin and probe ports
 
