@@ -1932,6 +1932,15 @@ class Soak:
         with etcd.  Local overrides and the checks' findings die with it."""
         while self.retiring or self.pending_new is not None:
             self.pause(0.05)  # an upgrade finishing: its old lbd exits first
+        if self.wait_lbd_synced():
+            # lbd has applied a listing: its state file follows within a second.
+            deadline = now() + lbtest.scaled(3.0)
+            while not os.path.exists(self.state_file):
+                if now() > deadline:
+                    raise SoakFailure("lbd.crash: %s watches etcd but wrote no state file at %s "
+                                      "within %.0f s" % (self.lbd.label, self.state_file,
+                                                         lbtest.scaled(3.0)))
+                self.pause(0.05)
         had_file = os.path.exists(self.state_file)
         cut = had_file and self.rng.random() < 0.5
         self.record("lbd.crash: kill -9, started again with the same flags%s"
