@@ -1186,7 +1186,7 @@ static const char *lbd_state_file_problem(const char *path, char *msg, size_t si
         snprintf(dir, sizeof(dir), ".");
     else
         slash[slash == dir] = '\0'; /* "/x" keeps "/" */
-    if (!*path || path[strlen(path) - 1] == '/')
+    if (path[strlen(path) - 1] == '/')
         snprintf(msg, size, "--state-file %s: give a file's path, not a directory", path);
     else if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         snprintf(msg, size, "--state-file %s: directory %s does not exist (create it)", path, dir);
@@ -1430,6 +1430,10 @@ int main(int argc, char **argv)
     }
     if (d.settings.workers == 0)
         d.settings.workers = lb_cpus_available();
+    if (d.settings.state_file && !d.settings.state_file[0]) {
+        free(d.settings.state_file); /* LBD_STATE_FILE= turns a unit's default off */
+        d.settings.state_file = NULL;
+    }
     if (d.settings.check) {
         exit_code = lbd_check(&d);
         goto out;

@@ -48,8 +48,9 @@ class StateFile(HarnessTestCase):
         os.makedirs(os.path.dirname(self.state))
 
     def lbd(self, prefix=PREFIX, state=None, name="lbd"):
+        path = self.state if state is None else state
         return Lbd(self.h, self.etcd.url, prefix, [POOL], name=name,
-                   extra_args=["--state-file", state or self.state, "--shutdown-grace", "1s"])
+                   extra_args=["--state-file", path, "--shutdown-grace", "1s"])
 
     def wait_state_keys(self, keys, what):
         wait_until(lambda: set(keys) <= set((read_state(self.state)[0] or {}).keys()),
@@ -204,6 +205,10 @@ class StateFile(HarnessTestCase):
                     figure("--state-file %s%s" % (name, " --check" if check else ""), lines)
                     self.assertEqual(rc, 2, out + err)
                     self.assertTrue(any(expect in ln for ln in lines), err)
+        # Empty (LBD_STATE_FILE= over a unit's default): no state file at all.
+        rc, out, err = run(self.lbd(state="").argv() + ["--check"], timeout=scaled(15))
+        self.assertEqual(rc, 0, out + err)
+        self.assertNotIn("state file", out + err)
 
 
 if __name__ == "__main__":
