@@ -22,8 +22,13 @@ static void put_base64(struct lb_view_file_writer *w, const char *bytes, size_t 
 
     if (w->rc == 0)
         w->rc = lb_etcd_base64_encode(bytes, len, &text);
+    /* Not through printf: a value's text may be longer than one printf takes. */
     if (w->rc == 0)
-        w->rc = lb_buf_printf(w->out, "\"%s\"", text);
+        w->rc = lb_buf_append(w->out, "\"", 1);
+    if (w->rc == 0)
+        w->rc = lb_buf_append(w->out, text, strlen(text));
+    if (w->rc == 0)
+        w->rc = lb_buf_append(w->out, "\"", 1);
     free(text);
 }
 
@@ -50,25 +55,28 @@ void lb_view_file_add(struct lb_view_file_writer *w, const struct lb_watcher_kv 
 int lb_view_file_end(struct lb_view_file_writer *w, const struct lb_watcher_view *view,
                      int64_t written_ms)
 {
-    json_object *prefix;
+    json_object *prefix = NULL;
+    const char *text;
     int rc = w->rc;
 
+    if (rc == 0)
+        rc = lb_buf_printf(w->out,
+                           "],\n\"count\":\"%zu\",\"header\":{\"cluster_id\":\"%" PRIu64
+                           "\",\"revision\":\"%" PRId64 "\"},\n\"lbd\":{\"format\":%d,\"prefix\":",
+                           w->n, view->cluster_id, view->revision, LB_VIEW_FILE_FORMAT);
     if (rc == 0) {
-        /* The prefix is operator text: json-c escapes it. */
+        /* The prefix is operator text: json-c escapes it (appended: it may be long). */
         prefix = json_object_new_string(view->prefix);
-        rc = prefix ? 0 : -ENOMEM;
-        if (rc == 0)
-            rc = lb_buf_printf(w->out,
-                               "],\n\"count\":\"%zu\",\"header\":{\"cluster_id\":\"%" PRIu64
-                               "\",\"revision\":\"%" PRId64 "\"},\n\"lbd\":{\"format\":%d,"
-                               "\"prefix\":%s,\"written_ms\":\"%" PRId64
-                               "\",\"stale_ms\":\"%" PRId64 "\"}}\n",
-                               w->n, view->cluster_id, view->revision, LB_VIEW_FILE_FORMAT,
-                               json_object_to_json_string_ext(
-                                   prefix, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
-                               written_ms, view->stale_ms > 0 ? view->stale_ms : 0);
+        text = prefix ? json_object_to_json_string_ext(prefix, JSON_C_TO_STRING_PLAIN |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE)
+                      : NULL;
+        rc = text ? lb_buf_append(w->out, text, strlen(text)) : -ENOMEM;
         json_object_put(prefix);
     }
+    if (rc == 0)
+        rc = lb_buf_printf(w->out,
+                           ",\"written_ms\":\"%" PRId64 "\",\"stale_ms\":\"%" PRId64 "\"}}\n",
+                           written_ms, view->stale_ms > 0 ? view->stale_ms : 0);
     if (rc < 0)
         lb_buf_reset(w->out);
     return rc;
