@@ -38,6 +38,7 @@
 #define LOG_SUB               "upgrade"
 #define TAKEOVER_WAIT_S       10         /* the running lbd answers HELLO and sends its listeners */
 #define PREVIOUS_EXIT_WAIT_MS 1000       /* its link closed: how long its exit may take */
+#define EXIT_SETTLE_MS        200        /* its upgrade socket closed: the rest of its files */
 #define OFFER_PENDING         65536u     /* unsent bytes per direction a moving session may carry */
 #define HELLO_WAIT_S          5.0        /* a peer of the upgrade socket says HELLO within this */
 #define BACKENDS_MAX          (1u << 18) /* BACKEND records taken from the previous process */
@@ -326,10 +327,13 @@ static bool previous_died(pid_t hello_pid, const struct sockaddr_un *sa, int rc)
     for (int ms = 0; ms <= PREVIOUS_EXIT_WAIT_MS; ms += 10) {
         if (hello_pid > 0 && process_exited(hello_pid))
             return true;
-        /* A few probes only: a live lbd logs each as a peer it turned away. */
+        /* A few probes only: a live lbd logs each as a peer it turned away.  The
+         * upgrade socket may close before its pool listeners do: let its exit end. */
         if ((ms == 0 || ms == 100 || ms == 500 || ms == PREVIOUS_EXIT_WAIT_MS) &&
-            nobody_listens(sa))
+            nobody_listens(sa)) {
+            usleep(EXIT_SETTLE_MS * 1000);
             return true;
+        }
         usleep(10 * 1000);
     }
     return false;
