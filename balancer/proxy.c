@@ -35,6 +35,7 @@
 #define EMFILE_PAUSE_S      0.1
 #define OFFER_AGAIN_S       0.02 /* upgrade: look again at sessions that could not move yet */
 #define OFFER_WAIT_MAX_S    5.0  /* and give up on them after this long */
+#define LISTEN_BACKLOG      4096
 
 /* ---------------------------------------------------------- accepting -- */
 
@@ -991,26 +992,32 @@ static int listener_add(struct lb_wpool *wp, int fd)
     /* The watchers moved with the array: set them again (none is started yet). */
     for (size_t k = 0; k < wp->n_ls; k++)
         ev_io_init(&ls[k].io, listener_accept_cb, ls[k].fd, EV_READ);
-    ls[wp->n_ls].fd = fd;
-    ls[wp->n_ls].wp = wp;
+    ls[wp->n_ls] = (struct lb_wlistener){.fd = fd, .wp = wp};
     ev_io_init(&ls[wp->n_ls].io, listener_accept_cb, fd, EV_READ);
     wp->n_ls++;
     return 0;
 }
 
-/* Opens wp's listener; `first` for the pool's first (the others join its port). */
-static int listener_open(struct lb_wpool *wp, const char *text, bool first,
+/*
+ * Opens wp's listener; `first` for the pool's first (the others join its
+ * port).  `bind_only` while taking over from a running lbd: a socket of this
+ * process alone listens once it accepts, so that no client waits in its
+ * queue meanwhile (the previous process's sockets, which both hold, take
+ * them all until then).
+ */
+static int listener_open(struct lb_wpool *wp, const char *text, bool first, bool bind_only,
                          struct lb_listen_socket *sock, char **err)
 {
     char what[LB_NAME_MAX + 320];
     const struct lb_listen_options o = {
         .what = what,
-        .backlog = 4096,
+        .backlog = LISTEN_BACKLOG,
         .reuse_port = true,
         .exclusive = first,
         /* Accepted sockets inherit TCP_NODELAY from the listener: one system
          * call per listener instead of one per client. */
         .nodelay = true,
+        .bind_only = bind_only,
     };
     int rc;
 
@@ -1022,6 +1029,7 @@ static int listener_open(struct lb_wpool *wp, const char *text, bool first,
         lb_listen_close(sock);
         return -ENOMEM;
     }
+    wp->ls[wp->n_ls - 1].bound_only = bind_only && !sock->inherited;
     return 0;
 }
 
@@ -1149,7 +1157,8 @@ int lb_proxy_init(struct lb_proxy *proxy, struct ev_loop *loop, struct lb_regist
             struct lb_wpool *wp = &proxy->workers[i].pools[p];
             struct lb_listen_socket sock;
 
-            rc = listener_open(wp, addr, i == 0, &sock, err);
+            /* More workers than the previous process had sockets: see listener_open(). */
+            rc = listener_open(wp, addr, i == 0, i > 0 && first.inherited, &sock, err);
             if (rc < 0)
                 goto fail;
             /* Port 0: the other workers join the port the kernel picked. */
@@ -1213,11 +1222,41 @@ int lb_proxy_start(struct lb_proxy *proxy, char **err)
     return 0;
 }
 
+/* The sockets bound while taking over listen now (before any worker accepts). */
+static void proxy_listen_bound(struct lb_proxy *proxy)
+{
+    for (unsigned i = 0; i < proxy->n_workers; i++) {
+        for (size_t p = 0; p < proxy->registry->n_pools; p++) {
+            struct lb_wpool *wp = &proxy->workers[i].pools[p];
+
+            for (size_t k = 0; k < wp->n_ls; k++) {
+                struct lb_wlistener *l = &wp->ls[k];
+                int rc;
+
+                if (!l->bound_only || l->fd < 0)
+                    continue;
+                l->bound_only = false;
+                rc = lb_listen_start(l->fd, LISTEN_BACKLOG);
+                if (rc == 0)
+                    continue;
+                /* The pool's other sockets take its share of the clients. */
+                LB_WARN("proxy",
+                        "msg=\"cannot listen on a worker's socket; the pool's other sockets "
+                        "take its clients\" pool=%s worker=%u error=\"%s\"",
+                        wp->pool->name, i, strerror(-rc));
+                close(l->fd);
+                l->fd = -1;
+            }
+        }
+    }
+}
+
 void lb_proxy_enable_accept(struct lb_proxy *proxy)
 {
     if (proxy->accept_enabled)
         return;
     proxy->accept_enabled = true;
+    proxy_listen_bound(proxy);
     proxy_order_all(proxy, ORDER_ACCEPT);
 }
 

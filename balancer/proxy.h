@@ -52,6 +52,7 @@ struct lb_wlistener {
     ev_io io;
     int fd; /* set at init, read by the control loop at an upgrade; -1 once closed */
     struct lb_wpool *wp;
+    bool bound_only; /* listens once accepting is enabled (lb_proxy_enable_accept) */
 };
 
 /*

@@ -126,6 +126,7 @@ int lb_listen_open(const char *addr, const struct lb_listen_options *o,
         (fd = lb_listen_take_inherited((struct sockaddr *)&out->addr, out->addr_len)) >= 0) {
         /* The previous process's socket: bound and listening, options set. */
         out->fd = fd;
+        out->inherited = true;
         return 0;
     }
     if (o->reuse_port && o->exclusive && hp.port != 0) {
@@ -144,7 +145,7 @@ int lb_listen_open(const char *addr, const struct lb_listen_options *o,
     if (o->nodelay)
         set_flag(fd, IPPROTO_TCP, TCP_NODELAY);
     if (bind(fd, (struct sockaddr *)&out->addr, out->addr_len) < 0 ||
-        listen(fd, o->backlog > 0 ? o->backlog : SOMAXCONN) < 0) {
+        (!o->bind_only && listen(fd, o->backlog > 0 ? o->backlog : SOMAXCONN) < 0)) {
         int e = errno;
 
         rc = lb_error_set(err, -e, "%s: cannot listen: %s%s", what, strerror(e),
@@ -163,6 +164,11 @@ out:
     if (fd >= 0)
         close(fd);
     return rc;
+}
+
+int lb_listen_start(int fd, int backlog)
+{
+    return listen(fd, backlog > 0 ? backlog : SOMAXCONN) < 0 ? -errno : 0;
 }
 
 void lb_listen_close(struct lb_listen_socket *s)

@@ -43,12 +43,19 @@ struct lb_listen_options {
      * silently; for the first socket of an address (later ones join it). */
     bool exclusive;
     bool nodelay; /* TCP_NODELAY on the listener, inherited by accepted sockets */
+    /* Bind only; lb_listen_start() listens later.  A bound socket that does
+     * not listen gets no share of its SO_REUSEPORT group's clients, so a
+     * process taking over may hold its own sockets without the kernel
+     * queueing clients there before it accepts (they would be reset if it
+     * died first).  Not for a socket taken from the previous process. */
+    bool bind_only;
 };
 
 struct lb_listen_socket {
     int fd;                       /* non-blocking, close-on-exec; -1 when closed */
     struct sockaddr_storage addr; /* as bound: the port the kernel picked for port 0 */
     socklen_t addr_len;
+    bool inherited; /* the previous process's socket (listening, whatever bind_only says) */
 };
 
 /*
@@ -76,6 +83,9 @@ int lb_listen_open(const char *addr, const struct lb_listen_options *o,
 int lb_listen_inherit(int fd);
 int lb_listen_take_inherited(const struct sockaddr *addr, socklen_t len);
 size_t lb_listen_close_inherited(void);
+
+/* Listens on a socket opened with bind_only (backlog <= 0: SOMAXCONN): 0 or a negative errno. */
+int lb_listen_start(int fd, int backlog);
 
 /* Closes the socket (idempotent). */
 void lb_listen_close(struct lb_listen_socket *s);

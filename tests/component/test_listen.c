@@ -153,6 +153,60 @@ static void test_reuse_port_only_when_asked(void **state)
     lb_listen_close(&a);
 }
 
+/* Whether a client is waiting in l's accept queue (accepts and closes it). */
+static bool took_one(const struct lb_listen_socket *l)
+{
+    struct sockaddr_storage peer;
+    socklen_t len;
+    int c = lb_listen_accept(l->fd, &peer, &len);
+
+    if (c < 0)
+        return false;
+    close(c);
+    return true;
+}
+
+/*
+ * bind_only: a socket of the group that does not listen gets no client, so a
+ * process taking over holds its own sockets without clients queueing there
+ * (they would be reset if it died before accepting); once it listens, it
+ * takes its share.
+ */
+static void test_bind_only_gets_no_clients_until_it_listens(void **state)
+{
+    struct lb_listen_options o = {.allow_port_zero = true, .reuse_port = true};
+    struct lb_listen_socket a, b;
+    unsigned on_a = 0, on_b = 0;
+    char addr[64];
+
+    open_ok("127.0.0.1:0", &o, &a);
+    assert_false(a.inherited);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", lb_listen_port(&a));
+    o.bind_only = true;
+    open_ok(addr, &o, &b);
+    assert_int_equal(lb_listen_port(&b), lb_listen_port(&a));
+    for (int i = 0; i < 64; i++) {
+        int c = connect_to(&a);
+
+        assert_true(took_one(&a));
+        close(c);
+    }
+    assert_false(took_one(&b));
+    assert_int_equal(lb_listen_start(b.fd, 16), 0);
+    for (int i = 0; i < 64; i++) {
+        int c = connect_to(&a);
+
+        on_a += took_one(&a);
+        on_b += took_one(&b);
+        close(c);
+    }
+    assert_int_equal(on_a + on_b, 64);
+    if (on_b == 0)
+        fail_msg("a listening member of the group took none of 64 clients");
+    lb_listen_close(&b);
+    lb_listen_close(&a);
+}
+
 /* Accepted sockets: non-blocking, close-on-exec, TCP_NODELAY from the listener if asked. */
 static void test_accept(void **state)
 {
@@ -303,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_port_zero_and_loopback),
         cmocka_unit_test(test_ipv6_listeners_are_v6_only),
         cmocka_unit_test(test_reuse_port_only_when_asked),
+        cmocka_unit_test(test_bind_only_gets_no_clients_until_it_listens),
         cmocka_unit_test(test_accept),
         cmocka_unit_test(test_backoff_after_emfile_logs_once_per_episode),
     };

@@ -46,6 +46,11 @@ start the new one itself (it logs `new_pid=N`).
      reconnects to the new one and goes on printing;
   6. a stale socket file at PATH (left by kill -9) does not stop a fresh
      lbd; PATH in a missing directory is one error line and exit 1 or 2.
+  6b. the running lbd killed during the hand-over: the new one starts on
+     its own; 6c. a running lbd that answers nothing keeps its ports;
+  6d. a new lbd with 2 workers (the running one has 1) killed before it
+     is ready: 40 clients connected meanwhile are all served by the
+     running lbd (its own sockets listen only once it accepts).
 
 Everything talks to one backend process (this script run with
 `--backend`): one selector loop that echoes, or streams/swallows N bytes
@@ -829,6 +834,20 @@ class Upgrade(HarnessTestCase):
                                 "%s to log %r" % (old.proc.name, HANDOVER_MARK))
         return line
 
+    def freeze_etcd(self):
+        """SIGSTOPs etcd (it takes connections and answers nothing); returns thaw(),
+        also a cleanup."""
+        etcd_pid = self.etcd.proc.pid
+        os.kill(etcd_pid, signal.SIGSTOP)
+        frozen = [True]
+
+        def thaw():
+            if frozen[0]:
+                os.kill(etcd_pid, signal.SIGCONT)
+                frozen[0] = False
+        self.addCleanup(thaw)
+        return thaw
+
     def stop_final(self, lbd):
         lbd.stop(expect_rc=0)
 
@@ -1348,15 +1367,7 @@ class Upgrade(HarnessTestCase):
         revision = self.etcd.revision()   # the old lbd's view holds the override once here
         wait_until(lambda: old.metric("lbd_etcd_revision") >= revision, scaled(10),
                    "the old lbd to see revision %d (the override) from its watch" % revision)
-        etcd_pid = self.etcd.proc.pid
-        os.kill(etcd_pid, signal.SIGSTOP)
-        frozen = [True]
-
-        def thaw():
-            if frozen[0]:
-                os.kill(etcd_pid, signal.SIGCONT)
-                frozen[0] = False
-        self.addCleanup(thaw)
+        thaw = self.freeze_etcd()
         t0 = time.monotonic()
         new, _, _ = self.upgrade(old, "t5h-lbd2", workers=1)
         took = time.monotonic() - t0
@@ -1475,6 +1486,60 @@ class Upgrade(HarnessTestCase):
         self.assertNotIn("starting on its own", out + err)
         self.assertEqual(self.echo_once(first.port), "ok", "the running lbd serves on")
         first.stop(expect_rc=0)
+
+    def test_6d_new_lbd_with_more_workers_dies_before_ready(self):
+        """A new lbd with more workers than the running one has sockets of its own
+        beside the ones it took over; killed before it is ready (an aborted
+        upgrade), it must not take clients down with it: until it accepts, the
+        kernel queues every client on the sockets both processes hold, and the
+        running lbd serves them all."""
+        require_upgrade_flag(self)
+        sock = self.h.path("t6d.sock")
+        old = UpLbd(self.h, self.etcd.url, sock, "t6d-lbd1", env={"LBD_WORKERS": "1"}).start()
+        self.addCleanup(old.proc.kill)
+        wait_until(lambda: BACKEND_ID in old.backends(POOL), scaled(10), "lbd to list the backend")
+        # Without etcd and without the running lbd's view (another hand-over version) the
+        # new lbd holds the listeners and cannot get ready: the window of an aborted upgrade.
+        thaw = self.freeze_etcd()
+        new = old.successor("t6d-lbd2", env={"LBD_WORKERS": "2",
+                                             "LBD_TEST_HANDOVER_VERSION": "99"}).spawn()
+        self.addCleanup(new.proc.kill)
+        new.wait_line("took over the listeners", scaled(15), "the new lbd to take the listeners")
+        wait_until(lambda: new.log.find('msg="listening"') is not None, scaled(10),
+                   "the new lbd to open its pool's sockets")
+        # Connected (the kernel completed the handshake) and sent, not answered yet when
+        # the new lbd dies: each waits in an accept queue, or in the running lbd.
+        n = 40
+        conns = []
+        for i in range(n):
+            c = socket.create_connection(("127.0.0.1", old.port), timeout=scaled(10))
+            c.sendall(b"queued %d\n" % i)
+            conns.append(c)
+        self.assertIsNone(new.log.find(READY_MARK))
+        new.proc.kill()
+        outcomes = collections.Counter()
+        for i, c in enumerate(conns):
+            want = b"queued %d\n" % i
+            got = b""
+            try:
+                while len(got) < len(want):
+                    chunk = c.recv(len(want) - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+                outcomes["ok" if got == want else "eof after %d bytes" % len(got)] += 1
+            except ConnectionResetError:
+                outcomes["reset"] += 1
+            except socket.timeout:
+                outcomes["timeout"] += 1
+            finally:
+                c.close()
+        figure("new lbd (2 workers, old 1) killed before ready: %d clients" % n, dict(outcomes))
+        self.assertEqual(outcomes, {"ok": n}, "clients that connected while a new lbd with "
+                         "more workers took over, after it was killed before ready")
+        thaw()
+        self.assertEqual(self.echo_once(old.port), "ok", "the running lbd serves on")
+        old.stop(expect_rc=0)
 
     def test_6_stale_socket_file_and_missing_directory(self):
         require_upgrade_flag(self)
