@@ -10,9 +10,11 @@
 #include "lb_view_file.h"
 #include "lb_watcher.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +168,58 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     write_now(t->data);
 }
 
+/*
+ * Removes PATH.tmp.PID files left by an lbd that died in the middle of a
+ * write (PATH itself is whole then): those of a process that is gone, and
+ * this pid's own (a container's lbd is often pid 1 each time).  A live
+ * process's file may be a write in progress (two lbds sharing a
+ * directory): kept.
+ */
+static void remove_leftovers(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[PATH_MAX], prefix[NAME_MAX + 8];
+    struct dirent *e;
+    DIR *d;
+
+    if (slash == path) {
+        strcpy(dir, "/");
+    } else if (slash) {
+        if ((size_t)(slash - path) >= sizeof(dir))
+            return;
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    } else {
+        strcpy(dir, ".");
+    }
+    if (snprintf(prefix, sizeof(prefix), "%s.tmp.", slash ? slash + 1 : path) >=
+            (int)sizeof(prefix) ||
+        !(d = opendir(dir)))
+        return;
+    while ((e = readdir(d))) {
+        char *end, full[PATH_MAX + NAME_MAX + 2], qpath[1024];
+        const char *digits;
+        long pid;
+
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        digits = e->d_name + strlen(prefix);
+        errno = 0;
+        pid = strtol(digits, &end, 10);
+        if (*digits < '0' || *digits > '9' || *end || errno || pid <= 0 || pid > INT_MAX)
+            continue;
+        if (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;
+        snprintf(full, sizeof(full), "%s/%s", dir, e->d_name);
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            LB_INFO(LOG_SUB,
+                    "msg=\"removed a state file left half-written by an lbd that is gone\" "
+                    "path=%s",
+                    lb_log_quote(qpath, sizeof(qpath), full));
+    }
+    closedir(d);
+}
+
 int lb_state_file_new(struct ev_loop *loop, const char *path, struct lb_watcher *w,
                       struct lb_state_file **out)
 {
@@ -181,6 +235,7 @@ int lb_state_file_new(struct ev_loop *loop, const char *path, struct lb_watcher 
         return -ENOMEM;
     }
     snprintf(s->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    remove_leftovers(path);
     s->loop = loop;
     s->watcher = w;
     ev_timer_init(&s->write_timer, timer_cb, WRITE_DELAY_S, 0.);

@@ -7,7 +7,8 @@
  * The file is written after each change, at most once a second, also every
  * 5 minutes while nothing changes (so its age says when lbd last knew etcd)
  * and at exit; each time whole, to PATH.tmp.PID, flushed to disk, then
- * renamed over PATH, so a crash mid-write leaves the previous file.  A
+ * renamed over PATH, so a crash mid-write leaves the previous file (and
+ * a PATH.tmp.PID that the next lbd removes once that PID is gone).  A
  * write that fails is logged (again when the error changes, and each
  * minute) and counted; lbd serves on.  lbd refuses at start-up a PATH
  * that holds a file it did not write (main.c).  Runs on the control loop.

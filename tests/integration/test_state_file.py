@@ -14,6 +14,7 @@ import collections
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -185,6 +186,39 @@ class StateFile(HarnessTestCase):
         wait_until(lambda: "state file written again" in lbd.log_text(), scaled(10),
                    "the next write to succeed")
         self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file again")
+        lbd.stop(expect_rc=0)
+
+    def test_3b_half_written_files_of_an_lbd_that_is_gone_are_removed(self):
+        """A crash in the middle of a write leaves PATH.tmp.PID beside a whole
+        PATH: the next lbd removes those of processes that are gone, and keeps
+        a live process's (a write in progress) and whatever is not its own."""
+        b1 = Backend(self.h, "b1")
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        base = os.path.basename(self.state)
+        names = {
+            "gone": "%s.tmp.%d" % (base, gone.pid),
+            "live": "%s.tmp.%d" % (base, os.getpid()),
+            "not a pid": "%s.tmp.12ab" % base,
+            "another file's": "other.state.tmp.%d" % gone.pid,
+        }
+        for name in names.values():
+            with open(os.path.join(os.path.dirname(self.state), name), "wb") as f:
+                f.write(b'{"kvs":[')
+        lbd = self.lbd().start()
+        self.addCleanup(lbd.stop, None)
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file")
+        left = sorted(os.listdir(os.path.dirname(self.state)))
+        figure("left in the state directory", left)
+        self.assertNotIn(names["gone"], left)
+        for what in ("live", "not a pid", "another file's"):
+            self.assertIn(names[what], left, what)
+        self.assertEqual([n for n in left if n.startswith(base + ".tmp.%d" % lbd.proc.pid)], [],
+                         "lbd's own temporary file is renamed over the state file")
+        line = [ln for ln in lbd.log_text().splitlines() if "left half-written" in ln]
+        self.assertEqual(len(line), 1, lbd.log_text())
+        self.assertIn(names["gone"], line[0])
         lbd.stop(expect_rc=0)
 
     def test_4_paths_that_cannot_work_are_refused(self):
