@@ -50,7 +50,10 @@ start the new one itself (it logs `new_pid=N`).
      its own; 6c. a running lbd that answers nothing keeps its ports;
   6d. a new lbd with 2 workers (the running one has 1) killed before it
      is ready: 40 clients connected meanwhile are all served by the
-     running lbd (its own sockets listen only once it accepts).
+     running lbd (its own sockets listen only once it accepts);
+  6e. the old lbd killed -9 while it hands its 300 sessions over (0, 3
+     and 100 ms after the new one's ready): the new lbd serves on and stops cleanly, every
+     session it took keeps every byte in order, the rest close.
 
 Everything talks to one backend process (this script run with
 `--backend`): one selector loop that echoes, or streams/swallows N bytes
@@ -1540,6 +1543,68 @@ class Upgrade(HarnessTestCase):
         thaw()
         self.assertEqual(self.echo_once(old.port), "ok", "the running lbd serves on")
         old.stop(expect_rc=0)
+
+    def test_6e_old_lbd_dies_while_it_hands_sessions_over(self):
+        """The old lbd is killed -9 while it hands its sessions over (0, 3 and
+        100 ms after it hears the new one is ready): the new lbd serves on,
+        every session it took keeps every byte in order, the ones still in the
+        old process are lost with it (closed or reset, never a wrong byte),
+        and the new lbd stops cleanly."""
+        require_upgrade_flag(self)
+        for k, delay in enumerate((0.0, 0.003, 0.1)):
+            with self.subTest(delay=delay):
+                self.old_dies_during_handover("t6e%d" % k, delay)
+
+    def old_dies_during_handover(self, tag, delay, n=300):
+        old = self.start_first(tag, workers=1)
+        self.addCleanup(old.proc.kill)
+        conns = LongConns(old.port, n, period=0.05, seed=6)
+        self.addCleanup(conns.close)
+        conns.start()
+        wait_until(conns.all_answered, scaled(30), "an echo on each of the %d connections" % n)
+        new = old.successor(tag + "-lbd2", workers=2).spawn()
+        self.addCleanup(new.proc.kill)
+        deadline = time.monotonic() + scaled(30)
+        while new.log.find(READY_MARK) is None:
+            self.assertTrue(new.proc.alive(), new.proc.log_tail(30))
+            self.assertLess(time.monotonic(), deadline, "the new lbd to log %r" % READY_MARK)
+            time.sleep(0.0005)
+        # The new lbd stopped while the old one offers its sessions: what the old
+        # one sent before it dies waits in the link (sockets in flight), then EOF.
+        os.kill(new.proc.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: new.proc.alive() and os.kill(new.proc.pid, signal.SIGCONT))
+        wait_until(lambda: old.log.find("the new process is ready") is not None,
+                   scaled(5), "the old lbd to hear that the new one is ready")
+        time.sleep(delay)
+        old.proc.kill()
+        os.kill(new.proc.pid, signal.SIGCONT)
+        went, _ = new.wait_line(TAKEN_MARK, scaled(10), "the new lbd to see the link end")
+        # The new lbd serves on: new connections, and the sessions it took.
+        outcomes = collections.Counter(self.echo_once(new.port) for _ in range(20))
+        self.assertEqual(outcomes, {"ok": 20}, new.proc.log_tail(30))
+        before = conns.snapshot()
+        wait_until(lambda: all(g > b or c.error for g, b, c in
+                               zip(conns.snapshot(), before, conns.conns)),
+                   scaled(15), "each connection to answer again or to be closed")
+        conns.stop_sending()
+        wait_until(conns.caught_up, scaled(30), "the echo of every byte sent")
+        conns.halt()
+        errors = conns.errors()
+        kinds = collections.Counter(e.split(" ")[0] for _, e in errors)
+        bad_hash = [c.idx for c in conns.conns if not c.error and
+                    c.sent_hash.digest() != c.got_hash.digest()]
+        taken = taken_over(new.log)
+        what = "old lbd killed %g ms after it heard ready" % (delay * 1000)
+        figure(what + ": sessions kept (taken by the new lbd)", taken)
+        figure(what + ": sessions lost with it", "%d %s" % (len(errors), dict(kinds)))
+        self.assertEqual(bad_hash, [], "connections that stayed open with bytes out of order")
+        self.assertEqual([e for e in errors if "more bytes" in e[1]], [])
+        self.assertEqual(n - len(errors), taken, "the sessions the new lbd took, and only "
+                         "those, stay open (%s)" % went)
+        self.assertTrue(new.proc.alive(), new.proc.log_tail(30))
+        self.assertEqual(new.http_get("/readyz")[0], 200)
+        conns.close()
+        self.stop_final(new)
 
     def test_6_stale_socket_file_and_missing_directory(self):
         require_upgrade_flag(self)
