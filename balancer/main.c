@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define FDS_RESERVED 256 /* etcd, admin (64), http (96 at most), checks, logs, slack */
 
@@ -1171,13 +1172,16 @@ static bool lbd_state_file_is_ours(const char *path)
 }
 
 /*
- * What is wrong with --state-file PATH, or NULL: its directory must exist,
- * and PATH, when there, must be a regular file that lbd wrote (it replaces
- * it whole: a path mistyped as the config file must not cost that file).
+ * What is wrong with --state-file PATH, or NULL: its directory must exist
+ * and be writable, its name leave room for NAME.tmp.PID, and PATH, when
+ * there, must be a regular file (not a link) that lbd wrote (it replaces it
+ * whole: a path mistyped as the config file must not cost that file).
  */
 static const char *lbd_state_file_problem(const char *path, char *msg, size_t size)
 {
+    enum { STATE_TMP_SUFFIX_MAX = 16 }; /* ".tmp." and a pid */
     char dir[PATH_MAX], *slash;
+    const char *base;
     struct stat st;
 
     snprintf(dir, sizeof(dir), "%s", path);
@@ -1186,10 +1190,24 @@ static const char *lbd_state_file_problem(const char *path, char *msg, size_t si
         snprintf(dir, sizeof(dir), ".");
     else
         slash[slash == dir] = '\0'; /* "/x" keeps "/" */
+    base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     if (path[strlen(path) - 1] == '/')
         snprintf(msg, size, "--state-file %s: give a file's path, not a directory", path);
+    else if (strlen(base) + STATE_TMP_SUFFIX_MAX > NAME_MAX || strlen(path) >= PATH_MAX - 32)
+        snprintf(msg, size,
+                 "--state-file %.80s...: the file name is too long (lbd writes NAME.tmp.PID "
+                 "beside it: at most %d bytes of name)",
+                 path, NAME_MAX - STATE_TMP_SUFFIX_MAX);
     else if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         snprintf(msg, size, "--state-file %s: directory %s does not exist (create it)", path, dir);
+    else if (access(dir, W_OK | X_OK) < 0)
+        snprintf(msg, size, "--state-file %s: lbd cannot write in directory %s: %s", path, dir,
+                 strerror(errno));
+    else if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        snprintf(msg, size,
+                 "--state-file %s: the path is a symbolic link; give the path it points to (lbd "
+                 "renames each new file over the path, which would replace the link)",
+                 path);
     else if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
         snprintf(msg, size,
                  "--state-file %s: the path exists and is not a regular file; give another path",

@@ -225,11 +225,15 @@ class StateFile(HarnessTestCase):
         missing = self.h.path("no-such-dir", "lbd.state")
         fifo = self.h.path("state", "fifo")
         os.mkfifo(fifo)
+        link = self.h.path("state", "link.state")
+        os.symlink(self.state, link)   # to a file not written yet: renamed over, it would go
         for name, path, expect in [
             ("missing directory", missing, "does not exist"),
             ("a directory", os.path.dirname(self.state), "not a regular file"),
             ("a trailing slash", self.state + "/", "not a directory"),
             ("a FIFO", fifo, "not a regular file"),
+            ("a symbolic link", link, "symbolic link"),
+            ("a name too long for NAME.tmp.PID", self.h.path("state", "s" * 250), "too long"),
         ]:
             for check in (True, False):
                 with self.subTest(name, check=check):
