@@ -120,6 +120,7 @@ EVENT_WEIGHTS = {
     "abuse.admin": 3, "abuse.http": 3, "abuse.close": 2,
     "bulk.burst": 1, "bulk.clear": 1, "bulk.policy": 1,
     "upgrade.start": 2, "upgrade.usr2": 1, "upgrade.incompatible": 1, "upgrade.abort": 1,
+    "upgrade.old_crash": 1,
     "lbd.stall": 2, "lbd.crash": 1,
 }
 UPGRADE_KINDS = tuple(k for k in EVENT_WEIGHTS if k.startswith("upgrade."))
@@ -135,6 +136,8 @@ ACCEPTING_MARKS = ("first etcd listing applied, accepting connections",
                    "view of etcd taken over from the state file, accepting connections")
 HANDOVER_MARK = "upgrade: hand-over finished"
 STATE_FILE_MARK = "started from the state file"
+GREETED_MARK = "taking over from it"          # a new lbd found a running one to take over from
+OLD_DIED_MARK = "exited during the hand-over"  # ... which died before it sent the listeners
 LISTENERS_ONLY_MARK = "listeners only"
 WENT_AWAY_MARK = "upgrade: the new process went away before it was ready"
 SPAWNED_RE = re.compile(r'upgrade: started the new binary" new_pid=(\d+)')
@@ -409,8 +412,11 @@ class Attempt:
                 self._connect()
             except ConnectionRefusedError as exc:
                 # lbd is down between a crash and its restart: refused is all it can be
-                crashed = self.soak.in_crash_window(res.t0, now())
+                t1 = now()
+                crashed = self.soak.in_crash_window(res.t0, t1)
                 res.outcome = "refused_crashed" if crashed else "lbd_refused"
+                if crashed:
+                    self.soak.crash_refusals.append((res.t0, t1))
                 res.detail = str(exc)
                 return res
             getattr(self, "_kind_" + self.kind)()
@@ -994,6 +1000,7 @@ class Soak:
         self.upgrade_log = []     # one dict per upgrade, for the summary
         self.upgrade_windows = []  # (start, end) of every upgrade
         self.crash_windows = []    # [start, end or None]: lbd killed until its successor is ready
+        self.crash_refusals = []   # (t0, t1) of each connect refused in a crash window
         self.prober = None        # ConnectProber while an upgrade runs
         self.pending_new = None   # the new lbd of an upgrade, until it is ready
         self.policy_bad = {}      # pool -> figures of the invalid policy etcd holds now
@@ -1980,6 +1987,92 @@ class Soak:
                 self.etcd.unhide()
                 self.hidden = False
                 self.history.cut_off(False)
+
+    def ev_upgrade_old_crash(self):
+        """A new lbd takes over and the running one is killed -9 in the middle:
+        stopped (SIGSTOP) once the new one greeted it, once it took the listeners over, or 0-20 ms
+        after the new one is ready (its sessions moving).  The new lbd serves on
+        either way: through the hand-over when it holds the listeners (then no
+        connect may be refused: the sockets are its own too), or, when the old
+        one died before it sent them, starting on its own (a connect refused
+        meanwhile counts as refused_crashed).  The sessions still in the old
+        process die with it; its --local overrides live on only when they came
+        over with the listeners."""
+        workers = self.rng.choice([1, 2])
+        stage = self.rng.choice(["greeted", "listeners", "ready", "ready"])
+        delay = self.rng.uniform(0.0, 0.02)
+        self.record("upgrade.old_crash a new lbd, --workers %d, takes over; the running one is %s"
+                    % (workers, {
+                        "greeted": "stopped, then killed -9 once the new one greeted it",
+                        "listeners": "killed -9 once the new one took the listeners over",
+                        "ready": "killed -9 %.0f ms after the new one is ready" % (delay * 1000)
+                    }[stage]))
+        while self.retiring or self.pending_new is not None:
+            self.pause(0.05)  # an upgrade finishing: its old lbd exits first
+        old = self.lbd
+        mark = {"greeted": GREETED_MARK, "listeners": TAKEOVER_MARK, "ready": READY_MARK}[stage]
+        window = [now(), None]
+        self.crash_windows.append(window)
+        try:
+            if stage == "greeted":
+                # Stopped, the old one takes the new one's connection (the kernel does)
+                # and answers nothing: killed then, it dies before it sent a listener.
+                os.kill(old.proc.pid, signal.SIGSTOP)
+            new = old.successor(len(self.lbds) + 1, workers, old.version).spawn()
+            new.log_start = 0
+            self.lbds.append(new)
+            self.old_crash_wait(new, mark, "logged %r" % mark)
+            if stage == "ready":
+                time.sleep(delay)
+            old.proc.kill()
+            self.old_crash_wait(new, None, "served (/readyz 200) after the old one died")
+        finally:
+            window[1] = now()
+        text = read_from(new.proc.log_path, 0)
+        took = TAKEOVER_MARK in text
+        if not took and OLD_DIED_MARK not in text:
+            raise SoakFailure("upgrade.old_crash: the new %s neither took the listeners over nor "
+                              "logged %r; its log:\n    %s" % (new.label, OLD_DIED_MARK,
+                                                              "\n    ".join(text.splitlines()[-30:])))
+        if stage != "greeted" and not took:
+            raise SoakFailure("upgrade.old_crash: the new %s logged %r before the kill, then "
+                              "not %r" % (new.label, mark, TAKEOVER_MARK))
+        self.counts["upgrade.old_crash_%s" % ("after_takeover" if took else "started_alone")] += 1
+        if took:
+            # It held the listeners all along: nothing may have been refused.
+            self.crash_windows.remove(window)
+            refused = [r for r in list(self.crash_refusals)
+                       if r[1] >= window[0] and r[0] <= window[1]]
+            if refused:
+                raise SoakFailure("upgrade.old_crash: %d connects refused while the new %s held "
+                                  "the listeners (the old one killed -9 %s); the first %.3f s "
+                                  "into the event" % (len(refused), new.label, stage,
+                                                      refused[0][1] - window[0]))
+        self.lbd = new
+        self.model_new_process(keep_local=took and new.version == old.version)
+        self.baseline = new.baseline = self.measure_baseline(new)
+
+    def old_crash_wait(self, new, mark, what):
+        """Until the new lbd's log holds mark (None: until it serves, /readyz 200)."""
+        deadline = now() + lbtest.scaled(30.0)
+        while True:
+            if mark is not None and mark in read_from(new.proc.log_path, 0):
+                return
+            try:
+                if mark is None and new.ready():
+                    return
+            except OSError:
+                pass  # started on its own and not listening yet
+            if not new.proc.alive():
+                self.scan_log()
+                raise SoakFailure("upgrade.old_crash: the new %s exited with %s before it %s; "
+                                  "its log:\n%s" % (new.label, exit_code(new.proc), what,
+                                                   new.proc.log_tail(30)))
+            if now() > deadline:
+                raise SoakFailure("upgrade.old_crash: the new %s has not %s within %.0f s; its "
+                                  "log:\n%s" % (new.label, what, lbtest.scaled(30.0),
+                                                new.proc.log_tail(30)))
+            time.sleep(0.001 if mark else 0.01)
 
     # abuse of the admin and probe ports
 
