@@ -902,9 +902,16 @@ static int lbd_start(struct lbd *d)
     d->registry.resolver = d->resolver;
     d->registry.n_workers = (unsigned)d->settings.workers;
     if (d->settings.upgrade_socket) {
+        const char *addrs[sizeof(d->pool_listens) / sizeof(d->pool_listens[0]) + 2];
+        size_t n_addrs = 0;
+
+        for (size_t i = 0; i < d->n_pools; i++)
+            addrs[n_addrs++] = d->pool_listens[i];
+        addrs[n_addrs++] = d->settings.http;
+        addrs[n_addrs++] = d->settings.admin;
         /* Before anything binds: the running lbd's sockets are taken, not bound again. */
-        rc = lb_upgrade_takeover(d->settings.upgrade_socket, (unsigned)d->settings.workers,
-                                 &d->takeover, &err);
+        rc = lb_upgrade_takeover(d->settings.upgrade_socket, (unsigned)d->settings.workers, addrs,
+                                 n_addrs, &d->takeover, &err);
         if (rc < 0)
             goto fail;
     }

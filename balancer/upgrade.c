@@ -38,7 +38,7 @@
 #define LOG_SUB               "upgrade"
 #define TAKEOVER_WAIT_S       10         /* the running lbd answers HELLO and sends its listeners */
 #define PREVIOUS_EXIT_WAIT_MS 1000       /* its link closed: how long its exit may take */
-#define EXIT_SETTLE_MS        200        /* its upgrade socket closed: the rest of its files */
+#define PORTS_FREE_WAIT_MS    2000       /* it died: its other files close as its exit ends */
 #define OFFER_PENDING         65536u     /* unsent bytes per direction a moving session may carry */
 #define HELLO_WAIT_S          5.0        /* a peer of the upgrade socket says HELLO within this */
 #define BACKENDS_MAX          (1u << 18) /* BACKEND records taken from the previous process */
@@ -313,25 +313,45 @@ static bool nobody_listens(const struct sockaddr_un *sa)
 }
 
 /*
+ * The dead lbd's exit closes its files one by one, its upgrade socket
+ * perhaps before its listeners: waits until nobody listens on this
+ * process's addresses (each would be "Address already in use"), at most
+ * PORTS_FREE_WAIT_MS.
+ */
+static void wait_ports_free(const char *const *addrs, size_t n_addrs)
+{
+    for (int ms = 0; ms < PORTS_FREE_WAIT_MS; ms += 10) {
+        size_t busy = 0;
+
+        for (size_t i = 0; i < n_addrs; i++)
+            busy += lb_listen_addr_busy(addrs[i]);
+        if (!busy)
+            return;
+        usleep(10 * 1000);
+    }
+}
+
+/*
  * The link to the running lbd failed: did that process die (killed, or
  * crashed) rather than turn this one away?  It did when the pid that
- * answered HELLO has exited, or when nobody listens at the socket any more
- * (before HELLO: the listening socket may have been handed over, so its
- * creator says nothing of who holds it now).  Its socket closes while it
+ * answered HELLO has exited (a zombie holds no file), or when nobody
+ * listens at the socket any more (before HELLO: the listening socket may
+ * have been handed over, so its creator says nothing of who holds it now);
+ * then this also waits for the ports it held.  Its socket closes while it
  * exits, so this waits for the exit a little.
  */
-static bool previous_died(pid_t hello_pid, const struct sockaddr_un *sa, int rc)
+static bool previous_died(pid_t hello_pid, const struct sockaddr_un *sa, int rc,
+                          const char *const *addrs, size_t n_addrs)
 {
     if (rc != -ECONNRESET && rc != -EAGAIN && rc != -EPIPE)
         return false;
     for (int ms = 0; ms <= PREVIOUS_EXIT_WAIT_MS; ms += 10) {
         if (hello_pid > 0 && process_exited(hello_pid))
             return true;
-        /* A few probes only: a live lbd logs each as a peer it turned away.  The
-         * upgrade socket may close before its pool listeners do: let its exit end. */
+        /* A few probes only: a live lbd logs each as a peer it turned away. */
         if ((ms == 0 || ms == 100 || ms == 500 || ms == PREVIOUS_EXIT_WAIT_MS) &&
             nobody_listens(sa)) {
-            usleep(EXIT_SETTLE_MS * 1000);
+            wait_ports_free(addrs, n_addrs);
             return true;
         }
         usleep(10 * 1000);
@@ -348,7 +368,8 @@ static void remove_stale_socket(const char *path, const struct sockaddr_un *sa)
         unlink(path);
 }
 
-int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err)
+int lb_upgrade_takeover(const char *path, unsigned workers, const char *const *addrs,
+                        size_t n_addrs, struct lb_takeover *out, char **err)
 {
     struct view_rx rx = {0};
     struct sockaddr_un sa;
@@ -474,7 +495,7 @@ fail:
         close(out->upgrade_listen_fd);
     out->upgrade_listen_fd = -1;
     out->n_listeners = 0;
-    if (previous_died((pid_t)out->peer.pid, &sa, rc)) {
+    if (previous_died((pid_t)out->peer.pid, &sa, rc, addrs, n_addrs)) {
         /* Its ports are free again: this process starts as if it were the first. */
         LB_WARN(LOG_SUB,
                 "msg=\"upgrade: the running lbd exited during the hand-over; starting on its "

@@ -89,8 +89,12 @@ struct lb_upgrade_config {
  * 1 with *out filled; returns 0 when none does (a stale socket file is
  * removed); a negative errno with *err a sentence when the path is unusable
  * or the running lbd did not answer as it should (nothing then is kept).
+ * `addrs` are the addresses this process listens on (pools, --http,
+ * --admin): when the running lbd dies in the middle of the hand-over, this
+ * returns 0 once they are free (its exit closed them), or after 2 s.
  */
-int lb_upgrade_takeover(const char *path, unsigned workers, struct lb_takeover *out, char **err);
+int lb_upgrade_takeover(const char *path, unsigned workers, const char *const *addrs,
+                        size_t n_addrs, struct lb_takeover *out, char **err);
 
 /*
  * Serves the upgrade socket (the one taken over, or a new one bound at

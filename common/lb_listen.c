@@ -89,23 +89,47 @@ size_t lb_listen_close_inherited(void)
  * fails then, where one with it would join that socket's group and take a
  * share of its clients.  (SO_REUSEADDR: connections in TIME_WAIT do not count.)
  */
-static int check_unused(const struct lb_listen_socket *s, const char *what, char **err)
+static int probe_in_use(const struct sockaddr_storage *addr, socklen_t len)
 {
-    int probe = socket(s->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = 0;
+    int probe = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = 0;
 
     if (probe < 0)
-        return lb_error_set(err, -errno, "%s: socket: %s", what, strerror(errno));
+        return -errno;
     set_flag(probe, SOL_SOCKET, SO_REUSEADDR);
-    if (s->addr.ss_family == AF_INET6)
+    if (addr->ss_family == AF_INET6)
         set_flag(probe, IPPROTO_IPV6, IPV6_V6ONLY);
-    if (bind(probe, (const struct sockaddr *)&s->addr, s->addr_len) < 0 && errno == EADDRINUSE)
-        rc = lb_error_set(err, -EADDRINUSE,
-                          "%s: cannot listen: Address already in use (another process "
-                          "listens there; a second lbd needs ports of its own, and a new lbd "
-                          "takes over a running one with --upgrade-socket)",
-                          what);
+    if (bind(probe, (const struct sockaddr *)addr, len) < 0 && errno == EADDRINUSE)
+        rc = 1;
     close(probe);
     return rc;
+}
+
+static int check_unused(const struct lb_listen_socket *s, const char *what, char **err)
+{
+    int rc = probe_in_use(&s->addr, s->addr_len);
+
+    if (rc < 0)
+        return lb_error_set(err, rc, "%s: socket: %s", what, strerror(-rc));
+    if (rc > 0)
+        return lb_error_set(err, -EADDRINUSE,
+                            "%s: cannot listen: Address already in use (another process "
+                            "listens there; a second lbd needs ports of its own, and a new lbd "
+                            "takes over a running one with --upgrade-socket)",
+                            what);
+    return 0;
+}
+
+bool lb_listen_addr_busy(const char *addr)
+{
+    struct sockaddr_storage ss;
+    struct lb_hostport hp;
+    socklen_t len;
+    const char *why;
+
+    if (!addr || lb_addr_parse(addr, true, &hp, &why) < 0 || hp.port == 0 ||
+        lb_addr_to_sockaddr(&hp, &ss, &len) < 0)
+        return false;
+    return probe_in_use(&ss, len) > 0;
 }
 
 int lb_listen_open(const char *addr, const struct lb_listen_options *o,

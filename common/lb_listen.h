@@ -84,6 +84,13 @@ int lb_listen_inherit(int fd);
 int lb_listen_take_inherited(const struct sockaddr *addr, socklen_t len);
 size_t lb_listen_close_inherited(void);
 
+/*
+ * Whether a socket of some process listens on `addr` ("host:port") now, as
+ * a bind without SO_REUSEPORT would find; false for port 0 or an address
+ * that does not parse.
+ */
+bool lb_listen_addr_busy(const char *addr);
+
 /* Listens on a socket opened with bind_only (backlog <= 0: SOMAXCONN): 0 or a negative errno. */
 int lb_listen_start(int fd, int backlog);
 
