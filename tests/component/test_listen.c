@@ -207,6 +207,24 @@ static void test_bind_only_gets_no_clients_until_it_listens(void **state)
     lb_listen_close(&a);
 }
 
+/* lb_listen_addr_busy(): what a bind would find, without taking the port. */
+static void test_addr_busy(void **state)
+{
+    struct lb_listen_options o = {.allow_port_zero = true};
+    struct lb_listen_socket a;
+    char addr[64];
+
+    open_ok("127.0.0.1:0", &o, &a);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", lb_listen_port(&a));
+    assert_true(lb_listen_addr_busy(addr));
+    assert_true(lb_listen_addr_busy(addr)); /* the probe left nothing behind */
+    lb_listen_close(&a);
+    assert_false(lb_listen_addr_busy(addr));
+    assert_false(lb_listen_addr_busy("127.0.0.1:0"));
+    assert_false(lb_listen_addr_busy("not an address"));
+    assert_false(lb_listen_addr_busy(NULL));
+}
+
 /* Accepted sockets: non-blocking, close-on-exec, TCP_NODELAY from the listener if asked. */
 static void test_accept(void **state)
 {
@@ -358,6 +376,7 @@ int main(void)
         cmocka_unit_test(test_ipv6_listeners_are_v6_only),
         cmocka_unit_test(test_reuse_port_only_when_asked),
         cmocka_unit_test(test_bind_only_gets_no_clients_until_it_listens),
+        cmocka_unit_test(test_addr_busy),
         cmocka_unit_test(test_accept),
         cmocka_unit_test(test_backoff_after_emfile_logs_once_per_episode),
     };
