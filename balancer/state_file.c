@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,17 @@
 
 _Static_assert(LB_VIEW_FILE_MAX == (size_t)256 << 20, "write_failed() says 256 MiB");
 
+/* One file to put on disk: encoded on the control loop, written by the writer. */
+struct write_job {
+    struct lb_buf buf;
+    size_t keys;
+    long long revision;
+    double t0; /* when its encoding began (ev_time) */
+    /* the writer's answer */
+    int rc;
+    const char *step;
+};
+
 struct lb_state_file {
     struct ev_loop *loop;
     struct lb_watcher *watcher;
@@ -42,6 +54,18 @@ struct lb_state_file {
     double last_write; /* wall clock, s; 0: never */
     int last_errno;    /* of the last failed write; 0 after a success */
     ev_tstamp error_logged_at;
+    /* The writer thread: write, fsync and rename off the control loop, so a
+     * slow disk holds no admin call, check or watch. */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct write_job *job;  /* mu: handed to the writer, NULL when idle */
+    bool job_done;          /* mu: the writer finished job */
+    bool quit;              /* mu */
+    ev_async done;          /* the writer finished: the loop takes the answer */
+    unsigned test_delay_ms; /* LBD_TEST_STATE_FILE_DELAY_MS: a slow disk, for the tests */
+    bool again;             /* changed while a write was in progress */
 };
 
 static int64_t wall_ms(void)
@@ -73,8 +97,9 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* The file at tmp_path, flushed to disk, then renamed over path: 0 or -errno. */
-static int replace_file(struct lb_state_file *s, const struct lb_buf *b, const char **step)
+/* The file at tmp_path, flushed to disk, then renamed over path: 0 or -errno.
+ * Runs on the writer thread (path and tmp_path are read-only once set). */
+static int replace_file(const struct lb_state_file *s, const struct lb_buf *b, const char **step)
 {
     int fd, rc;
 
@@ -86,6 +111,8 @@ static int replace_file(struct lb_state_file *s, const struct lb_buf *b, const c
     rc = write_all(fd, b->data, b->len);
     if (rc == 0) {
         *step = "fsync";
+        if (s->test_delay_ms)
+            usleep(s->test_delay_ms * 1000u);
         rc = fsync(fd) < 0 ? -errno : 0;
     }
     if (close(fd) < 0 && rc == 0) {
@@ -121,44 +148,150 @@ static void write_failed(struct lb_state_file *s, int rc, const char *step)
     s->last_errno = -rc;
 }
 
-static void write_now(struct lb_state_file *s)
+static void job_free(struct write_job *job)
 {
+    if (!job)
+        return;
+    lb_buf_free(&job->buf);
+    free(job);
+}
+
+/* The view as it is now, encoded; NULL when there is none yet (or out of memory). */
+static struct write_job *encode_view(struct lb_state_file *s)
+{
+    struct write_job *job = calloc(1, sizeof(*job));
     struct lb_view_file_writer w;
     struct lb_watcher_view view;
-    struct lb_buf b;
-    const char *step = "encode";
-    double t0 = ev_time();
-    char qpath[1024];
-    size_t bytes;
-    int rc;
 
-    ev_timer_stop(s->loop, &s->write_timer);
-    lb_buf_init(&b, LB_VIEW_FILE_MAX);
-    lb_view_file_begin(&w, &b);
+    if (!job)
+        return NULL;
+    job->t0 = ev_time();
+    job->step = "encode";
+    lb_buf_init(&job->buf, LB_VIEW_FILE_MAX);
+    lb_view_file_begin(&w, &job->buf);
     if (!lb_watcher_export(s->watcher, &view, add_key, &w)) {
-        lb_buf_free(&b); /* no view yet: the file stays as it is */
-        return;
+        job_free(job); /* no view yet: the file stays as it is */
+        return NULL;
     }
-    rc = lb_view_file_end(&w, &view, wall_ms());
-    bytes = b.len;
-    if (rc == 0)
-        rc = replace_file(s, &b, &step);
-    lb_buf_free(&b);
+    job->rc = lb_view_file_end(&w, &view, wall_ms());
+    job->keys = w.n;
+    job->revision = (long long)view.revision;
+    return job;
+}
+
+/* A job is over (on the control loop): counted and logged. */
+static void job_finished(struct lb_state_file *s, struct write_job *job)
+{
+    char qpath[1024];
+
     ev_timer_again(s->loop, &s->refresh_timer);
-    if (rc < 0) {
-        write_failed(s, rc, step);
+    if (job->rc < 0) {
+        write_failed(s, job->rc, job->step);
         return;
     }
     lb_log_quote(qpath, sizeof(qpath), s->path);
     if (s->last_errno)
-        LB_INFO(LOG_SUB, "msg=\"state file written again\" path=%s keys=%zu", qpath, w.n);
+        LB_INFO(LOG_SUB, "msg=\"state file written again\" path=%s keys=%zu", qpath, job->keys);
     else if (s->writes == 0)
         LB_INFO(LOG_SUB,
                 "msg=\"state file written\" path=%s keys=%zu revision=%lld bytes=%zu took_ms=%.1f",
-                qpath, w.n, (long long)view.revision, bytes, (ev_time() - t0) * 1000.0);
+                qpath, job->keys, job->revision, job->buf.len, (ev_time() - job->t0) * 1000.0);
     s->last_errno = 0;
     s->writes++;
     s->last_write = (double)wall_ms() / 1000.0;
+}
+
+static void *writer_main(void *arg)
+{
+    struct lb_state_file *s = arg;
+    sigset_t all;
+
+    sigfillset(&all); /* signals are the control loop's */
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        struct write_job *job;
+
+        while (!s->quit && (!s->job || s->job_done))
+            pthread_cond_wait(&s->cond, &s->mu);
+        if (s->quit)
+            break;
+        job = s->job;
+        pthread_mutex_unlock(&s->mu);
+        job->rc = replace_file(s, &job->buf, &job->step);
+        pthread_mutex_lock(&s->mu);
+        s->job_done = true;
+        pthread_cond_broadcast(&s->cond);
+        ev_async_send(s->loop, &s->done);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* The writer's job, once it is done (the loop's side); NULL while it writes or has none. */
+static struct write_job *take_done_job(struct lb_state_file *s, bool wait)
+{
+    struct write_job *job = NULL;
+
+    pthread_mutex_lock(&s->mu);
+    while (wait && s->job && !s->job_done)
+        pthread_cond_wait(&s->cond, &s->mu);
+    if (s->job && s->job_done) {
+        job = s->job;
+        s->job = NULL;
+        s->job_done = false;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return job;
+}
+
+static void write_now(struct lb_state_file *s);
+
+static void done_cb(struct ev_loop *loop, ev_async *w, int revents)
+{
+    struct lb_state_file *s = w->data;
+    struct write_job *job = take_done_job(s, false);
+
+    (void)loop;
+    (void)revents;
+    if (!job)
+        return;
+    job_finished(s, job);
+    job_free(job);
+    if (s->again) {
+        s->again = false;
+        lb_state_file_changed(s); /* within a second, as any change */
+    }
+}
+
+static void write_now(struct lb_state_file *s)
+{
+    struct write_job *job;
+    bool busy;
+
+    ev_timer_stop(s->loop, &s->write_timer);
+    pthread_mutex_lock(&s->mu);
+    busy = s->job != NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (busy) {
+        s->again = true; /* the view changed again: written once this write is done */
+        return;
+    }
+    job = encode_view(s);
+    if (!job)
+        return;
+    if (job->rc < 0 || !s->thread_started) {
+        if (job->rc == 0)
+            job->rc = replace_file(s, &job->buf, &job->step);
+        job_finished(s, job);
+        job_free(job);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->job = job;
+    s->job_done = false;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -238,6 +371,16 @@ int lb_state_file_new(struct ev_loop *loop, const char *path, struct lb_watcher 
     remove_leftovers(path);
     s->loop = loop;
     s->watcher = w;
+    if (getenv("LBD_TEST_STATE_FILE_DELAY_MS"))
+        s->test_delay_ms = (unsigned)strtoul(getenv("LBD_TEST_STATE_FILE_DELAY_MS"), NULL, 10);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    ev_async_init(&s->done, done_cb);
+    s->done.data = s;
+    ev_async_start(loop, &s->done);
+    ev_unref(loop); /* the writer's wake-up keeps no loop running */
+    /* Without the thread (out of resources), the loop writes, as it can. */
+    s->thread_started = pthread_create(&s->thread, NULL, writer_main, s) == 0;
     ev_timer_init(&s->write_timer, timer_cb, WRITE_DELAY_S, 0.);
     s->write_timer.data = s;
     ev_timer_init(&s->refresh_timer, timer_cb, 0., REFRESH_S);
@@ -255,17 +398,45 @@ void lb_state_file_changed(struct lb_state_file *s)
 
 void lb_state_file_flush(struct lb_state_file *s)
 {
-    if (s)
-        write_now(s);
+    struct write_job *job;
+
+    if (!s)
+        return;
+    /* A write in progress ends first; then the last view, written from here. */
+    job = take_done_job(s, true);
+    if (job) {
+        job_finished(s, job);
+        job_free(job);
+    }
+    s->again = false;
+    job = encode_view(s);
+    if (!job)
+        return;
+    if (job->rc == 0)
+        job->rc = replace_file(s, &job->buf, &job->step);
+    job_finished(s, job);
+    job_free(job);
 }
 
 void lb_state_file_free(struct lb_state_file *s)
 {
     if (!s)
         return;
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->mu);
+        s->quit = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+        job_free(s->job); /* a write it finished that the loop did not take */
+    }
     if (s->loop) {
         ev_timer_stop(s->loop, &s->write_timer);
         ev_timer_stop(s->loop, &s->refresh_timer);
+        ev_ref(s->loop);
+        ev_async_stop(s->loop, &s->done);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cond);
     }
     free(s->path);
     free(s->tmp_path);

@@ -11,7 +11,10 @@
  * a PATH.tmp.PID that the next lbd removes once that PID is gone).  A
  * write that fails is logged (again when the error changes, and each
  * minute) and counted; lbd serves on.  lbd refuses at start-up a PATH
- * that holds a file it did not write (main.c).  Runs on the control loop.
+ * that holds a file it did not write (main.c).  The view is encoded on the
+ * control loop; a thread of its own writes, flushes and renames it, so a
+ * slow disk holds up no admin call, check or watch (a change meanwhile is
+ * written once that write is done).  The calls here are the control loop's.
  */
 #ifndef LB_STATE_FILE_H
 #define LB_STATE_FILE_H

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
@@ -48,9 +49,9 @@ class StateFile(HarnessTestCase):
         self.state = self.h.path("state", "lbd.state")
         os.makedirs(os.path.dirname(self.state))
 
-    def lbd(self, prefix=PREFIX, state=None, name="lbd"):
+    def lbd(self, prefix=PREFIX, state=None, name="lbd", env=None):
         path = self.state if state is None else state
-        return Lbd(self.h, self.etcd.url, prefix, [POOL], name=name,
+        return Lbd(self.h, self.etcd.url, prefix, [POOL], name=name, env=env,
                    extra_args=["--state-file", path, "--shutdown-grace", "1s"])
 
     def wait_state_keys(self, keys, what):
@@ -187,6 +188,44 @@ class StateFile(HarnessTestCase):
                    "the next write to succeed")
         self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file again")
         lbd.stop(expect_rc=0)
+
+    def test_3c_a_slow_disk_holds_up_nothing_else(self):
+        """Each write of the state file (write, fsync, rename) runs on a thread of
+        its own: with a disk that takes 2 s per write (a test hook stretches the
+        fsync), lbd goes on answering /healthz and lbctl and following etcd
+        meanwhile, writes the changes of that time once the write is done, and
+        stops cleanly, leaving the last view on disk."""
+        b1, b2 = Backend(self.h, "b1"), Backend(self.h, "b2")
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
+        lbd = self.lbd(env={"LBD_TEST_STATE_FILE_DELAY_MS": "2000"}).start()
+        self.addCleanup(lbd.stop, None)
+        # The first write starts within a second of the first listing, and lasts 2 s.
+        time.sleep(1.2)
+        worst = 0.0
+        t0 = time.monotonic()
+        self.etcd.put(backend_key(PREFIX, POOL, "b2"), backend_value(b2.addr))
+        seen = None
+        while time.monotonic() - t0 < 2.5:
+            t = time.monotonic()
+            self.assertEqual(lbd.http_get("/healthz")[0], 200)
+            listed = lbd.backends(POOL)
+            worst = max(worst, time.monotonic() - t)
+            if seen is None and "b2" in listed:
+                seen = time.monotonic() - t0
+            time.sleep(0.05)
+        figure("slow disk: b2 listed by lbctl after its put", "%.3f" % (seen or -1), "s")
+        figure("slow disk: slowest /healthz + lbctl backends meanwhile", "%.3f" % worst, "s")
+        self.assertIsNotNone(seen, "b2, put while the state file was being written, listed")
+        self.assertLess(seen, 1.0)
+        self.assertLess(worst, 1.0, "an answer held up by the state file's write")
+        # b2 is written down once the write in progress is done.
+        wait_until(lambda: backend_key(PREFIX, POOL, "b2") in (read_state(self.state)[0] or {}),
+                   scaled(10), "b2 in the state file")
+        self.etcd.delete(backend_key(PREFIX, POOL, "b2"))
+        wait_until(lambda: "b2" not in lbd.backends(POOL), scaled(10), "lbd to drop b2")
+        lbd.stop(expect_rc=0)   # the last write (2 s) is waited for
+        self.assertNotIn(backend_key(PREFIX, POOL, "b2"), read_state(self.state)[0],
+                         "the view at exit (b2 deleted) is on disk")
 
     def test_3b_half_written_files_of_an_lbd_that_is_gone_are_removed(self):
         """A crash in the middle of a write leaves PATH.tmp.PID beside a whole
