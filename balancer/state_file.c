@@ -245,8 +245,6 @@ static struct write_job *take_done_job(struct lb_state_file *s, bool wait)
     return job;
 }
 
-static void write_now(struct lb_state_file *s);
-
 static void done_cb(struct ev_loop *loop, ev_async *w, int revents)
 {
     struct lb_state_file *s = w->data;
