@@ -124,19 +124,20 @@ static void worker_release_slot(struct lb_worker *w)
 
 /*
  * Takes one slot of the global cap, or pauses this worker at the cap.  The
- * pause is announced (n_at_cap) before the cap is looked at again, and a
- * finishing session frees its slot before it looks for paused workers:
- * one of the two always sees the other, so no worker stays paused while
- * there is room.
+ * count never passes the cap, not even for a moment (it is what
+ * lbd_connections_active reads).  The pause is announced (n_at_cap) before
+ * the cap is looked at again, and a finishing session frees its slot
+ * before it looks for paused workers: one of the two always sees the
+ * other, so no worker stays paused while there is room.
  */
 static bool worker_reserve_slot(struct lb_worker *w)
 {
     struct lb_proxy *proxy = w->proxy;
+    uint64_t n = atomic_load(&proxy->active);
 
-    if (atomic_fetch_add(&proxy->active, 1) < proxy->max_conns)
-        return true;
-    /* Given back like any slot: a worker that saw this one and paused is woken. */
-    worker_release_slot(w);
+    while (n < proxy->max_conns)
+        if (atomic_compare_exchange_weak(&proxy->active, &n, n + 1))
+            return true;
     if (!w->at_cap) {
         uint64_t now_ms = (uint64_t)(ev_now(w->loop) * 1000.);
         uint64_t last = atomic_load(&proxy->cap_logged_ms);

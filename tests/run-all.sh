@@ -11,7 +11,7 @@
 #   asan-build  build-asan/  -DLB_SANITIZE=ON (AddressSanitizer + UBSan)
 #   asan-test   ctest in build-asan/ with leak detection on, lbd with one worker
 #   tsan-build  build-tsan/  -DLB_TSAN=ON (ThreadSanitizer)
-#   tsan-test   unit tests, the mailbox, the multi-worker, upgrade and queue integration tests in build-tsan/
+#   tsan-test   unit tests, the mailbox, the multi-worker, upgrade, queue and state file integration tests in build-tsan/
 #   fuzz-build  build-fuzz/  clang, -DLB_FUZZ=ON (libFuzzer + ASan + UBSan)
 #   fuzz        every fuzz_* target for FUZZ_SECONDS over tests/fuzz/corpus/<name>/,
 #               JOBS targets at a time
@@ -145,7 +145,7 @@ fi
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=0:second_deadlock_stack=1}
 run_tsan_ctest() {
     ctest --test-dir build-tsan --output-on-failure --no-tests=error -j "$JOBS" \
-        -R '^(unit\.|component\.test_mailbox$|integration\.(workers|data_plane|lifecycle|e2e|connect_path|upgrade|edge|queue)$)'
+        -R '^(unit\.|component\.test_mailbox$|integration\.(workers|data_plane|lifecycle|e2e|connect_path|upgrade|edge|queue|state_file)$)'
 }
 run_stage tsan-build configure_and_build build-tsan -DLB_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
 if stage_ok tsan-build; then
