@@ -1082,11 +1082,28 @@ static void session_connect_failed(struct lb_session *s, int err, const char *wh
     session_connect_next(s);
 }
 
+/* One connection more on b, unless it has max_conns (0: no cap) already. */
+static bool backend_reserve(struct lb_backend *b, uint64_t max_conns)
+{
+    uint64_t n;
+
+    if (!max_conns) {
+        atomic_fetch_add(&b->active, 1);
+        return true;
+    }
+    n = atomic_load(&b->active);
+    while (n < max_conns)
+        if (atomic_compare_exchange_weak(&b->active, &n, n + 1))
+            return true;
+    return false;
+}
+
 /*
  * Picks from this worker's copy of the pool and reserves a connection on
  * the backend (its `active`, shared by every worker).  A backend another
  * worker filled to max_conns between the pick and the reservation is
- * given back and the pick tried again: max_conns is never exceeded.
+ * passed over and the pick tried again: max_conns is never exceeded, and
+ * the count never reads above it either.
  */
 static struct lb_backend *session_pick(struct lb_session *s, struct lb_pick *pick)
 {
@@ -1095,13 +1112,8 @@ static struct lb_backend *session_pick(struct lb_session *s, struct lb_pick *pic
 
         if (!b)
             return NULL;
-        if (!pick->max_conns) {
-            atomic_fetch_add(&b->active, 1);
+        if (backend_reserve(b, pick->max_conns))
             return b;
-        }
-        if (atomic_fetch_add(&b->active, 1) < pick->max_conns)
-            return b;
-        atomic_fetch_sub(&b->active, 1);
     }
     return NULL;
 }
