@@ -17,7 +17,7 @@
 #               JOBS targets at a time
 #   fresh-demo  deploy/demo.sh in a new debootstrapped Debian 12 root (tests/fresh/)
 #
-# Knobs (environment): JOBS (default: nproc), FUZZ_SECONDS (default 15),
+# Knobs (environment): JOBS (default: nproc), FUZZ_SECONDS (default 12),
 # SKIP_STAGES (e.g. "asan-build asan-test fuzz-build fuzz" for a quick run),
 # LB_SKIP_DEPS=1 (never call apt).  Exit status: 0 only if every stage passed.
 set -uo pipefail
@@ -25,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
-FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+FUZZ_SECONDS=${FUZZ_SECONDS:-12}
 SKIP_STAGES=" ${SKIP_STAGES:-} "
 LOG_DIR=$ROOT/build-logs
 mkdir -p "$LOG_DIR"
