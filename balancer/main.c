@@ -550,6 +550,10 @@ static void lbd_upgrade_stop_accepting(void *ud)
         lb_admin_server_hand_over(d->admin);
     if (d->http)
         lb_http_stop_listening(d->http);
+    /* The state file is the next lbd's from now on: this one, which may
+     * linger for its sessions, writes nothing more (not even at exit). */
+    lb_state_file_free(d->state);
+    d->state = NULL;
     lbd_begin_shutdown(d);
 }
 

@@ -14,13 +14,14 @@ import collections
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lbtest  # noqa: E402
-from lbtest import (Backend, Etcd, Harness, HarnessTestCase, Lbd, ask,  # noqa: E402
+from lbtest import (Backend, Etcd, Harness, HarnessTestCase, Lbd, UpgradeLbd, ask,  # noqa: E402
                     backend_key, backend_value, figure, lbd_pool, override_key, run, scaled,
                     wait_until)
 
@@ -259,6 +260,44 @@ class StateFile(HarnessTestCase):
         self.assertEqual(len(line), 1, lbd.log_text())
         self.assertIn(names["gone"], line[0])
         lbd.stop(expect_rc=0)
+
+    def test_3d_an_upgrade_hands_the_file_over(self):
+        """From the new lbd's `upgrade: ready` on, the state file is the new
+        lbd's alone: the old one, lingering for the sessions it keeps (another
+        session version here: listeners only), writes nothing more, not even
+        at its exit, so it cannot put back a view older than the new one's."""
+        b1 = Backend(self.h, "b1")
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
+        sock = self.h.path("state", "up.sock")
+        args = ["--state-file", self.state, "--shutdown-grace", "30s"]
+        old = UpgradeLbd(self.h, self.etcd.url, PREFIX, [POOL], sock_path=sock, extra_args=args,
+                         name="lbd-old").start()
+        self.addCleanup(old.stop, None)
+        self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the old lbd's state file")
+        held = socket.create_connection(("127.0.0.1", old.pool_port(POOL)), timeout=5)
+        self.addCleanup(held.close)
+        held.sendall(b"x")   # a session of the old lbd, kept there by the new one's version
+        new = UpgradeLbd(self.h, self.etcd.url, PREFIX, [POOL], sock_path=sock, like=old,
+                         extra_args=args, env={"LBD_TEST_HANDOVER_VERSION": "99"},
+                         name="lbd-new").spawn()
+        self.addCleanup(new.stop, None)
+        wait_until(lambda: "upgrade: ready" in new.log_text(), scaled(15), "the new lbd ready")
+        # A change after the hand-over: the new lbd writes it down.
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr, 77))
+        wait_until(lambda: '"weight": 77' in (read_state(self.state)[0] or {}).get(
+            backend_key(PREFIX, POOL, "b1"), ""), scaled(10), "the new lbd's write")
+        _, meta = read_state(self.state)
+        written = meta["written_ms"]
+        held.close()   # the old lbd's last session ends: it exits
+        self.assertEqual(old.proc.wait(scaled(20)), 0, old.proc.log_tail(30))
+        _, meta_after = read_state(self.state)
+        figure("upgrade: state file written_ms before and after the old lbd exited",
+               "%s %s" % (written, meta_after["written_ms"]))
+        self.assertEqual(meta_after["written_ms"], written, "the old lbd wrote the state file "
+                         "after the new one was ready")
+        old_writes = [ln for ln in old.log_text().splitlines() if "state file written" in ln]
+        self.assertLessEqual(len(old_writes), 1, old_writes)
+        new.stop(expect_rc=0)
 
     def test_4_paths_that_cannot_work_are_refused(self):
         missing = self.h.path("no-such-dir", "lbd.state")
