@@ -28,6 +28,7 @@
 #define WRITE_DELAY_S  1.0   /* after a change: the changes of one second in one write */
 #define REFRESH_S      300.0 /* while nothing changes: the file's age stays close */
 #define ERROR_REPEAT_S 60.0  /* the same write error is logged again after this long */
+#define LEFTOVER_AGE_S 60.0  /* another pid's PATH.tmp.PID untouched this long: no write */
 
 _Static_assert(LB_VIEW_FILE_MAX == (size_t)256 << 20, "write_failed() says 256 MiB");
 
@@ -301,10 +302,11 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 
 /*
  * Removes PATH.tmp.PID files left by an lbd that died in the middle of a
- * write (PATH itself is whole then): those of a process that is gone, and
- * this pid's own (a container's lbd is often pid 1 each time).  A live
- * process's file may be a write in progress (two lbds sharing a
- * directory): kept.
+ * write (PATH itself is whole then): this pid's own (a container's lbd is
+ * often pid 1 each time), and those of a process that is gone, once
+ * untouched for LEFTOVER_AGE_S.  A live process's file may be a write in
+ * progress (two lbds sharing a directory), and so may a fresh one whose
+ * pid is another PID namespace's (two containers sharing a volume): kept.
  */
 static void remove_leftovers(const char *path)
 {
@@ -330,6 +332,7 @@ static void remove_leftovers(const char *path)
     while ((e = readdir(d))) {
         char *end, full[PATH_MAX + NAME_MAX + 2], qpath[1024];
         const char *digits;
+        struct stat st;
         long pid;
 
         if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
@@ -339,7 +342,10 @@ static void remove_leftovers(const char *path)
         pid = strtol(digits, &end, 10);
         if (*digits < '0' || *digits > '9' || *end || errno || pid <= 0 || pid > INT_MAX)
             continue;
-        if (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+        if (pid != (long)getpid() &&
+            (kill((pid_t)pid, 0) == 0 || errno != ESRCH ||
+             fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+             difftime(time(NULL), st.st_mtime) < LEFTOVER_AGE_S))
             continue;
         snprintf(full, sizeof(full), "%s/%s", dir, e->d_name);
         if (unlinkat(dirfd(d), e->d_name, 0) == 0)

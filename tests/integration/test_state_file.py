@@ -230,8 +230,10 @@ class StateFile(HarnessTestCase):
 
     def test_3b_half_written_files_of_an_lbd_that_is_gone_are_removed(self):
         """A crash in the middle of a write leaves PATH.tmp.PID beside a whole
-        PATH: the next lbd removes those of processes that are gone, and keeps
-        a live process's (a write in progress) and whatever is not its own."""
+        PATH: the next lbd removes those of processes that are gone, once a
+        minute old, and keeps a live process's (a write in progress), a fresh
+        one (the pid may be another PID namespace's) and whatever is not its
+        own."""
         b1 = Backend(self.h, "b1")
         self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
         gone = subprocess.Popen(["true"])
@@ -243,16 +245,20 @@ class StateFile(HarnessTestCase):
             "not a pid": "%s.tmp.12ab" % base,
             "another file's": "other.state.tmp.%d" % gone.pid,
         }
-        for name in names.values():
-            with open(os.path.join(os.path.dirname(self.state), name), "wb") as f:
+        names["gone, but fresh"] = "%s.tmp.%d" % (base, gone.pid + 100000)
+        for what, name in names.items():
+            path = os.path.join(os.path.dirname(self.state), name)
+            with open(path, "wb") as f:
                 f.write(b'{"kvs":[')
+            if what != "gone, but fresh":   # untouched for 2 minutes: no write in progress
+                os.utime(path, (time.time() - 120, time.time() - 120))
         lbd = self.lbd().start()
         self.addCleanup(lbd.stop, None)
         self.wait_state_keys([backend_key(PREFIX, POOL, "b1")], "the state file")
         left = sorted(os.listdir(os.path.dirname(self.state)))
         figure("left in the state directory", left)
         self.assertNotIn(names["gone"], left)
-        for what in ("live", "not a pid", "another file's"):
+        for what in ("live", "not a pid", "another file's", "gone, but fresh"):
             self.assertIn(names[what], left, what)
         self.assertEqual([n for n in left if n.startswith(base + ".tmp.%d" % lbd.proc.pid)], [],
                          "lbd's own temporary file is renamed over the state file")
