@@ -342,10 +342,9 @@ static void remove_leftovers(const char *path)
         pid = strtol(digits, &end, 10);
         if (*digits < '0' || *digits > '9' || *end || errno || pid <= 0 || pid > INT_MAX)
             continue;
-        if (pid != (long)getpid() &&
-            (kill((pid_t)pid, 0) == 0 || errno != ESRCH ||
-             fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-             difftime(time(NULL), st.st_mtime) < LEFTOVER_AGE_S))
+        if (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH ||
+                                      fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+                                      difftime(time(NULL), st.st_mtime) < LEFTOVER_AGE_S))
             continue;
         snprintf(full, sizeof(full), "%s/%s", dir, e->d_name);
         if (unlinkat(dirfd(d), e->d_name, 0) == 0)
