@@ -1191,18 +1191,11 @@ static bool lbd_state_file_is_ours(const char *path)
 static const char *lbd_state_file_problem(const char *path, char *msg, size_t size)
 {
     enum { STATE_TMP_SUFFIX_MAX = 16 }; /* ".tmp." and a pid */
-    char dir[PATH_MAX], *slash;
-    const char *base;
+    char dir[PATH_MAX];
+    const char *base = lb_file_dir(path, dir, sizeof(dir));
     struct stat st;
 
-    snprintf(dir, sizeof(dir), "%s", path);
-    slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else
-        slash[slash == dir] = '\0'; /* "/x" keeps "/" */
-    base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    if (path[strlen(path) - 1] == '/')
+    if (!*base)
         snprintf(msg, size, "--state-file %s: give a file's path, not a directory", path);
     else if (strlen(base) + STATE_TMP_SUFFIX_MAX > NAME_MAX || strlen(path) >= PATH_MAX - 32)
         snprintf(msg, size,
@@ -1288,15 +1281,10 @@ static int lbd_check(struct lbd *d)
     }
     problems += lbd_check_listeners(d);
     if (s->upgrade_socket) {
-        char dir[128], *slash;
+        char dir[128];
         struct stat st;
 
-        snprintf(dir, sizeof(dir), "%s", s->upgrade_socket);
-        slash = strrchr(dir, '/');
-        if (!slash)
-            snprintf(dir, sizeof(dir), ".");
-        else
-            slash[slash == dir] = '\0'; /* "/x" keeps "/" */
+        lb_file_dir(s->upgrade_socket, dir, sizeof(dir));
         if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
             fprintf(stderr, "lbd: --upgrade-socket %s: directory %s does not exist\n",
                     s->upgrade_socket, dir);

@@ -32,4 +32,11 @@ int lb_file_check_readable(const char *path, const char *what, char **err);
  */
 int lb_file_read_all(int fd, size_t max, char **out, size_t *len);
 
+/*
+ * Splits a path for the files lbd makes beside it: *dir gets its directory
+ * ("." for a bare name, "/" for "/x"; cut to size), and the name after the
+ * last '/' is returned (a pointer into path).
+ */
+const char *lb_file_dir(const char *path, char *dir, size_t size);
+
 #endif
