@@ -263,6 +263,15 @@ static void done_cb(struct ev_loop *loop, ev_async *w, int revents)
     }
 }
 
+/* Writes job from this thread (at exit, or without a writer thread) and ends it. */
+static void write_here(struct lb_state_file *s, struct write_job *job)
+{
+    if (job->rc == 0)
+        job->rc = replace_file(s, &job->buf, &job->step);
+    job_finished(s, job);
+    job_free(job);
+}
+
 static void write_now(struct lb_state_file *s)
 {
     struct write_job *job;
@@ -280,10 +289,7 @@ static void write_now(struct lb_state_file *s)
     if (!job)
         return;
     if (job->rc < 0 || !s->thread_started) {
-        if (job->rc == 0)
-            job->rc = replace_file(s, &job->buf, &job->step);
-        job_finished(s, job);
-        job_free(job);
+        write_here(s, job);
         return;
     }
     pthread_mutex_lock(&s->mu);
@@ -310,23 +316,12 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
  */
 static void remove_leftovers(const char *path)
 {
-    const char *slash = strrchr(path, '/');
     char dir[PATH_MAX], prefix[NAME_MAX + 8];
+    const char *base = lb_file_dir(path, dir, sizeof(dir));
     struct dirent *e;
     DIR *d;
 
-    if (slash == path) {
-        strcpy(dir, "/");
-    } else if (slash) {
-        if ((size_t)(slash - path) >= sizeof(dir))
-            return;
-        memcpy(dir, path, (size_t)(slash - path));
-        dir[slash - path] = '\0';
-    } else {
-        strcpy(dir, ".");
-    }
-    if (snprintf(prefix, sizeof(prefix), "%s.tmp.", slash ? slash + 1 : path) >=
-            (int)sizeof(prefix) ||
+    if (snprintf(prefix, sizeof(prefix), "%s.tmp.", base) >= (int)sizeof(prefix) ||
         !(d = opendir(dir)))
         return;
     while ((e = readdir(d))) {
@@ -413,12 +408,8 @@ void lb_state_file_flush(struct lb_state_file *s)
     }
     s->again = false;
     job = encode_view(s);
-    if (!job)
-        return;
-    if (job->rc == 0)
-        job->rc = replace_file(s, &job->buf, &job->step);
-    job_finished(s, job);
-    job_free(job);
+    if (job)
+        write_here(s, job);
 }
 
 void lb_state_file_free(struct lb_state_file *s)
