@@ -200,8 +200,10 @@ class StateFile(HarnessTestCase):
         self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))
         lbd = self.lbd(env={"LBD_TEST_STATE_FILE_DELAY_MS": "2000"}).start()
         self.addCleanup(lbd.stop, None)
-        # The first write starts within a second of the first listing, and lasts 2 s.
-        time.sleep(1.2)
+        # The first write starts within a second of the first listing, and lasts 2 s:
+        # its PATH.tmp.PID is there meanwhile.
+        tmp = "%s.tmp.%d" % (self.state, lbd.proc.pid)
+        wait_until(lambda: os.path.exists(tmp), scaled(5), "the first write to begin", 0.01)
         worst = 0.0
         t0 = time.monotonic()
         self.etcd.put(backend_key(PREFIX, POOL, "b2"), backend_value(b2.addr))
