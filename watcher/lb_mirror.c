@@ -31,6 +31,9 @@ struct mirror_entry {
     bool delivered; /* the sink holds a value for this key */
     char *raw;      /* last value seen, NUL-terminated; NULL when it could not be read */
     size_t raw_len;
+    char *kept; /* what the sink holds when raw is not it (bad or unread since); else NULL */
+    size_t kept_len;
+    int64_t kept_revision;
     enum lb_skip_reason unread; /* why the value could not be read; LB_SKIP_REASONS: it could */
     int64_t mod_revision;
     uint64_t generation; /* last re-list that put this key */
@@ -88,6 +91,7 @@ static void entry_free(struct mirror_entry *e)
 {
     free(e->key);
     free(e->raw);
+    free(e->kept);
     free(e);
 }
 
@@ -256,6 +260,35 @@ static int entry_of(struct lb_mirror *m, const char *key, size_t key_len, struct
     return *out ? 0 : new_entry(m, key, key_len, hash, out);
 }
 
+/*
+ * raw (NULL: unreadable) becomes e's last value seen.  The value the sink
+ * holds stays on hand for lb_mirror_each(), so that a view handed on (the
+ * state file, an upgrade) is what lbd serves: in raw while raw is that
+ * value, moved to kept when a value the sink cannot take comes after it.
+ */
+static void entry_replace(struct mirror_entry *e, char *raw, size_t raw_len, int64_t mod_revision)
+{
+    if (e->delivered && !e->kept) {
+        e->kept = e->raw;
+        e->kept_len = e->raw_len;
+        e->kept_revision = e->mod_revision;
+    } else {
+        free(e->raw);
+    }
+    e->raw = raw;
+    e->raw_len = raw_len;
+    e->mod_revision = mod_revision;
+}
+
+/* The sink took e's raw value: nothing else need be kept. */
+static void entry_delivered(struct mirror_entry *e)
+{
+    free(e->kept);
+    e->kept = NULL;
+    e->kept_len = 0;
+    e->delivered = true;
+}
+
 int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const char *value,
                   size_t value_len, int64_t mod_revision)
 {
@@ -278,11 +311,8 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
         return -ENOMEM;
     memcpy(raw, value, value_len);
     raw[value_len] = '\0';
-    free(e->raw);
-    e->raw = raw;
-    e->raw_len = value_len;
+    entry_replace(e, raw, value_len, mod_revision);
     e->unread = LB_SKIP_REASONS;
-    e->mod_revision = mod_revision;
     e->generation = m->generation;
     notes.n = notes.n_unknown = 0;
     rc = parse_value(e, e->raw, e->raw_len, &u, &notes, &err);
@@ -301,7 +331,7 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
         lb_skip_note_unknown(&m->log, e->key, e->key_len,
                              i < LB_VALUE_UNKNOWN_MAX ? notes.unknown[i] : NULL);
     deliver(m, &u, e);
-    e->delivered = true;
+    entry_delivered(e);
     return 1;
 }
 
@@ -322,11 +352,8 @@ static int put_unread(struct lb_mirror *m, const struct lb_etcd_kv *kv)
     e->generation = m->generation;
     if (e->unread == reason && e->mod_revision == kv->mod_revision)
         return 0; /* the same unreadable value, seen before */
-    free(e->raw);
-    e->raw = NULL;
-    e->raw_len = 0;
+    entry_replace(e, NULL, 0, kv->mod_revision);
     e->unread = reason;
-    e->mod_revision = kv->mod_revision;
     snprintf(msg, sizeof(msg), "%s, %s",
              reason == LB_SKIP_VALUE_TOO_LARGE ? "value too large" : "malformed etcd entry",
              e->delivered ? "keeping the last good one" : "skipped");
@@ -470,7 +497,12 @@ void lb_mirror_each(const struct lb_mirror *m,
         for (const struct mirror_entry *e = m->buckets[i]; e; e = e->next) {
             struct lb_watcher_kv kv = {e->key, e->key_len, e->raw, e->raw_len, e->mod_revision};
 
-            if (e->raw)
+            if (e->kept) {
+                kv.value = e->kept;
+                kv.value_len = e->kept_len;
+                kv.mod_revision = e->kept_revision;
+            }
+            if (kv.value)
                 fn(ctx, &kv);
         }
 }

@@ -112,9 +112,11 @@ void lb_mirror_set_clock(struct lb_mirror *m, double (*clock)(void));
 void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out);
 
 /*
- * Calls fn for every key whose last value could be read (good or bad), with
- * that value as etcd stored it: what another mirror needs to reach the same
- * view through lb_mirror_put().  In no particular order.
+ * Calls fn for every key with a value, as etcd stored it (and its
+ * mod_revision): the one the sink holds, the last good one also when a bad
+ * or unreadable value came after it; else the bad one last seen.  What
+ * another mirror needs to serve the same view through lb_mirror_put().  In
+ * no particular order.
  */
 void lb_mirror_each(const struct lb_mirror *m,
                     void (*fn)(void *ctx, const struct lb_watcher_kv *kv), void *ctx);

@@ -360,6 +360,102 @@ static void test_flawed_kvs(void **state)
     take_log(f, "");
 }
 
+/* lb_mirror_each() into "key=value@rev;" text, sorted by key. */
+struct exported {
+    char lines[8][256];
+    int n;
+};
+
+static void export_one(void *ctx, const struct lb_watcher_kv *kv)
+{
+    struct exported *x = ctx;
+
+    assert_true(x->n < 8);
+    snprintf(x->lines[x->n++], sizeof(x->lines[0]), "%.*s=%.*s@%lld;", (int)kv->key_len, kv->key,
+             (int)kv->value_len, kv->value, (long long)kv->mod_revision);
+}
+
+/* Feeds an exported key to another fixture's mirror, as a listing would. */
+static void feed(void *ctx, const struct lb_watcher_kv *kv)
+{
+    struct fixture *g = ctx;
+
+    assert_true(
+        lb_mirror_put(g->m, kv->key, kv->key_len, kv->value, kv->value_len, kv->mod_revision) >= 0);
+}
+
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void export_text(struct fixture *f, char *out, size_t size)
+{
+    struct exported x = {.n = 0};
+
+    lb_mirror_each(f->m, export_one, &x);
+    qsort(x.lines, (size_t)x.n, sizeof(x.lines[0]), line_cmp);
+    out[0] = '\0';
+    for (int i = 0; i < x.n; i++)
+        strncat(out, x.lines[i], size - strlen(out) - 1);
+}
+
+/*
+ * What is exported (the state file, an upgrade's view) is what the sink
+ * serves: a key whose value turned bad or unreadable is exported with its
+ * last good value and that value's revision, until a good one replaces it;
+ * a key that never had a good value is exported as last seen (bad), and
+ * one never read not at all.  Fed to another mirror, the export delivers
+ * exactly what this one's sink holds.
+ */
+static void test_export_is_what_the_sink_serves(void **state)
+{
+    struct fixture *f = *state, *g;
+    struct lb_etcd_kv kv;
+    char text[2048];
+
+    load_initial(f);
+    kv = flawed(B1, LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, 30);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    assert_int_equal(put(f, B2, "{\"addr\":\"nowhere\"}", 31), 0);
+    assert_int_equal(put(f, B2, "{\"addr\":", 32), 0); /* bad again: still the good one kept */
+    assert_int_equal(put(f, CFG, "{", 33), 0);
+    kv = flawed(OV1, LB_ETCD_FLAW_MALFORMED, true, 0, 34);
+    assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
+    assert_int_equal(put(f, B3, "{\"addr\":", 35), 0); /* never good */
+    take_log(f, "");
+    export_text(f, text, sizeof(text));
+    assert_string_equal(text,
+                        B1 "={\"addr\":\"10.0.0.1:80\"}@2;" B2 "={\"addr\":\"10.0.0.2:80\"}@3;" B3
+                           "={\"addr\":@35;" CFG "={\"retries\":3}@4;" OV1 "={\"drain\":true}@5;");
+
+    /* another mirror fed the export serves the same */
+    assert_int_equal(setup((void **)&g), 0);
+    lb_mirror_relist_begin(g->m);
+    lb_mirror_each(f->m, feed, g);
+    assert_int_equal(lb_mirror_relist_end(g->m), 0);
+    assert_int_equal(g->rec.applies, 4); /* in no particular order */
+    assert_non_null(strstr(g->rec.log, "+backend web/b1 10.0.0.1:80 100;"));
+    assert_non_null(strstr(g->rec.log, "+backend web/b2 10.0.0.2:80 100;"));
+    assert_non_null(strstr(g->rec.log, "+policy web 3;"));
+    assert_non_null(strstr(g->rec.log, "+override web/b1 1;"));
+    teardown((void **)&g);
+
+    /* good values again: exported as they are */
+    assert_int_equal(put(f, B1, "{\"addr\":\"10.0.0.9:80\"}", 40), 1);
+    assert_int_equal(put(f, B2, "{\"addr\":\"10.0.0.2:80\"}", 41), 1);
+    take_log(f, "+backend web/b1 10.0.0.9:80 100;+backend web/b2 10.0.0.2:80 100;");
+    export_text(f, text, sizeof(text));
+    assert_string_equal(text,
+                        B1 "={\"addr\":\"10.0.0.9:80\"}@40;" B2 "={\"addr\":\"10.0.0.2:80\"}@41;" B3
+                           "={\"addr\":@35;" CFG "={\"retries\":3}@4;" OV1 "={\"drain\":true}@5;");
+    /* deleted: gone from the export too */
+    assert_int_equal(del(f, CFG), 1);
+    take_log(f, "-policy web;");
+    export_text(f, text, sizeof(text));
+    assert_null(strstr(text, CFG));
+}
+
 /* One watch response with bad events among good ones: the good ones apply. */
 static void test_apply_events_skips_bad_ones(void **state)
 {
@@ -554,6 +650,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_apply_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flawed_kvs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_is_what_the_sink_serves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_apply_events_skips_bad_ones, setup, teardown),
         cmocka_unit_test_setup_teardown(test_junk_never_fills_the_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clamped_values_delivered, setup, teardown),
