@@ -104,6 +104,62 @@ class StateFile(HarnessTestCase):
         self.assertFalse([f for f in os.listdir(os.path.dirname(self.state)) if ".tmp." in f],
                          "no temporary file left")
 
+    def test_1b_values_that_turned_bad_keep_their_last_good_one(self):
+        """The file holds what lbd serves: a key whose value turned bad (too
+        large to read, or invalid) is written with its last good value, not
+        left out or written bad, so an lbd started from the file serves it
+        on, as the one before did, while etcd still holds the bad value."""
+        b1, b2, b3 = (Backend(self.h, i) for i in ("b1", "b2", "b3"))
+        for b in (b1, b2, b3):
+            self.etcd.put(backend_key(PREFIX, POOL, b.id), backend_value(b.addr))
+        ovr, cfg = override_key(PREFIX, POOL, "b2"), "%spools/%s/config" % (PREFIX, POOL)
+        self.etcd.put(ovr, json.dumps({"health": "up"}))
+        self.etcd.put(cfg, json.dumps({"algorithm": "leastconn", "health": {"type": "none"}}))
+        lbd = self.lbd().start()
+        self.addCleanup(lbd.stop, None)
+        wait_until(lambda: set(lbd_pool(lbd, POOL)) == {"b1", "b2", "b3"}, scaled(10),
+                   "lbd to list b1, b2 and b3")
+        good = {backend_key(PREFIX, POOL, "b1"): backend_value(b1.addr),
+                backend_key(PREFIX, POOL, "b2"): backend_value(b2.addr),
+                ovr: json.dumps({"health": "up"})}
+        self.etcd.put(backend_key(PREFIX, POOL, "b1"),
+                      json.dumps({"addr": b1.addr, "pad": "x" * (300 << 10)}))
+        self.etcd.put(backend_key(PREFIX, POOL, "b2"), json.dumps({"addr": "nowhere"}))
+        self.etcd.put(ovr, "{health: up")
+        self.etcd.put(cfg, "{")
+        wait_until(lambda: lbd.log_text().count("keeping the last good one") >= 4, scaled(10),
+                   "lbd to keep the last good value of four keys")
+        rev = self.etcd.revision()
+
+        def written():
+            try:
+                with open(self.state, "rb") as f:
+                    header = json.load(f)["header"]
+            except (OSError, ValueError, KeyError):
+                return None
+            return int(header["revision"]) >= rev and read_state(self.state)[0]
+        kvs = wait_until(written, scaled(10), "a state file written after the bad values")
+        for k, v in good.items():
+            self.assertEqual(kvs.get(k), v, "%s in the state file" % k)
+        self.assertIn('"leastconn"', kvs.get(cfg, ""))
+
+        lbd.proc.kill()
+        lbd.start()
+        self.assertIn(STARTED_MARK, lbd.log_text())
+        wait_until(lambda: lbd.log_text().count("keeping the last good one") >= 4, scaled(10),
+                   "the new lbd to list etcd and keep the last good values")
+        backends = lbd.backends(POOL)
+        figure("bad values across a restart from the state file", {
+            b: backends.get(b, {}).get("addr") for b in ("b1", "b2", "b3")})
+        self.assertEqual({b: backends[b]["addr"] for b in backends},
+                         {"b1": b1.addr, "b2": b2.addr, "b3": b3.addr})
+        self.assertEqual(backends["b2"]["health_override"], "up", backends["b2"])
+        served = collections.Counter(ask(lbd.pool_port(POOL)) for _ in range(30))
+        self.assertEqual(set(served), {"b1", "b2", "b3"}, served)
+        applied = [ln for ln in lbd.log_text().splitlines() if "policy applied" in ln]
+        self.assertTrue(applied and "algorithm=leastconn" in applied[-1], applied)
+        lbd.stop(expect_rc=0)
+
     def test_2_files_that_are_not_whole_are_not_used(self):
         b1 = Backend(self.h, "b1")
         self.etcd.put(backend_key(PREFIX, POOL, "b1"), backend_value(b1.addr))

@@ -1395,6 +1395,66 @@ class Upgrade(HarnessTestCase):
         self.assertIn('msg="re-listed"', new.log_text())
         self.stop_final(new)
 
+    def test_5i_values_that_turned_bad_keep_their_last_good_one(self):
+        """A key whose value turns bad (unreadable: too large; or invalid) keeps
+        its last good value in lbd, and so across an upgrade: the new lbd serves
+        what the old one served (backends, override, policy), and the sessions
+        through those backends move, instead of the backends vanishing with
+        the upgrade and their sessions staying behind."""
+        key = "%spools/%s/config" % (PREFIX, POOL)
+        huge_id, bad_id = "t5i-huge", "t5i-bad"
+        addr = "127.0.0.1:%d" % self.backend_port
+        ovr = "%spools/%s/overrides/%s" % (PREFIX, POOL, bad_id)
+        self.etcd.put(key, json.dumps({"health": {"type": "none"}, "algorithm": "leastconn"}))
+        for bid in (huge_id, bad_id):
+            self.etcd.put(lbtest.backend_key(PREFIX, POOL, bid), lbtest.backend_value(addr))
+            self.addCleanup(self.etcd.delete, lbtest.backend_key(PREFIX, POOL, bid))
+        self.etcd.put(ovr, json.dumps({"health": "up"}))
+        self.addCleanup(self.etcd.delete, ovr)
+        self.addCleanup(self.etcd.put, key, json.dumps({"health": {"type": "none"}}))
+        old = self.start_first("t5i", workers=1)
+        wait_until(lambda: {huge_id, bad_id} <= set(old.backends(POOL)), scaled(10),
+                   "the first lbd to list %s and %s" % (huge_id, bad_id))
+        wait_until(lambda: "algorithm=leastconn" in old.log_text(), scaled(10),
+                   "the first lbd to apply leastconn")
+        held = []
+        for i in range(6):   # leastconn: two on each of the three backends
+            s = socket.create_connection(("127.0.0.1", old.port), timeout=10)
+            self.addCleanup(s.close)
+            self.assertEqual(lbtest.echo(s, b"hello %d\n" % i), b"hello %d\n" % i)
+            held.append(s)
+        spread = {b: old.backends(POOL)[b]["active_connections"]
+                  for b in (BACKEND_ID, huge_id, bad_id)}
+        self.assertEqual(spread, {BACKEND_ID: 2, huge_id: 2, bad_id: 2})
+        self.etcd.put(lbtest.backend_key(PREFIX, POOL, huge_id),
+                      json.dumps({"addr": addr, "pad": "x" * (300 << 10)}))
+        self.etcd.put(lbtest.backend_key(PREFIX, POOL, bad_id), json.dumps({"addr": "nowhere"}))
+        self.etcd.put(ovr, "{health: up")
+        self.etcd.put(key, "{")
+        wait_until(lambda: old.log_text().count("keeping the last good one") >= 4, scaled(10),
+                   "the first lbd to keep the last good value of four keys")
+        new, _, _ = self.upgrade(old, "t5i-lbd2", workers=1)
+        rc, _ = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
+        moved, kept, _ = handover_figures(old.log)
+        seen = new.backends(POOL)
+        applied = [ln for ln in new.log_text().splitlines()
+                   if "policy applied" in ln and "pool=%s " % POOL in ln]
+        figure("bad values across an upgrade", "moved=%s kept=%s; %s" % (moved, kept, {
+            b: (seen.get(b, {}).get("addr"), seen.get(b, {}).get("active_connections"))
+            for b in (huge_id, bad_id)}))
+        self.assertEqual(rc, 0)
+        self.assertEqual((moved, kept), (6, 0), old.proc.log_tail(20))
+        for bid in (huge_id, bad_id):
+            self.assertIn(bid, seen, "the new lbd lost %s: %s" % (bid, new.proc.log_tail(20)))
+            self.assertEqual(seen[bid]["addr"], addr)
+            self.assertEqual(seen[bid]["active_connections"], 2, seen[bid])
+        self.assertEqual(seen[bad_id]["health_override"], "up", seen[bad_id])
+        self.assertTrue(applied and "algorithm=leastconn" in applied[-1], applied)
+        for i, s in enumerate(held):
+            self.assertEqual(lbtest.echo(s, b"again %d\n" % i), b"again %d\n" % i)
+            s.close()
+        self.stop_final(new)
+
     def test_5f_watch_follows_the_upgrade(self):
         """The old lbd ends its WatchEvents streams when the new one is ready
         (UNAVAILABLE, saying why, as grpcio reads it), instead of streaming
