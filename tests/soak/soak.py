@@ -97,6 +97,7 @@ MAX_ATTEMPTS_CAP = 11        # a client is never tried on more backends than thi
 SLACK = 3.0                  # seconds on top of every bound derived from a policy
 CLIENT_CAP = 60.0            # a client waits at most this long, bound or not
 POLICY_LAG = 5.0             # a superseded policy may still be in force this long
+STATE_FILE_LAG = 1.0         # lbd writes its state file this long after a change
 HEALTHZ_LIMIT = 1.0
 ASAN_QUARANTINE_MB = 64
 ABUSE_MAX = 150              # connections held on each of the admin and probe ports
@@ -918,6 +919,10 @@ class KeyModel:
         self.last_good = None    # (addr, weight) lbd must hold
         self.stale = set()       # goods lbd may still hold if it missed a delete
         self.current_bad = False
+        self.goods = []          # (time, (addr, weight)) of the last good values put
+
+    def recent_goods(self, since):
+        return {spec for t, spec in self.goods if t >= since}
 
     def certain(self):
         return self.present and (self.lease is None or self.lease[0] == "long")
@@ -1432,6 +1437,7 @@ class Soak:
             k.current_bad = False
             k.target = target
             k.weight = weight
+            k.goods = k.goods[-3:] + [(now(), spec)]
         else:
             k.current_bad = True
 
@@ -1607,7 +1613,7 @@ class Soak:
             figures = json.loads(val)
         if figures:
             self.history_add(pool, figures, also_previous=True)
-        # A new lbd (an upgrade) never saw the last good one: see model_new_process.
+        # A new lbd may hold the last good one, or not: see model_new_process.
         self.policy_bad[pool] = figures
 
     def ev_policy_delete(self):
@@ -1978,7 +1984,7 @@ class Soak:
             if cut:
                 self.counts["lbd.crash_cut_off_from_etcd"] += 1
             self.lbd = new
-            self.model_new_process(keep_local=False)
+            self.model_new_process(from_view=False)
             self.baseline = new.baseline = self.measure_baseline(new)
         finally:
             if window[1] is None:
@@ -2049,7 +2055,7 @@ class Soak:
                                   "into the event" % (len(refused), new.label, stage,
                                                       refused[0][1] - window[0]))
         self.lbd = new
-        self.model_new_process(keep_local=took and new.version == old.version)
+        self.model_new_process(from_view=took and new.version == old.version)
         self.baseline = new.baseline = self.measure_baseline(new)
 
     def old_crash_wait(self, new, mark, what):
@@ -2435,7 +2441,7 @@ class Soak:
                                     "stay (listeners only)")
                 self.lbd = new
                 self.pending_new = None
-                self.model_new_process(keep_local=moves)
+                self.model_new_process(from_view=moves)
                 # Witnesses are held until the old lbd exits, or close enough to
                 # the end of its grace period (which ends sessions it kept: a
                 # refused one, or all of them when they cannot move).
@@ -2685,30 +2691,38 @@ class Soak:
                 raise SoakFailure("upgrade: the old %s moved %d sessions to a new lbd of another "
                                   "session version: %s" % (old.label, moved, lines[-1]))
 
-    def model_new_process(self, keep_local):
-        """What a new lbd knows: what etcd holds now, and the old process's
-        local overrides when it could hand them over (BACKEND records go to a
-        new lbd of the same session version: keep_local).  A key or an
-        override whose value is invalid now has no last good value here; a
-        pool whose policy is invalid runs lbd's defaults, or that policy
-        clamped."""
-        if not keep_local:
+    def model_new_process(self, from_view):
+        """What a new lbd knows.  It lists etcd at once, so what etcd holds
+        now where that is valid.  Where a value is invalid it keeps the last
+        good one it started with: the old process's own when it took over its
+        view (and its local overrides with it: a new lbd of the same session
+        version, from_view), else what the state file held, a second or so
+        behind lbd, or nothing (no file yet): then any good value of late, or
+        none.  A pool whose policy is invalid runs its last good one, lbd's
+        defaults or that policy clamped."""
+        if not from_view:
             self.local = {}
+        since = now() - lbtest.scaled(STATE_FILE_LAG + 2.0)
         for k in self.keys.values():
-            k.stale = set()
-            if k.current_bad:
+            if not k.current_bad:
+                k.stale = set()  # the listing settles it
+            elif not from_view:
+                k.stale |= k.recent_goods(since) | ({k.last_good} if k.last_good else set())
                 k.last_good = None
         for m in self.overrides.values():
-            if m.current_bad:
-                m.last_good = None
-            m.stale = False
+            if not m.current_bad:
+                m.stale = False
+            elif not from_view:
+                m.stale = True
         d_idle, d_connect, d_retries = self.policy_figures({})
         for pool, figures in sorted(self.policy_bad.items()):
             if pool not in SERVED or pool == VOID:
                 continue
             idle, connect, retries = self.policy_figures(figures) if figures else (0, 0, 0)
-            self.history.add(pool, max(idle, d_idle), max(connect, d_connect),
-                             max(retries, d_retries))
+            last = self.history.last(pool)
+            self.history.add(pool, max(idle, d_idle, last["idle"]),
+                             max(connect, d_connect, last["connect"]),
+                             max(retries, d_retries, last["retries"]))
 
     def measure_baseline(self, lbd):
         """A new lbd's fds and RSS once it took over, as its baseline: its fds
