@@ -3199,7 +3199,16 @@ class Soak:
                   self.seed, self.args.duration,
                   "".join(" --%s %s" % (o, getattr(self.args, o)) for o in ("exclude", "only")
                           if getattr(self.args, o))),
-               "", "last events:"]
+               ""]
+        # First what most often says why (the report may be cut short in a CI
+        # summary): the upgrade lines, warnings and errors of the last two lbds.
+        for path in self.log_paths()[-2:]:
+            lines = [ln for ln in read_from(path, 0).splitlines()
+                     if "sub=upgrade" in ln or "level=warn" in ln or "level=error" in ln]
+            if lines:
+                out += ["upgrade lines, warnings and errors, the last 12 (%s):" % path]
+                out += ["    " + ln[:300] for ln in lines[-12:]] + [""]
+        out += ["last events:"]
         out += ["    " + e for e in self.events[-30:]]
         rare = [e for e in self.events[self.last_quiet_event:-30]
                 if e.split()[1].split(".")[0] in ("etcd", "key", "value", "bulk", "junk")
@@ -3224,7 +3233,7 @@ class Soak:
                 out += ["", "lbd processes: %s" % "; ".join(
                     "%s %s" % (x.label, "running" if x.proc.alive() else
                                "exit %s" % exit_code(x.proc)) for x in self.lbds)]
-                for path in [p for p in self.log_paths() if p != self.lbd.proc.log_path][-3:]:
+                for path in [p for p in self.log_paths() if p != self.lbd.proc.log_path][-3:][::-1]:
                     lines = read_from(path, 0).splitlines()
                     out += ["", "an earlier lbd's log, last 20 lines (%s):" % path]
                     out += ["    " + line[:400] for line in lines[-20:]]
