@@ -61,7 +61,9 @@ int lb_duration_parse(const char *text, int64_t *out_ms, const char **err)
             unit = 3600000;
             p++;
         } else {
-            *err = "duration needs a unit: ms, s, m or h (e.g. 3s)";
+            *err = *p ? "a unit is one of ms, s, m or h, right after the number (e.g. 3s, 1.5s; "
+                        "no exponent, no space)"
+                      : "duration needs a unit: ms, s, m or h (e.g. 3s)";
             return -EINVAL;
         }
         total += value * unit;

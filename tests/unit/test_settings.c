@@ -373,6 +373,9 @@ static void test_durations(void **state)
     assert_int_equal(lb_duration_parse("0", &ms, &why), 0);
     assert_int_equal(ms, 0);
     assert_int_equal(lb_duration_parse("5", &ms, &why), -EINVAL);
+    assert_non_null(strstr(why, "needs a unit"));
+    assert_int_equal(lb_duration_parse("1e3s", &ms, &why), -EINVAL); /* not "needs a unit" */
+    assert_non_null(strstr(why, "no exponent"));
     assert_int_equal(lb_duration_parse("", &ms, &why), -EINVAL);
     assert_int_equal(lb_duration_parse("s", &ms, &why), -EINVAL);
     assert_int_equal(lb_duration_parse("99999999999h", &ms, &why), -ERANGE);
