@@ -921,8 +921,11 @@ class KeyModel:
         self.current_bad = False
         self.goods = []          # (time, (addr, weight)) of the last good values put
 
-    def recent_goods(self, since):
-        return {spec for t, spec in self.goods if t >= since}
+    def goods_in_force_since(self, since):
+        """The good values this key may have had at any time from since on
+        (the one in force then, and those put after)."""
+        before = [spec for t, spec in self.goods if t < since]
+        return {spec for t, spec in self.goods if t >= since} | set(before[-1:])
 
     def certain(self):
         return self.present and (self.lease is None or self.lease[0] == "long")
@@ -1437,7 +1440,7 @@ class Soak:
             k.current_bad = False
             k.target = target
             k.weight = weight
-            k.goods = k.goods[-3:] + [(now(), spec)]
+            k.goods = k.goods[-7:] + [(now(), spec)]
         else:
             k.current_bad = True
 
@@ -1984,7 +1987,7 @@ class Soak:
             if cut:
                 self.counts["lbd.crash_cut_off_from_etcd"] += 1
             self.lbd = new
-            self.model_new_process(from_view=False)
+            self.model_new_process(keep_local=False, from_view=False)
             self.baseline = new.baseline = self.measure_baseline(new)
         finally:
             if window[1] is None:
@@ -2055,7 +2058,8 @@ class Soak:
                                   "into the event" % (len(refused), new.label, stage,
                                                       refused[0][1] - window[0]))
         self.lbd = new
-        self.model_new_process(from_view=took and new.version == old.version)
+        same = took and new.version == old.version
+        self.model_new_process(keep_local=same, from_view=same)
         self.baseline = new.baseline = self.measure_baseline(new)
 
     def old_crash_wait(self, new, mark, what):
@@ -2441,7 +2445,7 @@ class Soak:
                                     "stay (listeners only)")
                 self.lbd = new
                 self.pending_new = None
-                self.model_new_process(from_view=moves)
+                self.model_new_process(keep_local=moves, from_view=moves and synced)
                 # Witnesses are held until the old lbd exits, or close enough to
                 # the end of its grace period (which ends sessions it kept: a
                 # refused one, or all of them when they cannot move).
@@ -2691,23 +2695,27 @@ class Soak:
                 raise SoakFailure("upgrade: the old %s moved %d sessions to a new lbd of another "
                                   "session version: %s" % (old.label, moved, lines[-1]))
 
-    def model_new_process(self, from_view):
+    def model_new_process(self, keep_local, from_view):
         """What a new lbd knows.  It lists etcd at once, so what etcd holds
         now where that is valid.  Where a value is invalid it keeps the last
         good one it started with: the old process's own when it took over its
-        view (and its local overrides with it: a new lbd of the same session
-        version, from_view), else what the state file held, a second or so
+        view (from_view: a new lbd of the same session version, the old one
+        caught up with etcd), else what the state file held, a second or so
         behind lbd, or nothing (no file yet): then any good value of late, or
-        none.  A pool whose policy is invalid runs its last good one, lbd's
-        defaults or that policy clamped."""
-        if not from_view:
+        none.  The old process's local overrides come over with its BACKEND
+        records (keep_local: the same session version).  A pool whose policy
+        is invalid runs its last good one, lbd's defaults or that policy
+        clamped."""
+        if not keep_local:
             self.local = {}
         since = now() - lbtest.scaled(STATE_FILE_LAG + 2.0)
         for k in self.keys.values():
             if not k.current_bad:
                 k.stale = set()  # the listing settles it
             elif not from_view:
-                k.stale |= k.recent_goods(since) | ({k.last_good} if k.last_good else set())
+                k.stale |= k.goods_in_force_since(since)
+                if k.last_good:
+                    k.stale.add(k.last_good)
                 k.last_good = None
         for m in self.overrides.values():
             if not m.current_bad:
