@@ -29,6 +29,7 @@ struct mirror_entry {
     size_t key_len;
     struct lb_key parsed;
     bool delivered; /* the sink holds a value for this key */
+    bool bad;       /* the last value seen could not be used (invalid or unread) */
     char *raw;      /* last value seen, NUL-terminated; NULL when it could not be read */
     size_t raw_len;
     char *kept; /* what the sink holds when raw is not it (bad or unread since); else NULL */
@@ -50,6 +51,7 @@ struct lb_mirror {
     uint64_t generation;
     uint64_t updates;
     uint64_t bad_values;
+    size_t bad_keys[2]; /* entries whose last value is bad: [0] never good, [1] last good served */
     struct lb_skip_log log;
 };
 
@@ -280,6 +282,16 @@ static void entry_replace(struct mirror_entry *e, char *raw, size_t raw_len, int
     e->mod_revision = mod_revision;
 }
 
+/* Whether e's last value seen is bad, counted by whether the sink serves a last good one. */
+static void entry_set_bad(struct lb_mirror *m, struct mirror_entry *e, bool bad)
+{
+    if (e->bad)
+        m->bad_keys[e->delivered]--;
+    e->bad = bad;
+    if (bad)
+        m->bad_keys[e->delivered]++;
+}
+
 /* The sink took e's raw value: nothing else need be kept. */
 static void entry_delivered(struct mirror_entry *e)
 {
@@ -317,6 +329,7 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
     notes.n = notes.n_unknown = 0;
     rc = parse_value(e, e->raw, e->raw_len, &u, &notes, &err);
     if (rc) {
+        entry_set_bad(m, e, true);
         m->bad_values++;
         lb_skip_note(&m->log, LB_SKIP_BAD_VALUE,
                      e->delivered ? "bad value, keeping the last good one" : "bad value, skipped",
@@ -330,6 +343,7 @@ int lb_mirror_put(struct lb_mirror *m, const char *key, size_t key_len, const ch
     for (size_t i = 0; i < notes.n_unknown; i++)
         lb_skip_note_unknown(&m->log, e->key, e->key_len,
                              i < LB_VALUE_UNKNOWN_MAX ? notes.unknown[i] : NULL);
+    entry_set_bad(m, e, false);
     deliver(m, &u, e);
     entry_delivered(e);
     return 1;
@@ -354,6 +368,7 @@ static int put_unread(struct lb_mirror *m, const struct lb_etcd_kv *kv)
         return 0; /* the same unreadable value, seen before */
     entry_replace(e, NULL, 0, kv->mod_revision);
     e->unread = reason;
+    entry_set_bad(m, e, true);
     snprintf(msg, sizeof(msg), "%s, %s",
              reason == LB_SKIP_VALUE_TOO_LARGE ? "value too large" : "malformed etcd entry",
              e->delivered ? "keeping the last good one" : "skipped");
@@ -412,6 +427,7 @@ static int remove_entry(struct lb_mirror *m, struct mirror_entry **slot)
         deliver(m, &u, e);
         n = 1;
     }
+    entry_set_bad(m, e, false);
     *slot = e->next;
     m->n_entries--;
     entry_free(e);
@@ -485,6 +501,8 @@ void lb_mirror_get_stats(const struct lb_mirror *m, struct lb_mirror_stats *out)
     out->keys = m->n_entries;
     out->updates = m->updates;
     out->bad_values = m->bad_values;
+    out->bad_keys_never_good = m->bad_keys[0];
+    out->bad_keys_last_good = m->bad_keys[1];
     memcpy(out->skipped, m->log.skipped, sizeof(out->skipped));
     out->clamped = m->log.clamped;
     out->unknown_fields = m->log.unknown_fields;

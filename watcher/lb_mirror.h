@@ -46,6 +46,8 @@ struct lb_mirror_stats {
     size_t keys;                       /* schema keys tracked, good or bad */
     uint64_t updates;                  /* updates delivered to the sink */
     uint64_t bad_values;               /* values of schema keys that did not parse */
+    size_t bad_keys_last_good;         /* keys whose value is bad now, the last good one served */
+    size_t bad_keys_never_good;        /* keys whose value is bad now, with no good one yet */
     uint64_t skipped[LB_SKIP_REASONS]; /* keys skipped, by reason */
     uint64_t clamped;                  /* fields clamped into their range */
     uint64_t unknown_fields;           /* policy fields not known, ignored */

@@ -826,6 +826,8 @@ void lb_watcher_get_stats(const struct lb_watcher *w, struct lb_watcher_stats *o
     out->updates_applied = ms.updates;
     out->decode_errors = w->decode_errors;
     out->bad_values = ms.bad_values;
+    out->bad_keys_last_good = ms.bad_keys_last_good;
+    out->bad_keys_never_good = ms.bad_keys_never_good;
     memcpy(out->skipped, ms.skipped, sizeof(out->skipped));
     out->clamped = ms.clamped;
     out->unknown_fields = ms.unknown_fields;

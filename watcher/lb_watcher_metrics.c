@@ -114,6 +114,16 @@ int lb_watcher_render_metrics(const struct lb_watcher *w, struct lb_buf *out)
         rc = lb_buf_printf(out, "lbd_etcd_skipped_keys_total{reason=\"%s\"} %llu\n",
                            lb_skip_reason_name(r), (unsigned long long)st.skipped[r]);
     if (!rc)
+        rc = lb_metrics_family(out, "lbd_etcd_bad_keys", "gauge",
+                               "Keys of the lbd schema whose value in etcd cannot be used now "
+                               "(invalid, or unreadable), by what lbd serves for them: the last "
+                               "good value, or nothing.  Alert on any.");
+    if (!rc)
+        rc = lb_buf_printf(out,
+                           "lbd_etcd_bad_keys{serving=\"last_good\"} %zu\n"
+                           "lbd_etcd_bad_keys{serving=\"nothing\"} %zu\n",
+                           st.bad_keys_last_good, st.bad_keys_never_good);
+    if (!rc)
         rc = lb_metrics_family(out, "lbd_etcd_last_contact_seconds", "gauge",
                                "Seconds since bytes last arrived from etcd (no sample until "
                                "they first do).");

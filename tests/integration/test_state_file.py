@@ -129,6 +129,8 @@ class StateFile(HarnessTestCase):
         self.etcd.put(cfg, "{")
         wait_until(lambda: lbd.log_text().count("keeping the last good one") >= 4, scaled(10),
                    "lbd to keep the last good value of four keys")
+        self.assertEqual(lbd.metric("lbd_etcd_bad_keys", serving="last_good"), 4)
+        self.assertEqual(lbd.metric("lbd_etcd_bad_keys", serving="nothing"), 0)
         rev = self.etcd.revision()
 
         def written():
@@ -148,6 +150,7 @@ class StateFile(HarnessTestCase):
         self.assertIn(STARTED_MARK, lbd.log_text())
         wait_until(lambda: lbd.log_text().count("keeping the last good one") >= 4, scaled(10),
                    "the new lbd to list etcd and keep the last good values")
+        self.assertEqual(lbd.metric("lbd_etcd_bad_keys", serving="last_good"), 4)
         backends = lbd.backends(POOL)
         figure("bad values across a restart from the state file", {
             b: backends.get(b, {}).get("addr") for b in ("b1", "b2", "b3")})

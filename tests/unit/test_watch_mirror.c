@@ -411,6 +411,7 @@ static void export_text(struct fixture *f, char *out, size_t size)
 static void test_export_is_what_the_sink_serves(void **state)
 {
     struct fixture *f = *state, *g;
+    struct lb_mirror_stats st;
     struct lb_etcd_kv kv;
     char text[2048];
 
@@ -423,6 +424,9 @@ static void test_export_is_what_the_sink_serves(void **state)
     kv = flawed(OV1, LB_ETCD_FLAW_MALFORMED, true, 0, 34);
     assert_int_equal(lb_mirror_put_kv(f->m, &kv), 0);
     assert_int_equal(put(f, B3, "{\"addr\":", 35), 0); /* never good */
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.bad_keys_last_good, 4);
+    assert_int_equal(st.bad_keys_never_good, 1);
     take_log(f, "");
     export_text(f, text, sizeof(text));
     assert_string_equal(text,
@@ -454,6 +458,13 @@ static void test_export_is_what_the_sink_serves(void **state)
     take_log(f, "-policy web;");
     export_text(f, text, sizeof(text));
     assert_null(strstr(text, CFG));
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.bad_keys_last_good, 1); /* OV1 */
+    assert_int_equal(st.bad_keys_never_good, 1);
+    assert_int_equal(del(f, B3), 0);
+    assert_int_equal(put(f, OV1, "{\"drain\":false}", 50), 1);
+    lb_mirror_get_stats(f->m, &st);
+    assert_int_equal(st.bad_keys_last_good + st.bad_keys_never_good, 0);
 }
 
 /* One watch response with bad events among good ones: the good ones apply. */
