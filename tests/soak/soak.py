@@ -2308,7 +2308,8 @@ class Soak:
     def witness_movable(self, pool, sid):
         """True when a new lbd surely has the backend a connection to server
         sid in pool goes to: every key of the pool at that server's port is
-        certain (no lapsing lease), its value good and not stale, and no
+        certain (no lapsing lease) with a last good value lbd surely holds (a
+        bad value since keeps it, and the view handed over carries it), and no
         registration of the pool may be lapsing (killed lately).  A session
         to a backend the new lbd lacks stays in the old one."""
         port = str(self.farm.servers[sid].port)
@@ -2317,7 +2318,7 @@ class Soak:
                 continue
             addrs = {a for a, _ in k.stale} | ({k.last_good[0]} if k.last_good else set())
             if any(a.rsplit(":", 1)[-1] == port for a in addrs):
-                if not (k.certain() and k.last_good and not k.current_bad and not k.stale):
+                if not (k.certain() and k.last_good and not k.stale):
                     return False
         return now() - self.reg_killed.get(pool, -1e9) > 10.0
 
