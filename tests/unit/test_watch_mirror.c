@@ -19,6 +19,7 @@
 
 #include "lb_log.h"
 #include "lb_mirror.h"
+#include "test_rng.h"
 
 struct recorder {
     char log[16384]; /* "+backend web/b1 10.0.0.1:80 100;" ... */
@@ -467,6 +468,185 @@ static void test_export_is_what_the_sink_serves(void **state)
     assert_int_equal(st.bad_keys_last_good + st.bad_keys_never_good, 0);
 }
 
+/*
+ * The state space: a seeded random run of puts (good, invalid, unreadable),
+ * deletes, events the mirror never hears of and re-lists, over a few keys
+ * of each kind.  After every step: the sink holds, for each key, the last
+ * good value the mirror was told since the key last went away; an export
+ * fed to a fresh mirror makes its sink hold exactly the same; the bad-key
+ * gauges count what is bad now.  LB_TEST_SEED=N replays a run.
+ */
+#define SS_KEYS 6
+static const char *const ss_keys[SS_KEYS] = {B1, B2, B3, CFG, OV1, "/lb/pools/db/backends/x"};
+
+enum ss_kind { SS_ABSENT, SS_GOOD, SS_BAD, SS_UNREAD };
+
+struct ss_value {
+    enum ss_kind kind;
+    int n; /* distinguishes good values */
+    int64_t rev;
+};
+
+/* A sink keeping what it holds per key, as text. */
+struct ss_sink {
+    char held[SS_KEYS][64];
+};
+
+static int ss_index(const char *pool, const char *id, enum lb_update_kind kind)
+{
+    char key[128];
+
+    if (kind == LB_UPDATE_POLICY_PUT || kind == LB_UPDATE_POLICY_DELETE)
+        snprintf(key, sizeof(key), "/lb/pools/%s/config", pool);
+    else if (kind == LB_UPDATE_OVERRIDE_PUT || kind == LB_UPDATE_OVERRIDE_DELETE)
+        snprintf(key, sizeof(key), "/lb/pools/%s/overrides/%s", pool, id);
+    else
+        snprintf(key, sizeof(key), "/lb/pools/%s/backends/%s", pool, id);
+    for (int i = 0; i < SS_KEYS; i++)
+        if (strcmp(ss_keys[i], key) == 0)
+            return i;
+    fail_msg("update for a key never put: %s", key);
+    return -1;
+}
+
+static void ss_apply(void *ctx, const struct lb_update *u)
+{
+    struct ss_sink *k = ctx;
+    char *held = k->held[ss_index(u->pool, u->id, u->kind)];
+
+    switch (u->kind) {
+    case LB_UPDATE_BACKEND_PUT:
+        snprintf(held, 64, "w%d", u->u.backend.weight);
+        break;
+    case LB_UPDATE_POLICY_PUT:
+        snprintf(held, 64, "r%d", u->u.policy.retries);
+        break;
+    case LB_UPDATE_OVERRIDE_PUT:
+        snprintf(held, 64, "o%d", u->u.override.weight);
+        break;
+    default:
+        held[0] = '\0';
+    }
+}
+
+/* The value text of key i: good ones carry n where the sink shows it. */
+static void ss_text(int i, const struct ss_value *v, char *out, size_t size)
+{
+    if (v->kind == SS_BAD)
+        snprintf(out, size, "%s",
+                 i == 3   ? "{\"retries\":\"many\"}"
+                 : i == 4 ? "{\"weight\":\"heavy\"}"
+                          : "{\"addr\":\"nowhere\"}");
+    else if (i == 3)
+        snprintf(out, size, "{\"retries\":%d}", v->n % 10);
+    else if (i == 4)
+        snprintf(out, size, "{\"weight\":%d}", v->n);
+    else
+        snprintf(out, size, "{\"addr\":\"10.0.0.1:80\",\"weight\":%d}", v->n);
+}
+
+static void ss_expected(int i, const struct ss_value *v, char *out, size_t size)
+{
+    snprintf(out, size, "%c%d", i == 3 ? 'r' : i == 4 ? 'o' : 'w', i == 3 ? v->n % 10 : v->n);
+}
+
+/* Tells m that key i now holds v (a watch event, or an entry of a listing). */
+static void ss_tell(struct lb_mirror *m, int i, const struct ss_value *v)
+{
+    char text[128];
+
+    if (v->kind == SS_ABSENT) {
+        assert_true(lb_mirror_delete(m, ss_keys[i], strlen(ss_keys[i])) >= 0);
+    } else if (v->kind == SS_UNREAD) {
+        struct lb_etcd_kv kv = flawed(ss_keys[i], LB_ETCD_FLAW_VALUE_TOO_LARGE, true, 0, v->rev);
+
+        assert_true(lb_mirror_put_kv(m, &kv) >= 0);
+    } else {
+        ss_text(i, v, text, sizeof(text));
+        assert_true(lb_mirror_put(m, ss_keys[i], strlen(ss_keys[i]), text, strlen(text), v->rev) >=
+                    0);
+    }
+}
+
+static void ss_feed(void *ctx, const struct lb_watcher_kv *kv)
+{
+    assert_true(
+        lb_mirror_put(ctx, kv->key, kv->key_len, kv->value, kv->value_len, kv->mod_revision) >= 0);
+}
+
+static void test_state_space_of_good_and_bad_values(void **state)
+{
+    const char *env = getenv("LB_TEST_SEED");
+    uint64_t seed = env ? strtoull(env, NULL, 10) : 20261201, rng = seed ? seed : 1;
+    struct ss_value etcd[SS_KEYS] = {{0}}, told[SS_KEYS] = {{0}};
+    char good[SS_KEYS][64] = {{0}}; /* the last good value the mirror was told */
+    struct ss_sink held = {{{0}}};
+    struct lb_update_sink sink = {ss_apply, no_commit, &held};
+    struct lb_mirror *m;
+    int64_t rev = 1;
+
+    (void)state;
+    lb_log_set_level(LB_LOG_ERROR);
+    assert_int_equal(lb_mirror_new("/lb/", &sink, &m), 0);
+    for (int step = 0; step < 20000; step++) {
+        int i = (int)(test_rng_next(&rng) % SS_KEYS), op = (int)(test_rng_next(&rng) % 100);
+        struct ss_value v = {SS_ABSENT, (int)(test_rng_next(&rng) % 900) + 1, ++rev};
+        size_t bad_last_good = 0, bad_never_good = 0;
+        struct lb_mirror_stats st;
+
+        if (op < 85) { /* a change in etcd; now and then the watch misses it */
+            v.kind = op < 35 ? SS_GOOD : op < 55 ? SS_BAD : op < 70 ? SS_UNREAD : SS_ABSENT;
+            etcd[i] = v;
+            if (op % 7 != 0) {
+                told[i] = v;
+                ss_tell(m, i, &v);
+            }
+        } else { /* a listing: every key etcd holds, then the sweep */
+            lb_mirror_relist_begin(m);
+            for (int k = 0; k < SS_KEYS; k++) {
+                told[k] = etcd[k];
+                if (etcd[k].kind != SS_ABSENT)
+                    ss_tell(m, k, &etcd[k]);
+            }
+            assert_true(lb_mirror_relist_end(m) >= 0);
+        }
+        for (int k = 0; k < SS_KEYS; k++) {
+            if (told[k].kind == SS_ABSENT)
+                good[k][0] = '\0';
+            else if (told[k].kind == SS_GOOD)
+                ss_expected(k, &told[k], good[k], sizeof(good[k]));
+            if (told[k].kind == SS_BAD || told[k].kind == SS_UNREAD)
+                (*good[k] ? &bad_last_good : &bad_never_good)[0]++;
+            if (strcmp(held.held[k], good[k]) != 0)
+                fail_msg("seed %llu step %d: %s held \"%s\", expected \"%s\"",
+                         (unsigned long long)seed, step, ss_keys[k], held.held[k], good[k]);
+        }
+        lb_mirror_get_stats(m, &st);
+        if (st.bad_keys_last_good != bad_last_good || st.bad_keys_never_good != bad_never_good)
+            fail_msg("seed %llu step %d: bad keys %zu/%zu, expected %zu/%zu",
+                     (unsigned long long)seed, step, st.bad_keys_last_good, st.bad_keys_never_good,
+                     bad_last_good, bad_never_good);
+        if (step % 50 == 0) { /* the export serves the same in a fresh mirror */
+            struct ss_sink held2 = {{{0}}};
+            struct lb_update_sink sink2 = {ss_apply, no_commit, &held2};
+            struct lb_mirror *m2;
+
+            assert_int_equal(lb_mirror_new("/lb/", &sink2, &m2), 0);
+            lb_mirror_relist_begin(m2);
+            lb_mirror_each(m, ss_feed, m2);
+            assert_true(lb_mirror_relist_end(m2) >= 0);
+            for (int k = 0; k < SS_KEYS; k++)
+                if (strcmp(held2.held[k], held.held[k]) != 0)
+                    fail_msg("seed %llu step %d: exported %s serves \"%s\", this one \"%s\"",
+                             (unsigned long long)seed, step, ss_keys[k], held2.held[k],
+                             held.held[k]);
+            lb_mirror_free(m2);
+        }
+    }
+    lb_mirror_free(m);
+    lb_log_set_level(LB_LOG_INFO);
+}
+
 /* One watch response with bad events among good ones: the good ones apply. */
 static void test_apply_events_skips_bad_ones(void **state)
 {
@@ -662,6 +842,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flawed_kvs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_is_what_the_sink_serves, setup, teardown),
+        cmocka_unit_test(test_state_space_of_good_and_bad_values),
         cmocka_unit_test_setup_teardown(test_apply_events_skips_bad_ones, setup, teardown),
         cmocka_unit_test_setup_teardown(test_junk_never_fills_the_table, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clamped_values_delivered, setup, teardown),
