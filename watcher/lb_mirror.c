@@ -4,7 +4,10 @@
  * seen (good or bad), which is all the diff needs: same bytes, no update,
  * no log line.  A value that could not be read at all (too large,
  * malformed) is remembered by its mod_revision instead, for the same
- * purpose.  The typed value is not kept; the sink owns that.  A re-list
+ * purpose.  The typed value is not kept; the sink owns that.  While the
+ * last value seen is bad, the raw bytes of the last good one, which the
+ * sink still serves, are kept beside it for lb_mirror_each(): a view handed
+ * on (the state file, an upgrade) is what lbd serves.  A re-list
  * stamps every key it puts with the current generation; relist_end()
  * sweeps the unstamped ones.
  *
