@@ -1435,8 +1435,14 @@ class Soak:
         k.present = True
         k.lease = lease
         if good:
+            keep = set()
+            if self.hidden:
+                # lbd is cut off: it may never see this value (the history is
+                # compacted before it is back), so a bad one after it leaves
+                # lbd what it had before.
+                keep = k.stale | ({k.last_good} if k.last_good else set())
             k.last_good = spec
-            k.stale = set()
+            k.stale = keep
             k.current_bad = False
             k.target = target
             k.weight = weight
@@ -1924,6 +1930,12 @@ class Soak:
                 self.etcd.unhide()
             self.hidden = False
             self.history.cut_off(False)
+        # Back: lbd re-lists (the revisions it missed are compacted).  Until it
+        # has, a value put and replaced meanwhile may never reach it, so a bad
+        # one after it would leave lbd an older last good value than the model
+        # knows: the event ends once lbd has caught up.
+        if not self.wait_lbd_synced(timeout=lbtest.scaled(15.0)):
+            self.counts["etcd.cutoff_not_caught_up"] += 1
 
     # lbd stalled: a pod throttled at its limits.cpu, a paused VM, a page-in storm
 
