@@ -14,6 +14,7 @@
 #include "pipe_pool.h"
 #include "proxy_protocol.h"
 #include "lb_addr.h"
+#include "lb_handover.h"
 #include "lb_log.h"
 #include "lb_util.h"
 #include "pool.h"
@@ -1719,6 +1720,13 @@ static void session_free(struct lb_reap *r)
 }
 
 /* ----------------------------------------------------------- upgrade -- */
+
+/* A half holds at most one read or one pipe unsent, and a move carries that
+ * much per direction: every session proxying can move at once, however
+ * slowly its peers read. */
+_Static_assert(sizeof(((struct lb_worker *)0)->scratch) <= LB_HANDOVER_PENDING_MAX &&
+                   LB_PIPE_SIZE <= LB_HANDOVER_PENDING_MAX,
+               "a session's unsent bytes must fit in a hand-over record");
 
 /*
  * Starts what s waits for after a pause in its callbacks (adoption, or a

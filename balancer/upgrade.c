@@ -39,7 +39,6 @@
 #define TAKEOVER_WAIT_S       10         /* the running lbd answers HELLO and sends its listeners */
 #define PREVIOUS_EXIT_WAIT_MS 1000       /* its link closed: how long its exit may take */
 #define PORTS_FREE_WAIT_MS    2000       /* it died: its other files close as its exit ends */
-#define OFFER_PENDING         65536u     /* unsent bytes per direction a moving session may carry */
 #define HELLO_WAIT_S          5.0        /* a peer of the upgrade socket says HELLO within this */
 #define BACKENDS_MAX          (1u << 18) /* BACKEND records taken from the previous process */
 #define VIEW_BYTES_MAX        ((size_t)512 << 20) /* key and value bytes of a view (as a listing) */
@@ -1166,7 +1165,7 @@ static void link_ready(struct lb_upgrade *u)
         return;
     }
     u->state = LINK_OFFERING;
-    lb_proxy_offer_sessions(u->cfg.proxy, OFFER_PENDING, &offer_ops, u);
+    lb_proxy_offer_sessions(u->cfg.proxy, LB_HANDOVER_PENDING_MAX, &offer_ops, u);
 }
 
 /* ACK or NAK of offer `id`. */
