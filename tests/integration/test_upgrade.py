@@ -385,6 +385,23 @@ class LogWatch:
         return [ln for ln in self.scan() if needle in ln]
 
 
+def rx_queue_to_port(port):
+    """The largest receive queue (bytes not read yet) of a TCP socket connected
+    to `port` on this host (/proc/net/tcp: tx_queue:rx_queue, hex)."""
+    worst = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 4 and cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                worst = max(worst, int(cols[4].split(":")[1], 16))
+    return worst
+
+
 class UpLbd(UpgradeLbd):
     """lbd with --upgrade-socket; successor() makes the next lbd with exactly
     the same flags (same ports and socket path; --workers may differ)."""
@@ -997,6 +1014,40 @@ class Upgrade(HarnessTestCase):
         self.assertIsNotNone(hand_line, "no %r line in the old lbd's log" % HANDOVER_MARK)
         self.assertEqual((moved, kept), (2, 0), hand_line)
         self.assertEqual(taken, 2, "count= over the new lbd's %r lines" % TAKEN_MARK)
+        self.stop_final(new)
+
+    def test_3b_session_whose_client_stopped_reading_moves_at_once(self):
+        """A download whose client stopped reading has lbd's buffer for it
+        full (a read of up to 256 KiB it could not pass on); it moves with the
+        others at once, not after the 5 s a session may take to become
+        movable, and the client gets every byte, in order, from the new lbd."""
+        old = self.start_first("t3b", workers=1)
+        hold, release = threading.Event(), threading.Event()
+        hold.set()
+        size = 16 * CHUNK
+        down = Transfer(old.port, "down", size, 41, TRANSFER_RATE, 2 * CHUNK, hold, release)
+        self.addCleanup(down.abort)
+        down.start()
+        wait_until(lambda: down.done >= 2 * CHUNK or down.error, scaled(30),
+                   "the client to read 2 MiB and stop")
+        self.assertIsNone(down.error)
+        # lbd holds bytes it could not pass on and stopped reading the backend:
+        # what the backend sends waits in lbd's receive queue
+        wait_until(lambda: rx_queue_to_port(self.backend_port) > 0, scaled(10),
+                   "lbd to stop reading the backend (its buffer for the client full)")
+        new, _, ready_wall = self.upgrade(old, "t3b-lbd2", workers=1)
+        rc, exit_wall = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)
+        moved, kept, hand_line = handover_figures(old.log)
+        release.set()
+        down.join(scaled(60))
+        figure("client not reading: hand-over", "moved=%s kept=%s, old exited %.2f s after ready"
+               % (moved, kept, exit_wall - ready_wall))
+        self.assertEqual(rc, 0)
+        self.assertEqual((moved, kept), (1, 0), hand_line)
+        self.assertLess(exit_wall - ready_wall, 2.0, "the session waited to become movable")
+        self.assertFalse(down.is_alive())
+        self.assertIsNone(down.error)
+        self.assertEqual((down.done, down.digest), (size, down.expected))
         self.stop_final(new)
 
     # -- 4 ---------------------------------------------------------------
