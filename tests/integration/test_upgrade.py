@@ -385,23 +385,6 @@ class LogWatch:
         return [ln for ln in self.scan() if needle in ln]
 
 
-def rx_queue_to_port(port):
-    """The largest receive queue (bytes not read yet) of a TCP socket connected
-    to `port` on this host (/proc/net/tcp: tx_queue:rx_queue, hex)."""
-    worst = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 4 and cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port:
-                worst = max(worst, int(cols[4].split(":")[1], 16))
-    return worst
-
-
 class UpLbd(UpgradeLbd):
     """lbd with --upgrade-socket; successor() makes the next lbd with exactly
     the same flags (same ports and socket path; --workers may differ)."""
@@ -1033,7 +1016,7 @@ class Upgrade(HarnessTestCase):
         self.assertIsNone(down.error)
         # lbd holds bytes it could not pass on and stopped reading the backend:
         # what the backend sends waits in lbd's receive queue
-        wait_until(lambda: rx_queue_to_port(self.backend_port) > 0, scaled(10),
+        wait_until(lambda: lbtest.rx_queue_to_port(self.backend_port) > 0, scaled(10),
                    "lbd to stop reading the backend (its buffer for the client full)")
         new, _, ready_wall = self.upgrade(old, "t3b-lbd2", workers=1)
         rc, exit_wall = old.wait_exit(scaled(20), "the new lbd logged %r" % READY_MARK)

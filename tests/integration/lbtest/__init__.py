@@ -27,7 +27,7 @@ write `import lbtest` or `from lbtest import X`:
                http_request, client_of, parse_kv (access lines), ended
     upgrade    live upgrades: UpgradeLbd (--upgrade-socket, a successor on the
                same ports), workers_args, log_ts, kv_int (lbd log lines),
-               tcp_sockets, pids_holding, sockets_to_port_by_pid,
+               tcp_sockets, rx_queue_to_port, pids_holding, sockets_to_port_by_pid,
                unix_listener_pids, fd_links (who holds which socket, from /proc)
     testcase   HarnessTestCase, main
     pools      PoolTestCase (one etcd, one lbd: add_backends, wait_active, held)
@@ -57,7 +57,7 @@ from .procs import (REPO_ROOT, TIMEOUT_SCALE, ForeignProc, Harness, Proc, WaitTi
 from .testcase import HarnessTestCase, case_failed, main
 from .pools import PoolTestCase
 from .tls import TlsFiles
-from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding,
+from .upgrade import (UpgradeLbd, fd_links, kv_int, log_ts, pids_holding, rx_queue_to_port,
                       sockets_to_port_by_pid, tcp_sockets, unix_listener_pids, workers_args)
 
 __all__ = [
@@ -81,7 +81,7 @@ __all__ = [
     "parse_kv", "ended", "recv_all", "silent_connections",
     # upgrade
     "UpgradeLbd", "fd_links", "kv_int", "log_ts", "pids_holding", "sockets_to_port_by_pid",
-    "tcp_sockets", "unix_listener_pids", "workers_args",
+    "tcp_sockets", "rx_queue_to_port", "unix_listener_pids", "workers_args",
     # testcase
     "HarnessTestCase", "case_failed", "main", "PoolTestCase",
 ]

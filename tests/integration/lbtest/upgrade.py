@@ -87,10 +87,8 @@ def kv_int(line, key):
 # Sockets and the processes holding them (/proc)
 
 
-def tcp_sockets():
-    """{inode: (state, local port, remote port)} of every TCP socket on the host
-    (/proc/net/tcp and tcp6; state as there, in hex: "01" established, "0A" listening)."""
-    out = {}
+def _tcp_rows():
+    """The columns of each row of /proc/net/tcp and tcp6."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -100,9 +98,21 @@ def tcp_sockets():
         for row in rows:
             cols = row.split()
             if len(cols) > 9:
-                out[cols[9]] = (cols[3], int(cols[1].rsplit(":", 1)[1], 16),
-                                int(cols[2].rsplit(":", 1)[1], 16))
-    return out
+                yield cols
+
+
+def tcp_sockets():
+    """{inode: (state, local port, remote port)} of every TCP socket on the host
+    (/proc/net/tcp and tcp6; state as there, in hex: "01" established, "0A" listening)."""
+    return {cols[9]: (cols[3], int(cols[1].rsplit(":", 1)[1], 16),
+                      int(cols[2].rsplit(":", 1)[1], 16)) for cols in _tcp_rows()}
+
+
+def rx_queue_to_port(port):
+    """The largest receive queue (bytes not read yet) of an established TCP
+    socket connected to `port` on this host (tx_queue:rx_queue, in hex)."""
+    return max([int(cols[4].split(":")[1], 16) for cols in _tcp_rows()
+                if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port] or [0])
 
 
 def fd_links(pid):
