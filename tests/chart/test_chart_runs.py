@@ -452,12 +452,7 @@ class ChartRuns(HarnessTestCase):
         name = str(values["pools"][0]["name"])
         t0 = time.monotonic()
         lbd.send_signal(signal.SIGTERM)
-        def not_ready():
-            try:
-                return lbtest.http_request("http://%s/readyz" % http, timeout=1)[0] != 200
-            except OSError:
-                return True  # the probe port closed: kubelet counts that as not ready too
-        wait_until(not_ready, 1.0, "/readyz off within 1 s of SIGTERM")
+        wait_until(lambda: not_ready(http), 1.0, "/readyz off within 1 s of SIGTERM")
         # still accepting during the delay
         if delay >= 2:
             self.assertEqual(ask(pools[name]), backends[name].id)
@@ -468,12 +463,35 @@ class ChartRuns(HarnessTestCase):
         self.assertGreaterEqual(took, delay * 0.9, "lbd left before --shutdown-delay")
         self.assertLess(took, tgps)
 
+    def check_second_sigterm(self, lbd, values, http):
+        """A second SIGTERM during the shutdown delay (an operator's kill, or
+        kubelet's at the end of the grace period) ends lbd at once, exit 0."""
+        delay = values["shutdown"]["delaySeconds"]
+        lbd.send_signal(signal.SIGTERM)
+        wait_until(lambda: not_ready(http), scaled(5), "/readyz off after SIGTERM")
+        t0 = time.monotonic()
+        lbd.send_signal(signal.SIGTERM)
+        rc = lbd.wait(scaled(5))
+        self.assertEqual(rc, 0, lbd.log_tail(20))
+        if delay >= 2:
+            self.assertLess(time.monotonic() - t0, delay / 2,
+                            "a second SIGTERM waited for --shutdown-delay")
+
+
+def not_ready(http):
+    try:
+        return lbtest.http_request("http://%s/readyz" % http, timeout=1)[0] != 200
+    except OSError:
+        return True  # the probe port closed: kubelet counts that as not ready too
+
 
 def _make_run_test(files, sets, sigterm):
     def test(self):
         lbd, values, dep, pools, backends, http = self.run_case(files, sets)
         if sigterm:
             self.check_sigterm(lbd, values, dep, pools, backends, http)
+        else:
+            self.check_second_sigterm(lbd, values, http)
     return test
 
 
